@@ -1,0 +1,295 @@
+"""What every probe shares: the context it runs in, the reply it reads, the outcome it returns.
+
+A probe is `async def probe(ctx: ProbeContext) -> ProbeOutcome`. It makes its requests with
+`ctx.request()`, which adds the provider's auth header, refuses off-site redirects, bounds
+the body, and records request ids, headroom headers and phase timings. Timeouts, total
+timing, redaction and the classification of network failures live once, in the caller
+(`llmconn.validate`), not in probes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx2
+
+from llmconn.probes import Auth, ProviderInfo
+from llmconn.reasons import Reason
+from llmconn.spec import AzureSpec, McpSpec, SecretKeyRef, ValidationType
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_REDIRECTS = 3
+USER_AGENT = "llmconn/0.1"
+
+# Response headers worth keeping, by provider dialect: request ids first hit wins.
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-dashscope-request-id")
+HEADROOM_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+EXTRA_DETAIL_HEADERS = {"x-ms-region": "region"}
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What a probe found. Validated, or a reason with a message a user can act on."""
+
+    reason: Reason
+    message: str
+    http_status: int | None = None
+    code: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+    retry_after: float | None = None  # seconds, from Retry-After on RateLimited
+
+
+class ProbeFailure(Exception):
+    """Raised anywhere inside a probe to end it with this outcome."""
+
+    def __init__(self, outcome: ProbeOutcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: httpx2.Headers
+    content: bytes
+    url: str
+
+    def json(self) -> Any:
+        """The parsed body, or None when it is not JSON."""
+        try:
+            return json.loads(self.content)
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    @property
+    def is_html(self) -> bool:
+        ctype = self.headers.get("content-type", "")
+        head = self.content[:256].lstrip().lower()
+        return "html" in ctype or head.startswith((b"<!doctype", b"<html"))
+
+    def text(self, limit: int = 300) -> str:
+        return self.content[:limit].decode("utf-8", "replace")
+
+
+def camel(header: str) -> str:
+    """x-ratelimit-remaining-requests -> rateLimitRemainingRequests (status.details keys)."""
+    header = header.removeprefix("x-")
+    parts = header.replace("ratelimit", "rate-limit").split("-")
+    return parts[0] + "".join(p.capitalize() for p in parts[1:])
+
+
+@dataclass
+class ProbeContext:
+    provider: ProviderInfo
+    endpoint: str  # resolved base URL, no trailing slash
+    validation_type: ValidationType
+    http: httpx2.AsyncClient
+    timeout: float  # the whole probe's budget, seconds (enforced by the caller)
+    model: str | None = None
+    api_key: str | None = None
+    api_key_ref: SecretKeyRef | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # plain + from Secrets
+    azure: AzureSpec | None = None
+    mcp: McpSpec | None = None
+    # Filled while the probe runs; read by the caller.
+    request_id: str | None = None
+    details: dict[str, str] = field(default_factory=dict)
+    phase: str = "start"  # dns, connect, tls, request, response: what was running last
+    phase_ms: dict[str, float] = field(default_factory=dict)
+
+    # --- requests -------------------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        if not self.api_key:
+            return {}
+        match self.provider.auth:
+            case Auth.BEARER:
+                return {"Authorization": f"Bearer {self.api_key}"}
+            case Auth.X_API_KEY:
+                return {"x-api-key": self.api_key}
+            case Auth.GOOG:
+                return {"x-goog-api-key": self.api_key}
+            case Auth.AZURE:
+                return {"api-key": self.api_key}
+
+    def url(self, path: str) -> str:
+        """Join a path onto the endpoint: '/models' under https://host/v1 is https://host/v1/models."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.endpoint + "/" + path.lstrip("/")
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """Send one request the provider's way. Same-origin redirects are followed (bounded);
+        a redirect to another origin ends the probe as UnexpectedResponse, so credentials
+        never travel to another host."""
+        url = self.url(path)
+        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        all_headers.update(self.headers)
+        all_headers.update(self.auth_headers())
+        all_headers.update(headers or {})
+        origin = _origin(url)
+        for _hop in range(MAX_REDIRECTS + 1):
+            reply = await self._send(method, url, all_headers, json_body, params)
+            if reply.status not in (301, 302, 303, 307, 308):
+                return reply
+            location = reply.headers.get("location")
+            if not location:
+                return reply
+            target = urljoin(url, location)
+            if _origin(target) != origin:
+                raise ProbeFailure(
+                    ProbeOutcome(
+                        Reason.UNEXPECTED_RESPONSE,
+                        f"The endpoint redirected (HTTP {reply.status}) to another host "
+                        f"({urlsplit(target).hostname}); credentials are never sent there. "
+                        "Set spec.endpoint to the provider's real API base URL.",
+                        http_status=reply.status,
+                    )
+                )
+            url, params = target, None
+            if reply.status == 303:
+                method, json_body = "GET", None
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.UNEXPECTED_RESPONSE,
+                f"The endpoint redirected more than {MAX_REDIRECTS} times.",
+                http_status=reply.status,
+            )
+        )
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        json_body: Any,
+        params: Mapping[str, str] | None,
+    ) -> Reply:
+        request = self.http.build_request(
+            method,
+            url,
+            headers=headers,
+            json=json_body,
+            params=params,
+            extensions={"trace": self._trace},
+        )
+        self.phase = "request"
+        started = time.perf_counter()
+        response = await self.http.send(request, stream=True, follow_redirects=False)
+        try:
+            self.phase = "response"
+            body = bytearray()
+            async for chunk in response.aiter_raw():
+                body += chunk
+                if len(body) > MAX_BODY_BYTES:
+                    raise ProbeFailure(
+                        ProbeOutcome(
+                            Reason.UNEXPECTED_RESPONSE,
+                            f"The answer to {method} {urlsplit(url).path} was larger than "
+                            f"{MAX_BODY_BYTES // 1024} KiB; that is not the provider's API.",
+                            http_status=response.status_code,
+                        )
+                    )
+        finally:
+            await response.aclose()
+        self.phase_ms["total"] = (
+            self.phase_ms.get("total", 0.0) + (time.perf_counter() - started) * 1000
+        )
+        body_bytes = _decode(response, bytes(body))
+        self._record(response)
+        self.phase = "done"
+        return Reply(response.status_code, response.headers, body_bytes, url)
+
+    async def _trace(self, event: str, info: Mapping[str, Any]) -> None:
+        # httpcore trace events: "connection.connect_tcp.started", "connection.start_tls...",
+        # "http11.send_request_headers.started", "http11.receive_response_headers...".
+        now = time.perf_counter()
+        name, _, stage = event.rpartition(".")
+        phase = {
+            "connection.connect_tcp": "connect",
+            "connection.start_tls": "tls",
+            "http11.send_request_headers": "request",
+            "http11.send_request_body": "request",
+            "http11.receive_response_headers": "response",
+            "http2.send_request_headers": "request",
+            "http2.receive_response_headers": "response",
+        }.get(name)
+        if phase is None:
+            return
+        if stage == "started":
+            self.phase = phase
+            self.phase_ms[f"_{phase}_start"] = now
+        elif stage in ("complete", "failed"):
+            start = self.phase_ms.pop(f"_{phase}_start", None)
+            if start is not None:
+                self.phase_ms[phase] = self.phase_ms.get(phase, 0.0) + (now - start) * 1000
+
+    def _record(self, response: httpx2.Response) -> None:
+        for name in REQUEST_ID_HEADERS:
+            if value := response.headers.get(name):
+                self.request_id = value[:128]
+                break
+        for name, value in response.headers.items():
+            lname = name.lower()
+            if lname.startswith(HEADROOM_PREFIXES):
+                self.details[camel(lname)] = value[:64]
+            elif lname in EXTRA_DETAIL_HEADERS:
+                self.details[EXTRA_DETAIL_HEADERS[lname]] = value[:64]
+
+    # --- helpers for probes ---------------------------------------------------------
+    @property
+    def key_hint(self) -> str:
+        """Where the user fixes a rejected key: 'key apiKey of Secret x'."""
+        if self.api_key_ref is None:
+            return "set spec.apiKeySecretRef to a Secret holding a valid key"
+        return f"update key {self.api_key_ref.key} of Secret {self.api_key_ref.name}"
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _decode(response: httpx2.Response, raw: bytes) -> bytes:
+    """Undo Content-Encoding on a body read raw (so the size bound counted wire bytes)."""
+    encoding = response.headers.get("content-encoding", "").lower()
+    if encoding in ("", "identity"):
+        return raw
+    import zlib
+
+    try:
+        if encoding == "gzip":
+            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, MAX_BODY_BYTES + 1)
+        elif encoding == "deflate":
+            data = zlib.decompressobj().decompress(raw, MAX_BODY_BYTES + 1)
+        else:
+            return raw
+    except zlib.error:
+        return raw
+    if len(data) > MAX_BODY_BYTES:
+        raise ProbeFailure(
+            ProbeOutcome(Reason.UNEXPECTED_RESPONSE, "The decompressed answer exceeds 1 MiB.")
+        )
+    return data
+
+
+def ok(message: str, reply: Reply | None = None, **details: str) -> ProbeOutcome:
+    return ProbeOutcome(
+        Reason.VALIDATED,
+        message,
+        http_status=reply.status if reply is not None else None,
+        details=details,
+    )

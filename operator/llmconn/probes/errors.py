@@ -1,0 +1,215 @@
+"""Classify a provider's error answer into a reason, on status code AND body.
+
+Providers disagree on codes (Gemini's bad key is a 400, Anthropic's empty balance a 400,
+DeepSeek's a 402, DashScope's unpaid account a 403, some gateways send errors with HTTP 200),
+so the body's own code, type and message are read first, the HTTP status second.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llmconn.probes.base import ProbeContext, ProbeOutcome, Reply
+from llmconn.reasons import Reason
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """The error fields every dialect has some of."""
+
+    code: str | None = None  # provider's own code: invalid_api_key, API_KEY_INVALID, ...
+    type: str | None = None  # OpenAI type / Anthropic error.type / Gemini status
+    message: str = ""
+    numeric: int | None = None  # an HTTP-like code inside the body (vLLM, OpenRouter)
+
+    @property
+    def words(self) -> str:
+        return " ".join(filter(None, (self.code, self.type, self.message))).lower()
+
+
+def parse_error(body: Any) -> ErrorBody | None:
+    """Read the error shapes of OpenAI, Anthropic, Gemini, vLLM, DashScope, Azure, Ollama."""
+    if not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if isinstance(err, str):  # Ollama: {"error": "model 'x' not found"}
+        return ErrorBody(message=err)
+    if isinstance(err, dict):
+        code = err.get("code")
+        numeric = code if isinstance(code, int) else None
+        reasons = [
+            d.get("reason")
+            for d in err.get("details") or []
+            if isinstance(d, dict) and isinstance(d.get("reason"), str)
+        ]
+        text_code = reasons[0] if reasons else (code if isinstance(code, str) else None)
+        etype = err.get("type") or err.get("status")
+        return ErrorBody(
+            code=text_code,
+            type=etype if isinstance(etype, str) else None,
+            message=str(err.get("message") or ""),
+            numeric=numeric,
+        )
+    if body.get("object") == "error" or ("code" in body and "message" in body):
+        # vLLM flat error, DashScope native error.
+        code = body.get("code")
+        return ErrorBody(
+            code=code if isinstance(code, str) else None,
+            type=body.get("type") if isinstance(body.get("type"), str) else None,
+            message=str(body.get("message") or ""),
+            numeric=code if isinstance(code, int) else None,
+        )
+    return None
+
+
+def retry_after(reply: Reply) -> float | None:
+    value = reply.headers.get("retry-after")
+    if not value:
+        ms = reply.headers.get("retry-after-ms")
+        return float(ms) / 1000 if ms and ms.replace(".", "", 1).isdigit() else None
+    if value.replace(".", "", 1).isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+_QUOTA_WORDS = (
+    "insufficient_quota",
+    "credit balance",
+    "insufficient balance",
+    "arrearage",
+    "allocationquota",
+    "billing",
+    "exceeded your current quota",
+    "out of credits",
+)
+_BAD_KEY_WORDS = (
+    "invalid_api_key",
+    "api_key_invalid",
+    "invalidapikey",
+    "authentication_error",
+    "incorrect api key",
+    "invalid api key",
+    "invalid subscription key",
+)
+_OVERLOADED_WORDS = ("overloaded", "engine is currently", "server is busy")
+
+
+def classify_error(ctx: ProbeContext, reply: Reply, what: str = "the request") -> ProbeOutcome:
+    """Turn a non-success answer into a reason with a message that says what to do.
+
+    `what` names the call for the message ("the model list", "model gpt-4o").
+    """
+    status = reply.status
+    body = reply.json()
+    err = parse_error(body)
+    if err is None and (reply.is_html or (body is None and reply.content.strip())):
+        if status >= 500:
+            return _out(
+                Reason.PROVIDER_UNAVAILABLE,
+                reply,
+                None,
+                f"The provider is unavailable (HTTP {status}).",
+            )
+        return _out(
+            Reason.UNEXPECTED_RESPONSE,
+            reply,
+            None,
+            f"{_cap(what)} returned HTTP {status} with a body that is not the provider's "
+            f"API (content-type {reply.headers.get('content-type') or 'none'}). "
+            "Check spec.endpoint.",
+        )
+    err = err or ErrorBody()
+    words = err.words
+    code = err.code or err.type
+    if status == 200 and err.numeric and err.numeric >= 400:
+        status = err.numeric  # an error body sent with HTTP 200
+    said = f": {err.message}" if err.message else ""
+    tag = f"HTTP {status}{' ' + code if code else ''}"
+
+    if any(w in words for w in _QUOTA_WORDS) or status == 402:
+        return _out(
+            Reason.QUOTA_EXCEEDED,
+            reply,
+            code,
+            f"The account is out of credits or quota ({tag}){said}. "
+            "Add credit or raise the quota with the provider.",
+        )
+    if status == 401 or any(w in words for w in _BAD_KEY_WORDS):
+        return _out(
+            Reason.INVALID_API_KEY,
+            reply,
+            code,
+            f"The provider rejected the API key ({tag}){said}; {ctx.key_hint}.",
+        )
+    if status == 403 or "permission" in words or "failed_precondition" in words:
+        return _out(
+            Reason.PERMISSION_DENIED,
+            reply,
+            code,
+            f"The key is valid but not allowed to do this ({tag}){said}. "
+            "Check the key's project, region and permissions.",
+        )
+    if status == 429:
+        if any(w in words for w in _OVERLOADED_WORDS):
+            return _out(
+                Reason.PROVIDER_UNAVAILABLE,
+                reply,
+                code,
+                f"The provider is overloaded ({tag}){said}.",
+            )
+        wait = retry_after(reply)
+        hint = f" Retrying after {wait:.0f}s." if wait is not None else ""
+        return ProbeOutcome(
+            Reason.RATE_LIMITED,
+            f"The provider is rate limiting this key ({tag}){said}.{hint}",
+            http_status=reply.status,
+            code=code,
+            retry_after=wait,
+        )
+    if status == 404 or "not_found" in words or "notfound" in words:
+        if err == ErrorBody():
+            return _out(
+                Reason.UNEXPECTED_RESPONSE,
+                reply,
+                code,
+                f"{_cap(what)} answered HTTP 404 without a provider error: the path does "
+                "not exist there. Check spec.endpoint (the base URL the SDK takes).",
+            )
+        return _out(
+            Reason.MODEL_NOT_FOUND,
+            reply,
+            code,
+            f"{_cap(what)} was not found ({tag}){said}. Check spec.model.",
+        )
+    if status >= 500 or status == 529:
+        return _out(
+            Reason.PROVIDER_UNAVAILABLE, reply, code, f"The provider is unavailable ({tag}){said}."
+        )
+    if status in (400, 422):
+        return _out(
+            Reason.INVALID_CONFIGURATION,
+            reply,
+            code,
+            f"The provider refused {what} as invalid ({tag}){said}. Check the spec.",
+        )
+    return _out(
+        Reason.UNEXPECTED_RESPONSE,
+        reply,
+        code,
+        f"{_cap(what)} returned an unexpected answer ({tag}){said}.",
+    )
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _out(reason: Reason, reply: Reply, code: str | None, message: str) -> ProbeOutcome:
+    return ProbeOutcome(reason, message, http_status=reply.status, code=code)

@@ -1,0 +1,204 @@
+"""The LLMConnection spec as pydantic models, with the same rules the CRD enforces at admission.
+
+The CRD refuses bad manifests in a cluster; `llmconn validate` has no cluster, so the rules
+that matter for a probe are checked here too, with messages that name the field.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+# Go duration syntax restricted as Flux does; the CRD carries the same pattern.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+# Headers that carry credentials: never in plain `headers`, always in `headersFromSecret`.
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as "1m30s"; ValueError for anything outside the grammar."""
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r}: use a number and unit, e.g. 30s, 5m, 1h30m")
+    return sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest duration string in the grammar for a number of seconds (5m, 1h30m, 1.5s)."""
+    if seconds <= 0:
+        return "0s"
+    if seconds != int(seconds):
+        ms = round(seconds * 1000)
+        return f"{ms}ms" if ms % 1000 else f"{ms // 1000}s"
+    whole = int(seconds)
+    out = ""
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            out += f"{whole // size}{unit}"
+            whole %= size
+    return out
+
+
+class ValidationType(StrEnum):
+    CONNECTIVITY = "Connectivity"
+    MODEL = "Model"
+    INFERENCE = "Inference"
+
+
+class McpTransport(StrEnum):
+    STREAMABLE_HTTP = "streamable-http"
+    SSE = "sse"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class SecretKeyRef(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "apiKey"
+
+
+class SecretHeader(_Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    secret_key_ref: SecretKeyRef = Field(alias="secretKeyRef")
+
+
+class AzureSpec(_Strict):
+    deployment: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    api_version: str = Field(default="2024-10-21", alias="apiVersion")
+
+
+class McpSpec(_Strict):
+    transport: McpTransport = McpTransport.STREAMABLE_HTTP
+
+
+class ValidationSpec(_Strict):
+    type: ValidationType | None = None
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    failure_threshold: Annotated[int, Field(ge=1, le=100)] | None = Field(
+        default=None, alias="failureThreshold"
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_positive(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) <= 0:
+            raise ValueError("timeout must be more than 0")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_off_or_1s(cls, value: str | None) -> str | None:
+        if value is not None and 0 < parse_duration(value) < 1:
+            raise ValueError('interval must be "0s" (off) or at least 1s')
+        return value
+
+
+class TLSSpec(_Strict):
+    ca_bundle_secret_ref: SecretKeyRef | None = Field(default=None, alias="caBundleSecretRef")
+    insecure_skip_verify: bool = Field(default=False, alias="insecureSkipVerify")
+
+
+class LLMConnectionSpec(_Strict):
+    provider: str
+    endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
+    headers: dict[str, str] = Field(default_factory=dict, max_length=32)
+    headers_from_secret: list[SecretHeader] = Field(
+        default_factory=list, alias="headersFromSecret", max_length=16
+    )
+    azure: AzureSpec | None = None
+    mcp: McpSpec | None = None
+    suspend: bool = False
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    tls: TLSSpec = Field(default_factory=TLSSpec)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        from llmconn.probes import registry  # the registry is the only list of providers
+
+        if value not in registry.names():
+            raise ValueError(f"unknown provider {value!r}; one of: {', '.join(registry.names())}")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("endpoint must be an absolute http or https URL with a host")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_credential_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in CREDENTIAL_HEADERS:
+                raise ValueError(
+                    f"header {name!r} carries credentials: put it in headersFromSecret instead"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _provider_blocks(self) -> LLMConnectionSpec:
+        from llmconn.probes import registry
+
+        info = registry.get(self.provider)
+        if self.provider == "azure-openai" and self.azure is None:
+            raise ValueError("azure.deployment is required for provider azure-openai")
+        if self.azure is not None and self.provider != "azure-openai":
+            raise ValueError("the azure block is only allowed with provider azure-openai")
+        if self.mcp is not None and self.provider != "mcp":
+            raise ValueError("the mcp block is only allowed with provider mcp")
+        if info.default_endpoint is None and self.endpoint is None:
+            raise ValueError(f"endpoint is required for provider {self.provider}")
+        return self
+
+    # Derived facts, in one place.
+    @property
+    def resolved_endpoint(self) -> str:
+        from llmconn.probes import registry
+
+        endpoint = self.endpoint or registry.get(self.provider).default_endpoint or ""
+        return endpoint.rstrip("/")
+
+    @property
+    def default_validation_type(self) -> ValidationType:
+        if self.model or self.azure is not None:
+            return ValidationType.MODEL
+        return ValidationType.CONNECTIVITY
+
+    @property
+    def secret_refs(self) -> list[SecretKeyRef]:
+        """Every Secret key the probe reads, API key first."""
+        refs = [self.api_key_secret_ref] if self.api_key_secret_ref else []
+        refs += [h.secret_key_ref for h in self.headers_from_secret]
+        if self.tls.ca_bundle_secret_ref:
+            refs.append(self.tls.ca_bundle_secret_ref)
+        return refs
+
+
+def parse_spec(raw: dict[str, Any]) -> LLMConnectionSpec:
+    """Parse a manifest's spec; raises pydantic.ValidationError naming the field."""
+    return LLMConnectionSpec.model_validate(raw)

@@ -1,0 +1,103 @@
+"""The verdict of one validation, and what a validation needs from its surroundings.
+
+`llmconn.validate.validate()` produces a `Verdict`; the operator turns it into a status
+patch (`llmconn.status`), the one-shot CLI prints it. Neither side knows the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmconn.reasons import Reason, Result, result_of
+from llmconn.spec import LLMConnectionSpec, ValidationType, format_duration, parse_duration
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Operator-wide defaults for fields the CRD leaves without OpenAPI defaults."""
+
+    interval: float = 300.0
+    timeout: float = 10.0
+    failure_threshold: int = 3
+    inference_min_interval: float | None = 3600.0  # None: Inference is forbidden
+    missing_secret_grace: float = 120.0
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The validation settings in force for one connection (status.validation)."""
+
+    type: ValidationType
+    interval: float  # seconds; 0 = no periodic re-validation
+    timeout: float
+    failure_threshold: int
+
+    def as_status(self) -> dict[str, object]:
+        return {
+            "type": self.type.value,
+            "interval": format_duration(self.interval),
+            "timeout": format_duration(self.timeout),
+            "failureThreshold": self.failure_threshold,
+        }
+
+
+def effective(spec: LLMConnectionSpec, defaults: Defaults) -> Effective:
+    v = spec.validation
+    vtype = v.type or spec.default_validation_type
+    interval = parse_duration(v.interval) if v.interval is not None else defaults.interval
+    if vtype is ValidationType.INFERENCE and interval and defaults.inference_min_interval:
+        interval = max(interval, defaults.inference_min_interval)
+    return Effective(
+        type=vtype,
+        interval=interval,
+        timeout=parse_duration(v.timeout) if v.timeout is not None else defaults.timeout,
+        failure_threshold=v.failure_threshold or defaults.failure_threshold,
+    )
+
+
+@dataclass(frozen=True)
+class SecretData:
+    data: Mapping[str, bytes]  # decoded values
+    resource_version: str | None = None
+
+
+class SecretSource(Protocol):
+    """Secrets of the connection's own namespace; there is no way to name another."""
+
+    async def get(self, name: str) -> SecretData | None:
+        """The Secret, or None when it does not exist (after asking the API, not a cache)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ObservedSecret:
+    name: str
+    resource_version: str | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: Reason
+    message: str  # already redacted
+    provider: str
+    endpoint: str  # resolved, never with credentials
+    model: str | None
+    validation: Effective
+    finished_at: dt.datetime
+    http_status: int | None = None
+    code: str | None = None
+    latency_ms: int | None = None  # an integer for every probe that ran
+    request_id: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+    retry_after: float | None = None
+    observed_secrets: tuple[ObservedSecret, ...] = ()
+    # sha256 over the Secret values the probe used: a Secret event re-validates only
+    # when this changes. Never written anywhere.
+    secret_digest: str = ""
+
+    @property
+    def result(self) -> Result:
+        return result_of(self.reason)
