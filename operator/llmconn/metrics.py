@@ -1,0 +1,165 @@
+"""Prometheus metrics of the operator: validations, readiness per connection, work in progress.
+
+Labels are limited to namespace, name, provider, result, reason and status: names come from
+the API server, the rest from closed sets, so no secret value can reach a label.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from llmconn.reasons import Reason, Result
+
+READY_STATUSES = ("True", "False", "Unknown")
+
+# Probes run from milliseconds (loopback) to the whole timeout budget (10s by default).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# A provider name is a registry key (a DNS label); anything else becomes "invalid" rather
+# than being copied into a label, since the spec field is user input.
+_PROVIDER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+INVALID_PROVIDER = "invalid"
+
+_RESULTS = frozenset(r.value for r in Result)
+_REASONS = frozenset(r.value for r in Reason)
+
+
+def _provider_label(provider: str) -> str:
+    return provider if _PROVIDER.fullmatch(provider) else INVALID_PROVIDER
+
+
+def _checked(value: str, allowed: frozenset[str] | tuple[str, ...], what: str) -> str:
+    # These values come from enums in code: anything else is a bug, never user text.
+    if value not in allowed:
+        raise ValueError(f"unknown {what} label value {value!r}")
+    return value
+
+
+class Metrics:
+    """The operator's metrics, in their own registry unless one is given."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._validations = Counter(
+            "llmconn_validations",
+            "Validations finished, by provider, result and reason.",
+            ["provider", "result", "reason"],
+            registry=self.registry,
+        )
+        self._duration = Histogram(
+            "llmconn_validation_duration_seconds",
+            "Wall time of one validation (probe), by provider.",
+            ["provider"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._ready = Gauge(
+            "llmconn_connection_ready",
+            "Ready condition of each connection, one-hot over status True/False/Unknown.",
+            ["namespace", "name", "provider", "status"],
+            registry=self.registry,
+        )
+        self._last = Gauge(
+            "llmconn_last_validation_timestamp_seconds",
+            "Unix time of each connection's latest validation.",
+            ["namespace", "name", "provider"],
+            registry=self.registry,
+        )
+        self._in_flight = Gauge(
+            "llmconn_probes_in_flight",
+            "Validations running now.",
+            registry=self.registry,
+        )
+        self._queue = Gauge(
+            "llmconn_queue_depth",
+            "Validations due but not yet started.",
+            registry=self.registry,
+        )
+        self._connections = Gauge(
+            "llmconn_connections",
+            "Connections known to this replica.",
+            registry=self.registry,
+        )
+        # The provider each connection's series carry, so that forget() and a provider
+        # change remove exactly those series without scanning every label set.
+        self._providers: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()  # guards _providers and the per-connection series
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def validation(self, provider: str, result: str, reason: str, seconds: float) -> None:
+        provider = _provider_label(provider)
+        self._validations.labels(
+            provider, _checked(result, _RESULTS, "result"), _checked(reason, _REASONS, "reason")
+        ).inc()
+        self._duration.labels(provider).observe(seconds)
+
+    def set_ready(self, namespace: str, name: str, provider: str, status: str) -> None:
+        _checked(status, READY_STATUSES, "status")
+        with self._lock:
+            provider = self._track(namespace, name, provider)
+            for each in READY_STATUSES:
+                self._ready.labels(namespace, name, provider, each).set(int(each == status))
+
+    def last_validation(self, namespace: str, name: str, provider: str, timestamp: float) -> None:
+        with self._lock:
+            provider = self._track(namespace, name, provider)
+            self._last.labels(namespace, name, provider).set(timestamp)
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            provider = self._providers.pop((namespace, name), None)
+            if provider is not None:
+                self._remove_series(namespace, name, provider)
+
+    def set_in_flight(self, n: int) -> None:
+        self._in_flight.set(n)
+
+    def set_queue_depth(self, n: int) -> None:
+        self._queue.set(n)
+
+    def set_connections(self, n: int) -> None:
+        self._connections.set(n)
+
+    # All interfaces by default: in a pod, Prometheus scrapes through the pod IP.
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
+        """Expose the registry over HTTP from a daemon thread; port 0 picks a free port."""
+        if self._server is not None:
+            raise RuntimeError("metrics server already running")
+        self._server, self._thread = start_http_server(port, addr, registry=self.registry)
+
+    @property
+    def port(self) -> int | None:
+        """The port the exposition server listens on, or None when not serving."""
+        return None if self._server is None else int(self._server.server_port)
+
+    def close(self) -> None:
+        """Stop the exposition server, if any, and release its socket."""
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def _track(self, namespace: str, name: str, provider: str) -> str:
+        """Record the connection's provider; drop its old series if the provider changed.
+
+        Called with the lock held, so a concurrent forget() cannot resurrect a series.
+        """
+        provider = _provider_label(provider)
+        old = self._providers.get((namespace, name))
+        self._providers[(namespace, name)] = provider
+        if old is not None and old != provider:
+            self._remove_series(namespace, name, old)
+        return provider
+
+    def _remove_series(self, namespace: str, name: str, provider: str) -> None:
+        for status in READY_STATUSES:
+            self._ready.remove(namespace, name, provider, status)
+        self._last.remove(namespace, name, provider)
