@@ -1,0 +1,216 @@
+"""The operator's options: one flag each, each also read from an LLMCONN_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from llmconn.egress import EgressPolicy
+from llmconn.reconciler import Shard
+from llmconn.spec import parse_duration
+from llmconn.verdict import Defaults
+
+
+@dataclass(frozen=True)
+class Config:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    concurrency: int = 32
+    defaults: Defaults = field(default_factory=Defaults)
+    egress: EgressPolicy = field(default_factory=EgressPolicy.from_strings)
+    metrics_port: int = 8080
+    health_port: int = 8081
+    peering: str | None = None
+    priority: int = 0
+    shard: Shard = field(default_factory=Shard)
+    log_level: str = "info"
+    log_format: str = "plain"
+
+    @property
+    def peering_name(self) -> str | None:
+        """One peering object per shard: replicas of different shards must not stand by
+        behind one leader."""
+        if self.peering is None or self.shard.count <= 1:
+            return self.peering
+        return f"{self.peering}-shard-{self.shard.index}"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"LLMCONN_{name.upper().replace('-', '_')}", default)
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _list(values: Sequence[str] | None) -> list[str]:
+    return [item.strip() for value in values or () for item in value.split(",") if item.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="llmconn run",
+        description="Run the llmconn operator against $KUBECONFIG or the in-cluster config. "
+        "Every option also reads an LLMCONN_* environment variable "
+        "(e.g. --metrics-port / LLMCONN_METRICS_PORT).",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-A",
+        "--all-namespaces",
+        action="store_true",
+        default=_env("all-namespaces", "") in ("1", "true", "yes"),
+        help="watch every namespace (LLMCONN_ALL_NAMESPACES)",
+    )
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch this namespace; repeat or comma-separate (LLMCONN_NAMESPACE)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("concurrency", "32") or 32),
+        help="probes in flight at most (default 32)",
+    )
+    p.add_argument(
+        "--default-interval",
+        type=_duration,
+        default=_env("default-interval", "5m"),
+        help="re-validation interval when the spec sets none (default 5m)",
+    )
+    p.add_argument(
+        "--default-timeout",
+        type=_duration,
+        default=_env("default-timeout", "10s"),
+        help="probe timeout when the spec sets none (default 10s)",
+    )
+    p.add_argument(
+        "--default-failure-threshold",
+        type=int,
+        default=int(_env("default-failure-threshold", "3") or 3),
+        help="transient failures in a row before Ready turns False (default 3)",
+    )
+    inference = p.add_mutually_exclusive_group()
+    inference.add_argument(
+        "--inference-min-interval",
+        type=_duration,
+        default=_env("inference-min-interval", "1h"),
+        help="floor on the interval of Inference validations (default 1h)",
+    )
+    inference.add_argument(
+        "--no-inference",
+        action="store_true",
+        default=_env("no-inference", "") in ("1", "true", "yes"),
+        help="forbid Inference validations (they spend tokens)",
+    )
+    p.add_argument(
+        "--missing-secret-grace",
+        type=_duration,
+        default=_env("missing-secret-grace", "2m"),
+        help="how long a missing Secret is waited for before Stalled (default 2m)",
+    )
+    p.add_argument(
+        "--egress-deny",
+        action="append",
+        default=None,
+        help="CIDR or host pattern to refuse, added to the built-in link-local and "
+        "metadata denies; repeat or comma-separate (LLMCONN_EGRESS_DENY)",
+    )
+    p.add_argument(
+        "--egress-allow",
+        action="append",
+        default=None,
+        help="when given, only these CIDRs or host patterns are allowed (LLMCONN_EGRESS_ALLOW)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("metrics-port", "8080") or 0),
+        help="Prometheus metrics port, 0 to turn off (default 8080)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(_env("health-port", "8081") or 0),
+        help="liveness endpoint port, GET /healthz; 0 to turn off (default 8081)",
+    )
+    p.add_argument(
+        "--peering",
+        default=_env("peering"),
+        help="Kopf peering name for active/standby replicas (default: standalone)",
+    )
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=int(_env("priority", "0") or 0),
+        help="peering priority of this replica",
+    )
+    p.add_argument("--shard-index", type=int, default=int(_env("shard-index", "0") or 0))
+    p.add_argument(
+        "--shard-count",
+        type=int,
+        default=int(_env("shard-count", "1") or 1),
+        help="split connections into N stable hash slices; this replica owns one",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("log-level", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    p.add_argument("--log-format", default=_env("log-format", "plain"), choices=["plain", "json"])
+    return p
+
+
+def from_args(argv: Sequence[str]) -> Config:
+    p = parser()
+    args = p.parse_args(list(argv))
+    namespaces = _list(args.namespace) or _list([_env("namespace", "") or ""])
+    if not namespaces and not args.all_namespaces:
+        p.error("say which namespaces to watch: -A, or -n NAMESPACE (repeatable)")
+    if not 0 <= args.shard_index < max(args.shard_count, 1):
+        p.error("--shard-index must be in [0, --shard-count)")
+    if args.concurrency < 1:
+        p.error("--concurrency must be at least 1")
+    durations = {
+        k: _duration(v) if isinstance(v, str) else v
+        for k, v in vars(args).items()
+        if k
+        in ("default_interval", "default_timeout", "inference_min_interval", "missing_secret_grace")
+    }
+    try:
+        egress = EgressPolicy.from_strings(
+            deny=_list(args.egress_deny or [_env("egress-deny", "") or ""]),
+            allow=_list(args.egress_allow or [_env("egress-allow", "") or ""]),
+        )
+    except ValueError as exc:
+        p.error(str(exc))
+    return Config(
+        namespaces=tuple(namespaces),
+        all_namespaces=args.all_namespaces,
+        concurrency=args.concurrency,
+        defaults=Defaults(
+            interval=durations["default_interval"],
+            timeout=durations["default_timeout"],
+            failure_threshold=args.default_failure_threshold,
+            inference_min_interval=None
+            if args.no_inference
+            else durations["inference_min_interval"],
+            missing_secret_grace=durations["missing_secret_grace"],
+        ),
+        egress=egress,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        peering=args.peering,
+        priority=args.priority,
+        shard=Shard(args.shard_index, args.shard_count),
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )

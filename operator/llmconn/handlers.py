@@ -1,0 +1,75 @@
+"""Kopf wiring, and nothing else: watch events go to the Reconciler; startup builds it.
+
+Only event-level handlers are used, so Kopf writes nothing to the objects (no finalizers, no
+last-handled-configuration annotation, no progress storage): the status PATCH per validation
+is the operator's only write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from llmconn.config import Config
+from llmconn.http import ClientPool
+from llmconn.kube import GROUP, PLURAL, VERSION, Kube
+from llmconn.metrics import Metrics
+from llmconn.reconciler import Reconciler
+
+log = logging.getLogger("llmconn")
+SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their status
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config: Config = memo.config
+    settings.posting.enabled = False  # Kopf would post Events for log lines; ours are ours
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    metrics = Metrics()
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+    reconciler = Reconciler(
+        Kube(max_connections=config.concurrency),
+        ClientPool(config.egress),
+        config.defaults,
+        metrics,
+        concurrency=config.concurrency,
+        shard=config.shard,
+    )
+    memo.reconciler = reconciler
+    memo.task = asyncio.create_task(reconciler.run(), name="llmconn scheduler")
+    log.info(
+        "llmconn started: concurrency %d, default interval %ss, egress %s",
+        config.concurrency,
+        config.defaults.interval,
+        config.egress.describe(),
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is None:
+        return
+    memo.task.cancel()  # stop starting new validations...
+    with contextlib.suppress(asyncio.CancelledError):
+        await memo.task
+    await reconciler.scheduler.drain(SHUTDOWN_GRACE)  # ...and let the running ones write
+    await reconciler.pool.aclose()
+    await reconciler.kube.aclose()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def connection_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.connection_event(event["type"], event["object"])
+
+
+@kopf.on.event("", "v1", "secrets")
+async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.secret_event(event["type"], event["object"])

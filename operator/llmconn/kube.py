@@ -1,0 +1,149 @@
+"""The few Kubernetes API calls the operator makes itself: one status PATCH per validation,
+Secret reads that bypass the watch cache, and Events on transitions.
+
+Kopf watches; these calls are ours so that each validation is exactly one write. The client
+logs in the way Kopf does (service account in a pod, else $KUBECONFIG) and reuses Kopf's
+TLS and header construction from its ConnectionInfo.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+from typing import Any
+
+import httpx2
+import kopf
+
+from llmconn.verdict import SecretData
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "llmconn.dev", "v1alpha1", "llmconnections"
+
+
+class NotFound(Exception):
+    """The object is gone (deleted while we worked)."""
+
+
+def login() -> kopf.ConnectionInfo:
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise kopf.LoginError("no service account and no $KUBECONFIG or ~/.kube/config")
+    return info
+
+
+class Kube:
+    def __init__(self, info: kopf.ConnectionInfo | None = None, *, max_connections: int = 64):
+        self._info = info
+        self._max = max_connections
+        self._client = self._make_client(info or login())
+
+    def _make_client(self, info: kopf.ConnectionInfo) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(
+            base_url=info.server,
+            verify=info.as_ssl_context(),
+            headers={**info.as_http_headers(), "User-Agent": "llmconn-operator"},
+            timeout=httpx2.Timeout(30.0, connect=10.0),
+            limits=httpx2.Limits(max_connections=self._max, max_keepalive_connections=self._max),
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:
+        response = await self._client.request(method, url, **kwargs)
+        if response.status_code == 401 and self._info is None:
+            # A projected service-account token rotates on disk: log in again once.
+            await self._client.aclose()
+            self._client = self._make_client(login())
+            response = await self._client.request(method, url, **kwargs)
+        return response
+
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource in one request; returns the object written."""
+        url = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        response = await self._call(
+            "PATCH",
+            url,
+            json={"status": status},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        if response.status_code == 404:
+            raise NotFound(f"{namespace}/{name}")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def get_secret(self, namespace: str, name: str) -> SecretData | None:
+        response = await self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return secret_data(response.json())
+
+    async def post_event(
+        self,
+        obj: dict[str, Any],
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+    ) -> None:
+        """A core/v1 Event about the connection (transitions only). Best-effort."""
+        meta = obj.get("metadata", {})
+        namespace = meta.get("namespace", "default")
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{meta.get('name', 'llmconnection')}.",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "LLMConnection",
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": "llmconn"},
+            "reportingComponent": "llmconn.dev/operator",
+            "reportingInstance": "llmconn",
+        }
+        try:
+            response = await self._call(
+                "POST", f"/api/v1/namespaces/{namespace}/events", json=event
+            )
+            if response.status_code >= 300:
+                log.warning("could not post event %s: HTTP %s", reason, response.status_code)
+        except httpx2.HTTPError as exc:
+            log.warning("could not post event %s: %s", reason, type(exc).__name__)
+
+
+def secret_data(body: dict[str, Any]) -> SecretData:
+    """A Secret object as the values a probe uses (data is base64 on the wire)."""
+    data: dict[str, bytes] = {}
+    for key, value in (body.get("data") or {}).items():
+        try:
+            data[key] = base64.b64decode(value or "")
+        except ValueError:
+            continue
+    for key, value in (body.get("stringData") or {}).items():
+        data[key] = str(value).encode()
+    return SecretData(data=data, resource_version=body.get("metadata", {}).get("resourceVersion"))

@@ -1,0 +1,432 @@
+"""The operator's core: which connection to validate when, and one status write per verdict.
+
+Kopf hands watch events to `connection_event` and `secret_event` (see handlers.py); they only
+update memory and the schedule. Validations run from the scheduler's bounded pool, call the
+plain `validate()` core, and write the status in exactly one PATCH. The operator's own
+writes come back as MODIFIED events and change nothing here: a validation is triggered by a
+new generation, a new `llmconn.dev/validate-requested-at` value, changed Secret data, or the
+interval, never by a status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import random
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from llmconn import status as st
+from llmconn.http import ClientPool
+from llmconn.kube import Kube, NotFound, secret_data
+from llmconn.metrics import Metrics
+from llmconn.reasons import MISSING_SECRET, Reason
+from llmconn.scheduler import Scheduler
+from llmconn.spec import LLMConnectionSpec, ValidationType, parse_spec
+from llmconn.validate import validate
+from llmconn.verdict import Defaults, Effective, SecretData, Verdict, effective
+
+log = logging.getLogger("llmconn")
+
+REQUESTED_AT = "llmconn.dev/validate-requested-at"
+PENDING_AFTER = 0.5  # seconds a first probe may take before Reconciling=True is written
+RESUME_SPREAD = 30.0  # seconds over which overdue connections are spread after a restart
+JITTER = 0.1  # +-10% of the interval, so connections created together drift apart
+
+Key = tuple[str, str]  # namespace, name
+
+
+@dataclass
+class Conn:
+    namespace: str
+    name: str
+    uid: str
+    generation: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    spec: LLMConnectionSpec | None = None
+    spec_raw: dict[str, Any] = field(default_factory=dict)
+    spec_error: str | None = None
+    requested_at: str | None = None
+    status: dict[str, Any] = field(default_factory=dict)  # as last written (or first seen)
+    handled_generation: int = 0
+    handled_requested_at: str | None = None
+    secret_digests: dict[str, str] = field(default_factory=dict)  # Secret name -> used values
+    generation_since: float = field(default_factory=time.time)  # wall time, for the grace
+    not_before: float = 0.0  # monotonic: Retry-After floor
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def secret_names(self) -> set[str]:
+        return {ref.name for ref in self.spec.secret_refs} if self.spec else set()
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+
+    def owns(self, uid: str) -> bool:
+        return self.count <= 1 or zlib.crc32(uid.encode()) % self.count == self.index
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        pool: ClientPool,
+        defaults: Defaults,
+        metrics: Metrics,
+        *,
+        concurrency: int = 32,
+        shard: Shard | None = None,
+    ) -> None:
+        self.kube = kube
+        self.pool = pool
+        self.defaults = defaults
+        self.metrics = metrics
+        self.shard = shard or Shard()
+        self.conns: dict[Key, Conn] = {}
+        self.secret_users: dict[Key, set[Key]] = {}  # (ns, secret) -> connections using it
+        self.secrets: dict[Key, SecretData] = {}  # only Secrets some connection references
+        self.scheduler: Scheduler[Key] = Scheduler(self._work, concurrency=concurrency)
+        self.writes = 0
+
+    # --- watch events (fast: memory and schedule only) --------------------------------
+    def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key: Key = (meta.get("namespace", ""), meta.get("name", ""))
+        if event_type == "DELETED" or not self.shard.owns(meta.get("uid", "")):
+            self._forget(key)
+            return
+        conn = self.conns.get(key)
+        first_sight = conn is None or conn.uid != meta.get("uid")
+        if conn is None or first_sight:
+            conn = Conn(namespace=key[0], name=key[1], uid=meta.get("uid", ""))
+            conn.status = dict(body.get("status") or {})
+            conn.handled_generation = int(conn.status.get("observedGeneration") or 0)
+            conn.handled_requested_at = conn.status.get("lastHandledRequestedAt")
+            self.conns[key] = conn
+        generation = int(meta.get("generation") or 1)
+        if generation != conn.generation:
+            conn.generation_since = time.time() if not first_sight else _created(meta)
+        conn.generation = generation
+        conn.meta = {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")}
+        conn.requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT)
+        if body.get("spec") != conn.spec_raw or (conn.spec is None and conn.spec_error is None):
+            self._set_spec(conn, body.get("spec") or {})
+        self.metrics.set_connections(len(self.conns))
+
+        if conn.spec is not None and conn.spec.suspend:
+            self.scheduler.cancel(key)
+            ready = st.find(list(conn.status.get("conditions") or []), st.READY) or {}
+            if ready.get("reason") != Reason.SUSPENDED or conn.handled_generation != generation:
+                self.scheduler.now(key)  # writes the Suspended status once
+            return
+        if conn.handled_generation < generation or (
+            conn.requested_at and conn.requested_at != conn.handled_requested_at
+        ):
+            self._trigger(conn)
+        elif first_sight:
+            self._resume(conn)
+
+    def secret_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        skey: Key = (meta.get("namespace", ""), meta.get("name", ""))
+        users = self.secret_users.get(skey)
+        if not users:
+            return
+        data = None if event_type == "DELETED" else secret_data(body)
+        if data is None:
+            self.secrets.pop(skey, None)
+        else:
+            self.secrets[skey] = data
+        for key in list(users):
+            conn = self.conns.get(key)
+            if conn is None or conn.spec is None or conn.spec.suspend:
+                continue
+            new = _digest(conn.spec, skey[1], data)
+            old = conn.secret_digests.get(skey[1])
+            if (
+                old is None
+                and data is not None
+                and _observed_rv(conn, skey[1]) == data.resource_version
+            ):
+                conn.secret_digests[skey[1]] = new  # what the last probe (before a restart) used
+            elif old != new:
+                log.info("Secret %s/%s changed: re-validating %s", skey[0], skey[1], key[1])
+                self._trigger(conn)
+
+    # --- scheduling --------------------------------------------------------------------
+    def _trigger(self, conn: Conn) -> None:
+        delay = conn.not_before - time.monotonic()
+        if delay > 0:  # Retry-After is honoured even for explicit triggers
+            self.scheduler.at(conn.key, conn.not_before)
+        else:
+            self.scheduler.now(conn.key)
+
+    def _resume(self, conn: Conn) -> None:
+        """After a restart: continue the schedule from status.lastValidationTime."""
+        interval = self._effective(conn).interval
+        last = _parse_time(conn.status.get("lastValidationTime"))
+        if last is None:
+            self.scheduler.now(conn.key)
+            return
+        if not interval:
+            return
+        wait = last + interval - time.time()
+        if wait <= 0:
+            wait = random.uniform(0, min(interval, RESUME_SPREAD))
+        self.scheduler.at(conn.key, time.monotonic() + wait)
+
+    def _plan_next(self, conn: Conn, verdict: Verdict) -> None:
+        interval = verdict.validation.interval
+        wait = interval * random.uniform(1 - JITTER, 1 + JITTER) if interval else None
+        if verdict.retry_after:
+            conn.not_before = time.monotonic() + verdict.retry_after
+            wait = max(wait or 0.0, verdict.retry_after)
+        if verdict.reason in MISSING_SECRET:
+            left = conn.generation_since + self.defaults.missing_secret_grace - time.time()
+            if left > 0:  # look again when the grace period ends, to raise Stalled on time
+                wait = min(wait, left + 0.5) if wait else left + 0.5
+        if wait is not None:
+            self.scheduler.at(conn.key, time.monotonic() + wait)
+
+    def _effective(self, conn: Conn) -> Effective:
+        if conn.spec is not None:
+            return effective(conn.spec, self.defaults)
+        return Effective(
+            type=ValidationType.CONNECTIVITY,
+            interval=self.defaults.interval,
+            timeout=self.defaults.timeout,
+            failure_threshold=self.defaults.failure_threshold,
+        )
+
+    def _set_spec(self, conn: Conn, raw: dict[str, Any]) -> None:
+        for name in conn.secret_names:
+            self._unuse((conn.namespace, name), conn.key)
+        conn.spec_raw = raw
+        try:
+            conn.spec, conn.spec_error = parse_spec(raw), None
+        except (pydantic.ValidationError, ValueError) as exc:
+            conn.spec, conn.spec_error = None, _first_error(exc)
+        for name in conn.secret_names:
+            self.secret_users.setdefault((conn.namespace, name), set()).add(conn.key)
+        conn.secret_digests.clear()
+
+    def _unuse(self, skey: Key, key: Key) -> None:
+        users = self.secret_users.get(skey)
+        if users is not None:
+            users.discard(key)
+            if not users:
+                del self.secret_users[skey]
+                self.secrets.pop(skey, None)
+
+    def _forget(self, key: Key) -> None:
+        conn = self.conns.pop(key, None)
+        if conn is None:
+            return
+        self.scheduler.cancel(key)
+        for name in conn.secret_names:
+            self._unuse((conn.namespace, name), key)
+        self.metrics.forget(*key)
+        self.metrics.set_connections(len(self.conns))
+
+    # --- one validation --------------------------------------------------------------
+    async def _work(self, key: Key) -> None:
+        conn = self.conns.get(key)
+        if conn is None:
+            return
+        try:
+            if conn.spec is not None and conn.spec.suspend:
+                await self._write(conn, st.suspended_status(conn.status, conn.generation, _now()))
+                conn.handled_generation = conn.generation
+                return
+            await self._validate(conn)
+        except NotFound:
+            self._forget(key)  # deleted mid-probe: nothing to write
+        except Exception:
+            # Never let one connection take the operator down; try again at the interval.
+            log.exception("validation of %s/%s failed unexpectedly", *key)
+            self.scheduler.at(key, time.monotonic() + self._effective(conn).interval or 60.0)
+
+    async def _validate(self, conn: Conn) -> None:
+        generation, requested_at = conn.generation, conn.requested_at
+        source = _RecordingSecrets(self, conn.namespace)
+        started = time.perf_counter()
+        probe = asyncio.ensure_future(self._verdict(conn, source))
+        if not conn.status.get("conditions"):
+            # A new connection: show Reconciling if the first probe takes a while.
+            done, _ = await asyncio.wait({probe}, timeout=PENDING_AFTER)
+            if not done:
+                await self._write(conn, st.pending_status(generation, _now()))
+        verdict = await probe
+        if self.conns.get(conn.key) is not conn:
+            return  # deleted or replaced while probing
+        grace_over = time.time() - conn.generation_since >= self.defaults.missing_secret_grace
+        new = st.next_status(
+            conn.status,
+            verdict,
+            generation=generation,
+            requested_at=requested_at,
+            secret_grace_over=grace_over,
+        )
+        prev = conn.status
+        await self._write(conn, st.merge_patch(prev, new))
+        conn.handled_generation = max(conn.handled_generation, generation)
+        if requested_at:
+            conn.handled_requested_at = requested_at
+        conn.secret_digests = (
+            {name: _digest(conn.spec, name, source.seen.get(name)) for name in conn.secret_names}
+            if conn.spec
+            else {}
+        )
+        self._observe(conn, prev, new, verdict, time.perf_counter() - started)
+        self._plan_next(conn, verdict)
+
+    async def _verdict(self, conn: Conn, source: _RecordingSecrets) -> Verdict:
+        if conn.spec is None:
+            return _invalid(conn, self._effective(conn))
+        return await validate(conn.spec, source, self.pool, self.defaults)
+
+    async def _write(self, conn: Conn, patch: dict[str, Any]) -> None:
+        obj = await self.kube.patch_status(conn.namespace, conn.name, patch)
+        self.writes += 1
+        conn.status = dict(obj.get("status") or {})
+        conn.meta["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
+
+    def _observe(
+        self, conn: Conn, prev: dict[str, Any], new: dict[str, Any], verdict: Verdict, took: float
+    ) -> None:
+        provider = verdict.provider
+        self.metrics.validation(provider, verdict.result.value, verdict.reason.value, took)
+        self.metrics.set_ready(conn.namespace, conn.name, provider, st.ready_status(new))
+        self.metrics.last_validation(conn.namespace, conn.name, provider, time.time())
+        log.debug(
+            "validated %s/%s: %s %s in %sms",
+            conn.namespace,
+            conn.name,
+            verdict.result.value,
+            verdict.reason.value,
+            verdict.latency_ms,
+        )
+        change = st.transition(prev, new)
+        if change is not None:
+            type_, reason = change
+            log.info(
+                "%s/%s is now %s: %s",
+                conn.namespace,
+                conn.name,
+                "Ready" if type_ == "Normal" else f"not Ready ({verdict.reason.value})",
+                verdict.message,
+            )
+            task = asyncio.ensure_future(
+                self.kube.post_event(
+                    {"metadata": conn.meta},
+                    type_=type_,
+                    reason=reason,
+                    message=f"{verdict.reason.value}: {verdict.message}",
+                )
+            )
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def run(self) -> None:
+        gauges = asyncio.ensure_future(self._gauges())
+        try:
+            await self.scheduler.run()
+        finally:
+            gauges.cancel()
+
+    async def _gauges(self) -> None:
+        while True:
+            self.metrics.set_in_flight(self.scheduler.in_flight)
+            self.metrics.set_queue_depth(self.scheduler.queue_depth)
+            await asyncio.sleep(1.0)
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
+class _RecordingSecrets:
+    """The connection's namespace only; remembers what the probe read. A Secret missing from
+    the cache is read from the API before it is declared missing (watches are unordered)."""
+
+    def __init__(self, reconciler: Reconciler, namespace: str) -> None:
+        self._r = reconciler
+        self._ns = namespace
+        self.seen: dict[str, SecretData | None] = {}
+
+    async def get(self, name: str) -> SecretData | None:
+        skey = (self._ns, name)
+        data = self._r.secrets.get(skey)
+        if data is None:
+            data = await self._r.kube.get_secret(self._ns, name)
+            if data is not None and skey in self._r.secret_users:
+                self._r.secrets[skey] = data
+        self.seen[name] = data
+        return data
+
+
+def _digest(spec: LLMConnectionSpec | None, secret: str, data: SecretData | None) -> str:
+    """Digest of the values one Secret gives this connection (never stored outside memory)."""
+    h = hashlib.sha256()
+    for ref in spec.secret_refs if spec else []:
+        if ref.name == secret:
+            value = None if data is None else data.data.get(ref.key)
+            h.update(ref.key.encode() + b"\0" + (b"\1" + value if value is not None else b"\2"))
+    return h.hexdigest()
+
+
+def _observed_rv(conn: Conn, secret: str) -> str | None:
+    for item in conn.status.get("observedSecrets") or []:
+        if item.get("name") == secret:
+            return str(item.get("resourceVersion"))
+    return None
+
+
+def _invalid(conn: Conn, eff: Effective) -> Verdict:
+    raw = conn.spec_raw
+    return Verdict(
+        reason=Reason.INVALID_CONFIGURATION,
+        message=f"The spec cannot work: {conn.spec_error}",
+        provider=str(raw.get("provider") or ""),
+        endpoint=str(raw.get("endpoint") or ""),
+        model=raw.get("model"),
+        validation=eff,
+        finished_at=_now(),
+    )
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "spec"
+        return f"spec.{where}: {err.get('msg')}"
+    return str(exc)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _parse_time(value: Any) -> float | None:
+    if not value:
+        return None
+    with contextlib.suppress(ValueError):
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    return None
+
+
+def _created(meta: dict[str, Any]) -> float:
+    return _parse_time(meta.get("creationTimestamp")) or time.time()

@@ -1,0 +1,35 @@
+"""`llmconn run`: parse options, configure logging, and hand the loop to Kopf."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import kopf
+
+from llmconn.config import from_args
+
+
+def main(argv: Sequence[str]) -> int:
+    config = from_args(argv)
+    kopf.configure(
+        debug=config.log_level == "debug",
+        quiet=config.log_level in ("warning", "error"),
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    logging.getLogger("httpcore2").setLevel(logging.WARNING)
+    import llmconn.handlers  # noqa: F401  (registers the handlers with Kopf)
+
+    kopf.run(
+        clusterwide=config.all_namespaces,
+        namespaces=config.namespaces,
+        standalone=config.peering is None,
+        peering_name=config.peering_name,
+        priority=config.priority,
+        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz"
+        if config.health_port
+        else None,
+        memo=kopf.Memo(config=config),
+    )
+    return 0
