@@ -79,8 +79,12 @@ class Scheduler(Generic[K]):
     async def run(self) -> None:
         """Dispatch due keys to workers until cancelled (running validations go on)."""
         while True:
-            key = await self._next_due()
-            await self._slots.acquire()
+            await self._slots.acquire()  # a free worker first, so due keys stay counted
+            try:
+                key = await self._next_due()
+            except BaseException:
+                self._slots.release()
+                raise
             task = asyncio.create_task(self._run_one(key), name=f"validate {key}")
             self._running[key] = task
 

@@ -1,0 +1,142 @@
+"""Status computation: Ready damping, Stalled, Reconciling, transition times, events."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from llmconn import status as st
+from llmconn.reasons import Reason
+from llmconn.spec import ValidationType
+from llmconn.verdict import Effective, Verdict
+
+T0 = dt.datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=dt.UTC)
+
+
+def verdict(reason: Reason, minute: int = 0, threshold: int = 3) -> Verdict:
+    return Verdict(
+        reason=reason,
+        message=f"probe said {reason.value}",
+        provider="openai",
+        endpoint="https://api.openai.com/v1",
+        model="gpt-4o",
+        validation=Effective(ValidationType.MODEL, 300.0, 10.0, threshold),
+        finished_at=T0 + dt.timedelta(minutes=minute),
+        latency_ms=12,
+    )
+
+
+def run(reasons: list[Reason], threshold: int = 3) -> list[dict]:
+    statuses, prev = [], None
+    for i, reason in enumerate(reasons):
+        prev = st.next_status(
+            prev, verdict(reason, i, threshold), generation=1, requested_at=None, secret_grace_over=True
+        )
+        statuses.append(prev)
+    return statuses
+
+
+def ready(status: dict) -> dict:
+    cond = st.find(status["conditions"], "Ready")
+    assert cond is not None
+    return cond
+
+
+def test_success_sets_ready_and_latest_probe_fields():
+    (s,) = run([Reason.VALIDATED])
+    assert s["result"] == "success" and s["reason"] == "Validated"
+    assert ready(s)["status"] == "True" and ready(s)["observedGeneration"] == 1
+    assert s["lastSuccessTime"] == s["lastValidationTime"] == "2026-11-22T10:00:00.123Z"
+    assert s["consecutiveFailures"] == 0
+    assert st.find(s["conditions"], "Stalled") is None
+
+
+def test_transient_failures_are_damped_until_threshold():
+    s = run([Reason.VALIDATED, Reason.TIMEOUT, Reason.TIMEOUT, Reason.TIMEOUT], threshold=3)
+    assert [ready(x)["status"] for x in s] == ["True", "True", "True", "False"]
+    assert "Timeout, 1 of 3 tolerated" in ready(s[1])["message"]
+    assert s[1]["result"] == "failed" and s[1]["reason"] == "Timeout"  # latest probe is honest
+    assert s[3]["consecutiveFailures"] == 3 and ready(s[3])["reason"] == "Timeout"
+    # lastTransitionTime moves only on the flip
+    assert ready(s[2])["lastTransitionTime"] == ready(s[0])["lastTransitionTime"]
+    assert ready(s[3])["lastTransitionTime"] != ready(s[0])["lastTransitionTime"]
+    assert s[3]["lastSuccessTime"] == s[0]["lastSuccessTime"]
+
+
+def test_non_transient_failure_flips_at_once_and_stalls():
+    s = run([Reason.VALIDATED, Reason.INVALID_API_KEY])
+    assert ready(s[1])["status"] == "False" and ready(s[1])["reason"] == "InvalidAPIKey"
+    stalled = st.find(s[1]["conditions"], "Stalled")
+    assert stalled is not None and stalled["status"] == "True"
+
+
+def test_success_after_failures_resets():
+    s = run([Reason.INVALID_API_KEY, Reason.VALIDATED])
+    assert ready(s[1])["status"] == "True" and s[1]["consecutiveFailures"] == 0
+    assert st.find(s[1]["conditions"], "Stalled") is None
+
+
+@pytest.mark.parametrize("before", [None, Reason.INVALID_API_KEY])
+def test_rate_limited_never_moves_ready_by_itself(before):
+    reasons = ([before] if before else []) + [Reason.RATE_LIMITED]
+    s = run(reasons)
+    assert s[-1]["result"] == "unknown"
+    assert ready(s[-1])["status"] == ("False" if before else "Unknown")
+
+
+def test_rate_limited_counts_toward_damping_when_ready():
+    s = run([Reason.VALIDATED] + [Reason.RATE_LIMITED] * 3)
+    assert [ready(x)["status"] for x in s] == ["True", "True", "True", "False"]
+
+
+def test_missing_secret_stalls_only_after_grace():
+    v = verdict(Reason.SECRET_NOT_FOUND)
+    early = st.next_status(None, v, generation=1, requested_at=None, secret_grace_over=False)
+    late = st.next_status(None, v, generation=1, requested_at=None, secret_grace_over=True)
+    assert st.find(early["conditions"], "Stalled") is None
+    assert st.find(late["conditions"], "Stalled")["status"] == "True"
+    assert ready(early)["status"] == "False"
+
+
+def test_requested_at_is_echoed_and_kept():
+    v = verdict(Reason.VALIDATED)
+    s1 = st.next_status(None, v, generation=2, requested_at="now-1", secret_grace_over=True)
+    s2 = st.next_status(s1, v, generation=2, requested_at=None, secret_grace_over=True)
+    assert s1["lastHandledRequestedAt"] == s2["lastHandledRequestedAt"] == "now-1"
+    assert s2["observedGeneration"] == 2
+
+
+def test_pending_then_verdict_drops_reconciling():
+    pending = st.pending_status(1, T0)
+    assert ready(pending)["status"] == "Unknown" and ready(pending)["reason"] == "Pending"
+    assert st.find(pending["conditions"], "Reconciling")["status"] == "True"
+    after = st.next_status(pending, verdict(Reason.VALIDATED), generation=1, requested_at=None,
+                           secret_grace_over=True)
+    assert st.find(after["conditions"], "Reconciling") is None
+
+
+def test_merge_patch_nulls_fields_that_no_longer_apply():
+    prev = {"httpStatus": 401, "code": "invalid_api_key", "reason": "InvalidAPIKey"}
+    patch = st.merge_patch(prev, {"reason": "Validated"})
+    assert patch == {"reason": "Validated", "httpStatus": None, "code": None}
+
+
+def test_events_only_on_transitions():
+    s = run([Reason.VALIDATED, Reason.VALIDATED, Reason.INVALID_API_KEY, Reason.INVALID_API_KEY,
+             Reason.QUOTA_EXCEEDED, Reason.VALIDATED])
+    events = [st.transition(a, b) for a, b in zip([None, *s[:-1]], s, strict=True)]
+    assert events == [
+        ("Normal", "Validated"),
+        None,
+        ("Warning", "ValidationFailed"),
+        None,
+        ("Warning", "ValidationFailed"),  # the failure reason changed
+        ("Normal", "Validated"),
+    ]
+
+
+def test_suspended_status():
+    s = st.suspended_status(run([Reason.VALIDATED])[0], 2, T0)
+    assert ready(s)["status"] == "Unknown" and ready(s)["reason"] == "Suspended"
+    assert s["observedGeneration"] == 2
