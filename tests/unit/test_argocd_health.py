@@ -1,0 +1,184 @@
+"""The Argo CD health check, run by a real Lua 5.1 runtime (Argo CD's dialect) on sample objects."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lupa import lua51
+
+ARGOCD = Path(__file__).resolve().parents[2] / "charts" / "llmconn" / "argocd"
+HEALTH_LUA = (ARGOCD / "health.lua").read_text()
+HEALTH_KEY = "resource.customizations.health.llmconn.dev_LLMConnection"
+
+
+def to_lua(lua: Any, value: Any) -> Any:
+    """Python JSON values as Lua values, lists as 1-based sequences (as Argo CD converts)."""
+    if isinstance(value, dict):
+        return lua.table_from({k: to_lua(lua, v) for k, v in value.items()})
+    if isinstance(value, list):
+        return lua.table_from([to_lua(lua, v) for v in value])
+    return value
+
+
+def health(obj: dict[str, Any]) -> tuple[str, str]:
+    lua = lua51.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = to_lua(lua, obj)
+    hs = lua.execute(HEALTH_LUA)
+    return str(hs["status"]), str(hs["message"])
+
+
+def cond(kind: str, status: str, reason: str, message: str = "", gen: int = 3) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": gen,
+        "lastTransitionTime": "2026-11-22T10:30:00Z",
+    }
+
+
+def connection(
+    *conditions: dict[str, Any],
+    generation: int = 3,
+    observed: int | None = 3,
+    suspend: bool | None = None,
+    status: bool = True,
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "llmconn.dev/v1alpha1",
+        "kind": "LLMConnection",
+        "metadata": {"name": "deepseek-prod", "namespace": "agents", "generation": generation},
+        "spec": {"provider": "deepseek", "model": "deepseek-chat"},
+    }
+    if suspend is not None:
+        obj["spec"]["suspend"] = suspend
+    if status:
+        obj["status"] = {"result": "success", "reason": "Validated", "conditions": list(conditions)}
+        if observed is not None:
+            obj["status"]["observedGeneration"] = observed
+    return obj
+
+
+READY = cond("Ready", "True", "Validated", "The connection is reachable; model deepseek-chat ok.")
+
+
+def test_ready_for_current_generation_is_healthy() -> None:
+    assert health(connection(READY)) == (
+        "Healthy",
+        "Validated: The connection is reachable; model deepseek-chat ok.",
+    )
+
+
+def test_tolerated_transient_failure_stays_healthy() -> None:
+    damped = cond("Ready", "True", "Validated", "last probe: Timeout, 1 of 3 tolerated")
+    assert health(connection(damped))[0] == "Healthy"
+
+
+@pytest.mark.parametrize(
+    "conditions",
+    [
+        [
+            cond("Ready", "False", "InvalidAPIKey", "The provider rejected the API key."),
+            cond("Stalled", "True", "InvalidAPIKey", "The provider rejected the API key."),
+        ],
+        # Stalled wins even if Ready were still True.
+        [READY, cond("Stalled", "True", "QuotaExceeded", "Out of credits.")],
+    ],
+)
+def test_stalled_is_degraded(conditions: list[dict[str, Any]]) -> None:
+    status, message = health(connection(*conditions))
+    assert status == "Degraded"
+    assert message.startswith(conditions[-1]["reason"] + ": ")
+
+
+def test_ready_false_is_degraded() -> None:
+    not_ready = cond("Ready", "False", "Timeout", "3 failures in a row: Timeout")
+    assert health(connection(not_ready)) == ("Degraded", "Timeout: 3 failures in a row: Timeout")
+
+
+def test_ready_false_without_message_names_the_reason() -> None:
+    assert health(connection(cond("Ready", "False", "ConnectionFailed"))) == (
+        "Degraded",
+        "ConnectionFailed",
+    )
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        pytest.param(connection(status=False), id="no-status"),
+        pytest.param(connection(observed=None), id="no-conditions-or-generation"),
+        pytest.param(
+            connection(
+                cond("Ready", "Unknown", "Pending", "Not validated yet"),
+                cond("Reconciling", "True", "Pending", "Validating"),
+            ),
+            id="reconciling",
+        ),
+        pytest.param(
+            connection(cond("Ready", "Unknown", "Pending", "Not validated yet")), id="pending"
+        ),
+        pytest.param(
+            connection(cond("Ready", "Unknown", "RateLimited", "rate limited")),
+            id="unknown-result",
+        ),
+        pytest.param(connection(READY, generation=4), id="old-observedGeneration"),
+        pytest.param(
+            connection({**READY, "observedGeneration": 2}, observed=3),
+            id="old-ready-condition",
+        ),
+        pytest.param(
+            connection(
+                cond("Ready", "False", "InvalidAPIKey", gen=2),
+                cond("Stalled", "True", "InvalidAPIKey", gen=2),
+                generation=3,
+                observed=2,
+            ),
+            id="stalled-on-old-spec",
+        ),
+    ],
+)
+def test_anything_else_is_progressing(obj: dict[str, Any]) -> None:
+    assert health(obj)[0] == "Progressing"
+
+
+def test_waiting_message_names_the_generation() -> None:
+    assert health(connection(READY, generation=4)) == (
+        "Progressing",
+        "Waiting for the validation of generation 4",
+    )
+
+
+def test_suspended_follows_argocd_flux_convention() -> None:
+    suspended = cond("Ready", "Unknown", "Suspended", "Validation is suspended")
+    assert health(connection(suspended, suspend=True))[0] == "Suspended"
+    # spec.suspend decides, even before the operator has written the status.
+    assert health(connection(READY, suspend=True))[0] == "Suspended"
+    assert health(connection(READY, suspend=False))[0] == "Healthy"
+
+
+def test_being_deleted_is_progressing() -> None:
+    obj = connection(READY)
+    obj["metadata"]["deletionTimestamp"] = "2026-11-22T10:31:00Z"
+    assert health(obj) == ("Progressing", "Pending deletion")
+
+
+def test_no_generation_in_metadata_uses_conditions_alone() -> None:
+    obj = connection(READY)
+    del obj["metadata"]["generation"]
+    assert health(obj)[0] == "Healthy"
+
+
+def test_readme_snippet_is_the_script() -> None:
+    readme = (ARGOCD / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+    configmaps = [yaml.safe_load(b) for b in blocks]
+    snippet = [c for c in configmaps if c.get("kind") == "ConfigMap"]
+    assert len(snippet) == 1
+    assert snippet[0]["metadata"]["name"] == "argocd-cm"
+    assert snippet[0]["data"] == {HEALTH_KEY: HEALTH_LUA}
