@@ -25,6 +25,7 @@ class Scheduler(Generic[K]):
         *,
         concurrency: int,
         clock: Callable[[], float] = time.monotonic,
+        on_lag: Callable[[float], None] | None = None,
     ) -> None:
         self._work = work
         self._clock = clock
@@ -36,7 +37,7 @@ class Scheduler(Generic[K]):
         self._running: dict[K, asyncio.Task[None]] = {}
         self._again: set[K] = set()  # asked for while running: run once more right after
         self.concurrency = concurrency
-        self.lag: list[float] = []  # recent start-minus-due delays, seconds (for the benchmark)
+        self._on_lag = on_lag  # told how late each validation starts against its plan
 
     # --- scheduling ----------------------------------------------------------------
     def at(self, key: K, due: float) -> None:
@@ -111,9 +112,8 @@ class Scheduler(Generic[K]):
                 if delay <= 0:
                     heapq.heappop(self._heap)
                     del self._due[key]
-                    self.lag.append(-delay)
-                    if len(self.lag) > 20000:
-                        del self.lag[:10000]
+                    if self._on_lag is not None:
+                        self._on_lag(-delay)
                     return key
                 break
             self._wake.clear()
