@@ -63,7 +63,7 @@ class Reply:
         """The parsed body, or None when it is not JSON."""
         try:
             return json.loads(self.content)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # "[[[[..." nests too deep
             return None
 
     @property

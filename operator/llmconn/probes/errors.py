@@ -8,6 +8,7 @@ so the body's own code, type and message are read first, the HTTP status second.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +40,11 @@ def parse_error(body: Any) -> ErrorBody | None:
         return ErrorBody(message=err)
     if isinstance(err, dict):
         code = err.get("code")
-        numeric = code if isinstance(code, int) else None
+        numeric = _http_code(code)
+        details = err.get("details")
         reasons = [
             d.get("reason")
-            for d in err.get("details") or []
+            for d in (details if isinstance(details, list) else [])
             if isinstance(d, dict) and isinstance(d.get("reason"), str)
         ]
         text_code = reasons[0] if reasons else (code if isinstance(code, str) else None)
@@ -60,23 +62,43 @@ def parse_error(body: Any) -> ErrorBody | None:
             code=code if isinstance(code, str) else None,
             type=body.get("type") if isinstance(body.get("type"), str) else None,
             message=str(body.get("message") or ""),
-            numeric=code if isinstance(code, int) else None,
+            numeric=_http_code(code),
         )
     return None
 
 
+def _http_code(code: Any) -> int | None:
+    """An HTTP status carried in a body's "code" (vLLM, OpenRouter); not a bool, in range."""
+    if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+        return code
+    return None
+
+
 def retry_after(reply: Reply) -> float | None:
+    """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms; None when
+    absent or unreadable. Never raises, never infinite or negative."""
     value = reply.headers.get("retry-after")
     if not value:
-        ms = reply.headers.get("retry-after-ms")
-        return float(ms) / 1000 if ms and ms.replace(".", "", 1).isdigit() else None
-    if value.replace(".", "", 1).isdigit():
-        return float(value)
+        ms = _seconds(reply.headers.get("retry-after-ms"))
+        return ms / 1000 if ms is not None else None
+    if (seconds := _seconds(value)) is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _seconds(value: str | None) -> float | None:
+    # isdigit() admits "²" and "٣", which float() may refuse; "999...9" overflows to inf.
+    if not value or not value.replace(".", "", 1).isdigit():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 _QUOTA_WORDS = (
@@ -173,7 +195,8 @@ def classify_error(ctx: ProbeContext, reply: Reply, what: str = "the request") -
             code=code,
             retry_after=wait,
         )
-    if status == 404 or "not_found" in words or "notfound" in words:
+    # DeepSeek answers an unknown model with 400 "Model Not Exist".
+    if status == 404 or any(w in words for w in ("not_found", "notfound", "model not exist")):
         if err == ErrorBody():
             return _out(
                 Reason.UNEXPECTED_RESPONSE,
