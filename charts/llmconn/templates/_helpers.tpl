@@ -1,0 +1,89 @@
+{{/* Names, labels and the derived settings every template shares. */}}
+
+{{- define "llmconn.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "llmconn.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "llmconn.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "llmconn.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "llmconn.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "llmconn.labels" -}}
+helm.sh/chart: {{ include "llmconn.chart" . }}
+{{ include "llmconn.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: llmconn
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "llmconn.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "llmconn.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "llmconn.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the operator runs with Kopf peering: asked for, or needed by replicas > 1. */}}
+{{- define "llmconn.peering" -}}
+{{- if or .Values.peering.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end }}
+
+{{- define "llmconn.peeringName" -}}
+{{- default (include "llmconn.fullname" .) .Values.peering.name }}
+{{- end }}
+
+{{/* "true" in cluster-wide mode (no namespaces listed). */}}
+{{- define "llmconn.clusterwide" -}}
+{{- if not .Values.watch.namespaces }}true{{ end }}
+{{- end }}
+
+{{/* The verbs the operator uses, shared by the ClusterRole and the per-namespace Roles. */}}
+{{- define "llmconn.rules" -}}
+# Watch connections and write their status (one PATCH per validation); nothing else on them.
+- apiGroups: ["llmconn.dev"]
+  resources: ["llmconnections"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["llmconn.dev"]
+  resources: ["llmconnections/status"]
+  verbs: ["patch"]
+# Read the Secrets that connections reference: watched for key rotation, read directly
+# before one is declared missing.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+# Events on transitions only.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}

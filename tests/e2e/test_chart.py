@@ -1,0 +1,670 @@
+"""The Helm chart: lint, rendered output for the important values combinations, and the
+rendered chart accepted by the real apiserver (server-side dry run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.cluster import ControlPlane
+from llmconn.config import from_args
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "llmconn"
+HELM = ROOT / ".local" / "bin" / "helm"
+RELEASE = "llmconn"
+NAMESPACE = "llmconn-system"
+FULLNAME = "llmconn"  # the release name already holds the chart name
+
+Doc = dict[str, Any]
+
+OPERATOR_RULES = [
+    {
+        "apiGroups": ["llmconn.dev"],
+        "resources": ["llmconnections"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {"apiGroups": ["llmconn.dev"], "resources": ["llmconnections/status"], "verbs": ["patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+def peering_rules(resource: str, name: str = FULLNAME) -> list[dict[str, Any]]:
+    return [
+        {"apiGroups": ["kopf.dev"], "resources": [resource], "verbs": ["list", "watch"]},
+        {
+            "apiGroups": ["kopf.dev"],
+            "resources": [resource],
+            "resourceNames": [name],
+            "verbs": ["get", "patch"],
+        },
+    ]
+
+
+@pytest.fixture(scope="session")
+def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for helm: its caches and config in a temp dir, never the user's."""
+    home = tmp_path_factory.mktemp("helm-home")
+    if not HELM.exists():
+        subprocess.run(["make", "-s", "helm"], cwd=ROOT, check=True)
+    return {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
+
+
+def helm(
+    env: dict[str, str], *args: str, check: bool = True, chart: Path = CHART
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(HELM), *(str(chart) if a == "{chart}" else a for a in args)]
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def values_args(tmp_path: Path, values: Doc | None) -> list[str]:
+    if not values:
+        return []
+    path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["-f", str(path)]
+
+
+@pytest.fixture
+def render(helm_env: dict[str, str], tmp_path: Path) -> Any:
+    """render(values, namespace) -> the documents `helm template` prints."""
+
+    def _render(values: Doc | None = None, namespace: str = NAMESPACE) -> list[Doc]:
+        out = helm(
+            helm_env,
+            "template",
+            RELEASE,
+            "{chart}",
+            "--namespace",
+            namespace,
+            *values_args(tmp_path, values),
+        ).stdout
+        return [d for d in yaml.safe_load_all(out) if d]
+
+    return _render
+
+
+def kinds(docs: list[Doc]) -> list[tuple[str, str | None]]:
+    return sorted((d["kind"], d["metadata"].get("namespace")) for d in docs)
+
+
+def one(docs: list[Doc], kind: str, namespace: str | None = None) -> Doc:
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind and (namespace is None or d["metadata"].get("namespace") == namespace)
+    ]
+    assert len(found) == 1, f"{kind} in {namespace}: {len(found)} found"
+    return found[0]
+
+
+def container(docs: list[Doc]) -> Doc:
+    containers = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: Doc = containers[0]
+    return result
+
+
+def args(docs: list[Doc]) -> list[str]:
+    return list(container(docs)["args"])
+
+
+# -- lint ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        None,
+        {"watch": {"namespaces": ["team-a", "team-b"]}, "replicaCount": 2},
+        {
+            "replicaCount": 3,
+            "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
+            "metrics": {"serviceMonitor": {"enabled": True}},
+        },
+    ],
+    ids=["default", "namespaced-ha", "ha-monitored"],
+)
+def test_lint_strict(helm_env: dict[str, str], tmp_path: Path, values: Doc | None) -> None:
+    result = helm(helm_env, "lint", "--strict", "{chart}", *values_args(tmp_path, values))
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout + result.stderr
+
+
+# -- cluster-wide (default) ---------------------------------------------------------------
+
+
+def test_default_is_cluster_wide_with_least_privilege(render: Any) -> None:
+    docs = render()
+    assert kinds(docs) == [
+        ("ClusterRole", None),
+        ("ClusterRoleBinding", None),
+        ("Deployment", NAMESPACE),
+        ("Service", NAMESPACE),
+        ("ServiceAccount", NAMESPACE),
+    ]
+    assert one(docs, "ClusterRole")["rules"] == OPERATOR_RULES
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": FULLNAME,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    # A standalone operator must not overlap with its successor during a rollout.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
+    assert "--all-namespaces" in args(docs)
+    assert not [a for a in args(docs) if a.startswith(("--namespace", "--peering"))]
+
+
+def test_no_rule_grants_more_than_the_operator_uses(render: Any) -> None:
+    allowed = {
+        "llmconnections": {"get", "list", "watch"},
+        "llmconnections/status": {"patch"},
+        "secrets": {"get", "list", "watch"},
+        "events": {"create"},
+        "clusterkopfpeerings": {"get", "list", "watch", "patch"},
+        "kopfpeerings": {"get", "list", "watch", "patch"},
+    }
+    for values in (None, {"replicaCount": 2}, {"watch": {"namespaces": ["a"]}, "replicaCount": 2}):
+        rules = [rule for doc in render(values) for rule in doc.get("rules", [])]
+        assert rules
+        for rule in rules:
+            (resource,) = rule["resources"]
+            assert set(rule["verbs"]) <= allowed[resource], rule
+
+
+def test_default_flags_reach_the_operator_parser(render: Any) -> None:
+    config = from_args(args(render()))
+    assert config.all_namespaces
+    assert config.concurrency == 32
+    assert config.defaults.interval == 300
+    assert config.defaults.timeout == 10
+    assert config.defaults.failure_threshold == 3
+    assert config.defaults.inference_min_interval == 3600
+    assert config.defaults.missing_secret_grace == 120
+    assert config.metrics_port == 8080
+    assert config.health_port == 8081
+    assert config.peering is None
+    assert config.log_format == "json"
+
+
+# -- namespaced mode ----------------------------------------------------------------------
+
+
+def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_wide(render: Any) -> None:
+    docs = render({"watch": {"namespaces": ["team-a", "team-b"]}})
+    assert kinds(docs) == [
+        ("Deployment", NAMESPACE),
+        ("Role", "team-a"),
+        ("Role", "team-b"),
+        ("RoleBinding", "team-a"),
+        ("RoleBinding", "team-b"),
+        ("Service", NAMESPACE),
+        ("ServiceAccount", NAMESPACE),
+    ]
+    for ns in ("team-a", "team-b"):
+        assert one(docs, "Role", ns)["rules"] == OPERATOR_RULES
+        binding = one(docs, "RoleBinding", ns)
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["roleRef"]["name"] == FULLNAME
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+        ]
+    flags = args(docs)
+    assert "--all-namespaces" not in flags
+    assert [a for a in flags if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+    assert from_args(flags).namespaces == ("team-a", "team-b")
+
+
+# -- replicas and peering -----------------------------------------------------------------
+
+
+def test_replicas_turn_on_peering_with_its_object_and_rbac(render: Any) -> None:
+    docs = render({"replicaCount": 2})
+    assert f"--peering={FULLNAME}" in args(docs)
+    assert from_args(args(docs)).peering == FULLNAME
+    peering = one(docs, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    assert peering["metadata"]["name"] == FULLNAME
+    assert one(docs, "ClusterRole")["rules"] == OPERATOR_RULES + peering_rules(
+        "clusterkopfpeerings"
+    )
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert "strategy" not in deployment["spec"]  # rolling: the standby takes over
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_namespaced_peering_meets_in_each_namespace(render: Any) -> None:
+    docs = render(
+        {
+            "watch": {"namespaces": ["team-a", "team-b"]},
+            "replicaCount": 2,
+            "peering": {"name": "ha"},
+        }
+    )
+    assert "--peering=ha" in args(docs)
+    for ns in ("team-a", "team-b"):
+        assert one(docs, "KopfPeering", ns)["metadata"]["name"] == "ha"
+        assert one(docs, "Role", ns)["rules"] == OPERATOR_RULES + peering_rules(
+            "kopfpeerings", "ha"
+        )
+    assert not [d for d in docs if d["kind"] in ("ClusterKopfPeering", "ClusterRole")]
+
+
+def test_peering_without_creating_the_object(render: Any) -> None:
+    docs = render({"peering": {"enabled": True, "createObject": False}})
+    assert f"--peering={FULLNAME}" in args(docs)
+    assert not [d for d in docs if "KopfPeering" in d["kind"]]
+
+
+@pytest.mark.parametrize(
+    ("pdb", "expected"),
+    [
+        ({"enabled": True}, {"maxUnavailable": 1}),
+        ({"enabled": True, "minAvailable": 1}, {"minAvailable": 1}),
+        ({"enabled": True, "maxUnavailable": "50%"}, {"maxUnavailable": "50%"}),
+    ],
+)
+def test_pod_disruption_budget_when_enabled(render: Any, pdb: Doc, expected: Doc) -> None:
+    docs = render({"replicaCount": 2, "podDisruptionBudget": pdb})
+    spec = one(docs, "PodDisruptionBudget")["spec"]
+    selector = one(docs, "Deployment")["spec"]["selector"]
+    assert spec == {**expected, "selector": selector}
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_service_selects_the_pods(render: Any) -> None:
+    docs = render()
+    service = one(docs, "Service")
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["metadata"]["name"] == f"{FULLNAME}-metrics"
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+
+
+def test_service_monitor_scrapes_the_metrics_service(render: Any) -> None:
+    docs = render(
+        {
+            "metrics": {
+                "serviceMonitor": {
+                    "enabled": True,
+                    "labels": {"release": "prom"},
+                    "interval": "15s",
+                }
+            }
+        }
+    )
+    monitor = one(docs, "ServiceMonitor")
+    service = one(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+    ]
+
+
+def test_metrics_off_means_port_zero_and_no_service(render: Any) -> None:
+    docs = render({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
+    assert not [d for d in docs if d["kind"] in ("Service", "ServiceMonitor")]
+    assert "--metrics-port=0" in args(docs)
+    assert from_args(args(docs)).metrics_port == 0
+    assert [p["name"] for p in container(docs)["ports"]] == ["health"]
+
+
+# -- egress and other flags ---------------------------------------------------------------
+
+
+def test_default_egress_denies_loopback(render: Any) -> None:
+    flags = args(render())
+    assert [a for a in flags if a.startswith("--egress")] == [
+        "--egress-deny=127.0.0.0/8",
+        "--egress-deny=::1/128",
+    ]
+    policy = from_args(flags).egress
+    for host, ip in (("localhost", "127.0.0.1"), ("x", "127.1.2.3"), ("ip6-localhost", "::1")):
+        assert policy.check(host, ip) is not None
+    assert policy.check("api.openai.com", "162.159.140.245") is None
+
+
+def test_egress_rules_are_appended_and_loopback_deny_can_be_dropped(render: Any) -> None:
+    flags = args(
+        render(
+            {
+                "egress": {
+                    "deny": ["10.0.0.0/8", "*.internal"],
+                    "allow": ["api.openai.com", "192.0.2.0/24"],
+                }
+            }
+        )
+    )
+    assert [a for a in flags if a.startswith("--egress")] == [
+        "--egress-deny=127.0.0.0/8",
+        "--egress-deny=::1/128",
+        "--egress-deny=10.0.0.0/8",
+        "--egress-deny=*.internal",
+        "--egress-allow=api.openai.com",
+        "--egress-allow=192.0.2.0/24",
+    ]
+    policy = from_args(flags).egress
+    assert policy.check("db.internal", "192.0.2.9") is not None
+    assert policy.check("api.openai.com", "162.159.140.245") is None
+    assert policy.check("example.com", "93.184.215.14") is not None
+
+    open_flags = args(render({"egress": {"denyLoopback": False}}))
+    assert not [a for a in open_flags if a.startswith("--egress")]
+    assert from_args(open_flags).egress.check("localhost", "127.0.0.1") is None
+
+
+def test_config_values_become_flags(render: Any) -> None:
+    config = from_args(
+        args(
+            render(
+                {
+                    "config": {
+                        "concurrency": 64,
+                        "defaultInterval": "1m30s",
+                        "defaultTimeout": "2500ms",
+                        "defaultFailureThreshold": 5,
+                        "missingSecretGrace": "30s",
+                        "noInference": True,
+                        "logLevel": "debug",
+                        "logFormat": "plain",
+                    },
+                    "health": {"port": 9091},
+                    "metrics": {"port": 9090},
+                }
+            )
+        )
+    )
+    assert config.concurrency == 64
+    assert config.defaults.interval == 90
+    assert config.defaults.timeout == 2.5
+    assert config.defaults.failure_threshold == 5
+    assert config.defaults.missing_secret_grace == 30
+    assert config.defaults.inference_min_interval is None
+    assert (config.log_level, config.log_format) == ("debug", "plain")
+    assert (config.metrics_port, config.health_port) == (9090, 9091)
+
+
+def test_extra_args_and_env(render: Any) -> None:
+    docs = render(
+        {
+            "extraArgs": ["--shard-count=2"],
+            "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy.corp:3128"}],
+        }
+    )
+    assert args(docs)[-1] == "--shard-count=2"
+    env = {e["name"]: e.get("value") for e in container(docs)["env"]}
+    assert env["HTTPS_PROXY"] == "http://proxy.corp:3128"
+
+
+# -- pod hardening ------------------------------------------------------------------------
+
+
+def test_pod_is_locked_down(render: Any) -> None:
+    docs = render()
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c = container(docs)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert isinstance(sc["runAsUser"], int)
+    assert sc["runAsUser"] > 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The only writable path is an emptyDir on /tmp.
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    assert c["resources"]["requests"].keys() == {"cpu", "memory"}
+    assert "memory" in c["resources"]["limits"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert (
+        c["image"] == f"llmconn:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
+    )
+
+
+def test_image_digest_wins_over_tag(render: Any) -> None:
+    digest = "sha256:" + "a" * 64
+    c = container(render({"image": {"repository": "registry.example/llmconn", "digest": digest}}))
+    assert c["image"] == f"registry.example/llmconn@{digest}"
+
+
+# -- values and schema --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"config": {"defaultInterval": "5 minutes"}}, "/config/defaultInterval"),
+        ({"watch": {"namespace": "x"}}, "namespace"),
+        ({"watch": {"namespaces": ["Team_A"]}}, "/watch/namespaces/0"),
+        ({"egress": {"deny": ["10.0.0.0/8,192.168.0.0/16"]}}, "/egress/deny/0"),
+        ({"config": {"logFormat": "xml"}}, "/config/logFormat"),
+        ({"replicaCount": -1}, "/replicaCount"),
+        ({"metrics": {"port": 70000}}, "/metrics/port"),
+    ],
+)
+def test_schema_refuses_bad_values(
+    helm_env: dict[str, str], tmp_path: Path, values: Doc, complaint: str
+) -> None:
+    result = helm(
+        helm_env, "template", RELEASE, "{chart}", *values_args(tmp_path, values), check=False
+    )
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_every_value_is_documented() -> None:
+    """Each leaf in values.yaml has a `# --` comment above it (k8s structs as a whole)."""
+    whole = {"resources", "podSecurityContext", "securityContext"}
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    stack: list[tuple[int, str, bool]] = []  # indent, key, documented as a whole
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][\w-]*):(.*)$", line)
+        if not m:
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        above = lines[i - 1].strip() if i else ""
+        commented = above.startswith("#")
+        inside_whole = any(w for _, _, w in stack)
+        is_leaf = rest != ""
+        if is_leaf and not commented and not inside_whole:
+            undocumented.append(".".join([k for _, k, _ in stack] + [key]))
+        stack.append((indent, key, key in whole and commented and not stack))
+    assert undocumented == []
+
+
+def test_schema_knows_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(node: Doc, props: Doc, path: str) -> None:
+        for key, value in node.items():
+            assert key in props, f"{path}{key} is not in values.schema.json"
+            sub = props[key]
+            if isinstance(value, dict) and sub.get("additionalProperties") is False:
+                walk(value, sub["properties"], f"{path}{key}.")
+
+    walk(values, schema["properties"], "")
+
+
+# -- NOTES --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def notes(helm_env: dict[str, str], tmp_path: Path) -> Any:
+    """notes(values) -> NOTES.txt as rendered (helm template leaves it out: render a copy)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    text = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "_notes.tpl").write_text(
+        '{{- define "test.notes" -}}\n' + text + "\n{{- end }}\n"
+    )
+    (chart / "templates" / "notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\n"
+        'data:\n  notes: {{ include "test.notes" . | quote }}\n'
+    )
+
+    def _notes(values: Doc | None = None) -> str:
+        out = helm(
+            helm_env,
+            "template",
+            RELEASE,
+            str(chart),
+            "--namespace",
+            NAMESPACE,
+            "--show-only",
+            "templates/notes.yaml",
+            *values_args(tmp_path, values),
+        ).stdout
+        rendered: str = yaml.safe_load(out)["data"]["notes"]
+        return rendered
+
+    return _notes
+
+
+def test_notes_say_what_was_installed(notes: Any) -> None:
+    default = notes()
+    assert "every namespace (cluster-wide mode)" in default
+    assert f"port-forward service/{FULLNAME}-metrics 8080" in default
+    assert "loopback destinations are refused" in default
+    assert "peering" not in default
+    scoped = notes({"watch": {"namespaces": ["a", "b"]}, "replicaCount": 2})
+    assert "only in: a, b" in scoped
+    assert f'Kopf peering object "{FULLNAME}"' in scoped
+    assert "WARNING" in notes({"egress": {"denyLoopback": False}})
+
+
+# -- CRD copy -----------------------------------------------------------------------------
+
+
+def test_chart_crd_is_the_canonical_crd() -> None:
+    """`make chart-sync` copies crds/llmconnections.yaml into the chart; run it on drift."""
+    canonical = (ROOT / "crds" / "llmconnections.yaml").read_bytes()
+    copy = (CHART / "crds" / "llmconnections.yaml").read_bytes()
+    assert copy == canonical, "chart CRD differs from crds/llmconnections.yaml: make chart-sync"
+
+
+def test_chart_ships_kopf_peering_crds() -> None:
+    docs = list(yaml.safe_load_all((CHART / "crds" / "kopf-peering.yaml").read_text()))
+    names = {(d["spec"]["names"]["kind"], d["spec"]["scope"], d["spec"]["group"]) for d in docs}
+    assert names == {
+        ("ClusterKopfPeering", "Cluster", "kopf.dev"),
+        ("KopfPeering", "Namespaced", "kopf.dev"),
+    }
+
+
+# -- the image and the chart agree --------------------------------------------------------
+
+
+def test_dockerfile_matches_the_chart() -> None:
+    dockerfile = (ROOT / "operator" / "Dockerfile").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    (user,) = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
+    assert (
+        user
+        == f"{values['securityContext']['runAsUser']}:{values['securityContext']['runAsGroup']}"
+    )
+    assert re.search(r'^ENTRYPOINT \["llmconn", "run"\]$', dockerfile, flags=re.M)
+    # Every base image is pinned to an exact Python release.
+    bases = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, flags=re.M)
+    assert len(bases) == 1
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", bases[0])
+    assert re.findall(r"^FROM (\S+)", dockerfile, flags=re.M) == [
+        "${PYTHON_IMAGE}",
+        "${PYTHON_IMAGE}",
+    ]
+
+
+# -- the real apiserver -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart_crds(cluster: ControlPlane) -> Iterator[ControlPlane]:
+    """The chart's CRDs installed for real: a dry run of custom objects needs them served."""
+    cluster.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
+    for crd in (
+        "llmconnections.llmconn.dev",
+        "clusterkopfpeerings.kopf.dev",
+        "kopfpeerings.kopf.dev",
+    ):
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    yield cluster
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        None,
+        {"replicaCount": 2, "podDisruptionBudget": {"enabled": True}},
+        {"replicaCount": 2, "podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
+        "namespaced",
+    ],
+    ids=["default", "ha", "ha-min-available", "namespaced-ha"],
+)
+def test_rendered_chart_is_accepted_by_the_apiserver(
+    chart_crds: ControlPlane, render: Any, values: Doc | str | None
+) -> None:
+    cluster = chart_crds
+    created = [cluster.create_namespace("llmconn-system")]
+    try:
+        if values == "namespaced":
+            created += [cluster.create_namespace("team-a"), cluster.create_namespace("team-b")]
+            values = {"watch": {"namespaces": created[1:]}, "replicaCount": 2}
+        docs = render(values, namespace=created[0])
+        result = cluster.kubectl(
+            "apply", "--dry-run=server", "-o", "name", "-f", "-", input=yaml.safe_dump_all(docs)
+        )
+        applied = sorted(line.split("/", 1)[1] for line in result.stdout.split())
+        assert applied == sorted(doc["metadata"]["name"] for doc in docs)
+    finally:
+        for ns in created:
+            cluster.delete_namespace(ns)
