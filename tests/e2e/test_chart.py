@@ -85,13 +85,15 @@ def values_args(tmp_path: Path, values: Doc | None) -> list[str]:
 
 @pytest.fixture
 def render(helm_env: dict[str, str], tmp_path: Path) -> Any:
-    """render(values, namespace) -> the documents `helm template` prints."""
+    """render(values, namespace, release) -> the documents `helm template` prints."""
 
-    def _render(values: Doc | None = None, namespace: str = NAMESPACE) -> list[Doc]:
+    def _render(
+        values: Doc | None = None, namespace: str = NAMESPACE, release: str = RELEASE
+    ) -> list[Doc]:
         out = helm(
             helm_env,
             "template",
-            RELEASE,
+            release,
             "{chart}",
             "--namespace",
             namespace,
@@ -667,4 +669,115 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         assert applied == sorted(doc["metadata"]["name"] for doc in docs)
     finally:
         for ns in created:
+            cluster.delete_namespace(ns)
+
+
+def can_i(cluster: ControlPlane, token: str, *args: str) -> bool:
+    result = cluster.kubectl("auth", "can-i", f"--token={token}", *args, check=False)
+    assert result.stdout.strip() in ("yes", "no"), result.stderr
+    return result.stdout.strip() == "yes"
+
+
+def install_rbac(cluster: ControlPlane, docs: list[Doc]) -> str:
+    """Apply the chart's ServiceAccount, RBAC and peering objects; a token for the account."""
+    wanted = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    objects = [d for d in docs if d["kind"] in wanted or d["kind"].endswith("KopfPeering")]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+    account = one(docs, "ServiceAccount")["metadata"]
+    token = cluster.kubectl(
+        "create", "token", account["name"], "-n", account["namespace"], "--duration=10m"
+    ).stdout.strip()
+    return token
+
+
+def test_namespaced_rbac_reaches_only_the_watched_namespaces(
+    chart_crds: ControlPlane, render: Any
+) -> None:
+    cluster = chart_crds
+    release_ns, watched, other = (cluster.create_namespace(n) for n in ("rel", "team", "other"))
+    try:
+        docs = render(
+            {"watch": {"namespaces": [watched]}, "replicaCount": 2},
+            namespace=release_ns,
+            release="llmconn-ns-rbac",
+        )
+        token = install_rbac(cluster, docs)
+        peering = one(docs, "KopfPeering")["metadata"]["name"]
+        for ns, expected in ((watched, True), (other, False)):
+            for verb in ("get", "list", "watch"):
+                assert can_i(cluster, token, verb, "secrets", "-n", ns) is expected
+                assert (
+                    can_i(cluster, token, verb, "llmconnections.llmconn.dev", "-n", ns) is expected
+                )
+            assert (
+                can_i(
+                    cluster,
+                    token,
+                    "patch",
+                    "llmconnections.llmconn.dev",
+                    "--subresource=status",
+                    "-n",
+                    ns,
+                )
+                is expected
+            )
+            assert can_i(cluster, token, "create", "events", "-n", ns) is expected
+            assert (
+                can_i(cluster, token, "patch", f"kopfpeerings.kopf.dev/{peering}", "-n", ns)
+                is expected
+            )
+        assert not can_i(cluster, token, "patch", "kopfpeerings.kopf.dev/another", "-n", watched)
+        for forbidden in (
+            ("create", "secrets"),
+            ("update", "secrets"),
+            ("delete", "secrets"),
+            ("patch", "llmconnections.llmconn.dev"),
+            ("update", "llmconnections.llmconn.dev"),
+            ("delete", "llmconnections.llmconn.dev"),
+        ):
+            assert not can_i(cluster, token, *forbidden, "-n", watched)
+        assert not can_i(cluster, token, "list", "secrets", "--all-namespaces")
+        assert not can_i(cluster, token, "list", "namespaces")
+        assert not can_i(cluster, token, "list", "clusterkopfpeerings.kopf.dev")
+        # Not just the authorizer's opinion: a real read of a Secret outside is refused.
+        cluster.kubectl("create", "secret", "generic", "key", "-n", other, "--from-literal=a=b")
+        denied = cluster.kubectl(
+            "get", "secret", "key", "-n", other, f"--token={token}", "-o", "name", check=False
+        )
+        assert denied.returncode != 0
+        assert "Forbidden" in denied.stderr
+    finally:
+        for ns in (release_ns, watched, other):
+            cluster.delete_namespace(ns)
+
+
+def test_cluster_wide_rbac(chart_crds: ControlPlane, render: Any) -> None:
+    cluster = chart_crds
+    release_ns, anywhere = cluster.create_namespace("rel"), cluster.create_namespace("any")
+    release = "llmconn-cw-rbac"
+    try:
+        docs = render({"replicaCount": 2}, namespace=release_ns, release=release)
+        token = install_rbac(cluster, docs)
+        assert can_i(cluster, token, "list", "secrets", "--all-namespaces")
+        assert can_i(cluster, token, "get", "secrets", "-n", anywhere)
+        assert can_i(
+            cluster,
+            token,
+            "patch",
+            "llmconnections.llmconn.dev",
+            "--subresource=status",
+            "-n",
+            anywhere,
+        )
+        assert can_i(cluster, token, "patch", f"clusterkopfpeerings.kopf.dev/{release}")
+        assert can_i(cluster, token, "watch", "clusterkopfpeerings.kopf.dev")
+        assert not can_i(cluster, token, "patch", "clusterkopfpeerings.kopf.dev/another")
+        assert not can_i(cluster, token, "create", "secrets", "-n", anywhere)
+        assert not can_i(cluster, token, "update", "llmconnections.llmconn.dev", "-n", anywhere)
+        assert not can_i(cluster, token, "list", "namespaces")
+        assert not can_i(cluster, token, "list", "customresourcedefinitions.apiextensions.k8s.io")
+    finally:
+        for kind in ("clusterrolebinding", "clusterrole", "clusterkopfpeering"):
+            cluster.kubectl("delete", kind, release, "--ignore-not-found", check=False)
+        for ns in (release_ns, anywhere):
             cluster.delete_namespace(ns)
