@@ -1,0 +1,132 @@
+# llmconn developer targets. `make` alone lists them.
+#
+# Everything local lives in the git-ignored .local/: the control plane's binaries (bin/),
+# its state, logs, pid files and kubeconfig. kubectl is always .local/bin/kubectl.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+VENV_STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+LOCAL := .local
+BIN := $(LOCAL)/bin
+KUBECONFIG_LOCAL := $(CURDIR)/$(LOCAL)/kubeconfig
+# Always the built kubectl and the local cluster, whatever KUBECONFIG the shell has.
+KUBECTL := $(BIN)/kubectl --kubeconfig $(KUBECONFIG_LOCAL) --cache-dir $(LOCAL)/kubectl-cache
+CLUSTER := $(PY) tests/controlplane/cluster.py
+DEMO_NAMESPACE := llmconn-demo
+
+KUBE_MODULE := tests/controlplane/kube
+ETCD_MODULE := tests/controlplane/etcd
+# Build with the Go on PATH and the committed go.sum only; caches stay at Go's defaults
+# (outside the repo) so they survive between runs on the same machine.
+GO_ENV := GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
+
+.PHONY: help venv binaries cluster-up cluster-down cluster-status crds test lint format \
+	demo run bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{ printf "  make %-14s %s\n", $$1, $$2 }'
+
+# -- Python ------------------------------------------------------------------------------
+
+venv: $(VENV_STAMP) ## create .venv and install the package with its test tools
+
+$(VENV_STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+# -- control plane binaries --------------------------------------------------------------
+
+binaries: $(BIN)/kube-apiserver $(BIN)/kubectl $(BIN)/etcd ## build kube-apiserver, kubectl, etcd into .local/bin
+
+# Both from one wrapper module, so client and server are the same Kubernetes version. The
+# -X flags are the version variables Kubernetes' own build sets (else it says v0.0.0-master).
+$(BIN)/kube-apiserver $(BIN)/kubectl &: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum
+	@mkdir -p $(BIN) $(LOCAL)/logs
+	@echo "building kube-apiserver and kubectl from Go modules (first run takes several minutes)..."
+	@cd $(KUBE_MODULE) && \
+	version=$$($(GO_ENV) go list -m -f '{{.Version}}' k8s.io/kubernetes) && \
+	major=$${version#v}; major=$${major%%.*}; \
+	minor=$${version#v$$major.}; minor=$${minor%%.*}; \
+	ldflags="-s -w"; \
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do \
+		ldflags+=" -X $$pkg.gitVersion=$$version -X $$pkg.gitMajor=$$major -X $$pkg.gitMinor=$$minor"; \
+	done; \
+	start=$$SECONDS; \
+	$(GO_ENV) go build -trimpath -ldflags "$$ldflags" -o $(CURDIR)/$(BIN)/ \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; \
+	took=$$((SECONDS - start)); \
+	echo "built kube-apiserver and kubectl $$version in $${took}s"; \
+	echo "$$(date -u +%FT%TZ) kube-apiserver+kubectl $$version $${took}s" >> $(CURDIR)/$(LOCAL)/logs/build.log
+	@touch $(BIN)/kube-apiserver $(BIN)/kubectl
+
+$(BIN)/etcd: $(ETCD_MODULE)/go.mod $(ETCD_MODULE)/go.sum
+	@mkdir -p $(BIN) $(LOCAL)/logs
+	@echo "building etcd from Go modules..."
+	@cd $(ETCD_MODULE) && \
+	start=$$SECONDS; \
+	$(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$@ go.etcd.io/etcd/server/v3; \
+	took=$$((SECONDS - start)); \
+	echo "built etcd in $${took}s"; \
+	echo "$$(date -u +%FT%TZ) etcd $${took}s" >> $(CURDIR)/$(LOCAL)/logs/build.log
+
+# -- local control plane -----------------------------------------------------------------
+
+cluster-up: $(VENV_STAMP) binaries ## start etcd + kube-apiserver in the background (idempotent)
+	@$(CLUSTER) up --dir $(LOCAL)
+
+cluster-down: ## stop the control plane and every process recorded in .local/run/*.pid
+	@if [ -x $(PY) ]; then $(CLUSTER) down --dir $(LOCAL); \
+	else echo "no $(VENV): nothing was started"; fi
+
+cluster-status: $(VENV_STAMP) ## say whether the local control plane is running
+	@$(CLUSTER) status --dir $(LOCAL)
+
+crds: cluster-up ## install the LLMConnection CRD into the local cluster
+	@$(KUBECTL) apply -f crds/llmconnections.yaml
+	@$(KUBECTL) wait --for=condition=Established \
+		--timeout=60s crd/llmconnections.llmconn.dev
+
+# -- quality -----------------------------------------------------------------------------
+
+# Both halves always run, so one CI log shows test and lint results together.
+test: $(VENV_STAMP) binaries ## run the whole test suite, then lint
+	@status=0; \
+	$(VENV)/bin/pytest -p no:cacheprovider || status=$$?; \
+	$(MAKE) lint || status=$$?; \
+	exit $$status
+
+lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(VENV_STAMP) ## apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# -- demo --------------------------------------------------------------------------------
+
+demo: crds ## start the local cluster, apply the samples, list the connections
+	@$(KUBECTL) create namespace $(DEMO_NAMESPACE) \
+		--dry-run=client -o yaml | $(KUBECTL) apply -f -
+	@$(KUBECTL) apply -n $(DEMO_NAMESPACE) -f crds/samples/
+	@$(KUBECTL) get llmconnections -n $(DEMO_NAMESPACE) -o wide
+
+run: ## run the operator against KUBECONFIG (default: the local cluster)
+	@echo "make run: not implemented yet" >&2; exit 1
+
+bench: ## measure reaction time and scale against the local cluster
+	@echo "make bench: not implemented yet" >&2; exit 1
+
+clean: cluster-down ## stop everything and remove .local state (keeps the built binaries)
+	rm -rf $(LOCAL)/controlplane $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/kubeconfig \
+		$(LOCAL)/kubectl-cache
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

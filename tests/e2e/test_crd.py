@@ -1,0 +1,545 @@
+"""The LLMConnection CRD on a real apiserver: names, admission rules, status, printer columns."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from controlplane.cluster import ControlPlane
+from llmconn.spec import ValidationSpec
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+SAMPLES = sorted((CRDS / "samples").glob("*.yaml"))
+CONNECTION_SAMPLES = [path for path in SAMPLES if path.name != "secrets.yaml"]
+
+COLUMNS = ["NAME", "PROVIDER", "MODEL", "READY", "RESULT", "REASON", "LATENCY", "LAST VALIDATED"]
+COLUMNS += ["AGE"]
+WIDE_COLUMNS = [*COLUMNS, "MESSAGE", "ENDPOINT"]
+
+# A status carrying every field the API documents.
+FULL_STATUS: dict[str, Any] = {
+    "result": "failed",
+    "reason": "InvalidAPIKey",
+    "message": "The provider rejected the API key.",
+    "httpStatus": 401,
+    "code": "invalid_api_key",
+    "latencyMs": 142,
+    "lastValidationTime": "2026-11-22T10:30:00.123Z",
+    "lastSuccessTime": "2026-11-21T08:00:00Z",
+    "consecutiveFailures": 2,
+    "observedGeneration": 3,
+    "provider": "openai",
+    "model": "gpt-4o-mini",
+    "endpoint": "https://api.openai.com/v1",
+    "validation": {"type": "Model", "interval": "5m", "timeout": "10s", "failureThreshold": 3},
+    "requestId": "req_5A14FA81",
+    "observedSecrets": [{"name": "openai-credentials", "resourceVersion": "48213"}],
+    "lastHandledRequestedAt": "2026-11-22T10:29:59Z",
+    "details": {"rateLimitRemainingRequests": "499", "modelCount": "42"},
+    "conditions": [
+        {
+            "type": "Ready",
+            "status": "False",
+            "reason": "InvalidAPIKey",
+            "message": "The provider rejected the API key.",
+            "observedGeneration": 3,
+            "lastTransitionTime": "2026-11-22T10:30:00Z",
+        },
+        {
+            "type": "Stalled",
+            "status": "True",
+            "reason": "InvalidAPIKey",
+            "message": "Fix the key in Secret openai-credentials.",
+            "observedGeneration": 3,
+            "lastTransitionTime": "2026-11-22T10:30:00Z",
+        },
+    ],
+}
+
+
+def manifest(spec: dict[str, Any] | None, name: str = "conn") -> str:
+    doc: dict[str, Any] = {
+        "apiVersion": "llmconn.dev/v1alpha1",
+        "kind": "LLMConnection",
+        "metadata": {"name": name},
+    }
+    if spec is not None:
+        doc["spec"] = spec
+    return yaml.safe_dump(doc)
+
+
+def get_json(cluster: ControlPlane, *args: str) -> Any:
+    return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+
+
+@pytest.fixture(scope="module")
+def shared_ns(cluster: ControlPlane) -> Iterator[str]:
+    """One namespace for the many small admission cases, which create few objects."""
+    name = cluster.create_namespace("crd")
+    yield name
+    cluster.delete_namespace(name)
+
+
+# -- the CRD itself ----------------------------------------------------------------------
+
+
+def test_crd_is_established_with_documented_names(cluster: ControlPlane) -> None:
+    crd = get_json(cluster, "crd", "llmconnections.llmconn.dev")
+    conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert conditions["Established"] == "True"
+    assert conditions["NamesAccepted"] == "True"
+    assert crd["spec"]["group"] == "llmconn.dev"
+    assert crd["spec"]["scope"] == "Namespaced"
+    names = crd["status"]["acceptedNames"]
+    assert names["kind"] == "LLMConnection"
+    assert names["plural"] == "llmconnections"
+    assert names["singular"] == "llmconnection"
+    assert names["shortNames"] == ["llmc"]
+    assert names["categories"] == ["llm"]
+    [version] = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+
+
+def test_short_name_and_category_resolve(cluster: ControlPlane, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest({"provider": "openai"}))
+    for resource in ("llmc", "llm", "llmconnection", "llmconnections.llmconn.dev"):
+        out = cluster.kubectl("get", resource, "-n", namespace, "-o", "name").stdout
+        assert out.split() == ["llmconnection.llmconn.dev/conn"], resource
+
+
+def test_explain_documents_the_fields(cluster: ControlPlane) -> None:
+    out = cluster.kubectl("explain", "llmconnections.spec.validation.interval").stdout
+    assert '"0s"' in out
+    out = cluster.kubectl("explain", "llmconnections.status.latencyMs").stdout
+    assert "milliseconds" in out
+
+
+def test_readme_mentions_the_crd_and_every_sample() -> None:
+    readme = (CRDS / "README.md").read_text()
+    assert "llmconnections.yaml" in readme
+    for path in SAMPLES:
+        assert f"samples/{path.name}" in readme, path.name
+
+
+# -- samples -----------------------------------------------------------------------------
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def test_samples_cover_every_provider_family_without_namespaces() -> None:
+    providers = set()
+    for path in SAMPLES:
+        for doc in load_docs(path):
+            assert "namespace" not in doc["metadata"], f"{path.name}: no namespace, please"
+            if doc["kind"] == "LLMConnection":
+                providers.add(doc["spec"]["provider"])
+    families = {"openai", "azure-openai", "anthropic", "gemini", "deepseek", "ollama"}
+    assert providers >= families | {"openai-compatible", "mcp"}
+
+
+def test_every_sample_applies_and_its_secret_refs_resolve(
+    cluster: ControlPlane, namespace: str
+) -> None:
+    for path in SAMPLES:
+        cluster.kubectl("apply", "-n", namespace, "-f", str(path))
+    expected = {
+        doc["metadata"]["name"]
+        for path in CONNECTION_SAMPLES
+        for doc in load_docs(path)
+        if doc["kind"] == "LLMConnection"
+    }
+    items = get_json(cluster, "llmconnections", "-n", namespace)["items"]
+    assert {item["metadata"]["name"] for item in items} == expected
+
+    secrets = {
+        s["metadata"]["name"]: s for s in get_json(cluster, "secrets", "-n", namespace)["items"]
+    }
+    for item in items:
+        spec = item["spec"]
+        refs = [spec["apiKeySecretRef"]] if "apiKeySecretRef" in spec else []
+        refs += [header["secretKeyRef"] for header in spec.get("headersFromSecret", [])]
+        for ref in refs:
+            assert ref["name"] in secrets, (item["metadata"]["name"], ref)
+            assert ref.get("key", "apiKey") in secrets[ref["name"]]["data"], ref
+    # The keys are obviously fake, so a sample never looks like a leaked credential.
+    for path in SAMPLES:
+        for doc in load_docs(path):
+            for value in doc.get("stringData", {}).values():
+                assert "demo" in value and "real" in value
+
+
+# -- admission: refused ------------------------------------------------------------------
+
+OPENAI = {"provider": "openai"}
+AZURE_URL = "https://demo.openai.azure.com"
+
+INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
+    ("no-spec", None, ["spec: Required value"]),
+    ("no-provider", {"model": "m"}, ["spec.provider: Required value"]),
+    ("unknown-provider", {"provider": "openia"}, ["spec.provider", 'Unsupported value: "openia"']),
+    ("not-a-url", {**OPENAI, "endpoint": "not a url"}, ["spec.endpoint", "absolute http"]),
+    ("relative-url", {**OPENAI, "endpoint": "/v1"}, ["spec.endpoint", "absolute http"]),
+    (
+        "ftp-url",
+        {**OPENAI, "endpoint": "ftp://files.example/v1"},
+        ["spec.endpoint", "http or https"],
+    ),
+    ("url-without-host", {**OPENAI, "endpoint": "http:///v1"}, ["spec.endpoint", "with a host"]),
+    (
+        "duration-in-words",
+        {**OPENAI, "validation": {"interval": "5 minutes"}},
+        ["spec.validation.interval", "should match"],
+    ),
+    (
+        "duration-microseconds",
+        {**OPENAI, "validation": {"timeout": "1us"}},
+        ["spec.validation.timeout", "should match"],
+    ),
+    (
+        "timeout-zero",
+        {**OPENAI, "validation": {"timeout": "0s"}},
+        ["spec.validation.timeout", "more than 0"],
+    ),
+    (
+        "timeout-zero-spelled-long",
+        {**OPENAI, "validation": {"timeout": "0h0.00m"}},
+        ["spec.validation.timeout", "more than 0"],
+    ),
+    (
+        "interval-500ms",
+        {**OPENAI, "validation": {"interval": "500ms"}},
+        ["spec.validation.interval", "at least 1s"],
+    ),
+    (
+        "failure-threshold-zero",
+        {**OPENAI, "validation": {"failureThreshold": 0}},
+        ["spec.validation.failureThreshold", "greater than or equal to 1"],
+    ),
+    (
+        "failure-threshold-101",
+        {**OPENAI, "validation": {"failureThreshold": 101}},
+        ["spec.validation.failureThreshold", "less than or equal to 100"],
+    ),
+    (
+        "unknown-validation-type",
+        {**OPENAI, "validation": {"type": "Ping"}},
+        ["spec.validation.type", "Unsupported value"],
+    ),
+    (
+        "azure-openai-without-azure",
+        {"provider": "azure-openai", "endpoint": AZURE_URL},
+        ["spec.azure", "azure.deployment is required"],
+    ),
+    (
+        "azure-openai-without-deployment",
+        {"provider": "azure-openai", "endpoint": AZURE_URL, "azure": {"apiVersion": "2024-10-21"}},
+        ["spec.azure.deployment: Required value"],
+    ),
+    (
+        "azure-block-on-openai",
+        {**OPENAI, "azure": {"deployment": "gpt-4o"}},
+        ["spec.azure", "only allowed with provider azure-openai"],
+    ),
+    (
+        "mcp-block-on-anthropic",
+        {"provider": "anthropic", "mcp": {"transport": "sse"}},
+        ["spec.mcp", "only allowed with provider mcp"],
+    ),
+    (
+        "unknown-mcp-transport",
+        {"provider": "mcp", "endpoint": "http://127.0.0.1:9000/mcp", "mcp": {"transport": "ws"}},
+        ["spec.mcp.transport", "Unsupported value"],
+    ),
+    (
+        "openai-compatible-without-endpoint",
+        {"provider": "openai-compatible"},
+        ["spec.endpoint", "required for provider openai-compatible"],
+    ),
+    ("mcp-without-endpoint", {"provider": "mcp"}, ["spec.endpoint", "required for provider mcp"]),
+    (
+        "azure-openai-without-endpoint",
+        {"provider": "azure-openai", "azure": {"deployment": "gpt-4o"}},
+        ["spec.endpoint", "required for provider azure-openai"],
+    ),
+    (
+        "empty-api-key-secret-name",
+        {**OPENAI, "apiKeySecretRef": {"name": ""}},
+        ["spec.apiKeySecretRef.name", "at least 1 chars"],
+    ),
+    (
+        "empty-header-secret-name",
+        {**OPENAI, "headersFromSecret": [{"name": "X-Token", "secretKeyRef": {"name": ""}}]},
+        ["spec.headersFromSecret[0].secretKeyRef.name", "at least 1 chars"],
+    ),
+    (
+        "empty-ca-secret-name",
+        {**OPENAI, "tls": {"caBundleSecretRef": {"name": ""}}},
+        ["spec.tls.caBundleSecretRef.name", "at least 1 chars"],
+    ),
+    ("unknown-field", {**OPENAI, "region": "eu"}, ['unknown field "spec.region"']),
+    (
+        "misspelt-nested-field",
+        {**OPENAI, "validation": {"intervall": "5m"}},
+        ['unknown field "spec.validation.intervall"'],
+    ),
+    (
+        "authorization-header",
+        {**OPENAI, "headers": {"Authorization": "Bearer x"}},
+        ["spec.headers", "credentials"],
+    ),
+    (
+        "x-api-key-header",
+        {**OPENAI, "headers": {"X-API-KEY": "k"}},
+        ["spec.headers", "credentials"],
+    ),
+    ("api-key-header", {**OPENAI, "headers": {"Api-Key": "k"}}, ["spec.headers", "credentials"]),
+    (
+        "x-goog-api-key-header",
+        {**OPENAI, "headers": {"x-goog-api-key": "k"}},
+        ["spec.headers", "credentials"],
+    ),
+    (
+        "too-many-headers",
+        {**OPENAI, "headers": {f"X-H{i}": "v" for i in range(33)}},
+        ["spec.headers", "must have at most 32 items"],
+    ),
+    ("empty-model", {**OPENAI, "model": ""}, ["spec.model", "at least 1 chars"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid_manifest_is_refused_naming_the_field(
+    cluster: ControlPlane, shared_ns: str, spec: dict[str, Any] | None, expected: list[str]
+) -> None:
+    result = cluster.kubectl(
+        "apply", "-n", shared_ns, "-f", "-", input=manifest(spec, "refused"), check=False
+    )
+    assert result.returncode != 0, result.stdout
+    for text in expected:
+        assert text in result.stderr
+    assert "created" not in result.stdout
+
+
+# -- admission: accepted -----------------------------------------------------------------
+
+VALID: list[tuple[str, dict[str, Any]]] = [
+    ("interval-off", {**OPENAI, "validation": {"interval": "0s"}}),
+    ("interval-1s", {**OPENAI, "validation": {"interval": "1s"}}),
+    ("interval-1.5s", {**OPENAI, "validation": {"interval": "1.5s", "timeout": "500ms"}}),
+    ("interval-90s", {**OPENAI, "validation": {"interval": "90s"}}),
+    ("interval-1h30m", {**OPENAI, "validation": {"interval": "1h30m", "timeout": "1m"}}),
+    ("loopback", {"provider": "openai-compatible", "endpoint": "http://127.0.0.1:8080/v1"}),
+    ("ipv6-loopback", {"provider": "openai-compatible", "endpoint": "http://[::1]:8080/v1"}),
+    ("metadata-address", {**OPENAI, "endpoint": "http://169.254.169.254/v1"}),
+    ("plain-headers", {**OPENAI, "headers": {"OpenAI-Organization": "org-1", "X-Api-Keys": "v1"}}),
+    (
+        "everything",
+        {
+            "provider": "mcp",
+            "endpoint": "https://mcp.internal.example:8443/mcp",
+            "model": "tools",
+            "apiKeySecretRef": {"name": "mcp", "key": "token"},
+            "headers": {"X-Team": "agents"},
+            "headersFromSecret": [
+                {"name": "X-Gateway", "secretKeyRef": {"name": "gw", "key": "t"}}
+            ],
+            "mcp": {"transport": "sse"},
+            "suspend": True,
+            "validation": {
+                "type": "Inference",
+                "interval": "1h",
+                "timeout": "30s",
+                "failureThreshold": 100,
+            },
+            "tls": {
+                "caBundleSecretRef": {"name": "ca", "key": "ca.crt"},
+                "insecureSkipVerify": False,
+            },
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "spec"), VALID, ids=[c[0] for c in VALID])
+def test_valid_manifest_is_stored_as_written(
+    cluster: ControlPlane, shared_ns: str, name: str, spec: dict[str, Any]
+) -> None:
+    cluster.kubectl("apply", "-n", shared_ns, "-f", "-", input=manifest(spec, name))
+    stored = get_json(cluster, "llmconnection", name, "-n", shared_ns)["spec"]
+    assert stored == spec
+
+
+def test_defaults_only_where_documented(cluster: ControlPlane, namespace: str) -> None:
+    docs = [
+        manifest({**OPENAI, "apiKeySecretRef": {"name": "creds"}, "validation": {}}, "plain"),
+        manifest(
+            {"provider": "azure-openai", "endpoint": AZURE_URL, "azure": {"deployment": "d"}}, "az"
+        ),
+        manifest({"provider": "mcp", "endpoint": "http://127.0.0.1:9/mcp", "mcp": {}}, "mcp"),
+    ]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input="---\n".join(docs))
+    plain = get_json(cluster, "llmconnection", "plain", "-n", namespace)["spec"]
+    # interval, timeout, failureThreshold and type come from the operator's configuration.
+    assert plain == {
+        **OPENAI,
+        "apiKeySecretRef": {"name": "creds", "key": "apiKey"},
+        "validation": {},
+    }
+    azure = get_json(cluster, "llmconnection", "az", "-n", namespace)["spec"]
+    assert azure["azure"] == {"deployment": "d", "apiVersion": "2024-10-21"}
+    mcp = get_json(cluster, "llmconnection", "mcp", "-n", namespace)["spec"]
+    assert mcp["mcp"] == {"transport": "streamable-http"}
+
+
+# The duration rules in CEL against the operator's own parser, on the tricky spellings.
+DURATIONS = [
+    "0s", "0", "0ms", "00s", "0.0s", "0h0m0s", "1s", "01s", "500ms", "999ms", "1000ms", "0999ms",
+    "01000ms", "0.5s", "0.999s", "1.5s", "0.5s0.5s", "0.4s0.4s", "1m", "0.01m", "0.5m", "1h30m",
+    "90s", "1ms1m", "0.001h", "0.0001h", "10h0m0s", "3000000h", "99999999999999999999ms",
+    "1us", "-1s", "1.s", ".5s", "1e3s", "1S", "5 minutes", "", "s", "1h 30m",
+]  # fmt: skip
+
+
+def python_accepts(field: str, value: str) -> bool:
+    try:
+        ValidationSpec.model_validate({field: value})
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("field", ["interval", "timeout"])
+def test_duration_rules_match_the_operator_parser(
+    cluster: ControlPlane, shared_ns: str, field: str
+) -> None:
+    docs = [
+        manifest({**OPENAI, "validation": {field: value}}, f"{field}-{i}")
+        for i, value in enumerate(DURATIONS)
+    ]
+    # One server-side dry run for all: kubectl reports each object, refused or created.
+    result = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        shared_ns,
+        "-f",
+        "-",
+        input="---\n".join(docs),
+        check=False,
+    )
+    created = set(re.findall(rf"llmconnection\.llmconn\.dev/({field}-\d+) created", result.stdout))
+    crd = {value: f"{field}-{i}" in created for i, value in enumerate(DURATIONS)}
+    python = {value: python_accepts(field, value) for value in DURATIONS}
+    assert crd == python
+    assert any(crd.values()) and not all(crd.values())
+
+
+# -- status subresource and printer columns ----------------------------------------------
+
+
+def test_status_with_every_documented_field_survives_unpruned(
+    cluster: ControlPlane, namespace: str
+) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest({"provider": "openai"}))
+    cluster.kubectl(
+        "patch", "llmconnection", "conn", "-n", namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": FULL_STATUS}),
+    )  # fmt: skip
+    stored = get_json(cluster, "llmconnection", "conn", "-n", namespace)
+    assert stored["status"] == FULL_STATUS
+    # A field the schema does not declare is dropped or refused: so the check above has teeth.
+    cluster.kubectl(
+        "patch", "llmconnection", "conn", "-n", namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": {"undeclared": "x"}}), check=False,
+    )  # fmt: skip
+    status = get_json(cluster, "llmconnection", "conn", "-n", namespace)["status"]
+    assert "undeclared" not in status
+    assert status == FULL_STATUS
+
+
+def test_status_is_written_only_through_the_subresource(
+    cluster: ControlPlane, namespace: str
+) -> None:
+    doc = yaml.safe_load(manifest({"provider": "openai"}))
+    doc["status"] = {"result": "success"}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+    stored = get_json(cluster, "llmconnection", "conn", "-n", namespace)
+    assert "status" not in stored or "result" not in stored["status"]
+
+
+def test_bad_status_values_are_refused(cluster: ControlPlane, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest({"provider": "openai"}))
+    bad = copy.deepcopy(FULL_STATUS)
+    bad["result"] = "maybe"
+    result = cluster.kubectl(
+        "patch", "llmconnection", "conn", "-n", namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": bad}), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "status.result" in result.stderr
+
+
+def table(text: str) -> tuple[list[str], list[dict[str, str]]]:
+    """kubectl's table as its header and one {column: value} per row, cut at the header's
+    column starts (empty cells are blank, and titles like LAST VALIDATED hold a space)."""
+    header, *rows = text.rstrip("\n").splitlines()
+    starts = [m.start() for m in re.finditer(r"(?<!\S)\S+(?: \S+)*", header)]
+    names = [header[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+    cut = [
+        {n: row[a:b].strip() for n, a, b in zip(names, starts, [*starts[1:], None], strict=True)}
+        for row in rows
+    ]
+    return names, cut
+
+
+def test_printer_columns(cluster: ControlPlane, namespace: str) -> None:
+    spec = {**OPENAI, "model": "gpt-4o-mini"}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(spec))
+    status = copy.deepcopy(FULL_STATUS)
+    status["conditions"] = status["conditions"][:1]
+    cluster.kubectl(
+        "patch", "llmconnection", "conn", "-n", namespace, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": status}),
+    )  # fmt: skip
+
+    header, [values] = table(cluster.kubectl("get", "llmconnections", "-n", namespace).stdout)
+    assert header == COLUMNS
+    assert values["NAME"] == "conn"
+    assert values["PROVIDER"] == "openai"
+    assert values["MODEL"] == "gpt-4o-mini"
+    assert values["READY"] == "False"
+    assert values["RESULT"] == "failed"
+    assert values["REASON"] == "InvalidAPIKey"
+    assert values["LATENCY"] == "142"
+    assert re.fullmatch(r"\d+[smhdy]\S*", values["LAST VALIDATED"]), values  # an age: a date
+
+    header, [values] = table(cluster.kubectl("get", "llmc", "-n", namespace, "-o", "wide").stdout)
+    assert header == WIDE_COLUMNS
+    assert values["MESSAGE"] == FULL_STATUS["message"]
+    assert values["ENDPOINT"] == FULL_STATUS["endpoint"]
+
+
+def test_printer_columns_before_any_status(cluster: ControlPlane, namespace: str) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(OPENAI))
+    header, [values] = table(cluster.kubectl("get", "llmconnections", "-n", namespace).stdout)
+    assert header == COLUMNS
+    assert values["NAME"] == "conn"
+    assert values["PROVIDER"] == "openai"
+    assert values["AGE"]
+    # Nothing validated yet: the status columns are blank, not invented.
+    for column in ("MODEL", "READY", "RESULT", "REASON", "LATENCY", "LAST VALIDATED"):
+        assert values[column] == "", column
