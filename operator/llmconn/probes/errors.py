@@ -236,3 +236,27 @@ def _cap(text: str) -> str:
 
 def _out(reason: Reason, reply: Reply, code: str | None, message: str) -> ProbeOutcome:
     return ProbeOutcome(reason, message, http_status=reply.status, code=code)
+
+
+def not_the_api(
+    ctx: ProbeContext, reply: Reply, what: str, expected: str = "the expected fields"
+) -> ProbeOutcome:
+    """A success status whose body is not the provider's answer (a portal's HTML page, broken
+    JSON, JSON of another shape). An error body sent with a success status is classified as
+    that error instead, since some gateways do that."""
+    body = reply.json()
+    if parse_error(body) is not None:
+        return classify_error(ctx, reply, what)
+    if reply.is_html:
+        found = "an HTML page"
+    elif body is None:
+        found = "a body that is not JSON"
+    else:
+        found = f"JSON without {expected}"
+    return _out(
+        Reason.UNEXPECTED_RESPONSE,
+        reply,
+        None,
+        f"{_cap(what)} returned HTTP {reply.status} with {found}: that is not the provider's "
+        "API. Check spec.endpoint.",
+    )

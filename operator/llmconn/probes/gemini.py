@@ -1,0 +1,244 @@
+"""Gemini probe: the Generative Language API's model list, model lookup and one tiny generation.
+
+The key goes in `x-goog-api-key`, never in the `?key=` query parameter, so it cannot land in
+a proxy's access log. spec.model may be "gemini-2.5-flash" or the resource name
+"models/gemini-2.5-flash" (or "tunedModels/..."), as the SDKs accept both.
+
+Gemini's error dialect needs its own reading before the shared classification:
+- a bad key is a 400 INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID (or _EXPIRED);
+- 400 FAILED_PRECONDITION (free tier not offered in the caller's region, billing not enabled)
+  is PermissionDenied even though its message says "billing": the key works, the project
+  may not use the API from there;
+- every 429 RESOURCE_EXHAUSTED says "You exceeded your current quota ... check your plan and
+  billing details", per-minute limits included, so those words decide nothing. It is
+  RateLimited (waiting helps; the wait comes from Retry-After or the RetryInfo detail),
+  unless waiting cannot help: a QuotaFailure whose limit is 0 (the model has no quota at all
+  on this project's tier) or depleted prepaid credits, which are QuotaExceeded. A per-day
+  limit is still RateLimited, with the quota named in the message.
+
+Inference turns thinking off (thinkingBudget 0) so a probe cannot spend thousands of thinking
+tokens. Models that only work in thinking mode refuse that with a 400; the probe then retries
+once with the smallest budget they accept, so thinking stays bounded.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from llmconn.probes import Auth, registry
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok
+from llmconn.probes.errors import classify_error, not_the_api, retry_after
+from llmconn.reasons import Reason
+from llmconn.spec import ValidationType
+
+PAGE_SIZE = "1000"  # the API's largest page: one page counts every model
+MAX_OUTPUT_TOKENS = 16
+MIN_THINKING_BUDGET = 128  # the smallest budget thinking-only models (2.5 Pro) accept
+PROMPT = "Reply with the single word OK."
+_DELAY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)s$")  # google.protobuf.Duration in JSON: "21.5s"
+_DEPLETED_WORDS = ("prepayment", "credits are depleted", "credit balance")
+
+
+@registry.provider(
+    "gemini",
+    default_endpoint="https://generativelanguage.googleapis.com/v1beta",
+    auth=Auth.GOOG,
+    title="Google Gemini",
+)
+async def probe(ctx: ProbeContext) -> ProbeOutcome:
+    if ctx.validation_type is ValidationType.CONNECTIVITY:
+        return await _list_models(ctx)
+    model = _required_model(ctx)
+    if ctx.validation_type is ValidationType.MODEL:
+        return await _get_model(ctx, model)
+    return await _generate(ctx, model)
+
+
+def resource_name(model: str) -> str:
+    """gemini-2.5-flash -> models/gemini-2.5-flash; names with a collection stay as given."""
+    return model if "/" in model else f"models/{model}"
+
+
+async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
+    what = "the model list"
+    reply = await ctx.request("GET", "/models", params={"pageSize": PAGE_SIZE})
+    if reply.status == 404:
+        return ProbeOutcome(
+            Reason.UNEXPECTED_RESPONSE,
+            f"There is no model list at {ctx.endpoint}/models (HTTP 404). spec.endpoint "
+            "includes the API version: https://generativelanguage.googleapis.com/v1beta.",
+            http_status=reply.status,
+        )
+    if reply.status != 200:
+        return _classify(ctx, reply, what)
+    body = reply.json()
+    if not isinstance(body, dict) or not isinstance(body.get("models"), list):
+        return not_the_api(ctx, reply, what, "a `models` list")
+    count = f"{len(body['models'])}{'+' if body.get('nextPageToken') else ''}"
+    return ok(
+        f"The Gemini API accepted the key; {count} models are available.",
+        reply,
+        modelCount=count,
+    )
+
+
+async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
+    what = f"model {model}"
+    reply = await ctx.request("GET", "/" + quote(resource_name(model), safe="/"))
+    if reply.status != 200:
+        return _classify(ctx, reply, what)
+    body = reply.json()
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        return not_the_api(ctx, reply, what, "a model `name`")
+    return ok(f"The key is valid; model {model} is available.", reply)
+
+
+async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
+    what = f"model {model}"
+    path = "/" + quote(resource_name(model), safe="/") + ":generateContent"
+    reply = await ctx.request("POST", path, json_body=_generation(thinking_budget=0))
+    if reply.status == 400 and _needs_thinking(reply):
+        body = _generation(thinking_budget=MIN_THINKING_BUDGET)
+        reply = await ctx.request("POST", path, json_body=body)
+    if reply.status != 200:
+        return _classify(ctx, reply, what)
+    body = reply.json()
+    if not isinstance(body, dict) or not (
+        isinstance(body.get("candidates"), list) or isinstance(body.get("promptFeedback"), dict)
+    ):
+        return not_the_api(ctx, reply, what, "`candidates`")
+    served = body.get("modelVersion")
+    details = {"servedModel": served[:128]} if isinstance(served, str) else {}
+    return ok(
+        f"Model {model} answered a {MAX_OUTPUT_TOKENS}-token test generation.", reply, **details
+    )
+
+
+def _generation(*, thinking_budget: int) -> dict[str, Any]:
+    return {
+        "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
+        "generationConfig": {
+            "maxOutputTokens": MAX_OUTPUT_TOKENS,
+            "thinkingConfig": {"thinkingBudget": thinking_budget},
+        },
+    }
+
+
+def _needs_thinking(reply: Reply) -> bool:
+    """'Budget 0 is invalid. This model only works in thinking mode.'"""
+    error = _error(reply)
+    return (
+        error is not None
+        and error.get("status") == "INVALID_ARGUMENT"
+        and "thinking" in str(error.get("message") or "").lower()
+    )
+
+
+def _error(reply: Reply) -> dict[str, Any] | None:
+    body = reply.json()
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
+    error = _error(reply)
+    if error is None:
+        return classify_error(ctx, reply, what)
+    status = str(error.get("status") or "")
+    message = str(error.get("message") or "")
+    details = [d for d in error.get("details") or [] if isinstance(d, dict)]
+    reasons = [str(d["reason"]) for d in details if isinstance(d.get("reason"), str)]
+    said = f": {message.rstrip('.')}" if message else ""
+
+    def out(reason: Reason, text: str, code: str | None = None) -> ProbeOutcome:
+        return ProbeOutcome(reason, text, http_status=reply.status, code=code or status or None)
+
+    if reply.status in (401, 403) and not _sent_credentials(ctx):
+        return out(
+            Reason.INVALID_API_KEY,
+            f"Gemini needs an API key and none was sent (HTTP {reply.status} {status}); "
+            f"{ctx.key_hint}.",
+        )
+    bad_key = [r for r in reasons if r in ("API_KEY_INVALID", "API_KEY_EXPIRED")]
+    if bad_key:
+        return out(
+            Reason.INVALID_API_KEY,
+            f"Gemini rejected the API key (HTTP {reply.status} {bad_key[0]}){said}; "
+            f"{ctx.key_hint}.",
+            bad_key[0],
+        )
+    if status == "FAILED_PRECONDITION":
+        return out(
+            Reason.PERMISSION_DENIED,
+            f"Gemini refuses this project here (HTTP {reply.status} {status}){said}. Enable "
+            "billing on the key's Google Cloud project, or call from a region where the "
+            "free tier is offered.",
+        )
+    if reply.status == 429 or status == "RESOURCE_EXHAUSTED":
+        return _exhausted(reply, status, message, details)
+    return classify_error(ctx, reply, what)
+
+
+def _exhausted(
+    reply: Reply, status: str, message: str, details: list[dict[str, Any]]
+) -> ProbeOutcome:
+    violations = [
+        v
+        for d in details
+        if str(d.get("@type", "")).endswith("QuotaFailure")
+        for v in d.get("violations") or []
+        if isinstance(v, dict)
+    ]
+    quotas = sorted({str(v.get("quotaId") or v.get("quotaMetric")) for v in violations} - {"None"})
+    named = f" (quota {', '.join(quotas)})" if quotas else ""
+    said = f": {message.rstrip('.')}" if message else ""
+    no_quota = any(str(v.get("quotaValue")) == "0" for v in violations) or "limit: 0" in message
+    if no_quota or any(w in message.lower() for w in _DEPLETED_WORDS):
+        return ProbeOutcome(
+            Reason.QUOTA_EXCEEDED,
+            f"The project has no quota left for this{named} (HTTP {reply.status} {status})"
+            f"{said}. Enable billing or buy credits for the key's project, or pick a model "
+            "its tier includes.",
+            http_status=reply.status,
+            code=status or None,
+        )
+    wait = retry_after(reply)
+    if wait is None:
+        wait = _retry_delay(details)
+    hint = f" Retrying after {wait:.0f}s." if wait is not None else ""
+    return ProbeOutcome(
+        Reason.RATE_LIMITED,
+        f"Gemini is rate limiting this key{named} (HTTP {reply.status} {status}){said}.{hint}",
+        http_status=reply.status,
+        code=status or None,
+        retry_after=wait,
+    )
+
+
+def _sent_credentials(ctx: ProbeContext) -> bool:
+    """A key from apiKeySecretRef, or one the user put in headersFromSecret."""
+    names = {name.lower() for name in ctx.headers}
+    return bool(ctx.api_key) or not names.isdisjoint({"x-goog-api-key", "authorization"})
+
+
+def _retry_delay(details: list[dict[str, Any]]) -> float | None:
+    for detail in details:
+        if str(detail.get("@type", "")).endswith("RetryInfo"):
+            match = _DELAY.match(str(detail.get("retryDelay") or ""))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _required_model(ctx: ProbeContext) -> str:
+    if not ctx.model:
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.INVALID_CONFIGURATION,
+                f"Validation type {ctx.validation_type.value} needs spec.model; set it or use "
+                "type Connectivity.",
+            )
+        )
+    return ctx.model

@@ -1,0 +1,124 @@
+"""Ollama probe: the native API's model list, model details and one tiny generation.
+
+Ollama has no authentication of its own; a key (as a Bearer token) and spec.headers go out
+only when set, for an Ollama behind an authenticating proxy. The /v1 path is Ollama's
+OpenAI-compatible API, which provider openai-compatible probes; this one speaks /api.
+
+Inference asks /api/generate for at most 16 tokens (options.num_predict) without streaming.
+num_predict caps every generated token, thinking included, so the probe does not send
+`think: false`, which some models refuse.
+"""
+
+from __future__ import annotations
+
+from llmconn.probes import Auth, registry
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok
+from llmconn.probes.errors import classify_error, not_the_api
+from llmconn.reasons import Reason
+from llmconn.spec import ValidationType
+
+NUM_PREDICT = 16
+PROMPT = "Reply with the single word OK."
+
+
+@registry.provider(
+    "ollama",
+    default_endpoint="http://localhost:11434",
+    auth=Auth.BEARER,
+    title="Ollama",
+)
+async def probe(ctx: ProbeContext) -> ProbeOutcome:
+    if ctx.validation_type is ValidationType.CONNECTIVITY:
+        return await _list_models(ctx)
+    model = _required_model(ctx)
+    if ctx.validation_type is ValidationType.MODEL:
+        return await _show_model(ctx, model)
+    return await _generate(ctx, model)
+
+
+async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
+    what = "the model list"
+    reply = await ctx.request("GET", "/api/tags")
+    if reply.status == 404:
+        return ProbeOutcome(
+            Reason.UNEXPECTED_RESPONSE,
+            f"There is no Ollama model list at {ctx.endpoint}/api/tags (HTTP 404). "
+            "spec.endpoint is Ollama's base URL without /v1 or /api, e.g. "
+            "http://ollama:11434.",
+            http_status=reply.status,
+        )
+    if reply.status != 200:
+        return classify_error(ctx, reply, what)
+    body = reply.json()
+    if not isinstance(body, dict) or not isinstance(body.get("models"), list):
+        return not_the_api(ctx, reply, what, "a `models` list")
+    count = str(len(body["models"]))
+    return ok(f"Ollama answered; {count} models are pulled.", reply, modelCount=count)
+
+
+async def _show_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
+    what = f"model {model}"
+    reply = await ctx.request("POST", "/api/show", json_body={"model": model})
+    if reply.status != 200:
+        return _classify(ctx, reply, what, model)
+    body = reply.json()
+    if not isinstance(body, dict) or not any(
+        isinstance(body.get(k), dict) for k in ("details", "model_info")
+    ):
+        return not_the_api(ctx, reply, what, "model `details`")
+    facts = body.get("details")
+    details: dict[str, str] = {}
+    if isinstance(facts, dict):
+        for source, key in (
+            ("parameter_size", "parameterSize"),
+            ("quantization_level", "quantizationLevel"),
+        ):
+            if isinstance(facts.get(source), str):
+                details[key] = facts[source][:64]
+    return ok(f"Ollama answered; model {model} is pulled.", reply, **details)
+
+
+async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
+    what = f"model {model}"
+    reply = await ctx.request(
+        "POST",
+        "/api/generate",
+        json_body={
+            "model": model,
+            "prompt": PROMPT,
+            "stream": False,
+            "options": {"num_predict": NUM_PREDICT},
+        },
+    )
+    if reply.status != 200:
+        return _classify(ctx, reply, what, model)
+    body = reply.json()
+    if not isinstance(body, dict) or not isinstance(body.get("response"), str):
+        return not_the_api(ctx, reply, what, "a `response`")
+    return ok(f"Model {model} answered a {NUM_PREDICT}-token test generation.", reply)
+
+
+def _classify(ctx: ProbeContext, reply: Reply, what: str, model: str) -> ProbeOutcome:
+    body = reply.json()
+    error = body.get("error") if isinstance(body, dict) else None
+    if reply.status == 404 and isinstance(error, str) and "not found" in error.lower():
+        # {"error": "model 'x' not found"}; /api/generate adds ", try pulling it first".
+        return ProbeOutcome(
+            Reason.MODEL_NOT_FOUND,
+            f"Model {model} is not pulled on this Ollama (HTTP 404: {error[:200]}). "
+            f"Run `ollama pull {model}` there, or fix spec.model.",
+            http_status=reply.status,
+        )
+    return classify_error(ctx, reply, what)
+
+
+def _required_model(ctx: ProbeContext) -> str:
+    if not ctx.model:
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.INVALID_CONFIGURATION,
+                f"Validation type {ctx.validation_type.value} needs spec.model; set it or use "
+                "type Connectivity.",
+            )
+        )
+    return ctx.model

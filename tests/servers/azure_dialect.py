@@ -1,0 +1,268 @@
+"""A loopback server speaking Azure OpenAI's dialect: chat completions on a deployment.
+
+Serves POST /openai/deployments/{deployment}/chat/completions?api-version=... and the newer
+POST /openai/v1/chat/completions (deployment as `model`). It checks a request in Azure's
+layers: the `api-key` at the gateway (401 "Access denied due to invalid subscription
+key..."), the api-version (missing: 404 Resource not found; unknown: 400), the deployment
+(404 DeploymentNotFound), then the body in the model service (400 invalid_request_error).
+Every answer carries `apim-request-id`, `x-ms-region` and `x-ratelimit-remaining-*`.
+`state.completions` counts completions actually generated, i.e. tokens spent.
+`state.behaviour` selects a failure to play.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+API_KEY = "0123456789abcdef0123456789abcdef"
+API_VERSIONS = frozenset({"2024-06-01", "2024-10-21", "2025-04-01-preview"})
+# deployment -> (model it serves, kind)
+DEPLOYMENTS = {
+    "gpt-4o-prod": ("gpt-4o-2024-08-06", "chat"),
+    "o3-mini": ("o3-mini-2025-01-31", "reasoning"),
+    "embeddings": ("text-embedding-3-small", "embedding"),
+}
+
+BEHAVIOURS = frozenset(
+    {
+        "ok",
+        "forbidden",  # 403: public network access disabled
+        "rate_limited",  # 429 with Retry-After 6
+        "unavailable",  # 503 ServiceUnavailable
+        "html",
+        "invalid_json",
+        "wrong_shape",
+    }
+)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class AzureState:
+    api_key: str = API_KEY
+    deployments: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEPLOYMENTS))
+    api_versions: frozenset[str] = API_VERSIONS
+    behaviour: str = "ok"
+    retry_after: int = 6
+    seen: list[Seen] = field(default_factory=list)
+    completions: int = 0
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def reset(self, behaviour: str = "ok") -> None:
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}")
+        self.behaviour = behaviour
+        self.seen.clear()
+        self.completions = 0
+
+
+def make_app(
+    *,
+    api_key: str = API_KEY,
+    deployments: dict[str, tuple[str, str]] | None = None,
+    behaviour: str = "ok",
+) -> Starlette:
+    state = AzureState(api_key=api_key)
+    if deployments is not None:
+        state.deployments = dict(deployments)
+    state.reset(behaviour)
+
+    def headers(extra: dict[str, str] | None = None) -> dict[str, str]:
+        hdrs = {
+            "apim-request-id": f"5a14fa81-0000-4000-8000-{next(state._ids):012d}",
+            "x-ms-region": "Sweden Central",
+            "x-ratelimit-remaining-requests": "99",
+            "x-ratelimit-remaining-tokens": "99984",
+        }
+        hdrs.update(extra or {})
+        return hdrs
+
+    def error(status: int, body: dict[str, Any], extra: dict[str, str] | None = None) -> Response:
+        return JSONResponse({"error": body}, status_code=status, headers=headers(extra))
+
+    def invalid(message: str, param: str | None = None, code: str | None = None) -> Response:
+        return error(
+            400,
+            {"message": message, "type": "invalid_request_error", "param": param, "code": code},
+        )
+
+    async def record(request: Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        state.seen.append(
+            Seen(
+                request.method,
+                request.url.path,
+                request.url.query,
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+            )
+        )
+        return body
+
+    def gateway(request: Request) -> Response | None:
+        if request.headers.get("api-key") != state.api_key:
+            return error(
+                401,
+                {
+                    "code": "401",
+                    "message": "Access denied due to invalid subscription key or wrong API "
+                    "endpoint. Make sure to provide a valid key for an active subscription and "
+                    "use a correct regional API endpoint for your resource.",
+                },
+            )
+        match state.behaviour:
+            case "forbidden":
+                return error(
+                    403,
+                    {
+                        "code": "403",
+                        "message": "Public access is disabled. Please configure private endpoint.",
+                    },
+                )
+            case "rate_limited":
+                return error(
+                    429,
+                    {
+                        "code": "429",
+                        "message": "Requests to the ChatCompletions_Create Operation under Azure "
+                        "OpenAI API version 2024-10-21 have exceeded token rate limit of your "
+                        "current OpenAI S0 pricing tier. Please retry after "
+                        f"{state.retry_after} seconds.",
+                    },
+                    {
+                        "retry-after": str(state.retry_after),
+                        "retry-after-ms": str(state.retry_after * 1000),
+                        "x-ratelimit-remaining-requests": "0",
+                    },
+                )
+            case "unavailable":
+                return error(
+                    503,
+                    {
+                        "code": "ServiceUnavailable",
+                        "message": "The service is temporarily unable to process your request. "
+                        "Please try again later.",
+                    },
+                )
+            case "html":
+                return Response(
+                    "<!DOCTYPE html><html><body>Azure Front Door</body></html>",
+                    media_type="text/html",
+                    headers=headers(),
+                )
+            case "invalid_json":
+                return Response('{"choices": [', media_type="application/json", headers=headers())
+            case "wrong_shape":
+                return JSONResponse({"value": []}, headers=headers())
+        return None
+
+    def complete(deployment: str, body: Any) -> Response:
+        if deployment not in state.deployments:
+            return error(
+                404,
+                {
+                    "code": "DeploymentNotFound",
+                    "message": "The API deployment for this resource does not exist. If you "
+                    "created the deployment within the last 5 minutes, please wait a moment and "
+                    "try again.",
+                },
+            )
+        model, kind = state.deployments[deployment]
+        if kind == "embedding":
+            return error(
+                400,
+                {
+                    "code": "OperationNotSupported",
+                    "message": "The chatCompletion operation does not work with the specified "
+                    "model, text-embedding-3-small. Please choose different model and try "
+                    "again.",
+                },
+            )
+        if not isinstance(body, dict):
+            return invalid("Invalid JSON body")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return invalid("[] is too short - 'messages'", param="messages")
+        if kind == "reasoning" and "max_tokens" in body:
+            return invalid(
+                "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                "'max_completion_tokens' instead.",
+                param="max_tokens",
+                code="unsupported_parameter",
+            )
+        state.completions += 1
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-loopback{state.completions}",
+                "object": "chat.completion",
+                "created": 1767225600,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "OK"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 14, "completion_tokens": 1, "total_tokens": 15},
+            },
+            headers=headers(),
+        )
+
+    async def deployment_chat(request: Request) -> Response:
+        body = await record(request)
+        if refused := gateway(request):
+            return refused
+        version = request.query_params.get("api-version")
+        if not version:
+            return error(404, {"code": "404", "message": "Resource not found"})
+        if version not in state.api_versions:
+            return error(400, {"code": "BadRequest", "message": "API version not supported"})
+        return complete(request.path_params["deployment"], body)
+
+    async def v1_chat(request: Request) -> Response:
+        body = await record(request)
+        if refused := gateway(request):
+            return refused
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str):
+            return invalid("you must provide a model parameter", param="model")
+        return complete(model, body)
+
+    async def not_found(request: Request) -> Response:
+        await record(request)
+        if refused := gateway(request):
+            return refused
+        return error(404, {"code": "404", "message": "Resource not found"})
+
+    app = Starlette(
+        routes=[
+            Route(
+                "/openai/deployments/{deployment:str}/chat/completions",
+                deployment_chat,
+                methods=["POST"],
+            ),
+            Route("/openai/v1/chat/completions", v1_chat, methods=["POST"]),
+            Route("/{path:path}", not_found, methods=["GET", "POST"]),
+        ]
+    )
+    app.state.dialect = state
+    return app

@@ -1,0 +1,301 @@
+"""A loopback server speaking the Gemini API's dialect (generativelanguage, v1beta).
+
+It serves GET {prefix}/models, GET {prefix}/models/{model} and
+POST {prefix}/models/{model}:generateContent. Keys are read from `x-goog-api-key` or the
+`key` query parameter, as Google does. Errors have Google's shape
+`{"error":{"code","message","status","details":[...]}}`: a bad key is a 400
+INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID, a missing key a 403 for
+"unregistered callers", a 429 carries QuotaFailure and RetryInfo details. Paths outside the
+prefix get the front end's HTML 404. Thinking-only models refuse a thinking budget under
+128. `state.behaviour` selects a failure to play.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+API_KEY = "AIzaSyLoopbackTestKey0123456789abcdefg"
+PREFIX = "/v1beta"
+MODELS = ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "text-embedding-004"]
+THINKING_ONLY = frozenset({"gemini-2.5-pro"})
+MIN_BUDGET = 128
+
+BEHAVIOURS = frozenset(
+    {
+        "ok",
+        "region",  # 400 FAILED_PRECONDITION: location not supported / enable billing
+        "service_disabled",  # 403 PERMISSION_DENIED reason SERVICE_DISABLED
+        "rate_limited",  # 429 RESOURCE_EXHAUSTED, per-minute quota, RetryInfo 21s
+        "no_quota",  # 429 RESOURCE_EXHAUSTED with quota limit 0 for the model
+        "unavailable",  # 503 UNAVAILABLE "The model is overloaded"
+        "html",
+        "invalid_json",
+        "wrong_shape",
+    }
+)
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class GeminiState:
+    api_key: str = API_KEY
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    thinking_only: frozenset[str] = THINKING_ONLY
+    behaviour: str = "ok"
+    retry_delay: str = "21s"
+    seen: list[Seen] = field(default_factory=list)
+    generations: int = 0
+
+    def reset(self, behaviour: str = "ok") -> None:
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}")
+        self.behaviour = behaviour
+        self.seen.clear()
+        self.generations = 0
+
+
+def _error(status: int, code: str, message: str, details: list[Any] | None = None) -> Response:
+    err: dict[str, Any] = {"code": status, "message": message, "status": code}
+    if details:
+        err["details"] = details
+    return JSONResponse({"error": err}, status_code=status)
+
+
+def _model(name: str) -> dict[str, Any]:
+    embedding = "embedding" in name
+    return {
+        "name": f"models/{name}",
+        "version": "001",
+        "displayName": name.replace("-", " ").title(),
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": ["embedContent"]
+        if embedding
+        else ["generateContent", "countTokens"],
+    }
+
+
+def make_app(
+    *,
+    api_key: str = API_KEY,
+    models: list[str] | None = None,
+    behaviour: str = "ok",
+    prefix: str = PREFIX,
+) -> Starlette:
+    state = GeminiState(api_key=api_key)
+    if models is not None:
+        state.models = list(models)
+    state.reset(behaviour)
+
+    def gate(request: Request) -> Response | None:
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        if not key:
+            return _error(
+                403,
+                "PERMISSION_DENIED",
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to "
+                "call this API.",
+            )
+        if key != state.api_key:
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                "API key not valid. Please pass a valid API key.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    },
+                    {
+                        "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                        "locale": "en-US",
+                        "message": "API key not valid. Please pass a valid API key.",
+                    },
+                ],
+            )
+        match state.behaviour:
+            case "region":
+                return _error(
+                    400, "FAILED_PRECONDITION", "User location is not supported for the API use."
+                )
+            case "service_disabled":
+                return _error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Generative Language API has not been used in project 123456 before or it "
+                    "is disabled.",
+                    [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                            "reason": "SERVICE_DISABLED",
+                            "domain": "googleapis.com",
+                        }
+                    ],
+                )
+            case "rate_limited" | "no_quota":
+                limit = "0" if state.behaviour == "no_quota" else "5"
+                return _error(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "You exceeded your current quota, please check your plan and billing "
+                    "details. For more information on this error, head to: "
+                    "https://ai.google.dev/gemini-api/docs/rate-limits. * Quota exceeded for "
+                    "metric: generativelanguage.googleapis.com/generate_content_free_tier_"
+                    f"requests, limit: {limit}, model: gemini-2.5-pro",
+                    [
+                        {
+                            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                            "violations": [
+                                {
+                                    "quotaMetric": "generativelanguage.googleapis.com/"
+                                    "generate_content_free_tier_requests",
+                                    "quotaId": "GenerateRequestsPerMinutePerProjectPerModel"
+                                    "-FreeTier",
+                                    "quotaDimensions": {
+                                        "location": "global",
+                                        "model": "gemini-2.5-pro",
+                                    },
+                                    "quotaValue": limit,
+                                }
+                            ],
+                        },
+                        {
+                            "@type": "type.googleapis.com/google.rpc.Help",
+                            "links": [
+                                {"description": "Learn more", "url": "https://ai.google.dev"}
+                            ],
+                        },
+                        {
+                            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                            "retryDelay": state.retry_delay,
+                        },
+                    ],
+                )
+            case "unavailable":
+                return _error(
+                    503, "UNAVAILABLE", "The model is overloaded. Please try again later."
+                )
+            case "html":
+                return Response(
+                    "<!DOCTYPE html><html><body>Sign in - Google Accounts</body></html>",
+                    media_type="text/html",
+                )
+            case "invalid_json":
+                return Response('{"models": [{"name": ', media_type="application/json")
+            case "wrong_shape":
+                return JSONResponse({"kind": "discovery#restDescription"})
+        return None
+
+    def not_found(model: str) -> Response:
+        return _error(
+            404,
+            "NOT_FOUND",
+            f"models/{model} is not found for API version v1beta, or is not supported for "
+            "generateContent. Call ListModels to see the list of available models and their "
+            "supported methods.",
+        )
+
+    async def handle(request: Request) -> Response:
+        try:
+            body = await request.json() if request.method == "POST" else None
+        except ValueError:
+            body = None
+        state.seen.append(
+            Seen(
+                request.method,
+                request.url.path,
+                request.url.query,
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+            )
+        )
+        path = request.url.path
+        if not path.startswith(prefix + "/"):
+            return Response(
+                "<!DOCTYPE html><html lang=en><title>Error 404 (Not Found)!!1</title>"
+                f"<p>The requested URL <code>{path}</code> was not found on this server.",
+                status_code=404,
+                media_type="text/html; charset=UTF-8",
+            )
+        if refused := gate(request):
+            return refused
+        rest = path[len(prefix) + 1 :]
+        if rest == "models" and request.method == "GET":
+            return list_models(request)
+        if not rest.startswith("models/"):
+            return _error(404, "NOT_FOUND", "Requested entity was not found.")
+        name, _, method = rest.removeprefix("models/").partition(":")
+        if request.method == "GET" and not method:
+            if name not in state.models:
+                return not_found(name)
+            return JSONResponse(_model(name))
+        if request.method == "POST" and method == "generateContent":
+            return generate(name, body)
+        return _error(404, "NOT_FOUND", "Requested entity was not found.")
+
+    def list_models(request: Request) -> Response:
+        size = int(request.query_params.get("pageSize", "50"))
+        start = int(request.query_params.get("pageToken") or 0)
+        page = state.models[start : start + size]
+        body: dict[str, Any] = {"models": [_model(m) for m in page]}
+        if start + size < len(state.models):
+            body["nextPageToken"] = str(start + size)
+        return JSONResponse(body)
+
+    def generate(name: str, body: Any) -> Response:
+        if name not in state.models or "embedding" in name:
+            return not_found(name)
+        if not isinstance(body, dict) or not body.get("contents"):
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                "* GenerateContentRequest.contents: contents is not specified",
+            )
+        config = body.get("generationConfig") or {}
+        budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
+        if name in state.thinking_only and budget is not None and budget < MIN_BUDGET:
+            return _error(
+                400,
+                "INVALID_ARGUMENT",
+                f"Budget {budget} is invalid. This model only works in thinking mode.",
+            )
+        state.generations += 1
+        return JSONResponse(
+            {
+                "candidates": [
+                    {
+                        "content": {"parts": [{"text": "OK"}], "role": "model"},
+                        "finishReason": "STOP",
+                        "index": 0,
+                    }
+                ],
+                "usageMetadata": {
+                    "promptTokenCount": 8,
+                    "candidatesTokenCount": 1,
+                    "totalTokenCount": 9,
+                },
+                "modelVersion": name,
+                "responseId": f"loopback-{state.generations}",
+            }
+        )
+
+    app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
+    app.state.dialect = state
+    return app

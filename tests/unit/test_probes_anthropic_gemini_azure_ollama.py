@@ -1,0 +1,612 @@
+"""The Anthropic, Gemini, Azure OpenAI and Ollama probes against loopback servers of their dialects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import pytest
+
+from llmconn.probes import registry
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
+from llmconn.reasons import Reason
+from llmconn.spec import AzureSpec, SecretKeyRef, ValidationType
+from servers import anthropic_dialect, azure_dialect, gemini_dialect, ollama_dialect
+from servers.serve import serve
+
+CONN = ValidationType.CONNECTIVITY
+MODEL = ValidationType.MODEL
+INFER = ValidationType.INFERENCE
+
+KEYS = {
+    "anthropic": anthropic_dialect.API_KEY,
+    "gemini": gemini_dialect.API_KEY,
+    "azure-openai": azure_dialect.API_KEY,
+    "ollama": None,
+}
+# The model each provider's good cases use (Azure: the deployment).
+GOOD_MODEL = {
+    "anthropic": "claude-opus-4-5-20251101",
+    "gemini": "gemini-2.5-flash",
+    "azure-openai": "gpt-4o-prod",
+    "ollama": "llama3.2",
+}
+MAKERS: dict[str, Callable[[], Any]] = {
+    "anthropic": anthropic_dialect.make_app,
+    "gemini": gemini_dialect.make_app,
+    "azure-openai": azure_dialect.make_app,
+    "ollama": ollama_dialect.make_app,
+}
+# The endpoint each server is reached at, as a user would write it.
+SUFFIX = {"anthropic": "", "gemini": "/v1beta", "azure-openai": "", "ollama": ""}
+
+
+@dataclass
+class Server:
+    url: str
+    state: Any
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, Server]]:
+    apps = {name: make() for name, make in MAKERS.items()}
+    with (
+        serve(apps["anthropic"]) as a,
+        serve(apps["gemini"]) as g,
+        serve(apps["azure-openai"]) as z,
+        serve(apps["ollama"]) as o,
+    ):
+        urls = {"anthropic": a, "gemini": g, "azure-openai": z, "ollama": o}
+        yield {name: Server(urls[name], app.state.dialect) for name, app in apps.items()}
+
+
+@pytest.fixture
+def srv(servers: dict[str, Server]) -> dict[str, Server]:
+    for server in servers.values():
+        server.state.reset()
+    return servers
+
+
+@dataclass
+class Run:
+    outcome: ProbeOutcome
+    ctx: ProbeContext
+
+
+async def run(
+    provider: str,
+    endpoint: str,
+    vtype: ValidationType,
+    *,
+    model: str | None = None,
+    key: str | None = None,
+    headers: dict[str, str] | None = None,
+    api_version: str = "2024-10-21",
+) -> Run:
+    azure = None
+    if provider == "azure-openai":
+        azure = AzureSpec(deployment=model or "", api_version=api_version)
+        model = None
+    async with httpx2.AsyncClient() as http:
+        ctx = ProbeContext(
+            provider=registry.get(provider),
+            endpoint=endpoint.rstrip("/"),
+            validation_type=vtype,
+            http=http,
+            timeout=5.0,
+            model=model,
+            api_key=key,
+            api_key_ref=SecretKeyRef(name="llm-creds") if key is not None else None,
+            headers=headers or {},
+            azure=azure,
+        )
+        try:
+            outcome = await ctx.provider.probe(ctx)
+        except ProbeFailure as failure:
+            outcome = failure.outcome
+    return Run(outcome, ctx)
+
+
+async def probe(
+    srv: dict[str, Server],
+    provider: str,
+    vtype: ValidationType,
+    *,
+    behaviour: str = "ok",
+    model: str | None = "good",
+    key: str | None = "good",
+    **kwargs: Any,
+) -> Run:
+    srv[provider].state.reset(behaviour)
+    return await run(
+        provider,
+        srv[provider].url + SUFFIX[provider],
+        vtype,
+        model=GOOD_MODEL[provider] if model == "good" else model,
+        key=KEYS[provider] if key == "good" else key,
+        **kwargs,
+    )
+
+
+PROVIDERS = ["anthropic", "gemini", "azure-openai", "ollama"]
+
+
+# --- the good path, per validation type -------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("vtype", [CONN, MODEL, INFER])
+async def test_good_connection_validates(
+    srv: dict[str, Server], provider: str, vtype: ValidationType
+) -> None:
+    result = await probe(srv, provider, vtype)
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    assert result.outcome.http_status in (200, 400)  # Azure's free check is a refused body
+
+
+@pytest.mark.parametrize(
+    ("provider", "count"),
+    [
+        ("anthropic", str(len(anthropic_dialect.MODELS))),
+        ("gemini", str(len(gemini_dialect.MODELS))),
+        ("ollama", str(len(ollama_dialect.MODELS))),
+    ],
+)
+async def test_connectivity_reports_model_count(
+    srv: dict[str, Server], provider: str, count: str
+) -> None:
+    result = await probe(srv, provider, CONN)
+    assert result.outcome.details["modelCount"] == count
+    assert f"{count} models" in result.outcome.message
+
+
+async def test_anthropic_model_count_marks_more_pages() -> None:
+    many = [{"id": f"claude-test-{i:04d}"} for i in range(1001)]
+    with serve(anthropic_dialect.make_app(models=many)) as url:
+        result = await run("anthropic", url, CONN, key=anthropic_dialect.API_KEY)
+    assert result.outcome.details["modelCount"] == "1000+"
+
+
+@pytest.mark.parametrize(
+    ("provider", "vtype", "method", "path"),
+    [
+        ("anthropic", CONN, "GET", "/v1/models"),
+        ("anthropic", MODEL, "GET", "/v1/models/claude-opus-4-5-20251101"),
+        ("anthropic", INFER, "POST", "/v1/messages"),
+        ("gemini", CONN, "GET", "/v1beta/models"),
+        ("gemini", MODEL, "GET", "/v1beta/models/gemini-2.5-flash"),
+        ("gemini", INFER, "POST", "/v1beta/models/gemini-2.5-flash:generateContent"),
+        ("azure-openai", CONN, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
+        ("azure-openai", MODEL, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
+        ("azure-openai", INFER, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
+        ("ollama", CONN, "GET", "/api/tags"),
+        ("ollama", MODEL, "POST", "/api/show"),
+        ("ollama", INFER, "POST", "/api/generate"),
+    ],
+)
+async def test_each_type_makes_one_call_to_the_documented_path(
+    srv: dict[str, Server], provider: str, vtype: ValidationType, method: str, path: str
+) -> None:
+    await probe(srv, provider, vtype)
+    assert [(s.method, s.path) for s in srv[provider].state.seen] == [(method, path)]
+
+
+# --- the key goes out the provider's way, never in the URL ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "header"),
+    [("anthropic", "x-api-key"), ("gemini", "x-goog-api-key"), ("azure-openai", "api-key")],
+)
+@pytest.mark.parametrize("vtype", [CONN, MODEL, INFER])
+async def test_key_travels_in_the_provider_header_only(
+    srv: dict[str, Server], provider: str, header: str, vtype: ValidationType
+) -> None:
+    await probe(srv, provider, vtype)
+    key = KEYS[provider]
+    assert key is not None
+    for seen in srv[provider].state.seen:
+        assert seen.headers[header] == key
+        assert key not in seen.path and key not in seen.query
+        others = {"authorization", "x-api-key", "api-key", "x-goog-api-key"} - {header}
+        assert others.isdisjoint(seen.headers)
+
+
+async def test_anthropic_sends_the_api_version(srv: dict[str, Server]) -> None:
+    await probe(srv, "anthropic", CONN)
+    assert srv["anthropic"].state.seen[0].headers["anthropic-version"] == "2023-06-01"
+
+
+async def test_anthropic_version_from_spec_headers_wins(srv: dict[str, Server]) -> None:
+    await probe(srv, "anthropic", CONN, headers={"Anthropic-Version": "2023-01-01"})
+    assert srv["anthropic"].state.seen[0].headers["anthropic-version"] == "2023-01-01"
+
+
+async def test_ollama_sends_no_credentials_unless_given(srv: dict[str, Server]) -> None:
+    await probe(srv, "ollama", CONN)
+    seen = srv["ollama"].state.seen[0].headers
+    assert {"authorization", "x-api-key", "api-key", "x-goog-api-key"}.isdisjoint(seen)
+
+
+async def test_ollama_behind_a_proxy_sends_the_token_as_bearer() -> None:
+    app = ollama_dialect.make_app(token="proxy-token-123")
+    with serve(app) as url:
+        good = await run("ollama", url, CONN, key="proxy-token-123")
+        missing = await run("ollama", url, CONN)
+        wrong = await run("ollama", url, CONN, key="nope")
+    assert good.outcome.reason is Reason.VALIDATED
+    assert app.state.dialect.seen[0].headers["authorization"] == "Bearer proxy-token-123"
+    assert missing.outcome.reason is Reason.INVALID_API_KEY
+    assert "set spec.apiKeySecretRef" in missing.outcome.message
+    assert wrong.outcome.reason is Reason.INVALID_API_KEY
+    assert "Secret llm-creds" in wrong.outcome.message
+
+
+# --- rejected keys -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "code"),
+    [
+        ("anthropic", 401, "authentication_error"),
+        ("gemini", 400, "API_KEY_INVALID"),
+        ("azure-openai", 401, "401"),
+    ],
+)
+@pytest.mark.parametrize("vtype", [CONN, MODEL, INFER])
+async def test_wrong_key_is_invalid_api_key(
+    srv: dict[str, Server], provider: str, status: int, code: str, vtype: ValidationType
+) -> None:
+    result = await probe(srv, provider, vtype, key="wrong-key-value")
+    assert result.outcome.reason is Reason.INVALID_API_KEY
+    assert (result.outcome.http_status, result.outcome.code) == (status, code)
+    assert "update key apiKey of Secret llm-creds" in result.outcome.message
+    assert "wrong-key-value" not in result.outcome.message
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "azure-openai"])
+async def test_missing_key_is_invalid_api_key(srv: dict[str, Server], provider: str) -> None:
+    result = await probe(srv, provider, CONN, key=None)
+    assert result.outcome.reason is Reason.INVALID_API_KEY
+    assert "set spec.apiKeySecretRef" in result.outcome.message
+
+
+async def test_gemini_key_from_headers_from_secret_counts_as_sent(
+    srv: dict[str, Server],
+) -> None:
+    headers = {"X-Goog-Api-Key": gemini_dialect.API_KEY}
+    good = await probe(srv, "gemini", CONN, key=None, headers=headers)
+    assert good.outcome.reason is Reason.VALIDATED
+    refused = await probe(
+        srv, "gemini", CONN, key=None, headers=headers, behaviour="service_disabled"
+    )
+    assert refused.outcome.reason is Reason.PERMISSION_DENIED
+
+
+async def test_azure_bad_key_message_also_points_at_the_endpoint(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "azure-openai", MODEL, key="wrong")
+    assert "spec.endpoint is the resource the key belongs to" in result.outcome.message
+
+
+# --- missing models ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_missing_model_is_model_not_found(
+    srv: dict[str, Server], provider: str, vtype: ValidationType
+) -> None:
+    result = await probe(srv, provider, vtype, model="no-such-model")
+    assert result.outcome.reason is Reason.MODEL_NOT_FOUND, result.outcome.message
+    assert result.outcome.http_status == 404
+    assert "no-such-model" in result.outcome.message
+
+
+async def test_azure_missing_deployment_names_the_field_and_the_delay(
+    srv: dict[str, Server],
+) -> None:
+    result = await probe(srv, "azure-openai", MODEL, model="gpt-5-new")
+    assert result.outcome.code == "DeploymentNotFound"
+    assert "spec.azure.deployment" in result.outcome.message
+    assert "5 minutes" in result.outcome.message
+
+
+async def test_ollama_missing_model_says_how_to_pull_it(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "ollama", MODEL, model="mistral")
+    assert "ollama pull mistral" in result.outcome.message
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini", "ollama"])
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_model_types_without_a_model_are_invalid_configuration(
+    srv: dict[str, Server], provider: str, vtype: ValidationType
+) -> None:
+    result = await probe(srv, provider, vtype, model=None)
+    assert result.outcome.reason is Reason.INVALID_CONFIGURATION
+    assert "spec.model" in result.outcome.message
+    assert srv[provider].state.seen == []
+
+
+async def test_connectivity_does_not_look_at_the_model(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "anthropic", CONN, model="no-such-model")
+    assert result.outcome.reason is Reason.VALIDATED
+
+
+# --- aliases and model name forms --------------------------------------------------------
+
+
+async def test_anthropic_alias_resolves_and_is_reported(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "anthropic", MODEL, model="claude-haiku-4-5")
+    assert result.outcome.reason is Reason.VALIDATED
+    assert result.outcome.details["resolvedModel"] == "claude-haiku-4-5-20251001"
+    assert "alias of claude-haiku-4-5-20251001" in result.outcome.message
+
+
+async def test_anthropic_full_id_has_no_alias_note(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "anthropic", MODEL)
+    assert "resolvedModel" not in result.outcome.details
+
+
+@pytest.mark.parametrize("model", ["gemini-2.5-flash", "models/gemini-2.5-flash"])
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_gemini_accepts_both_model_name_forms(
+    srv: dict[str, Server], model: str, vtype: ValidationType
+) -> None:
+    result = await probe(srv, "gemini", vtype, model=model)
+    assert result.outcome.reason is Reason.VALIDATED
+    assert srv["gemini"].state.seen[0].path.startswith("/v1beta/models/gemini-2.5-flash")
+
+
+# --- what Inference sends ----------------------------------------------------------------
+
+
+async def test_anthropic_inference_is_tiny(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "anthropic", INFER, model="claude-opus-4-1")
+    body = srv["anthropic"].state.seen[0].body
+    assert body["max_tokens"] == 16 and len(body["messages"]) == 1
+    assert result.outcome.details["servedModel"] == "claude-opus-4-1-20250805"
+
+
+async def test_gemini_inference_turns_thinking_off(srv: dict[str, Server]) -> None:
+    await probe(srv, "gemini", INFER)
+    config = srv["gemini"].state.seen[0].body["generationConfig"]
+    assert config == {"maxOutputTokens": 16, "thinkingConfig": {"thinkingBudget": 0}}
+
+
+async def test_gemini_thinking_only_model_retries_with_the_smallest_budget(
+    srv: dict[str, Server],
+) -> None:
+    result = await probe(srv, "gemini", INFER, model="gemini-2.5-pro")
+    assert result.outcome.reason is Reason.VALIDATED
+    budgets = [
+        s.body["generationConfig"]["thinkingConfig"]["thinkingBudget"]
+        for s in srv["gemini"].state.seen
+    ]
+    assert budgets == [0, 128]
+    assert srv["gemini"].state.generations == 1
+
+
+async def test_ollama_inference_is_tiny_and_not_streamed(srv: dict[str, Server]) -> None:
+    await probe(srv, "ollama", INFER)
+    body = srv["ollama"].state.seen[0].body
+    assert body["stream"] is False and body["options"] == {"num_predict": 16}
+
+
+async def test_ollama_model_details(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "ollama", MODEL)
+    assert srv["ollama"].state.seen[0].body == {"model": "llama3.2"}
+    assert result.outcome.details == {"parameterSize": "3.2B", "quantizationLevel": "Q4_K_M"}
+
+
+# --- Azure: free checks spend nothing, and only the right 400 counts --------------------
+
+
+@pytest.mark.parametrize("vtype", [CONN, MODEL])
+async def test_azure_free_checks_generate_nothing(
+    srv: dict[str, Server], vtype: ValidationType
+) -> None:
+    result = await probe(srv, "azure-openai", vtype)
+    assert result.outcome.reason is Reason.VALIDATED
+    assert srv["azure-openai"].state.completions == 0
+    seen = srv["azure-openai"].state.seen[0]
+    assert seen.body == {"messages": []}
+    assert seen.query == "api-version=2024-10-21"
+    assert "no tokens were spent" in result.outcome.message
+
+
+async def test_azure_inference_generates_once_with_a_cap(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "azure-openai", INFER)
+    assert srv["azure-openai"].state.completions == 1
+    assert srv["azure-openai"].state.seen[0].body["max_tokens"] == 16
+    assert result.outcome.details["servedModel"] == "gpt-4o-2024-08-06"
+
+
+async def test_azure_reasoning_deployment_retries_with_max_completion_tokens(
+    srv: dict[str, Server],
+) -> None:
+    result = await probe(srv, "azure-openai", INFER, model="o3-mini")
+    assert result.outcome.reason is Reason.VALIDATED
+    bodies = [s.body for s in srv["azure-openai"].state.seen]
+    assert [("max_tokens" in b, b.get("max_completion_tokens")) for b in bodies] == [
+        (True, None),
+        (False, 16),
+    ]
+
+
+async def test_azure_other_400_is_not_taken_as_proof(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "azure-openai", MODEL, model="embeddings")
+    assert result.outcome.reason is Reason.INVALID_CONFIGURATION
+    assert result.outcome.code == "OperationNotSupported"
+
+
+async def test_azure_unsupported_api_version(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "azure-openai", MODEL, api_version="2019-01-01")
+    assert result.outcome.reason is Reason.INVALID_CONFIGURATION
+    assert "spec.azure.apiVersion" in result.outcome.message
+
+
+async def test_azure_endpoint_with_openai_path_is_explained(srv: dict[str, Server]) -> None:
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + "/openai",
+        MODEL,
+        model="gpt-4o-prod",
+        key=azure_dialect.API_KEY,
+    )
+    assert result.outcome.reason is Reason.UNEXPECTED_RESPONSE
+    assert "without /openai" in result.outcome.message
+
+
+@pytest.mark.parametrize("vtype", [CONN, INFER])
+async def test_azure_v1_surface(srv: dict[str, Server], vtype: ValidationType) -> None:
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + "/openai/v1",
+        vtype,
+        model="gpt-4o-prod",
+        key=azure_dialect.API_KEY,
+    )
+    assert result.outcome.reason is Reason.VALIDATED
+    seen = srv["azure-openai"].state.seen[0]
+    assert (seen.path, seen.query) == ("/openai/v1/chat/completions", "")
+    assert seen.body["model"] == "gpt-4o-prod"
+
+
+async def test_azure_records_request_id_region_and_headroom(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "azure-openai", MODEL)
+    assert result.ctx.request_id is not None and result.ctx.request_id.startswith("5a14fa81-")
+    assert result.ctx.details["region"] == "Sweden Central"
+    assert result.ctx.details["rateLimitRemainingRequests"] == "99"
+    assert result.ctx.details["rateLimitRemainingTokens"] == "99984"
+
+
+async def test_anthropic_records_request_id_and_headroom(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "anthropic", CONN)
+    assert result.ctx.request_id is not None and result.ctx.request_id.startswith("req_")
+    assert result.ctx.details["anthropicRateLimitRequestsRemaining"] == "49"
+    assert result.ctx.details["anthropicRateLimitTokensLimit"] == "30000"
+
+
+# --- quota, permission, rate limits, outages ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "behaviour", "vtype", "reason", "status", "code"),
+    [
+        ("anthropic", "forbidden", MODEL, Reason.PERMISSION_DENIED, 403, "permission_error"),
+        ("anthropic", "no_credit", INFER, Reason.QUOTA_EXCEEDED, 400, "invalid_request_error"),
+        # An empty balance shows only when tokens are spent.
+        ("anthropic", "no_credit", MODEL, Reason.VALIDATED, 200, None),
+        (
+            "anthropic",
+            "spend_limit",
+            INFER,
+            Reason.QUOTA_EXCEEDED,
+            429,
+            "enforced_spend_limit_reached",
+        ),
+        ("anthropic", "api_error", CONN, Reason.PROVIDER_UNAVAILABLE, 500, "api_error"),
+        ("anthropic", "overloaded", INFER, Reason.PROVIDER_UNAVAILABLE, 529, "overloaded_error"),
+        ("gemini", "region", MODEL, Reason.PERMISSION_DENIED, 400, "FAILED_PRECONDITION"),
+        ("gemini", "service_disabled", CONN, Reason.PERMISSION_DENIED, 403, "SERVICE_DISABLED"),
+        ("gemini", "no_quota", INFER, Reason.QUOTA_EXCEEDED, 429, "RESOURCE_EXHAUSTED"),
+        ("gemini", "unavailable", INFER, Reason.PROVIDER_UNAVAILABLE, 503, "UNAVAILABLE"),
+        ("azure-openai", "forbidden", MODEL, Reason.PERMISSION_DENIED, 403, "403"),
+        (
+            "azure-openai",
+            "unavailable",
+            INFER,
+            Reason.PROVIDER_UNAVAILABLE,
+            503,
+            "ServiceUnavailable",
+        ),
+        ("ollama", "busy", INFER, Reason.PROVIDER_UNAVAILABLE, 503, None),
+        ("ollama", "oom", INFER, Reason.PROVIDER_UNAVAILABLE, 500, None),
+    ],
+)
+async def test_provider_answers_map_to_reasons(
+    srv: dict[str, Server],
+    provider: str,
+    behaviour: str,
+    vtype: ValidationType,
+    reason: Reason,
+    status: int,
+    code: str | None,
+) -> None:
+    result = await probe(srv, provider, vtype, behaviour=behaviour)
+    assert result.outcome.reason is reason, result.outcome.message
+    assert (result.outcome.http_status, result.outcome.code) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("provider", "vtype", "wait"),
+    [
+        ("anthropic", MODEL, 17.0),
+        ("gemini", INFER, 21.0),  # from the RetryInfo detail: Gemini sends no Retry-After
+        ("azure-openai", MODEL, 6.0),
+        ("ollama", CONN, 30.0),
+    ],
+)
+async def test_rate_limited_carries_retry_after(
+    srv: dict[str, Server], provider: str, vtype: ValidationType, wait: float
+) -> None:
+    result = await probe(srv, provider, vtype, behaviour="rate_limited")
+    assert result.outcome.reason is Reason.RATE_LIMITED, result.outcome.message
+    assert result.outcome.http_status == 429
+    assert result.outcome.retry_after == wait
+
+
+async def test_gemini_rate_limit_names_the_quota(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "gemini", INFER, behaviour="rate_limited")
+    assert "GenerateRequestsPerMinutePerProjectPerModel-FreeTier" in result.outcome.message
+
+
+async def test_anthropic_rate_limit_records_exhausted_headroom(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "anthropic", CONN, behaviour="rate_limited")
+    assert result.ctx.details["anthropicRateLimitRequestsRemaining"] == "0"
+
+
+# --- answers that are not the API --------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("behaviour", ["html", "invalid_json", "wrong_shape"])
+@pytest.mark.parametrize("vtype", [CONN, MODEL, INFER])
+async def test_a_200_that_is_not_the_api_is_unexpected(
+    srv: dict[str, Server], provider: str, behaviour: str, vtype: ValidationType
+) -> None:
+    result = await probe(srv, provider, vtype, behaviour=behaviour)
+    assert result.outcome.reason is Reason.UNEXPECTED_RESPONSE, result.outcome.message
+    assert result.outcome.http_status == 200
+    assert "spec.endpoint" in result.outcome.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "suffix", "hint"),
+    [
+        ("anthropic", "/v1", "without /v1"),
+        ("gemini", "", "/v1beta"),
+        ("ollama", "/v1", "without /v1"),
+    ],
+)
+async def test_wrong_base_path_is_explained(
+    srv: dict[str, Server], provider: str, suffix: str, hint: str
+) -> None:
+    result = await run(provider, srv[provider].url + suffix, CONN, key=KEYS[provider])
+    assert result.outcome.reason is Reason.UNEXPECTED_RESPONSE
+    assert result.outcome.http_status == 404
+    assert hint in result.outcome.message
+
+
+def test_registrations() -> None:
+    expected = {
+        "anthropic": ("https://api.anthropic.com", "x-api-key"),
+        "gemini": ("https://generativelanguage.googleapis.com/v1beta", "x-goog-api-key"),
+        "azure-openai": (None, "api-key"),
+        "ollama": ("http://localhost:11434", "bearer"),
+    }
+    for name, (endpoint, auth) in expected.items():
+        info = registry.get(name)
+        assert (info.default_endpoint, info.auth.value) == (endpoint, auth)
