@@ -32,7 +32,7 @@ from llmconn.probes import Auth, registry
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok
 from llmconn.probes.errors import classify_error, not_the_api
 from llmconn.reasons import Reason
-from llmconn.spec import ValidationType
+from llmconn.spec import AzureSpec, ValidationType
 
 MAX_TOKENS = 16
 PROMPT = "Reply with the single word OK."
@@ -52,16 +52,16 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
                 "Provider azure-openai needs spec.azure.deployment.",
             )
         )
-    deployment = ctx.azure.deployment
     if ctx.validation_type is ValidationType.INFERENCE:
-        return await _complete(ctx, deployment)
-    return await _touch(ctx, deployment)
+        return await _complete(ctx, ctx.azure)
+    return await _touch(ctx, ctx.azure)
 
 
-async def _touch(ctx: ProbeContext, deployment: str) -> ProbeOutcome:
+async def _touch(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
     """Prove key and deployment with a request the deployment refuses before any token."""
+    deployment = azure.deployment
     what = f"deployment {deployment}"
-    reply = await _chat(ctx, deployment, {"messages": []})
+    reply = await _chat(ctx, azure, {"messages": []})
     if reply.status == 400 and _refused_messages(reply):
         return ok(
             f"The key is valid and deployment {deployment} exists (checked with a request "
@@ -76,13 +76,14 @@ async def _touch(ctx: ProbeContext, deployment: str) -> ProbeOutcome:
     return ok(f"The key is valid and deployment {deployment} answered.", reply)
 
 
-async def _complete(ctx: ProbeContext, deployment: str) -> ProbeOutcome:
+async def _complete(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
+    deployment = azure.deployment
     what = f"deployment {deployment}"
     messages = [{"role": "user", "content": PROMPT}]
-    reply = await _chat(ctx, deployment, {"messages": messages, "max_tokens": MAX_TOKENS})
+    reply = await _chat(ctx, azure, {"messages": messages, "max_tokens": MAX_TOKENS})
     if reply.status == 400 and "max_completion_tokens" in _message(reply).lower():
         body = {"messages": messages, "max_completion_tokens": MAX_TOKENS}
-        reply = await _chat(ctx, deployment, body)
+        reply = await _chat(ctx, azure, body)
     if reply.status != 200:
         return _classify(ctx, reply, what, deployment)
     body = reply.json()
@@ -97,16 +98,15 @@ async def _complete(ctx: ProbeContext, deployment: str) -> ProbeOutcome:
     )
 
 
-async def _chat(ctx: ProbeContext, deployment: str, body: dict[str, Any]) -> Reply:
-    assert ctx.azure is not None
+async def _chat(ctx: ProbeContext, azure: AzureSpec, body: dict[str, Any]) -> Reply:
     if urlsplit(ctx.endpoint).path.rstrip("/").endswith("/openai/v1"):
         return await ctx.request(
-            "POST", "/chat/completions", json_body={**body, "model": deployment}
+            "POST", "/chat/completions", json_body={**body, "model": azure.deployment}
         )
     return await ctx.request(
         "POST",
-        f"/openai/deployments/{quote(deployment, safe='')}/chat/completions",
-        params={"api-version": ctx.azure.api_version},
+        f"/openai/deployments/{quote(azure.deployment, safe='')}/chat/completions",
+        params={"api-version": azure.api_version},
         json_body=body,
     )
 
