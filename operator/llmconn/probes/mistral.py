@@ -1,0 +1,14 @@
+"""Mistral AI: OpenAI-style API; the model must be in the list (it lists its -latest aliases)."""
+
+from __future__ import annotations
+
+from llmconn.probes import registry
+from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.openai_style import Flavour, check
+
+FLAVOUR = Flavour()
+
+
+@registry.provider("mistral", default_endpoint="https://api.mistral.ai/v1", title="Mistral AI")
+async def probe(ctx: ProbeContext) -> ProbeOutcome:
+    return await check(ctx, FLAVOUR)

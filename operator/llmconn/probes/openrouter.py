@@ -1,0 +1,50 @@
+"""OpenRouter: GET /key checks the key (its model list is public), then the model list.
+
+The /key answer's credit limit, remaining credit and free-tier flag go into the details; its
+`label` holds part of the key itself and is never copied. A key with no credit left still
+reaches free models, so it is not a failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmconn.probes import registry
+from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.openai_style import Flavour, check, read_json, unexpected
+
+
+async def key_info(ctx: ProbeContext) -> dict[str, str]:
+    reply = await ctx.request("GET", "/key")
+    body = read_json(ctx, reply, "the key check (GET /key)")
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict):
+        raise unexpected(
+            reply,
+            f"The key check (GET /key) answered HTTP {reply.status} without key data: this is "
+            "not OpenRouter's API. Check spec.endpoint (https://openrouter.ai/api/v1).",
+        )
+    details: dict[str, str] = {}
+    if "limit" in data:
+        details["creditLimit"] = "unlimited" if data["limit"] is None else _number(data["limit"])
+    if data.get("limit_remaining") is not None:
+        details["creditRemaining"] = _number(data["limit_remaining"])
+    if isinstance(data.get("is_free_tier"), bool):
+        details["freeTier"] = str(data["is_free_tier"]).lower()
+    return {name: value for name, value in details.items() if value}
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    return f"{value:g}"
+
+
+FLAVOUR = Flavour(account=key_info)
+
+
+@registry.provider(
+    "openrouter", default_endpoint="https://openrouter.ai/api/v1", title="OpenRouter"
+)
+async def probe(ctx: ProbeContext) -> ProbeOutcome:
+    return await check(ctx, FLAVOUR)

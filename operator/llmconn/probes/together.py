@@ -1,0 +1,14 @@
+"""Together AI: OpenAI-style API whose model list is a bare JSON array; the model must be in it."""
+
+from __future__ import annotations
+
+from llmconn.probes import registry
+from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.openai_style import Flavour, check
+
+FLAVOUR = Flavour()
+
+
+@registry.provider("together", default_endpoint="https://api.together.xyz/v1", title="Together AI")
+async def probe(ctx: ProbeContext) -> ProbeOutcome:
+    return await check(ctx, FLAVOUR)

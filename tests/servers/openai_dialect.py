@@ -1,0 +1,509 @@
+"""A loopback server speaking the OpenAI dialect and the variants of providers that copy it.
+
+`make_app(dialect)` builds a Starlette app serving GET /models, GET /models/{id}, POST
+/chat/completions (plus DeepSeek's GET /user/balance and OpenRouter's GET /key) under a path
+prefix. What it answers is a `Dialect`, read on every request, so a test swaps it between calls:
+which keys are accepted, which models are listed or only served (DeepSeek aliases), which
+canned fault answers instead (no quota, rate limit, HTML, ...), in which provider's flavour.
+Requests are recorded in `dialect.seen` so tests can assert on what the server received.
+
+Run `python -m servers.openai_dialect --port 8000 --key sk-demo --model gpt-4o` (from tests/)
+to serve it for the demo or the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+FLAVOURS = ("openai", "vllm", "deepseek", "dashscope", "mistral", "groq", "openrouter", "together")
+ROUTES = frozenset({"models", "model", "chat", "balance", "key"})
+FAULTS = (
+    "no_quota",  # the flavour's out-of-credit answer (429 insufficient_quota, 402, Arrearage)
+    "quota_legacy",  # older OpenAI body: 429 with code null and type insufficient_quota
+    "allocation_quota",  # DashScope 429 Throttling.AllocationQuota
+    "rate_limited",  # 429 with Retry-After and x-ratelimit-* headers
+    "overloaded",  # OpenAI 429 "The engine is currently overloaded"
+    "unavailable",  # 503
+    "server_error",  # 500
+    "region_denied",  # OpenAI 403 unsupported_country_region_territory
+    "html",  # 200 with a login page, as a proxy or a wrong endpoint gives
+    "invalid_json",  # 200 with a truncated JSON body
+    "not_a_list",  # 200 JSON that is not the API's shape
+    "no_choices",  # chat: 200 completion without choices
+)
+RETRY_AFTER_SECONDS = 20
+# Flavours that send x-request-id and x-ratelimit-* headers (DashScope and Mistral put the id
+# in error bodies instead).
+_REQUEST_ID_HEADER = frozenset({"openai", "vllm", "deepseek", "groq", "openrouter", "together"})
+_HEADROOM = frozenset({"openai", "groq", "openrouter", "together"})
+_OPENAI_REASONING = ("o1", "o3", "o4", "gpt-5")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request as the server received it."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]  # lower-case names
+    body: Any
+
+
+@dataclass
+class Dialect:
+    """What the server answers. Replace `app.state.dialect` to change it between requests."""
+
+    flavour: str = "openai"
+    keys: frozenset[str] | None = frozenset({"sk-test"})  # None: no auth (local servers)
+    models: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "o3-mini")
+    unlisted: tuple[str, ...] = ()  # served, but missing from GET /models (DeepSeek aliases)
+    fault: str | None = None  # one of FAULTS
+    fault_on: frozenset[str] = ROUTES  # the routes the fault answers for
+    errors_as_200: bool = False  # send every error with HTTP 200, as some wrappers do
+    balance: str | None = "110.00"  # DeepSeek GET /user/balance total (CNY); None: no route
+    balance_available: bool = True
+    credit_limit: float | None = 10.0  # OpenRouter GET /key; None: unlimited
+    credit_used: float = 2.5
+    free_tier: bool = False
+    # The latest requests (bounded: the benchmark sends millions).
+    seen: deque[Seen] = field(default_factory=lambda: deque(maxlen=1000))
+
+    def __post_init__(self) -> None:
+        if self.flavour not in FLAVOURS:
+            raise ValueError(f"unknown flavour {self.flavour!r}; one of {FLAVOURS}")
+        if self.fault is not None and self.fault not in FAULTS:
+            raise ValueError(f"unknown fault {self.fault!r}; one of {FAULTS}")
+
+
+Handler = Callable[[Dialect, Request, Any], Awaitable[Response]]
+
+
+def make_app(dialect: Dialect | None = None, *, prefix: str = "/v1") -> Starlette:
+    """The app, serving the API under `prefix` ("" for the root, as DeepSeek does)."""
+    routes = [
+        Route("/models", _endpoint("models", _list_models), methods=["GET"]),
+        Route("/models/{model_id:path}", _endpoint("model", _get_model), methods=["GET"]),
+        Route("/chat/completions", _endpoint("chat", _chat), methods=["POST"]),
+        Route("/user/balance", _endpoint("balance", _balance), methods=["GET"]),
+        Route("/key", _endpoint("key", _key), methods=["GET"]),
+    ]
+    prefix = prefix.rstrip("/")
+    app = Starlette(
+        routes=[Mount(prefix, routes=routes)] if prefix else routes,
+        exception_handlers={404: _no_route, 405: _no_route},
+    )
+    app.state.dialect = dialect or Dialect()
+    return app
+
+
+# --- the request pipeline: record, authenticate, fault, handle ------------------------------
+
+
+def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        dialect: Dialect = request.app.state.dialect
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        dialect.seen.append(Seen(request.method, request.url.path, dict(request.headers), body))
+        # OpenRouter's model list is public: it answers without a key.
+        public = dialect.flavour == "openrouter" and route == "models"
+        if not public and (refused := _refuse_key(dialect, request)) is not None:
+            return refused
+        if dialect.fault and route in dialect.fault_on:
+            canned = _fault(dialect, route, body)
+            if canned is not None:
+                return canned
+        return await handler(dialect, request, body)
+
+    return endpoint
+
+
+def _refuse_key(dialect: Dialect, request: Request) -> Response | None:
+    if dialect.keys is None:
+        return None
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key in dialect.keys:
+        return None
+    masked = f"{key[:3]}***{key[-4:]}" if len(key) > 8 else "***"
+    rid = _rid()
+    match dialect.flavour:
+        case "deepseek":
+            body: Any = _openai_body(
+                f"Authentication Fails, Your api key: ****{key[-4:]} is invalid",
+                "authentication_error",
+                "invalid_request_error",
+            )
+        case "dashscope":
+            body = {
+                "code": "InvalidApiKey",
+                "message": "Invalid API-key provided.",
+                "request_id": rid,
+            }
+        case "mistral":
+            body = {"message": "Unauthorized", "request_id": rid}
+        case "openrouter":
+            body = {"error": {"message": "User not found.", "code": 401}}
+        case "vllm":
+            body = {"error": "Unauthorized"}
+        case "groq":
+            body = _openai_body("Invalid API Key", "invalid_request_error", "invalid_api_key")
+        case _:
+            body = _openai_body(
+                f"Incorrect API key provided: {masked}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+    return _send(dialect, 401, body, rid=rid)
+
+
+def _fault(dialect: Dialect, route: str, body: Any) -> Response | None:
+    flavour, rid = dialect.flavour, _rid()
+    model = body.get("model") if isinstance(body, dict) else None
+    match dialect.fault:
+        case "no_quota":
+            return _no_quota(dialect, rid)
+        case "quota_legacy":
+            return _send(dialect, 429, _openai_body(_QUOTA_TEXT, "insufficient_quota", None))
+        case "allocation_quota":
+            return _send(
+                dialect,
+                429,
+                _dashscope_body(
+                    "Throttling.AllocationQuota",
+                    "Allocated quota exceeded, please increase your quota limit.",
+                    rid,
+                ),
+                rid=rid,
+            )
+        case "rate_limited":
+            return _rate_limited(dialect, rid, model)
+        case "overloaded":
+            text = "The engine is currently overloaded, please try again later."
+            return _send(dialect, 429, _openai_body(text, "server_error", None))
+        case "unavailable":
+            if flavour == "dashscope":
+                return _send(
+                    dialect,
+                    503,
+                    _dashscope_body("ServiceUnavailable", "Service temporarily unavailable.", rid),
+                    rid=rid,
+                )
+            text = "The server is overloaded or not ready yet."
+            return _send(dialect, 503, _openai_body(text, "server_error", None))
+        case "server_error":
+            text = "The server had an error while processing your request. Sorry about that!"
+            return _send(dialect, 500, _openai_body(text, "server_error", None))
+        case "region_denied":
+            return _send(
+                dialect,
+                403,
+                _openai_body(
+                    "Country, region, or territory not supported",
+                    "request_forbidden",
+                    "unsupported_country_region_territory",
+                ),
+            )
+        case "html":
+            page = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body></body></html>"
+            return Response(page, 200, media_type="text/html")
+        case "invalid_json":
+            return Response(b'{"object": "list", "data": [{"id": "gpt-', 200, media_type=_JSON)
+        case "not_a_list":
+            return JSONResponse({"object": "list", "models": list(dialect.models)})
+        case "no_choices" if route == "chat":
+            return JSONResponse(_completion(model or "?") | {"choices": []})
+    return None
+
+
+# --- handlers --------------------------------------------------------------------------------
+
+
+async def _list_models(dialect: Dialect, request: Request, body: Any) -> Response:
+    created = 1_700_000_000
+    owner = {"openrouter": "openrouter", "vllm": "vllm"}.get(dialect.flavour, "system")
+    data = [
+        {"id": m, "object": "model", "created": created, "owned_by": owner} for m in dialect.models
+    ]
+    # Together answers with a bare array, the others with an OpenAI list object.
+    payload: Any = data if dialect.flavour == "together" else {"object": "list", "data": data}
+    return _send(dialect, 200, payload)
+
+
+async def _get_model(dialect: Dialect, request: Request, body: Any) -> Response:
+    model = request.path_params["model_id"]
+    if model not in dialect.models + dialect.unlisted:
+        return _no_model(dialect, model, chat=False)
+    return _send(
+        dialect,
+        200,
+        {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"},
+    )
+
+
+async def _chat(dialect: Dialect, request: Request, body: Any) -> Response:
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return _send(
+            dialect,
+            400,
+            _openai_body("you must provide a model parameter", "invalid_request_error", None),
+        )
+    model = body["model"]
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        text = "[] is too short - 'messages'"
+        return _send(dialect, 400, _openai_body(text, "invalid_request_error", None))
+    if model not in dialect.models + dialect.unlisted:
+        return _no_model(dialect, model, chat=True)
+    if dialect.flavour == "openai" and model.startswith(_OPENAI_REASONING):
+        refusal = _reasoning_refusal(body)
+        if refusal is not None:
+            return _send(
+                dialect, 400, _openai_body(refusal[1], "invalid_request_error", refusal[0])
+            )
+    return _send(dialect, 200, _completion(model))
+
+
+async def _balance(dialect: Dialect, request: Request, body: Any) -> Response:
+    if dialect.flavour != "deepseek" or dialect.balance is None:
+        return await _no_route(request, HTTPException(404))
+    info = {
+        "currency": "CNY",
+        "total_balance": dialect.balance,
+        "granted_balance": "0.00",
+        "topped_up_balance": dialect.balance,
+    }
+    return _send(dialect, 200, {"is_available": dialect.balance_available, "balance_infos": [info]})
+
+
+async def _key(dialect: Dialect, request: Request, body: Any) -> Response:
+    if dialect.flavour != "openrouter":
+        return await _no_route(request, HTTPException(404))
+    key = request.headers.get("authorization", "").partition(" ")[2]
+    limit = dialect.credit_limit
+    data = {
+        "label": f"{key[:8]}...{key[-3:]}",  # OpenRouter shows part of the key here
+        "limit": limit,
+        "usage": dialect.credit_used,
+        "limit_remaining": None if limit is None else limit - dialect.credit_used,
+        "is_free_tier": dialect.free_tier,
+        "rate_limit": {"requests": 10, "interval": "10s"},
+    }
+    return _send(dialect, 200, {"data": data})
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    dialect: Dialect = request.app.state.dialect
+    if dialect.flavour in ("vllm", "mistral"):  # FastAPI servers
+        return JSONResponse({"detail": "Not Found"}, 404)
+    text = f"Invalid URL ({request.method} {request.url.path})"
+    return JSONResponse(_openai_body(text, "invalid_request_error", None), 404)
+
+
+# --- bodies in each flavour ------------------------------------------------------------------
+
+_JSON = "application/json"
+_QUOTA_TEXT = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+
+
+def _rid() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def _openai_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+def _dashscope_body(code: str, message: str, rid: str) -> dict[str, Any]:
+    # DashScope's compatible mode: an OpenAI-shaped error with its own codes, request id in body.
+    return {
+        "error": {"code": code, "param": None, "message": message, "type": code},
+        "request_id": rid,
+    }
+
+
+def _no_quota(dialect: Dialect, rid: str) -> Response:
+    match dialect.flavour:
+        case "deepseek":
+            body = _openai_body("Insufficient Balance", "unknown_error", "invalid_request_error")
+            return _send(dialect, 402, body)
+        case "dashscope":
+            text = "Access denied, please make sure your account is in good standing."
+            return _send(dialect, 403, _dashscope_body("Arrearage", text, rid), rid=rid)
+        case "openrouter":
+            text = (
+                "This request requires more credits, or fewer max_tokens. You requested up to "
+                "16 tokens, but can only afford 0. To increase, visit "
+                "https://openrouter.ai/settings/credits and add more credits"
+            )
+            return _send(dialect, 402, {"error": {"code": 402, "message": text}})
+        case _:
+            body = _openai_body(_QUOTA_TEXT, "insufficient_quota", "insufficient_quota")
+            return _send(dialect, 429, body)
+
+
+def _rate_limited(dialect: Dialect, rid: str, model: str | None) -> Response:
+    headers = {
+        "retry-after": str(RETRY_AFTER_SECONDS),
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": f"{RETRY_AFTER_SECONDS}s",
+    }
+    match dialect.flavour:
+        case "dashscope":
+            text = "Requests rate limit exceeded, please try again later."
+            body: Any = _dashscope_body("Throttling.RateQuota", text, rid)
+        case "mistral":
+            body = {"message": "Requests rate limit exceeded", "request_id": rid}
+        case "openrouter":
+            body = {"error": {"code": 429, "message": "Rate limit exceeded: limit_rpm/10s"}}
+        case _:
+            text = (
+                f"Rate limit reached for {model or 'requests'} on requests per min (RPM): "
+                f"Limit 3, Used 3, Requested 1. Please try again in {RETRY_AFTER_SECONDS}s."
+            )
+            body = _openai_body(text, "requests", "rate_limit_exceeded")
+    return _send(dialect, 429, body, rid=rid, extra=headers)
+
+
+def _no_model(dialect: Dialect, model: str, *, chat: bool) -> Response:
+    match dialect.flavour:
+        case "vllm":
+            body: Any = {
+                "object": "error",
+                "message": f"The model `{model}` does not exist.",
+                "type": "NotFoundError",
+                "param": None,
+                "code": 404,
+            }
+            return _send(dialect, 404, body)
+        case "deepseek" if chat:
+            body = _openai_body("Model Not Exist", "invalid_request_error", "invalid_request_error")
+            return _send(dialect, 400, body)
+        case "mistral" if chat:
+            body = {
+                "object": "error",
+                "message": f"Invalid model: {model}",
+                "type": "invalid_model",
+                "param": None,
+                "code": "1500",
+            }
+            return _send(dialect, 400, body)
+        case "openrouter":
+            return _send(
+                dialect,
+                400,
+                {"error": {"code": 400, "message": f"{model} is not a valid model ID"}},
+            )
+    text = f"The model `{model}` does not exist or you do not have access to it."
+    return _send(dialect, 404, _openai_body(text, "invalid_request_error", "model_not_found"))
+
+
+def _reasoning_refusal(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """OpenAI reasoning models refuse max_tokens, any temperature but 1, and tiny budgets."""
+    if "max_tokens" in body:
+        return (
+            "unsupported_parameter",
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+        )
+    if body.get("temperature") not in (None, 1):
+        return (
+            "unsupported_value",
+            f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+            "model. Only the default (1) value is supported.",
+        )
+    budget = body.get("max_completion_tokens")
+    if isinstance(budget, int) and budget < 16:
+        return ("integer_below_min_value", "Invalid 'max_completion_tokens': must be at least 16.")
+    return None
+
+
+def _completion(model: str) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "OK"},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
+    }
+
+
+def _send(
+    dialect: Dialect,
+    status: int,
+    body: Any,
+    *,
+    rid: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> Response:
+    headers: dict[str, str] = {}
+    if dialect.flavour in _REQUEST_ID_HEADER:
+        headers["x-request-id"] = rid or _rid()
+    if dialect.flavour in _HEADROOM:
+        headers |= {
+            "x-ratelimit-limit-requests": "500",
+            "x-ratelimit-remaining-requests": "499",
+            "x-ratelimit-reset-requests": "120ms",
+            "x-ratelimit-limit-tokens": "30000",
+            "x-ratelimit-remaining-tokens": "29950",
+            "x-ratelimit-reset-tokens": "100ms",
+        }
+    headers |= extra or {}
+    if status >= 400 and dialect.errors_as_200:
+        status = 200
+    return JSONResponse(body, status, headers=headers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--prefix", default="/v1", help='path prefix of the API ("" for none)')
+    parser.add_argument("--flavour", choices=FLAVOURS, default="openai")
+    parser.add_argument("--key", action="append", help="an accepted key (repeat); none: no auth")
+    parser.add_argument("--model", action="append", help="a listed model (repeat)")
+    parser.add_argument("--unlisted", action="append", default=[], help="a served, unlisted model")
+    parser.add_argument("--fault", choices=FAULTS)
+    args = parser.parse_args(argv)
+    dialect = Dialect(
+        flavour=args.flavour,
+        keys=frozenset(args.key) if args.key else None,
+        models=tuple(args.model or Dialect.models),
+        unlisted=tuple(args.unlisted),
+        fault=args.fault,
+    )
+    uvicorn.run(make_app(dialect, prefix=args.prefix), host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Properties of `classify_error`: any answer at all gets a reason, and never the caller's key."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from llmconn.probes import registry
+from llmconn.probes.base import ProbeContext, Reply
+from llmconn.probes.errors import classify_error, retry_after
+from llmconn.reasons import Reason
+from llmconn.spec import SecretKeyRef, ValidationType
+
+HEADER_NAMES = st.sampled_from(
+    [
+        b"retry-after",
+        b"retry-after-ms",
+        b"content-type",
+        b"x-request-id",
+        b"x-ratelimit-remaining-requests",
+        b"www-authenticate",
+    ]
+) | st.binary(min_size=1, max_size=20).filter(lambda b: b.isalnum())
+HEADER_VALUES = (
+    st.binary(max_size=40).filter(lambda b: not any(c in b for c in b"\r\n\x00"))
+    | st.sampled_from([b"20", b"0.5", b"1e9", b"9" * 400, b"\xb2", b"-3", b"text/html"])
+    | st.sampled_from([b"Wed, 21 Oct 2015 07:28:00 GMT", b"Mon, 01 Jan 0001 00:00:00 GMT"])
+)
+HEADERS = st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=6)
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+FIELD = (
+    st.none()
+    | st.integers(0, 600)
+    | st.text(max_size=30)
+    | st.sampled_from(
+        ["invalid_api_key", "insufficient_quota", "model_not_found", "Arrearage", "overloaded"]
+    )
+)
+# Shapes the dialects really use, with any values in their fields.
+ERROR_SHAPED = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "error": st.fixed_dictionaries(
+                {"message": FIELD, "type": FIELD, "code": FIELD},
+                optional={"details": JSON, "status": FIELD},
+            )
+        }
+    ),
+    st.fixed_dictionaries({"error": FIELD}),
+    st.fixed_dictionaries(
+        {"object": st.just("error"), "message": FIELD, "code": FIELD, "type": FIELD}
+    ),
+    st.fixed_dictionaries({"code": FIELD, "message": FIELD}, optional={"request_id": FIELD}),
+)
+BODIES = st.one_of(
+    st.binary(max_size=300),
+    JSON.map(lambda value: json.dumps(value).encode()),
+    ERROR_SHAPED.map(lambda value: json.dumps(value).encode()),
+)
+KEYS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=16, max_size=40).map(
+    lambda tail: f"sk-{tail}"
+)
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpx2.AsyncClient]:
+    # classify_error never sends anything; ProbeContext only needs a client to hold.
+    yield httpx2.AsyncClient()
+
+
+def _context(http: httpx2.AsyncClient, key: str) -> ProbeContext:
+    return ProbeContext(
+        provider=registry.get("openai"),
+        endpoint="https://api.example.test/v1",
+        validation_type=ValidationType.MODEL,
+        http=http,
+        timeout=10.0,
+        model="gpt-4o",
+        api_key=key,
+        api_key_ref=SecretKeyRef(name="llm-credentials"),
+    )
+
+
+# deadline=None: no timed assertions; speed is measured elsewhere.
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(status=st.integers(100, 599), headers=HEADERS, body=BODIES, key=KEYS)
+@example(status=200, headers=[], body=b"[" * 5000, key="sk-" + "a" * 20)  # deep nesting
+@example(status=429, headers=[(b"retry-after", b"\xb2")], body=b"{}", key="sk-" + "b" * 20)
+def test_any_answer_gets_a_reason_and_never_the_key(
+    http: httpx2.AsyncClient, status: int, headers: list[tuple[bytes, bytes]], body: bytes, key: str
+) -> None:
+    reply = Reply(status, httpx2.Headers(headers), body, "https://api.example.test/v1/models")
+    ctx = _context(http, key)
+    authorization = ctx.auth_headers()["Authorization"]
+
+    outcome = classify_error(ctx, reply, "the model list")
+
+    assert isinstance(outcome.reason, Reason)
+    assert outcome.reason is not Reason.VALIDATED
+    assert outcome.http_status == status
+    assert outcome.message
+    if key.encode() not in body:
+        assert key not in outcome.message
+        assert authorization not in outcome.message
+        assert key not in (outcome.code or "")
+    if outcome.retry_after is not None:
+        assert outcome.reason is Reason.RATE_LIMITED
+        assert math.isfinite(outcome.retry_after) and outcome.retry_after >= 0
+
+
+@settings(deadline=None)
+@given(headers=HEADERS)
+@example(headers=[(b"retry-after", b"\xb2")])
+@example(headers=[(b"retry-after-ms", b"\xb2")])
+@example(headers=[(b"retry-after", b"9" * 400)])
+def test_retry_after_is_a_finite_wait_or_none(headers: list[tuple[bytes, bytes]]) -> None:
+    wait = retry_after(Reply(429, httpx2.Headers(headers), b"", "https://x.test/"))
+
+    assert wait is None or (math.isfinite(wait) and wait >= 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("20", 20.0), ("0.5", 0.5), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("soon", None)],
+)
+def test_retry_after_reads_seconds_and_dates(value: str, seconds: float | None) -> None:
+    reply = Reply(429, httpx2.Headers({"retry-after": value}), b"", "https://x.test/")
+    assert retry_after(reply) == seconds
+
+
+def test_provider_text_is_echoed_for_the_caller_to_redact(http: httpx2.AsyncClient) -> None:
+    # classify_error repeats the provider's message (it is often the most useful part); a
+    # key the provider echoes back is redacted by the caller, not here.
+    key = "sk-" + "e" * 24
+    body: dict[str, Any] = {
+        "error": {"message": f"Incorrect API key provided: {key}.", "code": "invalid_api_key"}
+    }
+    reply = Reply(401, httpx2.Headers(), json.dumps(body).encode(), "https://x.test/v1/models")
+
+    outcome = classify_error(_context(http, key), reply, "the model list")
+
+    assert outcome.reason is Reason.INVALID_API_KEY
+    assert key in outcome.message

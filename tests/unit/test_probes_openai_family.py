@@ -1,0 +1,502 @@
+"""The OpenAI-style probes against loopback servers speaking each provider's dialect."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+import pytest
+from starlette.applications import Starlette
+
+from llmconn.probes import registry
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
+from llmconn.reasons import Reason
+from llmconn.spec import SecretKeyRef, ValidationType
+from servers.openai_dialect import Dialect, make_app
+from servers.serve import serve
+
+CONNECTIVITY, MODEL, INFERENCE = (
+    ValidationType.CONNECTIVITY,
+    ValidationType.MODEL,
+    ValidationType.INFERENCE,
+)
+GOOD_KEY = "sk-test"
+SECRET = SecretKeyRef(name="llm-credentials")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One provider: the server flavour that imitates it and the models it lists."""
+
+    flavour: str
+    models: tuple[str, ...]
+    unlisted: tuple[str, ...] = ()
+    missing: str = "no-such-model"  # a model the provider does not have
+
+    @property
+    def model(self) -> str:
+        return self.models[0]
+
+
+CASES = {
+    "openai": Case("openai", ("gpt-4o", "gpt-4o-mini", "o3-mini"), missing="gpt-4o-turbo-x"),
+    "openai-compatible": Case("vllm", ("Qwen/Qwen2.5-7B-Instruct",), missing="Qwen/Qwen2.5-7B"),
+    "deepseek": Case("deepseek", ("deepseek-reasoner",), unlisted=("deepseek-chat",)),
+    "dashscope": Case("dashscope", ("qwen-plus", "qwen-max", "qwen-turbo")),
+    "mistral": Case("mistral", ("mistral-large-latest", "mistral-small-latest")),
+    "groq": Case("groq", ("llama-3.3-70b-versatile", "llama-3.1-8b-instant")),
+    "openrouter": Case("openrouter", ("openai/gpt-4o", "anthropic/claude-sonnet-4")),
+    "together": Case("together", ("meta-llama/Llama-3.3-70B-Instruct-Turbo",)),
+}
+PROVIDERS = list(CASES)
+# Flavours that send x-ratelimit-* headers on every answer.
+HEADROOM = {"openai", "groq", "openrouter", "together"}
+
+
+@dataclass
+class Live:
+    """A running dialect server for one provider; `use()` sets what it answers next."""
+
+    provider: str
+    endpoint: str
+    app: Starlette
+    case: Case = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.case = CASES[self.provider]
+
+    def use(self, **changes: Any) -> Dialect:
+        settings: dict[str, Any] = {
+            "flavour": self.case.flavour,
+            "models": self.case.models,
+            "unlisted": self.case.unlisted,
+        }
+        dialect = Dialect(**(settings | changes))
+        self.app.state.dialect = dialect
+        return dialect
+
+
+def _prefix(provider: str) -> str:
+    # Serve under the real API's path, so probes are proven to join paths onto it correctly.
+    default = registry.get(provider).default_endpoint
+    return urlsplit(default).path if default else "/v1"
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, Live]]:
+    with contextlib.ExitStack() as stack:
+        lives = {}
+        for provider in PROVIDERS:
+            app = make_app(prefix=_prefix(provider))
+            base = stack.enter_context(serve(app))
+            lives[provider] = Live(provider, base + _prefix(provider), app)
+        yield lives
+
+
+@pytest.fixture
+def live(servers: dict[str, Live], provider: str) -> Live:
+    servers[provider].use()
+    return servers[provider]
+
+
+async def run(
+    live: Live,
+    vtype: ValidationType = MODEL,
+    *,
+    model: str | None = "",
+    key: str | None = GOOD_KEY,
+    endpoint: str | None = None,
+) -> tuple[ProbeOutcome, ProbeContext]:
+    """Run the provider's probe as the caller does; a ProbeFailure is an outcome too."""
+    async with httpx2.AsyncClient(trust_env=False) as http:
+        ctx = ProbeContext(
+            provider=registry.get(live.provider),
+            endpoint=endpoint or live.endpoint,
+            validation_type=vtype,
+            http=http,
+            timeout=10.0,
+            model=live.case.model if model == "" else model,
+            api_key=key,
+            api_key_ref=SECRET if key else None,
+        )
+        try:
+            outcome = await ctx.provider.probe(ctx)
+        except ProbeFailure as failure:
+            outcome = failure.outcome
+    return outcome, ctx
+
+
+# --- success, at each depth ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vtype", [CONNECTIVITY, MODEL, INFERENCE])
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_good_connection_validates(live: Live, vtype: ValidationType) -> None:
+    dialect = live.use()
+    outcome, ctx = await run(live, vtype)
+
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert outcome.http_status == 200
+    assert outcome.details["modelCount"] == str(len(live.case.models))
+    expected = {
+        CONNECTIVITY: f"the key can list {len(live.case.models)} models",
+        MODEL: f"model {live.case.model} is available",
+        INFERENCE: f"model {live.case.model} answered a test completion",
+    }[vtype]
+    assert expected in outcome.message
+    # Every request carried the key the OpenAI way.
+    assert dialect.seen
+    assert {s.headers.get("authorization") for s in dialect.seen} == {f"Bearer {GOOD_KEY}"}
+    chats = [s for s in dialect.seen if s.path.endswith("/chat/completions")]
+    assert len(chats) == (1 if vtype is INFERENCE else 0)
+    if live.case.flavour in HEADROOM:
+        assert ctx.details["rateLimitRemainingRequests"] == "499"
+        assert ctx.details["rateLimitLimitTokens"] == "30000"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_model_is_checked_the_providers_way(live: Live) -> None:
+    dialect = live.use()
+    outcome, _ = await run(live, MODEL)
+
+    assert outcome.reason is Reason.VALIDATED
+    paths = [s.path.removeprefix(_prefix(live.provider)) for s in dialect.seen]
+    if live.provider == "openai":
+        assert paths == ["/models", f"/models/{live.case.model}"]
+    else:  # the list is the check: no second request
+        assert "/models" in paths
+        assert not any(p.startswith("/models/") for p in paths)
+
+
+async def test_openai_model_ids_are_sent_as_one_path_segment(servers: dict[str, Live]) -> None:
+    live = servers["openai"]
+    tuned = "ft:gpt-4o-mini-2024-07-18:acme::9Xy1"
+    dialect = live.use(unlisted=(tuned,))
+    outcome, _ = await run(live, MODEL, model=tuned)
+
+    assert outcome.reason is Reason.VALIDATED
+    assert dialect.seen[-1].path == f"/v1/models/{tuned}"
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "fields"),
+    [
+        ("openai", "gpt-4o", {"max_completion_tokens": 16, "temperature": 0}),
+        # The dialect server refuses max_tokens and temperature 0 for reasoning models.
+        ("openai", "o3-mini", {"max_completion_tokens": 16, "reasoning_effort": "low"}),
+        ("deepseek", "deepseek-chat", {"max_tokens": 16, "temperature": 0}),
+        ("groq", "llama-3.3-70b-versatile", {"max_tokens": 16, "temperature": 0}),
+        ("openai-compatible", "Qwen/Qwen2.5-7B-Instruct", {"max_tokens": 16, "temperature": 0}),
+    ],
+)
+async def test_inference_asks_for_a_tiny_completion(
+    live: Live, model: str, fields: dict[str, Any]
+) -> None:
+    dialect = live.use()
+    outcome, _ = await run(live, INFERENCE, model=model)
+
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    (chat,) = [s for s in dialect.seen if s.path.endswith("/chat/completions")]
+    assert chat.body["model"] == model
+    assert chat.body["messages"][0]["role"] == "user"
+    assert {k: v for k, v in chat.body.items() if k not in ("model", "messages")} == fields
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible"])
+async def test_local_server_without_a_key(live: Live) -> None:
+    dialect = live.use(keys=None, models=("llama3.2:latest",))
+    outcome, _ = await run(live, MODEL, model="llama3.2", key=None)
+
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert all("authorization" not in s.headers for s in dialect.seen)
+
+
+@pytest.mark.parametrize("vtype", [MODEL, INFERENCE])
+@pytest.mark.parametrize("provider", ["openai", "deepseek"])
+async def test_no_model_to_check_is_a_configuration_error(
+    live: Live, vtype: ValidationType
+) -> None:
+    dialect = live.use()
+    outcome, _ = await run(live, vtype, model=None)
+
+    assert outcome.reason is Reason.INVALID_CONFIGURATION
+    assert "spec.model" in outcome.message
+    assert not dialect.seen
+
+
+# --- failures every provider must name -------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_bad_key(live: Live) -> None:
+    dialect = live.use()
+    wrong = "sk-wrong-0123456789abcdef"
+    outcome, ctx = await run(live, CONNECTIVITY, key=wrong)
+
+    assert outcome.reason is Reason.INVALID_API_KEY, outcome.message
+    assert outcome.http_status == 401
+    assert "Secret llm-credentials" in outcome.message
+    assert wrong not in outcome.message
+    assert dialect.seen[-1].headers["authorization"] == f"Bearer {wrong}"
+    # The request id comes from a header or, for DashScope and Mistral, from the error body.
+    assert ctx.request_id is not None and ctx.request_id.startswith("req_")
+    if live.provider == "dashscope":
+        assert "region" in outcome.message
+        assert outcome.code == "InvalidApiKey"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_missing_model(live: Live) -> None:
+    live.use()
+    # DeepSeek serves models it does not list, so only a completion can prove one missing.
+    vtype = INFERENCE if live.provider == "deepseek" else MODEL
+    outcome, _ = await run(live, vtype, model=live.case.missing)
+
+    assert outcome.reason is Reason.MODEL_NOT_FOUND, outcome.message
+    assert live.case.missing in outcome.message
+    assert "spec.model" in outcome.message
+    if live.provider == "openai":
+        assert (outcome.http_status, outcome.code) == (404, "model_not_found")
+
+
+async def test_missing_model_suggests_close_names(servers: dict[str, Live]) -> None:
+    live = servers["openai-compatible"]
+    live.use()
+    outcome, _ = await run(live, MODEL, model="Qwen/Qwen2.5-7B-Instruct-AWQ")
+
+    assert outcome.reason is Reason.MODEL_NOT_FOUND
+    assert "Close names: Qwen/Qwen2.5-7B-Instruct." in outcome.message
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_no_quota_on_the_test_completion(live: Live) -> None:
+    # Listing models is free for every provider: credit runs out on the completion.
+    live.use(fault="no_quota", fault_on=frozenset({"chat"}))
+    outcome, _ = await run(live, INFERENCE)
+
+    assert outcome.reason is Reason.QUOTA_EXCEEDED, outcome.message
+    assert outcome.http_status == {"deepseek": 402, "openrouter": 402, "dashscope": 403}.get(
+        live.provider, 429
+    )
+
+
+@pytest.mark.parametrize(
+    ("provider", "fault", "code"),
+    [
+        ("openai", "quota_legacy", "insufficient_quota"),  # code null: the type tells
+        ("dashscope", "allocation_quota", "Throttling.AllocationQuota"),
+    ],
+)
+async def test_quota_variants(live: Live, fault: str, code: str) -> None:
+    live.use(fault=fault)
+    outcome, _ = await run(live, CONNECTIVITY)
+
+    assert outcome.reason is Reason.QUOTA_EXCEEDED, outcome.message
+    assert outcome.code == code
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_rate_limited(live: Live) -> None:
+    live.use(fault="rate_limited")
+    outcome, ctx = await run(live, CONNECTIVITY)
+
+    assert outcome.reason is Reason.RATE_LIMITED, outcome.message
+    assert outcome.http_status == 429
+    assert outcome.retry_after == 20
+    assert ctx.details["rateLimitRemainingRequests"] == "0"
+    assert ctx.details["rateLimitResetRequests"] == "20s"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("fault", ["unavailable", "server_error"])
+async def test_unavailable(live: Live, fault: str) -> None:
+    live.use(fault=fault)
+    outcome, _ = await run(live, MODEL)
+
+    assert outcome.reason is Reason.PROVIDER_UNAVAILABLE, outcome.message
+    assert outcome.http_status == (503 if fault == "unavailable" else 500)
+
+
+@pytest.mark.parametrize("provider", ["openai"])
+async def test_overloaded_429_is_unavailable_not_rate_limited(live: Live) -> None:
+    live.use(fault="overloaded")
+    outcome, _ = await run(live, CONNECTIVITY)
+
+    assert outcome.reason is Reason.PROVIDER_UNAVAILABLE
+    assert outcome.http_status == 429
+
+
+@pytest.mark.parametrize("provider", ["openai"])
+async def test_region_refused_is_permission_denied(live: Live) -> None:
+    live.use(fault="region_denied")
+    outcome, _ = await run(live, CONNECTIVITY)
+
+    assert outcome.reason is Reason.PERMISSION_DENIED
+    assert outcome.code == "unsupported_country_region_territory"
+
+
+# --- answers that are not the provider's API -------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("fault", ["html", "invalid_json", "not_a_list"])
+async def test_not_the_api(live: Live, fault: str) -> None:
+    live.use(fault=fault)
+    outcome, _ = await run(live, CONNECTIVITY)
+
+    assert outcome.reason is Reason.UNEXPECTED_RESPONSE, outcome.message
+    assert outcome.http_status == 200
+    assert "spec.endpoint" in outcome.message
+
+
+@pytest.mark.parametrize("provider", ["openai", "mistral"])
+@pytest.mark.parametrize("fault", ["html", "no_choices"])
+async def test_completion_that_is_not_the_api(live: Live, fault: str) -> None:
+    live.use(fault=fault, fault_on=frozenset({"chat"}))
+    outcome, _ = await run(live, INFERENCE)
+
+    assert outcome.reason is Reason.UNEXPECTED_RESPONSE, outcome.message
+    assert "completion" in outcome.message
+
+
+@pytest.mark.parametrize("provider", ["openai", "openai-compatible"])
+async def test_wrong_base_path_says_check_the_endpoint(live: Live) -> None:
+    live.use()
+    root = live.endpoint.removesuffix("/v1")  # the common mistake: the host without /v1
+    outcome, _ = await run(live, CONNECTIVITY, endpoint=root)
+
+    assert outcome.reason is Reason.UNEXPECTED_RESPONSE, outcome.message
+    assert outcome.http_status == 404
+    assert "spec.endpoint" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("provider", "flavour", "changes", "vtype", "reason"),
+    [
+        # OpenAI-shaped error, its code says what it is.
+        ("openai", "openai", {}, CONNECTIVITY, Reason.INVALID_API_KEY),
+        # vLLM's flat error carries the HTTP status in "code".
+        ("openai", "vllm", {}, MODEL, Reason.MODEL_NOT_FOUND),
+        (
+            "deepseek",
+            "deepseek",
+            {"fault": "no_quota", "fault_on": frozenset({"chat"})},
+            INFERENCE,
+            Reason.QUOTA_EXCEEDED,
+        ),
+    ],
+)
+async def test_error_sent_with_http_200_is_that_error(
+    live: Live, flavour: str, changes: dict[str, Any], vtype: ValidationType, reason: Reason
+) -> None:
+    live.use(flavour=flavour, errors_as_200=True, **changes)
+    key = "sk-wrong-key-123456" if reason is Reason.INVALID_API_KEY else GOOD_KEY
+    model = "no-such-model" if reason is Reason.MODEL_NOT_FOUND else ""
+    outcome, _ = await run(live, vtype, key=key, model=model)
+
+    assert outcome.reason is reason, outcome.message
+    assert outcome.http_status == 200
+
+
+# --- DeepSeek: unlisted aliases and the balance ----------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["deepseek"])
+async def test_deepseek_alias_not_listed_is_not_a_failure(live: Live) -> None:
+    live.use()
+    outcome, _ = await run(live, MODEL, model="deepseek-chat")
+
+    assert outcome.reason is Reason.VALIDATED
+    assert outcome.message.startswith("Model deepseek-chat is not listed by the provider")
+    assert "the key works" in outcome.message
+
+
+@pytest.mark.parametrize("provider", ["deepseek"])
+async def test_deepseek_alias_answers_inference(live: Live) -> None:
+    live.use()
+    outcome, _ = await run(live, INFERENCE, model="deepseek-chat")
+
+    assert outcome.reason is Reason.VALIDATED
+    assert "deepseek-chat answered a test completion" in outcome.message
+    assert "does not list" in outcome.message
+
+
+@pytest.mark.parametrize("provider", ["deepseek"])
+async def test_deepseek_balance_in_details(live: Live) -> None:
+    live.use(balance="42.50")
+    outcome, _ = await run(live, MODEL)
+
+    assert outcome.reason is Reason.VALIDATED
+    assert outcome.details["balance"] == "42.50 CNY"
+
+
+@pytest.mark.parametrize("provider", ["deepseek"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"balance": None},  # no such route: 404
+        {"fault": "unavailable", "fault_on": frozenset({"balance"})},
+        {"fault": "html", "fault_on": frozenset({"balance"})},
+        {"fault": "invalid_json", "fault_on": frozenset({"balance"})},
+    ],
+)
+async def test_deepseek_balance_failures_never_fail_the_probe(
+    live: Live, changes: dict[str, Any]
+) -> None:
+    dialect = live.use(**changes)
+    outcome, _ = await run(live, MODEL)
+
+    assert any(s.path == "/user/balance" for s in dialect.seen)  # it was asked
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert "balance" not in outcome.details
+
+
+@pytest.mark.parametrize("provider", ["deepseek"])
+async def test_deepseek_balance_that_cannot_pay_is_quota_exceeded(live: Live) -> None:
+    live.use(balance="0.00", balance_available=False)
+    outcome, ctx = await run(live, CONNECTIVITY)
+
+    assert outcome.reason is Reason.QUOTA_EXCEEDED
+    assert "0.00 CNY" in outcome.message
+    assert ctx.details["balance"] == "0.00 CNY"
+
+
+# --- OpenRouter: GET /key ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openrouter"])
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, {"creditLimit": "10", "creditRemaining": "7.5", "freeTier": "false"}),
+        (
+            {"credit_limit": None, "free_tier": True},
+            {"creditLimit": "unlimited", "freeTier": "true"},
+        ),
+    ],
+)
+async def test_openrouter_key_headroom(
+    live: Live, changes: dict[str, Any], expected: dict[str, str]
+) -> None:
+    key = "sk-or-v1-0123456789abcdef0123456789abcdef"
+    live.use(keys=frozenset({key}), **changes)
+    outcome, _ = await run(live, MODEL, key=key)
+
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert {k: v for k, v in outcome.details.items() if k in expected} == expected
+    assert ("creditRemaining" in outcome.details) == (expected["creditLimit"] != "unlimited")
+    # The /key answer's label shows part of the key: nothing of it is kept.
+    assert not any(key[:8] in text for text in [outcome.message, *outcome.details.values()])
+
+
+@pytest.mark.parametrize("provider", ["openrouter"])
+async def test_openrouter_key_is_checked_on_key_not_on_the_public_list(live: Live) -> None:
+    dialect = live.use()
+    outcome, _ = await run(live, MODEL, key="sk-or-v1-revoked")
+
+    assert outcome.reason is Reason.INVALID_API_KEY
+    assert [s.path for s in dialect.seen] == ["/api/v1/key"]
