@@ -27,7 +27,7 @@ ETCD_MODULE := tests/controlplane/etcd
 GO_ENV := GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
 
 .PHONY: help venv binaries cluster-up cluster-down cluster-status crds test lint format \
-	demo run bench clean
+	demo run bench clean helm kstatus-check chart-sync
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -44,7 +44,7 @@ $(VENV_STAMP): pyproject.toml
 
 # -- control plane binaries --------------------------------------------------------------
 
-binaries: $(BIN)/kube-apiserver $(BIN)/kubectl $(BIN)/etcd ## build kube-apiserver, kubectl, etcd into .local/bin
+binaries: $(BIN)/kube-apiserver $(BIN)/kubectl $(BIN)/etcd helm kstatus-check ## build kube-apiserver, kubectl, etcd, helm, kstatus-check into .local/bin
 
 # Both from one wrapper module, so client and server are the same Kubernetes version. The
 # -X flags are the version variables Kubernetes' own build sets (else it says v0.0.0-master).
@@ -76,6 +76,39 @@ $(BIN)/etcd: $(ETCD_MODULE)/go.mod $(ETCD_MODULE)/go.sum
 	took=$$((SECONDS - start)); \
 	echo "built etcd in $${took}s"; \
 	echo "$$(date -u +%FT%TZ) etcd $${took}s" >> $(CURDIR)/$(LOCAL)/logs/build.log
+
+# -- chart and GitOps test tools --------------------------------------------------------
+
+# helm from its Go module (helm.sh/helm/v3 has no replace directives, so `go install` works).
+# The -X flags are those of helm's own release build: its version, and the Kubernetes
+# version `helm template` and `helm lint` assume, that of the client-go it requires.
+HELM_VERSION := v3.22.0
+HELM_KUBE_MINOR := 37
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,pkg/lint/rules pkg/chartutil,-X helm.sh/helm/v3/$(pkg).k8sVersionMajor=1 \
+		-X helm.sh/helm/v3/$(pkg).k8sVersionMinor=$(HELM_KUBE_MINOR))
+KSTATUS_MODULE := tests/kstatus
+
+helm: ## build helm into .local/bin (when missing or another version)
+	@if [ "$$($(BIN)/helm version --template '{{.Version}}' 2>/dev/null)" != "$(HELM_VERSION)" ]; then \
+		mkdir -p $(BIN) $(LOCAL)/logs; \
+		echo "building helm $(HELM_VERSION) from Go modules..."; \
+		start=$$SECONDS; \
+		GOBIN=$(CURDIR)/$(BIN) $(GO_ENV) go install -trimpath -ldflags "$(HELM_LDFLAGS)" \
+			helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+		took=$$((SECONDS - start)); \
+		echo "built helm $(HELM_VERSION) in $${took}s"; \
+		echo "$$(date -u +%FT%TZ) helm $(HELM_VERSION) $${took}s" >> $(CURDIR)/$(LOCAL)/logs/build.log; \
+	fi
+
+kstatus-check: $(BIN)/kstatus-check ## build the kstatus checker (tests/kstatus) into .local/bin
+
+$(BIN)/kstatus-check: $(KSTATUS_MODULE)/go.mod $(KSTATUS_MODULE)/go.sum $(KSTATUS_MODULE)/main.go
+	@mkdir -p $(BIN)
+	@cd $(KSTATUS_MODULE) && $(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$@ .
+
+chart-sync: ## copy the canonical CRD into the chart (a test fails when they differ)
+	cp crds/llmconnections.yaml charts/llmconn/crds/llmconnections.yaml
 
 # -- local control plane -----------------------------------------------------------------
 
