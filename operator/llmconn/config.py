@@ -23,7 +23,7 @@ class Config:
     metrics_port: int = 8080
     health_port: int = 8081
     peering: str | None = None
-    priority: int = 0
+    priority: int | None = None  # peering priority; None: a random one (see runner)
     shard: Shard = field(default_factory=Shard)
     log_level: str = "info"
     log_format: str = "plain"
@@ -150,8 +150,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--priority",
         type=int,
-        default=int(_env("priority", "0") or 0),
-        help="peering priority of this replica",
+        default=int(_env("priority") or 0) if _env("priority") else None,
+        help="peering priority of this replica (default: random, so that of equal replicas "
+        "one is active and the others stand by)",
     )
     p.add_argument("--shard-index", type=int, default=int(_env("shard-index", "0") or 0))
     p.add_argument(

@@ -19,6 +19,8 @@ READY_STATUSES = ("True", "False", "Unknown")
 # Probes run from milliseconds (loopback) to the whole timeout budget (10s by default).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
 # A provider name is a registry key (a DNS label); anything else becomes "invalid" rather
 # than being copied into a label, since the spec field is user input.
 _PROVIDER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -79,6 +81,12 @@ class Metrics:
             "Validations due but not yet started.",
             registry=self.registry,
         )
+        self._lag = Histogram(
+            "llmconn_schedule_lag_seconds",
+            "How late validations start against their plan (queueing for a free worker).",
+            buckets=LAG_BUCKETS,
+            registry=self.registry,
+        )
         self._connections = Gauge(
             "llmconn_connections",
             "Connections known to this replica.",
@@ -121,6 +129,9 @@ class Metrics:
 
     def set_queue_depth(self, n: int) -> None:
         self._queue.set(n)
+
+    def schedule_lag(self, seconds: float) -> None:
+        self._lag.observe(seconds)
 
     def set_connections(self, n: int) -> None:
         self._connections.set(n)

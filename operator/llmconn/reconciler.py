@@ -98,7 +98,9 @@ class Reconciler:
         self.conns: dict[Key, Conn] = {}
         self.secret_users: dict[Key, set[Key]] = {}  # (ns, secret) -> connections using it
         self.secrets: dict[Key, SecretData] = {}  # only Secrets some connection references
-        self.scheduler: Scheduler[Key] = Scheduler(self._work, concurrency=concurrency)
+        self.scheduler: Scheduler[Key] = Scheduler(
+            self._work, concurrency=concurrency, on_lag=metrics.schedule_lag
+        )
         self.writes = 0
 
     # --- watch events (fast: memory and schedule only) --------------------------------

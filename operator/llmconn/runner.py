@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Sequence
 
 import kopf
@@ -26,7 +27,9 @@ def main(argv: Sequence[str]) -> int:
         namespaces=config.namespaces,
         standalone=config.peering is None,
         peering_name=config.peering_name,
-        priority=config.priority,
+        # Kopf freezes every operator of a peering when their priorities are equal, and a
+        # Deployment cannot give each replica its own: a random one picks the active replica.
+        priority=config.priority if config.priority is not None else random.randint(1, 2**31),
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz"
         if config.health_port
         else None,
