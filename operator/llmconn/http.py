@@ -1,0 +1,396 @@
+"""HTTP clients for probes: pooled by TLS settings, and held to the egress policy.
+
+Every TCP connection a probe opens goes through `GuardedBackend`, an httpcore network backend
+that resolves the host itself, checks every address against the `EgressPolicy`, and
+connects to the address it checked. TLS still verifies the certificate against the host
+name: httpcore hands the origin's host name (not the address) to `start_tls` for SNI and
+hostname checks. So DNS rebinding cannot walk around the policy: the name is resolved once
+per connection, and what was checked is what is dialled.
+
+The backend also marks the phase of the running probe (`dns`, then `connect`) on the object
+the caller put in `PHASE_RECORDER`, so a lookup that never answers can be told from a
+connect that never completes. httpcore's trace events mark the later phases.
+
+Proxies: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY are honoured (http and https
+proxies; SOCKS is refused at startup). Behind a proxy the operator still resolves the target
+host itself and checks every address before the request is sent to the proxy. This refuses
+endpoints that name or resolve to a denied address as the operator sees it, and host
+patterns apply as usual. It does not bind the proxy: the proxy resolves the name again (a
+name that re-resolves elsewhere between the two lookups, or a split-horizon DNS, reaches
+whatever the proxy's own rules allow). A target the operator cannot resolve (networks where
+only the proxy resolves names) is passed on when host patterns permit it, and refused when
+an allow list has no host pattern for it. The proxy's own address is the administrator's
+choice and is not checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import socket
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import httpcore2
+import httpx2
+from httpcore2._backends.anyio import AnyIOBackend
+from httpx2._utils import get_environment_proxies  # httpx's NO_PROXY semantics, kept as-is
+
+from llmconn.egress import EgressPolicy
+
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+
+# Behind a proxy the target may be resolvable only by the proxy: do not wait long for our
+# own lookup there (a direct connection has no such shortcut: without an address, no dial).
+PROXY_LOOKUP_TIMEOUT = 2.0
+
+
+class DNSLookupError(Exception):
+    """The host name did not resolve."""
+
+    def __init__(self, host: str, detail: str) -> None:
+        super().__init__(f"lookup of {host} failed: {detail}")
+        self.host = host
+        self.detail = detail
+
+
+class EgressDenied(Exception):
+    """The egress policy refused the destination; nothing was sent to it."""
+
+    def __init__(self, host: str, ip: str | None, why: str) -> None:
+        super().__init__(why)
+        self.host = host
+        self.ip = ip
+        self.why = why
+
+
+class InvalidCABundle(ValueError):
+    """The CA bundle is not usable PEM."""
+
+
+class PhaseRecorder(Protocol):
+    """What the backend writes to: a `ProbeContext` fits."""
+
+    phase: str
+    phase_ms: dict[str, float]
+
+
+# Set by the caller around one probe; copied into tasks the probe starts (anyio, mcp).
+PHASE_RECORDER: ContextVar[PhaseRecorder | None] = ContextVar("llmconn_phase", default=None)
+
+
+def _mark(phase: str) -> float:
+    if (recorder := PHASE_RECORDER.get()) is not None:
+        recorder.phase = phase
+    return time.perf_counter()
+
+
+def _took(phase: str, started: float) -> None:
+    if (recorder := PHASE_RECORDER.get()) is not None:
+        spent = (time.perf_counter() - started) * 1000
+        recorder.phase_ms[phase] = recorder.phase_ms.get(phase, 0.0) + spent
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Addresses of `host` from the system resolver, in its order of preference."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DNSLookupError(host, exc.strerror or str(exc)) from None
+    except UnicodeError:
+        raise DNSLookupError(host, "the name is not a valid host name") from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _literal_ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]").split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Resolution plus policy: the addresses a host may be dialled at."""
+
+    policy: EgressPolicy
+    resolver: Resolver = system_resolver
+
+    async def addresses(self, host: str, port: int, *, timed: bool = True) -> list[str]:
+        """Resolve once and check every address; any denied address refuses the host (a
+        name that mixes allowed and denied answers is not to be trusted).
+
+        `timed`: record the lookup as the `dns` phase time (which the caller subtracts from
+        the connect time that spans it; behind a proxy the lookup is outside the connect)."""
+        if (ip := _literal_ip(host)) is not None:
+            candidates = [ip]
+        else:
+            started = _mark("dns")
+            try:
+                candidates = list(await self.resolver(host, port))
+            finally:
+                if timed:
+                    _took("dns", started)
+            if not candidates:
+                raise DNSLookupError(host, "no addresses")
+        for candidate in candidates:
+            if (why := self.policy.check(host, candidate)) is not None:
+                raise EgressDenied(host, candidate, why)
+        return candidates
+
+    async def check_via_proxy(self, host: str, port: int) -> None:
+        """The check made before a request goes to a proxy (see the module docstring)."""
+        try:
+            async with asyncio.timeout(PROXY_LOOKUP_TIMEOUT):
+                await self.addresses(host, port, timed=False)
+        except (DNSLookupError, TimeoutError):
+            if (why := self.policy.check(host, None)) is not None:
+                raise EgressDenied(host, None, why) from None
+
+
+class _ClosingStream(httpcore2.AsyncNetworkStream):
+    """A TCP stream that is closed when its TLS handshake is cancelled.
+
+    httpcore closes the socket when a handshake fails with an exception, but not when it is
+    cancelled (a probe's timeout): the socket would stay open until garbage collection."""
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        try:
+            return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._inner.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class GuardedBackend(httpcore2.AsyncNetworkBackend):
+    """httpcore network backend that dials only addresses the egress policy permits."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+        self._inner = AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        addresses = await self._guard.addresses(host, port)
+        _mark("connect")
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                # The checked address, never the name: no second lookup to rebind.
+                stream = await self._inner.connect_tcp(
+                    address,
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
+            except httpcore2.ConnectError as exc:
+                failure = exc
+            else:
+                return _ClosingStream(stream)
+        assert failure is not None  # addresses is never empty
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
+    ) -> httpcore2.AsyncNetworkStream:
+        raise httpcore2.ConnectError("unix sockets are not used by probes")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx2.AsyncHTTPTransport):
+    """httpx's own transport, with its connection pool built on `GuardedBackend`."""
+
+    def __init__(self, guard: Guard, ssl_context: ssl.SSLContext, limits: httpx2.Limits) -> None:
+        super().__init__(verify=ssl_context, trust_env=False, limits=limits)
+        # Built as httpx builds it, plus the backend httpx gives no argument for.
+        self._pool = httpcore2.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(guard),
+        )
+
+
+class ProxiedTransport(httpx2.AsyncHTTPTransport):
+    """httpx's proxy transport, checking the target against the policy before sending."""
+
+    def __init__(
+        self, guard: Guard, proxy: str, ssl_context: ssl.SSLContext, limits: httpx2.Limits
+    ) -> None:
+        super().__init__(verify=ssl_context, trust_env=False, limits=limits, proxy=proxy)
+        self._guard = guard
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        host = request.url.host
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        await self._guard.check_via_proxy(host, port)
+        return await super().handle_async_request(request)
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """A connection's TLS settings; clients are shared between connections with equal ones."""
+
+    ca_bundle: bytes | None = None  # PEM: extra trust roots on top of the system's
+    insecure_skip_verify: bool = False
+
+    @property
+    def key(self) -> tuple[str, bool]:
+        digest = hashlib.sha256(self.ca_bundle).hexdigest() if self.ca_bundle else ""
+        return digest, self.insecure_skip_verify
+
+    def ssl_context(self) -> ssl.SSLContext:
+        if self.insecure_skip_verify:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        ctx = httpcore2.default_ssl_context()
+        if self.ca_bundle:
+            try:
+                ctx.load_verify_locations(cadata=self.ca_bundle.decode("ascii"))
+            except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
+                raise InvalidCABundle(
+                    f"not a PEM certificate bundle ({type(exc).__name__})"
+                ) from None
+        return ctx
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """Proxy mounts from HTTP_PROXY/HTTPS_PROXY/ALL_PROXY/NO_PROXY (httpx's reading of them)."""
+    return get_environment_proxies()
+
+
+class ClientPool:
+    """Long-lived `httpx2.AsyncClient`s keyed by TLS settings, least recently used first out.
+
+    Most connections share the default TLS settings and so one client and its keep-alive
+    connections. Use `lease()` around a probe: a client evicted while leased is closed only
+    when its last lease ends.
+    """
+
+    def __init__(
+        self,
+        egress: EgressPolicy,
+        *,
+        max_clients: int = 32,
+        max_connections: int = 200,
+        max_keepalive_connections: int = 50,
+        keepalive_expiry: float = 30.0,
+        resolver: Resolver = system_resolver,
+        proxies: Mapping[str, str | None] | None = None,
+    ) -> None:
+        self.guard = Guard(egress, resolver)
+        self._max_clients = max_clients
+        self._limits = httpx2.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_keepalive_connections,
+            keepalive_expiry=keepalive_expiry,
+        )
+        self._proxies = dict(environment_proxies() if proxies is None else proxies)
+        for pattern, url in self._proxies.items():
+            if url is not None and not url.startswith(("http://", "https://")):
+                raise ValueError(f"proxy {url!r} for {pattern}: only http and https proxies")
+        self._clients: OrderedDict[tuple[str, bool], httpx2.AsyncClient] = OrderedDict()
+        self._leases: dict[int, int] = {}
+        self._retired: list[httpx2.AsyncClient] = []
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def client(self, tls: TLSOptions = TLSOptions()) -> httpx2.AsyncClient:
+        """The client for these TLS settings (raises InvalidCABundle)."""
+        key = tls.key
+        if (existing := self._clients.get(key)) is not None:
+            self._clients.move_to_end(key)
+            return existing
+        client = self._build(tls)
+        self._clients[key] = client
+        while len(self._clients) > self._max_clients:
+            _, evicted = self._clients.popitem(last=False)
+            self._retired.append(evicted)
+        return client
+
+    @contextlib.asynccontextmanager
+    async def lease(self, tls: TLSOptions = TLSOptions()) -> AsyncIterator[httpx2.AsyncClient]:
+        client = self.client(tls)
+        self._leases[id(client)] = self._leases.get(id(client), 0) + 1
+        try:
+            yield client
+        finally:
+            left = self._leases[id(client)] - 1
+            if left:
+                self._leases[id(client)] = left
+            else:
+                del self._leases[id(client)]
+            await self._close_retired()
+
+    async def aclose(self) -> None:
+        clients = [*self._clients.values(), *self._retired]
+        self._clients.clear()
+        self._retired.clear()
+        for client in clients:
+            await client.aclose()
+
+    async def _close_retired(self) -> None:
+        idle = [c for c in self._retired if id(c) not in self._leases]
+        self._retired = [c for c in self._retired if id(c) in self._leases]
+        for client in idle:
+            await client.aclose()
+
+    def _build(self, tls: TLSOptions) -> httpx2.AsyncClient:
+        ctx = tls.ssl_context()
+        mounts: dict[str, httpx2.AsyncBaseTransport | None] = {
+            pattern: None if url is None else ProxiedTransport(self.guard, url, ctx, self._limits)
+            for pattern, url in self._proxies.items()
+        }
+        return httpx2.AsyncClient(
+            transport=GuardedTransport(self.guard, ctx, self._limits),
+            mounts=mounts,
+            trust_env=False,  # proxies are read once, above; nothing else from the environment
+            follow_redirects=False,  # ProbeContext follows same-origin redirects itself
+            timeout=None,  # the caller's asyncio.timeout is the one budget
+        )

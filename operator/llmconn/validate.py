@@ -1,0 +1,501 @@
+"""The validation core: spec + Secrets -> one probe -> a redacted `Verdict`.
+
+No Kubernetes here: the operator and the one-shot CLI both call `validate()`. Everything
+probes share lives here, once: reading Secrets, the Inference guard, the time budget, the
+latency, the classification of network failures by the phase that failed, and redaction.
+
+Decisions worth knowing:
+- A timeout is named by the phase that ran out of time: a lookup that never answers is
+  DNSFailure, a connect ConnectionFailed, a handshake TLSError; waiting for or reading the
+  answer (including a trickling one) is Timeout.
+- A connection that breaks (reset, closed mid-answer) is ConnectionFailed; an answer that
+  is not HTTP at all is UnexpectedResponse.
+- Secret values are stripped of surrounding whitespace (`echo key | base64` adds a newline);
+  a value with control characters cannot go in a header and is InvalidConfiguration.
+- Errors while reading Secrets propagate: they are the operator's trouble (API down), not
+  the connection's, and must not be written into its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpcore2
+import httpx2
+
+from llmconn.http import (
+    PHASE_RECORDER,
+    ClientPool,
+    DNSLookupError,
+    EgressDenied,
+    InvalidCABundle,
+    TLSOptions,
+)
+from llmconn.probes import registry
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
+from llmconn.reasons import Reason
+from llmconn.redact import Redactor
+from llmconn.spec import LLMConnectionSpec, SecretKeyRef, ValidationType, format_duration
+from llmconn.verdict import (
+    Defaults,
+    Effective,
+    ObservedSecret,
+    SecretData,
+    SecretSource,
+    Verdict,
+    effective,
+)
+
+log = logging.getLogger(__name__)
+
+# ctx.phase_ms keys reported in status.details, as <phase>Ms.
+TIMED_PHASES = ("dns", "connect", "tls", "response")
+
+# status keys that describe the latest probe (API.md); `status_fields` emits those that
+# have a value, so a caller writing a merge patch nulls the rest.
+LATEST_PROBE_KEYS = (
+    "result",
+    "reason",
+    "message",
+    "httpStatus",
+    "code",
+    "latencyMs",
+    "lastValidationTime",
+    "provider",
+    "model",
+    "endpoint",
+    "validation",
+    "requestId",
+    "observedSecrets",
+    "details",
+)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def validate(
+    spec: LLMConnectionSpec,
+    secrets: SecretSource,
+    pool: ClientPool,
+    defaults: Defaults,
+    *,
+    now: Callable[[], dt.datetime] = _utcnow,
+) -> Verdict:
+    """Validate one connection. Never raises for anything the connection or its provider
+    does; see the module docstring for what propagates."""
+    settings = effective(spec, defaults)
+    info = registry.get(spec.provider)
+    endpoint = spec.resolved_endpoint
+
+    def finish(
+        outcome: ProbeOutcome,
+        used: _UsedSecrets | None = None,
+        ctx: ProbeContext | None = None,
+        latency_ms: int | None = None,
+    ) -> Verdict:
+        redact = Redactor(used.credentials if used is not None else ())
+        details = dict(outcome.details)
+        if ctx is not None:
+            details = {**_phase_details(ctx.phase_ms), **ctx.details, **details}
+        return Verdict(
+            reason=outcome.reason,
+            message=redact.text(outcome.message),
+            provider=spec.provider,
+            endpoint=_without_credentials(endpoint),
+            model=spec.model or (spec.azure.deployment if spec.azure else None),
+            validation=settings,
+            finished_at=now(),
+            http_status=outcome.http_status,
+            code=redact.optional(outcome.code),
+            latency_ms=latency_ms,
+            request_id=redact.optional(ctx.request_id if ctx is not None else None),
+            details=redact.mapping(details),
+            retry_after=outcome.retry_after,
+            observed_secrets=used.observed if used is not None else (),
+            secret_digest=used.digest if used is not None else "",
+        )
+
+    if (refused := _refuse_config(spec, settings, defaults, info.inference)) is not None:
+        return finish(refused)
+
+    used = await _read_secrets(spec, secrets)
+    if used.failure is not None:
+        return finish(used.failure, used)
+
+    tls = TLSOptions(ca_bundle=used.ca_bundle, insecure_skip_verify=spec.tls.insecure_skip_verify)
+    try:
+        async with pool.lease(tls) as client:
+            ctx = ProbeContext(
+                provider=info,
+                endpoint=endpoint,
+                validation_type=settings.type,
+                http=client,
+                timeout=settings.timeout,
+                model=spec.model,
+                api_key=used.api_key,
+                api_key_ref=spec.api_key_secret_ref,
+                headers={**spec.headers, **used.headers},
+                azure=spec.azure,
+                mcp=spec.mcp,
+            )
+            outcome, latency_ms = await _run(ctx, settings)
+    except InvalidCABundle as exc:  # raised only while making the client: no probe ran
+        ref = spec.tls.ca_bundle_secret_ref
+        where = f"key {ref.key} of Secret {ref.name}" if ref else "the CA bundle"
+        return finish(
+            _outcome(
+                Reason.INVALID_CONFIGURATION, f"spec.tls.caBundleSecretRef: {where} is {exc}."
+            ),
+            used,
+        )
+    return finish(outcome, used, ctx, latency_ms)
+
+
+# --- before the probe ------------------------------------------------------------------
+
+
+def _outcome(reason: Reason, message: str) -> ProbeOutcome:
+    return ProbeOutcome(reason, message)
+
+
+def _refuse_config(
+    spec: LLMConnectionSpec, settings: Effective, defaults: Defaults, supports_inference: bool
+) -> ProbeOutcome | None:
+    if settings.type is not ValidationType.INFERENCE:
+        return None
+    if defaults.inference_min_interval is None:
+        return _outcome(
+            Reason.INVALID_CONFIGURATION,
+            "Inference validation is disabled by the operator; "
+            "use spec.validation.type Model or Connectivity.",
+        )
+    if not supports_inference:
+        return _outcome(
+            Reason.INVALID_CONFIGURATION,
+            f"Provider {spec.provider} does not support Inference validation; "
+            "use spec.validation.type Model or Connectivity.",
+        )
+    return None
+
+
+@dataclass
+class _UsedSecrets:
+    observed: tuple[ObservedSecret, ...] = ()
+    digest: str = ""
+    failure: ProbeOutcome | None = None
+    api_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    ca_bundle: bytes | None = None
+
+    @property
+    def credentials(self) -> list[str]:
+        """The values to redact: the CA bundle is public trust material, not a credential."""
+        return [v for v in (self.api_key, *self.headers.values()) if v]
+
+
+@dataclass(frozen=True)
+class _Ref:
+    where: str  # the spec field, for messages
+    ref: SecretKeyRef
+    header: str | None = None  # the request header it fills, for headersFromSecret
+    ca_bundle: bool = False
+
+
+def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
+    """Every Secret key the probe reads, with the spec field that names it."""
+    if spec.api_key_secret_ref:
+        yield _Ref("spec.apiKeySecretRef", spec.api_key_secret_ref)
+    for i, header in enumerate(spec.headers_from_secret):
+        yield _Ref(f"spec.headersFromSecret[{i}]", header.secret_key_ref, header=header.name)
+    if spec.tls.ca_bundle_secret_ref:
+        yield _Ref("spec.tls.caBundleSecretRef", spec.tls.ca_bundle_secret_ref, ca_bundle=True)
+
+
+async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedSecrets:
+    found: dict[str, SecretData | None] = {}
+    observed: list[ObservedSecret] = []
+    digest = hashlib.sha256()
+    values: list[tuple[_Ref, bytes]] = []
+    failure: ProbeOutcome | None = None
+    for use in _refs(spec):
+        name, key = use.ref.name, use.ref.key
+        if name not in found:
+            found[name] = data = await source.get(name)
+            if data is not None:
+                observed.append(ObservedSecret(name, data.resource_version))
+        data = found[name]
+        value = data.data.get(key) if data is not None else None
+        # Missing pieces enter the digest too, so that their arrival changes it.
+        digest.update(f"{name}\0{key}\0".encode())
+        digest.update(b"\1" + value if value is not None else b"\0")
+        if failure is not None:
+            continue
+        if data is None:
+            failure = _outcome(
+                Reason.SECRET_NOT_FOUND,
+                f"Secret {name} ({use.where}) does not exist in the connection's namespace.",
+            )
+        elif value is None:
+            keys = ", ".join(sorted(data.data)[:10]) or "none"
+            failure = _outcome(
+                Reason.SECRET_KEY_NOT_FOUND,
+                f"Secret {name} has no key {key} ({use.where}); its keys: {keys}.",
+            )
+        else:
+            values.append((use, value))
+    used = _UsedSecrets(observed=tuple(observed), digest=digest.hexdigest(), failure=failure)
+    if failure is not None:
+        return used
+    for use, value in values:
+        if use.ca_bundle:
+            used.ca_bundle = value
+            continue
+        text = _header_text(value)
+        if text is None:
+            used.failure = _outcome(
+                Reason.INVALID_CONFIGURATION,
+                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) is empty or holds "
+                "characters that cannot go in an HTTP header (control characters, non-ASCII).",
+            )
+            return used
+        if use.header is None:
+            used.api_key = text
+        else:
+            used.headers[use.header] = text
+    return used
+
+
+def _header_text(value: bytes) -> str | None:
+    try:
+        text = value.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+    if not text or any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
+        return None
+    return text
+
+
+# --- the probe -------------------------------------------------------------------------
+
+
+async def _run(ctx: ProbeContext, settings: Effective) -> tuple[ProbeOutcome, int]:
+    token = PHASE_RECORDER.set(ctx)
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(settings.timeout):
+            outcome = await ctx.provider.probe(ctx)
+    except Exception as exc:  # classified here, once, for every probe
+        outcome = classify_exception(exc, ctx)
+    finally:
+        PHASE_RECORDER.reset(token)
+    return outcome, round((time.perf_counter() - started) * 1000)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, its causes and contexts, and exceptions carried as arguments (httpcore
+    wraps the original error as its first argument, and may drop the cause)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [a for a in current.args if isinstance(a, BaseException)]
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+
+
+def _first(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
+    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
+
+
+_PRIORITY: tuple[type[BaseException] | tuple[type[BaseException], ...], ...] = (
+    ProbeFailure,
+    EgressDenied,
+    DNSLookupError,
+    (TimeoutError, httpx2.TimeoutException, httpcore2.TimeoutException),
+    (httpx2.HTTPError, httpcore2.NetworkError, httpcore2.ProtocolError, OSError),
+)
+
+
+def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
+    """One exception (or exception group) from a probe -> an outcome. Never raises."""
+    leaves = _leaves(exc)
+    leaf = next(
+        (leaf for kind in _PRIORITY for leaf in leaves if isinstance(leaf, kind)), leaves[0]
+    )
+    parts = urlsplit(ctx.endpoint)
+    host = parts.hostname or "the endpoint"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    budget = format_duration(ctx.timeout)
+
+    if isinstance(leaf, ProbeFailure):
+        return leaf.outcome
+    if isinstance(leaf, EgressDenied):
+        return _outcome(
+            Reason.EGRESS_DENIED,
+            f"The operator's egress policy refused the endpoint: {leaf.why}. Nothing was "
+            "sent. Use another endpoint, or ask the operator's administrator.",
+        )
+    if isinstance(leaf, DNSLookupError):
+        return _outcome(
+            Reason.DNS_FAILURE,
+            f"The lookup of {leaf.host} failed ({leaf.detail}). Check spec.endpoint's host name.",
+        )
+    if isinstance(leaf, TimeoutError | httpx2.TimeoutException | httpcore2.TimeoutException):
+        return _timed_out(ctx.phase, host, port, budget)
+    if (tls_error := _first(leaf, ssl.SSLError)) is not None:
+        return _tls_failure(tls_error, host)
+    if isinstance(leaf, httpx2.ConnectError | httpcore2.ConnectError) and ctx.phase == "tls":
+        return _outcome(
+            Reason.TLS_ERROR,
+            f"The TLS handshake with {host} failed: the server closed the connection. "
+            "Is the endpoint's scheme (https) right?",
+        )
+    if isinstance(leaf, httpx2.ConnectError | httpcore2.ConnectError) or (
+        isinstance(leaf, OSError) and ctx.phase in ("dns", "connect")
+    ):
+        return _outcome(
+            Reason.CONNECTION_FAILED, f"Could not connect to {host}:{port} ({_os_problem(leaf)})."
+        )
+    if isinstance(leaf, httpx2.ReadError | httpx2.WriteError | httpcore2.NetworkError) or (
+        isinstance(leaf, httpx2.RemoteProtocolError | httpcore2.RemoteProtocolError)
+        and any(w in str(leaf).lower() for w in ("disconnected", "peer closed", "incomplete"))
+    ):
+        return _outcome(
+            Reason.CONNECTION_FAILED,
+            f"The connection to {host}:{port} broke while "
+            f"{'waiting for' if ctx.phase != 'response' else 'reading'} the answer.",
+        )
+    if isinstance(leaf, httpx2.RemoteProtocolError | httpcore2.RemoteProtocolError):
+        return _outcome(
+            Reason.UNEXPECTED_RESPONSE,
+            f"{host}:{port} did not answer in HTTP. Check spec.endpoint (scheme and port).",
+        )
+    if isinstance(leaf, httpx2.LocalProtocolError | httpx2.InvalidURL):
+        return _outcome(
+            Reason.INVALID_CONFIGURATION,
+            f"The request could not be built ({type(leaf).__name__}). "
+            "Check spec.endpoint, spec.headers and headersFromSecret.",
+        )
+    log.warning(
+        "probe for provider %s raised %s during phase %s",
+        ctx.provider.name,
+        type(leaf).__name__,
+        ctx.phase,
+    )
+    return _outcome(
+        Reason.UNEXPECTED_RESPONSE,
+        f"The probe stopped on an unexpected error ({type(leaf).__name__}) during {ctx.phase}.",
+    )
+
+
+def _os_problem(exc: BaseException) -> str:
+    """'connection refused', from the innermost OSError that carries an errno."""
+    for error in _chain(exc):
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno).lower()
+    return "connection failed"
+
+
+def _timed_out(phase: str, host: str, port: int, budget: str) -> ProbeOutcome:
+    if phase == "dns":
+        return _outcome(Reason.DNS_FAILURE, f"The lookup of {host} did not answer within {budget}.")
+    if phase == "connect":
+        return _outcome(
+            Reason.CONNECTION_FAILED,
+            f"Connecting to {host}:{port} did not complete within {budget}.",
+        )
+    if phase == "tls":
+        return _outcome(
+            Reason.TLS_ERROR, f"The TLS handshake with {host} did not complete within {budget}."
+        )
+    doing = "finish its answer" if phase == "response" else "answer"
+    return _outcome(
+        Reason.TIMEOUT,
+        f"{host} did not {doing} within {budget} (spec.validation.timeout).",
+    )
+
+
+def _tls_failure(error: ssl.SSLError, host: str) -> ProbeOutcome:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        problem = error.verify_message or error.reason or "verification failed"
+        return _outcome(
+            Reason.TLS_ERROR,
+            f"The certificate of {host} was not accepted: {problem}. If the server uses a "
+            "private CA, put its certificate in a Secret and set spec.tls.caBundleSecretRef.",
+        )
+    problem = error.reason or type(error).__name__
+    hint = " Is the endpoint's scheme right?" if "WRONG_VERSION" in problem.upper() else ""
+    return _outcome(Reason.TLS_ERROR, f"The TLS handshake with {host} failed: {problem}.{hint}")
+
+
+def _phase_details(phase_ms: Mapping[str, float]) -> dict[str, str]:
+    timings = {p: phase_ms[p] for p in TIMED_PHASES if p in phase_ms}
+    if "connect" in timings and "dns" in timings:
+        # The connect trace spans the lookup: the backend resolves inside connect_tcp.
+        timings["connect"] = max(0.0, timings["connect"] - timings["dns"])
+    return {f"{p}Ms": str(round(ms)) for p, ms in timings.items()}
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+# --- status ----------------------------------------------------------------------------
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """2026-11-22T10:30:00.123Z: UTC, milliseconds, Z."""
+    utc = moment.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def status_fields(verdict: Verdict) -> dict[str, Any]:
+    """The status keys API.md defines for the latest probe; keys without a value are left
+    out (see LATEST_PROBE_KEYS for the full list)."""
+    fields: dict[str, Any] = {
+        "result": verdict.result.value,
+        "reason": verdict.reason.value,
+        "message": verdict.message,
+        "httpStatus": verdict.http_status,
+        "code": verdict.code,
+        "latencyMs": verdict.latency_ms,
+        "lastValidationTime": rfc3339(verdict.finished_at),
+        "provider": verdict.provider,
+        "model": verdict.model,
+        "endpoint": verdict.endpoint,
+        "validation": verdict.validation.as_status(),
+        "requestId": verdict.request_id,
+        "observedSecrets": [
+            {
+                "name": s.name,
+                **({"resourceVersion": s.resource_version} if s.resource_version else {}),
+            }
+            for s in verdict.observed_secrets
+        ],
+        "details": dict(verdict.details),
+    }
+    return {key: value for key, value in fields.items() if value not in (None, [], {})}

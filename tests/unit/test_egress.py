@@ -1,0 +1,389 @@
+"""The egress policy, and the HTTP client pool that enforces it on the address it dials."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpcore2
+import httpx2
+import pytest
+
+from llmconn import http as http_mod
+from llmconn.egress import EgressPolicy, Rule
+from llmconn.http import ClientPool, DNSLookupError, EgressDenied, TLSOptions
+from servers.misbehaving import RawServer, answer, make_tls
+
+# --- the policy ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "169.254.169.254",
+        "169.254.0.1",
+        "fe80::1",
+        "fd00:ec2::254",
+        "::ffff:169.254.169.254",  # IPv4-mapped: checked as the IPv4 address it carries
+        "0.0.0.0",  # Linux dials it as the local host
+        "::",
+    ],
+)
+def test_link_local_metadata_and_unspecified_are_denied_by_default(ip: str) -> None:
+    why = EgressPolicy().check("example.com", ip)
+    assert why is not None
+    assert "always denied" in why
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "10.1.2.3", "192.168.0.10", "93.184.216.34"])
+def test_loopback_private_and_public_are_allowed_by_default(ip: str) -> None:
+    assert EgressPolicy().check("example.com", ip) is None
+
+
+def test_an_allow_list_cannot_open_the_metadata_address() -> None:
+    policy = EgressPolicy.from_strings(allow=["169.254.0.0/16", "0.0.0.0/0"])
+    assert policy.check("x", "169.254.169.254") is not None
+    assert policy.check("x", "10.0.0.1") is None
+
+
+def test_deny_rules_add_to_the_built_in_ones() -> None:
+    policy = EgressPolicy.from_strings(deny=["127.0.0.0/8,::1/128", "10.0.0.0/8"])
+    assert policy.check("localhost", "127.0.0.1") == (
+        "localhost (127.0.0.1) matches the egress deny rule '127.0.0.0/8'"
+    )
+    assert policy.check("localhost", "::1") is not None
+    assert policy.check("db", "10.9.9.9") is not None
+    assert policy.check("api", "192.168.1.1") is None
+    assert policy.check("meta", "169.254.169.254") is not None
+
+
+def test_deny_wins_over_allow() -> None:
+    policy = EgressPolicy.from_strings(deny=["10.0.0.5"], allow=["10.0.0.0/8"])
+    assert policy.check("a", "10.0.0.5") is not None
+    assert policy.check("a", "10.0.0.6") is None
+
+
+def test_an_allow_list_restricts_everything_else_loopback_included() -> None:
+    policy = EgressPolicy.from_strings(allow=["10.0.0.0/8", "*.corp.example"])
+    assert policy.check("gw", "10.2.3.4") is None
+    assert policy.check("api.corp.example", "203.0.113.9") is None  # the host pattern allows
+    assert (
+        policy.check("localhost", "127.0.0.1")
+        == "localhost (127.0.0.1) matches no egress allow rule"
+    )
+    assert policy.check("api.openai.com", "203.0.113.9") is not None
+
+
+def test_host_patterns_match_names_not_addresses() -> None:
+    policy = EgressPolicy.from_strings(
+        deny=["*.internal", "metadata.google.internal.", "Evil.Example"]
+    )
+    assert policy.check("metadata.google.internal", "203.0.113.1") is not None
+    assert policy.check("db.svc.internal", "203.0.113.1") is not None
+    assert policy.check("internal", "203.0.113.1") is None  # "*." needs a label before it
+    assert policy.check("notinternal", "203.0.113.1") is None
+    assert policy.check("EVIL.example.", "203.0.113.1") is not None  # case and the root dot
+    assert policy.check("203.0.113.1", "203.0.113.1") is None
+
+
+def test_an_unresolved_host_is_judged_by_host_patterns_only() -> None:
+    assert EgressPolicy().check("only-the-proxy-knows", None) is None
+    assert EgressPolicy.from_strings(deny=["*.internal"]).check("a.internal", None) is not None
+    cidr_only = EgressPolicy.from_strings(allow=["10.0.0.0/8"])
+    assert "could not be resolved" in (cidr_only.check("only-the-proxy-knows", None) or "")
+    assert EgressPolicy.from_strings(allow=["*.example"]).check("api.example", None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        ("192.0.2.7", "192.0.2.7/32"),
+        ("[::1]", "::1/128"),
+        ("[fd00::]/8", "fd00::/8"),
+        ("fd00::/8", "fd00::/8"),
+    ],
+)
+def test_rules_parse_networks(text: str, expected: str) -> None:
+    assert str(Rule.parse(text).network) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.0.0.1/8", "did you mean 10.0.0.0/8"),
+        ("10.0.0", "invalid egress rule '10.0.0'"),
+        ("300.1.1.1", "invalid egress rule"),
+        ("*", "host pattern"),
+        ("a..b", "host pattern"),
+        ("http://x", "host pattern"),
+        ("*.*.x", "host pattern"),
+    ],
+)
+def test_bad_rules_are_refused_naming_the_rule(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("*", r"\*")):
+        EgressPolicy.from_strings(deny=["127.0.0.0/8", text])
+
+
+def test_empty_strings_and_spaces_are_ignored() -> None:
+    policy = EgressPolicy.from_strings(deny=["", " 10.0.0.0/8 , "], allow=[])
+    assert [r.text for r in policy.deny] == ["10.0.0.0/8"]
+    assert "10.0.0.0/8" in policy.describe()
+
+
+# --- the guarded backend ---------------------------------------------------------------
+
+
+class Recorder:
+    phase = "start"
+
+    def __init__(self) -> None:
+        self.phase_ms: dict[str, float] = {}
+        self.phases: list[str] = []
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "phase":
+            self.phases.append(str(value))
+        super().__setattr__(name, value)
+
+
+def mapping_resolver(table: dict[str, Sequence[str]], calls: list[str] | None = None):  # type: ignore[no-untyped-def]
+    async def resolve(host: str, port: int) -> Sequence[str]:
+        if calls is not None:
+            calls.append(host)
+        if host not in table:
+            raise DNSLookupError(host, "Name or service not known")
+        return table[host]
+
+    return resolve
+
+
+@pytest.fixture
+def dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hosts the real socket backend was asked to connect to."""
+    targets: list[str] = []
+
+    class RecordingBackend(http_mod.AnyIOBackend):
+        async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
+            targets.append(host)
+            return await super().connect_tcp(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(http_mod, "AnyIOBackend", RecordingBackend)
+    return targets
+
+
+async def test_a_name_is_dialled_at_the_address_that_was_checked(dialled: list[str]) -> None:
+    calls: list[str] = []
+    pool = ClientPool(
+        EgressPolicy(), resolver=mapping_resolver({"api.test": ["127.0.0.1"]}, calls), proxies={}
+    )
+    recorder = Recorder()
+    async with RawServer(answer(200, "{}")) as server:
+        token = http_mod.PHASE_RECORDER.set(recorder)
+        try:
+            reply = await pool.client().get(f"http://api.test:{server.port}/x")
+        finally:
+            http_mod.PHASE_RECORDER.reset(token)
+    await pool.aclose()
+    assert reply.status_code == 200
+    assert calls == ["api.test"]  # resolved once, by us
+    assert dialled == ["127.0.0.1"]  # and that very address was dialled, not the name
+    assert server.requests[0].headers["host"] == f"api.test:{server.port}"
+    assert recorder.phases[:2] == ["dns", "connect"]
+    assert "dns" in recorder.phase_ms
+
+
+async def test_a_name_resolving_to_the_metadata_address_is_never_dialled(
+    dialled: list[str],
+) -> None:
+    pool = ClientPool(
+        EgressPolicy(), resolver=mapping_resolver({"meta.test": ["169.254.169.254"]}), proxies={}
+    )
+    with pytest.raises(EgressDenied) as denied:
+        await pool.client().get("http://meta.test/latest/meta-data/")
+    await pool.aclose()
+    assert denied.value.ip == "169.254.169.254"
+    assert dialled == []
+
+
+async def test_one_denied_answer_among_several_refuses_the_name(dialled: list[str]) -> None:
+    pool = ClientPool(
+        EgressPolicy(),
+        resolver=mapping_resolver({"mixed.test": ["127.0.0.1", "169.254.169.254"]}),
+        proxies={},
+    )
+    with pytest.raises(EgressDenied):
+        await pool.client().get("http://mixed.test/")
+    await pool.aclose()
+    assert dialled == []
+
+
+async def test_the_next_address_is_tried_when_one_refuses(dialled: list[str]) -> None:
+    async with RawServer(answer(200, "{}")) as server:
+        pool = ClientPool(
+            EgressPolicy(),
+            resolver=mapping_resolver({"two.test": ["::1", "127.0.0.1"]}),
+            proxies={},
+        )
+        reply = await pool.client().get(f"http://two.test:{server.port}/")
+        await pool.aclose()
+    assert reply.status_code == 200
+    assert dialled == ["::1", "127.0.0.1"]  # nothing listens on [::1]:port
+
+
+async def test_a_failed_lookup_raises_the_dns_error() -> None:
+    pool = ClientPool(EgressPolicy(), proxies={})
+    with pytest.raises(DNSLookupError) as failed:
+        await pool.client().get("http://no-such-host.invalid/")
+    await pool.aclose()
+    assert failed.value.host == "no-such-host.invalid"
+
+
+# --- proxies -----------------------------------------------------------------------------
+
+
+async def test_behind_a_proxy_the_target_is_checked_before_anything_is_sent() -> None:
+    async with RawServer(answer(200, '{"via": "proxy"}')) as proxy:
+        pool = ClientPool(
+            EgressPolicy(),
+            resolver=mapping_resolver(
+                {"api.test": ["192.0.2.10"], "meta.test": ["169.254.169.254"]}
+            ),
+            proxies={"all://": proxy.url, "all://direct.test": None},
+        )
+        client = pool.client()
+        reply = await client.get("http://api.test/v1/models")
+        with pytest.raises(EgressDenied):
+            await client.get("http://meta.test/latest/")
+        with pytest.raises(EgressDenied):
+            await client.get("http://169.254.169.254/latest/")
+        await pool.aclose()
+    assert reply.json() == {"via": "proxy"}
+    assert [r.target for r in proxy.requests] == ["http://api.test/v1/models"]
+
+
+async def test_behind_a_proxy_an_unresolvable_target_is_left_to_the_proxy_unless_allow_listed() -> (
+    None
+):
+    async with RawServer(answer(200, "{}")) as proxy:
+        open_pool = ClientPool(
+            EgressPolicy(), resolver=mapping_resolver({}), proxies={"all://": proxy.url}
+        )
+        await open_pool.client().get("http://only-the-proxy-knows.test/")
+        await open_pool.aclose()
+        strict = ClientPool(
+            EgressPolicy.from_strings(allow=["10.0.0.0/8"]),
+            resolver=mapping_resolver({}),
+            proxies={"all://": proxy.url},
+        )
+        with pytest.raises(EgressDenied, match="could not be resolved"):
+            await strict.client().get("http://only-the-proxy-knows.test/")
+        await strict.aclose()
+    assert [r.target for r in proxy.requests] == ["http://only-the-proxy-knows.test/"]
+
+
+async def test_no_proxy_hosts_go_direct_through_the_guard() -> None:
+    async with (
+        RawServer(answer(200, '{"via": "proxy"}')) as proxy,
+        RawServer(answer(200, '{"via": "direct"}')) as direct,
+    ):
+        pool = ClientPool(
+            EgressPolicy(),
+            resolver=mapping_resolver({"direct.test": ["127.0.0.1"]}),
+            proxies={"all://": proxy.url, "all://direct.test": None},
+        )
+        reply = await pool.client().get(f"http://direct.test:{direct.port}/")
+        await pool.aclose()
+    assert reply.json() == {"via": "direct"}
+    assert proxy.requests == []
+
+
+def test_socks_proxies_are_refused_at_startup() -> None:
+    with pytest.raises(ValueError, match="only http and https proxies"):
+        ClientPool(EgressPolicy(), proxies={"all://": "socks5://proxy:1080"})
+
+
+def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.corp")
+    proxies = http_mod.environment_proxies()
+    assert proxies["https://"] == "http://proxy.corp:3128"
+    assert proxies["all://*internal.corp"] is None
+
+
+# --- the client pool ---------------------------------------------------------------------
+
+
+async def test_clients_are_shared_by_tls_settings() -> None:
+    pool = ClientPool(EgressPolicy(), proxies={})
+    default = pool.client()
+    assert pool.client(TLSOptions()) is default
+    insecure = pool.client(TLSOptions(insecure_skip_verify=True))
+    assert insecure is not default
+    assert pool.client(TLSOptions(insecure_skip_verify=True)) is insecure
+    assert len(pool) == 2
+    assert default.follow_redirects is False
+    await pool.aclose()
+    assert default.is_closed and insecure.is_closed
+
+
+async def test_the_least_recently_used_client_is_closed_when_the_pool_is_full(
+    tmp_path: Path,
+) -> None:
+    ca_pem = make_tls(tmp_path).ca_pem
+    pool = ClientPool(EgressPolicy(), max_clients=2, proxies={})
+    first = pool.client()
+    second = pool.client(TLSOptions(insecure_skip_verify=True))
+    async with pool.lease(TLSOptions(insecure_skip_verify=True)) as leased:
+        assert leased is second
+        assert pool.client() is first  # `second` is now the least recently used
+        async with pool.lease(TLSOptions(ca_bundle=ca_pem)):  # evicts `second`, leased
+            pass
+        assert not second.is_closed  # a leased client outlives its eviction
+    assert second.is_closed  # ... and is closed when the lease ends
+    assert not first.is_closed
+    assert len(pool) == 2
+    await pool.aclose()
+
+
+def test_a_bad_ca_bundle_is_refused() -> None:
+    pool = ClientPool(EgressPolicy(), proxies={})
+    with pytest.raises(http_mod.InvalidCABundle):
+        pool.client(TLSOptions(ca_bundle=b"-----BEGIN CERTIFICATE-----\nnot base64\n"))
+    with pytest.raises(http_mod.InvalidCABundle):
+        pool.client(TLSOptions(ca_bundle="é".encode()))
+    assert len(pool) == 0
+
+
+async def test_unix_sockets_are_not_offered() -> None:
+    backend = http_mod.GuardedBackend(http_mod.Guard(EgressPolicy()))
+    with pytest.raises(httpcore2.ConnectError):
+        await backend.connect_unix_socket("/tmp/x.sock")
+
+
+async def test_the_client_does_not_follow_redirects_by_itself() -> None:
+    async with RawServer(answer(302, "", headers={"Location": "http://elsewhere.test/"})) as s:
+        pool = ClientPool(EgressPolicy(), proxies={})
+        reply = await pool.client().get(s.url)
+        await pool.aclose()
+    assert reply.status_code == 302
+    assert isinstance(reply, httpx2.Response)
+
+
+async def test_a_hanging_lookup_marks_the_dns_phase() -> None:
+    async def never(host: str, port: int) -> Sequence[str]:
+        await asyncio.Event().wait()
+        return []
+
+    pool = ClientPool(EgressPolicy(), resolver=never, proxies={})
+    recorder = Recorder()
+    token = http_mod.PHASE_RECORDER.set(recorder)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await pool.client().get("http://slow-dns.test/")
+    finally:
+        http_mod.PHASE_RECORDER.reset(token)
+    await pool.aclose()
+    assert recorder.phase == "dns"
