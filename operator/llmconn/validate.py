@@ -429,10 +429,9 @@ def _timed_out(phase: str, host: str, port: int, budget: str) -> ProbeOutcome:
         return _outcome(
             Reason.TLS_ERROR, f"The TLS handshake with {host} did not complete within {budget}."
         )
-    doing = "finish its answer" if phase == "response" else "answer"
     return _outcome(
         Reason.TIMEOUT,
-        f"{host} did not {doing} within {budget} (spec.validation.timeout).",
+        f"No complete answer from {host} within {budget} (spec.validation.timeout).",
     )
 
 

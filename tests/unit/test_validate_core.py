@@ -320,7 +320,10 @@ async def test_a_trickling_answer_is_a_timeout(pool: ClientPool) -> None:
     async with RawServer(trickle(every=0.05)) as server:
         verdict = await check(server.url, pool)
     assert verdict.reason is Reason.TIMEOUT
-    assert "did not finish its answer" in verdict.message
+    assert (
+        verdict.message
+        == "No complete answer from 127.0.0.1 within 500ms (spec.validation.timeout)."
+    )
 
 
 async def test_a_tls_handshake_that_never_completes_is_a_tls_error(pool: ClientPool) -> None:
