@@ -128,8 +128,7 @@ def next_status(
         ready = (
             "True",
             Reason.VALIDATED.value,
-            f"Last probe: {reason.value}, {failures} of {threshold} tolerated. "
-            + verdict.message,
+            f"Last probe: {reason.value}, {failures} of {threshold} tolerated. " + verdict.message,
         )
     elif verdict.result is Result.UNKNOWN and was_ready != "True":
         # RateLimited before any verdict (or after a failure): keep what Ready said.
