@@ -29,6 +29,11 @@ class Config:
     log_format: str = "plain"
 
     @property
+    def namespace_patterns(self) -> bool:
+        """Whether -n names patterns (shop-*): Kopf then needs to watch namespaces."""
+        return any(ch in ns for ns in self.namespaces for ch in "*?[!")
+
+    @property
     def peering_name(self) -> str | None:
         """One peering object per shard: replicas of different shards must not stand by
         behind one leader."""

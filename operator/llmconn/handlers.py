@@ -28,7 +28,8 @@ SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their 
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Config = memo.config
     settings.posting.enabled = False  # Kopf would post Events for log lines; ours are ours
-    settings.scanning.disabled = True  # no CRD/namespace discovery: RBAC grants none
+    # No CRD/namespace discovery (the chart's RBAC grants none) unless -n names patterns.
+    settings.scanning.disabled = not config.namespace_patterns
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
