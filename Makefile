@@ -60,11 +60,11 @@ $(BIN)/kube-apiserver $(BIN)/kubectl &: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.
 		ldflags+=" -X $$pkg.gitVersion=$$version -X $$pkg.gitMajor=$$major -X $$pkg.gitMinor=$$minor"; \
 	done; \
 	start=$$SECONDS; \
-	$(GO_ENV) go build -trimpath -ldflags "$$ldflags" -o $(CURDIR)/$(BIN)/ \
+	$(GO_ENV) go build -trimpath -ldflags "$$ldflags" -o $(abspath $(BIN))/ \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; \
 	took=$$((SECONDS - start)); \
 	echo "built kube-apiserver and kubectl $$version in $${took}s"; \
-	echo "$$(date -u +%FT%TZ) kube-apiserver+kubectl $$version $${took}s" >> $(CURDIR)/$(LOCAL)/logs/build.log
+	echo "$$(date -u +%FT%TZ) kube-apiserver+kubectl $$version $${took}s" >> $(abspath $(LOCAL))/logs/build.log
 	@touch $(BIN)/kube-apiserver $(BIN)/kubectl
 
 $(BIN)/etcd: $(ETCD_MODULE)/go.mod $(ETCD_MODULE)/go.sum
@@ -72,10 +72,10 @@ $(BIN)/etcd: $(ETCD_MODULE)/go.mod $(ETCD_MODULE)/go.sum
 	@echo "building etcd from Go modules..."
 	@cd $(ETCD_MODULE) && \
 	start=$$SECONDS; \
-	$(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$@ go.etcd.io/etcd/server/v3; \
+	$(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(abspath $@) go.etcd.io/etcd/server/v3; \
 	took=$$((SECONDS - start)); \
 	echo "built etcd in $${took}s"; \
-	echo "$$(date -u +%FT%TZ) etcd $${took}s" >> $(CURDIR)/$(LOCAL)/logs/build.log
+	echo "$$(date -u +%FT%TZ) etcd $${took}s" >> $(abspath $(LOCAL))/logs/build.log
 
 # -- chart and GitOps test tools --------------------------------------------------------
 
@@ -94,18 +94,18 @@ helm: ## build helm into .local/bin (when missing or another version)
 		mkdir -p $(BIN) $(LOCAL)/logs; \
 		echo "building helm $(HELM_VERSION) from Go modules..."; \
 		start=$$SECONDS; \
-		GOBIN=$(CURDIR)/$(BIN) $(GO_ENV) go install -trimpath -ldflags "$(HELM_LDFLAGS)" \
+		GOBIN=$(abspath $(BIN)) $(GO_ENV) go install -trimpath -ldflags "$(HELM_LDFLAGS)" \
 			helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
 		took=$$((SECONDS - start)); \
 		echo "built helm $(HELM_VERSION) in $${took}s"; \
-		echo "$$(date -u +%FT%TZ) helm $(HELM_VERSION) $${took}s" >> $(CURDIR)/$(LOCAL)/logs/build.log; \
+		echo "$$(date -u +%FT%TZ) helm $(HELM_VERSION) $${took}s" >> $(abspath $(LOCAL))/logs/build.log; \
 	fi
 
 kstatus-check: $(BIN)/kstatus-check ## build the kstatus checker (tests/kstatus) into .local/bin
 
 $(BIN)/kstatus-check: $(KSTATUS_MODULE)/go.mod $(KSTATUS_MODULE)/go.sum $(KSTATUS_MODULE)/main.go
 	@mkdir -p $(BIN)
-	@cd $(KSTATUS_MODULE) && $(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$@ .
+	@cd $(KSTATUS_MODULE) && $(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(abspath $@) .
 
 chart-sync: ## copy the canonical CRD into the chart (a test fails when they differ)
 	cp crds/llmconnections.yaml charts/llmconn/crds/llmconnections.yaml

@@ -123,11 +123,18 @@ class ControlPlane:
         return self.cert_dir / "apiserver.crt"
 
     def pids(self) -> dict[str, int]:
-        """Processes recorded in run/, by name (the file name without .pid)."""
+        """Processes recorded in run/, by name (the file name without .pid).
+
+        A pid whose process started after its file was written has been reused by another
+        process since: it is left out, so `down` never signals a stranger.
+        """
         found = {}
         for pid_file in sorted(self.run_dir.glob("*.pid")):
             with contextlib.suppress(OSError, ValueError):
-                found[pid_file.stem] = int(pid_file.read_text().split()[0])
+                pid = int(pid_file.read_text().split()[0])
+                started = _process_start_time(pid)
+                if started is not None and started <= pid_file.stat().st_mtime + 1:
+                    found[pid_file.stem] = pid
         return found
 
     def healthy(self) -> bool:
@@ -147,6 +154,7 @@ class ControlPlane:
         Returns only once /readyz answers and the kubeconfig is written.
         """
         if self.healthy():
+            self._write_kubeconfig()  # in case it was removed; the cluster is the same
             return False
         self.stop()  # leftovers of a half-dead cluster: start clean
         self._check_binaries()
@@ -476,6 +484,22 @@ class ControlPlane:
             ):
                 count += 1
         return count
+
+
+def _process_start_time(pid: int) -> float | None:
+    """When a process started (seconds since the epoch), or None if there is none."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration, ValueError):
+        return None
+    # Field 22 (starttime, in clock ticks since boot); the name in parentheses may hold spaces.
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _rsa_private_key_pem() -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -162,3 +163,22 @@ def test_cli_up_is_idempotent_and_down_leaves_no_process(
     assert not list((tmp_path / "run").glob("*.pid"))
     assert not plane.healthy()
     assert launcher("down", *flags).stdout.strip() == "nothing was running"
+
+
+def test_down_never_signals_a_process_that_reused_a_recorded_pid(tmp_path: Path) -> None:
+    stranger = subprocess.Popen(["sleep", "300"])
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        pid_file = run / "old-operator.pid"
+        pid_file.write_text(f"{stranger.pid}\n")
+        an_hour_ago = time.time() - 3600  # the file predates the process: the pid was reused
+        os.utime(pid_file, (an_hour_ago, an_hour_ago))
+        plane = ControlPlane(tmp_path, tmp_path / "bin")
+        assert plane.pids() == {}
+        plane.stop()
+        assert stranger.poll() is None
+        assert not pid_file.exists()  # a stale record is cleared all the same
+    finally:
+        stranger.kill()
+        stranger.wait()
