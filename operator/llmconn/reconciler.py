@@ -124,6 +124,14 @@ class Reconciler:
         conn.generation = generation
         conn.meta = {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")}
         conn.requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT)
+        # What the object's status says was handled counts too: the watch event of our own
+        # write may be processed before the PATCH's response resumes the validation.
+        written = body.get("status") or {}
+        conn.handled_generation = max(
+            conn.handled_generation, int(written.get("observedGeneration") or 0)
+        )
+        if conn.requested_at and written.get("lastHandledRequestedAt") == conn.requested_at:
+            conn.handled_requested_at = conn.requested_at
         if body.get("spec") != conn.spec_raw or (conn.spec is None and conn.spec_error is None):
             self._set_spec(conn, body.get("spec") or {})
         self.metrics.set_connections(len(self.conns))
@@ -263,7 +271,7 @@ class Reconciler:
 
     async def _validate(self, conn: Conn) -> None:
         generation, requested_at = conn.generation, conn.requested_at
-        source = _RecordingSecrets(self, conn.namespace)
+        source = _RecordingSecrets(self, conn)
         started = time.perf_counter()
         probe = asyncio.ensure_future(self._verdict(conn, source))
         if not conn.status.get("conditions"):
@@ -287,11 +295,6 @@ class Reconciler:
         conn.handled_generation = max(conn.handled_generation, generation)
         if requested_at:
             conn.handled_requested_at = requested_at
-        conn.secret_digests = (
-            {name: _digest(conn.spec, name, source.seen.get(name)) for name in conn.secret_names}
-            if conn.spec
-            else {}
-        )
         self._observe(conn, prev, new, verdict, time.perf_counter() - started)
         self._plan_next(conn, verdict)
 
@@ -361,22 +364,23 @@ _background: set[asyncio.Future[None]] = set()
 
 
 class _RecordingSecrets:
-    """The connection's namespace only; remembers what the probe read. A Secret missing from
-    the cache is read from the API before it is declared missing (watches are unordered)."""
+    """The connection's namespace only. A Secret missing from the cache is read from the API
+    before it is declared missing (the two watches are unordered). What the probe reads is
+    recorded at once, so a Secret event that arrives during the probe re-validates only if
+    it brings other data than the probe used."""
 
-    def __init__(self, reconciler: Reconciler, namespace: str) -> None:
+    def __init__(self, reconciler: Reconciler, conn: Conn) -> None:
         self._r = reconciler
-        self._ns = namespace
-        self.seen: dict[str, SecretData | None] = {}
+        self._conn = conn
 
     async def get(self, name: str) -> SecretData | None:
-        skey = (self._ns, name)
+        skey = (self._conn.namespace, name)
         data = self._r.secrets.get(skey)
         if data is None:
-            data = await self._r.kube.get_secret(self._ns, name)
+            data = await self._r.kube.get_secret(skey[0], name)
             if data is not None and skey in self._r.secret_users:
                 self._r.secrets[skey] = data
-        self.seen[name] = data
+        self._conn.secret_digests[name] = _digest(self._conn.spec, name, data)
         return data
 
 

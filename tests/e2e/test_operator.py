@@ -37,6 +37,14 @@ def provider() -> Iterator[tuple[ControlledProvider, str]]:
         yield p, url + "/v1"
 
 
+@pytest.fixture
+def own_provider() -> Iterator[tuple[ControlledProvider, str]]:
+    """A provider for one test, for tests that count the requests it receives."""
+    p = ControlledProvider(keys={GOOD_KEY, ROTATED_KEY})
+    with serve(p.app()) as url:
+        yield p, url + "/v1"
+
+
 @pytest.fixture(autouse=True)
 def _reset_provider(provider):
     p, _ = provider
@@ -61,8 +69,12 @@ def api(cluster) -> Api:
 
 
 @pytest.fixture
-def ns(cluster) -> str:
-    return cluster.create_namespace("shared")
+def ns(cluster) -> Iterator[str]:
+    name = cluster.create_namespace("shared")
+    yield name
+    # Namespaces never finish deleting here (no controller-manager): delete the connections,
+    # so that their periodic validations stop and do not disturb later tests' counts.
+    cluster.kubectl("delete", "llmconnections", "--all", "-n", name, "--wait=false")
 
 
 def apply(cluster, *docs: str) -> None:
@@ -255,8 +267,8 @@ def test_flap_damping(cluster, operator, provider, api, ns):
     ready(api, ns, "flap", "True", "Validated")
 
 
-def test_retry_after_is_honoured(cluster, operator, provider, api, ns):
-    p, url = provider
+def test_retry_after_is_honoured(cluster, operator, own_provider, api, ns):
+    p, url = own_provider
     p.retry_after = 3
     s = spec(url, validation={"interval": "1s"})
     apply(cluster, secret(ns, "creds", {"apiKey": GOOD_KEY}), manifest(ns, "rl", s))
@@ -287,8 +299,8 @@ def test_suspend_stops_validations(cluster, operator, provider, api, ns):
     ready(api, ns, "sus", "True", "Validated")
 
 
-def test_deleted_mid_probe_is_harmless(cluster, operator, provider, api, ns):
-    p, url = provider
+def test_deleted_mid_probe_is_harmless(cluster, operator, own_provider, api, ns):
+    p, url = own_provider
     p.delay = 2.0
     apply(cluster, secret(ns, "creds", {"apiKey": GOOD_KEY}), manifest(ns, "gone", spec(url)))
     wait_for("the probe to start", lambda: p.count(time.monotonic() - 1.5) > 0 or None, timeout=10)
@@ -305,7 +317,7 @@ def test_deleted_mid_probe_is_harmless(cluster, operator, provider, api, ns):
 
 
 def solo(cluster, logs, *args: str) -> tuple[OperatorProcess, str]:
-    ns = cluster.create_namespace("solo")
+    ns = cluster.create_namespace("solo")  # no other operator watches solo-* namespaces
     return OperatorProcess(cluster, logs, "-n", ns, *args).start(), ns
 
 
@@ -324,7 +336,6 @@ def test_one_write_per_validation(cluster, logs, provider, api):
         w0 = status_patches()
         n = 5
         apply(cluster, *(manifest(ns, f"c{i}", spec(url)) for i in range(n)))
-        o1 = object_writes()  # the test's own apply (creates are POSTs, not counted here)
         for i in range(n):
             ready(api, ns, f"c{i}", "True")
         time.sleep(1)
@@ -340,6 +351,7 @@ def test_one_write_per_validation(cluster, logs, provider, api):
                 f"llmconnection/c{i}",
                 f"llmconn.dev/validate-requested-at=r{i}",
             )
+        o1 = object_writes()  # the test's own annotations are object PATCHes: count from here
         wait_for("five more validations", lambda: op.validations() >= v1 + n)
         time.sleep(1)  # a validation triggered by its own write would show up here
         assert op.validations() == v1 + n
@@ -353,8 +365,8 @@ def test_one_write_per_validation(cluster, logs, provider, api):
         assert op.stop() == 0
 
 
-def test_restart_resumes_without_a_probe_storm(cluster, logs, provider, api):
-    p, url = provider
+def test_restart_resumes_without_a_probe_storm(cluster, logs, own_provider, api):
+    p, url = own_provider
     op, ns = solo(cluster, logs, "--default-interval", "1h")
     n = 10
     try:
