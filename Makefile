@@ -147,17 +147,16 @@ format: $(VENV_STAMP) ## apply ruff's fixes and formatting
 
 # -- demo --------------------------------------------------------------------------------
 
-demo: crds ## start the local cluster, apply the samples, list the connections
-	@$(KUBECTL) create namespace $(DEMO_NAMESPACE) \
-		--dry-run=client -o yaml | $(KUBECTL) apply -f -
-	@$(KUBECTL) apply -n $(DEMO_NAMESPACE) -f crds/samples/
-	@$(KUBECTL) get llmconnections -n $(DEMO_NAMESPACE) -o wide
+demo: crds ## the operator on the local cluster with local providers and sample connections
+	@$(PY) tests/demo/demo.py --dir $(LOCAL)
 
-run: ## run the operator against KUBECONFIG (default: the local cluster)
-	@echo "make run: not implemented yet" >&2; exit 1
+run: $(VENV_STAMP) ## run the operator against KUBECONFIG (default: the local cluster), all namespaces
+	@if [ -z "$${KUBECONFIG:-}" ]; then $(MAKE) crds; fi
+	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(VENV)/bin/llmconn run -A $(RUN_ARGS)
 
-bench: ## measure reaction time and scale against the local cluster
-	@echo "make bench: not implemented yet" >&2; exit 1
+BENCH_ARGS ?=
+bench: $(VENV_STAMP) binaries ## benchmark on its own control plane; BENCH_ARGS="--connections 10000"
+	@$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 clean: cluster-down ## stop everything and remove .local state (keeps the built binaries)
 	rm -rf $(LOCAL)/controlplane $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/kubeconfig \

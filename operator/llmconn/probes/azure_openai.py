@@ -135,7 +135,7 @@ def _classify(ctx: ProbeContext, reply: Reply, what: str, deployment: str) -> Pr
     error = _error(reply)
     code = str(error.get("code")) if error is not None and error.get("code") else None
     message = _message(reply).rstrip(".")
-    said = f": {message}" if message else ""
+    said = f": {message.rstrip('. ')}" if message else ""
     host = urlsplit(ctx.endpoint).hostname
 
     def out(reason: Reason, text: str) -> ProbeOutcome:

@@ -152,7 +152,7 @@ def classify_error(ctx: ProbeContext, reply: Reply, what: str = "the request") -
     code = err.code or err.type
     if status == 200 and err.numeric and err.numeric >= 400:
         status = err.numeric  # an error body sent with HTTP 200
-    said = f": {err.message}" if err.message else ""
+    said = f": {err.message.rstrip('. ')}" if err.message else ""
     tag = f"HTTP {status}{' ' + code if code else ''}"
 
     if any(w in words for w in _QUOTA_WORDS) or status == 402:

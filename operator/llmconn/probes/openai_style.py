@@ -181,7 +181,7 @@ def read_json(ctx: ProbeContext, reply: Reply, what: str, *, listing: bool = Fal
         # No model was named: "not found" on the list means the path is wrong (OpenAI answers
         # an unknown path with a JSON error, so the body alone cannot tell).
         err = parse_error(body)
-        said = f": {err.message}" if err and err.message else ""
+        said = f": {err.message.rstrip('. ')}" if err and err.message else ""
         outcome = ProbeOutcome(
             Reason.UNEXPECTED_RESPONSE,
             f"The model list (GET {_path(reply)}) does not exist at this endpoint (HTTP "
