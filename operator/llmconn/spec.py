@@ -28,7 +28,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 # Headers that carry credentials: never in plain `headers`, always in `headersFromSecret`.
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
 
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=64)]
 
 
 def parse_duration(text: str) -> float:
