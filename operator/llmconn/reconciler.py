@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import pydantic
 
 from llmconn import status as st
@@ -38,6 +39,7 @@ log = logging.getLogger("llmconn")
 REQUESTED_AT = "llmconn.dev/validate-requested-at"
 PENDING_AFTER = 0.5  # seconds a first probe may take before Reconciling=True is written
 RESUME_SPREAD = 30.0  # seconds over which overdue connections are spread after a restart
+RETRY_API = 10.0  # seconds before retrying a validation whose Kubernetes call failed
 JITTER = 0.1  # +-10% of the interval, so connections created together drift apart
 
 Key = tuple[str, str]  # namespace, name
@@ -264,10 +266,20 @@ class Reconciler:
             await self._validate(conn)
         except NotFound:
             self._forget(key)  # deleted mid-probe: nothing to write
+        except httpx2.HTTPError as exc:
+            # The API server is unreachable or refused the write (a restart, say): the verdict
+            # is not written, so try again soon rather than an interval later.
+            log.warning(
+                "could not reach the API server for %s/%s (%s); retrying in %.0fs",
+                *key,
+                type(exc).__name__,
+                RETRY_API,
+            )
+            self.scheduler.at(key, time.monotonic() + RETRY_API * random.uniform(1, 1.5))
         except Exception:
-            # Never let one connection take the operator down; try again at the interval.
+            # Never let one connection take the operator down; try again later.
             log.exception("validation of %s/%s failed unexpectedly", *key)
-            self.scheduler.at(key, time.monotonic() + self._effective(conn).interval or 60.0)
+            self.scheduler.at(key, time.monotonic() + (self._effective(conn).interval or 60.0))
 
     async def _validate(self, conn: Conn) -> None:
         generation, requested_at = conn.generation, conn.requested_at
