@@ -111,8 +111,12 @@ class ValidationSpec(_Strict):
         return value
 
 
+class CABundleRef(SecretKeyRef):
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "ca.crt"
+
+
 class TLSSpec(_Strict):
-    ca_bundle_secret_ref: SecretKeyRef | None = Field(default=None, alias="caBundleSecretRef")
+    ca_bundle_secret_ref: CABundleRef | None = Field(default=None, alias="caBundleSecretRef")
     insecure_skip_verify: bool = Field(default=False, alias="insecureSkipVerify")
 
 
