@@ -251,6 +251,10 @@ class GuardedTransport(httpx2.AsyncHTTPTransport):
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
             network_backend=GuardedBackend(guard),
+            # HTTP/2 where the provider offers it (TLS + ALPN): one multiplexed connection per
+            # origin instead of a pool whose idle connections are each polled per request.
+            http1=True,
+            http2=True,
         )
 
 
