@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 from llmconn.probes import Auth, registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok
+from llmconn.probes.base import ProbeContext, ProbeOutcome, Reply, ok
 from llmconn.probes.errors import classify_error, not_the_api
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
@@ -43,7 +43,7 @@ SPEND_LIMIT_CODES = frozenset(
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     if ctx.validation_type is ValidationType.CONNECTIVITY:
         return await _list_models(ctx)
-    model = _required_model(ctx)
+    model = ctx.required_model()
     if ctx.validation_type is ValidationType.MODEL:
         return await _get_model(ctx, model)
     return await _send_message(ctx, model)
@@ -156,15 +156,3 @@ def _wrong_endpoint(reply: Reply, ctx: ProbeContext) -> ProbeOutcome:
         "base URL without /v1, as the Anthropic SDK takes it: https://api.anthropic.com.",
         http_status=reply.status,
     )
-
-
-def _required_model(ctx: ProbeContext) -> str:
-    if not ctx.model:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                f"Validation type {ctx.validation_type.value} needs spec.model; set it or use "
-                "type Connectivity.",
-            )
-        )
-    return ctx.model

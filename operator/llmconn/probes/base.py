@@ -249,6 +249,18 @@ class ProbeContext:
                 self.details[EXTRA_DETAIL_HEADERS[lname]] = value[:64]
 
     # --- helpers for probes ---------------------------------------------------------
+    def required_model(self) -> str:
+        """spec.model, which Model and Inference validations need; else InvalidConfiguration."""
+        if not self.model:
+            raise ProbeFailure(
+                ProbeOutcome(
+                    Reason.INVALID_CONFIGURATION,
+                    f"Validation type {self.validation_type.value} needs spec.model; set it or "
+                    "use type Connectivity.",
+                )
+            )
+        return self.model
+
     @property
     def key_hint(self) -> str:
         """Where the user fixes a rejected key: 'key apiKey of Secret x'."""

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from llmconn.probes import Auth, registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok
+from llmconn.probes.base import ProbeContext, ProbeOutcome, Reply, ok
 from llmconn.probes.errors import classify_error, not_the_api, retry_after
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
@@ -50,7 +50,7 @@ _DEPLETED_WORDS = ("prepayment", "credits are depleted", "credit balance")
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     if ctx.validation_type is ValidationType.CONNECTIVITY:
         return await _list_models(ctx)
-    model = _required_model(ctx)
+    model = ctx.required_model()
     if ctx.validation_type is ValidationType.MODEL:
         return await _get_model(ctx, model)
     return await _generate(ctx, model)
@@ -230,15 +230,3 @@ def _retry_delay(details: list[dict[str, Any]]) -> float | None:
             if match:
                 return float(match.group(1))
     return None
-
-
-def _required_model(ctx: ProbeContext) -> str:
-    if not ctx.model:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                f"Validation type {ctx.validation_type.value} needs spec.model; set it or use "
-                "type Connectivity.",
-            )
-        )
-    return ctx.model

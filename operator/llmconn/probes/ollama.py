@@ -12,7 +12,7 @@ num_predict caps every generated token, thinking included, so the probe does not
 from __future__ import annotations
 
 from llmconn.probes import Auth, registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok
+from llmconn.probes.base import ProbeContext, ProbeOutcome, Reply, ok
 from llmconn.probes.errors import classify_error, not_the_api
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
@@ -30,7 +30,7 @@ PROMPT = "Reply with the single word OK."
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     if ctx.validation_type is ValidationType.CONNECTIVITY:
         return await _list_models(ctx)
-    model = _required_model(ctx)
+    model = ctx.required_model()
     if ctx.validation_type is ValidationType.MODEL:
         return await _show_model(ctx, model)
     return await _generate(ctx, model)
@@ -110,15 +110,3 @@ def _classify(ctx: ProbeContext, reply: Reply, what: str, model: str) -> ProbeOu
             http_status=reply.status,
         )
     return classify_error(ctx, reply, what)
-
-
-def _required_model(ctx: ProbeContext) -> str:
-    if not ctx.model:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                f"Validation type {ctx.validation_type.value} needs spec.model; set it or use "
-                "type Connectivity.",
-            )
-        )
-    return ctx.model

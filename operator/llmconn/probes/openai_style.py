@@ -59,15 +59,8 @@ class Flavour:
 
 async def check(ctx: ProbeContext, flavour: Flavour) -> ProbeOutcome:
     """Validate an OpenAI-style connection as deep as ctx.validation_type asks."""
-    vtype, model = ctx.validation_type, ctx.model
-    if vtype is not ValidationType.CONNECTIVITY and not model:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                f"Validation type {vtype.value} needs spec.model; set it, or use "
-                "validation.type Connectivity.",
-            )
-        )
+    vtype = ctx.validation_type
+    model = ctx.model if vtype is ValidationType.CONNECTIVITY else ctx.required_model()
     found: dict[str, str] = {}
     if flavour.account is not None:
         found.update(await flavour.account(ctx))
