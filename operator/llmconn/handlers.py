@@ -18,7 +18,7 @@ from llmconn.config import Config
 from llmconn.http import ClientPool
 from llmconn.kube import GROUP, PLURAL, VERSION, Kube
 from llmconn.metrics import Metrics
-from llmconn.reconciler import Reconciler
+from llmconn.reconciler import Reconciler, _background
 
 log = logging.getLogger("llmconn")
 SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their status
@@ -63,6 +63,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await memo.task
     await reconciler.scheduler.drain(SHUTDOWN_GRACE)  # ...and let the running ones write
+    if _background:  # and their transition Events, posted in the background, before closing
+        await asyncio.wait(set(_background), timeout=SHUTDOWN_GRACE)
     await reconciler.pool.aclose()
     await reconciler.kube.aclose()
 
