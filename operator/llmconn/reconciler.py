@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import random
 import time
@@ -53,7 +54,8 @@ class Conn:
     generation: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     spec: LLMConnectionSpec | None = None
-    spec_raw: dict[str, Any] = field(default_factory=dict)
+    spec_digest: str = ""  # of the raw spec, to notice changes without keeping the dict
+    spec_invalid: dict[str, Any] | None = None  # the raw spec, kept only when it is invalid
     spec_error: str | None = None
     requested_at: str | None = None
     status: dict[str, Any] = field(default_factory=dict)  # as last written (or first seen)
@@ -134,7 +136,7 @@ class Reconciler:
         )
         if conn.requested_at and written.get("lastHandledRequestedAt") == conn.requested_at:
             conn.handled_requested_at = conn.requested_at
-        if body.get("spec") != conn.spec_raw or (conn.spec is None and conn.spec_error is None):
+        if _json_digest(body.get("spec")) != conn.spec_digest:
             self._set_spec(conn, body.get("spec") or {})
         self.metrics.set_connections(len(self.conns))
 
@@ -226,11 +228,11 @@ class Reconciler:
     def _set_spec(self, conn: Conn, raw: dict[str, Any]) -> None:
         for name in conn.secret_names:
             self._unuse((conn.namespace, name), conn.key)
-        conn.spec_raw = raw
+        conn.spec_digest = _json_digest(raw)
         try:
-            conn.spec, conn.spec_error = parse_spec(raw), None
+            conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(raw), None, None
         except (pydantic.ValidationError, ValueError) as exc:
-            conn.spec, conn.spec_error = None, _first_error(exc)
+            conn.spec, conn.spec_error, conn.spec_invalid = None, _first_error(exc), raw
         for name in conn.secret_names:
             self.secret_users.setdefault((conn.namespace, name), set()).add(conn.key)
         conn.secret_digests.clear()
@@ -406,6 +408,10 @@ def _digest(spec: LLMConnectionSpec | None, secret: str, data: SecretData | None
     return h.hexdigest()
 
 
+def _json_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def _observed_rv(conn: Conn, secret: str) -> str | None:
     for item in conn.status.get("observedSecrets") or []:
         if item.get("name") == secret:
@@ -414,7 +420,7 @@ def _observed_rv(conn: Conn, secret: str) -> str | None:
 
 
 def _invalid(conn: Conn, eff: Effective) -> Verdict:
-    raw = conn.spec_raw
+    raw = conn.spec_invalid or {}
     return Verdict(
         reason=Reason.INVALID_CONFIGURATION,
         message=f"The spec cannot work: {conn.spec_error}",
