@@ -1,10 +1,17 @@
-"""Suite-wide pytest hooks: everything under tests/e2e/ carries the `e2e` marker."""
+"""Suite-wide pytest hooks: everything under tests/e2e/ carries the `e2e` marker; in CI,
+property tests run a fixed series of examples so that a run is repeatable."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 E2E_DIR = Path(__file__).parent / "e2e"
 

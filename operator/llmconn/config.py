@@ -24,6 +24,7 @@ class Config:
     health_port: int = 8081
     peering: str | None = None
     priority: int | None = None  # peering priority; None: a random one (see runner)
+    peering_lifetime: float = 60.0  # seconds a silent replica counts as alive
     shard: Shard = field(default_factory=Shard)
     log_level: str = "info"
     log_format: str = "plain"
@@ -153,6 +154,13 @@ def parser() -> argparse.ArgumentParser:
         help="Kopf peering name for active/standby replicas (default: standalone)",
     )
     p.add_argument(
+        "--peering-lifetime",
+        type=_duration,
+        default=_env("peering-lifetime", "60s"),
+        help="how long a replica that stopped announcing itself still counts as alive, "
+        "i.e. how soon a standby takes over (default 60s)",
+    )
+    p.add_argument(
         "--priority",
         type=int,
         default=int(_env("priority") or 0) if _env("priority") else None,
@@ -189,7 +197,13 @@ def from_args(argv: Sequence[str]) -> Config:
         k: _duration(v) if isinstance(v, str) else v
         for k, v in vars(args).items()
         if k
-        in ("default_interval", "default_timeout", "inference_min_interval", "missing_secret_grace")
+        in (
+            "default_interval",
+            "default_timeout",
+            "inference_min_interval",
+            "missing_secret_grace",
+            "peering_lifetime",
+        )
     }
     try:
         egress = EgressPolicy.from_strings(
@@ -215,6 +229,7 @@ def from_args(argv: Sequence[str]) -> Config:
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         peering=args.peering,
+        peering_lifetime=durations["peering_lifetime"],
         priority=args.priority,
         shard=Shard(args.shard_index, args.shard_count),
         log_level=args.log_level,

@@ -18,7 +18,8 @@ from llmconn.config import Config
 from llmconn.http import ClientPool
 from llmconn.kube import GROUP, PLURAL, VERSION, Kube
 from llmconn.metrics import Metrics
-from llmconn.reconciler import Reconciler, _background
+from llmconn.peering import follow, peering_paths
+from llmconn.reconciler import Reconciler
 
 log = logging.getLogger("llmconn")
 SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their status
@@ -46,6 +47,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo.reconciler = reconciler
     memo.task = asyncio.create_task(reconciler.run(), name="llmconn scheduler")
+    if config.peering_name is not None:
+        settings.peering.lifetime = int(config.peering_lifetime)
+        paths = peering_paths(config.peering_name, config.namespaces, config.all_namespaces)
+        memo.peering = asyncio.create_task(
+            follow(
+                reconciler.kube,
+                paths,
+                config.peering_name,
+                memo.identity,
+                config.priority or 0,
+                reconciler.scheduler,
+            ),
+            name="llmconn peering",
+        )
     log.info(
         "llmconn started: concurrency %d, default interval %ss, egress %s",
         config.concurrency,
@@ -59,12 +74,13 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is None:
         return
+    if memo.get("peering") is not None:
+        memo.peering.cancel()
     memo.task.cancel()  # stop starting new validations...
     with contextlib.suppress(asyncio.CancelledError):
         await memo.task
     await reconciler.scheduler.drain(SHUTDOWN_GRACE)  # ...and let the running ones write
-    if _background:  # and their transition Events, posted in the background, before closing
-        await asyncio.wait(set(_background), timeout=SHUTDOWN_GRACE)
+    await reconciler.flush_events(SHUTDOWN_GRACE)  # transition Events posted in the background
     await reconciler.pool.aclose()
     await reconciler.kube.aclose()
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -84,6 +86,18 @@ class Kube:
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+    async def watch(self, path: str, name: str) -> AsyncIterator[dict[str, Any]]:
+        """The named object in the collection at `path`, as it is now and after each change
+        ({} once deleted), until the server ends the watch."""
+        params = {"watch": "1", "fieldSelector": f"metadata.name={name}"}
+        timeout = httpx2.Timeout(None, connect=10.0)
+        async with self._client.stream("GET", path, params=params, timeout=timeout) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line:
+                    event = json.loads(line)
+                    yield {} if event.get("type") == "DELETED" else event.get("object") or {}
 
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:
         response = await self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")

@@ -367,6 +367,11 @@ class Reconciler:
         finally:
             gauges.cancel()
 
+    async def flush_events(self, timeout: float) -> None:
+        """Let transition Events still being posted reach the API before shutdown."""
+        if _background:
+            await asyncio.wait(set(_background), timeout=timeout)
+
     async def _gauges(self) -> None:
         while True:
             self.metrics.set_in_flight(self.scheduler.in_flight)

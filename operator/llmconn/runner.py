@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 import kopf
 
 from llmconn.config import from_args
+from llmconn.peering import own_identity
 
 
 def main(argv: Sequence[str]) -> int:
@@ -22,17 +24,21 @@ def main(argv: Sequence[str]) -> int:
     logging.getLogger("httpcore2").setLevel(logging.WARNING)
     import llmconn.handlers  # noqa: F401  (registers the handlers with Kopf)
 
+    # Kopf freezes every operator of a peering when their priorities are equal, and a
+    # Deployment cannot give each replica its own: a random one picks the active replica.
+    if config.priority is None:
+        config = dataclasses.replace(config, priority=random.randint(1, 2**31))
+    identity = own_identity()
     kopf.run(
         clusterwide=config.all_namespaces,
         namespaces=config.namespaces,
         standalone=config.peering is None,
         peering_name=config.peering_name,
-        # Kopf freezes every operator of a peering when their priorities are equal, and a
-        # Deployment cannot give each replica its own: a random one picks the active replica.
-        priority=config.priority if config.priority is not None else random.randint(1, 2**31),
+        priority=config.priority,
+        identity=identity,  # type: ignore[arg-type]  # Kopf's Identity is a NewType of str
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz"
         if config.health_port
         else None,
-        memo=kopf.Memo(config=config),
+        memo=kopf.Memo(config=config, identity=identity),
     )
     return 0

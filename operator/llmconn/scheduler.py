@@ -33,6 +33,8 @@ class Scheduler(Generic[K]):
         self._due: dict[K, tuple[float, int]] = {}  # the live entry of each key
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        self._active = asyncio.Event()  # cleared while this replica stands by
+        self._active.set()
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[K, asyncio.Task[None]] = {}
         self._again: set[K] = set()  # asked for while running: run once more right after
@@ -54,6 +56,13 @@ class Scheduler(Generic[K]):
             self._again.add(key)
             return
         self.at(key, self._clock())
+
+    def pause(self) -> None:
+        """Stop starting validations (a standby replica); those running finish."""
+        self._active.clear()
+
+    def resume(self) -> None:
+        self._active.set()
 
     def cancel(self, key: K) -> None:
         self._due.pop(key, None)
@@ -80,12 +89,17 @@ class Scheduler(Generic[K]):
     async def run(self) -> None:
         """Dispatch due keys to workers until cancelled (running validations go on)."""
         while True:
+            await self._active.wait()
             await self._slots.acquire()  # a free worker first, so due keys stay counted
             try:
                 key = await self._next_due()
             except BaseException:
                 self._slots.release()
                 raise
+            if not self._active.is_set():  # paused while waiting: keep the key for later
+                self._slots.release()
+                self.at(key, self._clock())
+                continue
             task = asyncio.create_task(self._run_one(key), name=f"validate {key}")
             self._running[key] = task
 

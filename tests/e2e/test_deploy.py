@@ -634,6 +634,8 @@ def test_peering_one_replica_validates_and_the_standby_takes_over_after_sigkill(
             *args,
             "--default-interval",
             "1h",
+            "--peering-lifetime",
+            "10s",
             kubeconfig=kubeconfig,
             env={"POD_ID": ident},  # what the chart sets: the pod's name
             name=ident,
@@ -664,9 +666,9 @@ def test_peering_one_replica_validates_and_the_standby_takes_over_after_sigkill(
     assert peering_state(standby.log()) == "paused"
 
     # SIGKILL: no goodbye in the peering object; the standby waits out the dead peer's
-    # keep-alive lifetime (Kopf's default, 60s) and resumes.
+    # keep-alive lifetime (--peering-lifetime 10s) and resumes.
     active.stop(signal.SIGKILL)
-    wait_for("the standby to take over", lambda: standby.validations() > 0, timeout=90, every=0.5)
+    wait_for("the standby to take over", lambda: standby.validations() > 0, timeout=40, every=0.5)
     assert peering_state(standby.log()) == "active"
     # It watches now: a spec change is handled by the former standby.
     apply(cluster, manifest(ns, "p0", spec(url, model="gpt-gone", validation={"interval": "1s"})))
@@ -677,11 +679,6 @@ def test_peering_one_replica_validates_and_the_standby_takes_over_after_sigkill(
     assert audit_denials(cluster, user) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a replica paused by peering keeps running its own schedule (reconciler/handlers "
-    "know nothing of Kopf's pause): it goes on validating alongside the active replica",
-)
 def test_peering_a_replica_paused_by_a_higher_priority_one_stops_validating(
     peering_crds: ControlPlane,
     own_provider: tuple[ControlledProvider, str],

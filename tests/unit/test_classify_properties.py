@@ -129,6 +129,7 @@ def test_any_answer_gets_a_reason_and_never_the_key(
 @example(headers=[(b"retry-after", b"\xb2")])
 @example(headers=[(b"retry-after-ms", b"\xb2")])
 @example(headers=[(b"retry-after", b"9" * 400)])
+@example(headers=[(b"retry-after", b"Mon, 01 Jan 0001 00:00:00 -0000")])
 def test_retry_after_is_a_finite_wait_or_none(headers: list[tuple[bytes, bytes]]) -> None:
     wait = retry_after(Reply(429, httpx2.Headers(headers), b"", "https://x.test/"))
 

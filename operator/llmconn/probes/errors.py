@@ -85,9 +85,11 @@ def retry_after(reply: Reply) -> float | None:
         return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError):
+        # A date without a zone is naive: timestamp() then goes through the local clock,
+        # which refuses years it cannot represent.
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, OSError):
         return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _seconds(value: str | None) -> float | None:

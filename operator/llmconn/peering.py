@@ -1,0 +1,111 @@
+"""Active/standby between replicas: follow Kopf's peering verdict in our own scheduler.
+
+Kopf pauses its watch streams when a peer with a higher priority is alive, but the
+operator's own scheduler would go on validating from memory. So the same rule Kopf applies
+(pause while another live peer has a higher or equal priority) is applied here to the
+peering objects Kopf keeps, and the scheduler stops dispatching while it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Protocol
+
+log = logging.getLogger("llmconn")
+
+CHECK_EVERY = 1.0  # seconds between judgements when nothing changes (peers expire)
+
+
+def own_identity() -> str:
+    """The identity Kopf announces for this replica: the pod name when the chart sets POD_ID."""
+    return (
+        os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+    )
+
+
+def should_pause(status: Mapping[str, Any], identity: str, priority: int, now: dt.datetime) -> bool:
+    """Kopf's rule: pause while any other live peer has a higher or the same priority."""
+    for peer, info in status.items():
+        if peer == identity or not isinstance(info, Mapping):
+            continue
+        try:
+            lastseen = dt.datetime.fromisoformat(str(info.get("lastseen")))
+            if lastseen.tzinfo is None:
+                lastseen = lastseen.replace(tzinfo=dt.UTC)
+            alive = lastseen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
+            other = int(info.get("priority", 0))
+        except (TypeError, ValueError):
+            continue
+        if alive and other >= priority:
+            return True
+    return False
+
+
+class _Watcher(Protocol):
+    def watch(self, path: str, name: str) -> AsyncIterator[dict[str, Any]]: ...
+
+
+class _Pausable(Protocol):
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+def peering_paths(name: str, namespaces: Sequence[str], clusterwide: bool) -> list[str]:
+    """The collections holding this peering's objects (Kopf keeps one per namespace)."""
+    if clusterwide:
+        return ["/apis/kopf.dev/v1/clusterkopfpeerings"]
+    return [f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings" for ns in namespaces]
+
+
+async def follow(
+    kube: _Watcher,
+    paths: Sequence[str],
+    name: str,
+    identity: str,
+    priority: int,
+    target: _Pausable,
+) -> None:
+    """Pause `target` while Kopf's peering says another replica is the active one.
+
+    The peering objects are watched, so a replica stands by as soon as a higher priority
+    appears; they are judged again every second too, since peers expire by time alone."""
+    statuses: dict[str, Mapping[str, Any]] = {}
+    changed = asyncio.Event()
+
+    async def watch(path: str) -> None:
+        while True:
+            try:
+                async for obj in kube.watch(path, name):
+                    statuses[path] = obj.get("status") or {}
+                    changed.set()
+            except Exception as exc:  # a broken watch changes nothing; start it again
+                log.debug("peering watch of %s ended: %s", path, type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+    watchers = [asyncio.create_task(watch(path)) for path in paths]
+    paused = False
+    try:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=CHECK_EVERY)
+            changed.clear()
+            now = dt.datetime.now(dt.UTC)
+            pause = any(should_pause(st, identity, priority, now) for st in statuses.values())
+            if pause != paused:
+                paused = pause
+                if pause:
+                    log.info("standing by: another replica with a higher priority is active")
+                    target.pause()
+                else:
+                    log.info("active: no replica with a higher priority is alive")
+                    target.resume()
+    finally:
+        for task in watchers:
+            task.cancel()

@@ -1,0 +1,48 @@
+"""Kopf's peering rule as the scheduler follows it: stand by while a live peer outranks us."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from llmconn.peering import peering_paths, should_pause
+
+NOW = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
+
+
+def peer(priority: int, seconds_ago: float, lifetime: int = 60) -> dict:
+    seen = NOW - dt.timedelta(seconds=seconds_ago)
+    return {"priority": priority, "lifetime": lifetime, "lastseen": seen.isoformat()}
+
+
+@pytest.mark.parametrize(
+    ("others", "pause"),
+    [
+        ({}, False),
+        ({"b": peer(5, 1)}, False),  # lower priority: we are active
+        ({"b": peer(20, 1)}, True),  # higher and alive: stand by
+        ({"b": peer(10, 1)}, True),  # the same priority: Kopf freezes both
+        ({"b": peer(20, 61)}, False),  # higher but its keep-alive expired
+        ({"b": peer(20, 5, lifetime=10)}, True),
+        ({"b": peer(20, 11, lifetime=10)}, False),
+        ({"b": {"priority": "x", "lastseen": "garbage"}}, False),  # unreadable: ignored
+        ({"b": peer(5, 1), "c": peer(30, 2)}, True),
+    ],
+)
+def test_should_pause(others, pause):
+    status = {"me": peer(10, 0), **others}
+    assert should_pause(status, "me", 10, NOW) is pause
+
+
+def test_naive_lastseen_is_utc():
+    status = {"b": {"priority": 20, "lifetime": 60, "lastseen": "2026-11-24T09:59:30"}}
+    assert should_pause(status, "me", 10, NOW) is True
+
+
+def test_peering_paths():
+    assert peering_paths("p", ["a", "b"], clusterwide=False) == [
+        "/apis/kopf.dev/v1/namespaces/a/kopfpeerings",
+        "/apis/kopf.dev/v1/namespaces/b/kopfpeerings",
+    ]
+    assert peering_paths("p", [], clusterwide=True) == ["/apis/kopf.dev/v1/clusterkopfpeerings"]
