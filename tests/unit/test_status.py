@@ -31,7 +31,11 @@ def run(reasons: list[Reason], threshold: int = 3) -> list[dict]:
     statuses, prev = [], None
     for i, reason in enumerate(reasons):
         prev = st.next_status(
-            prev, verdict(reason, i, threshold), generation=1, requested_at=None, secret_grace_over=True
+            prev,
+            verdict(reason, i, threshold),
+            generation=1,
+            requested_at=None,
+            secret_grace_over=True,
         )
         statuses.append(prev)
     return statuses
@@ -111,8 +115,9 @@ def test_pending_then_verdict_drops_reconciling():
     pending = st.pending_status(1, T0)
     assert ready(pending)["status"] == "Unknown" and ready(pending)["reason"] == "Pending"
     assert st.find(pending["conditions"], "Reconciling")["status"] == "True"
-    after = st.next_status(pending, verdict(Reason.VALIDATED), generation=1, requested_at=None,
-                           secret_grace_over=True)
+    after = st.next_status(
+        pending, verdict(Reason.VALIDATED), generation=1, requested_at=None, secret_grace_over=True
+    )
     assert st.find(after["conditions"], "Reconciling") is None
 
 
@@ -123,8 +128,16 @@ def test_merge_patch_nulls_fields_that_no_longer_apply():
 
 
 def test_events_only_on_transitions():
-    s = run([Reason.VALIDATED, Reason.VALIDATED, Reason.INVALID_API_KEY, Reason.INVALID_API_KEY,
-             Reason.QUOTA_EXCEEDED, Reason.VALIDATED])
+    s = run(
+        [
+            Reason.VALIDATED,
+            Reason.VALIDATED,
+            Reason.INVALID_API_KEY,
+            Reason.INVALID_API_KEY,
+            Reason.QUOTA_EXCEEDED,
+            Reason.VALIDATED,
+        ]
+    )
     events = [st.transition(a, b) for a, b in zip([None, *s[:-1]], s, strict=True)]
     assert events == [
         ("Normal", "Validated"),
