@@ -20,6 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from servers.recording import Seen
+from servers.recording import seen as record
+
 API_KEY = "sk-ant-api03-loopback-test-key"
 
 MODELS = [
@@ -49,15 +52,6 @@ BEHAVIOURS = frozenset(
         "wrong_shape",  # 200 JSON that is not the API's answer
     }
 )
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]  # lower-case names
-    body: Any
 
 
 @dataclass
@@ -124,19 +118,7 @@ def make_app(
 
     async def gate(request: Request) -> Response | None:
         """What the real API checks before the route: key, version, then failure modes."""
-        try:
-            body = await request.json() if request.method == "POST" else None
-        except ValueError:
-            body = None
-        state.seen.append(
-            Seen(
-                request.method,
-                request.url.path,
-                request.url.query,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-            )
-        )
+        state.seen.append(await record(request))
         key = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
         if not key:
             return error(401, "authentication_error", "x-api-key header is required")

@@ -21,6 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from servers.recording import Seen
+from servers.recording import seen as read_request
+
 API_KEY = "0123456789abcdef0123456789abcdef"
 API_VERSIONS = frozenset({"2024-06-01", "2024-10-21", "2025-04-01-preview"})
 # deployment -> (model it serves, kind)
@@ -41,15 +44,6 @@ BEHAVIOURS = frozenset(
         "wrong_shape",
     }
 )
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass
@@ -102,20 +96,8 @@ def make_app(
         )
 
     async def record(request: Request) -> Any:
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        state.seen.append(
-            Seen(
-                request.method,
-                request.url.path,
-                request.url.query,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-            )
-        )
-        return body
+        state.seen.append(seen := await read_request(request))
+        return seen.body
 
     def gateway(request: Request) -> Response | None:
         if request.headers.get("api-key") != state.api_key:

@@ -20,6 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from servers.recording import Seen
+from servers.recording import seen as record
+
 API_KEY = "AIzaSyLoopbackTestKey0123456789abcdefg"
 PREFIX = "/v1beta"
 MODELS = ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "text-embedding-004"]
@@ -39,15 +42,6 @@ BEHAVIOURS = frozenset(
         "wrong_shape",
     }
 )
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass
@@ -213,19 +207,8 @@ def make_app(
         )
 
     async def handle(request: Request) -> Response:
-        try:
-            body = await request.json() if request.method == "POST" else None
-        except ValueError:
-            body = None
-        state.seen.append(
-            Seen(
-                request.method,
-                request.url.path,
-                request.url.query,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-            )
-        )
+        state.seen.append(seen := await record(request))
+        body = seen.body
         path = request.url.path
         if not path.startswith(prefix + "/"):
             return Response(

@@ -16,6 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from servers.recording import Seen
+from servers.recording import seen as record
+
 # name -> (parameter size, quantization)
 MODELS = {
     "llama3.2:latest": ("3.2B", "Q4_K_M"),
@@ -34,15 +37,6 @@ BEHAVIOURS = frozenset(
         "wrong_shape",
     }
 )
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: Any
 
 
 @dataclass
@@ -81,19 +75,8 @@ def make_app(
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     async def gate(request: Request) -> tuple[Any, Response | None]:
-        try:
-            body = await request.json() if request.method == "POST" else None
-        except ValueError:
-            body = None
-        state.seen.append(
-            Seen(
-                request.method,
-                request.url.path,
-                request.url.query,
-                {k.lower(): v for k, v in request.headers.items()},
-                body,
-            )
-        )
+        state.seen.append(seen := await record(request))
+        body = seen.body
         if state.token and request.headers.get("authorization") != f"Bearer {state.token}":
             return body, fail(401, "unauthorized")
         match state.behaviour:
