@@ -4,7 +4,6 @@ rendered chart accepted by the real apiserver (server-side dry run)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,13 +13,13 @@ from typing import Any
 
 import pytest
 import yaml
+from opkit import HELM
 
 from controlplane.cluster import ControlPlane
 from llmconn.config import from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llmconn"
-HELM = ROOT / ".local" / "bin" / "helm"
 RELEASE = "llmconn"
 NAMESPACE = "llmconn-system"
 FULLNAME = "llmconn"  # the release name already holds the chart name
@@ -49,20 +48,6 @@ def peering_rules(resource: str, name: str = FULLNAME) -> list[dict[str, Any]]:
             "verbs": ["get", "patch"],
         },
     ]
-
-
-@pytest.fixture(scope="session")
-def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for helm: its caches and config in a temp dir, never the user's."""
-    home = tmp_path_factory.mktemp("helm-home")
-    if not HELM.exists():
-        subprocess.run(["make", "-s", "helm"], cwd=ROOT, check=True)
-    return {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
 
 
 def helm(

@@ -8,7 +8,6 @@ Each test runs its own operator process(es) on namespaces of its own.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets as pysecrets
 import signal
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 from opkit import (
+    HELM,
     Api,
     ControlledProvider,
     OperatorProcess,
@@ -40,7 +40,6 @@ from servers.serve import serve
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llmconn"
-HELM = ROOT / ".local" / "bin" / "helm"
 
 GOOD_KEY = "sk-good-" + pysecrets.token_hex(12)
 BAD_KEY = "sk-bad-" + pysecrets.token_hex(12)
@@ -95,19 +94,6 @@ def namespaces(cluster: ControlPlane) -> Iterator[list[str]]:
     for ns in created:
         cluster.kubectl("delete", "llmconnections", "--all", "-n", ns, "--wait=false", check=False)
         cluster.delete_namespace(ns)
-
-
-@pytest.fixture(scope="module")
-def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("helm-home")
-    if not HELM.exists():
-        subprocess.run(["make", "-s", "helm"], cwd=ROOT, check=True)
-    return {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
 
 
 @pytest.fixture(scope="module")

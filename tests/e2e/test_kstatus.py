@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from gitops_samples import cond, connection
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKER = ROOT / ".local" / "bin" / "kstatus-check"
 
@@ -30,29 +32,6 @@ def compute(checker: Path, obj: dict[str, Any]) -> dict[str, Any]:
     )
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
-
-
-def cond(kind: str, status: str, reason: str, message: str, gen: int = 3) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": gen,
-        "lastTransitionTime": "2026-11-22T10:30:00Z",
-    }
-
-
-def connection(
-    *conditions: dict[str, Any], generation: int = 3, observed: int = 3, **status: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "llmconn.dev/v1alpha1",
-        "kind": "LLMConnection",
-        "metadata": {"name": "deepseek-prod", "namespace": "agents", "generation": generation},
-        "spec": {"provider": "deepseek", "model": "deepseek-chat"},
-        "status": {"observedGeneration": observed, "conditions": list(conditions), **status},
-    }
 
 
 READY = cond("Ready", "True", "Validated", "The connection is reachable.")

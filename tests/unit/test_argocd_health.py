@@ -10,6 +10,8 @@ import pytest
 import yaml
 from lupa import lua51
 
+from gitops_samples import cond, connection
+
 ARGOCD = Path(__file__).resolve().parents[2] / "charts" / "llmconn" / "argocd"
 HEALTH_LUA = (ARGOCD / "health.lua").read_text()
 HEALTH_KEY = "resource.customizations.health.llmconn.dev_LLMConnection"
@@ -29,39 +31,6 @@ def health(obj: dict[str, Any]) -> tuple[str, str]:
     lua.globals().obj = to_lua(lua, obj)
     hs = lua.execute(HEALTH_LUA)
     return str(hs["status"]), str(hs["message"])
-
-
-def cond(kind: str, status: str, reason: str, message: str = "", gen: int = 3) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": gen,
-        "lastTransitionTime": "2026-11-22T10:30:00Z",
-    }
-
-
-def connection(
-    *conditions: dict[str, Any],
-    generation: int = 3,
-    observed: int | None = 3,
-    suspend: bool | None = None,
-    status: bool = True,
-) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "apiVersion": "llmconn.dev/v1alpha1",
-        "kind": "LLMConnection",
-        "metadata": {"name": "deepseek-prod", "namespace": "agents", "generation": generation},
-        "spec": {"provider": "deepseek", "model": "deepseek-chat"},
-    }
-    if suspend is not None:
-        obj["spec"]["suspend"] = suspend
-    if status:
-        obj["status"] = {"result": "success", "reason": "Validated", "conditions": list(conditions)}
-        if observed is not None:
-            obj["status"]["observedGeneration"] = observed
-    return obj
 
 
 READY = cond("Ready", "True", "Validated", "The connection is reachable; model deepseek-chat ok.")
