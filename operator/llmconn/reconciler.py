@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import logging
 import random
 import time
@@ -54,7 +53,6 @@ class Conn:
     generation: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     spec: LLMConnectionSpec | None = None
-    spec_digest: str = ""  # of the raw spec, to notice changes without keeping the dict
     spec_invalid: dict[str, Any] | None = None  # the raw spec, kept only when it is invalid
     spec_error: str | None = None
     requested_at: str | None = None
@@ -102,10 +100,10 @@ class Reconciler:
         self.conns: dict[Key, Conn] = {}
         self.secret_users: dict[Key, set[Key]] = {}  # (ns, secret) -> connections using it
         self.secrets: dict[Key, SecretData] = {}  # only Secrets some connection references
+        self._events: set[asyncio.Future[None]] = set()  # transition Events being posted
         self.scheduler: Scheduler[Key] = Scheduler(
             self._work, concurrency=concurrency, on_lag=metrics.schedule_lag
         )
-        self.writes = 0
 
     # --- watch events (fast: memory and schedule only) --------------------------------
     def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -119,13 +117,15 @@ class Reconciler:
         if conn is None or first_sight:
             conn = Conn(namespace=key[0], name=key[1], uid=meta.get("uid", ""))
             conn.status = dict(body.get("status") or {})
-            conn.handled_generation = int(conn.status.get("observedGeneration") or 0)
-            conn.handled_requested_at = conn.status.get("lastHandledRequestedAt")
             self.conns[key] = conn
+            self.metrics.set_connections(len(self.conns))
         generation = int(meta.get("generation") or 1)
         if generation != conn.generation:
+            # The API server bumps the generation on every spec change (status is a
+            # subresource), so the spec is parsed again only then.
             conn.generation_since = time.time() if not first_sight else _created(meta)
-        conn.generation = generation
+            conn.generation = generation
+            self._set_spec(conn, body.get("spec") or {})
         conn.meta = {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")}
         conn.requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT)
         # What the object's status says was handled counts too: the watch event of our own
@@ -136,9 +136,6 @@ class Reconciler:
         )
         if conn.requested_at and written.get("lastHandledRequestedAt") == conn.requested_at:
             conn.handled_requested_at = conn.requested_at
-        if _json_digest(body.get("spec")) != conn.spec_digest:
-            self._set_spec(conn, body.get("spec") or {})
-        self.metrics.set_connections(len(self.conns))
 
         if conn.spec is not None and conn.spec.suspend:
             self.scheduler.cancel(key)
@@ -228,7 +225,6 @@ class Reconciler:
     def _set_spec(self, conn: Conn, raw: dict[str, Any]) -> None:
         for name in conn.secret_names:
             self._unuse((conn.namespace, name), conn.key)
-        conn.spec_digest = _json_digest(raw)
         try:
             conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(raw), None, None
         except (pydantic.ValidationError, ValueError) as exc:
@@ -288,12 +284,15 @@ class Reconciler:
         source = _RecordingSecrets(self, conn)
         started = time.perf_counter()
         probe = asyncio.ensure_future(self._verdict(conn, source))
-        if not conn.status.get("conditions"):
-            # A new connection: show Reconciling if the first probe takes a while.
-            done, _ = await asyncio.wait({probe}, timeout=PENDING_AFTER)
-            if not done:
-                await self._write(conn, st.pending_status(generation, _now()))
-        verdict = await probe
+        try:
+            if not conn.status.get("conditions"):
+                # A new connection: show Reconciling if the first probe takes a while.
+                done, _ = await asyncio.wait({probe}, timeout=PENDING_AFTER)
+                if not done:
+                    await self._write(conn, st.pending_status(generation, _now()))
+            verdict = await probe
+        finally:
+            probe.cancel()  # a no-op once done; stops the probe if the early write failed
         if self.conns.get(conn.key) is not conn:
             return  # deleted or replaced while probing
         grace_over = time.time() - conn.generation_since >= self.defaults.missing_secret_grace
@@ -319,7 +318,6 @@ class Reconciler:
 
     async def _write(self, conn: Conn, patch: dict[str, Any]) -> None:
         obj = await self.kube.patch_status(conn.namespace, conn.name, patch)
-        self.writes += 1
         conn.status = dict(obj.get("status") or {})
         conn.meta["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
 
@@ -356,8 +354,8 @@ class Reconciler:
                     message=f"{verdict.reason.value}: {verdict.message}",
                 )
             )
-            _background.add(task)
-            task.add_done_callback(_background.discard)
+            self._events.add(task)
+            task.add_done_callback(self._events.discard)
 
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> None:
@@ -369,17 +367,14 @@ class Reconciler:
 
     async def flush_events(self, timeout: float) -> None:
         """Let transition Events still being posted reach the API before shutdown."""
-        if _background:
-            await asyncio.wait(set(_background), timeout=timeout)
+        if self._events:
+            await asyncio.wait(set(self._events), timeout=timeout)
 
     async def _gauges(self) -> None:
         while True:
             self.metrics.set_in_flight(self.scheduler.in_flight)
             self.metrics.set_queue_depth(self.scheduler.queue_depth)
             await asyncio.sleep(1.0)
-
-
-_background: set[asyncio.Future[None]] = set()
 
 
 class _RecordingSecrets:
@@ -411,10 +406,6 @@ def _digest(spec: LLMConnectionSpec | None, secret: str, data: SecretData | None
             value = None if data is None else data.data.get(ref.key)
             h.update(ref.key.encode() + b"\0" + (b"\1" + value if value is not None else b"\2"))
     return h.hexdigest()
-
-
-def _json_digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _observed_rv(conn: Conn, secret: str) -> str | None:
