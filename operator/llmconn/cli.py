@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from llmconn import logs
 from llmconn.egress import EgressPolicy
 from llmconn.oneshot import InputError, Outcome, exit_code, load, validate_all
 from llmconn.spec import parse_duration
@@ -104,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
         "repeat or comma-separate",
     )
     v.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
+        help="what to log on stderr (default warning); secrets are redacted at every level",
+    )
+    v.add_argument(
         "--egress-allow",
         action="append",
         default=[],
@@ -128,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    logs.setup(args.log_level, "llmconn validate")
     try:
         egress = EgressPolicy.from_strings(deny=args.egress_deny, allow=args.egress_allow)
     except ValueError as exc:

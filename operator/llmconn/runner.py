@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import random
 from collections.abc import Sequence
 
 import kopf
 
+from llmconn import logs
 from llmconn.config import from_args
 from llmconn.peering import own_identity
 
@@ -20,8 +20,7 @@ def main(argv: Sequence[str]) -> int:
         quiet=config.log_level in ("warning", "error"),
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
     )
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    logging.getLogger("httpcore2").setLevel(logging.WARNING)
+    logs.guard()
     import llmconn.handlers  # noqa: F401  (registers the handlers with Kopf)
 
     # Kopf freezes every operator of a peering when their priorities are equal, and a

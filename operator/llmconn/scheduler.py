@@ -3,6 +3,10 @@
 A heap of (due time, key) instead of a task or timer per connection: 10,000 connections cost
 10,000 heap entries and a handful of tasks, and the pool bounds probes in flight. Re-scheduling
 a key supersedes its older entry (lazy deletion), so the heap never needs searching.
+
+Keys belong to groups (the operator's: namespaces), and one group holds at most `group_limit`
+workers: a due key whose group is at its limit waits aside, keeping its place in time, and the
+next due key of another group runs. So one tenant's slow endpoints never hold every worker.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import heapq
 import itertools
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -26,6 +31,8 @@ class Scheduler(Generic[K]):
         concurrency: int,
         clock: Callable[[], float] = time.monotonic,
         on_lag: Callable[[float], None] | None = None,
+        group: Callable[[K], Hashable] = lambda _key: None,
+        group_limit: int | None = None,
     ) -> None:
         self._work = work
         self._clock = clock
@@ -40,6 +47,11 @@ class Scheduler(Generic[K]):
         self._again: set[K] = set()  # asked for while running: run once more right after
         self.concurrency = concurrency
         self._on_lag = on_lag  # told how late each validation starts against its plan
+        self._group = group
+        self._group_limit = group_limit or concurrency
+        self._group_running: Counter[Hashable] = Counter()
+        # Due keys whose group was at its limit, with their heap entries, by group.
+        self._held: dict[Hashable, list[tuple[float, int, K]]] = {}
 
     # --- scheduling ----------------------------------------------------------------
     def at(self, key: K, due: float) -> None:
@@ -67,10 +79,6 @@ class Scheduler(Generic[K]):
     def cancel(self, key: K) -> None:
         self._due.pop(key, None)
         self._again.discard(key)
-
-    def planned(self, key: K) -> float | None:
-        entry = self._due.get(key)
-        return entry[0] if entry else None
 
     @property
     def in_flight(self) -> int:
@@ -100,6 +108,7 @@ class Scheduler(Generic[K]):
                 self._slots.release()
                 self.at(key, self._clock())
                 continue
+            self._group_running[self._group(key)] += 1
             task = asyncio.create_task(self._run_one(key), name=f"validate {key}")
             self._running[key] = task
 
@@ -123,6 +132,12 @@ class Scheduler(Generic[K]):
                         del self._due[key]
                     continue
                 delay = due - self._clock()
+                if delay <= 0 and self._group_running[group := self._group(key)] >= (
+                    self._group_limit
+                ):
+                    # Its group has all the workers it may have: aside until one ends.
+                    self._held.setdefault(group, []).append(heapq.heappop(self._heap))
+                    continue
                 if delay <= 0:
                     heapq.heappop(self._heap)
                     del self._due[key]
@@ -140,6 +155,13 @@ class Scheduler(Generic[K]):
             await self._work(key)
         finally:
             self._running.pop(key, None)
+            group = self._group(key)
+            self._group_running[group] -= 1
+            if not self._group_running[group]:
+                del self._group_running[group]
+            for entry in self._held.pop(group, ()):
+                heapq.heappush(self._heap, entry)  # superseded ones are dropped as usual
+            self._wake.set()
             self._slots.release()
             if key in self._again:
                 self._again.discard(key)

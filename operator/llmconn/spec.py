@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,7 +27,34 @@ _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # Headers that carry credentials: never in plain `headers`, always in `headersFromSecret`.
-CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-goog-api-key"})
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"}
+)
+# Headers the HTTP client owns (framing, routing, the connection itself): a spec that set
+# them could smuggle a second request or reach another virtual host.
+CONNECTION_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# An RFC 9110 token: what a header name may be.
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+# What the API server accepts as a Secret's name (a DNS-1123 subdomain) and as a key in its
+# data. Names go into API paths: anything else ("../other-ns/secrets/x") is refused here, in
+# the CRD, and again by the API client.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# The longest probe a connection may ask for: one tenant's slow endpoints hold workers.
+MAX_TIMEOUT = 60.0
+# A model or deployment goes into URL paths: "." and ".." segments would climb them.
+_DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
 
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=64)]
 
@@ -69,18 +97,59 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+def _secret_name(value: str) -> str:
+    if not re.fullmatch(SECRET_NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a Secret name: lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit (a Secret in the connection's "
+            "own namespace)"
+        )
+    return value
+
+
+def _secret_key(value: str) -> str:
+    if not re.fullmatch(SECRET_KEY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Secret key: letters, digits, '-', '_' and '.'")
+    return value
+
+
+def _path_segments(value: str) -> str:
+    if _DOT_SEGMENT.search(value):
+        raise ValueError(f"{value!r} has a '.' or '..' path segment")
+    return value
+
+
+def _header_name(value: str) -> str:
+    if not re.fullmatch(HEADER_NAME_PATTERN, value):
+        raise ValueError(f"{value!r} is not a header name")
+    lower = value.lower()
+    if lower in CONNECTION_HEADERS or (
+        lower.startswith("proxy-") and lower != "proxy-authorization"
+    ):
+        raise ValueError(f"header {value!r} is set by the HTTP client and cannot be given")
+    return value
+
+
+SecretName = Annotated[str, StringConstraints(max_length=253), AfterValidator(_secret_name)]
+SecretKey = Annotated[str, StringConstraints(max_length=253), AfterValidator(_secret_key)]
+HeaderName = Annotated[str, StringConstraints(max_length=256), AfterValidator(_header_name)]
+PathName = Annotated[
+    str, StringConstraints(min_length=1, max_length=256), AfterValidator(_path_segments)
+]
+
+
 class SecretKeyRef(_Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=253)]
-    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "apiKey"
+    name: SecretName
+    key: SecretKey = "apiKey"
 
 
 class SecretHeader(_Strict):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    name: HeaderName
     secret_key_ref: SecretKeyRef = Field(alias="secretKeyRef")
 
 
 class AzureSpec(_Strict):
-    deployment: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    deployment: PathName
     api_version: str = Field(default="2024-10-21", alias="apiVersion")
 
 
@@ -98,9 +167,11 @@ class ValidationSpec(_Strict):
 
     @field_validator("timeout")
     @classmethod
-    def _timeout_positive(cls, value: str | None) -> str | None:
+    def _timeout_bounded(cls, value: str | None) -> str | None:
         if value is not None and parse_duration(value) <= 0:
             raise ValueError("timeout must be more than 0")
+        if value is not None and parse_duration(value) > MAX_TIMEOUT:
+            raise ValueError(f"timeout must be at most {format_duration(MAX_TIMEOUT)}")
         return value
 
     @field_validator("interval")
@@ -112,7 +183,7 @@ class ValidationSpec(_Strict):
 
 
 class CABundleRef(SecretKeyRef):
-    key: Annotated[str, StringConstraints(min_length=1, max_length=253)] = "ca.crt"
+    key: SecretKey = "ca.crt"
 
 
 class TLSSpec(_Strict):
@@ -123,7 +194,7 @@ class TLSSpec(_Strict):
 class LLMConnectionSpec(_Strict):
     provider: str
     endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    model: PathName | None = None
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
     headers: dict[str, str] = Field(default_factory=dict, max_length=32)
     headers_from_secret: list[SecretHeader] = Field(
@@ -152,16 +223,25 @@ class LLMConnectionSpec(_Strict):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("endpoint must be an absolute http or https URL with a host")
+        if "?" in value or "#" in value:
+            raise ValueError("endpoint must not have a query (?) or fragment (#)")
+        try:
+            parts.port  # noqa: B018  (raises for a port that is not a number in range)
+        except ValueError:
+            raise ValueError("endpoint has an invalid port") from None
         return value
 
     @field_validator("headers")
     @classmethod
-    def _no_credential_headers(cls, value: dict[str, str]) -> dict[str, str]:
+    def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
             if name.lower() in CREDENTIAL_HEADERS:
                 raise ValueError(
                     f"header {name!r} carries credentials: put it in headersFromSecret instead"
                 )
+            if name.lower().startswith("proxy-"):
+                raise ValueError(f"header {name!r} is set by the HTTP client and cannot be given")
+            _header_name(name)
         return value
 
     @model_validator(mode="after")
@@ -177,6 +257,16 @@ class LLMConnectionSpec(_Strict):
             raise ValueError("the mcp block is only allowed with provider mcp")
         if info.default_endpoint is None and self.endpoint is None:
             raise ValueError(f"endpoint is required for provider {self.provider}")
+        seen: set[str] = set()
+        for name in [*self.headers, *(h.name for h in self.headers_from_secret)]:
+            if name.lower() in seen:
+                raise ValueError(f"header {name!r} is given twice (names ignore case)")
+            seen.add(name.lower())
+        if self.api_key_secret_ref is not None and info.auth.header in seen:
+            raise ValueError(
+                f"headersFromSecret sets {info.auth.header!r}, the header apiKeySecretRef "
+                f"fills for provider {self.provider}: use one of the two"
+            )
         return self
 
     # Derived facts, in one place.

@@ -1,27 +1,136 @@
-"""From the previous status and a new verdict to the next status: damping and conditions.
+"""From the previous status and a new verdict to the next status: damping, conditions, bounds.
 
 Pure functions, no Kubernetes calls. `result`/`reason`/`message`/... describe the latest
 probe; the `Ready` condition is the damped verdict consumers gate on; `Stalled` marks what
 only a human can fix; `Reconciling` shows before the first verdict of a new connection.
+
+Whatever a provider sends, a status stays small: every string a provider can influence is
+cut to a fixed length, `details` keeps at most MAX_DETAILS entries, and `bounded()` makes
+sure the whole status stays under MAX_STATUS_BYTES of JSON (the CRD's status schema carries
+the same limits, so the API server refuses what this module would not write).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from llmconn.reasons import MISSING_SECRET, STALLING, TRANSIENT, Reason, Result
-from llmconn.validate import status_fields
 from llmconn.verdict import Verdict
 
 READY, STALLED, RECONCILING = "Ready", "Stalled", "Reconciling"
 
+# Bounds on what a provider can put in a status (the CRD's status schema says the same).
+MAX_MESSAGE = 2048  # status.message and every condition message, in characters
+MAX_CODE = 128  # status.code, status.requestId
+MAX_DETAILS = 32  # entries in status.details
+MAX_DETAIL_KEY = 64
+MAX_DETAIL_VALUE = 256
+MAX_REQUESTED_AT = 128  # lastHandledRequestedAt: an annotation value, any length
+MAX_STATUS_BYTES = 16 * 1024  # the whole status as JSON
 
-def rfc3339(when: dt.datetime) -> str:
-    return (
-        when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
-    )
+# status keys that describe the latest probe; `status_fields` emits those that have a value,
+# so a caller writing a merge patch nulls the rest.
+LATEST_PROBE_KEYS = (
+    "result",
+    "reason",
+    "message",
+    "httpStatus",
+    "code",
+    "latencyMs",
+    "lastValidationTime",
+    "provider",
+    "model",
+    "endpoint",
+    "validation",
+    "requestId",
+    "observedSecrets",
+    "details",
+)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    """2026-11-22T10:30:00.123Z: UTC, milliseconds, Z."""
+    utc = moment.astimezone(dt.UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "\u2026"
+
+
+def _details(details: Mapping[str, str]) -> dict[str, str]:
+    """The first MAX_DETAILS entries, keys and values cut to length."""
+    out: dict[str, str] = {}
+    for key, value in details.items():
+        if len(out) == MAX_DETAILS:
+            break
+        out[str(_cut(key, MAX_DETAIL_KEY))] = str(_cut(value, MAX_DETAIL_VALUE))
+    return out
+
+
+def status_fields(verdict: Verdict) -> dict[str, Any]:
+    """The status keys for the latest probe, bounded; keys without a value are left out
+    (see LATEST_PROBE_KEYS for the full list)."""
+    fields: dict[str, Any] = {
+        "result": verdict.result.value,
+        "reason": verdict.reason.value,
+        "message": _cut(verdict.message, MAX_MESSAGE),
+        "httpStatus": verdict.http_status,
+        "code": _cut(verdict.code, MAX_CODE),
+        "latencyMs": verdict.latency_ms,
+        "lastValidationTime": rfc3339(verdict.finished_at),
+        "provider": verdict.provider,
+        "model": verdict.model,
+        "endpoint": verdict.endpoint,
+        "validation": verdict.validation.as_status(),
+        "requestId": _cut(verdict.request_id, MAX_CODE),
+        "observedSecrets": [
+            {
+                "name": s.name,
+                **({"resourceVersion": s.resource_version} if s.resource_version else {}),
+            }
+            for s in verdict.observed_secrets
+        ],
+        "details": _details(verdict.details),
+    }
+    return {key: value for key, value in fields.items() if value not in (None, [], {})}
+
+
+def size(status: Mapping[str, Any]) -> int:
+    """Bytes of the status as JSON (what the API server stores)."""
+    return len(json.dumps(status, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def bounded(status: dict[str, Any]) -> dict[str, Any]:
+    """The status, shrunk until it fits MAX_STATUS_BYTES: details go first (last entry first),
+    then every message is cut shorter. Field caps make this rare; it is the guarantee."""
+    if size(status) <= MAX_STATUS_BYTES:
+        return status
+    details = dict(status.get("details") or {})
+    while details and size(status) > MAX_STATUS_BYTES:
+        details.popitem()
+        status = {**status, "details": details} if details else _without(status, "details")
+    limit = MAX_MESSAGE
+    while size(status) > MAX_STATUS_BYTES and limit > 64:
+        limit //= 2
+        status = {
+            **status,
+            **({"message": _cut(status["message"], limit)} if "message" in status else {}),
+            "conditions": [
+                {**c, "message": _cut(c.get("message"), limit)}
+                for c in status.get("conditions") or []
+            ],
+        }
+    return status
+
+
+def _without(status: Mapping[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k != key}
 
 
 def find(conditions: list[dict[str, Any]], type_: str) -> dict[str, Any] | None:
@@ -47,7 +156,7 @@ def _condition(
         "type": type_,
         "status": status,
         "reason": reason,
-        "message": message[:32768],
+        "message": _cut(message, MAX_MESSAGE),
         "observedGeneration": generation,
         "lastTransitionTime": now if changed else prev.get("lastTransitionTime", now),  # type: ignore[union-attr]
     }
@@ -117,7 +226,7 @@ def next_status(
     elif prev.get("lastSuccessTime"):
         status["lastSuccessTime"] = prev["lastSuccessTime"]
     if requested_at is not None:
-        status["lastHandledRequestedAt"] = requested_at
+        status["lastHandledRequestedAt"] = requested_at[:MAX_REQUESTED_AT]
     elif prev.get("lastHandledRequestedAt"):
         status["lastHandledRequestedAt"] = prev["lastHandledRequestedAt"]
 
@@ -155,7 +264,7 @@ def next_status(
             )
         )
     status["conditions"] = new_conditions
-    return status
+    return bounded(status)
 
 
 def merge_patch(prev: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

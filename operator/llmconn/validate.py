@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpcore2
 import httpx2
 
+from llmconn import logs
 from llmconn.http import (
     PHASE_RECORDER,
     ClientPool,
@@ -60,25 +61,9 @@ log = logging.getLogger(__name__)
 
 # ctx.phase_ms keys reported in status.details, as <phase>Ms.
 TIMED_PHASES = ("dns", "connect", "tls", "response")
-
-# status keys that describe the latest probe (API.md); `status_fields` emits those that
-# have a value, so a caller writing a merge patch nulls the rest.
-LATEST_PROBE_KEYS = (
-    "result",
-    "reason",
-    "message",
-    "httpStatus",
-    "code",
-    "latencyMs",
-    "lastValidationTime",
-    "provider",
-    "model",
-    "endpoint",
-    "validation",
-    "requestId",
-    "observedSecrets",
-    "details",
-)
+# Provider text (messages, codes, details) is cut to this before redaction, so that a
+# megabyte error body costs neither redaction time nor log volume; status.py cuts further.
+MAX_TEXT = 4096
 
 
 def _utcnow() -> dt.datetime:
@@ -108,20 +93,22 @@ async def validate(
         redact = Redactor(used.credentials if used is not None else ())
         details = dict(outcome.details)
         if ctx is not None:
-            details = {**_phase_details(ctx.phase_ms), **ctx.details, **details}
+            # The probe's own facts first: status keeps only the first entries.
+            merged = {**_phase_details(ctx.phase_ms), **ctx.details, **details}
+            details = {k: merged[k] for k in dict.fromkeys([*details, *merged])}
         return Verdict(
             reason=outcome.reason,
-            message=redact.text(outcome.message),
+            message=redact.text(outcome.message[:MAX_TEXT]),
             provider=spec.provider,
             endpoint=_without_credentials(endpoint),
             model=spec.model or (spec.azure.deployment if spec.azure else None),
             validation=settings,
             finished_at=now(),
             http_status=outcome.http_status,
-            code=redact.optional(outcome.code),
+            code=redact.optional(outcome.code[:MAX_TEXT] if outcome.code else outcome.code),
             latency_ms=latency_ms,
             request_id=redact.optional(ctx.request_id if ctx is not None else None),
-            details=redact.mapping(details),
+            details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
             secret_digest=used.digest if used is not None else "",
@@ -135,31 +122,33 @@ async def validate(
         return finish(used.failure, used)
 
     tls = TLSOptions(ca_bundle=used.ca_bundle, insecure_skip_verify=spec.tls.insecure_skip_verify)
-    try:
-        async with pool.lease(tls) as client:
-            ctx = ProbeContext(
-                provider=info,
-                endpoint=endpoint,
-                validation_type=settings.type,
-                http=client,
-                timeout=settings.timeout,
-                model=spec.model,
-                api_key=used.api_key,
-                api_key_ref=spec.api_key_secret_ref,
-                headers={**spec.headers, **used.headers},
-                azure=spec.azure,
-                mcp=spec.mcp,
+    # Log records name no secret of this probe, whoever writes them (see llmconn.logs).
+    with logs.in_use(used.credentials):
+        try:
+            async with pool.lease(tls) as client:
+                ctx = ProbeContext(
+                    provider=info,
+                    endpoint=endpoint,
+                    validation_type=settings.type,
+                    http=client,
+                    timeout=settings.timeout,
+                    model=spec.model,
+                    api_key=used.api_key,
+                    api_key_ref=spec.api_key_secret_ref,
+                    headers={**spec.headers, **used.headers},
+                    azure=spec.azure,
+                    mcp=spec.mcp,
+                )
+                outcome, latency_ms = await _run(ctx, settings)
+        except InvalidCABundle as exc:  # raised only while making the client: no probe ran
+            ref = spec.tls.ca_bundle_secret_ref
+            where = f"key {ref.key} of Secret {ref.name}" if ref else "the CA bundle"
+            return finish(
+                _outcome(
+                    Reason.INVALID_CONFIGURATION, f"spec.tls.caBundleSecretRef: {where} is {exc}."
+                ),
+                used,
             )
-            outcome, latency_ms = await _run(ctx, settings)
-    except InvalidCABundle as exc:  # raised only while making the client: no probe ran
-        ref = spec.tls.ca_bundle_secret_ref
-        where = f"key {ref.key} of Secret {ref.name}" if ref else "the CA bundle"
-        return finish(
-            _outcome(
-                Reason.INVALID_CONFIGURATION, f"spec.tls.caBundleSecretRef: {where} is {exc}."
-            ),
-            used,
-        )
     return finish(outcome, used, ctx, latency_ms)
 
 
@@ -345,7 +334,10 @@ def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
     )
     parts = urlsplit(ctx.endpoint)
     host = parts.hostname or "the endpoint"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # never raise while classifying: the spec refuses such ports anyway
+        port = 0
     budget = format_duration(ctx.timeout)
 
     if isinstance(leaf, ProbeFailure):
@@ -461,40 +453,3 @@ def _without_credentials(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
-# --- status ----------------------------------------------------------------------------
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    """2026-11-22T10:30:00.123Z: UTC, milliseconds, Z."""
-    utc = moment.astimezone(dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def status_fields(verdict: Verdict) -> dict[str, Any]:
-    """The status keys API.md defines for the latest probe; keys without a value are left
-    out (see LATEST_PROBE_KEYS for the full list)."""
-    fields: dict[str, Any] = {
-        "result": verdict.result.value,
-        "reason": verdict.reason.value,
-        "message": verdict.message,
-        "httpStatus": verdict.http_status,
-        "code": verdict.code,
-        "latencyMs": verdict.latency_ms,
-        "lastValidationTime": rfc3339(verdict.finished_at),
-        "provider": verdict.provider,
-        "model": verdict.model,
-        "endpoint": verdict.endpoint,
-        "validation": verdict.validation.as_status(),
-        "requestId": verdict.request_id,
-        "observedSecrets": [
-            {
-                "name": s.name,
-                **({"resourceVersion": s.resource_version} if s.resource_version else {}),
-            }
-            for s in verdict.observed_secrets
-        ],
-        "details": dict(verdict.details),
-    }
-    return {key: value for key, value in fields.items() if value not in (None, [], {})}

@@ -77,3 +77,62 @@ async def test_cancel_and_drain():
     gate.set()
     await s.drain(timeout=2)
     assert ran == ["x"]
+
+
+async def test_a_group_at_its_limit_does_not_hold_back_another_group():
+    # Namespace "slow" has eight due keys whose work never ends; "fast" has one, due last.
+    # With four workers and two per group, "fast" runs while "slow" still waits.
+    started: list[tuple[str, int]] = []
+    hang = asyncio.Event()
+    fast_ran = asyncio.Event()
+
+    async def work(key: tuple[str, int]) -> None:
+        started.append(key)
+        if key[0] == "fast":
+            fast_ran.set()
+            return
+        await hang.wait()
+
+    s: Scheduler[tuple[str, int]] = Scheduler(
+        work, concurrency=4, group=lambda key: key[0], group_limit=2
+    )
+    now = asyncio.get_running_loop().time()
+    for i in range(8):
+        s.at(("slow", i), now - 10 + i)  # all overdue, and ahead of "fast"
+    s.at(("fast", 0), now)
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(fast_ran.wait(), 5)
+    assert [k for k in started if k[0] == "slow"] == [("slow", 0), ("slow", 1)]
+    assert s.in_flight == 2 and s.queue_depth == 6  # the held keys still count as due
+    hang.set()  # the slow ones end: the held keys run, in their order, two at a time
+    while len(started) < 9:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert [k for k in started if k[0] == "slow"] == [("slow", i) for i in range(8)]
+
+
+async def test_a_held_key_that_is_cancelled_or_replanned_runs_once_at_its_new_time():
+    ran: list[str] = []
+    release = asyncio.Event()
+
+    async def work(key: str) -> None:
+        ran.append(key)
+        if key == "a1":
+            await release.wait()
+
+    s: Scheduler[str] = Scheduler(work, concurrency=4, group=lambda key: key[0], group_limit=1)
+    now = asyncio.get_running_loop().time()
+    s.at("a1", now - 3)
+    s.at("a2", now - 2)
+    s.at("a3", now - 1)
+    task = asyncio.create_task(s.run())
+    while s.in_flight < 1:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # a2 and a3 are held behind a1
+    s.cancel("a2")
+    s.at("a3", now + 3600)  # replanned far ahead: the held entry is stale
+    release.set()
+    await asyncio.sleep(0.1)
+    task.cancel()
+    assert ran == ["a1"]
+    assert len(s) == 1  # a3 at its new time, nothing else

@@ -24,7 +24,8 @@ from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok
 from llmconn.probes.errors import classify_error
 from llmconn.reasons import Reason, Result
 from llmconn.spec import parse_spec
-from llmconn.validate import LATEST_PROBE_KEYS, rfc3339, status_fields, validate
+from llmconn.status import LATEST_PROBE_KEYS, rfc3339, status_fields
+from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData
 from servers.misbehaving import (
     Huge,

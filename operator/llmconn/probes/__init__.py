@@ -28,6 +28,11 @@ class Auth(StrEnum):
     GOOG = "x-goog-api-key"  # Gemini
     AZURE = "api-key"  # Azure OpenAI
 
+    @property
+    def header(self) -> str:
+        """The request header the key goes in, lower case."""
+        return "authorization" if self is Auth.BEARER else self.value
+
 
 @dataclass(frozen=True)
 class ProviderInfo:

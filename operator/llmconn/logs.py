@@ -1,0 +1,142 @@
+"""Logging for `llmconn run` and `llmconn validate`, guarded in one place.
+
+Two rules, whatever the configured level:
+
+- Loggers that see raw HTTP traffic never go below WARNING. At debug level they print header
+  values (`hpack` prints `x-api-key`, `api-key` and `x-goog-api-key` in clear, and its
+  Huffman-coded header blocks decode back to `Authorization`), request lines and bodies.
+- Every record that reaches a handler of the root logger passes `RedactingFilter`: the secret
+  values of the validations in flight (`in_use`), the operator's own API credentials
+  (`protect`), and anything shaped like a credential header or a bearer token are replaced by
+  the redaction marker, in the message, its arguments and any traceback.
+
+The filter is the last line of defence: code logs no secret on purpose, and provider text in
+a verdict is redacted before anyone logs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from llmconn.redact import MARKER, Redactor
+
+# Loggers of the HTTP stacks (probes, the operator's API client, Kopf's) and of the MCP SDK.
+RAW_LOGGERS = (
+    "hpack",
+    "h2",
+    "httpcore2",
+    "httpx2",
+    "httpcore",
+    "httpx",
+    "mcp",
+    "aiohttp",
+)
+
+# "Authorization: Bearer x", "'x-api-key': 'x'", "(b'api-key', b'x')", "Bearer x", "Basic x".
+_CREDENTIAL_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key|cookie)"
+    r"""(["']?\s*[:=,]\s*(?-i:b)?["']?\s*)(?:(?:bearer|basic)\s+)?[^\s"',;)}\]]+"""
+)
+_TOKEN = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}")
+
+
+class _Live:
+    """The secret values in use right now, counted (two probes may share a key)."""
+
+    def __init__(self) -> None:
+        self._values: Counter[str] = Counter()
+        self._permanent: set[str] = set()
+        self._redactor: Redactor | None = Redactor(())
+
+    def add(self, values: Iterable[str]) -> None:
+        self._values.update(v for v in values if v)
+        self._redactor = None
+
+    def remove(self, values: Iterable[str]) -> None:
+        self._values.subtract(v for v in values if v)
+        self._values = +self._values  # drop the ones no longer in use
+        self._redactor = None
+
+    def protect(self, value: str) -> None:
+        if value and value not in self._permanent:
+            self._permanent.add(value)
+            self._redactor = None
+
+    @property
+    def redactor(self) -> Redactor:
+        redactor = self._redactor
+        if redactor is None:  # rebuilt only when a record needs it after a change
+            redactor = self._redactor = Redactor([*self._values, *self._permanent])
+        return redactor
+
+
+_LIVE = _Live()
+
+
+@contextlib.contextmanager
+def in_use(values: Iterable[str]) -> Iterator[None]:
+    """Redact these values from every log record while the block runs."""
+    values = list(values)
+    _LIVE.add(values)
+    try:
+        yield
+    finally:
+        _LIVE.remove(values)
+
+
+def protect(value: str) -> None:
+    """Redact this value from every log record for the life of the process."""
+    _LIVE.protect(value.removeprefix("Bearer ").strip())
+
+
+def redact(text: str) -> str:
+    text = _LIVE.redactor.text(text)
+    text = _CREDENTIAL_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text)
+    return _TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text)
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts each record once, before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_llmconn_redacted", False):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string: show the template, never the args
+            message = str(record.msg)
+        record.msg, record.args = redact(message), None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, redact(text)
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        record._llmconn_redacted = True
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def guard() -> None:
+    """Apply both rules to the logging set up so far (call after handlers are installed)."""
+    for name in RAW_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.level, logging.WARNING))
+    for handler in logging.getLogger().handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
+
+
+def setup(level: str, prefix: str) -> None:
+    """Plain logging to stderr for commands that are not the operator (`llmconn validate`)."""
+    logging.basicConfig(
+        level=level.upper(), format=f"{prefix}: %(levelname)s %(name)s: %(message)s", force=True
+    )
+    guard()

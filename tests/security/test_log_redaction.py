@@ -1,0 +1,92 @@
+"""No key in any log, at any level: the raw HTTP loggers stay quiet and every record is
+redacted before a handler formats it. (The operator run at debug level with canary keys in
+every credential position is in tests/e2e/test_security.py.)"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from llmconn import logs
+
+KEY = "sk-canary-4f1c9a7e2b8d6053aa"
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.operator-token-canary.c2lnbmF0dXJl"
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    logs.guard()
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@pytest.mark.parametrize("name", logs.RAW_LOGGERS)
+def test_loggers_that_see_raw_headers_never_log_below_warning(
+    captured: io.StringIO, name: str
+) -> None:
+    logging.getLogger(name).debug("Encoding header (b'x-api-key', b'%s')", KEY)
+    logging.getLogger(name + ".sub").info("header %s", KEY)
+    assert captured.getvalue() == ""
+
+
+def test_a_record_names_no_key_in_use_in_any_form(captured: io.StringIO) -> None:
+    log = logging.getLogger("llmconn.test")
+    with logs.in_use([KEY]):
+        log.warning("echoed %s", KEY)
+        log.warning("upper %s", KEY.upper())
+        log.warning("basic %s", base64.b64encode(f"user:{KEY}".encode()).decode())
+        log.warning("hex %s", KEY.encode().hex())
+        try:
+            raise ValueError(f"provider said {KEY}")
+        except ValueError:
+            log.exception("failed")
+    out = captured.getvalue()
+    assert out.count(logs.MARKER) >= 5
+    for form in (KEY, KEY.upper(), KEY[3:20], KEY.encode().hex()[:24]):
+        assert form not in out
+
+
+def test_keys_no_longer_in_use_are_forgotten_but_protected_ones_are_not(
+    captured: io.StringIO,
+) -> None:
+    logs.protect(f"Bearer {TOKEN}")
+    with logs.in_use(["temporary-value-123456"]):
+        pass
+    logging.getLogger("llmconn.test").warning("token %s and temporary-value-123456", TOKEN)
+    out = captured.getvalue()
+    assert TOKEN[:12] not in out
+    assert "temporary-value-123456" in out  # not a secret any more: no needless markers
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "sending Authorization: Bearer abc.def.ghi-unknown-token",
+        "headers {'x-api-key': 'unknown-key-material-42'}",
+        "(b'api-key', b'unknown-key-material-42')",
+        "Cookie=session-unknown-key-material-42",
+        "proxy-authorization: Basic dXNlcjpwYXNzd29yZA==",
+    ],
+)
+def test_credential_shaped_text_is_redacted_even_when_the_value_is_unknown(
+    captured: io.StringIO, line: str
+) -> None:
+    logging.getLogger("kopf.test").info("%s", line)
+    out = captured.getvalue()
+    assert logs.MARKER in out
+    for secret in ("abc.def.ghi", "unknown-key-material", "dXNlcjpwYXNzd29yZA"):
+        assert secret not in out
