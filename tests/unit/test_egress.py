@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpcore2
 import httpx2
 import pytest
 
 from llmconn import http as http_mod
-from llmconn.egress import EgressPolicy, Rule
+from llmconn.egress import EgressPolicy, Rule, carried_ipv4
 from llmconn.http import ClientPool, DNSLookupError, EgressDenied, TLSOptions
 from servers.misbehaving import RawServer, answer, make_tls
 
@@ -34,6 +36,174 @@ def test_link_local_metadata_and_unspecified_are_denied_by_default(ip: str) -> N
     why = EgressPolicy().check("example.com", ip)
     assert why is not None
     assert "always denied" in why
+
+
+@pytest.mark.parametrize(
+    ("ip", "owner"),
+    [
+        ("100.100.100.200", "Alibaba Cloud"),
+        ("168.63.129.16", "Azure"),
+        ("192.0.0.192", "Oracle Cloud"),
+        ("fd00:ec2::254", "AWS"),
+        ("fd00:ec2::23", "EKS Pod Identity"),
+        ("fd20:ce::254", "Google Cloud"),
+        ("fd00:42::42", "Scaleway"),
+    ],
+)
+def test_metadata_addresses_outside_link_local_are_denied_by_name(ip: str, owner: str) -> None:
+    why = EgressPolicy.from_strings(allow=["0.0.0.0/0", "::/0"]).check("x", ip)
+    assert why is not None
+    assert owner in why
+    assert "always denied" in why
+    # ... and only those addresses: their neighbours are ordinary destinations.
+    neighbour = str(ipaddress.ip_address(ip) + 1)
+    assert EgressPolicy().check("x", neighbour) is None
+
+
+# Every IPv6 spelling of an IPv4 address the operator unwraps, for 169.254.169.254 (a9fe:a9fe),
+# 100.100.100.200 (6464:64c8) and 127.0.0.1 (7f00:1).
+IPV6_FORMS = {
+    "169.254.169.254": [
+        ("::ffff:169.254.169.254", "IPv4-mapped"),
+        ("::ffff:0:a9fe:a9fe", "IPv4-translated"),
+        ("::169.254.169.254", "IPv4-compatible"),
+        ("64:ff9b::a9fe:a9fe", "NAT64"),
+        ("64:ff9b:1::a9fe:a9fe", "NAT64 local-use, read as /96"),
+        ("64:ff9b:1:a9:fe:a9fe::", "NAT64 local-use, read as /56"),
+        ("2002:a9fe:a9fe::1", "6to4"),
+        ("2001:0:4136:e378:8000:63bf:5601:5601", "Teredo client"),  # 5601:5601 XOR ffff:ffff
+    ],
+    "100.100.100.200": [
+        ("::ffff:100.100.100.200", "IPv4-mapped"),
+        ("::ffff:0:6464:64c8", "IPv4-translated"),
+        ("::6464:64c8", "IPv4-compatible"),
+        ("64:ff9b::6464:64c8", "NAT64"),
+        ("64:ff9b:1::6464:64c8", "NAT64 local-use, read as /96"),
+        ("2002:6464:64c8::", "6to4"),
+        ("2001:0:4136:e378:8000:63bf:9b9b:9b37", "Teredo client"),
+    ],
+    "127.0.0.1": [
+        ("::ffff:127.0.0.1", "IPv4-mapped"),
+        ("::ffff:0:127.0.0.1", "IPv4-translated"),
+        ("::127.0.0.1", "IPv4-compatible"),
+        ("64:ff9b::7f00:1", "NAT64"),
+        ("64:ff9b:1::7f00:1", "NAT64 local-use, read as /96"),
+        ("64:ff9b:1:7f00:0:100::", "NAT64 local-use, read as /48"),
+        ("64:ff9b:1:0:7f:0:100:0", "NAT64 local-use, read as /64"),
+        ("2002:7f00:1::", "6to4"),
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "Teredo client"),
+    ],
+}
+CHART_LOOPBACK_DENY = ["127.0.0.0/8", "::1/128"]  # what the chart passes by default
+
+
+def forms(ipv4: str) -> list[Any]:
+    return [pytest.param(ip, form, id=f"{form}:{ip}") for ip, form in IPV6_FORMS[ipv4]]
+
+
+@pytest.mark.parametrize("ipv4", sorted(IPV6_FORMS))
+def test_the_forms_carry_the_address_they_are_listed_for(ipv4: str) -> None:
+    for ip, form in IPV6_FORMS[ipv4]:
+        carried = {(str(c.address), c.form) for c in carried_ipv4(ipaddress.ip_address(ip))}
+        assert (ipv4, form) in carried, ip
+
+
+@pytest.mark.parametrize(("ip", "form"), forms("169.254.169.254") + forms("100.100.100.200"))
+def test_ipv6_forms_of_a_metadata_address_are_always_denied(ip: str, form: str) -> None:
+    policy = EgressPolicy.from_strings(allow=["0.0.0.0/0", "::/0", "64:ff9b::/96", "2002::/16"])
+    why = policy.check("meta.test", ip)
+    assert why is not None
+    assert f"({form})" in why
+    assert "always denied" in why
+
+
+@pytest.mark.parametrize(("ip", "form"), forms("127.0.0.1"))
+def test_ipv6_forms_of_loopback_are_denied_whenever_loopback_is(ip: str, form: str) -> None:
+    why = EgressPolicy.from_strings(deny=CHART_LOOPBACK_DENY).check("lo.test", ip)
+    assert why == f"lo.test ({ipaddress.ip_address(ip)}) carries 127.0.0.1 ({form}), which " + (
+        "matches the egress deny rule '127.0.0.0/8'"
+    )
+    assert EgressPolicy().check("lo.test", ip) is None  # loopback is allowed by default
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "::ffff:127.1.2.3",
+        "64:ff9b::127.255.255.254",
+        "::ffff:0:127.9.9.9",
+        "2002:7f12:3456::",
+    ],
+)
+def test_the_whole_loopback_network_is_unwrapped_not_only_127_0_0_1(ip: str) -> None:
+    assert EgressPolicy.from_strings(deny=CHART_LOOPBACK_DENY).check("lo", ip) is not None
+
+
+def test_deny_rules_match_the_carried_address_and_the_address_as_given() -> None:
+    policy = EgressPolicy.from_strings(deny=["10.0.0.0/8", "2002:c000:200::/40"])
+    assert policy.check("db", "64:ff9b::10.1.2.3") is not None  # the IPv4 carried
+    assert policy.check("db", "2002:c000:201::1") is not None  # the address as given
+    assert policy.check("db", "2002:c000:301::1") is None  # 192.0.3.1, in neither
+    assert policy.check("db", "64:ff9b::11.1.2.3") is None
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "64:ff9b::a29f:8cf5",  # 162.159.140.245 through DNS64/NAT64
+        "64:ff9b:1::a29f:8cf5",  # ... through a local-use /96 (its other readings are 0.0.x.x)
+        "2002:a29f:8cf5::1",
+        "2001:0:4136:e378:8000:63bf:5d60:730a",  # Teredo client 162.159.140.245
+        "2606:4700::6810:84e5",  # a plain IPv6 address carries nothing
+    ],
+)
+def test_ipv6_forms_of_public_addresses_stay_allowed(ip: str) -> None:
+    assert EgressPolicy.from_strings(deny=CHART_LOOPBACK_DENY).check("api", ip) is None
+
+
+def test_ipv4_compatible_leaves_unspecified_and_loopback_alone() -> None:
+    assert carried_ipv4(ipaddress.ip_address("::")) == ()
+    assert carried_ipv4(ipaddress.ip_address("::1")) == ()
+    assert EgressPolicy().check("localhost", "::1") is None
+    assert EgressPolicy.from_strings(deny=CHART_LOOPBACK_DENY).check("localhost", "::1") == (
+        "localhost (::1) matches the egress deny rule '::1/128'"
+    )
+
+
+def test_ipv4_mapped_unspecified_is_denied_as_the_local_host() -> None:
+    why = EgressPolicy().check("x", "::ffff:0.0.0.0")
+    assert why is not None
+    assert "unspecified" in why
+
+
+def test_for_allow_rules_the_carried_ipv4_decides_not_the_ipv6_spelling() -> None:
+    by_ipv4 = EgressPolicy.from_strings(allow=["162.159.0.0/16"])
+    assert by_ipv4.check("api", "64:ff9b::a29f:8cf5") is None  # DNS64 keeps an IPv4 allow list
+    assert by_ipv4.check("api", "2002:a29f:8cf5::1") is None
+    by_ipv6 = EgressPolicy.from_strings(allow=["64:ff9b::/96", "::/0"])
+    assert by_ipv6.check("api", "64:ff9b::a29f:8cf5") == (
+        "api (64:ff9b::a29f:8cf5) carries 162.159.140.245 (NAT64), which matches no egress "
+        "allow rule"
+    )
+    assert by_ipv6.check("api", "2606:4700::6810:84e5") is None
+    by_name = EgressPolicy.from_strings(allow=["api.example"])
+    assert by_name.check("api.example", "64:ff9b::a29f:8cf5") is None
+
+
+def test_a_local_use_nat64_address_passes_an_allow_list_only_when_every_reading_does() -> None:
+    policy = EgressPolicy.from_strings(allow=["162.159.0.0/16"])
+    why = policy.check("api", "64:ff9b:1::a29f:8cf5")
+    assert why is not None
+    assert "0.0.0.162 (NAT64 local-use, read as /64)" in why
+    assert EgressPolicy.from_strings(allow=["api"]).check("api", "64:ff9b:1::a29f:8cf5") is None
+
+
+def test_teredo_carries_the_client_and_the_server() -> None:
+    carried = carried_ipv4(ipaddress.ip_address("2001:0:4136:e378:8000:63bf:3fff:fdd2"))
+    assert [(str(c.address), c.form) for c in carried] == [
+        ("192.0.2.45", "Teredo client"),
+        ("65.54.227.120", "Teredo server"),
+    ]
 
 
 @pytest.mark.parametrize("ip", ["127.0.0.1", "::1", "10.1.2.3", "192.168.0.10", "93.184.216.34"])
@@ -217,6 +387,57 @@ async def test_one_denied_answer_among_several_refuses_the_name(dialled: list[st
         await pool.client().get("http://mixed.test/")
     await pool.aclose()
     assert dialled == []
+
+
+ALL_FORMS = [ip for ipv4 in IPV6_FORMS for ip, _ in IPV6_FORMS[ipv4]]
+
+
+@pytest.fixture
+def never_dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hosts the socket backend was asked to connect to; it connects to none of them (so a
+    broken policy fails the test instead of reaching a non-loopback address)."""
+    targets: list[str] = []
+
+    class RefusingBackend(http_mod.AnyIOBackend):
+        async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
+            targets.append(host)
+            raise httpcore2.ConnectError("test: no connection to non-loopback addresses")
+
+    monkeypatch.setattr(http_mod, "AnyIOBackend", RefusingBackend)
+    return targets
+
+
+@pytest.mark.parametrize("ip", ALL_FORMS)
+async def test_a_name_resolving_to_an_ipv6_form_of_a_denied_address_is_never_dialled(
+    never_dialled: list[str], ip: str
+) -> None:
+    resolver = mapping_resolver({"wrapped.test": [ip]})
+    pool = ClientPool(
+        EgressPolicy.from_strings(deny=CHART_LOOPBACK_DENY), resolver=resolver, proxies={}
+    )
+    with pytest.raises(EgressDenied) as denied:
+        await pool.client().get("http://wrapped.test/latest/meta-data/")
+    await pool.aclose()
+    assert denied.value.ip == ip
+    assert "carries" in denied.value.why
+    assert never_dialled == []
+
+
+@pytest.mark.parametrize("ip", ALL_FORMS)
+async def test_an_ipv6_literal_of_a_denied_address_is_refused_without_a_lookup(
+    never_dialled: list[str], ip: str
+) -> None:
+    lookups: list[str] = []
+    pool = ClientPool(
+        EgressPolicy.from_strings(deny=CHART_LOOPBACK_DENY),
+        resolver=mapping_resolver({}, lookups),
+        proxies={},
+    )
+    with pytest.raises(EgressDenied):
+        await pool.client().get(f"http://[{ip}]:8080/")
+    await pool.aclose()
+    assert lookups == []
+    assert never_dialled == []
 
 
 async def test_the_next_address_is_tried_when_one_refuses(dialled: list[str]) -> None:
