@@ -1,52 +1,91 @@
 """Remove secret values from text before it is stored, logged or printed.
 
-What is redacted, for every secret value of at least `MIN_LENGTH` characters:
+Each secret value of at least `MIN_LENGTH` characters is turned into these forms:
 
-- the value itself, wherever it appears (so also inside "Bearer <value>", URLs, JSON);
-- its URL-encoded and JSON-escaped forms, when they differ;
-- any run of the value's first `PREFIX_LENGTH` or more characters: providers echo truncated
-  keys ("sk-proj-abc123def456..."), and a long prefix of a key is still most of the key.
+- the value itself;
+- percent-encoded, as `quote(value, safe="")` and as `%XX` for every UTF-8 byte;
+- JSON-escaped (`\\uXXXX` escapes or not);
+- hex of its UTF-8 bytes;
+- base64 of its UTF-8 bytes, standard and URL-safe alphabets, at each of the three byte
+  alignments it can have inside a longer stream (so also inside base64 of "Bearer <value>" or
+  of "user:<value>"): the characters made only of the value's bits, plus, where the stream
+  ends with the value, the last character and its padding (padded or not).
 
-Not redacted: short pieces from the middle or the end of a value (providers show the last
-four characters of a key on purpose), and values shorter than `MIN_LENGTH`, which would turn
-ordinary words into markers and are no credentials. If the marker itself ends up forming a
-secret with its neighbours (only possible for secrets that contain marker text), the whole
-text is replaced by the marker.
+Matching ignores letter case (one character at a time, as `str.casefold` maps it when it maps
+a character to one character), so an upper-cased echo or lower-case percent or hex digits are
+caught. What is replaced by `MARKER`:
+
+- any run of `WINDOW` (12) or more consecutive characters of any form, anywhere in the text:
+  a prefix, a tail, a middle piece, a value split in two;
+- a form shorter than `WINDOW` characters (the forms of short values) where it appears whole.
+
+Overlapping or touching runs become one marker. If the marker forms a secret with its
+neighbours (only possible for secrets that contain marker-like text), the text is redacted
+again, and if that does not end it, the whole text is replaced by the marker.
+
+Not redacted: runs shorter than `WINDOW` characters of a longer form (such as the last four
+characters of a key, which providers show on purpose, or the few base64 characters that mix a
+key's bits with its neighbours'); values shorter than `MIN_LENGTH`, which would turn ordinary
+words into markers; any encoding not listed above (base64 of an upper-cased key, other
+escapes, encryption, a value spread over line breaks in pieces under `WINDOW` characters).
+
+Cost: a `Redactor` indexes the `WINDOW`-character windows of every form once; `text` then
+scans the text once, looking only inside runs of characters that occur in some form.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from urllib.parse import quote
 
 MARKER = "[REDACTED]"
 MIN_LENGTH = 4
-PREFIX_LENGTH = 12
+WINDOW = 12
 _ROUNDS = 3
+# base64 character k holds bits [6k, 6k+6): with `offset` bytes before the value, the first
+# character made only of the value's bits is ceil(8 * offset / 6).
+_FIRST_OWN_CHAR = (0, 2, 3)
+_URLSAFE = str.maketrans("+/", "-_")
 
 
 class Redactor:
     def __init__(self, secrets: Iterable[str]) -> None:
         forms: set[str] = set()
         for value in secrets:
-            if len(value) < MIN_LENGTH:
-                continue
-            forms.update((value, quote(value, safe=""), json.dumps(value)[1:-1]))
-        # Longest first, so that a prefix rule never cuts a longer exact match short.
-        self._forms = sorted(forms, key=len, reverse=True)
+            if len(value) >= MIN_LENGTH:
+                forms.update(_fold(form) for form in _forms(value))
+        self._windows: set[str] = set()
+        self._whole: list[str] = []  # forms shorter than a window, matched whole
+        chars: set[str] = set()
+        for form in forms:
+            if len(form) >= WINDOW:
+                self._windows.update(form[i : i + WINDOW] for i in range(len(form) - WINDOW + 1))
+                chars.update(form)
+            elif len(form) >= MIN_LENGTH:
+                self._whole.append(form)
+        # Only runs of characters that occur in some form can hold a window: skipping the rest
+        # (spaces, most punctuation) keeps the scan of ordinary text in C.
+        self._runs = (
+            re.compile("[" + "".join(map(re.escape, sorted(chars))) + f"]{{{WINDOW},}}")
+            if chars
+            else None
+        )
 
     def __bool__(self) -> bool:
-        return bool(self._forms)
+        return bool(self._windows or self._whole)
 
     def text(self, text: str) -> str:
-        if not self._forms:
+        if not self:
             return text
         for _ in range(_ROUNDS):
-            if not self._leaks(text):
+            spans = self._spans(text)
+            if not spans:
                 return text
-            text = self._one_pass(text)
-        return text if not self._leaks(text) else MARKER
+            text = _replace(text, spans)
+        return text if not self._spans(text) else MARKER
 
     def optional(self, text: str | None) -> str | None:
         return None if text is None else self.text(text)
@@ -54,41 +93,71 @@ class Redactor:
     def mapping(self, values: Mapping[str, str]) -> dict[str, str]:
         return {key: self.text(value) for key, value in values.items()}
 
-    def _leaks(self, text: str) -> bool:
-        return any(_needle(form) in text for form in self._forms)
-
-    def _one_pass(self, text: str) -> str:
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        """Where forms occur, as sorted, merged (start, end) pairs of `text`."""
+        folded = _fold(text)  # same length as text, so positions carry over
         spans: list[tuple[int, int]] = []
-        for form in self._forms:
-            needle = _needle(form)
-            start = text.find(needle)
+        if self._runs is not None:
+            windows = self._windows
+            for run in self._runs.finditer(folded):
+                for i in range(run.start(), run.end() - WINDOW + 1):
+                    if folded[i : i + WINDOW] in windows:
+                        spans.append((i, i + WINDOW))
+        for form in self._whole:
+            start = folded.find(form)
             while start != -1:
-                end = start + len(needle)
-                # Extend a prefix match as far as the text keeps following the value.
-                while (
-                    end < len(text) and end - start < len(form) and text[end] == form[end - start]
-                ):
-                    end += 1
-                spans.append((start, end))
-                start = text.find(needle, start + 1)
+                spans.append((start, start + len(form)))
+                start = folded.find(form, start + 1)
         if not spans:
-            return text
+            return spans
         spans.sort()
-        merged: list[list[int]] = []
-        for start, end in spans:
-            if merged and start <= merged[-1][1]:  # overlapping or touching: one marker
-                merged[-1][1] = max(merged[-1][1], end)
+        merged = [spans[0]]
+        for start, end in spans[1:]:
+            if start <= merged[-1][1]:  # overlapping or touching: one marker
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
             else:
-                merged.append([start, end])
-        out: list[str] = []
-        cursor = 0
-        for start, end in merged:
-            out += (text[cursor:start], MARKER)
-            cursor = end
-        out.append(text[cursor:])
-        return "".join(out)
+                merged.append((start, end))
+        return merged
 
 
-def _needle(form: str) -> str:
-    """What to search for: the whole value, or the prefix that starts a redacted run."""
-    return form[:PREFIX_LENGTH] if len(form) > PREFIX_LENGTH else form
+def _forms(value: str) -> Iterator[str]:
+    data = value.encode("utf-8", "surrogatepass")
+    yield value
+    yield quote(data, safe="")
+    yield "".join(f"%{byte:02X}" for byte in data)
+    yield json.dumps(value)[1:-1]
+    yield json.dumps(value, ensure_ascii=False)[1:-1]
+    yield data.hex()
+    for offset, first in enumerate(_FIRST_OWN_CHAR):
+        encoded = base64.b64encode(bytes(offset) + data).decode("ascii")
+        own_end = 8 * (offset + len(data)) // 6  # past the last character of the value's bits
+        # Inside a longer stream the character after `own_end` mixes in the next bytes; at the
+        # end of the stream it is the value's bits padded with zeros, then "=" padding.
+        for form in (encoded[first:], encoded[first:].rstrip("="), encoded[first:own_end]):
+            yield form
+            yield form.translate(_URLSAFE)
+
+
+def _fold(text: str) -> str:
+    """Case-fold `text` without changing its length (positions must carry over)."""
+    folded = text.casefold()
+    if len(folded) == len(text):  # casefold never shortens: every character mapped to one
+        return folded
+    return "".join(map(_fold_char, text))
+
+
+def _fold_char(char: str) -> str:
+    for mapped in (char.casefold(), char.lower()):
+        if len(mapped) == 1:
+            return mapped
+    return char
+
+
+def _replace(text: str, spans: list[tuple[int, int]]) -> str:
+    out: list[str] = []
+    cursor = 0
+    for start, end in spans:
+        out += (text[cursor:start], MARKER)
+        cursor = end
+    out.append(text[cursor:])
+    return "".join(out)
