@@ -1,0 +1,359 @@
+"""The adversarial suite on the real control plane: what a tenant with namespace rights tries.
+
+- A Secret reference that climbs into another namespace is refused at admission, and, past an
+  older CRD that admitted it, the operator sends no request for it.
+- Request shaping (timeouts, URLs, headers) is refused at admission with the field named.
+- A status is bounded by the CRD, and a megabyte provider answer still yields a small one.
+- The operator at debug level, with canary keys in every credential position and a provider
+  that echoes every request header, logs none of them in any encoding, nor its own token.
+- One namespace's slow endpoints do not delay another namespace's validation.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets as pysecrets
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import yaml
+from opkit import Api, ControlledProvider, OperatorProcess, condition, manifest, secret, wait_for
+
+from controlplane.cluster import ControlPlane
+from servers.serve import serve
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "llmconnections.yaml"
+BIN_DIR = REPO / ".local" / "bin"
+TRAVERSAL = "../../victim/secrets/topsecret"
+
+
+def apply(cluster: ControlPlane, *docs: str, check: bool = True) -> Any:
+    return cluster.kubectl("apply", "-f", "-", input="\n---\n".join(docs), check=check)
+
+
+def refused(cluster: ControlPlane, ns: str, spec: dict[str, Any]) -> str:
+    result = apply(cluster, manifest(ns, "attack", spec), check=False)
+    assert result.returncode != 0, f"admitted: {spec}"
+    return str(result.stderr)
+
+
+# --- admission -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"apiKeySecretRef": {"name": TRAVERSAL}}, "spec.apiKeySecretRef.name"),
+        (
+            {"headersFromSecret": [{"name": "X-Token", "secretKeyRef": {"name": TRAVERSAL}}]},
+            "spec.headersFromSecret[0].secretKeyRef.name",
+        ),
+        ({"tls": {"caBundleSecretRef": {"name": TRAVERSAL}}}, "spec.tls.caBundleSecretRef.name"),
+        ({"apiKeySecretRef": {"name": "k", "key": "../x"}}, "spec.apiKeySecretRef.key"),
+        ({"validation": {"timeout": "9999h"}}, "timeout must be at most 60s"),
+        ({"validation": {"timeout": "99999999999999999999h"}}, "timeout must be at most 60s"),
+        ({"validation": {"timeout": "1m0.5s"}}, "timeout must be at most 60s"),
+        ({"endpoint": "https://api.example.com/v1?x=#"}, "must not have a query"),
+        ({"model": "../../../admin/secret"}, "model must not have a '.' or '..'"),
+        ({"headers": {"Host": "internal.example"}}, "set by the HTTP client"),
+        ({"headers": {"Cookie": "a=b"}}, "must not carry credentials"),
+        ({"headers": {"X-A": "1", "x-a": "2"}}, "given twice"),
+        (
+            {"headersFromSecret": [{"name": "Transfer-Encoding", "secretKeyRef": {"name": "s"}}]},
+            "set by",
+        ),
+        (
+            {
+                "headers": {"X-Tenant": "a"},
+                "headersFromSecret": [{"name": "x-tenant", "secretKeyRef": {"name": "s"}}],
+            },
+            "given twice",
+        ),
+        (
+            {
+                "apiKeySecretRef": {"name": "k"},
+                "headersFromSecret": [{"name": "Authorization", "secretKeyRef": {"name": "s"}}],
+            },
+            "apiKeySecretRef fills",
+        ),
+    ],
+)
+def test_admission_refuses_tenant_attacks_naming_the_field(
+    cluster: ControlPlane, namespace: str, spec: dict[str, Any], words: str
+) -> None:
+    assert words in refused(cluster, namespace, {"provider": "openai", **spec})
+
+
+def test_admission_keeps_legitimate_connections(cluster: ControlPlane, namespace: str) -> None:
+    spec = {
+        "provider": "openai-compatible",
+        "endpoint": "https://gateway.example.com:8443/v1",
+        "model": "accounts/fireworks/models/llama-v3p1-8b-instruct",
+        "apiKeySecretRef": {"name": "gw.key-1", "key": "api_key.v2"},
+        "headers": {"X-Tenant": "a"},
+        "headersFromSecret": [
+            {"name": "Cookie", "secretKeyRef": {"name": "gw", "key": "cookie"}},
+            {"name": "Proxy-Authorization", "secretKeyRef": {"name": "gw", "key": "proxy"}},
+        ],
+        "validation": {"timeout": "59.999s"},
+    }
+    apply(cluster, manifest(namespace, "fine", spec))
+
+
+def test_the_status_schema_refuses_a_megabyte_status(cluster: ControlPlane, namespace: str) -> None:
+    apply(cluster, manifest(namespace, "big", {"provider": "openai"}))
+    patch = json.dumps({"status": {"message": "A" * 100_000, "details": {"k": "v" * 1000}}})
+    result = cluster.kubectl(
+        "patch",
+        "llmconnection",
+        "big",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        patch,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "status.message" in result.stderr and "status.details" in result.stderr
+
+
+# --- past an older CRD --------------------------------------------------------------------
+
+
+def loosened_crd() -> str:
+    """The CRD as an older release shipped it: Secret names without a pattern."""
+    crd = yaml.safe_load(CRD.read_text())
+
+    def strip(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("apiKeySecretRef", "caBundleSecretRef", "secretKeyRef"):
+                if key in node:
+                    node[key]["properties"]["name"].pop("pattern", None)
+            for value in node.values():
+                strip(value)
+        elif isinstance(node, list):
+            for value in node:
+                strip(value)
+
+    strip(crd)
+    return yaml.safe_dump(crd)
+
+
+@pytest.fixture(scope="module")
+def old_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A control plane of its own: its CRD admits what the current one refuses."""
+    plane = ControlPlane(tmp_path_factory.mktemp("old-crd"), BIN_DIR)
+    plane.start()
+    try:
+        plane.kubectl("apply", "-f", "-", input=loosened_crd())
+        plane.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", "crd/llmconnections.llmconn.dev"
+        )
+        yield plane
+    finally:
+        plane.stop()
+
+
+def test_a_traversal_admitted_by_an_older_crd_reads_nothing(
+    old_cluster: ControlPlane, tmp_path: Path
+) -> None:
+    victim_key = "sk-victim-" + pysecrets.token_hex(16)
+    old_cluster.kubectl("create", "namespace", "victim")
+    old_cluster.kubectl("create", "namespace", "tenant")
+    apply(old_cluster, secret("victim", "topsecret", {"apiKey": victim_key}))
+    refs = {
+        "apiKeySecretRef": {"name": TRAVERSAL},
+        "headersFromSecret": [{"name": "X-Token", "secretKeyRef": {"name": TRAVERSAL}}],
+        "tls": {"caBundleSecretRef": {"name": TRAVERSAL}},
+    }
+    provider = ControlledProvider(keys={victim_key})
+    with serve(provider.app()) as url:
+        for field, ref in refs.items():
+            spec = {"provider": "openai-compatible", "endpoint": url + "/v1", field: ref}
+            apply(old_cluster, manifest("tenant", field.lower(), spec))
+        gets_before = old_cluster.apiserver_metrics().total(verb="GET", resource="secrets")
+        op = OperatorProcess(old_cluster, tmp_path, "-A").start()
+        try:
+            api = Api(old_cluster)
+            for field in refs:
+                status = wait_for(
+                    f"a verdict on {field}",
+                    lambda f=field: api.status("tenant", f.lower()).get("reason"),  # type: ignore[misc]
+                )
+                assert status == "InvalidConfiguration"
+                message = api.status("tenant", field.lower())["message"]
+                assert "not a Secret name" in message
+            gets_after = old_cluster.apiserver_metrics().total(verb="GET", resource="secrets")
+        finally:
+            op.stop()
+        assert provider.hits == []  # the victim's key never reached the endpoint
+    assert gets_after == gets_before  # no Secret was read at all
+    assert victim_key not in op.log()
+
+
+# --- bounded status, written for real ---------------------------------------------------
+
+
+def test_a_megabyte_answer_yields_a_small_status(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def hostile(request: Any) -> Any:
+        body = {"error": {"message": "A" * 1_000_000, "code": "C" * 40_000}}
+        headers = {f"x-ratelimit-{'k' * 80}-{i}": "9" * 60 for i in range(150)}
+        return JSONResponse(body, status_code=400, headers=headers)
+
+    app = Starlette(routes=[Route("/v1/models/{m:path}", hostile)])
+    with serve(app) as url:
+        spec = {"provider": "openai", "endpoint": url + "/v1", "model": "gpt-4o"}
+        apply(cluster, manifest(namespace, "hostile", spec))
+        op = OperatorProcess(cluster, tmp_path, "-n", namespace).start()
+        try:
+            api = Api(cluster)
+            status = wait_for("a verdict", lambda: api.status(namespace, "hostile").get("result"))
+            assert status == "failed"
+            written = api.status(namespace, "hostile")
+        finally:
+            op.stop()
+    assert len(json.dumps(written).encode()) <= 16 * 1024
+    assert len(written["message"]) <= 2048 and len(written.get("code", "")) <= 128
+
+
+# --- no key in the debug log -------------------------------------------------------------
+
+
+def forms(value: str) -> list[str]:
+    """The encodings a leak could take, as substrings to look for."""
+    raw = value.encode()
+    b64 = [
+        base64.b64encode(raw).decode(),
+        base64.b64encode(b"Bearer " + raw).decode(),
+        base64.b64encode(b"user:" + raw).decode(),
+    ]
+    out = [value, value.upper(), value.lower(), raw.hex(), raw.hex().upper(), quote(value, safe="")]
+    out += b64 + [b.replace("+", "-").replace("/", "_").rstrip("=") for b in b64]
+    # The middle of each form, where alignment and framing do not change it.
+    return out + [f[4:20] for f in out if len(f) >= 20]
+
+
+def test_the_debug_log_names_no_credential_in_any_form(
+    cluster: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def echo(request: Any) -> Any:
+        # The worst provider: every request header back, in the error message and a header.
+        said = json.dumps(dict(request.headers))
+        return JSONResponse(
+            {"error": {"message": said, "type": "invalid_request_error", "code": said[:100]}},
+            status_code=401,
+            headers={"x-request-id": said[:200], "www-authenticate": f'Bearer error="{said}"'},
+        )
+
+    canaries = {f"k{i}": f"canary{i}-" + pysecrets.token_urlsafe(24) for i in range(8)}
+    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "DELETE"])])
+    with serve(app) as url:
+        ref = {"name": "creds"}
+        specs = {
+            "bearer": {"provider": "openai", "model": "m", "apiKeySecretRef": {**ref, "key": "k0"}},
+            "x-api-key": {"provider": "anthropic", "apiKeySecretRef": {**ref, "key": "k1"}},
+            "goog": {"provider": "gemini", "apiKeySecretRef": {**ref, "key": "k2"}},
+            "azure": {
+                "provider": "azure-openai",
+                "azure": {"deployment": "d"},
+                "apiKeySecretRef": {**ref, "key": "k3"},
+            },
+            "mcp": {"provider": "mcp", "apiKeySecretRef": {**ref, "key": "k4"}},
+            "headers": {
+                "provider": "openai-compatible",
+                "headersFromSecret": [
+                    {"name": "X-Custom-Auth", "secretKeyRef": {**ref, "key": "k5"}},
+                    {"name": "Cookie", "secretKeyRef": {**ref, "key": "k6"}},
+                    {"name": "Proxy-Authorization", "secretKeyRef": {**ref, "key": "k7"}},
+                ],
+            },
+        }
+        docs = [secret(namespace, "creds", canaries)]
+        for name, spec in specs.items():
+            endpoint = url + ("/mcp" if spec["provider"] == "mcp" else "/v1")
+            docs.append(manifest(namespace, name, {"endpoint": endpoint, **spec}))
+        apply(cluster, *docs)
+        op = OperatorProcess(cluster, tmp_path, "-n", namespace).start()  # --log-level debug
+        try:
+            api = Api(cluster)
+            for name in specs:
+                wait_for(f"{name}'s verdict", lambda n=name: api.status(namespace, n).get("result"))  # type: ignore[misc]
+            statuses = json.dumps([api.status(namespace, name) for name in specs])
+            events = json.dumps(api.events(namespace))
+        finally:
+            op.stop()
+    log = op.log()
+    assert "DEBUG" in log  # the debug level was on
+    for value in [*canaries.values(), cluster.token]:
+        for form in forms(value):
+            assert form not in log, f"a form of a credential is in the operator's log: {form[:6]}…"
+            assert form not in statuses and form not in events
+
+
+# --- one tenant cannot starve another ----------------------------------------------------
+
+
+@pytest.fixture
+def slow_loris() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+
+
+def test_a_slow_namespace_does_not_delay_another(
+    cluster: ControlPlane, slow_loris: str, tmp_path: Path
+) -> None:
+    slow, fast = cluster.create_namespace("slow"), cluster.create_namespace("fast")
+    provider = ControlledProvider(keys={"sk-fast"})
+    try:
+        hung = {"provider": "openai-compatible", "endpoint": slow_loris}
+        hung["validation"] = {"timeout": "60s"}  # type: ignore[assignment]
+        apply(cluster, *(manifest(slow, f"hung-{i}", hung) for i in range(8)))
+        op = OperatorProcess(cluster, tmp_path, "-n", f"{slow},{fast}", "--concurrency", "4")
+        op.start()
+        try:
+            api = Api(cluster)
+            with serve(provider.app()) as url:
+                spec = {
+                    "provider": "openai-compatible",
+                    "endpoint": url + "/v1",
+                    "apiKeySecretRef": {"name": "creds"},
+                }
+                apply(cluster, secret(fast, "creds", {"apiKey": "sk-fast"}))
+                apply(cluster, manifest(fast, "quick", spec))
+                status = wait_for(
+                    "the fast namespace's verdict",
+                    lambda: api.status(fast, "quick").get("result"),
+                    timeout=45,
+                )
+                assert status == "success"
+                assert condition(api.status(fast, "quick"), "Ready")["status"] == "True"
+            # The slow namespace's probes are all still waiting for their 60s timeout.
+            assert all(
+                "lastValidationTime" not in api.status(slow, f"hung-{i}") for i in range(8)
+            )
+        finally:
+            op.stop()
+    finally:
+        cluster.delete_namespace(slow)
+        cluster.delete_namespace(fast)
