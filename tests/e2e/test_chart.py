@@ -3,6 +3,7 @@ rendered chart accepted by the real apiserver (server-side dry run)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ from opkit import HELM
 
 from controlplane.cluster import ControlPlane
 from llmconn.config import from_args
+from llmconn.egress import ALWAYS_DENIED
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llmconn"
@@ -127,8 +129,12 @@ def args(docs: list[Doc]) -> list[str]:
             "podDisruptionBudget": {"enabled": True, "minAvailable": 2},
             "metrics": {"serviceMonitor": {"enabled": True}},
         },
+        {
+            "egress": {"denyPrivateNetworks": True},
+            "networkPolicy": {"enabled": True, "apiServer": {"cidrs": ["10.0.0.1/32"]}},
+        },
     ],
-    ids=["default", "namespaced-ha", "ha-monitored"],
+    ids=["default", "namespaced-ha", "ha-monitored", "network-policy"],
 )
 def test_lint_strict(helm_env: dict[str, str], tmp_path: Path, values: Doc | None) -> None:
     result = helm(helm_env, "lint", "--strict", "{chart}", *values_args(tmp_path, values))
@@ -349,7 +355,12 @@ def test_default_egress_denies_loopback(render: Any) -> None:
     policy = from_args(flags).egress
     for host, ip in (("localhost", "127.0.0.1"), ("x", "127.1.2.3"), ("ip6-localhost", "::1")):
         assert policy.check(host, ip) is not None
+    # IPv6 spellings of loopback are refused with it (the policy unwraps them).
+    for ip in ("::ffff:127.0.0.1", "64:ff9b::7f00:1", "::127.0.0.1", "2002:7f00:1::"):
+        assert policy.check("x", ip) is not None
     assert policy.check("api.openai.com", "162.159.140.245") is None
+    assert policy.check("api.openai.com", "64:ff9b::a29f:8cf5") is None  # the same via NAT64
+    assert policy.check("ollama.ai.svc", "10.96.3.4") is None  # private networks are allowed
 
 
 def test_egress_rules_are_appended_and_loopback_deny_can_be_dropped(render: Any) -> None:
@@ -379,6 +390,144 @@ def test_egress_rules_are_appended_and_loopback_deny_can_be_dropped(render: Any)
     open_flags = args(render({"egress": {"denyLoopback": False}}))
     assert not [a for a in open_flags if a.startswith("--egress")]
     assert from_args(open_flags).egress.check("localhost", "127.0.0.1") is None
+
+
+PRIVATE_NETWORKS = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "fc00::/7",
+    "fec0::/10",
+]
+
+
+def egress_flags(docs: list[Doc]) -> list[str]:
+    return [a for a in args(docs) if a.startswith("--egress")]
+
+
+def test_deny_private_networks_refuses_them_and_nothing_public(render: Any) -> None:
+    flags = args(render({"egress": {"denyPrivateNetworks": True}}))
+    assert [a for a in flags if a.startswith("--egress")] == [
+        "--egress-deny=127.0.0.0/8",
+        "--egress-deny=::1/128",
+        *(f"--egress-deny={cidr}" for cidr in PRIVATE_NETWORKS),
+    ]
+    policy = from_args(flags).egress
+    for ip in (
+        "10.96.0.10",
+        "172.20.1.1",
+        "192.168.1.10",
+        "100.64.0.1",
+        "fd12:3456::1",
+        "fec0::1",
+        "64:ff9b::10.96.0.10",  # a private address through NAT64
+        "::ffff:192.168.1.10",
+    ):
+        assert policy.check("model.ai.svc", ip) is not None, ip
+    for ip in ("162.159.140.245", "172.32.0.1", "100.128.0.1", "2606:4700::6810:84e5"):
+        assert policy.check("api.example", ip) is None, ip
+
+    alone = args(render({"egress": {"denyPrivateNetworks": True, "denyLoopback": False}}))
+    assert [a for a in alone if a.startswith("--egress")] == [
+        f"--egress-deny={cidr}" for cidr in PRIVATE_NETWORKS
+    ]
+
+
+def test_no_egress_flag_is_passed_without_rules(
+    render: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart passes --egress-deny only when it has rules, so LLMCONN_EGRESS_DENY in
+    extraEnv is then what the operator reads (flags win over the variable)."""
+    docs = render(
+        {
+            "egress": {"denyLoopback": False},
+            "extraEnv": [{"name": "LLMCONN_EGRESS_DENY", "value": "10.0.0.0/8"}],
+        }
+    )
+    assert egress_flags(docs) == []
+    env = {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
+    monkeypatch.setenv("LLMCONN_EGRESS_DENY", env["LLMCONN_EGRESS_DENY"])
+    assert from_args(args(docs)).egress.check("db", "10.1.2.3") is not None
+
+
+# -- network policy -----------------------------------------------------------------------
+
+
+def ip_blocks(rule: Doc) -> dict[str, set[str]]:
+    """cidr -> its excepts, for a rule whose peers are all ipBlocks."""
+    return {p["ipBlock"]["cidr"]: set(p["ipBlock"].get("except", [])) for p in rule["to"]}
+
+
+def test_no_network_policy_by_default(render: Any) -> None:
+    assert not [d for d in render() if d["kind"] == "NetworkPolicy"]
+
+
+def test_network_policy_allows_dns_and_providers_except_the_always_denied(render: Any) -> None:
+    docs = render({"networkPolicy": {"enabled": True}})
+    policy = one(docs, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    deployment = one(docs, "Deployment")
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Egress"]  # ingress (metrics, health) untouched
+    dns, providers = policy["spec"]["egress"]
+    assert dns["to"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }
+    ]
+    assert dns["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    # The very list the operator always refuses: one fact, in Python and in the chart.
+    always = {str(network) for network, _ in ALWAYS_DENIED}
+    assert ip_blocks(providers) == {
+        "0.0.0.0/0": {n for n in always if ":" not in n},
+        "::/0": {n for n in always if ":" in n},
+    }
+    assert "ports" not in providers  # in-cluster model servers listen where they like
+
+
+def test_network_policy_excepts_private_networks_with_deny_private_networks(
+    render: Any,
+) -> None:
+    docs = render(
+        {
+            "egress": {"denyPrivateNetworks": True},
+            "networkPolicy": {
+                "enabled": True,
+                "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"], "ports": [6443]},
+                "dns": {"ports": [53, 5353]},
+                "extraEgress": [
+                    {
+                        "to": [{"podSelector": {"matchLabels": {"app": "ollama"}}}],
+                        "ports": [{"port": 11434, "protocol": "TCP"}],
+                    }
+                ],
+            },
+        }
+    )
+    dns, api, providers, extra = one(docs, "NetworkPolicy")["spec"]["egress"]
+    assert [(p["protocol"], p["port"]) for p in dns["ports"]] == [
+        ("UDP", 53),
+        ("TCP", 53),
+        ("UDP", 5353),
+        ("TCP", 5353),
+    ]
+    assert ip_blocks(api) == {"10.0.0.1/32": set(), "fd00::1/128": set()}
+    assert api["ports"] == [{"protocol": "TCP", "port": 6443}]
+    # The operator's flags and the policy's excepts name the same private networks.
+    flagged = {a.split("=", 1)[1] for a in egress_flags(docs)} - {"127.0.0.0/8", "::1/128"}
+    assert flagged == set(PRIVATE_NETWORKS)
+    blocks = ip_blocks(providers)
+    always = {str(network) for network, _ in ALWAYS_DENIED}
+    assert blocks["0.0.0.0/0"] | blocks["::/0"] == always | flagged
+    for cidr, excepts in blocks.items():
+        outer = ipaddress.ip_network(cidr)
+        assert all(ipaddress.ip_network(e).version == outer.version for e in excepts)
+    assert extra == {
+        "to": [{"podSelector": {"matchLabels": {"app": "ollama"}}}],
+        "ports": [{"port": 11434, "protocol": "TCP"}],
+    }
 
 
 def test_config_values_become_flags(render: Any) -> None:
@@ -473,6 +622,10 @@ def test_image_digest_wins_over_tag(render: Any) -> None:
         ({"config": {"logFormat": "xml"}}, "/config/logFormat"),
         ({"replicaCount": -1}, "/replicaCount"),
         ({"metrics": {"port": 70000}}, "/metrics/port"),
+        ({"egress": {"denyPrivateNetworks": "yes"}}, "/egress/denyPrivateNetworks"),
+        ({"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1"]}}}, "/networkPolicy/apiServer"),
+        ({"networkPolicy": {"dns": {"ports": [0]}}}, "/networkPolicy/dns/ports/0"),
+        ({"networkPolicy": {"extraEgress": ["allow-all"]}}, "/networkPolicy/extraEgress/0"),
     ],
 )
 def test_schema_refuses_bad_values(
@@ -568,6 +721,15 @@ def test_notes_say_what_was_installed(notes: Any) -> None:
     assert "only in: a, b" in scoped
     assert f'Kopf peering object "{FULLNAME}"' in scoped
     assert "WARNING" in notes({"egress": {"denyLoopback": False}})
+    assert "NetworkPolicy" not in default
+    confined = notes({"networkPolicy": {"enabled": True}})
+    assert "egress NetworkPolicy" in confined
+    assert "WARNING" not in confined
+    unreachable = notes(
+        {"networkPolicy": {"enabled": True}, "egress": {"denyPrivateNetworks": True}}
+    )
+    assert "Private networks" in unreachable
+    assert "WARNING: networkPolicy.apiServer.cidrs is empty" in unreachable
 
 
 # -- CRD copy -----------------------------------------------------------------------------
@@ -634,8 +796,22 @@ def chart_crds(cluster: ControlPlane) -> Iterator[ControlPlane]:
         {"replicaCount": 2, "podDisruptionBudget": {"enabled": True}},
         {"replicaCount": 2, "podDisruptionBudget": {"enabled": True, "minAvailable": 1}},
         "namespaced",
+        {
+            "egress": {"denyPrivateNetworks": True},
+            "networkPolicy": {
+                "enabled": True,
+                "apiServer": {"cidrs": ["10.0.0.1/32", "fd00::1/128"]},
+                "dns": {"to": [{"ipBlock": {"cidr": "169.254.20.10/32"}}]},
+                "extraEgress": [
+                    {
+                        "to": [{"namespaceSelector": {}, "podSelector": {}}],
+                        "ports": [{"port": 11434, "protocol": "TCP"}],
+                    }
+                ],
+            },
+        },
     ],
-    ids=["default", "ha", "ha-min-available", "namespaced-ha"],
+    ids=["default", "ha", "ha-min-available", "namespaced-ha", "network-policy"],
 )
 def test_rendered_chart_is_accepted_by_the_apiserver(
     chart_crds: ControlPlane, render: Any, values: Doc | str | None

@@ -87,3 +87,29 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+{{/* The addresses the operator always refuses (llmconn.egress.ALWAYS_DENIED; a test keeps the
+two equal): the NetworkPolicy excepts them from provider traffic. A YAML list. */}}
+{{- define "llmconn.alwaysDenied" -}}
+- 0.0.0.0/8
+- 169.254.0.0/16
+- 100.100.100.200/32
+- 168.63.129.16/32
+- 192.0.0.192/32
+- ::/128
+- fe80::/10
+- fd00:ec2::254/128
+- fd00:ec2::23/128
+- fd20:ce::254/128
+- fd00:42::42/128
+{{- end }}
+
+{{/* The private networks egress.denyPrivateNetworks refuses. A YAML list. */}}
+{{- define "llmconn.privateNetworks" -}}
+- 10.0.0.0/8
+- 172.16.0.0/12
+- 192.168.0.0/16
+- 100.64.0.0/10
+- fc00::/7
+- fec0::/10
+{{- end }}
