@@ -213,9 +213,13 @@ def next_status(
     now = rfc3339(verdict.finished_at)
     conditions = list(prev.get("conditions") or [])
     prev_ready = find(conditions, READY)
-    was_ready = (prev_ready or {}).get("status")
     reason = verdict.reason
-    failures = 0 if reason is Reason.VALIDATED else int(prev.get("consecutiveFailures") or 0) + 1
+    # Damping tolerates a flaky probe of what was proven; a new spec or new Secret data has
+    # proven nothing yet: it starts from a clean count and gets a plain verdict.
+    same = same_subject(prev, verdict, generation)
+    was_ready = (prev_ready or {}).get("status") if same else None
+    earlier = int(prev.get("consecutiveFailures") or 0) if same else 0
+    failures = 0 if reason is Reason.VALIDATED else earlier + 1
     threshold = verdict.validation.failure_threshold
 
     status: dict[str, Any] = status_fields(verdict)
@@ -240,10 +244,11 @@ def next_status(
             f"Last probe: {reason.value}, {failures} of {threshold} tolerated. " + verdict.message,
         )
     elif verdict.result is Result.UNKNOWN and was_ready != "True":
-        # RateLimited before any verdict (or after a failure): keep what Ready said.
+        # RateLimited before any verdict (or after a failure): keep what Ready said about
+        # this spec and these Secrets; about a new one, nothing is known.
         ready = (
             str(was_ready or "Unknown"),
-            str((prev_ready or {}).get("reason") or Reason.PENDING.value),
+            str(((prev_ready or {}).get("reason") if same else None) or Reason.PENDING.value),
             f"Could not judge: {verdict.message}",
         )
     else:
@@ -267,12 +272,29 @@ def next_status(
     return bounded(status)
 
 
+def same_subject(prev: Mapping[str, Any], verdict: Verdict, generation: int) -> bool:
+    """Whether the previous status judged the same spec generation with the same Secret
+    versions as this verdict (what damping may carry over)."""
+    if prev.get("observedGeneration") != generation:
+        return False
+    before = {
+        (str(item.get("name")), item.get("resourceVersion"))
+        for item in prev.get("observedSecrets") or []
+    }
+    now = {(s.name, s.resource_version) for s in verdict.observed_secrets}
+    return before == now
+
+
 def merge_patch(prev: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch turning `prev` into `new` at the top level (null removes a field)."""
+    """A JSON merge patch (RFC 7386) turning `prev` into `new`: a key that `new` lacks is
+    nulled at every depth of nested maps (a failure after a success must not keep the
+    success's `details.modelCount`); lists are replaced whole."""
     patch: dict[str, Any] = dict(new)
-    for key in prev or {}:
+    for key, old in (prev or {}).items():
         if key not in new:
             patch[key] = None
+        elif isinstance(old, Mapping) and isinstance(new[key], Mapping):
+            patch[key] = merge_patch(old, new[key])
     return patch
 
 

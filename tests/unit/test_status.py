@@ -153,3 +153,67 @@ def test_suspended_status():
     s = st.suspended_status(run([Reason.VALIDATED])[0], 2, T0)
     assert ready(s)["status"] == "Unknown" and ready(s)["reason"] == "Suspended"
     assert s["observedGeneration"] == 2
+
+
+def with_secrets(v: Verdict, *versions: tuple[str, str]) -> Verdict:
+    import dataclasses
+
+    from llmconn.verdict import ObservedSecret
+
+    return dataclasses.replace(
+        v, observed_secrets=tuple(ObservedSecret(n, rv) for n, rv in versions)
+    )
+
+
+def test_a_spec_change_is_judged_afresh_not_damped():
+    # Ready at generation 1; the endpoint is then mistyped (generation 2): DNSFailure is a
+    # transient reason, but nothing about generation 2 was ever proven.
+    prev = st.next_status(
+        None, verdict(Reason.VALIDATED), generation=1, requested_at=None, secret_grace_over=False
+    )
+    now = st.next_status(
+        prev,
+        verdict(Reason.DNS_FAILURE, 1),
+        generation=2,
+        requested_at=None,
+        secret_grace_over=False,
+    )
+    assert ready(now)["status"] == "False" and ready(now)["reason"] == "DNSFailure"
+    assert now["consecutiveFailures"] == 1 and now["observedGeneration"] == 2
+
+
+def test_new_secret_data_is_judged_afresh_the_same_data_is_damped():
+    first = with_secrets(verdict(Reason.VALIDATED), ("creds", "10"))
+    prev = st.next_status(None, first, generation=1, requested_at=None, secret_grace_over=False)
+    same = with_secrets(verdict(Reason.TIMEOUT, 1), ("creds", "10"))
+    damped = st.next_status(prev, same, generation=1, requested_at=None, secret_grace_over=False)
+    assert ready(damped)["status"] == "True"  # one flaky probe of what was proven
+    rotated = with_secrets(verdict(Reason.TIMEOUT, 2), ("creds", "11"))
+    fresh = st.next_status(
+        damped, rotated, generation=1, requested_at=None, secret_grace_over=False
+    )
+    assert ready(fresh)["status"] == "False" and fresh["consecutiveFailures"] == 1
+
+
+def test_could_not_judge_a_new_generation_is_unknown_not_the_old_ready():
+    prev = st.next_status(
+        None, verdict(Reason.VALIDATED), generation=1, requested_at=None, secret_grace_over=False
+    )
+    now = st.next_status(
+        prev,
+        verdict(Reason.RATE_LIMITED, 1),
+        generation=2,
+        requested_at=None,
+        secret_grace_over=False,
+    )
+    assert ready(now)["status"] == "Unknown"
+
+
+def test_the_patch_nulls_stale_keys_inside_nested_maps():
+    prev = {"details": {"modelCount": "42", "rateLimitRemainingRequests": "9"}, "code": "x"}
+    new = {"details": {"dnsMs": "3"}}
+    patch = st.merge_patch(prev, new)
+    assert patch == {
+        "details": {"dnsMs": "3", "modelCount": None, "rateLimitRemainingRequests": None},
+        "code": None,
+    }

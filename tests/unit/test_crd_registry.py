@@ -1,0 +1,42 @@
+"""The CRD's CEL rules that name providers agree with the probe registry (the only list).
+
+The provider enum is checked in test_docs_consistency.py; here: which providers require an
+endpoint, and which header each provider's key goes in.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llmconn.probes import Auth, registry
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
+
+
+def spec_rules() -> list[str]:
+    crd = yaml.safe_load(CRD.read_text())
+    spec: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = spec["properties"]["spec"]
+    return [" ".join(rule["rule"].split()) for rule in spec["x-kubernetes-validations"]]
+
+
+def test_the_providers_that_require_an_endpoint_are_the_registrys() -> None:
+    rule = next(r for r in spec_rules() if r.startswith("has(self.endpoint)"))
+    listed = set(re.findall(r"'([a-z0-9-]+)'", rule))
+    required = {name for name in registry.names() if registry.get(name).default_endpoint is None}
+    assert listed == required
+
+
+def test_the_auth_header_expression_is_the_registrys() -> None:
+    expected = "".join(
+        f"self.provider == '{name}' ? '{registry.get(name).auth.header}' : "
+        for name in registry.names()
+        if registry.get(name).auth is not Auth.BEARER
+    )
+    expected = f"({expected}'{Auth.BEARER.header}')"
+    rule = next(r for r in spec_rules() if "apiKeySecretRef fills" in r or "h.name" in r and "?" in r)
+    assert expected in rule.replace("( ", "(").replace(" )", ")")
