@@ -5,11 +5,8 @@ probes share lives here, once: reading Secrets, the Inference guard, the time bu
 latency, the classification of network failures by the phase that failed, and redaction.
 
 Decisions worth knowing:
-- A timeout is named by the phase that ran out of time: a lookup that never answers is
-  DNSFailure, a connect ConnectionFailed, a handshake TLSError; waiting for or reading the
-  answer (including a trickling one) is Timeout.
-- A connection that breaks (reset, closed mid-answer) is ConnectionFailed; an answer that
-  is not HTTP at all is UnexpectedResponse.
+- Exceptions out of a probe are classified in one place (`llmconn.classify`): by the phase
+  that failed, so a lookup that never answers is DNSFailure, not a generic Timeout.
 - Secret values are stripped of surrounding whitespace (`echo key | base64` adds a newline);
   a value with control characters cannot go in a header and is InvalidConfiguration.
 - Errors while reading Secrets propagate: they are the operator's trouble (API down), not
@@ -20,33 +17,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import logging
-import os
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpcore2
-import httpx2
-
 from llmconn import logs
+from llmconn.classify import classify_exception
 from llmconn.http import (
     PHASE_RECORDER,
     ClientPool,
-    DNSLookupError,
-    EgressDenied,
     InvalidCABundle,
     TLSOptions,
 )
 from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
+from llmconn.probes.base import ProbeContext, ProbeOutcome
 from llmconn.reasons import Reason
 from llmconn.redact import Redactor
-from llmconn.spec import LLMConnectionSpec, SecretKeyRef, ValidationType, format_duration
+from llmconn.spec import LLMConnectionSpec, SecretKeyRef, ValidationType
 from llmconn.verdict import (
     Defaults,
     Effective,
@@ -111,7 +100,6 @@ async def validate(
             details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
-            secret_digest=used.digest if used is not None else "",
         )
 
     if (refused := _refuse_config(spec, settings, defaults, info.inference)) is not None:
@@ -182,7 +170,6 @@ def _refuse_config(
 @dataclass
 class _UsedSecrets:
     observed: tuple[ObservedSecret, ...] = ()
-    digest: str = ""
     failure: ProbeOutcome | None = None
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -215,7 +202,6 @@ def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
 async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedSecrets:
     found: dict[str, SecretData | None] = {}
     observed: list[ObservedSecret] = []
-    digest = hashlib.sha256()
     values: list[tuple[_Ref, bytes]] = []
     failure: ProbeOutcome | None = None
     for use in _refs(spec):
@@ -226,9 +212,6 @@ async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedS
                 observed.append(ObservedSecret(name, data.resource_version))
         data = found[name]
         value = data.data.get(key) if data is not None else None
-        # Missing pieces enter the digest too, so that their arrival changes it.
-        digest.update(f"{name}\0{key}\0".encode())
-        digest.update(b"\1" + value if value is not None else b"\0")
         if failure is not None:
             continue
         if data is None:
@@ -244,7 +227,7 @@ async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedS
             )
         else:
             values.append((use, value))
-    used = _UsedSecrets(observed=tuple(observed), digest=digest.hexdigest(), failure=failure)
+    used = _UsedSecrets(observed=tuple(observed), failure=failure)
     if failure is not None:
         return used
     for use, value in values:
@@ -290,154 +273,6 @@ async def _run(ctx: ProbeContext, settings: Effective) -> tuple[ProbeOutcome, in
     finally:
         PHASE_RECORDER.reset(token)
     return outcome, round((time.perf_counter() - started) * 1000)
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """The exception, its causes and contexts, and exceptions carried as arguments (httpcore
-    wraps the original error as its first argument, and may drop the cause)."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo += [a for a in current.args if isinstance(a, BaseException)]
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-
-
-def _first(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
-    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
-
-
-_PRIORITY: tuple[type[BaseException] | tuple[type[BaseException], ...], ...] = (
-    ProbeFailure,
-    EgressDenied,
-    DNSLookupError,
-    (TimeoutError, httpx2.TimeoutException, httpcore2.TimeoutException),
-    (httpx2.HTTPError, httpcore2.NetworkError, httpcore2.ProtocolError, OSError),
-)
-
-
-def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
-    """One exception (or exception group) from a probe -> an outcome. Never raises."""
-    leaves = _leaves(exc)
-    leaf = next(
-        (leaf for kind in _PRIORITY for leaf in leaves if isinstance(leaf, kind)), leaves[0]
-    )
-    parts = urlsplit(ctx.endpoint)
-    host = parts.hostname or "the endpoint"
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:  # never raise while classifying: the spec refuses such ports anyway
-        port = 0
-    budget = format_duration(ctx.timeout)
-
-    if isinstance(leaf, ProbeFailure):
-        return leaf.outcome
-    if isinstance(leaf, EgressDenied):
-        return _outcome(
-            Reason.EGRESS_DENIED,
-            f"The operator's egress policy refused the endpoint: {leaf.why}. Nothing was "
-            "sent. Use another endpoint, or ask the operator's administrator.",
-        )
-    if isinstance(leaf, DNSLookupError):
-        return _outcome(
-            Reason.DNS_FAILURE,
-            f"The lookup of {leaf.host} failed ({leaf.detail}). Check spec.endpoint's host name.",
-        )
-    if isinstance(leaf, TimeoutError | httpx2.TimeoutException | httpcore2.TimeoutException):
-        return _timed_out(ctx.phase, host, port, budget)
-    if (tls_error := _first(leaf, ssl.SSLError)) is not None:
-        return _tls_failure(tls_error, host)
-    if isinstance(leaf, httpx2.ConnectError | httpcore2.ConnectError) and ctx.phase == "tls":
-        return _outcome(
-            Reason.TLS_ERROR,
-            f"The TLS handshake with {host} failed: the server closed the connection. "
-            "Is the endpoint's scheme (https) right?",
-        )
-    if isinstance(leaf, httpx2.ConnectError | httpcore2.ConnectError) or (
-        isinstance(leaf, OSError) and ctx.phase in ("dns", "connect")
-    ):
-        return _outcome(
-            Reason.CONNECTION_FAILED, f"Could not connect to {host}:{port} ({_os_problem(leaf)})."
-        )
-    if isinstance(leaf, httpx2.ReadError | httpx2.WriteError | httpcore2.NetworkError) or (
-        isinstance(leaf, httpx2.RemoteProtocolError | httpcore2.RemoteProtocolError)
-        and any(w in str(leaf).lower() for w in ("disconnected", "peer closed", "incomplete"))
-    ):
-        return _outcome(
-            Reason.CONNECTION_FAILED,
-            f"The connection to {host}:{port} broke while "
-            f"{'waiting for' if ctx.phase != 'response' else 'reading'} the answer.",
-        )
-    if isinstance(leaf, httpx2.RemoteProtocolError | httpcore2.RemoteProtocolError):
-        return _outcome(
-            Reason.UNEXPECTED_RESPONSE,
-            f"{host}:{port} did not answer in HTTP. Check spec.endpoint (scheme and port).",
-        )
-    if isinstance(leaf, httpx2.LocalProtocolError | httpx2.InvalidURL):
-        return _outcome(
-            Reason.INVALID_CONFIGURATION,
-            f"The request could not be built ({type(leaf).__name__}). "
-            "Check spec.endpoint, spec.headers and headersFromSecret.",
-        )
-    log.warning(
-        "probe for provider %s raised %s during phase %s",
-        ctx.provider.name,
-        type(leaf).__name__,
-        ctx.phase,
-    )
-    return _outcome(
-        Reason.UNEXPECTED_RESPONSE,
-        f"The probe stopped on an unexpected error ({type(leaf).__name__}) during {ctx.phase}.",
-    )
-
-
-def _os_problem(exc: BaseException) -> str:
-    """'connection refused', from the innermost OSError that carries an errno."""
-    for error in _chain(exc):
-        if isinstance(error, OSError) and error.errno:
-            return os.strerror(error.errno).lower()
-    return "connection failed"
-
-
-def _timed_out(phase: str, host: str, port: int, budget: str) -> ProbeOutcome:
-    if phase == "dns":
-        return _outcome(Reason.DNS_FAILURE, f"The lookup of {host} did not answer within {budget}.")
-    if phase == "connect":
-        return _outcome(
-            Reason.CONNECTION_FAILED,
-            f"Connecting to {host}:{port} did not complete within {budget}.",
-        )
-    if phase == "tls":
-        return _outcome(
-            Reason.TLS_ERROR, f"The TLS handshake with {host} did not complete within {budget}."
-        )
-    return _outcome(
-        Reason.TIMEOUT,
-        f"No complete answer from {host} within {budget} (spec.validation.timeout).",
-    )
-
-
-def _tls_failure(error: ssl.SSLError, host: str) -> ProbeOutcome:
-    if isinstance(error, ssl.SSLCertVerificationError):
-        problem = error.verify_message or error.reason or "verification failed"
-        return _outcome(
-            Reason.TLS_ERROR,
-            f"The certificate of {host} was not accepted: {problem}. If the server uses a "
-            "private CA, put its certificate in a Secret and set spec.tls.caBundleSecretRef.",
-        )
-    problem = error.reason or type(error).__name__
-    hint = " Is the endpoint's scheme right?" if "WRONG_VERSION" in problem.upper() else ""
-    return _outcome(Reason.TLS_ERROR, f"The TLS handshake with {host} failed: {problem}.{hint}")
 
 
 def _phase_details(phase_ms: Mapping[str, float]) -> dict[str, str]:

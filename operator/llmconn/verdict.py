@@ -94,9 +94,6 @@ class Verdict:
     details: Mapping[str, str] = field(default_factory=dict)
     retry_after: float | None = None
     observed_secrets: tuple[ObservedSecret, ...] = ()
-    # sha256 over the Secret values the probe used: a Secret event re-validates only
-    # when this changes. Never written anywhere.
-    secret_digest: str = ""
 
     @property
     def result(self) -> Result:
