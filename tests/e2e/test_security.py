@@ -349,9 +349,7 @@ def test_a_slow_namespace_does_not_delay_another(
                 assert status == "success"
                 assert condition(api.status(fast, "quick"), "Ready")["status"] == "True"
             # The slow namespace's probes are all still waiting for their 60s timeout.
-            assert all(
-                "lastValidationTime" not in api.status(slow, f"hung-{i}") for i in range(8)
-            )
+            assert all("lastValidationTime" not in api.status(slow, f"hung-{i}") for i in range(8))
         finally:
             op.stop()
     finally:

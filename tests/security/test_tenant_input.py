@@ -104,7 +104,11 @@ async def test_a_bad_secret_name_sends_no_request_even_past_the_crd_and_the_mode
         ({"provider": "gemini", "model": "../../../admin/secret"}, "model", "'..'"),
         ({"model": "a/./b"}, "model", "'.'"),
         (
-            {"provider": "azure-openai", "endpoint": "https://x.example", "azure": {"deployment": ".."}},
+            {
+                "provider": "azure-openai",
+                "endpoint": "https://x.example",
+                "azure": {"deployment": ".."},
+            },
             "azure.deployment",
             "'..'",
         ),
@@ -137,7 +141,11 @@ def test_request_shaping_is_refused_with_the_field_named(
         ("openai", "Authorization", {}),
         ("anthropic", "X-Api-Key", {}),
         ("gemini", "x-goog-api-key", {}),
-        ("azure-openai", "Api-Key", {"endpoint": "https://x.example", "azure": {"deployment": "d"}}),
+        (
+            "azure-openai",
+            "Api-Key",
+            {"endpoint": "https://x.example", "azure": {"deployment": "d"}},
+        ),
     ],
 )
 def test_the_providers_auth_header_is_not_sent_twice(

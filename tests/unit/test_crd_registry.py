@@ -38,5 +38,5 @@ def test_the_auth_header_expression_is_the_registrys() -> None:
         if registry.get(name).auth is not Auth.BEARER
     )
     expected = f"({expected}'{Auth.BEARER.header}')"
-    rule = next(r for r in spec_rules() if "apiKeySecretRef fills" in r or "h.name" in r and "?" in r)
+    rule = next(r for r in spec_rules() if "self.provider == " in r and "h.name" in r)
     assert expected in rule.replace("( ", "(").replace(" )", ")")
