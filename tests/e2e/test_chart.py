@@ -202,6 +202,12 @@ def test_default_flags_reach_the_operator_parser(render: Any) -> None:
     assert config.health_port == 8081
     assert config.peering is None
     assert config.log_format == "json"
+    assert config.namespace_concurrency is None  # a quarter of --concurrency
+
+
+def test_namespace_concurrency_reaches_the_operator(render: Any) -> None:
+    config = from_args(args(render({"config": {"namespaceConcurrency": 3}})))
+    assert config.namespace_concurrency == 3
 
 
 # -- namespaced mode ----------------------------------------------------------------------
