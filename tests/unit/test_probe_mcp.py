@@ -61,8 +61,12 @@ def servers() -> Iterator[dict[str, tuple[str, TestMCPApp]]]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
+    # The operator's own client: its transport holds the body size cap.
+    pool = ClientPool(EgressPolicy(), proxies={})
+    try:
+        yield pool.client()
+    finally:
+        await pool.aclose()
 
 
 def context(
@@ -363,7 +367,7 @@ async def test_an_oversized_answer_is_unexpected_response(servers, http, transpo
     outcome = await run(context(http, url_of(servers, "huge", transport), transport))
 
     assert outcome.reason is Reason.UNEXPECTED_RESPONSE, outcome.message
-    assert "larger than 1024 KiB" in outcome.message
+    assert "larger than 1 MiB" in outcome.message
 
 
 @both_transports

@@ -1,10 +1,11 @@
 """What every probe shares: the context it runs in, the reply it reads, the outcome it returns.
 
 A probe is `async def probe(ctx: ProbeContext) -> ProbeOutcome`. It makes its requests with
-`ctx.request()`, which adds the provider's auth header, refuses off-site redirects, bounds
-the body, and records request ids, headroom headers and phase timings. Timeouts, total
-timing, redaction and the classification of network failures live once, in the caller
-(`llmconn.validate`), not in probes.
+`ctx.request()`, which adds the provider's auth header, refuses off-site redirects, reads
+the body (which the client's transport decodes and bounds: `llmconn.http`), and records
+request ids, headroom headers and phase timings. Timeouts, total timing, redaction and the
+classification of network failures live once, in the caller (`llmconn.validate`), not in
+probes.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx2
 
+from llmconn.http import ResponseTooLarge
 from llmconn.probes import Auth, ProviderInfo
 from llmconn.reasons import Reason
 from llmconn.spec import AzureSpec, McpSpec, SecretKeyRef, ValidationType
 
-MAX_BODY_BYTES = 1024 * 1024
 MAX_REDIRECTS = 3
 USER_AGENT = "llmconn/0.1"
 
@@ -190,27 +191,26 @@ class ProbeContext:
         response = await self.http.send(request, stream=True, follow_redirects=False)
         try:
             self.phase = "response"
-            body = bytearray()
-            async for chunk in response.aiter_raw():
-                body += chunk
-                if len(body) > MAX_BODY_BYTES:
-                    raise ProbeFailure(
-                        ProbeOutcome(
-                            Reason.UNEXPECTED_RESPONSE,
-                            f"The answer to {method} {urlsplit(url).path} was larger than "
-                            f"{MAX_BODY_BYTES // 1024} KiB; that is not the provider's API.",
-                            http_status=response.status_code,
-                        )
-                    )
+            # Decoded and bounded below us, by the client's transport (llmconn.http).
+            body = await response.aread()
+        except httpx2.DecodingError as exc:
+            what = exc.what if isinstance(exc, ResponseTooLarge) else f"not readable: {exc}"
+            raise ProbeFailure(
+                ProbeOutcome(
+                    Reason.UNEXPECTED_RESPONSE,
+                    f"The answer to {method} {urlsplit(url).path} was {what}; that is not "
+                    "the provider's API.",
+                    http_status=response.status_code,
+                )
+            ) from None
         finally:
             await response.aclose()
         self.phase_ms["total"] = (
             self.phase_ms.get("total", 0.0) + (time.perf_counter() - started) * 1000
         )
-        body_bytes = _decode(response, bytes(body))
         self._record(response)
         self.phase = "done"
-        return Reply(response.status_code, response.headers, body_bytes, url)
+        return Reply(response.status_code, response.headers, body, url)
 
     async def _trace(self, event: str, info: Mapping[str, Any]) -> None:
         # httpcore trace events: "connection.connect_tcp.started", "connection.start_tls...",
@@ -273,29 +273,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     return parts.scheme, (parts.hostname or "").lower(), port
-
-
-def _decode(response: httpx2.Response, raw: bytes) -> bytes:
-    """Undo Content-Encoding on a body read raw (so the size bound counted wire bytes)."""
-    encoding = response.headers.get("content-encoding", "").lower()
-    if encoding in ("", "identity"):
-        return raw
-    import zlib
-
-    try:
-        if encoding == "gzip":
-            data = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(raw, MAX_BODY_BYTES + 1)
-        elif encoding == "deflate":
-            data = zlib.decompressobj().decompress(raw, MAX_BODY_BYTES + 1)
-        else:
-            return raw
-    except zlib.error:
-        return raw
-    if len(data) > MAX_BODY_BYTES:
-        raise ProbeFailure(
-            ProbeOutcome(Reason.UNEXPECTED_RESPONSE, "The decompressed answer exceeds 1 MiB.")
-        )
-    return data
 
 
 def ok(message: str, reply: Reply | None = None, **details: str) -> ProbeOutcome:

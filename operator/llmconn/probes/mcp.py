@@ -24,7 +24,10 @@ page, an off-origin redirect, an oversized body or a network failure ends the se
 once. An HTML page is UnexpectedResponse (a web site or login wall in front: transient, as
 for every provider); JSON that is not JSON-RPC, or a handshake that goes wrong in any other
 way, is ProtocolError. Network failures are re-raised exactly as `ctx.http` raised them,
-outside any ExceptionGroup, for the caller to name by phase.
+outside any ExceptionGroup, for the caller to name by phase. The body size cap is ctx.http's
+(`llmconn.http`) and counts per HTTP answer: over legacy SSE the one event stream carries the
+handshake and every tools/list page, 1 MiB in all, so a server that sends small events
+without end is stopped there or by the probe's timeout, whichever comes first.
 
 Redirects: `ctx.http` does not follow them; the SDK follows only same-origin redirects that
 keep the method, whatever `follow_redirects` says; anything else ends the probe as
@@ -50,9 +53,9 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from llmconn.http import ResponseTooLarge
 from llmconn.probes import Auth, registry
 from llmconn.probes.base import (
-    MAX_BODY_BYTES,
     MAX_REDIRECTS,
     USER_AGENT,
     ProbeContext,
@@ -249,18 +252,14 @@ class _Through(httpx2.AsyncBaseTransport):
         pass  # ctx.http is shared and outlives this probe
 
 
-class _BodyTooLarge(httpx2.StreamError):
-    pass
-
-
 class _Bounded(httpx2.AsyncByteStream):
-    """A response body that ends the probe when it grows past MAX_BODY_BYTES or breaks."""
+    """A response body that ends the probe when it breaks, or when ctx.http's transport finds
+    it too large or undecodable (that transport holds the size cap, for the SDK too)."""
 
     def __init__(self, stream: Any, watch: _Watch, watched: bool) -> None:
         self._stream = stream
         self._watch = watch
         self._watched = watched
-        self._size = 0
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         chunks = self._stream.__aiter__()
@@ -270,22 +269,20 @@ class _Bounded(httpx2.AsyncByteStream):
                     chunk = await chunks.__anext__()
                 except StopAsyncIteration:
                     return
+                except ResponseTooLarge as exc:
+                    # Any stream, watched or not: the next read would be as large.
+                    self._watch.stop(self._unfit(exc.what))
+                    raise
+                except httpx2.DecodingError as exc:
+                    if self._watched:
+                        self._watch.stop(self._unfit(f"not readable: {exc}"))
+                    raise
                 except Exception as exc:
                     # The SDK reads SSE bodies under `except Exception`: a dropped connection
                     # would otherwise become "stream ended without a response", a ProtocolError.
                     if self._watched:
                         self._watch.stop(error=exc)
                     raise
-                self._size += len(chunk)
-                if self._size > MAX_BODY_BYTES:
-                    self._watch.stop(
-                        ProbeOutcome(
-                            Reason.UNEXPECTED_RESPONSE,
-                            f"The answer to {self._watch.step} was larger than "
-                            f"{MAX_BODY_BYTES // 1024} KiB; that is not an MCP server's answer.",
-                        )
-                    )
-                    raise _BodyTooLarge("body too large")
                 yield chunk
         finally:
             if isinstance(chunks, AsyncGenerator):
@@ -293,6 +290,12 @@ class _Bounded(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    def _unfit(self, what: str) -> ProbeOutcome:
+        return ProbeOutcome(
+            Reason.UNEXPECTED_RESPONSE,
+            f"The answer to {self._watch.step} was {what}; that is not an MCP server's answer.",
+        )
 
 
 @dataclass
