@@ -41,6 +41,7 @@ from servers.bombs import (
     endless_events_app,
     header_of,
 )
+from servers.misbehaving import RawServer, answer
 from servers.serve import serve
 
 KEY = "sk-bomb-test-0123456789"
@@ -97,14 +98,13 @@ class Secrets:
         return SecretData({"apiKey": KEY.encode()}, "1") if name == "creds" else None
 
 
-async def check(target: str, base: str, **extra: Any) -> Any:
-    pool = ClientPool(EgressPolicy(), proxies={})
+async def check(target: str, base: str, pool: ClientPool | None = None, **extra: Any) -> Any:
+    clients = pool if pool is not None else ClientPool(EgressPolicy(), proxies={})
     try:
-        return await validate(
-            parse_spec(raw_spec(target, base) | extra), Secrets(), pool, Defaults()
-        )
+        spec = parse_spec(raw_spec(target, base) | extra)
+        return await validate(spec, Secrets(), clients, Defaults())
     finally:
-        await pool.aclose()
+        await clients.aclose()
 
 
 # --- the operator's memory, measured on the one-shot CLI -------------------------------------
@@ -371,3 +371,18 @@ async def test_a_zstd_frame_asking_for_a_huge_window_is_refused() -> None:
 
     assert verdict.reason is Reason.UNEXPECTED_RESPONSE, verdict.message
     assert "not valid zstd" in verdict.message
+
+
+async def test_the_cap_holds_behind_a_proxy() -> None:
+    # Proxied clients get their own transport: the cap must wrap it too.
+    async def resolve(host: str, port: int) -> list[str]:
+        return ["192.0.2.10"]  # a documentation address: only the proxy is dialled
+
+    gzip_bomb = answer(200, bomb("gzip", "json"), headers={"Content-Encoding": "gzip"})
+    async with RawServer(gzip_bomb) as proxy:
+        pool = ClientPool(EgressPolicy(), resolver=resolve, proxies={"all://": proxy.url})
+        verdict = await check("openai", "http://api.test", pool)
+
+    assert verdict.reason is Reason.UNEXPECTED_RESPONSE, verdict.message
+    assert "larger than 1 MiB once decoded (gzip)" in verdict.message
+    assert [request.target for request in proxy.requests] == ["http://api.test/v1/models"]
