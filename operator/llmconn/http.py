@@ -361,7 +361,7 @@ def _gzip() -> _Decoder:
 
 
 class _Deflate(_Decoder):
-    """ "deflate" is meant to be zlib-wrapped (RFC 9110), but servers also send it raw."""
+    """Deflate, zlib-wrapped as RFC 9110 means it, or raw as some servers send it."""
 
     coding = "deflate"
 
