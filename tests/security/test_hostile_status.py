@@ -123,3 +123,20 @@ def test_bounded_shrinks_any_status_under_the_limit() -> None:
     assert st.size(small) <= st.MAX_STATUS_BYTES
     assert small["endpoint"] == status["endpoint"]  # only details and messages give way
     assert list(small.get("details", {})) == list(status["details"])[: len(small["details"])]
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/v1/models", "http://[::1/x"])
+async def test_a_redirect_to_an_unparsable_url_is_a_named_verdict(location: str) -> None:
+    from servers.misbehaving import redirect
+
+    async with RawServer(redirect(location)) as server:
+        spec = parse_spec(
+            {"provider": "openai", "endpoint": server.url + "/v1", "apiKeySecretRef": {"name": "k"}}
+        )
+        pool = ClientPool(EgressPolicy(), proxies={})
+        try:
+            verdict = await validate(spec, OneSecret(), pool, Defaults())
+        finally:
+            await pool.aclose()
+    assert verdict.reason.value == "UnexpectedResponse"
+    assert "cannot be parsed" in verdict.message

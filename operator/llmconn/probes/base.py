@@ -148,8 +148,19 @@ class ProbeContext:
             location = reply.headers.get("location")
             if not location:
                 return reply
-            target = urljoin(url, location)
-            if _origin(target) != origin:
+            try:
+                target = urljoin(url, location)
+                target_origin = _origin(target)  # .port raises for a port out of range
+            except ValueError:
+                raise ProbeFailure(
+                    ProbeOutcome(
+                        Reason.UNEXPECTED_RESPONSE,
+                        f"The endpoint redirected (HTTP {reply.status}) to a URL that cannot "
+                        "be parsed. Set spec.endpoint to the provider's real API base URL.",
+                        http_status=reply.status,
+                    )
+                ) from None
+            if target_origin != origin:
                 raise ProbeFailure(
                     ProbeOutcome(
                         Reason.UNEXPECTED_RESPONSE,

@@ -36,7 +36,6 @@ UnexpectedResponse, so the credentials never leave the endpoint's origin.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -75,13 +74,6 @@ _AUTH_ERROR = re.compile(r'error="?([A-Za-z0-9_.-]{1,64})')
 # What the SDK's streamable transport makes of an HTTP error without a JSON-RPC body.
 _SDK_HTTP_ERROR = "Server returned an error response"
 _SHOWN = re.compile(r"[^\x20-\x7e]")
-
-# The SDK logs what it could not parse, server bodies included, with tracebacks: a server
-# that echoes request headers would put the token in our logs. The probe's outcome says
-# everything those lines do, so the SDK stays quiet unless an administrator set its level.
-_SDK_LOG = logging.getLogger("mcp")
-if _SDK_LOG.level == logging.NOTSET:
-    _SDK_LOG.setLevel(logging.CRITICAL)
 
 
 @registry.provider(
