@@ -24,7 +24,8 @@ import yaml
 from llmconn import status as status_mod
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
-from llmconn.spec import LLMConnectionSpec, parse_spec
+from llmconn.probes import parse_spec
+from llmconn.spec import LLMConnectionSpec
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData, Verdict
 

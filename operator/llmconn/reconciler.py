@@ -28,9 +28,10 @@ from llmconn import status as st
 from llmconn.http import ClientPool
 from llmconn.kube import Kube, NotFound, secret_data
 from llmconn.metrics import Metrics
+from llmconn.probes import parse_spec
 from llmconn.reasons import MISSING_SECRET, Reason
 from llmconn.scheduler import Scheduler
-from llmconn.spec import LLMConnectionSpec, ValidationType, parse_spec
+from llmconn.spec import LLMConnectionSpec, ValidationType
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, Effective, SecretData, Verdict, effective
 

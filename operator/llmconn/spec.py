@@ -2,13 +2,20 @@
 
 The CRD refuses bad manifests in a cluster; `llmconn validate` has no cluster, so the rules
 that matter for a probe are checked here too, with messages that name the field.
+
+The spec knows no provider. What a provider needs (an endpoint or its default, the blocks it
+accepts or requires, the header its key goes in) is its own declaration, in the probe
+registry; the rules that depend on it are checked against those declarations, handed in
+from above through pydantic's validation context (`parse`; `llmconn.probes.parse_spec`
+hands in the registry).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -17,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -93,6 +101,42 @@ class McpTransport(StrEnum):
     SSE = "sse"
 
 
+class ProviderRules(Protocol):
+    """What the spec checks of a provider's declaration (`llmconn.probes.base.ProviderInfo`)."""
+
+    @property
+    def default_endpoint(self) -> str | None:
+        """None: spec.endpoint is required."""
+        ...
+
+    @property
+    def blocks(self) -> frozenset[str]:
+        """The provider-specific blocks (BLOCKS) it accepts."""
+        ...
+
+    @property
+    def required_blocks(self) -> frozenset[str]:
+        """The blocks it cannot do without (a subset of `blocks`)."""
+        ...
+
+    @property
+    def auth_header(self) -> str:
+        """The request header apiKeySecretRef fills, lower case."""
+        ...
+
+
+_PROVIDERS = "providers"  # the validation context's key for the declarations
+
+
+def _declared(info: ValidationInfo) -> Mapping[str, ProviderRules]:
+    context = info.context
+    if not isinstance(context, dict) or _PROVIDERS not in context:
+        # A programming error, not a bad spec: TypeError is not turned into a ValidationError.
+        raise TypeError("the spec needs the providers' declarations: use llmconn.probes.parse_spec")
+    providers: Mapping[str, ProviderRules] = context[_PROVIDERS]
+    return providers
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
@@ -157,6 +201,11 @@ class McpSpec(_Strict):
     transport: McpTransport = McpTransport.STREAMABLE_HTTP
 
 
+# The provider-specific blocks of the spec, by field name: a provider accepts only those it
+# declares.
+BLOCKS: dict[str, type[_Strict]] = {"azure": AzureSpec, "mcp": McpSpec}
+
+
 class ValidationSpec(_Strict):
     type: ValidationType | None = None
     interval: Duration | None = None
@@ -208,11 +257,10 @@ class LLMConnectionSpec(_Strict):
 
     @field_validator("provider")
     @classmethod
-    def _known_provider(cls, value: str) -> str:
-        from llmconn.probes import registry  # the registry is the only list of providers
-
-        if value not in registry.names():
-            raise ValueError(f"unknown provider {value!r}; one of: {', '.join(registry.names())}")
+    def _known_provider(cls, value: str, info: ValidationInfo) -> str:
+        names = sorted(_declared(info))
+        if value not in names:
+            raise ValueError(f"unknown provider {value!r}; one of: {', '.join(names)}")
         return value
 
     @field_validator("endpoint")
@@ -245,38 +293,30 @@ class LLMConnectionSpec(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _provider_blocks(self) -> LLMConnectionSpec:
-        from llmconn.probes import registry
-
-        info = registry.get(self.provider)
-        if self.provider == "azure-openai" and self.azure is None:
-            raise ValueError("azure.deployment is required for provider azure-openai")
-        if self.azure is not None and self.provider != "azure-openai":
-            raise ValueError("the azure block is only allowed with provider azure-openai")
-        if self.mcp is not None and self.provider != "mcp":
-            raise ValueError("the mcp block is only allowed with provider mcp")
-        if info.default_endpoint is None and self.endpoint is None:
+    def _provider_blocks(self, info: ValidationInfo) -> LLMConnectionSpec:
+        providers = _declared(info)
+        rules = providers[self.provider]
+        for block in BLOCKS:
+            if block in rules.required_blocks and getattr(self, block) is None:
+                raise ValueError(f"{_block_needs(block)} is required for provider {self.provider}")
+            if getattr(self, block) is not None and block not in rules.blocks:
+                allowed = " or ".join(sorted(n for n, r in providers.items() if block in r.blocks))
+                raise ValueError(f"the {block} block is only allowed with provider {allowed}")
+        if rules.default_endpoint is None and self.endpoint is None:
             raise ValueError(f"endpoint is required for provider {self.provider}")
         seen: set[str] = set()
         for name in [*self.headers, *(h.name for h in self.headers_from_secret)]:
             if name.lower() in seen:
                 raise ValueError(f"header {name!r} is given twice (names ignore case)")
             seen.add(name.lower())
-        if self.api_key_secret_ref is not None and info.auth.header in seen:
+        if self.api_key_secret_ref is not None and rules.auth_header in seen:
             raise ValueError(
-                f"headersFromSecret sets {info.auth.header!r}, the header apiKeySecretRef "
+                f"headersFromSecret sets {rules.auth_header!r}, the header apiKeySecretRef "
                 f"fills for provider {self.provider}: use one of the two"
             )
         return self
 
     # Derived facts, in one place.
-    @property
-    def resolved_endpoint(self) -> str:
-        from llmconn.probes import registry
-
-        endpoint = self.endpoint or registry.get(self.provider).default_endpoint or ""
-        return endpoint.rstrip("/")
-
     @property
     def default_validation_type(self) -> ValidationType:
         if self.model or self.azure is not None:
@@ -293,6 +333,14 @@ class LLMConnectionSpec(_Strict):
         return refs
 
 
-def parse_spec(raw: dict[str, Any]) -> LLMConnectionSpec:
-    """Parse a manifest's spec; raises pydantic.ValidationError naming the field."""
-    return LLMConnectionSpec.model_validate(raw)
+def _block_needs(block: str) -> str:
+    """What a required block must hold, for messages: "azure.deployment"."""
+    fields = BLOCKS[block].model_fields
+    required = [field.alias or name for name, field in fields.items() if field.is_required()]
+    return f"{block}.{required[0]}" if required else f"the {block} block"
+
+
+def parse(raw: Mapping[str, Any], providers: Mapping[str, ProviderRules]) -> LLMConnectionSpec:
+    """Parse a manifest's spec against the providers' declarations; raises
+    pydantic.ValidationError naming the field."""
+    return LLMConnectionSpec.model_validate(raw, context={_PROVIDERS: providers})

@@ -71,7 +71,7 @@ async def validate(
     does; see the module docstring for what propagates."""
     settings = effective(spec, defaults)
     info = registry.get(spec.provider)
-    endpoint = spec.resolved_endpoint
+    endpoint = info.base_url(spec.endpoint)
 
     def finish(
         outcome: ProbeOutcome,

@@ -26,8 +26,8 @@ import pytest
 from llmconn import http as llmconn_http
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
+from llmconn.probes import parse_spec
 from llmconn.reasons import Reason
-from llmconn.spec import parse_spec
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData
 from servers import mcp_server, openai_dialect

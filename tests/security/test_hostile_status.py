@@ -18,7 +18,7 @@ import yaml
 from llmconn import status as st
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
-from llmconn.spec import parse_spec
+from llmconn.probes import parse_spec
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData
 from servers.misbehaving import RawServer, answer

@@ -16,7 +16,7 @@ import pydantic
 import pytest
 
 from llmconn import kube as kube_mod
-from llmconn.spec import parse_spec
+from llmconn.probes import parse_spec
 
 TRAVERSAL = "../../victim/secrets/topsecret"
 

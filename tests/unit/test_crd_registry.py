@@ -1,7 +1,9 @@
 """The CRD's CEL rules that name providers agree with the probe registry (the only list).
 
 The provider enum is checked in test_docs_consistency.py; here: which providers require an
-endpoint, and which header each provider's key goes in.
+endpoint, which provider-specific blocks each accepts or requires, and which header each
+provider's key goes in. A provider added or changed in its module fails here until the CRD
+says the same.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 
 import yaml
 
-from llmconn.probes import Auth, registry
+from llmconn.probes import registry
+from llmconn.probes.base import Auth
+from llmconn.spec import BLOCKS
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
 
@@ -29,6 +33,23 @@ def test_the_providers_that_require_an_endpoint_are_the_registrys() -> None:
     listed = set(re.findall(r"'([a-z0-9-]+)'", rule))
     required = {name for name in registry.names() if registry.get(name).default_endpoint is None}
     assert listed == required
+
+
+def test_the_provider_blocks_rules_are_the_registrys() -> None:
+    expected = set()
+    for block in BLOCKS:
+        allowed = [name for name in registry.names() if block in registry.get(name).blocks]
+        assert allowed, f"no provider accepts spec.{block}"
+        if len(allowed) == 1:
+            expected.add(f"!has(self.{block}) || self.provider == '{allowed[0]}'")
+        else:
+            listed = ", ".join(f"'{name}'" for name in allowed)
+            expected.add(f"!has(self.{block}) || self.provider in [{listed}]")
+        for name in allowed:
+            if block in registry.get(name).required_blocks:
+                expected.add(f"self.provider != '{name}' || has(self.{block})")
+    about_blocks = {r for r in spec_rules() if any(f"has(self.{b})" in r for b in BLOCKS)}
+    assert about_blocks == expected
 
 
 def test_the_auth_header_expression_is_the_registrys() -> None:

@@ -17,7 +17,8 @@ import yaml
 
 from llmconn import config
 from llmconn.metrics import Metrics
-from llmconn.probes import Auth, registry
+from llmconn.probes import registry
+from llmconn.probes.base import Auth
 from llmconn.reasons import MISSING_SECRET, STALLING, TRANSIENT, Reason, Result, result_of
 from llmconn.spec import McpTransport, ValidationType
 

@@ -11,7 +11,7 @@ import pytest
 
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
-from llmconn.probes import registry
+from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import ProbeContext, ProbeOutcome
 from llmconn.reasons import Reason
 from llmconn.spec import (
@@ -20,7 +20,6 @@ from llmconn.spec import (
     McpTransport,
     SecretKeyRef,
     ValidationType,
-    parse_spec,
 )
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData

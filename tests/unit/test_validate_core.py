@@ -19,11 +19,10 @@ import pytest
 
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool, DNSLookupError, EgressDenied
-from llmconn.probes import Auth, registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok
+from llmconn.probes import parse_spec, registry
+from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok
 from llmconn.probes.errors import classify_error
 from llmconn.reasons import Reason, Result
-from llmconn.spec import parse_spec
 from llmconn.status import LATEST_PROBE_KEYS, rfc3339, status_fields
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData
@@ -77,15 +76,15 @@ async def _check(ctx: ProbeContext) -> ProbeOutcome:
 @pytest.fixture(autouse=True)
 def checker() -> Iterator[str]:
     """Provider "checker" (x-api-key auth, which httpx would forward on a redirect)."""
-    registry.names()  # load the real providers first
-    registry.provider("checker", default_endpoint=None, auth=Auth.X_API_KEY, title="Test")(_check)
-    registry.provider("checker-no-inference", default_endpoint=None, title="Test", inference=False)(
-        _check
-    )
-    RAISE.clear()
-    yield "checker"
-    registry._providers.pop("checker")
-    registry._providers.pop("checker-no-inference")
+    with registry.temporary() as providers:
+        providers.provider("checker", default_endpoint=None, auth=Auth.X_API_KEY, title="Test")(
+            _check
+        )
+        providers.provider(
+            "checker-no-inference", default_endpoint=None, title="Test", inference=False
+        )(_check)
+        RAISE.clear()
+        yield "checker"
 
 
 @pytest.fixture

@@ -28,8 +28,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llmconn.probes import Auth, registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok
+from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok, registry
 from llmconn.probes.errors import classify_error, not_the_api
 from llmconn.reasons import Reason
 from llmconn.spec import AzureSpec, ValidationType
@@ -43,6 +42,7 @@ PROMPT = "Reply with the single word OK."
     default_endpoint=None,
     auth=Auth.AZURE,
     title="Azure OpenAI",
+    requires=("azure",),
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     if ctx.azure is None:

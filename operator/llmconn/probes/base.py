@@ -1,6 +1,11 @@
-"""What every probe shares: the context it runs in, the reply it reads, the outcome it returns.
+"""What every probe shares: its declaration, the context it runs in, the reply it reads, the
+outcome it returns; and the registry that provider modules register into.
 
-A probe is `async def probe(ctx: ProbeContext) -> ProbeOutcome`. It makes its requests with
+A probe is `async def probe(ctx: ProbeContext) -> ProbeOutcome`, registered with
+`@registry.provider(...)`, which declares what the provider needs of a spec. This module
+imports nothing above it: provider modules import it, and the `llmconn.probes` package
+imports every provider module (as External Secrets' providers register into its API package).
+ It makes its requests with
 `ctx.request()`, which adds the provider's auth header, refuses off-site redirects, reads
 the body (which the client's transport decodes and bounds: `llmconn.http`), and records
 request ids, headroom headers and phase timings. Timeouts, total timing, redaction and the
@@ -10,19 +15,21 @@ probes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import httpx2
 
 from llmconn.http import ResponseTooLarge
-from llmconn.probes import Auth, ProviderInfo
 from llmconn.reasons import Reason
-from llmconn.spec import AzureSpec, McpSpec, SecretKeyRef, ValidationType
+from llmconn.spec import BLOCKS, AzureSpec, McpSpec, SecretKeyRef, ValidationType
 
 MAX_REDIRECTS = 3
 USER_AGENT = "llmconn/0.1"
@@ -31,6 +38,115 @@ USER_AGENT = "llmconn/0.1"
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-dashscope-request-id")
 HEADROOM_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 EXTRA_DETAIL_HEADERS = {"x-ms-region": "region"}
+
+
+class Auth(StrEnum):
+    """How the API key goes out: the header each provider's SDK uses."""
+
+    BEARER = "bearer"  # Authorization: Bearer <key>
+    X_API_KEY = "x-api-key"  # Anthropic
+    GOOG = "x-goog-api-key"  # Gemini
+    AZURE = "api-key"  # Azure OpenAI
+
+    @property
+    def header(self) -> str:
+        """The request header the key goes in, lower case."""
+        return "authorization" if self is Auth.BEARER else self.value
+
+
+ProbeFn = Callable[["ProbeContext"], Awaitable["ProbeOutcome"]]
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    """A provider's declaration: its probe, and what it needs of a spec (which the spec model
+    checks, `llmconn.spec.ProviderRules`, and the CRD repeats: a test compares them)."""
+
+    name: str
+    probe: ProbeFn
+    title: str  # for docs and CLI help
+    default_endpoint: str | None  # None: spec.endpoint is required
+    auth: Auth = Auth.BEARER
+    inference: bool = True  # whether Inference validation is possible
+    blocks: frozenset[str] = frozenset()  # provider-specific spec blocks it accepts
+    required_blocks: frozenset[str] = frozenset()  # ... and those it requires
+
+    @property
+    def auth_header(self) -> str:
+        return self.auth.header
+
+    def base_url(self, endpoint: str | None) -> str:
+        """The URL probes build on: spec.endpoint, else the default; no trailing slash."""
+        return (endpoint or self.default_endpoint or "").rstrip("/")
+
+
+class Registry:
+    """The only list of providers: name -> ProviderInfo, refusing duplicates."""
+
+    def __init__(self) -> None:
+        self._providers: dict[str, ProviderInfo] = {}
+
+    def provider(
+        self,
+        name: str,
+        *,
+        title: str,
+        default_endpoint: str | None,
+        auth: Auth = Auth.BEARER,
+        inference: bool = True,
+        accepts: Iterable[str] = (),
+        requires: Iterable[str] = (),
+    ) -> Callable[[ProbeFn], ProbeFn]:
+        """Register the decorated probe under `name`, with what the provider needs: spec
+        blocks it `accepts`, and those it `requires` (which it accepts too)."""
+
+        def register(fn: ProbeFn) -> ProbeFn:
+            self.add(
+                ProviderInfo(
+                    name=name,
+                    probe=fn,
+                    title=title,
+                    default_endpoint=default_endpoint,
+                    auth=auth,
+                    inference=inference,
+                    blocks=frozenset(accepts) | frozenset(requires),
+                    required_blocks=frozenset(requires),
+                )
+            )
+            return fn
+
+        return register
+
+    def add(self, info: ProviderInfo) -> None:
+        if info.name in self._providers:
+            raise ValueError(f"provider {info.name!r} registered twice")
+        if not info.blocks <= BLOCKS.keys() or not info.required_blocks <= info.blocks:
+            raise ValueError(f"provider {info.name!r}: blocks must be spec blocks it accepts")
+        self._providers[info.name] = info
+
+    def get(self, name: str) -> ProviderInfo:
+        return self._providers[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._providers)
+
+    @property
+    def providers(self) -> Mapping[str, ProviderInfo]:
+        """Every declaration, read-only (what the spec model is checked against)."""
+        return MappingProxyType(self._providers)
+
+    @contextlib.contextmanager
+    def temporary(self) -> Iterator[Registry]:
+        """For tests: providers registered inside the block are gone after it."""
+        before = dict(self._providers)
+        try:
+            yield self
+        finally:
+            self._providers = before
+
+
+# Provider modules register here; `llmconn.probes` imports them all before anyone asks.
+registry = Registry()
 
 
 @dataclass(frozen=True)

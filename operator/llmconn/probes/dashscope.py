@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, registry
 from llmconn.probes.openai_style import Flavour, check
 from llmconn.reasons import Reason
 

@@ -6,8 +6,7 @@ knob to turn reasoning off, so the 16-token budget (which counts the reasoning) 
 
 from __future__ import annotations
 
-from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, registry
 from llmconn.probes.openai_style import Flavour, check
 from llmconn.reasons import Reason
 

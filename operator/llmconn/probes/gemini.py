@@ -27,8 +27,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from llmconn.probes import Auth, registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome, Reply, ok
+from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, Reply, ok, registry
 from llmconn.probes.errors import classify_error, not_the_api, retry_after
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType

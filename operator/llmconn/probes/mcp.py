@@ -53,15 +53,16 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from llmconn.http import ResponseTooLarge
-from llmconn.probes import Auth, registry
 from llmconn.probes.base import (
     MAX_REDIRECTS,
     USER_AGENT,
+    Auth,
     ProbeContext,
     ProbeFailure,
     ProbeOutcome,
     Reply,
     ok,
+    registry,
 )
 from llmconn.probes.errors import retry_after
 from llmconn.reasons import Reason
@@ -82,6 +83,7 @@ _SHOWN = re.compile(r"[^\x20-\x7e]")
     auth=Auth.BEARER,
     title="Model Context Protocol server",
     inference=False,
+    accepts=("mcp",),
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     transport = ctx.mcp.transport if ctx.mcp is not None else McpTransport.STREAMABLE_HTTP

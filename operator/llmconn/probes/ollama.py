@@ -11,8 +11,7 @@ num_predict caps every generated token, thinking included, so the probe does not
 
 from __future__ import annotations
 
-from llmconn.probes import Auth, registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome, Reply, ok
+from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, Reply, ok, registry
 from llmconn.probes.errors import classify_error, not_the_api
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType

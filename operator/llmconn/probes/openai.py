@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.base import ProbeContext, ProbeOutcome, registry
 from llmconn.probes.openai_style import TEST_MAX_TOKENS, Flavour, check
 
 # o-series and gpt-5 models think before answering; they refuse max_tokens and any temperature

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.base import ProbeContext, ProbeOutcome, registry
 from llmconn.probes.openai_style import Flavour, check, read_json, unexpected
 
 

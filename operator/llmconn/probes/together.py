@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.base import ProbeContext, ProbeOutcome, registry
 from llmconn.probes.openai_style import Flavour, check
 
 FLAVOUR = Flavour()

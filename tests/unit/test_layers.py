@@ -1,0 +1,181 @@
+"""Dependencies in operator/llmconn run one way: no import cycle, and the layers of the
+package's docstring hold. Every import statement counts, inside functions and under
+TYPE_CHECKING too: read from the source with `ast`, not from what happened to be imported.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping, Set
+from pathlib import Path
+
+import pytest
+
+import llmconn
+
+PACKAGE = Path(llmconn.__file__).parent
+PROBES = "llmconn.probes"
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _absolute(module: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".")
+    is_package = modules()[module].name == "__init__.py"
+    base = package[: len(package) - node.level + (1 if is_package else 0)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def imports_of(module: str, path: Path, known: Set[str]) -> set[str]:
+    """The llmconn modules `module` imports anywhere in its source. `from p import name` is
+    an import of p.name when that is a module, else of p."""
+    edges: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            edges |= {alias.name for alias in node.names if alias.name in known}
+        elif isinstance(node, ast.ImportFrom):
+            source = _absolute(module, node)
+            for alias in node.names:
+                if f"{source}.{alias.name}" in known:
+                    edges.add(f"{source}.{alias.name}")
+                elif source in known:
+                    edges.add(source)
+    edges.discard(module)
+    return edges
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    return {name: imports_of(name, path, found.keys()) for name, path in found.items()}
+
+
+def find_cycle(edges: Mapping[str, Set[str]]) -> list[str] | None:
+    """One import cycle as a path that returns to its start, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)) is not None:
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state and (cycle := visit(start)) is not None:
+            return cycle
+    return None
+
+
+def layers() -> dict[str, int]:
+    """Module -> layer number, from the numbered lines of llmconn's docstring."""
+    found: dict[str, int] = {}
+    for number, names in re.findall(r"^(\d+)\. ([^(\n]+)", llmconn.__doc__ or "", re.M):
+        for name in names.split(","):
+            found[f"llmconn.{name.strip()}"] = int(number)
+    return found
+
+
+def layer_of(module: str, table: Mapping[str, int]) -> int | None:
+    if module in table:
+        return table[module]
+    if module.startswith(PROBES + "."):
+        return table.get(PROBES + ".*")
+    return None
+
+
+# --- the checker itself ------------------------------------------------------------------
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
+    # The shape this package had: spec imports the registry inside a function, and the
+    # registry's module imports spec back.
+    spec = tmp_path / "spec.py"
+    spec.write_text("def known():\n    from llmconn.probes import registry\n")
+    base = tmp_path / "base.py"
+    base.write_text("from llmconn.spec import LLMConnectionSpec\n")
+    known = {"llmconn.spec", "llmconn.probes", "llmconn.probes.base"}
+    edges = {
+        "llmconn.spec": imports_of("llmconn.spec", spec, known),
+        "llmconn.probes": {"llmconn.probes.base"},
+        "llmconn.probes.base": imports_of("llmconn.probes.base", base, known),
+    }
+    assert find_cycle(edges) == [
+        "llmconn.probes",
+        "llmconn.probes.base",
+        "llmconn.spec",
+        "llmconn.probes",
+    ]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_docstring_names_layers() -> None:
+    assert layers()["llmconn.spec"] < layers()["llmconn.probes.base"] < layers()[PROBES]
+
+
+# --- the package -------------------------------------------------------------------------
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    assert find_cycle(graph()) is None
+
+
+def test_every_module_imports_only_its_own_layer_and_those_below() -> None:
+    table = layers()
+    unplaced = [m for m in graph() if m != "llmconn" and layer_of(m, table) is None]
+    assert not unplaced, f"name these in a layer of llmconn/__init__.py's docstring: {unplaced}"
+    upward = [
+        f"{module} ({layer_of(module, table)}) imports {target} ({layer_of(target, table)})"
+        for module, targets in graph().items()
+        if module != "llmconn"
+        for target in sorted(targets)
+        if (layer_of(target, table) or 0) > (layer_of(module, table) or 0)
+    ]
+    assert not upward
+
+
+def test_the_spec_knows_no_provider() -> None:
+    assert not {m for m in graph()["llmconn.spec"] if m.startswith(PROBES)}
+
+
+@pytest.mark.parametrize("module", sorted(m for m in modules() if m.startswith(PROBES + ".")))
+def test_probe_modules_never_import_the_probes_package(module: str) -> None:
+    assert PROBES not in graph()[module]
+
+
+def registers_a_provider(path: Path) -> bool:
+    """A function decorated with `@registry.provider(...)`."""
+    return any(
+        isinstance(decorator, ast.Call)
+        and isinstance(decorator.func, ast.Attribute)
+        and decorator.func.attr == "provider"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.AsyncFunctionDef | ast.FunctionDef)
+        for decorator in node.decorator_list
+    )
+
+
+def test_the_probes_package_imports_every_provider_module() -> None:
+    providers = {
+        name
+        for name, path in modules().items()
+        if name.startswith(PROBES + ".") and registers_a_provider(path)
+    }
+    imported = {m for m in graph()[PROBES] if m.startswith(PROBES + ".")} - {f"{PROBES}.base"}
+    assert providers == imported, "list every provider module in llmconn/probes/__init__.py"
