@@ -28,6 +28,7 @@ class Config:
     shard: Shard = field(default_factory=Shard)
     log_level: str = "info"
     log_format: str = "plain"
+    secret_label_selector: str | None = None  # narrows the Secret watch
 
     @property
     def namespace_patterns(self) -> bool:
@@ -180,6 +181,13 @@ def parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
     )
     p.add_argument("--log-format", default=_env("log-format", "plain"), choices=["plain", "json"])
+    p.add_argument(
+        "--secret-label-selector",
+        default=_env("secret-label-selector") or None,
+        help="watch only the Secrets with these labels (e.g. llmconn.dev/watch=true); other "
+        "referenced Secrets are still read when validated, but their changes are not seen "
+        "until the next validation",
+    )
     return p
 
 
@@ -234,4 +242,5 @@ def from_args(argv: Sequence[str]) -> Config:
         shard=Shard(args.shard_index, args.shard_count),
         log_level=args.log_level,
         log_format=args.log_format,
+        secret_label_selector=args.secret_label_selector,
     )

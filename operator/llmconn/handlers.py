@@ -1,4 +1,5 @@
-"""Kopf wiring, and nothing else: watch events go to the Reconciler; startup builds it.
+"""Kopf wiring, and nothing else: connection watch events go to the Reconciler; startup
+builds it and starts the Secret watch (secretwatch.py: metadata only, which Kopf cannot do).
 
 Only event-level handlers are used, so Kopf writes nothing to the objects (no finalizers, no
 last-handled-configuration annotation, no progress storage): the status PATCH per validation
@@ -20,6 +21,7 @@ from llmconn.kube import GROUP, PLURAL, VERSION, Kube
 from llmconn.metrics import Metrics
 from llmconn.peering import follow, peering_paths
 from llmconn.reconciler import Reconciler
+from llmconn.secretwatch import SecretWatch
 
 log = logging.getLogger("llmconn")
 SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their status
@@ -47,6 +49,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     memo.reconciler = reconciler
     memo.task = asyncio.create_task(reconciler.run(), name="llmconn scheduler")
+    memo.secret_watch = SecretWatch(  # Secrets as metadata only; see secretwatch.py
+        reconciler.kube,
+        reconciler,
+        namespaces=config.namespaces,
+        all_namespaces=config.all_namespaces,
+        label_selector=config.secret_label_selector,
+    )
+    memo.secret_watch.start()
     if config.peering_name is not None:
         settings.peering.lifetime = int(config.peering_lifetime)
         paths = peering_paths(config.peering_name, config.namespaces, config.all_namespaces)
@@ -76,6 +86,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         return
     if memo.get("peering") is not None:
         memo.peering.cancel()
+    await memo.secret_watch.stop()
     memo.task.cancel()  # stop starting new validations...
     with contextlib.suppress(asyncio.CancelledError):
         await memo.task
@@ -88,8 +99,3 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def connection_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.connection_event(event["type"], event["object"])
-
-
-@kopf.on.event("", "v1", "secrets")
-async def secret_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.secret_event(event["type"], event["object"])

@@ -1,7 +1,8 @@
 """The few Kubernetes API calls the operator makes itself: one status PATCH per validation,
-Secret reads that bypass the watch cache, and Events on transitions.
+Secret reads, metadata-only lists and watches (secretwatch.py), and Events on transitions.
 
-Kopf watches; these calls are ours so that each validation is exactly one write. The client
+Kopf watches the connections; these calls are ours so that each validation is exactly one
+write, and so that Secrets are watched without their data. The client
 logs in the way Kopf does (service account in a pod, else $KUBECONFIG) and reuses Kopf's
 TLS and header construction from its ConnectionInfo.
 """
@@ -23,10 +24,17 @@ from llmconn.verdict import SecretData
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "llmconn.dev", "v1alpha1", "llmconnections"
+# Metadata-only representations of a list and of a watch event's object.
+META_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+META_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
 class NotFound(Exception):
     """The object is gone (deleted while we worked)."""
+
+
+class Gone(Exception):
+    """410 Gone: the resourceVersion or continue token is too old; list again."""
 
 
 def login() -> kopf.ConnectionInfo:
@@ -43,32 +51,51 @@ class Kube:
     def __init__(self, info: kopf.ConnectionInfo | None = None, *, max_connections: int = 64):
         self._info = info
         self._max = max_connections
-        self._client = self._make_client(info or login())
+        info = info or login()
+        self._client = self._make_client(info)
+        self._streams = self._make_client(info, streams=True)
 
-    def _make_client(self, info: kopf.ConnectionInfo) -> httpx2.AsyncClient:
+    def _make_client(
+        self, info: kopf.ConnectionInfo, *, streams: bool = False
+    ) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(
             base_url=info.server,
             verify=info.as_ssl_context(),
             headers={**info.as_http_headers(), "User-Agent": "llmconn-operator"},
             timeout=httpx2.Timeout(30.0, connect=10.0),
-            limits=httpx2.Limits(max_connections=self._max, max_keepalive_connections=self._max),
+            limits=httpx2.Limits(
+                max_connections=None if streams else self._max,
+                max_keepalive_connections=self._max,
+            ),
             # One multiplexed connection: a pool of HTTP/1.1 connections costs a socket poll
             # per idle connection on every request, which dominated the operator's CPU at scale.
-            http2=True,
+            # Watches are the exception, each on an HTTP/1.1 connection of its own: over
+            # HTTP/2, a request whose answer has arrived can wait behind a quiet watch stream
+            # that holds the connection's read lock until its next event.
+            http2=not streams,
             trust_env=False,
         )
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        await self._streams.aclose()
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:
         response = await self._client.request(method, url, **kwargs)
-        if response.status_code == 401 and self._info is None:
-            # A projected service-account token rotates on disk: log in again once.
-            await self._client.aclose()
-            self._client = self._make_client(login())
+        if response.status_code == 401 and await self._relogin():
             response = await self._client.request(method, url, **kwargs)
         return response
+
+    async def _relogin(self) -> bool:
+        """A projected service-account token rotates on disk: log in again (not when the
+        credentials were given, as in tests)."""
+        if self._info is not None:
+            return False
+        await self.aclose()
+        info = login()
+        self._client = self._make_client(info)
+        self._streams = self._make_client(info, streams=True)
+        return True
 
     async def patch_status(
         self, namespace: str, name: str, status: dict[str, Any]
@@ -98,6 +125,39 @@ class Kube:
                 if line:
                     event = json.loads(line)
                     yield {} if event.get("type") == "DELETED" else event.get("object") or {}
+
+    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        """One page of the collection at `path`, as metadata only (PartialObjectMetadataList:
+        no Secret data crosses the wire). Raises Gone for an expired continue token."""
+        response = await self._call("GET", path, params=params, headers={"Accept": META_LIST})
+        if response.status_code == 410:
+            raise Gone(path)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def watch_metadata(
+        self, path: str, params: dict[str, str], read_timeout: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events of the collection at `path` with metadata-only objects, until the
+        server ends the stream. `read_timeout` bounds the silence between two chunks, so a
+        connection that died without a word is noticed. Raises Gone for a resourceVersion
+        the server no longer has (an ERROR event with code 410 is left to the caller)."""
+        timeout = httpx2.Timeout(30.0, connect=10.0, read=read_timeout)
+        query = {**params, "watch": "true"}
+        headers = {"Accept": META_WATCH}
+        async with self._streams.stream(
+            "GET", path, params=query, headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code == 410:
+                raise Gone(path)
+            if response.status_code == 401:
+                await self._relogin()
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line:
+                    event: dict[str, Any] = json.loads(line)
+                    yield event
 
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:
         response = await self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")

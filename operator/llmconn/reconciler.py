@@ -1,11 +1,13 @@
 """The operator's core: which connection to validate when, and one status write per verdict.
 
-Kopf hands watch events to `connection_event` and `secret_event` (see handlers.py); they only
-update memory and the schedule. Validations run from the scheduler's bounded pool, call the
-plain `validate()` core, and write the status in exactly one PATCH. The operator's own
-writes come back as MODIFIED events and change nothing here: a validation is triggered by a
-new generation, a new `llmconn.dev/validate-requested-at` value, changed Secret data, or the
-interval, never by a status.
+Kopf hands connection watch events to `connection_event` (see handlers.py), and the Secret
+watch (secretwatch.py) hands Secret metadata to `secret_event`; they only update memory and
+the schedule, and read a referenced Secret whose resourceVersion moved. Validations run from
+the scheduler's bounded pool, call the plain `validate()` core, and write the status in
+exactly one PATCH. The operator's own writes come back as MODIFIED events and change nothing
+here: a validation is triggered by a new generation, a new
+`llmconn.dev/validate-requested-at` value, changed Secret data, or the interval, never by a
+status.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pydantic
 
 from llmconn import status as st
 from llmconn.http import ClientPool
-from llmconn.kube import Kube, NotFound, secret_data
+from llmconn.kube import Kube, NotFound
 from llmconn.metrics import Metrics
 from llmconn.probes import parse_spec
 from llmconn.reasons import MISSING_SECRET, Reason
@@ -42,6 +44,7 @@ PENDING_AFTER = 0.5  # seconds a first probe may take before Reconciling=True is
 RESUME_SPREAD = 30.0  # seconds over which overdue connections are spread after a restart
 RETRY_API = 10.0  # seconds before retrying a validation whose Kubernetes call failed
 JITTER = 0.1  # +-10% of the interval, so connections created together drift apart
+SECRET_READS = 8  # Secret reads after watch events in flight at most
 
 Key = tuple[str, str]  # namespace, name
 
@@ -101,6 +104,11 @@ class Reconciler:
         self.conns: dict[Key, Conn] = {}
         self.secret_users: dict[Key, set[Key]] = {}  # (ns, secret) -> connections using it
         self.secrets: dict[Key, SecretData] = {}  # only Secrets some connection references
+        # resourceVersion of every Secret the watch reports (metadata only, never data): the
+        # cache holds a Secret only at the version the watch last reported.
+        self.secret_versions: dict[Key, str] = {}
+        self._refreshing: dict[Key, asyncio.Task[None]] = {}  # reads after a Secret changed
+        self._read_slots = asyncio.Semaphore(SECRET_READS)
         self._events: set[asyncio.Future[None]] = set()  # transition Events being posted
         self.scheduler: Scheduler[Key] = Scheduler(
             self._work, concurrency=concurrency, on_lag=metrics.schedule_lag
@@ -151,18 +159,87 @@ class Reconciler:
         elif first_sight:
             self._resume(conn)
 
-    def secret_event(self, event_type: str | None, body: dict[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        skey: Key = (meta.get("namespace", ""), meta.get("name", ""))
-        users = self.secret_users.get(skey)
-        if not users:
+    def secret_event(self, event_type: str | None, meta: dict[str, Any]) -> None:
+        """A Secret's metadata from the watch (never its data). A referenced Secret whose
+        resourceVersion moved is read again, and its connections re-validated if the values
+        they use changed."""
+        skey: Key = (meta.get("namespace") or "", meta.get("name") or "")
+        if event_type == "DELETED":
+            self.secret_versions.pop(skey, None)
+            if skey in self.secret_users:
+                self._secret_changed(skey, None)
             return
-        data = None if event_type == "DELETED" else secret_data(body)
+        version = str(meta.get("resourceVersion") or "")
+        if self.secret_versions.get(skey) == version:
+            return  # a list after a reconnection repeats what is known
+        self.secret_versions[skey] = version
+        if skey not in self.secret_users:
+            return  # nobody uses it: not read, not kept
+        self.secrets.pop(skey, None)  # stale: a validation reads afresh until the new one is in
+        if skey not in self._refreshing:
+            self._refreshing[skey] = asyncio.ensure_future(self._refresh_secret(skey))
+
+    def secrets_listed(self, namespace: str | None, present: set[Key]) -> None:
+        """A complete list of a namespace's Secrets (None: of all namespaces) arrived: those
+        that went while the watch was away are gone, as a list brings no DELETED events."""
+        gone = [
+            skey
+            for skey in self.secret_versions
+            if (namespace is None or skey[0] == namespace) and skey not in present
+        ]
+        for skey in gone:
+            self.secret_event("DELETED", {"namespace": skey[0], "name": skey[1]})
+
+    async def _refresh_secret(self, skey: Key) -> None:
+        """Read a referenced Secret until the cache holds the version the watch reported."""
+        try:
+            while skey in self.secret_users:
+                want = self.secret_versions.get(skey)
+                cached = self.secrets.get(skey)
+                if want is None or (cached is not None and cached.resource_version == want):
+                    return  # deleted since, or a validation has read this version already
+                try:
+                    async with self._read_slots:
+                        data = await self.kube.get_secret(*skey)
+                except httpx2.HTTPError as exc:
+                    log.warning(
+                        "could not read Secret %s/%s (%s); retrying in %.0fs",
+                        *skey,
+                        type(exc).__name__,
+                        RETRY_API,
+                    )
+                    await asyncio.sleep(RETRY_API * random.uniform(1, 1.5))
+                    continue
+                if self.secret_versions.get(skey) != want:
+                    continue  # it changed again during the read: read again
+                if data is not None and data.resource_version == want:
+                    self._secret_changed(skey, data)
+                # Otherwise the read is ahead of the watch (a newer version, or gone): the
+                # watch event that is on its way starts the next read.
+                return
+        except Exception:
+            log.exception("reading Secret %s/%s failed unexpectedly", *skey)
+        finally:
+            self._refreshing.pop(skey, None)
+
+    def _keep(self, skey: Key, data: SecretData | None) -> None:
+        """Cache a Secret read on a cache miss, but only at the version the watch last
+        reported: a slow read never overwrites a newer version that a watch event brought
+        meanwhile, and a Secret the watch does not see (outside a label selector) is read
+        afresh by every validation instead of going stale in the cache."""
+        if (
+            data is not None
+            and skey in self.secret_users
+            and data.resource_version == self.secret_versions.get(skey)
+        ):
+            self.secrets[skey] = data
+
+    def _secret_changed(self, skey: Key, data: SecretData | None) -> None:
         if data is None:
             self.secrets.pop(skey, None)
         else:
             self.secrets[skey] = data
-        for key in list(users):
+        for key in list(self.secret_users.get(skey, ())):
             conn = self.conns.get(key)
             if conn is None or conn.spec is None or conn.spec.suspend:
                 continue
@@ -241,6 +318,9 @@ class Reconciler:
             if not users:
                 del self.secret_users[skey]
                 self.secrets.pop(skey, None)
+                refresh = self._refreshing.pop(skey, None)
+                if refresh is not None:
+                    refresh.cancel()
 
     def _forget(self, key: Key) -> None:
         conn = self.conns.pop(key, None)
@@ -365,6 +445,8 @@ class Reconciler:
             await self.scheduler.run()
         finally:
             gauges.cancel()
+            for refresh in self._refreshing.values():
+                refresh.cancel()
 
     async def flush_events(self, timeout: float) -> None:
         """Let transition Events still being posted reach the API before shutdown."""
@@ -380,7 +462,8 @@ class Reconciler:
 
 class _RecordingSecrets:
     """The connection's namespace only. A Secret missing from the cache is read from the API
-    before it is declared missing (the two watches are unordered). What the probe reads is
+    before it is declared missing (the watches are unordered), and kept only if the watch has
+    reported that very version. What the probe reads is
     recorded at once, so a Secret event that arrives during the probe re-validates only if
     it brings other data than the probe used."""
 
@@ -393,8 +476,7 @@ class _RecordingSecrets:
         data = self._r.secrets.get(skey)
         if data is None:
             data = await self._r.kube.get_secret(skey[0], name)
-            if data is not None and skey in self._r.secret_users:
-                self._r.secrets[skey] = data
+            self._r._keep(skey, data)
         self._conn.secret_digests[name] = _digest(self._conn.spec, name, data)
         return data
 

@@ -12,6 +12,10 @@ measures:
 - the operator's RSS and CPU use, and apiserver writes per validation (from the apiserver's
   own `apiserver_request_total`).
 
+With --unrelated-secrets N, N Secrets of --unrelated-secret-kib KiB that no connection uses
+(as Helm release Secrets are) exist in the watched namespace before the operator starts, and
+each is changed once before the steady state: compare the operator's RSS with a run without.
+
 Prints a summary and writes JSON (default .local/bench/result.json).
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -86,6 +91,11 @@ class Proc:
         cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return rss, cpu
 
+    def high_water(self) -> float:
+        """Peak RSS in MiB over the process's life (VmHWM), transient peaks included."""
+        with open(f"/proc/{self.p.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
     def stop(self) -> None:
         if self.p.poll() is None:
             self.p.terminate()
@@ -140,6 +150,28 @@ class Watcher(threading.Thread):
                             self.first_status.setdefault(name, time.monotonic())
 
 
+async def put_secrets(client_args: dict[str, Any], count: int, kib: int, version: int) -> None:
+    """Create (version 1) or replace the unrelated Secrets, 16 requests at a time."""
+    sem = asyncio.Semaphore(16)
+    filler = base64.b64encode(os.urandom(kib * 1024)).decode()
+
+    async def one(c: httpx2.AsyncClient, i: int) -> None:
+        name = f"unrelated-{i:05d}"
+        body = {
+            "metadata": {"name": name, "namespace": NS},
+            "data": {"release": filler, "version": base64.b64encode(b"%d" % version).decode()},
+        }
+        async with sem:
+            if version == 1:
+                r = await c.post(f"/api/v1/namespaces/{NS}/secrets", json=body)
+            else:
+                r = await c.put(f"/api/v1/namespaces/{NS}/secrets/{name}", json=body)
+            r.raise_for_status()
+
+    async with httpx2.AsyncClient(**client_args, timeout=60) as c:
+        await asyncio.gather(*(one(c, i) for i in range(count)))
+
+
 async def create_many(
     client: httpx2.AsyncClient, docs: list[dict[str, Any]], parallel: int
 ) -> None:
@@ -163,6 +195,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=60.0, help="seconds of steady state measured")
     ap.add_argument("--samples", type=int, default=100, help="reaction samples (default 100)")
     ap.add_argument("--concurrency", type=int, default=64, help="operator --concurrency")
+    ap.add_argument(
+        "--unrelated-secrets",
+        type=int,
+        default=0,
+        help="Secrets no connection uses, present from the start and changed once (default 0)",
+    )
+    ap.add_argument(
+        "--unrelated-secret-kib",
+        type=int,
+        default=100,
+        help="size of each unrelated Secret's data in KiB (default 100)",
+    )
     ap.add_argument("--out", default=str(ROOT / ".local" / "bench" / "result.json"))
     args = ap.parse_args(argv)
 
@@ -182,6 +226,19 @@ def main(argv: list[str] | None = None) -> int:
         cp.kubectl(
             "create", "secret", "generic", "bench-key", "-n", NS, f"--from-literal=apiKey={KEY}"
         )
+        client_args = {
+            "base_url": cp.server,
+            "headers": {"Authorization": f"Bearer {cp.token}"},
+            "verify": str(cp.ca_file),
+        }
+        if args.unrelated_secrets:
+            progress(
+                f"creating {args.unrelated_secrets} unrelated Secrets"
+                f" of {args.unrelated_secret_kib} KiB"
+            )
+            asyncio.run(
+                put_secrets(client_args, args.unrelated_secrets, args.unrelated_secret_kib, 1)
+            )
 
         port = free_port()
         env = cp.env()
@@ -227,11 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         procs.append(operator)
 
-        client_args = {
-            "base_url": cp.server,
-            "headers": {"Authorization": f"Bearer {cp.token}"},
-            "verify": str(cp.ca_file),
-        }
         with httpx2.Client(**client_args) as sync:
             for _ in range(300):
                 with contextlib.suppress(httpx2.HTTPError):
@@ -280,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
                 if name in watcher.first_status:
                     reaction.append((watcher.first_status[name] - answered) * 1000)
                 time.sleep(0.05)
+
+            if args.unrelated_secrets:
+                progress(f"changing the {args.unrelated_secrets} unrelated Secrets once")
+                asyncio.run(
+                    put_secrets(client_args, args.unrelated_secrets, args.unrelated_secret_kib, 2)
+                )
 
             # Steady state.
             progress(f"steady state for {args.window:.0f}s")
@@ -331,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "interval": args.interval,
             "operator_concurrency": args.concurrency,
+            "unrelated_secrets": {
+                "count": args.unrelated_secrets,
+                "kib": args.unrelated_secret_kib if args.unrelated_secrets else 0,
+            },
             "create_seconds": round(created_in, 2),
             "all_validated_seconds": round(all_validated_in, 2),
             "reaction_ms": {
@@ -354,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rss_mib_start": round(rss0, 1),
                 "rss_mib_end": round(rss1, 1),
                 "rss_mib_peak": round(rss_peak, 1),
+                "rss_mib_high_water": round(operator.high_water(), 1),
                 "cpu_seconds": round(cpu1 - cpu0, 2),
                 "cpu_percent_of_one_core": round((cpu1 - cpu0) / elapsed * 100, 1),
             },
@@ -420,12 +483,18 @@ def summary(r: dict[str, Any]) -> str:
     s, o, a, re_ = r["steady_state"], r["operator"], r["apiserver"], r["reaction_ms"]
     return "\n".join(
         [
-            f"llmconn benchmark: {r['connections']} connections at {r['interval']}",
+            f"llmconn benchmark: {r['connections']} connections at {r['interval']}"
+            + (
+                f", {u['count']} unrelated Secrets of {u['kib']} KiB"
+                if (u := r["unrelated_secrets"])["count"]
+                else ""
+            ),
             f"  created in {r['create_seconds']}s; all validated {r['all_validated_seconds']}s after the first create",
             f"  reaction (create -> status): p50 {re_['p50']} ms, p99 {re_['p99']} ms over {re_['samples']} samples",
             f"  steady state: {s['validations_per_second']} validations/s (expected {s['expected_per_second']}),"
             f" schedule lag p50 <= {s['schedule_lag_seconds'][0.5]}s, p99 <= {s['schedule_lag_seconds'][0.99]}s",
-            f"  operator: RSS {o['rss_mib_end']} MiB (peak {o['rss_mib_peak']}),"
+            f"  operator: RSS {o['rss_mib_end']} MiB (peak {o['rss_mib_peak']},"
+            f" high-water {o['rss_mib_high_water']}),"
             f" CPU {o['cpu_percent_of_one_core']}% of one core",
             f"  apiserver: {a['writes_per_validation']} writes per validation,"
             f" {a['other_writes_to_connections']} other writes to connections;"
