@@ -18,6 +18,7 @@ class Config:
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = False
     concurrency: int = 32
+    namespace_concurrency: int | None = None  # None: a quarter of concurrency
     defaults: Defaults = field(default_factory=Defaults)
     egress: EgressPolicy = field(default_factory=EgressPolicy.from_strings)
     metrics_port: int = 8080
@@ -86,6 +87,14 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=int(_env("concurrency", "32") or 32),
         help="probes in flight at most (default 32)",
+    )
+    p.add_argument(
+        "--namespace-concurrency",
+        type=int,
+        default=int(_env("namespace-concurrency", "0") or 0) or None,
+        help="probes in flight at most for the connections of one namespace, so that one "
+        "namespace's slow endpoints cannot hold every worker (default: a quarter of "
+        "--concurrency, at least 1)",
     )
     p.add_argument(
         "--default-interval",
@@ -201,6 +210,8 @@ def from_args(argv: Sequence[str]) -> Config:
         p.error("--shard-index must be in [0, --shard-count)")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
+    if args.namespace_concurrency is not None and args.namespace_concurrency < 1:
+        p.error("--namespace-concurrency must be at least 1")
     durations = {
         k: _duration(v) if isinstance(v, str) else v
         for k, v in vars(args).items()
@@ -224,6 +235,7 @@ def from_args(argv: Sequence[str]) -> Config:
         namespaces=tuple(namespaces),
         all_namespaces=args.all_namespaces,
         concurrency=args.concurrency,
+        namespace_concurrency=args.namespace_concurrency,
         defaults=Defaults(
             interval=durations["default_interval"],
             timeout=durations["default_timeout"],

@@ -45,6 +45,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         config.defaults,
         metrics,
         concurrency=config.concurrency,
+        namespace_concurrency=config.namespace_concurrency,
         shard=config.shard,
     )
     memo.reconciler = reconciler

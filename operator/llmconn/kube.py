@@ -13,12 +13,15 @@ import base64
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
 import kopf
 
+from llmconn import logs
 from llmconn.verdict import SecretData
 
 log = logging.getLogger(__name__)
@@ -29,12 +32,38 @@ META_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 META_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
+# Object names (DNS-1123 subdomains) and namespaces (DNS-1123 labels) as the API server
+# accepts them. Every name that goes into a path is checked against these first, so a name
+# such as "../../other/secrets/x" (from an object admitted by an older CRD, say) can never
+# reach another namespace's objects.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
 class NotFound(Exception):
     """The object is gone (deleted while we worked)."""
 
 
 class Gone(Exception):
     """410 Gone: the resourceVersion or continue token is too old; list again."""
+
+
+class InvalidName(ValueError):
+    """A name or namespace that is not one the API server could hold; no request was sent."""
+
+
+def segment(value: str, *, namespace: bool = False) -> str:
+    """A path segment for an object name (or a namespace), checked and percent-quoted."""
+    pattern, limit = (_LABEL, 63) if namespace else (_SUBDOMAIN, 253)
+    if not isinstance(value, str) or len(value) > limit or not pattern.fullmatch(value):
+        kind = "namespace" if namespace else "object name"
+        raise InvalidName(f"not a valid {kind}: {value!r}"[:300])
+    return quote(value, safe="")
+
+
+def object_path(namespace: str, resource: str, name: str, *, api: str = "/api/v1") -> str:
+    """/api/v1/namespaces/NS/RESOURCE/NAME from checked segments only."""
+    return f"{api}/namespaces/{segment(namespace, namespace=True)}/{resource}/{segment(name)}"
 
 
 def login() -> kopf.ConnectionInfo:
@@ -58,6 +87,8 @@ class Kube:
     def _make_client(
         self, info: kopf.ConnectionInfo, *, streams: bool = False
     ) -> httpx2.AsyncClient:
+        for value in info.as_http_headers().values():
+            logs.protect(value)  # the operator's own token never reaches a log
         return httpx2.AsyncClient(
             base_url=info.server,
             verify=info.as_ssl_context(),
@@ -101,7 +132,7 @@ class Kube:
         self, namespace: str, name: str, status: dict[str, Any]
     ) -> dict[str, Any]:
         """Merge-patch the status subresource in one request; returns the object written."""
-        url = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status"
+        url = object_path(namespace, PLURAL, name, api=f"/apis/{GROUP}/{VERSION}") + "/status"
         response = await self._call(
             "PATCH",
             url,
@@ -160,7 +191,7 @@ class Kube:
                     yield event
 
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:
-        response = await self._call("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        response = await self._call("GET", object_path(namespace, "secrets", name))
         if response.status_code == 404:
             return None
         response.raise_for_status()
@@ -205,7 +236,9 @@ class Kube:
         }
         try:
             response = await self._call(
-                "POST", f"/api/v1/namespaces/{namespace}/events", json=event
+                "POST",
+                f"/api/v1/namespaces/{segment(namespace, namespace=True)}/events",
+                json=event,
             )
             if response.status_code >= 300:
                 log.warning("could not post event %s: HTTP %s", reason, response.status_code)

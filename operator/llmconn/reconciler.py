@@ -94,6 +94,7 @@ class Reconciler:
         metrics: Metrics,
         *,
         concurrency: int = 32,
+        namespace_concurrency: int | None = None,
         shard: Shard | None = None,
     ) -> None:
         self.kube = kube
@@ -111,7 +112,12 @@ class Reconciler:
         self._read_slots = asyncio.Semaphore(SECRET_READS)
         self._events: set[asyncio.Future[None]] = set()  # transition Events being posted
         self.scheduler: Scheduler[Key] = Scheduler(
-            self._work, concurrency=concurrency, on_lag=metrics.schedule_lag
+            self._work,
+            concurrency=concurrency,
+            on_lag=metrics.schedule_lag,
+            # One namespace's slow endpoints must not hold every worker.
+            group=_namespace,
+            group_limit=namespace_concurrency or default_namespace_concurrency(concurrency),
         )
 
     # --- watch events (fast: memory and schedule only) --------------------------------
@@ -136,7 +142,9 @@ class Reconciler:
             conn.generation = generation
             self._set_spec(conn, body.get("spec") or {})
         conn.meta = {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")}
-        conn.requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT)
+        requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT)
+        # Compared with status.lastHandledRequestedAt, which keeps only this much of it.
+        conn.requested_at = requested_at[: st.MAX_REQUESTED_AT] if requested_at else None
         # What the object's status says was handled counts too: the watch event of our own
         # write may be processed before the PATCH's response resumes the validation.
         written = body.get("status") or {}
@@ -463,9 +471,9 @@ class Reconciler:
 class _RecordingSecrets:
     """The connection's namespace only. A Secret missing from the cache is read from the API
     before it is declared missing (the watches are unordered), and kept only if the watch has
-    reported that very version. What the probe reads is
-    recorded at once, so a Secret event that arrives during the probe re-validates only if
-    it brings other data than the probe used."""
+    reported that very version. What the probe reads is recorded at once, so a Secret event
+    that arrives during the probe re-validates only if it brings other data than the probe
+    used."""
 
     def __init__(self, reconciler: Reconciler, conn: Conn) -> None:
         self._r = reconciler
@@ -517,6 +525,15 @@ def _first_error(exc: Exception) -> str:
         where = ".".join(str(p) for p in err.get("loc", ())) or "spec"
         return f"spec.{where}: {err.get('msg')}"
     return str(exc)
+
+
+def _namespace(key: Key) -> str:
+    return key[0]
+
+
+def default_namespace_concurrency(concurrency: int) -> int:
+    """A quarter of the workers, at least one."""
+    return max(1, concurrency // 4)
 
 
 def _now() -> dt.datetime:
