@@ -3,13 +3,13 @@
 Layers, lowest first. A module imports only from its own line and the lines before it, and
 no import forms a cycle, function-level imports included (tests/unit/test_layers.py checks
 both): the spec knows no provider, providers register into `probes.base` and never import
-the `probes` package, and nothing below the operator knows Kubernetes.
+the `probes` package, and nothing before the last line knows Kubernetes.
 
 1. reasons, redact, egress, spec, scheduler, peering (they import nothing of llmconn)
-2. logs, http, verdict, status, metrics, kube
+2. logs, http, exchange, verdict, status, metrics
 3. probes.base (what a probe is and declares; the registry)
 4. probes.* (the shared probe parts and one module per provider)
 5. probes (imports every provider: the complete registry, and parse_spec against it)
 6. classify, validate, oneshot (the validation core, and `llmconn validate`'s engine)
-7. secretwatch, reconciler, config, handlers, runner, cli, __main__ (operator and CLI)
+7. kube, secretwatch, reconciler, config, handlers, runner, cli, kubectl_plugin, __main__
 """

@@ -4,7 +4,8 @@
   DNSFailure, a connect ConnectionFailed, a handshake TLSError; waiting for or reading the
   answer (including a trickling one) is Timeout.
 - A connection that breaks (reset, closed mid-answer) is ConnectionFailed; an answer that
-  is not HTTP at all is UnexpectedResponse.
+  is not HTTP at all, a redirect off the endpoint's origin and an answer too large or badly
+  encoded to read (`llmconn.exchange`) are UnexpectedResponse.
 - The `mcp` SDK raises anyio ExceptionGroups: they are unwrapped first, and the most telling
   leaf (a probe's own failure, the egress policy, DNS, a timeout, the network) decides.
 """
@@ -21,16 +22,13 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2
 
-from llmconn.http import DNSLookupError, EgressDenied
+from llmconn.exchange import RedirectRefused, UnreadableAnswer
+from llmconn.http import DNSLookupError, EgressDenied, Phase
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.reasons import Reason
 from llmconn.spec import format_duration
 
 log = logging.getLogger(__name__)
-
-
-def _outcome(reason: Reason, message: str) -> ProbeOutcome:
-    return ProbeOutcome(reason, message)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -60,6 +58,7 @@ def _first(exc: BaseException, kind: type[BaseException] | tuple[type[BaseExcept
 
 _PRIORITY: tuple[type[BaseException] | tuple[type[BaseException], ...], ...] = (
     ProbeFailure,
+    (RedirectRefused, UnreadableAnswer),
     EgressDenied,
     DNSLookupError,
     (TimeoutError, httpx2.TimeoutException, httpcore2.TimeoutException),
@@ -80,65 +79,82 @@ def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
     except ValueError:  # never raise while classifying: the spec refuses such ports anyway
         port = 0
     budget = format_duration(ctx.timeout)
+    phase = ctx.found.phase
 
     if isinstance(leaf, ProbeFailure):
         return leaf.outcome
+    if isinstance(leaf, RedirectRefused):
+        fix = "" if leaf.too_many else " Set spec.endpoint to the provider's real API base URL."
+        return ProbeOutcome(
+            Reason.UNEXPECTED_RESPONSE,
+            f"The endpoint redirected {leaf.detail}.{fix}",
+            http_status=leaf.status,
+        )
+    if isinstance(leaf, UnreadableAnswer):
+        return ProbeOutcome(
+            Reason.UNEXPECTED_RESPONSE,
+            f"The answer to {leaf.method} {leaf.path} was {leaf.what}; that is not the "
+            "provider's API.",
+            http_status=leaf.status,
+        )
     if isinstance(leaf, EgressDenied):
-        return _outcome(
+        return ProbeOutcome(
             Reason.EGRESS_DENIED,
             f"The operator's egress policy refused the endpoint: {leaf.why}. Nothing was "
             "sent. Use another endpoint, or ask the operator's administrator.",
         )
     if isinstance(leaf, DNSLookupError):
-        return _outcome(
+        return ProbeOutcome(
             Reason.DNS_FAILURE,
             f"The lookup of {leaf.host} failed ({leaf.detail}). Check spec.endpoint's host name.",
         )
     if isinstance(leaf, TimeoutError | httpx2.TimeoutException | httpcore2.TimeoutException):
-        return _timed_out(ctx.phase, host, port, budget)
+        return _timed_out(phase, host, port, budget)
     if (tls_error := _first(leaf, ssl.SSLError)) is not None:
         return _tls_failure(tls_error, host)
-    if isinstance(leaf, httpx2.ConnectError | httpcore2.ConnectError) and ctx.phase == "tls":
-        return _outcome(
+    if isinstance(leaf, httpx2.ConnectError | httpcore2.ConnectError) and phase is Phase.TLS:
+        return ProbeOutcome(
             Reason.TLS_ERROR,
             f"The TLS handshake with {host} failed: the server closed the connection. "
             "Is the endpoint's scheme (https) right?",
         )
     if isinstance(leaf, httpx2.ConnectError | httpcore2.ConnectError) or (
-        isinstance(leaf, OSError) and ctx.phase in ("dns", "connect")
+        isinstance(leaf, OSError) and phase in (Phase.DNS, Phase.CONNECT)
     ):
-        return _outcome(
+        return ProbeOutcome(
             Reason.CONNECTION_FAILED, f"Could not connect to {host}:{port} ({_os_problem(leaf)})."
         )
     if isinstance(leaf, httpx2.ReadError | httpx2.WriteError | httpcore2.NetworkError) or (
         isinstance(leaf, httpx2.RemoteProtocolError | httpcore2.RemoteProtocolError)
         and any(w in str(leaf).lower() for w in ("disconnected", "peer closed", "incomplete"))
     ):
-        return _outcome(
+        return ProbeOutcome(
             Reason.CONNECTION_FAILED,
             f"The connection to {host}:{port} broke while "
-            f"{'waiting for' if ctx.phase != 'response' else 'reading'} the answer.",
+            f"{'waiting for' if phase is not Phase.RESPONSE else 'reading'} the answer.",
         )
     if isinstance(leaf, httpx2.RemoteProtocolError | httpcore2.RemoteProtocolError):
-        return _outcome(
+        return ProbeOutcome(
             Reason.UNEXPECTED_RESPONSE,
             f"{host}:{port} did not answer in HTTP. Check spec.endpoint (scheme and port).",
         )
     if isinstance(leaf, httpx2.LocalProtocolError | httpx2.InvalidURL):
-        return _outcome(
+        return ProbeOutcome(
             Reason.INVALID_CONFIGURATION,
             f"The request could not be built ({type(leaf).__name__}). "
             "Check spec.endpoint, spec.headers and headersFromSecret.",
         )
+    step = ctx.found.step
+    during = f"{step} ({phase})" if step else str(phase)
     log.warning(
-        "probe for provider %s raised %s during phase %s",
+        "probe for provider %s raised %s during %s",
         ctx.provider.name,
         type(leaf).__name__,
-        ctx.phase,
+        during,
     )
-    return _outcome(
+    return ProbeOutcome(
         Reason.UNEXPECTED_RESPONSE,
-        f"The probe stopped on an unexpected error ({type(leaf).__name__}) during {ctx.phase}.",
+        f"The probe stopped on an unexpected error ({type(leaf).__name__}) during {during}.",
     )
 
 
@@ -150,19 +166,21 @@ def _os_problem(exc: BaseException) -> str:
     return "connection failed"
 
 
-def _timed_out(phase: str, host: str, port: int, budget: str) -> ProbeOutcome:
-    if phase == "dns":
-        return _outcome(Reason.DNS_FAILURE, f"The lookup of {host} did not answer within {budget}.")
-    if phase == "connect":
-        return _outcome(
+def _timed_out(phase: Phase, host: str, port: int, budget: str) -> ProbeOutcome:
+    if phase is Phase.DNS:
+        return ProbeOutcome(
+            Reason.DNS_FAILURE, f"The lookup of {host} did not answer within {budget}."
+        )
+    if phase is Phase.CONNECT:
+        return ProbeOutcome(
             Reason.CONNECTION_FAILED,
             f"Connecting to {host}:{port} did not complete within {budget}.",
         )
-    if phase == "tls":
-        return _outcome(
+    if phase is Phase.TLS:
+        return ProbeOutcome(
             Reason.TLS_ERROR, f"The TLS handshake with {host} did not complete within {budget}."
         )
-    return _outcome(
+    return ProbeOutcome(
         Reason.TIMEOUT,
         f"No complete answer from {host} within {budget} (spec.validation.timeout).",
     )
@@ -171,11 +189,11 @@ def _timed_out(phase: str, host: str, port: int, budget: str) -> ProbeOutcome:
 def _tls_failure(error: ssl.SSLError, host: str) -> ProbeOutcome:
     if isinstance(error, ssl.SSLCertVerificationError):
         problem = error.verify_message or error.reason or "verification failed"
-        return _outcome(
+        return ProbeOutcome(
             Reason.TLS_ERROR,
             f"The certificate of {host} was not accepted: {problem}. If the server uses a "
             "private CA, put its certificate in a Secret and set spec.tls.caBundleSecretRef.",
         )
     problem = error.reason or type(error).__name__
     hint = " Is the endpoint's scheme right?" if "WRONG_VERSION" in problem.upper() else ""
-    return _outcome(Reason.TLS_ERROR, f"The TLS handshake with {host} failed: {problem}.{hint}")
+    return ProbeOutcome(Reason.TLS_ERROR, f"The TLS handshake with {host} failed: {problem}.{hint}")

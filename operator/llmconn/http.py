@@ -7,9 +7,10 @@ name: httpcore hands the origin's host name (not the address) to `start_tls` for
 hostname checks. So DNS rebinding cannot walk around the policy: the name is resolved once
 per connection, and what was checked is what is dialled.
 
-The backend also marks the phase of the running probe (`dns`, then `connect`) on the object
-the caller put in `PHASE_RECORDER`, so a lookup that never answers can be told from a
-connect that never completes. httpcore's trace events mark the later phases.
+The backend also marks the network phase (`dns`, then `connect`) on the recorder that the
+probe's transport (`llmconn.exchange`) puts in `PHASE_RECORDER` around each request, so a
+lookup that never answers can be told from a connect that never completes. httpcore's trace
+events mark the later phases.
 
 Proxies: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY / NO_PROXY are honoured (http and https
 proxies; SOCKS is refused at startup). Behind a proxy the operator still resolves the target
@@ -27,6 +28,11 @@ Content-Encoding itself, in bounded steps, and ends a body that passes MAX_BODY_
 wire or after any decoding step (`ResponseTooLarge`). httpx decodes without a total limit and
 the MCP SDK reads whole answers into memory, so 300 KB of gzip became 300 MB there. The cap
 lives here, below every reader, and httpx never sees a Content-Encoding left to decode.
+
+One module on purpose, past the size the other modules keep: the egress backend, the pool
+built around it and the bounded bodies are one adapter onto httpx's and httpcore's seams
+(network backend, connection pool, transports, byte streams, some of them private), which
+change together when httpx does.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from collections.abc import (
 )
 from contextvars import ContextVar
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 import anyio
@@ -94,24 +101,36 @@ class InvalidCABundle(ValueError):
     """The CA bundle is not usable PEM."""
 
 
+class Phase(StrEnum):
+    """The network phase a probe's request is in; a timeout is named by the one that ran out."""
+
+    START = "start"
+    DNS = "dns"
+    CONNECT = "connect"
+    TLS = "tls"
+    REQUEST = "request"
+    RESPONSE = "response"
+    DONE = "done"  # an answer was read whole
+
+
 class PhaseRecorder(Protocol):
-    """What the backend writes to: a `ProbeContext` fits."""
+    """What the backend writes to: a probe's findings (`llmconn.probes.base.Findings`)."""
 
-    phase: str
-    phase_ms: dict[str, float]
+    phase: Phase
+    phase_ms: dict[Phase, float]
 
 
-# Set by the caller around one probe; copied into tasks the probe starts (anyio, mcp).
+# Set around each request of a probe (llmconn.exchange), in the task that connects.
 PHASE_RECORDER: ContextVar[PhaseRecorder | None] = ContextVar("llmconn_phase", default=None)
 
 
-def _mark(phase: str) -> float:
+def _mark(phase: Phase) -> float:
     if (recorder := PHASE_RECORDER.get()) is not None:
         recorder.phase = phase
     return time.perf_counter()
 
 
-def _took(phase: str, started: float) -> None:
+def _took(phase: Phase, started: float) -> None:
     if (recorder := PHASE_RECORDER.get()) is not None:
         spent = (time.perf_counter() - started) * 1000
         recorder.phase_ms[phase] = recorder.phase_ms.get(phase, 0.0) + spent
@@ -152,12 +171,12 @@ class Guard:
         if (ip := _literal_ip(host)) is not None:
             candidates = [ip]
         else:
-            started = _mark("dns")
+            started = _mark(Phase.DNS)
             try:
                 candidates = list(await self.resolver(host, port))
             finally:
                 if timed:
-                    _took("dns", started)
+                    _took(Phase.DNS, started)
             if not candidates:
                 raise DNSLookupError(host, "no addresses")
         for candidate in candidates:
@@ -226,7 +245,7 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
         socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
     ) -> httpcore2.AsyncNetworkStream:
         addresses = await self._guard.addresses(host, port)
-        _mark("connect")
+        _mark(Phase.CONNECT)
         failure: Exception | None = None
         for address in addresses:
             try:
@@ -668,6 +687,6 @@ class ClientPool:
             transport=CappedTransport(GuardedTransport(self.guard, ctx, self._limits)),
             mounts=mounts,
             trust_env=False,  # proxies are read once, above; nothing else from the environment
-            follow_redirects=False,  # ProbeContext follows same-origin redirects itself
+            follow_redirects=False,  # a probe's transport follows same-origin ones (exchange.py)
             timeout=None,  # the caller's asyncio.timeout is the one budget
         )

@@ -25,12 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from llmconn import logs
 from llmconn.classify import classify_exception
-from llmconn.http import (
-    PHASE_RECORDER,
-    ClientPool,
-    InvalidCABundle,
-    TLSOptions,
-)
+from llmconn.http import ClientPool, InvalidCABundle, Phase, TLSOptions
 from llmconn.probes import registry
 from llmconn.probes.base import ProbeContext, ProbeOutcome
 from llmconn.reasons import Reason
@@ -48,8 +43,8 @@ from llmconn.verdict import (
 
 log = logging.getLogger(__name__)
 
-# ctx.phase_ms keys reported in status.details, as <phase>Ms.
-TIMED_PHASES = ("dns", "connect", "tls", "response")
+# Phases whose time is reported in status.details, as <phase>Ms.
+TIMED_PHASES = (Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.RESPONSE)
 # Provider text (messages, codes, details) is cut to this before redaction, so that a
 # megabyte error body costs neither redaction time nor log volume; status.py cuts further.
 MAX_TEXT = 4096
@@ -83,7 +78,7 @@ async def validate(
         details = dict(outcome.details)
         if ctx is not None:
             # The probe's own facts first: status keeps only the first entries.
-            merged = {**_phase_details(ctx.phase_ms), **ctx.details, **details}
+            merged = {**_phase_details(ctx.found.phase_ms), **ctx.found.details, **details}
             details = {k: merged[k] for k in dict.fromkeys([*details, *merged])}
         return Verdict(
             reason=outcome.reason,
@@ -96,7 +91,7 @@ async def validate(
             http_status=outcome.http_status,
             code=redact.optional(outcome.code[:MAX_TEXT] if outcome.code else outcome.code),
             latency_ms=latency_ms,
-            request_id=redact.optional(ctx.request_id if ctx is not None else None),
+            request_id=redact.optional(ctx.found.request_id if ctx is not None else None),
             details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
@@ -132,7 +127,7 @@ async def validate(
             ref = spec.tls.ca_bundle_secret_ref
             where = f"key {ref.key} of Secret {ref.name}" if ref else "the CA bundle"
             return finish(
-                _outcome(
+                ProbeOutcome(
                     Reason.INVALID_CONFIGURATION, f"spec.tls.caBundleSecretRef: {where} is {exc}."
                 ),
                 used,
@@ -143,23 +138,19 @@ async def validate(
 # --- before the probe ------------------------------------------------------------------
 
 
-def _outcome(reason: Reason, message: str) -> ProbeOutcome:
-    return ProbeOutcome(reason, message)
-
-
 def _refuse_config(
     spec: LLMConnectionSpec, settings: Effective, defaults: Defaults, supports_inference: bool
 ) -> ProbeOutcome | None:
     if settings.type is not ValidationType.INFERENCE:
         return None
     if defaults.inference_min_interval is None:
-        return _outcome(
+        return ProbeOutcome(
             Reason.INVALID_CONFIGURATION,
             "Inference validation is disabled by the operator; "
             "use spec.validation.type Model or Connectivity.",
         )
     if not supports_inference:
-        return _outcome(
+        return ProbeOutcome(
             Reason.INVALID_CONFIGURATION,
             f"Provider {spec.provider} does not support Inference validation; "
             "use spec.validation.type Model or Connectivity.",
@@ -215,13 +206,13 @@ async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedS
         if failure is not None:
             continue
         if data is None:
-            failure = _outcome(
+            failure = ProbeOutcome(
                 Reason.SECRET_NOT_FOUND,
                 f"Secret {name} ({use.where}) does not exist in the connection's namespace.",
             )
         elif value is None:
             keys = ", ".join(sorted(data.data)[:10]) or "none"
-            failure = _outcome(
+            failure = ProbeOutcome(
                 Reason.SECRET_KEY_NOT_FOUND,
                 f"Secret {name} has no key {key} ({use.where}); its keys: {keys}.",
             )
@@ -236,7 +227,7 @@ async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedS
             continue
         text = _header_text(value)
         if text is None:
-            used.failure = _outcome(
+            used.failure = ProbeOutcome(
                 Reason.INVALID_CONFIGURATION,
                 f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) is empty or holds "
                 "characters that cannot go in an HTTP header (control characters, non-ASCII).",
@@ -263,24 +254,21 @@ def _header_text(value: bytes) -> str | None:
 
 
 async def _run(ctx: ProbeContext, settings: Effective) -> tuple[ProbeOutcome, int]:
-    token = PHASE_RECORDER.set(ctx)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(settings.timeout):
             outcome = await ctx.provider.probe(ctx)
     except Exception as exc:  # classified here, once, for every probe
         outcome = classify_exception(exc, ctx)
-    finally:
-        PHASE_RECORDER.reset(token)
     return outcome, round((time.perf_counter() - started) * 1000)
 
 
-def _phase_details(phase_ms: Mapping[str, float]) -> dict[str, str]:
+def _phase_details(phase_ms: Mapping[Phase, float]) -> dict[str, str]:
     timings = {p: phase_ms[p] for p in TIMED_PHASES if p in phase_ms}
-    if "connect" in timings and "dns" in timings:
+    if Phase.CONNECT in timings and Phase.DNS in timings:
         # The connect trace spans the lookup: the backend resolves inside connect_tcp.
-        timings["connect"] = max(0.0, timings["connect"] - timings["dns"])
-    return {f"{p}Ms": str(round(ms)) for p, ms in timings.items()}
+        timings[Phase.CONNECT] = max(0.0, timings[Phase.CONNECT] - timings[Phase.DNS])
+    return {f"{p.value}Ms": str(round(ms)) for p, ms in timings.items()}
 
 
 def _without_credentials(url: str) -> str:

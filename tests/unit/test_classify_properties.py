@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from llmconn.exchange import Reply
 from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, Reply
+from llmconn.probes.base import ProbeContext
 from llmconn.probes.errors import classify_error, retry_after
 from llmconn.reasons import Reason
 from llmconn.spec import SecretKeyRef, ValidationType
@@ -131,7 +132,7 @@ def test_any_answer_gets_a_reason_and_never_the_key(
 @example(headers=[(b"retry-after", b"9" * 400)])
 @example(headers=[(b"retry-after", b"Mon, 01 Jan 0001 00:00:00 -0000")])
 def test_retry_after_is_a_finite_wait_or_none(headers: list[tuple[bytes, bytes]]) -> None:
-    wait = retry_after(Reply(429, httpx2.Headers(headers), b"", "https://x.test/"))
+    wait = retry_after(httpx2.Headers(headers))
 
     assert wait is None or (math.isfinite(wait) and wait >= 0)
 
@@ -141,8 +142,7 @@ def test_retry_after_is_a_finite_wait_or_none(headers: list[tuple[bytes, bytes]]
     [("20", 20.0), ("0.5", 0.5), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("soon", None)],
 )
 def test_retry_after_reads_seconds_and_dates(value: str, seconds: float | None) -> None:
-    reply = Reply(429, httpx2.Headers({"retry-after": value}), b"", "https://x.test/")
-    assert retry_after(reply) == seconds
+    assert retry_after(httpx2.Headers({"retry-after": value})) == seconds
 
 
 def test_provider_text_is_echoed_for_the_caller_to_redact(http: httpx2.AsyncClient) -> None:

@@ -476,17 +476,21 @@ async def test_azure_v1_surface(srv: dict[str, Server], vtype: ValidationType) -
 
 async def test_azure_records_request_id_region_and_headroom(srv: dict[str, Server]) -> None:
     result = await probe(srv, "azure-openai", MODEL)
-    assert result.ctx.request_id is not None and result.ctx.request_id.startswith("5a14fa81-")
-    assert result.ctx.details["region"] == "Sweden Central"
-    assert result.ctx.details["rateLimitRemainingRequests"] == "99"
-    assert result.ctx.details["rateLimitRemainingTokens"] == "99984"
+    assert result.ctx.found.request_id is not None and result.ctx.found.request_id.startswith(
+        "5a14fa81-"
+    )
+    assert result.ctx.found.details["region"] == "Sweden Central"
+    assert result.ctx.found.details["rateLimitRemainingRequests"] == "99"
+    assert result.ctx.found.details["rateLimitRemainingTokens"] == "99984"
 
 
 async def test_anthropic_records_request_id_and_headroom(srv: dict[str, Server]) -> None:
     result = await probe(srv, "anthropic", CONN)
-    assert result.ctx.request_id is not None and result.ctx.request_id.startswith("req_")
-    assert result.ctx.details["anthropicRateLimitRequestsRemaining"] == "49"
-    assert result.ctx.details["anthropicRateLimitTokensLimit"] == "30000"
+    assert result.ctx.found.request_id is not None and result.ctx.found.request_id.startswith(
+        "req_"
+    )
+    assert result.ctx.found.details["anthropicRateLimitRequestsRemaining"] == "49"
+    assert result.ctx.found.details["anthropicRateLimitTokensLimit"] == "30000"
 
 
 # --- quota, permission, rate limits, outages ---------------------------------------------
@@ -565,7 +569,7 @@ async def test_gemini_rate_limit_names_the_quota(srv: dict[str, Server]) -> None
 
 async def test_anthropic_rate_limit_records_exhausted_headroom(srv: dict[str, Server]) -> None:
     result = await probe(srv, "anthropic", CONN, behaviour="rate_limited")
-    assert result.ctx.details["anthropicRateLimitRequestsRemaining"] == "0"
+    assert result.ctx.found.details["anthropicRateLimitRequestsRemaining"] == "0"
 
 
 # --- answers that are not the API --------------------------------------------------------

@@ -154,8 +154,8 @@ async def test_good_connection_validates(live: Live, vtype: ValidationType) -> N
     chats = [s for s in dialect.seen if s.path.endswith("/chat/completions")]
     assert len(chats) == (1 if vtype is INFERENCE else 0)
     if live.case.flavour in HEADROOM:
-        assert ctx.details["rateLimitRemainingRequests"] == "499"
-        assert ctx.details["rateLimitLimitTokens"] == "30000"
+        assert ctx.found.details["rateLimitRemainingRequests"] == "499"
+        assert ctx.found.details["rateLimitLimitTokens"] == "30000"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -243,7 +243,7 @@ async def test_bad_key(live: Live) -> None:
     assert wrong not in outcome.message
     assert dialect.seen[-1].headers["authorization"] == f"Bearer {wrong}"
     # The request id comes from a header or, for DashScope and Mistral, from the error body.
-    assert ctx.request_id is not None and ctx.request_id.startswith("req_")
+    assert ctx.found.request_id is not None and ctx.found.request_id.startswith("req_")
     if live.provider == "dashscope":
         assert "region" in outcome.message
         assert outcome.code == "InvalidApiKey"
@@ -307,8 +307,8 @@ async def test_rate_limited(live: Live) -> None:
     assert outcome.reason is Reason.RATE_LIMITED, outcome.message
     assert outcome.http_status == 429
     assert outcome.retry_after == 20
-    assert ctx.details["rateLimitRemainingRequests"] == "0"
-    assert ctx.details["rateLimitResetRequests"] == "20s"
+    assert ctx.found.details["rateLimitRemainingRequests"] == "0"
+    assert ctx.found.details["rateLimitResetRequests"] == "20s"
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -462,7 +462,7 @@ async def test_deepseek_balance_that_cannot_pay_is_quota_exceeded(live: Live) ->
 
     assert outcome.reason is Reason.QUOTA_EXCEEDED
     assert "0.00 CNY" in outcome.message
-    assert ctx.details["balance"] == "0.00 CNY"
+    assert ctx.found.details["balance"] == "0.00 CNY"
 
 
 # --- OpenRouter: GET /key ----------------------------------------------------------------------

@@ -9,11 +9,13 @@ Inference can see it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, Reply, ok, registry
-from llmconn.probes.errors import classify_error, not_the_api
+from llmconn.exchange import Reply
+from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
+from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
 
@@ -49,15 +51,10 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
 
 
 async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
-    what = "the model list"
     reply = await _call(ctx, "GET", "/v1/models", params={"limit": LIST_LIMIT})
     if reply.status == 404:
         return _wrong_endpoint(reply, ctx)
-    if reply.status != 200:
-        return _classify(ctx, reply, what)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        return not_the_api(ctx, reply, what, "a `data` list")
+    body = _read(ctx, reply, "the model list", has("data", list), "a `data` list")
     count = f"{len(body['data'])}{'+' if body.get('has_more') else ''}"
     return ok(
         f"The Anthropic API accepted the key; {count} models are available.",
@@ -67,13 +64,8 @@ async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
 
 
 async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
-    what = f"model {model}"
     reply = await _call(ctx, "GET", f"/v1/models/{quote(model, safe='')}")
-    if reply.status != 200:
-        return _classify(ctx, reply, what)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-        return not_the_api(ctx, reply, what, "a model `id`")
+    body = _read(ctx, reply, f"model {model}", has("id", str), "a model `id`")
     resolved: str = body["id"]
     if resolved != model:
         return ok(
@@ -85,7 +77,6 @@ async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
 
 
 async def _send_message(ctx: ProbeContext, model: str) -> ProbeOutcome:
-    what = f"model {model}"
     reply = await _call(
         ctx,
         "POST",
@@ -96,17 +87,17 @@ async def _send_message(ctx: ProbeContext, model: str) -> ProbeOutcome:
             "messages": [{"role": "user", "content": PROMPT}],
         },
     )
-    if reply.status != 200:
-        return _classify(ctx, reply, what)
-    body = reply.json()
-    if (
-        not isinstance(body, dict)
-        or body.get("type") != "message"
-        or not isinstance(body.get("content"), list)
-    ):
-        return not_the_api(ctx, reply, what, "a `message` with `content`")
+    body = _read(ctx, reply, f"model {model}", _is_message, "a `message` with `content`")
     details = {"servedModel": body["model"][:128]} if isinstance(body.get("model"), str) else {}
     return ok(f"Model {model} answered a {MAX_TOKENS}-token test message.", reply, **details)
+
+
+def _is_message(body: Any) -> bool:
+    return (
+        isinstance(body, dict)
+        and body.get("type") == "message"
+        and isinstance(body.get("content"), list)
+    )
 
 
 async def _call(
@@ -120,12 +111,13 @@ async def _call(
     # A version the user set in spec.headers wins over ours (they may need a newer one).
     user_set = any(name.lower() == "anthropic-version" for name in ctx.headers)
     headers = {} if user_set else {"anthropic-version": API_VERSION}
-    reply = await ctx.request(method, path, params=params, json_body=json_body, headers=headers)
-    if ctx.request_id is None:  # the body repeats the request id the header may lack
-        body = reply.json()
-        if isinstance(body, dict) and isinstance(body.get("request_id"), str):
-            ctx.request_id = body["request_id"][:128]
-    return reply
+    return await ctx.request(method, path, params=params, json_body=json_body, headers=headers)
+
+
+def _read(
+    ctx: ProbeContext, reply: Reply, what: str, fits: Callable[[Any], bool], expected: str
+) -> Any:
+    return read_json(ctx, reply, what, fits=fits, expected=expected, classify=_classify)
 
 
 def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:

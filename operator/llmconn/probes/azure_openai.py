@@ -28,8 +28,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, Reply, ok, registry
-from llmconn.probes.errors import classify_error, not_the_api
+from llmconn.exchange import Reply
+from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
+from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import AzureSpec, ValidationType
 
@@ -68,11 +69,7 @@ async def _touch(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
             "it refuses before generating, so no tokens were spent).",
             reply,
         )
-    if reply.status != 200:
-        return _classify(ctx, reply, what, deployment)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        return not_the_api(ctx, reply, what, "`choices`")
+    _read(ctx, reply, what)
     return ok(f"The key is valid and deployment {deployment} answered.", reply)
 
 
@@ -84,11 +81,7 @@ async def _complete(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
     if reply.status == 400 and "max_completion_tokens" in _message(reply).lower():
         body = {"messages": messages, "max_completion_tokens": MAX_TOKENS}
         reply = await _chat(ctx, azure, body)
-    if reply.status != 200:
-        return _classify(ctx, reply, what, deployment)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        return not_the_api(ctx, reply, what, "`choices`")
+    body = _read(ctx, reply, what)
     served = body.get("model")
     details = {"servedModel": served[:128]} if isinstance(served, str) else {}
     return ok(
@@ -108,6 +101,12 @@ async def _chat(ctx: ProbeContext, azure: AzureSpec, body: dict[str, Any]) -> Re
         f"/openai/deployments/{quote(azure.deployment, safe='')}/chat/completions",
         params={"api-version": azure.api_version},
         json_body=body,
+    )
+
+
+def _read(ctx: ProbeContext, reply: Reply, what: str) -> Any:
+    return read_json(
+        ctx, reply, what, fits=has("choices", list), expected="`choices`", classify=_classify
     )
 
 
@@ -131,7 +130,8 @@ def _refused_messages(reply: Reply) -> bool:
     return "messages" in f"{error.get('message')} {error.get('param')}".lower()
 
 
-def _classify(ctx: ProbeContext, reply: Reply, what: str, deployment: str) -> ProbeOutcome:
+def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
+    deployment = ctx.azure.deployment if ctx.azure else ""
     error = _error(reply)
     code = str(error.get("code")) if error is not None and error.get("code") else None
     message = _message(reply).rstrip(".")

@@ -32,7 +32,7 @@ async def balance(ctx: ProbeContext) -> dict[str, str]:
     ]
     details = {"balance": ", ".join(amounts)[:64]} if amounts else {}
     if body.get("is_available") is False:
-        ctx.details.update(details)
+        ctx.found.details.update(details)
         shown = details.get("balance", "no balance")
         raise ProbeFailure(
             ProbeOutcome(

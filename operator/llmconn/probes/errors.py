@@ -1,8 +1,11 @@
-"""Classify a provider's error answer into a reason, on status code AND body.
+"""Reading a provider's answer: its JSON when the call succeeded, else a classified error.
 
-Providers disagree on codes (Gemini's bad key is a 400, Anthropic's empty balance a 400,
-DeepSeek's a 402, DashScope's unpaid account a 403, some gateways send errors with HTTP 200),
-so the body's own code, type and message are read first, the HTTP status second.
+`read_json` is the one path of every native probe: status -> classified error, JSON -> the
+expected shape -> the body. Errors are classified on status code AND body: providers disagree
+on codes (Gemini's bad key is a 400, Anthropic's empty balance a 400, DeepSeek's a 402,
+DashScope's unpaid account a 403, some gateways send errors with HTTP 200), so the body's own
+code, type and message are read first, the HTTP status second. A provider with its own error
+dialect passes its reading as `classify`, falling back to `classify_error`.
 """
 
 from __future__ import annotations
@@ -10,11 +13,15 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llmconn.probes.base import ProbeContext, ProbeOutcome, Reply
+from llmconn.exchange import REQUEST_ID_HEADERS, Reply
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.reasons import Reason
+
+Classify = Callable[[ProbeContext, Reply, str], ProbeOutcome]
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,12 @@ def _http_code(code: Any) -> int | None:
     return None
 
 
-def retry_after(reply: Reply) -> float | None:
+def retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from Retry-After (seconds or an HTTP date) or retry-after-ms; None when
     absent or unreadable. Never raises, never infinite or negative."""
-    value = reply.headers.get("retry-after")
+    value = headers.get("retry-after")
     if not value:
-        ms = _seconds(reply.headers.get("retry-after-ms"))
+        ms = _seconds(headers.get("retry-after-ms"))
         return ms / 1000 if ms is not None else None
     if (seconds := _seconds(value)) is not None:
         return seconds
@@ -101,6 +108,24 @@ def _seconds(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if math.isfinite(seconds) else None
+
+
+def rate_limited(
+    headers: Mapping[str, str],
+    message: str,
+    *,
+    http_status: int,
+    code: str | None = None,
+    wait: float | None = None,
+) -> ProbeOutcome:
+    """RateLimited, waiting as Retry-After says (else `wait`, a provider's own hint), and the
+    message saying so."""
+    found = retry_after(headers)
+    wait = found if found is not None else wait
+    hint = f" Retrying after {wait:.0f}s." if wait is not None else ""
+    return ProbeOutcome(
+        Reason.RATE_LIMITED, message + hint, http_status=http_status, code=code, retry_after=wait
+    )
 
 
 _QUOTA_WORDS = (
@@ -188,14 +213,11 @@ def classify_error(ctx: ProbeContext, reply: Reply, what: str = "the request") -
                 code,
                 f"The provider is overloaded ({tag}){said}.",
             )
-        wait = retry_after(reply)
-        hint = f" Retrying after {wait:.0f}s." if wait is not None else ""
-        return ProbeOutcome(
-            Reason.RATE_LIMITED,
-            f"The provider is rate limiting this key ({tag}){said}.{hint}",
+        return rate_limited(
+            reply.headers,
+            f"The provider is rate limiting this key ({tag}){said}.",
             http_status=reply.status,
             code=code,
-            retry_after=wait,
         )
     # DeepSeek answers an unknown model with 400 "Model Not Exist".
     if status == 404 or any(w in words for w in ("not_found", "notfound", "model not exist")):
@@ -240,15 +262,12 @@ def _out(reason: Reason, reply: Reply, code: str | None, message: str) -> ProbeO
     return ProbeOutcome(reason, message, http_status=reply.status, code=code)
 
 
-def not_the_api(
-    ctx: ProbeContext, reply: Reply, what: str, expected: str = "the expected fields"
+def _not_the_api(
+    reply: Reply, what: str, expected: str, endpoint: str | None = None
 ) -> ProbeOutcome:
     """A success status whose body is not the provider's answer (a portal's HTML page, broken
-    JSON, JSON of another shape). An error body sent with a success status is classified as
-    that error instead, since some gateways do that."""
+    JSON, JSON of another shape). `endpoint` says what spec.endpoint should be."""
     body = reply.json()
-    if parse_error(body) is not None:
-        return classify_error(ctx, reply, what)
     if reply.is_html:
         found = "an HTML page"
     elif body is None:
@@ -260,5 +279,42 @@ def not_the_api(
         reply,
         None,
         f"{_cap(what)} returned HTTP {reply.status} with {found}: that is not the provider's "
-        "API. Check spec.endpoint.",
+        f"API. Check spec.endpoint{f' ({endpoint})' if endpoint else ''}.",
     )
+
+
+def has(name: str, kind: type | tuple[type, ...]) -> Callable[[Any], bool]:
+    """A shape for `read_json`: a JSON object whose `name` is of `kind`."""
+    return lambda body: isinstance(body, dict) and isinstance(body.get(name), kind)
+
+
+def read_json(
+    ctx: ProbeContext,
+    reply: Reply,
+    what: str,
+    *,
+    fits: Callable[[Any], bool],
+    expected: str,
+    classify: Classify = classify_error,
+    endpoint: str | None = None,
+) -> Any:
+    """The JSON body of a successful answer of the expected shape, as every native probe
+    reads one. Raises ProbeFailure: the classified error for an error status, or for an error
+    body sent with a success status (some gateways do that); UnexpectedResponse for a success
+    that is not JSON of that shape. `what` names the call in messages ("the model list"),
+    `expected` the shape ("a `data` list"), `endpoint` what spec.endpoint should be."""
+    body = reply.json()
+    _note_request_id(ctx, reply, body)
+    if not 200 <= reply.status < 300 or parse_error(body) is not None:
+        raise ProbeFailure(classify(ctx, reply, what))
+    if not fits(body):
+        raise ProbeFailure(_not_the_api(reply, what, expected, endpoint))
+    return body
+
+
+def _note_request_id(ctx: ProbeContext, reply: Reply, body: Any) -> None:
+    # Anthropic, DashScope and Mistral may put the request id in the body, not in a header.
+    if any(name in reply.headers for name in REQUEST_ID_HEADERS):
+        return
+    if isinstance(body, dict) and isinstance(body.get("request_id"), str) and body["request_id"]:
+        ctx.found.request_id = body["request_id"][:128]

@@ -24,11 +24,13 @@ once with the smallest budget they accept, so thinking stays bounded.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, Reply, ok, registry
-from llmconn.probes.errors import classify_error, not_the_api, retry_after
+from llmconn.exchange import Reply
+from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
+from llmconn.probes.errors import classify_error, has, rate_limited, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
 
@@ -61,7 +63,6 @@ def resource_name(model: str) -> str:
 
 
 async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
-    what = "the model list"
     reply = await ctx.request("GET", "/models", params={"pageSize": PAGE_SIZE})
     if reply.status == 404:
         return ProbeOutcome(
@@ -70,11 +71,7 @@ async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
             "includes the API version: https://generativelanguage.googleapis.com/v1beta.",
             http_status=reply.status,
         )
-    if reply.status != 200:
-        return _classify(ctx, reply, what)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("models"), list):
-        return not_the_api(ctx, reply, what, "a `models` list")
+    body = _read(ctx, reply, "the model list", has("models", list), "a `models` list")
     count = f"{len(body['models'])}{'+' if body.get('nextPageToken') else ''}"
     return ok(
         f"The Gemini API accepted the key; {count} models are available.",
@@ -84,35 +81,36 @@ async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
 
 
 async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
-    what = f"model {model}"
     reply = await ctx.request("GET", "/" + quote(resource_name(model), safe="/"))
-    if reply.status != 200:
-        return _classify(ctx, reply, what)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-        return not_the_api(ctx, reply, what, "a model `name`")
+    _read(ctx, reply, f"model {model}", has("name", str), "a model `name`")
     return ok(f"The key is valid; model {model} is available.", reply)
 
 
 async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
-    what = f"model {model}"
     path = "/" + quote(resource_name(model), safe="/") + ":generateContent"
     reply = await ctx.request("POST", path, json_body=_generation(thinking_budget=0))
     if reply.status == 400 and _needs_thinking(reply):
         body = _generation(thinking_budget=MIN_THINKING_BUDGET)
         reply = await ctx.request("POST", path, json_body=body)
-    if reply.status != 200:
-        return _classify(ctx, reply, what)
-    body = reply.json()
-    if not isinstance(body, dict) or not (
-        isinstance(body.get("candidates"), list) or isinstance(body.get("promptFeedback"), dict)
-    ):
-        return not_the_api(ctx, reply, what, "`candidates`")
+    body = _read(ctx, reply, f"model {model}", _is_generation, "`candidates`")
     served = body.get("modelVersion")
     details = {"servedModel": served[:128]} if isinstance(served, str) else {}
     return ok(
         f"Model {model} answered a {MAX_OUTPUT_TOKENS}-token test generation.", reply, **details
     )
+
+
+def _is_generation(body: Any) -> bool:
+    # A prompt blocked by safety settings has promptFeedback and no candidates.
+    return isinstance(body, dict) and (
+        isinstance(body.get("candidates"), list) or isinstance(body.get("promptFeedback"), dict)
+    )
+
+
+def _read(
+    ctx: ProbeContext, reply: Reply, what: str, fits: Callable[[Any], bool], expected: str
+) -> Any:
+    return read_json(ctx, reply, what, fits=fits, expected=expected, classify=_classify)
 
 
 def _generation(*, thinking_budget: int) -> dict[str, Any]:
@@ -203,16 +201,12 @@ def _exhausted(
             http_status=reply.status,
             code=status or None,
         )
-    wait = retry_after(reply)
-    if wait is None:
-        wait = _retry_delay(details)
-    hint = f" Retrying after {wait:.0f}s." if wait is not None else ""
-    return ProbeOutcome(
-        Reason.RATE_LIMITED,
-        f"Gemini is rate limiting this key{named} (HTTP {reply.status} {status}){said}.{hint}",
+    return rate_limited(
+        reply.headers,
+        f"Gemini is rate limiting this key{named} (HTTP {reply.status} {status}){said}.",
         http_status=reply.status,
         code=status or None,
-        retry_after=wait,
+        wait=_retry_delay(details),
     )
 
 

@@ -11,8 +11,12 @@ num_predict caps every generated token, thinking included, so the probe does not
 
 from __future__ import annotations
 
-from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, Reply, ok, registry
-from llmconn.probes.errors import classify_error, not_the_api
+from collections.abc import Callable
+from typing import Any
+
+from llmconn.exchange import Reply
+from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
+from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
 
@@ -36,7 +40,6 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
 
 
 async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
-    what = "the model list"
     reply = await ctx.request("GET", "/api/tags")
     if reply.status == 404:
         return ProbeOutcome(
@@ -46,25 +49,16 @@ async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
             "http://ollama:11434.",
             http_status=reply.status,
         )
-    if reply.status != 200:
-        return classify_error(ctx, reply, what)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("models"), list):
-        return not_the_api(ctx, reply, what, "a `models` list")
+    body = read_json(
+        ctx, reply, "the model list", fits=has("models", list), expected="a `models` list"
+    )
     count = str(len(body["models"]))
     return ok(f"Ollama answered; {count} models are pulled.", reply, modelCount=count)
 
 
 async def _show_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
-    what = f"model {model}"
     reply = await ctx.request("POST", "/api/show", json_body={"model": model})
-    if reply.status != 200:
-        return _classify(ctx, reply, what, model)
-    body = reply.json()
-    if not isinstance(body, dict) or not any(
-        isinstance(body.get(k), dict) for k in ("details", "model_info")
-    ):
-        return not_the_api(ctx, reply, what, "model `details`")
+    body = _read(ctx, reply, model, _shows_a_model, "model `details`")
     facts = body.get("details")
     details: dict[str, str] = {}
     if isinstance(facts, dict):
@@ -78,7 +72,6 @@ async def _show_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
 
 
 async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
-    what = f"model {model}"
     reply = await ctx.request(
         "POST",
         "/api/generate",
@@ -89,15 +82,24 @@ async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
             "options": {"num_predict": NUM_PREDICT},
         },
     )
-    if reply.status != 200:
-        return _classify(ctx, reply, what, model)
-    body = reply.json()
-    if not isinstance(body, dict) or not isinstance(body.get("response"), str):
-        return not_the_api(ctx, reply, what, "a `response`")
+    _read(ctx, reply, model, has("response", str), "a `response`")
     return ok(f"Model {model} answered a {NUM_PREDICT}-token test generation.", reply)
 
 
-def _classify(ctx: ProbeContext, reply: Reply, what: str, model: str) -> ProbeOutcome:
+def _shows_a_model(body: Any) -> bool:
+    return isinstance(body, dict) and any(
+        isinstance(body.get(k), dict) for k in ("details", "model_info")
+    )
+
+
+def _read(
+    ctx: ProbeContext, reply: Reply, model: str, fits: Callable[[Any], bool], expected: str
+) -> Any:
+    return read_json(ctx, reply, f"model {model}", fits=fits, expected=expected, classify=_classify)
+
+
+def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
+    model = ctx.model or ""
     body = reply.json()
     error = body.get("error") if isinstance(body, dict) else None
     if reply.status == 404 and isinstance(error, str) and "not found" in error.lower():

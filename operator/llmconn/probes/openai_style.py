@@ -18,15 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llmconn.probes.base import (
-    REQUEST_ID_HEADERS,
-    ProbeContext,
-    ProbeFailure,
-    ProbeOutcome,
-    Reply,
-    ok,
-)
-from llmconn.probes.errors import classify_error, parse_error
+from llmconn.exchange import Reply
+from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok
+from llmconn.probes.errors import classify_error, has, parse_error, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
 
@@ -35,6 +29,8 @@ TEST_MAX_TOKENS = 16
 TEST_PROMPT = "Reply with the word OK."
 # Characters a path segment may carry unescaped (RFC 3986), as the openai SDK quotes model ids.
 _SEGMENT_SAFE = "!$&'()*+,;=:@"
+# What spec.endpoint is for an OpenAI-style API, for messages.
+BASE_URL = "the base URL the OpenAI SDK takes, usually ending in /v1"
 
 AccountCheck = Callable[[ProbeContext], Awaitable[Mapping[str, str]]]
 CompletionFields = Callable[[str], Mapping[str, Any]]
@@ -64,10 +60,10 @@ async def check(ctx: ProbeContext, flavour: Flavour) -> ProbeOutcome:
     found: dict[str, str] = {}
     if flavour.account is not None:
         found.update(await flavour.account(ctx))
-        ctx.details.update(found)  # kept even if a later step fails
+        ctx.found.details.update(found)  # kept even if a later step fails
     listing, ids = await list_models(ctx)
     found["modelCount"] = str(len(ids))
-    ctx.details["modelCount"] = found["modelCount"]
+    ctx.found.details["modelCount"] = found["modelCount"]
     if vtype is ValidationType.CONNECTIVITY or model is None:
         return ok(
             f"The connection is reachable; the key can list {len(ids)} models.", listing, **found
@@ -96,17 +92,41 @@ async def check(ctx: ProbeContext, flavour: Flavour) -> ProbeOutcome:
 async def list_models(ctx: ProbeContext) -> tuple[Reply, list[str]]:
     """GET /models: proves the endpoint is the API and the key is accepted; returns the ids."""
     reply = await ctx.request("GET", "/models")
-    body = read_json(ctx, reply, "the model list", listing=True)
     # Together answers with a bare array; everyone else with {"object": "list", "data": [...]}.
+    body = read_json(
+        ctx,
+        reply,
+        "the model list",
+        fits=lambda body: _models(body) is not None,
+        expected="a `data` list of models",
+        classify=_listing_error,
+        endpoint=BASE_URL,
+    )
+    return reply, [item["id"] for item in _models(body) or () if isinstance(item.get("id"), str)]
+
+
+def _models(body: Any) -> list[dict[str, Any]] | None:
     data = body.get("data") if isinstance(body, dict) else body
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-        raise unexpected(
-            reply,
-            f"The model list (GET {_path(reply)}) answered HTTP {reply.status} with JSON that "
-            "has no `data` list of models: this is not an OpenAI-style API. Check spec.endpoint "
-            "(the base URL the OpenAI SDK takes, usually ending in /v1).",
-        )
-    return reply, [item["id"] for item in data if isinstance(item.get("id"), str)]
+        return None
+    return data
+
+
+def _listing_error(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
+    outcome = classify_error(ctx, reply, what)
+    if outcome.reason is not Reason.MODEL_NOT_FOUND:
+        return outcome
+    # No model was named: "not found" on the list means the path is wrong (OpenAI answers an
+    # unknown path with a JSON error, so the body alone cannot tell).
+    err = parse_error(reply.json())
+    said = f": {err.message.rstrip('. ')}" if err and err.message else ""
+    return ProbeOutcome(
+        Reason.UNEXPECTED_RESPONSE,
+        f"The model list (GET {_path(reply)}) does not exist at this endpoint (HTTP "
+        f"{reply.status}{said}). Check spec.endpoint: {BASE_URL}.",
+        http_status=outcome.http_status,
+        code=outcome.code,
+    )
 
 
 async def check_model(ctx: ProbeContext, flavour: Flavour, model: str, ids: list[str]) -> bool:
@@ -114,13 +134,7 @@ async def check_model(ctx: ProbeContext, flavour: Flavour, model: str, ids: list
     ModelNotFound otherwise."""
     if flavour.retrieve_model:
         reply = await ctx.request("GET", "/models/" + quote(model, safe=_SEGMENT_SAFE))
-        body = read_json(ctx, reply, f"model {model}")
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
-            raise unexpected(
-                reply,
-                f"GET {_path(reply)} answered HTTP {reply.status} without a model object. "
-                "Check spec.endpoint.",
-            )
+        read_json(ctx, reply, f"model {model}", fits=has("id", str), expected="a model object")
         return True
     if is_listed(model, ids):
         return True
@@ -151,51 +165,15 @@ async def complete(ctx: ProbeContext, flavour: Flavour, model: str) -> Reply:
         **flavour.completion_fields(model),
     }
     reply = await ctx.request("POST", "/chat/completions", json_body=request)
-    body = read_json(ctx, reply, f"the test completion with model {model}")
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if not isinstance(choices, list) or not choices:
-        raise unexpected(
-            reply,
-            f"The test completion with model {model} answered HTTP {reply.status} without "
-            "choices: this is not an OpenAI-style chat completion. Check spec.endpoint.",
-        )
+    what = f"the test completion with model {model}"
+    read_json(ctx, reply, what, fits=_has_choices, expected="`choices`", endpoint=BASE_URL)
     return reply
 
 
-def read_json(ctx: ProbeContext, reply: Reply, what: str, *, listing: bool = False) -> Any:
-    """The answer's JSON when it is a success; raises the classified error otherwise, including
-    an error body sent with HTTP 200 and a 200 that is not JSON (HTML, truncated)."""
-    body = reply.json()
-    _note_body_request_id(ctx, reply, body)
-    if 200 <= reply.status < 300 and body is not None and parse_error(body) is None:
-        return body
-    outcome = classify_error(ctx, reply, what)
-    if listing and outcome.reason is Reason.MODEL_NOT_FOUND:
-        # No model was named: "not found" on the list means the path is wrong (OpenAI answers
-        # an unknown path with a JSON error, so the body alone cannot tell).
-        err = parse_error(body)
-        said = f": {err.message.rstrip('. ')}" if err and err.message else ""
-        outcome = ProbeOutcome(
-            Reason.UNEXPECTED_RESPONSE,
-            f"The model list (GET {_path(reply)}) does not exist at this endpoint (HTTP "
-            f"{reply.status}{said}). Check spec.endpoint: the base URL the OpenAI SDK takes, "
-            "usually ending in /v1.",
-            http_status=outcome.http_status,
-            code=outcome.code,
-        )
-    raise ProbeFailure(outcome)
-
-
-def unexpected(reply: Reply, message: str) -> ProbeFailure:
-    return ProbeFailure(ProbeOutcome(Reason.UNEXPECTED_RESPONSE, message, http_status=reply.status))
-
-
-def _note_body_request_id(ctx: ProbeContext, reply: Reply, body: Any) -> None:
-    # DashScope and Mistral put the request id in the error body rather than in a header.
-    if any(name in reply.headers for name in REQUEST_ID_HEADERS):
-        return
-    if isinstance(body, dict) and isinstance(body.get("request_id"), str) and body["request_id"]:
-        ctx.request_id = body["request_id"][:128]
+def _has_choices(body: Any) -> bool:
+    return (
+        isinstance(body, dict) and isinstance(body.get("choices"), list) and bool(body["choices"])
+    )
 
 
 def _path(reply: Reply) -> str:

@@ -10,19 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from llmconn.probes.base import ProbeContext, ProbeOutcome, registry
-from llmconn.probes.openai_style import Flavour, check, read_json, unexpected
+from llmconn.probes.errors import has, read_json
+from llmconn.probes.openai_style import Flavour, check
 
 
 async def key_info(ctx: ProbeContext) -> dict[str, str]:
     reply = await ctx.request("GET", "/key")
-    body = read_json(ctx, reply, "the key check (GET /key)")
-    data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, dict):
-        raise unexpected(
-            reply,
-            f"The key check (GET /key) answered HTTP {reply.status} without key data: this is "
-            "not OpenRouter's API. Check spec.endpoint (https://openrouter.ai/api/v1).",
-        )
+    body = read_json(
+        ctx,
+        reply,
+        "the key check (GET /key)",
+        fits=has("data", dict),
+        expected="key `data`",
+        endpoint="https://openrouter.ai/api/v1",
+    )
+    data = body["data"]
     details: dict[str, str] = {}
     if "limit" in data:
         details["creditLimit"] = "unlimited" if data["limit"] is None else _number(data["limit"])
