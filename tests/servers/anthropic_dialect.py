@@ -20,8 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servers.recording import Seen
-from servers.recording import seen as record
+from servers.recording import DialectState
 
 API_KEY = "sk-ant-api03-loopback-test-key"
 
@@ -55,22 +54,14 @@ BEHAVIOURS = frozenset(
 
 
 @dataclass
-class AnthropicState:
+class AnthropicState(DialectState):
+    BEHAVIOURS = BEHAVIOURS
+
     api_key: str = API_KEY
     models: list[dict[str, str]] = field(default_factory=lambda: list(MODELS))
     aliases: dict[str, str] = field(default_factory=lambda: dict(ALIASES))
-    behaviour: str = "ok"
     retry_after: int = 17
-    seen: list[Seen] = field(default_factory=list)
-    messages_served: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-
-    def reset(self, behaviour: str = "ok") -> None:
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r}")
-        self.behaviour = behaviour
-        self.seen.clear()
-        self.messages_served = 0
 
     def resolve(self, model: str) -> dict[str, str] | None:
         wanted = self.aliases.get(model, model)
@@ -118,7 +109,7 @@ def make_app(
 
     async def gate(request: Request) -> Response | None:
         """What the real API checks before the route: key, version, then failure modes."""
-        state.seen.append(await record(request))
+        await state.record(request)
         key = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
         if not key:
             return error(401, "authentication_error", "x-api-key header is required")
@@ -224,10 +215,10 @@ def make_app(
         found = state.resolve(str(body["model"]))
         if found is None:
             return error(404, "not_found_error", f"model: {body['model']}")
-        state.messages_served += 1
+        state.generated += 1
         return answer(
             {
-                "id": f"msg_01Loopback{state.messages_served:08d}",
+                "id": f"msg_01Loopback{state.generated:08d}",
                 "type": "message",
                 "role": "assistant",
                 "model": found["id"],

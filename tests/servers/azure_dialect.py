@@ -6,7 +6,7 @@ layers: the `api-key` at the gateway (401 "Access denied due to invalid subscrip
 key..."), the api-version (missing: 404 Resource not found; unknown: 400), the deployment
 (404 DeploymentNotFound), then the body in the model service (400 invalid_request_error).
 Every answer carries `apim-request-id`, `x-ms-region` and `x-ratelimit-remaining-*`.
-`state.completions` counts completions actually generated, i.e. tokens spent.
+`state.generated` counts completions actually generated, i.e. tokens spent.
 `state.behaviour` selects a failure to play.
 """
 
@@ -21,8 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servers.recording import Seen
-from servers.recording import seen as read_request
+from servers.recording import DialectState
 
 API_KEY = "0123456789abcdef0123456789abcdef"
 API_VERSIONS = frozenset({"2024-06-01", "2024-10-21", "2025-04-01-preview"})
@@ -47,22 +46,14 @@ BEHAVIOURS = frozenset(
 
 
 @dataclass
-class AzureState:
+class AzureState(DialectState):
+    BEHAVIOURS = BEHAVIOURS
+
     api_key: str = API_KEY
     deployments: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEPLOYMENTS))
     api_versions: frozenset[str] = API_VERSIONS
-    behaviour: str = "ok"
     retry_after: int = 6
-    seen: list[Seen] = field(default_factory=list)
-    completions: int = 0
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-
-    def reset(self, behaviour: str = "ok") -> None:
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r}")
-        self.behaviour = behaviour
-        self.seen.clear()
-        self.completions = 0
 
 
 def make_app(
@@ -96,8 +87,7 @@ def make_app(
         )
 
     async def record(request: Request) -> Any:
-        state.seen.append(seen := await read_request(request))
-        return seen.body
+        return (await state.record(request)).body
 
     def gateway(request: Request) -> Response | None:
         if request.headers.get("api-key") != state.api_key:
@@ -190,10 +180,10 @@ def make_app(
                 param="max_tokens",
                 code="unsupported_parameter",
             )
-        state.completions += 1
+        state.generated += 1
         return JSONResponse(
             {
-                "id": f"chatcmpl-loopback{state.completions}",
+                "id": f"chatcmpl-loopback{state.generated}",
                 "object": "chat.completion",
                 "created": 1767225600,
                 "model": model,

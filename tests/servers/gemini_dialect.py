@@ -20,8 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servers.recording import Seen
-from servers.recording import seen as record
+from servers.recording import DialectState
 
 API_KEY = "AIzaSyLoopbackTestKey0123456789abcdefg"
 PREFIX = "/v1beta"
@@ -45,21 +44,13 @@ BEHAVIOURS = frozenset(
 
 
 @dataclass
-class GeminiState:
+class GeminiState(DialectState):
+    BEHAVIOURS = BEHAVIOURS
+
     api_key: str = API_KEY
     models: list[str] = field(default_factory=lambda: list(MODELS))
     thinking_only: frozenset[str] = THINKING_ONLY
-    behaviour: str = "ok"
     retry_delay: str = "21s"
-    seen: list[Seen] = field(default_factory=list)
-    generations: int = 0
-
-    def reset(self, behaviour: str = "ok") -> None:
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r}")
-        self.behaviour = behaviour
-        self.seen.clear()
-        self.generations = 0
 
 
 def _error(status: int, code: str, message: str, details: list[Any] | None = None) -> Response:
@@ -207,7 +198,7 @@ def make_app(
         )
 
     async def handle(request: Request) -> Response:
-        state.seen.append(seen := await record(request))
+        seen = await state.record(request)
         body = seen.body
         path = request.url.path
         if not path.startswith(prefix + "/"):
@@ -259,7 +250,7 @@ def make_app(
                 "INVALID_ARGUMENT",
                 f"Budget {budget} is invalid. This model only works in thinking mode.",
             )
-        state.generations += 1
+        state.generated += 1
         return JSONResponse(
             {
                 "candidates": [
@@ -275,7 +266,7 @@ def make_app(
                     "totalTokenCount": 9,
                 },
                 "modelVersion": name,
-                "responseId": f"loopback-{state.generations}",
+                "responseId": f"loopback-{state.generated}",
             }
         )
 

@@ -16,8 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from servers.recording import Seen
-from servers.recording import seen as record
+from servers.recording import DialectState
 
 # name -> (parameter size, quantization)
 MODELS = {
@@ -40,20 +39,12 @@ BEHAVIOURS = frozenset(
 
 
 @dataclass
-class OllamaState:
+class OllamaState(DialectState):
+    BEHAVIOURS = BEHAVIOURS
+
     token: str | None = None
     models: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(MODELS))
-    behaviour: str = "ok"
     retry_after: int = 30
-    seen: list[Seen] = field(default_factory=list)
-    generations: int = 0
-
-    def reset(self, behaviour: str = "ok") -> None:
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r}")
-        self.behaviour = behaviour
-        self.seen.clear()
-        self.generations = 0
 
     def find(self, name: str) -> str | None:
         full = name if ":" in name else f"{name}:latest"
@@ -75,7 +66,7 @@ def make_app(
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     async def gate(request: Request) -> tuple[Any, Response | None]:
-        state.seen.append(seen := await record(request))
+        seen = await state.record(request)
         body = seen.body
         if state.token and request.headers.get("authorization") != f"Bearer {state.token}":
             return body, fail(401, "unauthorized")
@@ -171,7 +162,7 @@ def make_app(
             return fail(400, f'"{name}" does not support generate')
         if body.get("stream", True) is not False:
             return PlainTextResponse('{"response":"O","done":false}\n', status_code=200)
-        state.generations += 1
+        state.generated += 1
         done = {
             "model": full,
             "created_at": "2026-01-01T00:00:00Z",

@@ -4,22 +4,23 @@
 /chat/completions (plus DeepSeek's GET /user/balance and OpenRouter's GET /key) under a path
 prefix. What it answers is a `Dialect`, read on every request, so a test swaps it between calls:
 which keys are accepted, which models are listed or only served (DeepSeek aliases), which
-canned fault answers instead (no quota, rate limit, HTML, ...), in which provider's flavour.
-Requests are recorded in `dialect.seen` so tests can assert on what the server received.
+canned failure answers instead (`behaviour`: no quota, rate limit, HTML, ...), in which
+provider's flavour. Requests are recorded in `dialect.seen` so tests can assert on what the
+server received.
 
-Run `python -m servers.openai_dialect --port 8000 --key sk-demo --model gpt-4o` (from tests/)
-to serve it for the demo or the benchmark.
+Run `python tests/servers/openai_dialect.py --port 8000 --key sk-demo --model gpt-4o` to
+serve it for the demo or the benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,6 +28,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+
+if not __package__:  # run as a file (make demo, make bench): `servers` is not importable yet
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from servers.recording import DialectState
 
 FLAVOURS = ("openai", "vllm", "deepseek", "dashscope", "mistral", "groq", "openrouter", "together")
 ROUTES = frozenset({"models", "model", "chat", "balance", "key"})
@@ -52,40 +57,28 @@ _HEADROOM = frozenset({"openai", "groq", "openrouter", "together"})
 _OPENAI_REASONING = ("o1", "o3", "o4", "gpt-5")
 
 
-@dataclass(frozen=True)
-class Seen:
-    """One request as the server received it."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]  # lower-case names
-    body: Any
-
-
 @dataclass
-class Dialect:
+class Dialect(DialectState):
     """What the server answers. Replace `app.state.dialect` to change it between requests."""
+
+    BEHAVIOURS = frozenset({"ok", *FAULTS})
 
     flavour: str = "openai"
     keys: frozenset[str] | None = frozenset({"sk-test"})  # None: no auth (local servers)
     models: tuple[str, ...] = ("gpt-4o", "gpt-4o-mini", "o3-mini")
     unlisted: tuple[str, ...] = ()  # served, but missing from GET /models (DeepSeek aliases)
-    fault: str | None = None  # one of FAULTS
-    fault_on: frozenset[str] = ROUTES  # the routes the fault answers for
+    fault_on: frozenset[str] = ROUTES  # the routes a failure `behaviour` answers for
     errors_as_200: bool = False  # send every error with HTTP 200, as some wrappers do
     balance: str | None = "110.00"  # DeepSeek GET /user/balance total (CNY); None: no route
     balance_available: bool = True
     credit_limit: float | None = 10.0  # OpenRouter GET /key; None: unlimited
     credit_used: float = 2.5
     free_tier: bool = False
-    # The latest requests (bounded: the benchmark sends millions).
-    seen: deque[Seen] = field(default_factory=lambda: deque(maxlen=1000))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.flavour not in FLAVOURS:
             raise ValueError(f"unknown flavour {self.flavour!r}; one of {FLAVOURS}")
-        if self.fault is not None and self.fault not in FAULTS:
-            raise ValueError(f"unknown fault {self.fault!r}; one of {FAULTS}")
 
 
 Handler = Callable[[Dialect, Request, Any], Awaitable[Response]]
@@ -115,17 +108,12 @@ def make_app(dialect: Dialect | None = None, *, prefix: str = "/v1") -> Starlett
 def _endpoint(route: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         dialect: Dialect = request.app.state.dialect
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        dialect.seen.append(Seen(request.method, request.url.path, dict(request.headers), body))
+        body = (await dialect.record(request)).body
         # OpenRouter's model list is public: it answers without a key.
         public = dialect.flavour == "openrouter" and route == "models"
         if not public and (refused := _refuse_key(dialect, request)) is not None:
             return refused
-        if dialect.fault and route in dialect.fault_on:
+        if dialect.behaviour != "ok" and route in dialect.fault_on:
             canned = _fault(dialect, route, body)
             if canned is not None:
                 return canned
@@ -176,7 +164,7 @@ def _refuse_key(dialect: Dialect, request: Request) -> Response | None:
 def _fault(dialect: Dialect, route: str, body: Any) -> Response | None:
     flavour, rid = dialect.flavour, _rid()
     model = body.get("model") if isinstance(body, dict) else None
-    match dialect.fault:
+    match dialect.behaviour:
         case "no_quota":
             return _no_quota(dialect, rid)
         case "quota_legacy":
@@ -276,6 +264,7 @@ async def _chat(dialect: Dialect, request: Request, body: Any) -> Response:
             return _send(
                 dialect, 400, _openai_body(refusal[1], "invalid_request_error", refusal[0])
             )
+    dialect.generated += 1
     return _send(dialect, 200, _completion(model))
 
 
@@ -493,14 +482,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", action="append", help="an accepted key (repeat); none: no auth")
     parser.add_argument("--model", action="append", help="a listed model (repeat)")
     parser.add_argument("--unlisted", action="append", default=[], help="a served, unlisted model")
-    parser.add_argument("--fault", choices=FAULTS)
+    parser.add_argument("--behaviour", choices=FAULTS, default="ok")
     args = parser.parse_args(argv)
     dialect = Dialect(
         flavour=args.flavour,
         keys=frozenset(args.key) if args.key else None,
         models=tuple(args.model or Dialect.models),
         unlisted=tuple(args.unlisted),
-        fault=args.fault,
+        behaviour=args.behaviour,
     )
     uvicorn.run(make_app(dialect, prefix=args.prefix), host=args.host, port=args.port)
 

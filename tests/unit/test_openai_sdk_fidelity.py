@@ -99,25 +99,25 @@ async def _list(client: openai.AsyncOpenAI) -> Any:
         ),
         ({}, _retrieve("gpt-9"), openai.NotFoundError, 404, "model_not_found"),
         ({}, _chat("gpt-9"), openai.NotFoundError, 404, "model_not_found"),
-        ({"fault": "no_quota"}, _chat(), openai.RateLimitError, 429, "insufficient_quota"),
-        ({"fault": "quota_legacy"}, _chat(), openai.RateLimitError, 429, None),
-        ({"fault": "rate_limited"}, _chat(), openai.RateLimitError, 429, "rate_limit_exceeded"),
-        ({"fault": "overloaded"}, _list, openai.RateLimitError, 429, None),
+        ({"behaviour": "no_quota"}, _chat(), openai.RateLimitError, 429, "insufficient_quota"),
+        ({"behaviour": "quota_legacy"}, _chat(), openai.RateLimitError, 429, None),
+        ({"behaviour": "rate_limited"}, _chat(), openai.RateLimitError, 429, "rate_limit_exceeded"),
+        ({"behaviour": "overloaded"}, _list, openai.RateLimitError, 429, None),
         (
-            {"fault": "region_denied"},
+            {"behaviour": "region_denied"},
             _list,
             openai.PermissionDeniedError,
             403,
             "unsupported_country_region_territory",
         ),
-        ({"fault": "unavailable"}, _list, openai.InternalServerError, 503, None),
-        ({"fault": "server_error"}, _chat(), openai.InternalServerError, 500, None),
+        ({"behaviour": "unavailable"}, _list, openai.InternalServerError, 503, None),
+        ({"behaviour": "server_error"}, _chat(), openai.InternalServerError, 500, None),
         # Reasoning models refuse what other models take.
         ({}, _chat("o3-mini", max_tokens=16), openai.BadRequestError, 400, "unsupported_parameter"),
         ({}, _chat("o3-mini", temperature=0), openai.BadRequestError, 400, "unsupported_value"),
         # Other flavours.
         (
-            {"flavour": "deepseek", "fault": "no_quota"},
+            {"flavour": "deepseek", "behaviour": "no_quota"},
             _chat(),
             openai.APIStatusError,
             402,
@@ -131,7 +131,7 @@ async def _list(client: openai.AsyncOpenAI) -> Any:
             "invalid_request_error",
         ),
         (
-            {"flavour": "openrouter", "fault": "no_quota"},
+            {"flavour": "openrouter", "behaviour": "no_quota"},
             _chat(),
             openai.APIStatusError,
             402,
@@ -145,21 +145,21 @@ async def _list(client: openai.AsyncOpenAI) -> Any:
             "InvalidApiKey",
         ),
         (
-            {"flavour": "dashscope", "fault": "no_quota"},
+            {"flavour": "dashscope", "behaviour": "no_quota"},
             _chat(),
             openai.PermissionDeniedError,
             403,
             "Arrearage",
         ),
         (
-            {"flavour": "dashscope", "fault": "allocation_quota"},
+            {"flavour": "dashscope", "behaviour": "allocation_quota"},
             _chat(),
             openai.RateLimitError,
             429,
             "Throttling.AllocationQuota",
         ),
         (
-            {"flavour": "dashscope", "fault": "rate_limited"},
+            {"flavour": "dashscope", "behaviour": "rate_limited"},
             _list,
             openai.RateLimitError,
             429,
@@ -204,7 +204,7 @@ async def test_error_answers_raise_what_the_sdk_raises_for_the_real_api(
 async def test_rate_limit_headers_reach_the_sdk(
     server: tuple[str, Starlette], client: openai.AsyncOpenAI
 ) -> None:
-    use(server, fault="rate_limited")
+    use(server, behaviour="rate_limited")
 
     with pytest.raises(openai.RateLimitError) as raised:
         await client.models.retrieve("gpt-4o")

@@ -326,7 +326,7 @@ async def test_model_types_without_a_model_are_invalid_configuration(
     result = await probe(srv, provider, vtype, model=None)
     assert result.outcome.reason is Reason.INVALID_CONFIGURATION
     assert "spec.model" in result.outcome.message
-    assert srv[provider].state.seen == []
+    assert not srv[provider].state.seen
 
 
 async def test_connectivity_does_not_look_at_the_model(srv: dict[str, Server]) -> None:
@@ -385,7 +385,7 @@ async def test_gemini_thinking_only_model_retries_with_the_smallest_budget(
         for s in srv["gemini"].state.seen
     ]
     assert budgets == [0, 128]
-    assert srv["gemini"].state.generations == 1
+    assert srv["gemini"].state.generated == 1
 
 
 async def test_ollama_inference_is_tiny_and_not_streamed(srv: dict[str, Server]) -> None:
@@ -409,7 +409,7 @@ async def test_azure_free_checks_generate_nothing(
 ) -> None:
     result = await probe(srv, "azure-openai", vtype)
     assert result.outcome.reason is Reason.VALIDATED
-    assert srv["azure-openai"].state.completions == 0
+    assert srv["azure-openai"].state.generated == 0
     seen = srv["azure-openai"].state.seen[0]
     assert seen.body == {"messages": []}
     assert seen.query == "api-version=2024-10-21"
@@ -418,7 +418,7 @@ async def test_azure_free_checks_generate_nothing(
 
 async def test_azure_inference_generates_once_with_a_cap(srv: dict[str, Server]) -> None:
     result = await probe(srv, "azure-openai", INFER)
-    assert srv["azure-openai"].state.completions == 1
+    assert srv["azure-openai"].state.generated == 1
     assert srv["azure-openai"].state.seen[0].body["max_tokens"] == 16
     assert result.outcome.details["servedModel"] == "gpt-4o-2024-08-06"
 

@@ -275,7 +275,7 @@ async def test_missing_model_suggests_close_names(servers: dict[str, Live]) -> N
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_no_quota_on_the_test_completion(live: Live) -> None:
     # Listing models is free for every provider: credit runs out on the completion.
-    live.use(fault="no_quota", fault_on=frozenset({"chat"}))
+    live.use(behaviour="no_quota", fault_on=frozenset({"chat"}))
     outcome, _ = await run(live, INFERENCE)
 
     assert outcome.reason is Reason.QUOTA_EXCEEDED, outcome.message
@@ -292,7 +292,7 @@ async def test_no_quota_on_the_test_completion(live: Live) -> None:
     ],
 )
 async def test_quota_variants(live: Live, fault: str, code: str) -> None:
-    live.use(fault=fault)
+    live.use(behaviour=fault)
     outcome, _ = await run(live, CONNECTIVITY)
 
     assert outcome.reason is Reason.QUOTA_EXCEEDED, outcome.message
@@ -301,7 +301,7 @@ async def test_quota_variants(live: Live, fault: str, code: str) -> None:
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_rate_limited(live: Live) -> None:
-    live.use(fault="rate_limited")
+    live.use(behaviour="rate_limited")
     outcome, ctx = await run(live, CONNECTIVITY)
 
     assert outcome.reason is Reason.RATE_LIMITED, outcome.message
@@ -314,7 +314,7 @@ async def test_rate_limited(live: Live) -> None:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("fault", ["unavailable", "server_error"])
 async def test_unavailable(live: Live, fault: str) -> None:
-    live.use(fault=fault)
+    live.use(behaviour=fault)
     outcome, _ = await run(live, MODEL)
 
     assert outcome.reason is Reason.PROVIDER_UNAVAILABLE, outcome.message
@@ -323,7 +323,7 @@ async def test_unavailable(live: Live, fault: str) -> None:
 
 @pytest.mark.parametrize("provider", ["openai"])
 async def test_overloaded_429_is_unavailable_not_rate_limited(live: Live) -> None:
-    live.use(fault="overloaded")
+    live.use(behaviour="overloaded")
     outcome, _ = await run(live, CONNECTIVITY)
 
     assert outcome.reason is Reason.PROVIDER_UNAVAILABLE
@@ -332,7 +332,7 @@ async def test_overloaded_429_is_unavailable_not_rate_limited(live: Live) -> Non
 
 @pytest.mark.parametrize("provider", ["openai"])
 async def test_region_refused_is_permission_denied(live: Live) -> None:
-    live.use(fault="region_denied")
+    live.use(behaviour="region_denied")
     outcome, _ = await run(live, CONNECTIVITY)
 
     assert outcome.reason is Reason.PERMISSION_DENIED
@@ -345,7 +345,7 @@ async def test_region_refused_is_permission_denied(live: Live) -> None:
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("fault", ["html", "invalid_json", "not_a_list"])
 async def test_not_the_api(live: Live, fault: str) -> None:
-    live.use(fault=fault)
+    live.use(behaviour=fault)
     outcome, _ = await run(live, CONNECTIVITY)
 
     assert outcome.reason is Reason.UNEXPECTED_RESPONSE, outcome.message
@@ -356,7 +356,7 @@ async def test_not_the_api(live: Live, fault: str) -> None:
 @pytest.mark.parametrize("provider", ["openai", "mistral"])
 @pytest.mark.parametrize("fault", ["html", "no_choices"])
 async def test_completion_that_is_not_the_api(live: Live, fault: str) -> None:
-    live.use(fault=fault, fault_on=frozenset({"chat"}))
+    live.use(behaviour=fault, fault_on=frozenset({"chat"}))
     outcome, _ = await run(live, INFERENCE)
 
     assert outcome.reason is Reason.UNEXPECTED_RESPONSE, outcome.message
@@ -384,7 +384,7 @@ async def test_wrong_base_path_says_check_the_endpoint(live: Live) -> None:
         (
             "deepseek",
             "deepseek",
-            {"fault": "no_quota", "fault_on": frozenset({"chat"})},
+            {"behaviour": "no_quota", "fault_on": frozenset({"chat"})},
             INFERENCE,
             Reason.QUOTA_EXCEEDED,
         ),
@@ -439,9 +439,9 @@ async def test_deepseek_balance_in_details(live: Live) -> None:
     "changes",
     [
         {"balance": None},  # no such route: 404
-        {"fault": "unavailable", "fault_on": frozenset({"balance"})},
-        {"fault": "html", "fault_on": frozenset({"balance"})},
-        {"fault": "invalid_json", "fault_on": frozenset({"balance"})},
+        {"behaviour": "unavailable", "fault_on": frozenset({"balance"})},
+        {"behaviour": "html", "fault_on": frozenset({"balance"})},
+        {"behaviour": "invalid_json", "fault_on": frozenset({"balance"})},
     ],
 )
 async def test_deepseek_balance_failures_never_fail_the_probe(
