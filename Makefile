@@ -27,7 +27,7 @@ ETCD_MODULE := tests/controlplane/etcd
 GO_ENV := GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
 
 .PHONY: help venv binaries cluster-up cluster-down cluster-status crds test lint format \
-	demo run bench clean helm kstatus-check chart-sync
+	demo run bench clean helm kstatus-check chart-sync flux-cel-check argocd-lua
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -44,7 +44,7 @@ $(VENV_STAMP): pyproject.toml
 
 # -- control plane binaries --------------------------------------------------------------
 
-binaries: $(BIN)/kube-apiserver $(BIN)/kubectl $(BIN)/etcd helm kstatus-check ## build kube-apiserver, kubectl, etcd, helm, kstatus-check into .local/bin
+binaries: $(BIN)/kube-apiserver $(BIN)/kubectl $(BIN)/etcd helm kstatus-check flux-cel-check argocd-lua ## build kube-apiserver, kubectl, etcd, helm and the GitOps test tools into .local/bin
 
 # Both from one wrapper module, so client and server are the same Kubernetes version. The
 # -X flags are the version variables Kubernetes' own build sets (else it says v0.0.0-master).
@@ -106,6 +106,23 @@ kstatus-check: $(BIN)/kstatus-check ## build the kstatus checker (tests/kstatus)
 $(BIN)/kstatus-check: $(KSTATUS_MODULE)/go.mod $(KSTATUS_MODULE)/go.sum $(KSTATUS_MODULE)/main.go
 	@mkdir -p $(BIN)
 	@cd $(KSTATUS_MODULE) && $(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(abspath $@) .
+
+# Flux's CEL health checks (tests/fluxcel) and Argo CD's Lua VM (tests/argocdlua), each in a
+# small module of its own, like the kstatus checker.
+FLUXCEL_MODULE := tests/fluxcel
+ARGOCDLUA_MODULE := tests/argocdlua
+
+flux-cel-check: $(BIN)/flux-cel-check ## build Flux's CEL health-check evaluator (tests/fluxcel) into .local/bin
+
+$(BIN)/flux-cel-check: $(FLUXCEL_MODULE)/go.mod $(FLUXCEL_MODULE)/go.sum $(FLUXCEL_MODULE)/main.go
+	@mkdir -p $(BIN)
+	@cd $(FLUXCEL_MODULE) && $(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(abspath $@) .
+
+argocd-lua: $(BIN)/argocd-lua ## build the Argo CD Lua harness (gopher-lua, tests/argocdlua) into .local/bin
+
+$(BIN)/argocd-lua: $(ARGOCDLUA_MODULE)/go.mod $(ARGOCDLUA_MODULE)/go.sum $(wildcard $(ARGOCDLUA_MODULE)/*.go)
+	@mkdir -p $(BIN)
+	@cd $(ARGOCDLUA_MODULE) && $(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(abspath $@) .
 
 chart-sync: ## copy the canonical CRD into the chart (a test fails when they differ)
 	cp crds/llmconnections.yaml charts/llmconn/crds/llmconnections.yaml

@@ -40,3 +40,56 @@ def connection(
         if observed is not None:
             obj["status"]["observedGeneration"] = observed
     return obj
+
+
+def _deleting(obj: dict[str, Any]) -> dict[str, Any]:
+    obj["metadata"]["deletionTimestamp"] = "2026-11-22T10:31:00Z"
+    return obj
+
+
+_READY = cond("Ready", "True", "Validated", "The connection is reachable.")
+
+# Named states for tests that compare the health checks: each one a connection at generation 3.
+SAMPLES: dict[str, dict[str, Any]] = {
+    "no-status": connection(status=False),
+    "empty-status": {**connection(status=False), "status": {}},
+    "no-conditions": connection(),
+    "ready": connection(_READY, latencyMs=142),
+    "ready-tolerating-a-failure": connection(
+        cond("Ready", "True", "Validated", "Last probe: Timeout, 1 of 3 tolerated."),
+        result="failed",
+        reason="Timeout",
+    ),
+    "first-validation-running": connection(
+        cond("Ready", "Unknown", "Pending", "Validation in progress."),
+        cond("Reconciling", "True", "Validating", "First validation in progress."),
+    ),
+    "pending": connection(cond("Ready", "Unknown", "Pending", "Not validated yet")),
+    "rate-limited-before-a-verdict": connection(
+        cond("Ready", "Unknown", "Pending", "Could not judge: rate limited"), result="unknown"
+    ),
+    "stalled": connection(
+        cond("Ready", "False", "InvalidAPIKey", "The provider rejected the API key."),
+        cond("Stalled", "True", "InvalidAPIKey", "The provider rejected the API key."),
+        result="failed",
+        reason="InvalidAPIKey",
+    ),
+    "stalled-while-ready": connection(
+        _READY, cond("Stalled", "True", "QuotaExceeded", "No credit.")
+    ),
+    "not-ready-transient": connection(
+        cond("Ready", "False", "Timeout", "3 failures in a row: Timeout"), result="failed"
+    ),
+    "spec-changed": connection(_READY, generation=4),
+    "ready-condition-of-old-spec": connection({**_READY, "observedGeneration": 2}),
+    "stalled-on-old-spec": connection(
+        cond("Ready", "False", "InvalidAPIKey", gen=2),
+        cond("Stalled", "True", "InvalidAPIKey", gen=2),
+        generation=3,
+        observed=2,
+    ),
+    "suspended": connection(
+        cond("Ready", "Unknown", "Suspended", "Validation is suspended"), suspend=True
+    ),
+    "deleting": _deleting(connection(_READY)),
+}

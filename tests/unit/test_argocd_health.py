@@ -1,7 +1,10 @@
-"""The Argo CD health check, run by a real Lua 5.1 runtime (Argo CD's dialect) on sample objects."""
+"""The Argo CD health check and resource actions, run by a real Lua 5.1 runtime (Argo CD's
+dialect) on sample objects and on the test files of Argo CD's layout (gopher-lua, the VM
+Argo CD embeds, runs the same files in tests/e2e/test_gitops_health.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,13 @@ from lupa import lua51
 from gitops_samples import cond, connection
 
 ARGOCD = Path(__file__).resolve().parents[2] / "charts" / "llmconn" / "argocd"
-HEALTH_LUA = (ARGOCD / "health.lua").read_text()
+KIND_DIR = ARGOCD / "resource_customizations" / "llmconn.dev" / "LLMConnection"
+HEALTH_LUA = (KIND_DIR / "health.lua").read_text()
+DISCOVERY_LUA = (KIND_DIR / "actions" / "discovery.lua").read_text()
+VALIDATE_LUA = (KIND_DIR / "actions" / "validate" / "action.lua").read_text()
 HEALTH_KEY = "resource.customizations.health.llmconn.dev_LLMConnection"
+ACTIONS_KEY = "resource.customizations.actions.llmconn.dev_LLMConnection"
+REQUESTED_AT = "llmconn.dev/validate-requested-at"
 
 
 def to_lua(lua: Any, value: Any) -> Any:
@@ -26,10 +34,24 @@ def to_lua(lua: Any, value: Any) -> Any:
     return value
 
 
-def health(obj: dict[str, Any]) -> tuple[str, str]:
+def from_lua(value: Any) -> Any:
+    """A Lua table as JSON values: sequences as lists, other tables as dicts."""
+    if lua51.lua_type(value) != "table":
+        return value
+    items = dict(value.items())
+    if items and list(items) == list(range(1, len(items) + 1)):
+        return [from_lua(v) for v in items.values()]
+    return {k: from_lua(v) for k, v in items.items()}
+
+
+def execute(script: str, obj: dict[str, Any]) -> Any:
     lua = lua51.LuaRuntime(unpack_returned_tuples=True)
     lua.globals().obj = to_lua(lua, obj)
-    hs = lua.execute(HEALTH_LUA)
+    return from_lua(lua.execute(script))
+
+
+def health(obj: dict[str, Any]) -> tuple[str, str]:
+    hs = execute(HEALTH_LUA, obj)
     return str(hs["status"]), str(hs["message"])
 
 
@@ -143,11 +165,65 @@ def test_no_generation_in_metadata_uses_conditions_alone() -> None:
     assert health(obj)[0] == "Healthy"
 
 
-def test_readme_snippet_is_the_script() -> None:
+def test_readme_snippet_is_the_scripts() -> None:
     readme = (ARGOCD / "README.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
     configmaps = [yaml.safe_load(b) for b in blocks]
     snippet = [c for c in configmaps if c.get("kind") == "ConfigMap"]
     assert len(snippet) == 1
     assert snippet[0]["metadata"]["name"] == "argocd-cm"
-    assert snippet[0]["data"] == {HEALTH_KEY: HEALTH_LUA}
+    assert snippet[0]["data"].keys() == {HEALTH_KEY, ACTIONS_KEY}
+    assert snippet[0]["data"][HEALTH_KEY] == HEALTH_LUA
+    assert yaml.safe_load(snippet[0]["data"][ACTIONS_KEY]) == {
+        "discovery.lua": DISCOVERY_LUA,
+        "definitions": [{"name": "validate", "action.lua": VALIDATE_LUA}],
+    }
+
+
+# -- Argo CD's layout: the same test files gopher-lua runs ------------------------------------
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+HEALTH_TESTS = load(KIND_DIR / "health_test.yaml")["tests"]
+ACTION_TESTS = load(KIND_DIR / "actions" / "action_test.yaml")
+
+
+@pytest.mark.parametrize("case", HEALTH_TESTS, ids=[t["inputPath"] for t in HEALTH_TESTS])
+def test_health_test_yaml(case: dict[str, Any]) -> None:
+    status, message = health(load(KIND_DIR / case["inputPath"]))
+    assert {"status": status, "message": message} == case["healthStatus"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ACTION_TESTS["discoveryTests"],
+    ids=[t["inputPath"] for t in ACTION_TESTS["discoveryTests"]],
+)
+def test_action_discovery(case: dict[str, Any]) -> None:
+    offered = execute(DISCOVERY_LUA, load(KIND_DIR / "actions" / case["inputPath"]))
+    assert [{"name": name, **settings} for name, settings in offered.items()] == case["result"]
+
+
+@pytest.mark.parametrize(
+    "case", ACTION_TESTS["actionTests"], ids=[t["inputPath"] for t in ACTION_TESTS["actionTests"]]
+)
+def test_validate_action(case: dict[str, Any]) -> None:
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    changed = execute(VALIDATE_LUA, load(KIND_DIR / "actions" / case["inputPath"]))
+    after = dt.datetime.now(dt.UTC)
+    stamp = changed["metadata"]["annotations"][REQUESTED_AT]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+    assert before <= dt.datetime.fromisoformat(stamp) <= after
+    # As Argo CD's tests do: the time of the run becomes the zero time the expected file holds.
+    changed["metadata"]["annotations"][REQUESTED_AT] = "0001-01-01T00:00:00Z"
+    assert changed == load(KIND_DIR / "actions" / case["expectedOutputPath"])
+
+
+def test_validate_action_keeps_other_annotations() -> None:
+    obj = load(KIND_DIR / "actions" / "testdata" / "connection-requested-before.yaml")
+    changed = execute(VALIDATE_LUA, obj)
+    assert changed["metadata"]["annotations"]["team"] == "agents"
+    assert changed["metadata"]["annotations"][REQUESTED_AT] != "2026-11-29T16:40:00Z"
