@@ -337,7 +337,13 @@ def test_service_monitor_scrapes_the_metrics_service(render: Any) -> None:
     )
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        {
+            "port": "metrics",
+            "path": "/metrics",
+            "honorLabels": True,
+            "interval": "15s",
+            "scrapeTimeout": "10s",
+        }
     ]
 
 
@@ -948,3 +954,88 @@ def test_cluster_wide_rbac(chart_crds: ControlPlane, render: Any) -> None:
             cluster.kubectl("delete", kind, release, "--ignore-not-found", check=False)
         for ns in (release_ns, anywhere):
             cluster.delete_namespace(ns)
+
+
+# -- alerts and dashboard -----------------------------------------------------------------
+
+
+def test_alerts_and_dashboard_are_off_by_default(render: Any) -> None:
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    assert not [d for d in docs if d["kind"] in ("PrometheusRule", "ConfigMap")]
+
+
+def test_prometheus_rule_where_and_how_labelled(render: Any) -> None:
+    rule_values = {"enabled": True, "namespace": "monitoring", "labels": {"release": "prom"}}
+    docs = render({"metrics": {"prometheusRule": rule_values}})
+    rule = one(docs, "PrometheusRule", "monitoring")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert alerts == [
+        "LLMConnectionNotReady",
+        "LLMConnectionsFailingInNamespace",
+        "LLMConnOperatorDown",
+        "LLMConnOperatorLagging",
+    ]
+    # Without the metrics endpoint there is nothing to alert on.
+    off = render({"metrics": {"enabled": False, "prometheusRule": {"enabled": True}}})
+    assert not [d for d in off if d["kind"] == "PrometheusRule"]
+
+
+def test_alert_labels_reach_every_alert(render: Any) -> None:
+    values = {"enabled": True, "alertLabels": {"team": "platform"}}
+    rule = one(render({"metrics": {"prometheusRule": values}}), "PrometheusRule")
+    for group in rule["spec"]["groups"]:
+        for r in group["rules"]:
+            assert r["labels"]["team"] == "platform", r["alert"]
+            assert r["labels"]["severity"] in ("warning", "critical")
+
+
+def test_dashboard_config_map_holds_the_dashboard(render: Any) -> None:
+    dashboard = {"enabled": True, "annotations": {"grafana_folder": "LLM"}}
+    docs = render({"metrics": {"grafanaDashboard": dashboard}})
+    cm = one(docs, "ConfigMap", NAMESPACE)
+    assert cm["metadata"]["name"] == f"{FULLNAME}-dashboard"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    shipped = (CHART / "dashboards" / "llmconn.json").read_text()
+    assert json.loads(cm["data"]["llmconn.json"]) == json.loads(shipped)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"prometheusRule": {"lagSeconds": 30}}, "/metrics/prometheusRule/lagSeconds"),
+        ({"prometheusRule": {"namespaceFailingShare": 1.5}}, "namespaceFailingShare"),
+        ({"prometheusRule": {"notReadyFor": "ten minutes"}}, "notReadyFor"),
+        ({"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}, "grafana_dashboard"),
+    ],
+)
+def test_schema_refuses_bad_alert_values(
+    helm_env: dict[str, str], tmp_path: Path, values: Doc, complaint: str
+) -> None:
+    result = helm(
+        helm_env,
+        "template",
+        RELEASE,
+        "{chart}",
+        *values_args(tmp_path, {"metrics": values}),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_dashboard_config_map_is_accepted_by_the_apiserver(
+    cluster: ControlPlane, render: Any
+) -> None:
+    ns = cluster.create_namespace("dashboard")
+    try:
+        docs = render({"metrics": {"grafanaDashboard": {"enabled": True}}}, namespace=ns)
+        cm = one(docs, "ConfigMap", ns)
+        result = cluster.kubectl(
+            "apply", "--dry-run=server", "-o", "name", "-f", "-", input=json.dumps(cm)
+        )
+        assert result.stdout.strip() == f"configmap/{FULLNAME}-dashboard"
+    finally:
+        cluster.delete_namespace(ns)
