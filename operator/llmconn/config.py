@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llmconn.egress import EgressPolicy
-from llmconn.reconciler import Shard
+from llmconn.peering import Shard
 from llmconn.spec import parse_duration
 from llmconn.verdict import Defaults
 

@@ -9,7 +9,6 @@ is the operator's only write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -40,19 +39,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     reconciler = Reconciler(
-        Kube(max_connections=config.concurrency),
+        Kube(max_connections=config.concurrency, instance=memo.identity),
         ClientPool(config.egress),
         config.defaults,
         metrics,
         concurrency=config.concurrency,
         namespace_concurrency=config.namespace_concurrency,
         shard=config.shard,
+        # Re-lists (after a standby, and the periodic check for vanished objects) cover the
+        # watched namespaces; with patterns, every namespace (filtered by Kopf's events).
+        list_namespaces=() if config.namespace_patterns else config.namespaces,
     )
     memo.reconciler = reconciler
-    memo.task = asyncio.create_task(reconciler.run(), name="llmconn scheduler")
+    reconciler.start()
     memo.secret_watch = SecretWatch(  # Secrets as metadata only; see secretwatch.py
         reconciler.kube,
-        reconciler,
+        reconciler.secret_cache,
         namespaces=config.namespaces,
         all_namespaces=config.all_namespaces,
         label_selector=config.secret_label_selector,
@@ -68,7 +70,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                 config.peering_name,
                 memo.identity,
                 config.priority or 0,
-                reconciler.scheduler,
+                reconciler,
             ),
             name="llmconn peering",
         )
@@ -88,13 +90,16 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if memo.get("peering") is not None:
         memo.peering.cancel()
     await memo.secret_watch.stop()
-    memo.task.cancel()  # stop starting new validations...
-    with contextlib.suppress(asyncio.CancelledError):
-        await memo.task
-    await reconciler.scheduler.drain(SHUTDOWN_GRACE)  # ...and let the running ones write
-    await reconciler.flush_events(SHUTDOWN_GRACE)  # transition Events posted in the background
-    await reconciler.pool.aclose()
-    await reconciler.kube.aclose()
+    await reconciler.aclose(SHUTDOWN_GRACE)  # probes in flight write their status first
+
+
+@kopf.on.probe(id="scheduler")
+def scheduler_alive(memo: kopf.Memo, **_: Any) -> bool:
+    """/healthz fails when the scheduler task has died: a restart is the cure."""
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is not None and not reconciler.alive:
+        raise kopf.PermanentError("the validation scheduler has stopped")
+    return True
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

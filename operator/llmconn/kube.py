@@ -44,6 +44,10 @@ class NotFound(Exception):
     """The object is gone (deleted while we worked)."""
 
 
+class Conflict(Exception):
+    """409: the object changed since the resourceVersion the write was based on."""
+
+
 class Gone(Exception):
     """410 Gone: the resourceVersion or continue token is too old; list again."""
 
@@ -77,9 +81,16 @@ def login() -> kopf.ConnectionInfo:
 
 
 class Kube:
-    def __init__(self, info: kopf.ConnectionInfo | None = None, *, max_connections: int = 64):
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo | None = None,
+        *,
+        max_connections: int = 64,
+        instance: str = "llmconn",
+    ):
         self._info = info
         self._max = max_connections
+        self.instance = instance[:128]  # Events' reportingInstance: this replica
         info = info or login()
         self._client = self._make_client(info)
         self._streams = self._make_client(info, streams=True)
@@ -129,28 +140,68 @@ class Kube:
         return True
 
     async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """Merge-patch the status subresource in one request; returns the object written."""
+        """Merge-patch the status subresource in one request; returns the object written.
+
+        With `resource_version`, the write is conditional on it (Conflict otherwise): a
+        verdict about one object never lands on its replacement, nor on a status that
+        another replica moved on. (A UID in a status patch is not checked by the API server:
+        the resourceVersion is the precondition that is.)"""
         url = object_path(namespace, PLURAL, name, api=f"/apis/{GROUP}/{VERSION}") + "/status"
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         response = await self._call(
             "PATCH",
             url,
-            json={"status": status},
+            json=body,
             headers={"Content-Type": "application/merge-patch+json"},
         )
         if response.status_code == 404:
             raise NotFound(f"{namespace}/{name}")
+        if response.status_code == 409:
+            raise Conflict(f"{namespace}/{name}")
         response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+        written: dict[str, Any] = response.json()
+        return written
+
+    async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The LLMConnection as it is now, or None when there is none."""
+        url = object_path(namespace, PLURAL, name, api=f"/apis/{GROUP}/{VERSION}")
+        response = await self._call("GET", url)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        obj: dict[str, Any] = response.json()
+        return obj
+
+    async def list_connections(
+        self, namespace: str | None, params: dict[str, str]
+    ) -> dict[str, Any]:
+        """One page of LLMConnections, of one namespace or (None) of all."""
+        where = f"/namespaces/{segment(namespace, namespace=True)}" if namespace else ""
+        response = await self._call(
+            "GET", f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}", params=params
+        )
+        if response.status_code == 410:
+            raise Gone(PLURAL)
+        response.raise_for_status()
+        page: dict[str, Any] = response.json()
+        return page
 
     async def watch(self, path: str, name: str) -> AsyncIterator[dict[str, Any]]:
         """The named object in the collection at `path`, as it is now and after each change
         ({} once deleted), until the server ends the watch."""
-        params = {"watch": "1", "fieldSelector": f"metadata.name={name}"}
-        timeout = httpx2.Timeout(None, connect=10.0)
-        async with self._client.stream("GET", path, params=params, timeout=timeout) as response:
+        # The server ends the watch after timeoutSeconds; a stream silent for longer than
+        # that is dead (a half-open connection), and the read timeout says so.
+        params = {"watch": "1", "fieldSelector": f"metadata.name={name}", "timeoutSeconds": "60"}
+        timeout = httpx2.Timeout(10.0, read=90.0)
+        async with self._streams.stream("GET", path, params=params, timeout=timeout) as response:
             response.raise_for_status()
             async for line in response.aiter_lines():
                 if line:
@@ -232,7 +283,7 @@ class Kube:
             "count": 1,
             "source": {"component": "llmconn"},
             "reportingComponent": "llmconn.dev/operator",
-            "reportingInstance": "llmconn",
+            "reportingInstance": self.instance,
         }
         try:
             response = await self._call(

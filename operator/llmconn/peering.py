@@ -1,9 +1,10 @@
-"""Active/standby between replicas: follow Kopf's peering verdict in our own scheduler.
+"""Replicas: shards (which connections are this replica's) and active/standby (whether this
+replica works now), following Kopf's peering verdict in our own reconciler.
 
 Kopf pauses its watch streams when a peer with a higher priority is alive, but the
 operator's own scheduler would go on validating from memory. So the same rule Kopf applies
 (pause while another live peer has a higher or equal priority) is applied here to the
-peering objects Kopf keeps, and the scheduler stops dispatching while it holds.
+peering objects Kopf keeps, and the reconciler stands by while it holds.
 """
 
 from __future__ import annotations
@@ -15,12 +16,25 @@ import logging
 import os
 import secrets
 import socket
+import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 log = logging.getLogger("llmconn")
 
 CHECK_EVERY = 1.0  # seconds between judgements when nothing changes (peers expire)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A stable hash slice of the connections (by UID): replica `index` of `count`."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, uid: str) -> bool:
+        return self.count <= 1 or zlib.crc32(uid.encode()) % self.count == self.index
 
 
 def own_identity() -> str:
@@ -94,7 +108,8 @@ async def follow(
     try:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=CHECK_EVERY)
+                async with asyncio.timeout(CHECK_EVERY):  # not wait_for: see scheduler.py
+                    await changed.wait()
             changed.clear()
             now = dt.datetime.now(dt.UTC)
             pause = any(should_pause(st, identity, priority, now) for st in statuses.values())

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import random
 import time
-import zlib
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,26 +27,41 @@ import httpx2
 import pydantic
 
 from llmconn import status as st
+from llmconn import triggers as tr
 from llmconn.http import ClientPool
-from llmconn.kube import Kube, NotFound
+from llmconn.kube import GROUP, PLURAL, VERSION, Conflict, Gone, Kube, NotFound
 from llmconn.metrics import Metrics
+from llmconn.peering import Shard
 from llmconn.probes import parse_spec
 from llmconn.reasons import MISSING_SECRET, Reason
 from llmconn.scheduler import Scheduler
+from llmconn.secretcache import SecretCache
 from llmconn.spec import LLMConnectionSpec, ValidationType
 from llmconn.validate import validate
-from llmconn.verdict import Defaults, Effective, SecretData, Verdict, effective
+from llmconn.verdict import Defaults, Effective, SecretData, SecretSource, Verdict, effective
 
 log = logging.getLogger("llmconn")
 
-REQUESTED_AT = "llmconn.dev/validate-requested-at"
+REQUESTED_AT = tr.REQUESTED_AT
 PENDING_AFTER = 0.5  # seconds a first probe may take before Reconciling=True is written
-RESUME_SPREAD = 30.0  # seconds over which overdue connections are spread after a restart
 RETRY_API = 10.0  # seconds before retrying a validation whose Kubernetes call failed
-JITTER = 0.1  # +-10% of the interval, so connections created together drift apart
-SECRET_READS = 8  # Secret reads after watch events in flight at most
+MAX_WRITE_BACKOFF = 300.0  # a kept verdict's write is retried at most this far apart
+WRITE_ATTEMPTS = 3  # conditional writes of one status, each after reading the object again
+WARNING_EVERY = 300.0  # seconds between Warning Events of one connection that stays not Ready
+SWEEP_EVERY = 600.0  # seconds between checks that every connection in memory still exists
 
 Key = tuple[str, str]  # namespace, name
+Validator = Callable[[LLMConnectionSpec, SecretSource, ClientPool, Defaults], Awaitable[Verdict]]
+
+
+@dataclass(frozen=True)
+class Unwritten:
+    """A verdict whose status write has not succeeded yet: written again, not probed again."""
+
+    verdict: Verdict
+    generation: int
+    requested_at: str | None
+    took: float  # seconds the validation took, for the histogram
 
 
 @dataclass
@@ -55,34 +70,45 @@ class Conn:
     name: str
     uid: str
     generation: int = 0
-    meta: dict[str, Any] = field(default_factory=dict)
+    resource_version: str | None = None  # of the object as last seen or written
     spec: LLMConnectionSpec | None = None
     spec_invalid: dict[str, Any] | None = None  # the raw spec, kept only when it is invalid
     spec_error: str | None = None
     requested_at: str | None = None
-    status: dict[str, Any] = field(default_factory=dict)  # as last written (or first seen)
+    status: dict[str, Any] = field(default_factory=dict)  # as last seen or written
     handled_generation: int = 0
     handled_requested_at: str | None = None
     secret_digests: dict[str, str] = field(default_factory=dict)  # Secret name -> used values
     generation_since: float = field(default_factory=time.time)  # wall time, for the grace
     not_before: float = 0.0  # monotonic: Retry-After floor
+    seen_at: float = 0.0  # monotonic: first sight
+    unwritten: Unwritten | None = None
+    write_failures: int = 0
+    last_warning: float | None = None  # monotonic: the last Warning Event posted
 
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
 
     @property
+    def known(self) -> tr.Known:
+        return tr.Known(
+            self.uid, self.generation, self.handled_generation, self.handled_requested_at
+        )
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What an Event's involvedObject names."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+            "resourceVersion": self.resource_version,
+        }
+
+    @property
     def secret_names(self) -> set[str]:
         return {ref.name for ref in self.spec.secret_refs} if self.spec else set()
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int = 0
-    count: int = 1
-
-    def owns(self, uid: str) -> bool:
-        return self.count <= 1 or zlib.crc32(uid.encode()) % self.count == self.index
 
 
 class Reconciler:
@@ -96,20 +122,19 @@ class Reconciler:
         concurrency: int = 32,
         namespace_concurrency: int | None = None,
         shard: Shard | None = None,
+        list_namespaces: Sequence[str] = (),
+        validator: Validator = validate,
     ) -> None:
         self.kube = kube
+        self.validator = validator
+        # Where the connections are, for re-listing them: these namespaces, or () for all.
+        self.list_namespaces: Sequence[str | None] = list(list_namespaces)
         self.pool = pool
         self.defaults = defaults
         self.metrics = metrics
         self.shard = shard or Shard()
         self.conns: dict[Key, Conn] = {}
-        self.secret_users: dict[Key, set[Key]] = {}  # (ns, secret) -> connections using it
-        self.secrets: dict[Key, SecretData] = {}  # only Secrets some connection references
-        # resourceVersion of every Secret the watch reports (metadata only, never data): the
-        # cache holds a Secret only at the version the watch last reported.
-        self.secret_versions: dict[Key, str] = {}
-        self._refreshing: dict[Key, asyncio.Task[None]] = {}  # reads after a Secret changed
-        self._read_slots = asyncio.Semaphore(SECRET_READS)
+        self.secret_cache = SecretCache(kube, self._secret_changed)
         self._events: set[asyncio.Future[None]] = set()  # transition Events being posted
         self.scheduler: Scheduler[Key] = Scheduler(
             self._work,
@@ -118,183 +143,104 @@ class Reconciler:
             # One namespace's slow endpoints must not hold every worker.
             group=_namespace,
             group_limit=namespace_concurrency or default_namespace_concurrency(concurrency),
+            floor=self._floor,
         )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rebuilding: asyncio.Future[None] | None = None
 
     # --- watch events (fast: memory and schedule only) --------------------------------
     def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        key: Key = (meta.get("namespace", ""), meta.get("name", ""))
-        if event_type == "DELETED" or not self.shard.owns(meta.get("uid", "")):
-            self._forget(key)
+        seen = tr.observe(event_type, body)
+        conn = self.conns.get(seen.key)
+        known = conn.known if conn is not None else None
+        sighting = tr.sighting(known, seen, self.shard.owns(seen.uid))
+        if sighting is tr.Sighting.IGNORE:
             return
-        conn = self.conns.get(key)
-        first_sight = conn is None or conn.uid != meta.get("uid")
-        if conn is None or first_sight:
-            conn = Conn(namespace=key[0], name=key[1], uid=meta.get("uid", ""))
-            conn.status = dict(body.get("status") or {})
-            self.conns[key] = conn
+        if sighting is tr.Sighting.FORGET:
+            self._forget(seen.key)
+            return
+        if sighting is tr.Sighting.NEW:
+            if conn is not None:
+                self._forget(seen.key)  # replaced: the old object's state goes with it
+            conn = Conn(namespace=seen.namespace, name=seen.name, uid=seen.uid)
+            conn.seen_at = time.monotonic()
+            self.conns[seen.key] = conn
             self.metrics.set_connections(len(self.conns))
-        generation = int(meta.get("generation") or 1)
-        if generation != conn.generation:
-            # The API server bumps the generation on every spec change (status is a
-            # subresource), so the spec is parsed again only then.
-            conn.generation_since = time.time() if not first_sight else _created(meta)
-            conn.generation = generation
-            self._set_spec(conn, body.get("spec") or {})
-        conn.meta = {k: meta.get(k) for k in ("name", "namespace", "uid", "resourceVersion")}
-        requested_at = (meta.get("annotations") or {}).get(REQUESTED_AT)
-        # Compared with status.lastHandledRequestedAt, which keeps only this much of it.
-        conn.requested_at = requested_at[: st.MAX_REQUESTED_AT] if requested_at else None
-        # What the object's status says was handled counts too: the watch event of our own
-        # write may be processed before the PATCH's response resumes the validation.
-        written = body.get("status") or {}
-        conn.handled_generation = max(
-            conn.handled_generation, int(written.get("observedGeneration") or 0)
+            known = None
+        assert conn is not None
+        if sighting in (tr.Sighting.NEW, tr.Sighting.SPEC):
+            self._set_spec(conn, seen)
+        # Memory follows the object: the status and resourceVersion are what the next write
+        # is based on (and conditional on).
+        conn.status, conn.resource_version = dict(seen.status), seen.resource_version
+        conn.requested_at = seen.requested_at
+        conn.handled_generation, conn.handled_requested_at = tr.handled(known, seen)
+        if sighting is tr.Sighting.NEW:
+            self._export_ready(conn)
+        action = tr.action(
+            seen,
+            first_sight=sighting is tr.Sighting.NEW,
+            handled_generation=conn.handled_generation,
+            handled_requested_at=conn.handled_requested_at,
+            suspended=conn.spec is not None and conn.spec.suspend,
         )
-        if conn.requested_at and written.get("lastHandledRequestedAt") == conn.requested_at:
-            conn.handled_requested_at = conn.requested_at
-
-        if conn.spec is not None and conn.spec.suspend:
-            self.scheduler.cancel(key)
-            ready = st.find(list(conn.status.get("conditions") or []), st.READY) or {}
-            if ready.get("reason") != Reason.SUSPENDED or conn.handled_generation != generation:
-                self.scheduler.now(key)  # writes the Suspended status once
-            return
-        if conn.handled_generation < generation or (
-            conn.requested_at and conn.requested_at != conn.handled_requested_at
-        ):
+        if action is tr.Action.VALIDATE:
             self._trigger(conn)
-        elif first_sight:
+        elif action is tr.Action.RESUME:
             self._resume(conn)
-
-    def secret_event(self, event_type: str | None, meta: dict[str, Any]) -> None:
-        """A Secret's metadata from the watch (never its data). A referenced Secret whose
-        resourceVersion moved is read again, and its connections re-validated if the values
-        they use changed."""
-        skey: Key = (meta.get("namespace") or "", meta.get("name") or "")
-        if event_type == "DELETED":
-            self.secret_versions.pop(skey, None)
-            if skey in self.secret_users:
-                self._secret_changed(skey, None)
-            return
-        version = str(meta.get("resourceVersion") or "")
-        if self.secret_versions.get(skey) == version:
-            return  # a list after a reconnection repeats what is known
-        self.secret_versions[skey] = version
-        if skey not in self.secret_users:
-            return  # nobody uses it: not read, not kept
-        self.secrets.pop(skey, None)  # stale: a validation reads afresh until the new one is in
-        if skey not in self._refreshing:
-            self._refreshing[skey] = asyncio.ensure_future(self._refresh_secret(skey))
-
-    def secrets_listed(self, namespace: str | None, present: set[Key]) -> None:
-        """A complete list of a namespace's Secrets (None: of all namespaces) arrived: those
-        that went while the watch was away are gone, as a list brings no DELETED events."""
-        gone = [
-            skey
-            for skey in self.secret_versions
-            if (namespace is None or skey[0] == namespace) and skey not in present
-        ]
-        for skey in gone:
-            self.secret_event("DELETED", {"namespace": skey[0], "name": skey[1]})
-
-    async def _refresh_secret(self, skey: Key) -> None:
-        """Read a referenced Secret until the cache holds the version the watch reported."""
-        try:
-            while skey in self.secret_users:
-                want = self.secret_versions.get(skey)
-                cached = self.secrets.get(skey)
-                if want is None or (cached is not None and cached.resource_version == want):
-                    return  # deleted since, or a validation has read this version already
-                try:
-                    async with self._read_slots:
-                        data = await self.kube.get_secret(*skey)
-                except httpx2.HTTPError as exc:
-                    log.warning(
-                        "could not read Secret %s/%s (%s); retrying in %.0fs",
-                        *skey,
-                        type(exc).__name__,
-                        RETRY_API,
-                    )
-                    await asyncio.sleep(RETRY_API * random.uniform(1, 1.5))
-                    continue
-                if self.secret_versions.get(skey) != want:
-                    continue  # it changed again during the read: read again
-                if data is not None and data.resource_version == want:
-                    self._secret_changed(skey, data)
-                # Otherwise the read is ahead of the watch (a newer version, or gone): the
-                # watch event that is on its way starts the next read.
-                return
-        except Exception:
-            log.exception("reading Secret %s/%s failed unexpectedly", *skey)
-        finally:
-            self._refreshing.pop(skey, None)
-
-    def _keep(self, skey: Key, data: SecretData | None) -> None:
-        """Cache a Secret read on a cache miss, but only at the version the watch last
-        reported: a slow read never overwrites a newer version that a watch event brought
-        meanwhile, and a Secret the watch does not see (outside a label selector) is read
-        afresh by every validation instead of going stale in the cache."""
-        if (
-            data is not None
-            and skey in self.secret_users
-            and data.resource_version == self.secret_versions.get(skey)
-        ):
-            self.secrets[skey] = data
+        elif action is tr.Action.SUSPEND:
+            self.scheduler.cancel(seen.key)
+            conn.unwritten = None
+            if not tr.suspended_written(conn.status, conn.generation):
+                self.scheduler.now(seen.key)  # writes the Suspended status once
 
     def _secret_changed(self, skey: Key, data: SecretData | None) -> None:
-        if data is None:
-            self.secrets.pop(skey, None)
-        else:
-            self.secrets[skey] = data
-        for key in list(self.secret_users.get(skey, ())):
+        """A referenced Secret has new data (None: it is gone): re-validate the connections
+        whose values changed."""
+        for key in list(self.secret_cache.users.get(skey, ())):
             conn = self.conns.get(key)
             if conn is None or conn.spec is None or conn.spec.suspend:
                 continue
             new = _digest(conn.spec, skey[1], data)
             old = conn.secret_digests.get(skey[1])
-            if (
-                old is None
-                and data is not None
-                and _observed_rv(conn, skey[1]) == data.resource_version
-            ):
-                conn.secret_digests[skey[1]] = new  # what the last probe (before a restart) used
-            elif old != new:
+            rv_used = data is not None and _observed_rv(conn, skey[1]) == data.resource_version
+            if tr.secret_changed(old, new, rv_used):
                 log.info("Secret %s/%s changed: re-validating %s", skey[0], skey[1], key[1])
+                conn.not_before = 0.0  # new data: a provider's Retry-After was about the old
                 self._trigger(conn)
+            elif old is None:
+                conn.secret_digests[skey[1]] = new  # what the last probe (before a restart) used
 
     # --- scheduling --------------------------------------------------------------------
     def _trigger(self, conn: Conn) -> None:
-        delay = conn.not_before - time.monotonic()
-        if delay > 0:  # Retry-After is honoured even for explicit triggers
-            self.scheduler.at(conn.key, conn.not_before)
-        else:
-            self.scheduler.now(conn.key)
+        """New facts (spec, request, Secret data): validate at once, or at the Retry-After
+        floor (the scheduler's `floor`); a verdict not yet written is about the old facts."""
+        conn.unwritten = None
+        self.scheduler.now(conn.key)
+
+    def _floor(self, key: Key) -> float:
+        conn = self.conns.get(key)
+        return conn.not_before if conn is not None else 0.0
 
     def _resume(self, conn: Conn) -> None:
-        """After a restart: continue the schedule from status.lastValidationTime."""
-        interval = self._effective(conn).interval
-        last = _parse_time(conn.status.get("lastValidationTime"))
-        if last is None:
-            self.scheduler.now(conn.key)
-            return
-        if not interval:
-            return
-        wait = last + interval - time.time()
-        if wait <= 0:
-            wait = random.uniform(0, min(interval, RESUME_SPREAD))
-        self.scheduler.at(conn.key, time.monotonic() + wait)
+        """First sight of a connection validated before (a start, a resume, a re-list):
+        continue its schedule from status.lastValidationTime."""
+        wait = tr.resume_wait(
+            tr.parse_time(conn.status.get("lastValidationTime")),
+            self._effective(conn).interval,
+            time.time(),
+        )
+        if wait is not None:
+            self.scheduler.at(conn.key, time.monotonic() + wait)
 
     def _plan_next(self, conn: Conn, verdict: Verdict) -> None:
         interval = verdict.validation.interval
-        wait = interval * random.uniform(1 - JITTER, 1 + JITTER) if interval else None
-        if verdict.retry_after:
-            conn.not_before = time.monotonic() + verdict.retry_after
-            wait = max(wait or 0.0, verdict.retry_after)
+        floor = tr.retry_floor(verdict.retry_after, interval)
+        conn.not_before = time.monotonic() + floor if floor else 0.0
+        grace_left = None
         if verdict.reason in MISSING_SECRET:
-            left = conn.generation_since + self.defaults.missing_secret_grace - time.time()
-            if left > 0:  # look again when the grace period ends, to raise Stalled on time
-                wait = min(wait, left + 0.5) if wait else left + 0.5
+            grace_left = conn.generation_since + self.defaults.missing_secret_grace - time.time()
+        wait = tr.next_wait(interval=interval, retry_after=floor, grace_left=grace_left)
         if wait is not None:
             self.scheduler.at(conn.key, time.monotonic() + wait)
 
@@ -308,37 +254,42 @@ class Reconciler:
             failure_threshold=self.defaults.failure_threshold,
         )
 
-    def _set_spec(self, conn: Conn, raw: dict[str, Any]) -> None:
+    def _set_spec(self, conn: Conn, seen: tr.Observed) -> None:
+        """A new generation (or first sight): parse the spec once, start afresh."""
         for name in conn.secret_names:
-            self._unuse((conn.namespace, name), conn.key)
+            self.secret_cache.unuse((conn.namespace, name), conn.key)
+        conn.generation = seen.generation
+        conn.generation_since = time.time()  # the missing-Secret grace counts from here
+        conn.not_before, conn.unwritten = 0.0, None
         try:
-            conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(raw), None, None
+            conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(seen.spec), None, None
         except (pydantic.ValidationError, ValueError) as exc:
-            conn.spec, conn.spec_error, conn.spec_invalid = None, _first_error(exc), raw
+            conn.spec, conn.spec_error = None, _first_error(exc)
+            conn.spec_invalid = dict(seen.spec)
         for name in conn.secret_names:
-            self.secret_users.setdefault((conn.namespace, name), set()).add(conn.key)
+            self.secret_cache.use((conn.namespace, name), conn.key)
         conn.secret_digests.clear()
 
-    def _unuse(self, skey: Key, key: Key) -> None:
-        users = self.secret_users.get(skey)
-        if users is not None:
-            users.discard(key)
-            if not users:
-                del self.secret_users[skey]
-                self.secrets.pop(skey, None)
-                refresh = self._refreshing.pop(skey, None)
-                if refresh is not None:
-                    refresh.cancel()
-
-    def _forget(self, key: Key) -> None:
-        conn = self.conns.pop(key, None)
-        if conn is None:
+    def _forget(self, key: Key, uid: str | None = None) -> None:
+        """Drop a connection (only the one with `uid`, when given)."""
+        conn = self.conns.get(key)
+        if conn is None or (uid is not None and conn.uid != uid):
             return
+        del self.conns[key]
         self.scheduler.cancel(key)
         for name in conn.secret_names:
-            self._unuse((conn.namespace, name), key)
+            self.secret_cache.unuse((conn.namespace, name), key)
         self.metrics.forget(*key)
         self.metrics.set_connections(len(self.conns))
+
+    def _export_ready(self, conn: Conn) -> None:
+        """The ready gauge from the status as written, at first sight (after a restart a
+        connection has its series before its next validation) and on suspend."""
+        if conn.status.get("conditions"):
+            provider = conn.spec.provider if conn.spec is not None else ""
+            self.metrics.set_ready(
+                conn.namespace, conn.name, provider, st.ready_status(conn.status)
+            )
 
     # --- one validation --------------------------------------------------------------
     async def _work(self, key: Key) -> None:
@@ -347,22 +298,28 @@ class Reconciler:
             return
         try:
             if conn.spec is not None and conn.spec.suspend:
-                await self._write(conn, st.suspended_status(conn.status, conn.generation, _now()))
-                conn.handled_generation = conn.generation
-                return
-            await self._validate(conn)
+                await self._write_suspended(conn)
+            elif conn.unwritten is not None:
+                await self._write_verdict(conn, conn.unwritten)  # the write failed before
+            else:
+                await self._validate(conn)
         except NotFound:
-            self._forget(key)  # deleted mid-probe: nothing to write
-        except httpx2.HTTPError as exc:
-            # The API server is unreachable or refused the write (a restart, say): the verdict
-            # is not written, so try again soon rather than an interval later.
+            self._forget(key, conn.uid)  # deleted or replaced mid-probe: nothing to write
+        except (httpx2.HTTPError, Conflict) as exc:
+            # The API server is unreachable or refused the write (a restart, say). A verdict
+            # is kept and only its write is tried again, with a capped backoff: probing again
+            # would spend an Inference connection's tokens on every retry.
+            retry = RETRY_API
+            if conn.unwritten is not None:
+                retry = min(RETRY_API * 2**conn.write_failures, MAX_WRITE_BACKOFF)
+                conn.write_failures += 1
             log.warning(
                 "could not reach the API server for %s/%s (%s); retrying in %.0fs",
                 *key,
                 type(exc).__name__,
-                RETRY_API,
+                retry,
             )
-            self.scheduler.at(key, time.monotonic() + RETRY_API * random.uniform(1, 1.5))
+            self.scheduler.at(key, time.monotonic() + retry * random.uniform(1, 1.5))
         except Exception:
             # Never let one connection take the operator down; try again later.
             log.exception("validation of %s/%s failed unexpectedly", *key)
@@ -378,37 +335,89 @@ class Reconciler:
                 # A new connection: show Reconciling if the first probe takes a while.
                 done, _ = await asyncio.wait({probe}, timeout=PENDING_AFTER)
                 if not done:
-                    await self._write(conn, st.pending_status(generation, _now()))
+                    await self._write(
+                        conn,
+                        lambda prev: (
+                            None
+                            if prev.get("conditions")
+                            else {**prev, **st.pending_status(generation, _now())}
+                        ),
+                    )
             verdict = await probe
         finally:
             probe.cancel()  # a no-op once done; stops the probe if the early write failed
         if self.conns.get(conn.key) is not conn:
             return  # deleted or replaced while probing
+        conn.unwritten = Unwritten(verdict, generation, requested_at, time.perf_counter() - started)
+        await self._write_verdict(conn, conn.unwritten)
+
+    async def _write_verdict(self, conn: Conn, done: Unwritten) -> None:
         grace_over = time.time() - conn.generation_since >= self.defaults.missing_secret_grace
-        new = st.next_status(
-            conn.status,
-            verdict,
-            generation=generation,
-            requested_at=requested_at,
-            secret_grace_over=grace_over,
+
+        def compute(prev: dict[str, Any]) -> dict[str, Any] | None:
+            if int(prev.get("observedGeneration") or 0) > done.generation:
+                return None  # another replica has judged a newer spec: never go back
+            return st.next_status(
+                prev,
+                done.verdict,
+                generation=done.generation,
+                requested_at=done.requested_at,
+                secret_grace_over=grace_over,
+            )
+
+        written = await self._write(conn, compute)
+        conn.unwritten, conn.write_failures = None, 0
+        if written is not None:
+            prev, new = written
+            conn.handled_generation = max(conn.handled_generation, done.generation)
+            if done.requested_at:
+                conn.handled_requested_at = done.requested_at
+            self._observe(conn, prev, new, done.verdict, done.took)
+        self._plan_next(conn, done.verdict)
+
+    async def _write_suspended(self, conn: Conn) -> None:
+        generation = conn.generation
+        written = await self._write(
+            conn, lambda prev: {**prev, **st.suspended_status(prev, generation, _now())}
         )
-        prev = conn.status
-        await self._write(conn, st.merge_patch(prev, new))
         conn.handled_generation = max(conn.handled_generation, generation)
-        if requested_at:
-            conn.handled_requested_at = requested_at
-        self._observe(conn, prev, new, verdict, time.perf_counter() - started)
-        self._plan_next(conn, verdict)
+        if written is not None:
+            self._export_ready(conn)
 
     async def _verdict(self, conn: Conn, source: _RecordingSecrets) -> Verdict:
         if conn.spec is None:
             return _invalid(conn, self._effective(conn))
-        return await validate(conn.spec, source, self.pool, self.defaults)
+        return await self.validator(conn.spec, source, self.pool, self.defaults)
 
-    async def _write(self, conn: Conn, patch: dict[str, Any]) -> None:
-        obj = await self.kube.patch_status(conn.namespace, conn.name, patch)
-        conn.status = dict(obj.get("status") or {})
-        conn.meta["resourceVersion"] = (obj.get("metadata") or {}).get("resourceVersion")
+    async def _write(
+        self, conn: Conn, compute: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Write the status `compute` makes of the object's status, in one PATCH that holds
+        only if the object is still at the resourceVersion that status came from. On a
+        conflict (the object moved on: another writer, a newer spec, a replacement) the
+        object is read again and the status computed afresh from it; a replaced object
+        (another UID) is not this connection's any more. Returns (previous, written), or
+        None when `compute` declined."""
+        for _attempt in range(WRITE_ATTEMPTS):
+            prev = conn.status
+            new = compute(prev)
+            if new is None:
+                return None
+            try:
+                obj = await self.kube.patch_status(
+                    conn.namespace, conn.name, st.merge_patch(prev, new), conn.resource_version
+                )
+            except Conflict:
+                fresh = await self.kube.get_connection(conn.namespace, conn.name)
+                if fresh is None or (fresh.get("metadata") or {}).get("uid") != conn.uid:
+                    raise NotFound(f"{conn.namespace}/{conn.name}") from None
+                conn.status = dict(fresh.get("status") or {})
+                conn.resource_version = (fresh.get("metadata") or {}).get("resourceVersion")
+                continue
+            conn.status = dict(obj.get("status") or {})
+            conn.resource_version = (obj.get("metadata") or {}).get("resourceVersion")
+            return prev, new
+        raise Conflict(f"{conn.namespace}/{conn.name}: the object kept changing")
 
     def _observe(
         self, conn: Conn, prev: dict[str, Any], new: dict[str, Any], verdict: Verdict, took: float
@@ -426,35 +435,120 @@ class Reconciler:
             verdict.latency_ms,
         )
         change = st.transition(prev, new)
-        if change is not None:
-            type_, reason = change
-            log.info(
-                "%s/%s is now %s: %s",
-                conn.namespace,
-                conn.name,
-                "Ready" if type_ == "Normal" else f"not Ready ({verdict.reason.value})",
-                verdict.message,
+        if change is None:
+            return
+        type_, reason = change
+        log.info(
+            "%s/%s is now %s: %s",
+            conn.namespace,
+            conn.name,
+            "Ready" if type_ == "Normal" else f"not Ready ({verdict.reason.value})",
+            verdict.message,
+        )
+        now = time.monotonic()
+        if (
+            type_ == "Warning"
+            and st.ready_status(prev) == "False"
+            and conn.last_warning is not None
+            and now - conn.last_warning < WARNING_EVERY
+        ):
+            return  # only the reason changed while not Ready (transient reasons alternate)
+        if type_ == "Warning":
+            conn.last_warning = now
+        task = asyncio.ensure_future(
+            self.kube.post_event(
+                {"metadata": conn.meta},
+                type_=type_,
+                reason=reason,
+                message=f"{verdict.reason.value}: {verdict.message}",
             )
-            task = asyncio.ensure_future(
-                self.kube.post_event(
-                    {"metadata": conn.meta},
-                    type_=type_,
-                    reason=reason,
-                    message=f"{verdict.reason.value}: {verdict.message}",
-                )
-            )
-            self._events.add(task)
-            task.add_done_callback(self._events.discard)
+        )
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
     # --- lifecycle -------------------------------------------------------------------
-    async def run(self) -> None:
-        gauges = asyncio.ensure_future(self._gauges())
+    def start(self) -> None:
+        """Start the scheduler, the gauges and the periodic sweep of vanished objects."""
+        self._tasks = [
+            asyncio.create_task(self.scheduler.run(), name="llmconn scheduler"),
+            asyncio.create_task(self._gauges(), name="llmconn gauges"),
+            asyncio.create_task(self._sweep_every(SWEEP_EVERY), name="llmconn sweep"),
+        ]
+
+    @property
+    def alive(self) -> bool:
+        """Whether the scheduler still runs (the liveness probe asks)."""
+        return bool(self._tasks) and not self._tasks[0].done()
+
+    async def aclose(self, grace: float) -> None:
+        """Stop starting validations, let those running write (up to `grace` seconds) and
+        their Events go out, then close the clients."""
+        for task in (*self._tasks, self._rebuilding):
+            if task is not None:
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.secret_cache.close()
+        await self.scheduler.drain(grace)
+        if self._events:
+            await asyncio.wait(set(self._events), timeout=grace)
+        await self.pool.aclose()
+        await self.kube.aclose()
+
+    def pause(self) -> None:
+        """This replica stands by: stop validating and drop what memory holds, which would
+        go stale while another replica works."""
+        self.scheduler.pause()
+        self.scheduler.clear()
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
+        for key in list(self.conns):
+            self._forget(key)
+
+    def resume(self) -> None:
+        """This replica is active again: rebuild memory from the API as at startup (with the
+        restart spread), then validate."""
+        self._rebuilding = asyncio.ensure_future(self._rebuild(full=True))
+        self.scheduler.resume()
+
+    async def _rebuild(self, *, full: bool) -> None:
+        """List the connections; with `full`, feed each to memory as a first sight; then
+        forget the ones memory holds that the list does not (a re-list brings no DELETED
+        events). Connections first seen after the list began are left alone."""
+        began = time.monotonic()
+        present: set[tuple[Key, str]] = set()
         try:
-            await self.scheduler.run()
-        finally:
-            gauges.cancel()
-            for refresh in self._refreshing.values():
-                refresh.cancel()
+            for namespace in self.list_namespaces or [None]:
+                params: dict[str, str] = {"limit": "500"}
+                while True:
+                    if full:
+                        page = await self.kube.list_connections(namespace, params)
+                    else:
+                        page = await self.kube.list_metadata(_collection(namespace), params)
+                    for obj in page.get("items") or []:
+                        meta = obj.get("metadata") or {}
+                        key = (str(meta.get("namespace")), str(meta.get("name")))
+                        present.add((key, str(meta.get("uid"))))
+                        if full:
+                            self.connection_event(None, obj)
+                    token = (page.get("metadata") or {}).get("continue")
+                    if not token:
+                        break
+                    params = {"limit": "500", "continue": token}
+        except (httpx2.HTTPError, Gone) as exc:
+            log.warning("could not list LLMConnections (%s); next try later", type(exc).__name__)
+            return
+        for key, conn in list(self.conns.items()):
+            if conn.seen_at < began and (key, conn.uid) not in present:
+                log.info("%s/%s is gone: forgetting it", *key)
+                self._forget(key, conn.uid)
+
+    async def _sweep_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            if self.scheduler.active:
+                await self._rebuild(full=False)
 
     async def flush_events(self, timeout: float) -> None:
         """Let transition Events still being posted reach the API before shutdown."""
@@ -480,11 +574,7 @@ class _RecordingSecrets:
         self._conn = conn
 
     async def get(self, name: str) -> SecretData | None:
-        skey = (self._conn.namespace, name)
-        data = self._r.secrets.get(skey)
-        if data is None:
-            data = await self._r.kube.get_secret(skey[0], name)
-            self._r._keep(skey, data)
+        data = await self._r.secret_cache.read((self._conn.namespace, name))
         self._conn.secret_digests[name] = _digest(self._conn.spec, name, data)
         return data
 
@@ -540,13 +630,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _parse_time(value: Any) -> float | None:
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    return None
-
-
-def _created(meta: dict[str, Any]) -> float:
-    return _parse_time(meta.get("creationTimestamp")) or time.time()
+def _collection(namespace: str | None) -> str:
+    where = f"/namespaces/{namespace}" if namespace else ""
+    return f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}"

@@ -33,6 +33,7 @@ class Scheduler(Generic[K]):
         on_lag: Callable[[float], None] | None = None,
         group: Callable[[K], Hashable] = lambda _key: None,
         group_limit: int | None = None,
+        floor: Callable[[K], float] = lambda _key: 0.0,
     ) -> None:
         self._work = work
         self._clock = clock
@@ -48,6 +49,7 @@ class Scheduler(Generic[K]):
         self.concurrency = concurrency
         self._on_lag = on_lag  # told how late each validation starts against its plan
         self._group = group
+        self._floor = floor  # the earliest time a key may run (a Retry-After, say)
         self._group_limit = group_limit or concurrency
         self._group_running: Counter[Hashable] = Counter()
         # Due keys whose group was at its limit, with their heap entries, by group.
@@ -63,11 +65,19 @@ class Scheduler(Generic[K]):
             self._wake.set()
 
     def now(self, key: K) -> None:
-        """Run as soon as a worker is free; if it is running, once more when it ends."""
+        """Run as soon as a worker is free and the key's floor allows; if it is running, once
+        more when it ends (at its floor then, which that run may have raised)."""
         if key in self._running:
             self._again.add(key)
             return
-        self.at(key, self._clock())
+        self.at(key, max(self._clock(), self._floor(key)))
+
+    def clear(self) -> None:
+        """Forget every plan (running validations finish)."""
+        self._due.clear()
+        self._heap.clear()
+        self._again.clear()
+        self._held.clear()
 
     def pause(self) -> None:
         """Stop starting validations (a standby replica); those running finish."""
@@ -75,6 +85,10 @@ class Scheduler(Generic[K]):
 
     def resume(self) -> None:
         self._active.set()
+
+    @property
+    def active(self) -> bool:
+        return self._active.is_set()
 
     def cancel(self, key: K) -> None:
         self._due.pop(key, None)
@@ -125,13 +139,17 @@ class Scheduler(Generic[K]):
         while True:
             while self._heap:
                 due, seq, key = self._heap[0]
-                if self._due.get(key) != (due, seq) or key in self._running:
-                    heapq.heappop(self._heap)  # superseded, cancelled, or already running
-                    if key in self._running and self._due.get(key) == (due, seq):
-                        self._again.add(key)
-                        del self._due[key]
+                if self._due.get(key) != (due, seq):
+                    heapq.heappop(self._heap)  # superseded or cancelled
                     continue
                 delay = due - self._clock()
+                if delay <= 0 and key in self._running:
+                    # Due while its last run goes on: once more when that ends. (A plan still
+                    # in the future stays a plan: it is not pulled forward.)
+                    heapq.heappop(self._heap)
+                    del self._due[key]
+                    self._again.add(key)
+                    continue
                 if delay <= 0 and self._group_running[group := self._group(key)] >= (
                     self._group_limit
                 ):
@@ -147,8 +165,11 @@ class Scheduler(Generic[K]):
                 break
             self._wake.clear()
             timeout = (self._heap[0][0] - self._clock()) if self._heap else None
+            # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation that
+            # arrives as the event is set (the loop would then wait forever at shutdown).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _run_one(self, key: K) -> None:
         try:
@@ -165,4 +186,4 @@ class Scheduler(Generic[K]):
             self._slots.release()
             if key in self._again:
                 self._again.discard(key)
-                self.at(key, self._clock())
+                self.at(key, max(self._clock(), self._floor(key)))

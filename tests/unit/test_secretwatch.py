@@ -443,8 +443,8 @@ def rec() -> Any:
 
 
 async def drain(r: Reconciler) -> None:
-    while r._refreshing:
-        await asyncio.gather(*r._refreshing.values())
+    while r.secret_cache._refreshing:
+        await asyncio.gather(*r.secret_cache._refreshing.values())
 
 
 async def used(r: Reconciler, name: str, secret: str = "creds") -> SecretData | None:
@@ -457,67 +457,67 @@ async def used(r: Reconciler, name: str, secret: str = "creds") -> SecretData | 
 async def test_an_unreferenced_secret_is_never_read(rec: Any) -> None:
     rec.connection_event("ADDED", connection("c"))
     for rv in ("1", "2", "3"):
-        rec.secret_event("MODIFIED", meta("helm-release", rv))
-    rec.secret_event("DELETED", meta("helm-release", "4"))
+        rec.secret_cache.secret_event("MODIFIED", meta("helm-release", rv))
+    rec.secret_cache.secret_event("DELETED", meta("helm-release", "4"))
     await drain(rec)
-    assert rec.kube.reads == [] and rec.triggered == [] and rec.secrets == {}
+    assert rec.kube.reads == [] and rec.triggered == [] and rec.secret_cache.data == {}
 
 
 async def test_a_change_to_the_used_key_is_read_and_revalidates(rec: Any) -> None:
     rec.kube.store[("ns", "creds")] = secret_body("1", apiKey="old")
-    rec.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
     rec.connection_event("ADDED", connection("c"))
     assert (await used(rec, "c")).data["apiKey"] == b"old"  # type: ignore[union-attr]
-    assert rec.secrets[("ns", "creds")].resource_version == "1"  # kept: the watch has seen "1"
+    assert rec.secret_cache.data[("ns", "creds")].resource_version == "1"  # kept: the watch has seen "1"
     rec.kube.store[("ns", "creds")] = secret_body("2", apiKey="new")
-    rec.secret_event("MODIFIED", meta("creds", "2"))
+    rec.secret_cache.secret_event("MODIFIED", meta("creds", "2"))
     await drain(rec)
     assert rec.kube.reads == [("ns", "creds")] * 2 and rec.triggered == ["c"]
-    assert rec.secrets[("ns", "creds")].data["apiKey"] == b"new"
+    assert rec.secret_cache.data[("ns", "creds")].data["apiKey"] == b"new"
 
 
 async def test_a_change_to_another_key_is_read_but_does_not_revalidate(rec: Any) -> None:
     rec.kube.store[("ns", "creds")] = secret_body("1", apiKey="k")
-    rec.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
     rec.connection_event("ADDED", connection("c"))
     await used(rec, "c")
     rec.kube.store[("ns", "creds")] = secret_body("2", apiKey="k", other="x")
-    rec.secret_event("MODIFIED", meta("creds", "2"))
+    rec.secret_cache.secret_event("MODIFIED", meta("creds", "2"))
     await drain(rec)
     assert len(rec.kube.reads) == 2 and rec.triggered == []
 
 
 async def test_a_relist_of_known_versions_reads_nothing(rec: Any) -> None:
     rec.kube.store[("ns", "creds")] = secret_body("1", apiKey="k")
-    rec.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
     rec.connection_event("ADDED", connection("c"))
     await used(rec, "c")
-    rec.secret_event("ADDED", meta("creds", "1"))
-    rec.secrets_listed("ns", {("ns", "creds")})
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secrets_listed("ns", {("ns", "creds")})
     await drain(rec)
     assert len(rec.kube.reads) == 1 and rec.triggered == []
 
 
 async def test_a_deletion_drops_the_secret_and_revalidates(rec: Any) -> None:
     rec.kube.store[("ns", "creds")] = secret_body("1", apiKey="k")
-    rec.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
     rec.connection_event("ADDED", connection("c"))
     await used(rec, "c")
-    rec.secret_event("DELETED", meta("creds", "1"))
-    assert ("ns", "creds") not in rec.secrets and rec.triggered == ["c"]
+    rec.secret_cache.secret_event("DELETED", meta("creds", "1"))
+    assert ("ns", "creds") not in rec.secret_cache.data and rec.triggered == ["c"]
 
 
 async def test_a_relist_without_the_secret_counts_as_its_deletion(rec: Any) -> None:
     rec.kube.store[("ns", "creds")] = secret_body("1", apiKey="k")
-    rec.secret_event("ADDED", meta("creds", "1"))
-    rec.secret_event("ADDED", meta("unrelated", "7"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secret_event("ADDED", meta("unrelated", "7"))
     rec.connection_event("ADDED", connection("c"))
     await used(rec, "c")
-    rec.secrets_listed("other-ns", set())  # another namespace's list says nothing about ours
+    rec.secret_cache.secrets_listed("other-ns", set())  # another namespace's list says nothing about ours
     assert rec.triggered == []
-    rec.secrets_listed("ns", {("ns", "unrelated")})
-    assert ("ns", "creds") not in rec.secrets and rec.triggered == ["c"]
-    assert ("ns", "creds") not in rec.secret_versions
+    rec.secret_cache.secrets_listed("ns", {("ns", "unrelated")})
+    assert ("ns", "creds") not in rec.secret_cache.data and rec.triggered == ["c"]
+    assert ("ns", "creds") not in rec.secret_cache.versions
 
 
 async def test_after_a_restart_the_version_the_last_probe_used_does_not_revalidate(
@@ -525,12 +525,12 @@ async def test_after_a_restart_the_version_the_last_probe_used_does_not_revalida
 ) -> None:
     rec.kube.store[("ns", "creds")] = secret_body("5", apiKey="k")
     rec.connection_event("ADDED", connection("c", rv_seen="5"))
-    rec.secret_event("ADDED", meta("creds", "5"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "5"))
     await drain(rec)
     assert rec.triggered == []
     # ...and its digest is known, so a change to another key still does not re-validate
     rec.kube.store[("ns", "creds")] = secret_body("6", apiKey="k", other="x")
-    rec.secret_event("MODIFIED", meta("creds", "6"))
+    rec.secret_cache.secret_event("MODIFIED", meta("creds", "6"))
     await drain(rec)
     assert rec.triggered == []
 
@@ -539,38 +539,38 @@ async def test_a_slow_read_never_overwrites_a_newer_version(rec: Any) -> None:
     """A validation's cache-miss read answered with version 1 arrives after the watch brought
     version 2 and its own read stored it: the cache must keep version 2."""
     rec.kube.store[("ns", "creds")] = secret_body("1", apiKey="old")
-    rec.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
     rec.connection_event("ADDED", connection("c"))
     slow = asyncio.Event()
     rec.kube.gates.append(slow)
     validation = asyncio.ensure_future(used(rec, "c"))
     await settle()  # the validation's read has its answer (version 1) on the way
     rec.kube.store[("ns", "creds")] = secret_body("2", apiKey="new")
-    rec.secret_event("MODIFIED", meta("creds", "2"))
+    rec.secret_cache.secret_event("MODIFIED", meta("creds", "2"))
     await drain(rec)
-    assert rec.secrets[("ns", "creds")].resource_version == "2"
+    assert rec.secret_cache.data[("ns", "creds")].resource_version == "2"
     slow.set()
     assert (await validation).resource_version == "1"  # type: ignore[union-attr]
-    assert rec.secrets[("ns", "creds")].resource_version == "2"
+    assert rec.secret_cache.data[("ns", "creds")].resource_version == "2"
 
 
 async def test_a_read_that_races_the_watch_reads_again(rec: Any) -> None:
     """The watch reports version 3 while the read for version 2 is in flight: one more read,
     and the cache ends at version 3."""
     rec.kube.store[("ns", "creds")] = secret_body("1", apiKey="a")
-    rec.secret_event("ADDED", meta("creds", "1"))
+    rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
     rec.connection_event("ADDED", connection("c"))
     await used(rec, "c")
     rec.kube.store[("ns", "creds")] = secret_body("2", apiKey="b")
     gate = asyncio.Event()
     rec.kube.gates.append(gate)
-    rec.secret_event("MODIFIED", meta("creds", "2"))
+    rec.secret_cache.secret_event("MODIFIED", meta("creds", "2"))
     await settle()
     rec.kube.store[("ns", "creds")] = secret_body("3", apiKey="c")
-    rec.secret_event("MODIFIED", meta("creds", "3"))
+    rec.secret_cache.secret_event("MODIFIED", meta("creds", "3"))
     gate.set()
     await drain(rec)
-    assert rec.secrets[("ns", "creds")].resource_version == "3"
+    assert rec.secret_cache.data[("ns", "creds")].resource_version == "3"
     assert len(rec.kube.reads) == 3 and rec.triggered == ["c"]
 
 
@@ -582,4 +582,4 @@ async def test_a_secret_the_watch_does_not_see_is_read_afresh_each_time(rec: Any
     await used(rec, "c")
     rec.kube.store[("ns", "creds")] = secret_body("2", apiKey="b")
     assert (await used(rec, "c")).data["apiKey"] == b"b"  # type: ignore[union-attr]
-    assert rec.secrets == {} and len(rec.kube.reads) == 2
+    assert rec.secret_cache.data == {} and len(rec.kube.reads) == 2

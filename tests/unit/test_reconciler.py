@@ -1,0 +1,496 @@
+"""The reconciler against a fake API server: every trigger and race the README lists.
+
+`FakeKube` keeps objects as the API server does (resourceVersions, merge patches on the status,
+the resourceVersion precondition) and the validator is a stand-in that returns what the test
+says, counting its calls. Watch events are handed to `connection_event` by the test, in the
+order the race needs. The pure decisions are tested directly at the end (triggers.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime as dt
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import httpx2
+import pytest
+
+from llmconn import triggers as tr
+from llmconn.egress import EgressPolicy
+from llmconn.http import ClientPool
+from llmconn.kube import Conflict, NotFound
+from llmconn.metrics import Metrics
+from llmconn.reasons import Reason
+from llmconn.reconciler import Conn, Reconciler
+from llmconn.verdict import Defaults, ObservedSecret, SecretData, Verdict, effective
+
+NS = "team"
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies a merge patch."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.secrets: dict[tuple[str, str], SecretData] = {}
+        self.rv = itertools.count(100)
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[dict[str, Any]] = []
+        self.fail_writes = 0
+        self.instance = "replica-a"
+
+    # objects as a test changes them
+    def apply(self, name: str, spec: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
+        old = self.objects.get((NS, name))
+        if old is not None and (uid is None or old["metadata"]["uid"] == uid):
+            generation = old["metadata"]["generation"] + (old["spec"] != spec)
+            meta = {**old["metadata"], "generation": generation}
+            obj = {**old, "metadata": meta, "spec": spec}
+        else:
+            meta = {"namespace": NS, "name": name, "uid": uid or f"uid-{name}", "generation": 1}
+            obj = {"metadata": meta, "spec": spec, "status": {}}
+        obj["metadata"]["resourceVersion"] = str(next(self.rv))
+        self.objects[(NS, name)] = obj
+        return copy.deepcopy(obj)
+
+    def annotate(self, name: str, **annotations: str) -> dict[str, Any]:
+        obj = self.objects[(NS, name)]
+        obj["metadata"]["annotations"] = {**obj["metadata"].get("annotations", {}), **annotations}
+        obj["metadata"]["resourceVersion"] = str(next(self.rv))
+        return copy.deepcopy(obj)
+
+    def delete(self, name: str) -> dict[str, Any]:
+        return self.objects.pop((NS, name))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.objects[(NS, name)]["status"]
+
+    # the API the reconciler calls
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise httpx2.ConnectError("the API server is down")
+        obj = self.objects.get((namespace, name))
+        if obj is None:
+            raise NotFound(name)
+        if resource_version and resource_version != obj["metadata"]["resourceVersion"]:
+            raise Conflict(name)
+        obj["status"] = merge(obj["status"], status)
+        obj["metadata"]["resourceVersion"] = str(next(self.rv))
+        self.writes.append((name, copy.deepcopy(status)))
+        return copy.deepcopy(obj)
+
+    async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((namespace, name))
+        return copy.deepcopy(obj) if obj else None
+
+    async def list_connections(self, namespace: str | None, params: dict[str, str]) -> dict:
+        return {"items": [copy.deepcopy(o) for o in self.objects.values()], "metadata": {}}
+
+    async def list_metadata(self, path: str, params: dict[str, str]) -> dict:
+        items = [{"metadata": copy.deepcopy(o["metadata"])} for o in self.objects.values()]
+        return {"items": items, "metadata": {}}
+
+    async def get_secret(self, namespace: str, name: str) -> SecretData | None:
+        return self.secrets.get((namespace, name))
+
+    async def post_event(self, obj: dict[str, Any], *, type_: str, reason: str, message: str):
+        self.events.append({"type": type_, "reason": reason, "message": message, **obj})
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Provider:
+    """The stand-in validator: answers with `reason`, or waits for `gate` first."""
+
+    def __init__(self) -> None:
+        self.reason = Reason.VALIDATED
+        self.retry_after: float | None = None
+        self.calls: list[str] = []  # the endpoint of each call
+        self.gate: asyncio.Event | None = None
+        self.details: dict[str, str] = {}
+
+    async def __call__(self, spec, secrets, pool, defaults) -> Verdict:
+        self.calls.append(str(spec.endpoint))
+        observed = []
+        if spec.api_key_secret_ref is not None:
+            data = await secrets.get(spec.api_key_secret_ref.name)
+            if data is None:
+                return self.verdict(spec, defaults, Reason.SECRET_NOT_FOUND, ())
+            observed = [ObservedSecret(spec.api_key_secret_ref.name, data.resource_version)]
+        if self.gate is not None:
+            await self.gate.wait()
+        return self.verdict(spec, defaults, self.reason, tuple(observed))
+
+    def verdict(self, spec, defaults, reason, observed) -> Verdict:
+        return Verdict(
+            reason=reason,
+            message=f"said {reason.value}",
+            provider=spec.provider,
+            endpoint=str(spec.endpoint),
+            model=spec.model,
+            validation=effective(spec, defaults),
+            finished_at=dt.datetime.now(dt.UTC),
+            latency_ms=1,
+            details=dict(self.details),
+            retry_after=self.retry_after,
+            observed_secrets=observed,
+        )
+
+
+def spec(endpoint: str = "http://127.0.0.1:9/v1", **extra: Any) -> dict[str, Any]:
+    return {"provider": "openai-compatible", "endpoint": endpoint, "model": "m", **extra}
+
+
+@pytest.fixture
+async def world():
+    kube, provider = FakeKube(), Provider()
+    pool = ClientPool(EgressPolicy(), proxies={})
+    rec = Reconciler(kube, pool, Defaults(), Metrics(), validator=provider)  # type: ignore[arg-type]
+    rec.start()
+    yield kube, provider, rec
+    provider.gate = None
+    await rec.aclose(1.0)
+
+
+async def until(what: str, check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if value := check():
+            return value
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ready(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+
+
+async def settle(rec: Reconciler) -> None:
+    await until("no validation in flight", lambda: rec.scheduler.in_flight == 0)
+    await asyncio.sleep(0.02)
+
+
+# --- 1. a spec change is judged afresh ------------------------------------------------------
+
+
+async def test_a_spec_change_does_not_inherit_ready(world) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("Ready", lambda: ready(kube.status("c")).get("status") == "True")
+    provider.reason = Reason.DNS_FAILURE  # the endpoint is now mistyped
+    rec.connection_event("MODIFIED", kube.apply("c", spec("http://typo.invalid/v1")))
+    await until("a verdict on generation 2", lambda: kube.status("c")["observedGeneration"] == 2)
+    assert ready(kube.status("c"))["status"] == "False"
+    assert ready(kube.status("c"))["reason"] == "DNSFailure"
+
+
+# --- 2. identity is the UID ------------------------------------------------------------------
+
+
+async def test_a_late_deleted_of_the_old_object_does_not_forget_its_replacement(world) -> None:
+    kube, _provider, rec = world
+    old = kube.apply("c", spec(), uid="uid-old")
+    rec.connection_event("ADDED", old)
+    await settle(rec)
+    kube.delete("c")
+    new = kube.apply("c", spec(), uid="uid-new")
+    rec.connection_event("ADDED", new)  # Kopf orders events per UID only
+    rec.connection_event("DELETED", old)
+    assert rec.conns[(NS, "c")].uid == "uid-new"
+    await until("the new object's status", lambda: kube.status("c").get("result") == "success")
+
+
+async def test_a_verdict_about_the_old_object_never_lands_on_its_replacement(world) -> None:
+    kube, provider, rec = world
+    provider.gate = asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec("http://old.example/v1"), uid="uid-old"))
+    await until("the probe", lambda: provider.calls)
+    kube.delete("c")  # kubectl replace --force, while the probe runs
+    kube.apply("c", spec("http://new.example/v1"), uid="uid-new")
+    provider.gate.set()
+    await settle(rec)
+    assert kube.status("c") == {}  # the old verdict was refused (resourceVersion) and dropped
+    assert (NS, "c") not in rec.conns
+    provider.gate = None
+    rec.connection_event("ADDED", kube.objects[(NS, "c")])
+    await until(
+        "its own verdict", lambda: kube.status("c").get("endpoint") == "http://new.example/v1"
+    )
+    assert kube.status("c")["observedGeneration"] == 1
+
+
+async def test_a_replaced_object_releases_the_old_ones_secrets(world) -> None:
+    kube, _provider, rec = world
+    old = spec(apiKeySecretRef={"name": "old-key"})
+    rec.connection_event("ADDED", kube.apply("c", old, uid="uid-old"))
+    await settle(rec)
+    assert (NS, "old-key") in rec.secret_cache.users
+    kube.delete("c")
+    rec.connection_event("ADDED", kube.apply("c", spec(apiKeySecretRef={"name": "new"}), uid="n"))
+    assert (NS, "old-key") not in rec.secret_cache.users
+    assert rec.secret_cache.users[(NS, "new")] == {(NS, "c")}
+
+
+# --- 3. memory goes stale --------------------------------------------------------------------
+
+
+async def test_pause_drops_memory_and_resume_rebuilds_it_from_the_api(world) -> None:
+    kube, _provider, rec = world
+    for name in ("a", "b"):
+        rec.connection_event("ADDED", kube.apply(name, spec(apiKeySecretRef={"name": "k"})))
+    kube.secrets[(NS, "k")] = SecretData({"apiKey": b"v"}, "1")
+    await until("both validated", lambda: all(kube.status(n).get("result") for n in "ab"))
+    rec.pause()
+    assert rec.conns == {} and rec.secret_cache.users == {} and len(rec.scheduler) == 0
+    kube.delete("b")  # deleted while this replica stood by: no event will say so
+    rec.connection_event("ADDED", kube.apply("a", spec("http://changed.example/v1")))
+    rec.conns.clear()  # (an event that reached a paused replica is no knowledge either)
+    rec.resume()
+    await until("memory rebuilt", lambda: (NS, "a") in rec.conns)
+    assert (NS, "b") not in rec.conns
+    await until("the new spec validated", lambda: kube.status("a")["observedGeneration"] == 2)
+
+
+async def test_the_sweep_forgets_objects_a_relist_did_not_report_deleted(world) -> None:
+    kube, _provider, rec = world
+    rec.connection_event("ADDED", kube.apply("gone", spec()))
+    rec.connection_event("ADDED", kube.apply("kept", spec()))
+    await settle(rec)
+    kube.delete("gone")  # the DELETED event was lost in a 410 re-list
+    await rec._rebuild(full=False)
+    assert set(rec.conns) == {(NS, "kept")}
+
+
+async def test_a_verdict_never_lowers_the_observed_generation(world) -> None:
+    kube, provider, rec = world
+    provider.gate = asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("the probe", lambda: provider.calls)
+    # Meanwhile another replica validated generation 2 and wrote it.
+    kube.objects[(NS, "c")]["metadata"]["generation"] = 2
+    kube.objects[(NS, "c")]["status"] = {"observedGeneration": 2, "result": "success"}
+    kube.objects[(NS, "c")]["metadata"]["resourceVersion"] = "999"
+    provider.gate.set()
+    await settle(rec)
+    assert kube.status("c") == {"observedGeneration": 2, "result": "success"}
+
+
+# --- 4. the written status is the computed one ------------------------------------------------
+
+
+async def test_a_failure_after_a_success_keeps_no_detail_of_the_success(world) -> None:
+    kube, provider, rec = world
+    provider.details = {"modelCount": "42", "rateLimitRemainingRequests": "9"}
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("success", lambda: kube.status("c").get("details", {}).get("modelCount"))
+    provider.details, provider.reason = {"dnsMs": "3"}, Reason.INVALID_API_KEY
+    rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: "now"}))
+    await until("the failure", lambda: kube.status("c").get("result") == "failed")
+    assert kube.status("c")["details"] == {"dnsMs": "3"}
+
+
+# --- 6. a failed write keeps the verdict ---------------------------------------------------
+
+
+async def test_a_failed_write_is_retried_without_probing_again(world, monkeypatch) -> None:
+    kube, provider, rec = world
+    monkeypatch.setattr("llmconn.reconciler.RETRY_API", 0.01)
+    kube.fail_writes = 3
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("written at last", lambda: kube.status("c").get("result") == "success")
+    assert len(provider.calls) == 1
+    assert rec.conns[(NS, "c")].write_failures == 0
+
+
+# --- 7. Retry-After ----------------------------------------------------------------------------
+
+
+async def test_a_request_during_a_rate_limited_probe_waits_for_the_floor(world) -> None:
+    kube, provider, rec = world
+    provider.reason, provider.retry_after = Reason.RATE_LIMITED, 3600.0
+    provider.gate = asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("the probe", lambda: provider.calls)
+    rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: "t1"}))
+    provider.gate.set()
+    await settle(rec)
+    assert len(provider.calls) == 1  # the request waits out the Retry-After...
+    assert len(rec.scheduler) == 1
+    provider.reason, provider.retry_after, provider.gate = Reason.VALIDATED, None, None
+    rec.connection_event("MODIFIED", kube.apply("c", spec("http://fixed.example/v1")))
+    await until("...but a spec fix does not", lambda: len(provider.calls) == 2)
+
+
+# --- 8. the missing-Secret grace ---------------------------------------------------------------
+
+
+async def test_the_grace_counts_from_first_sight_not_creation(world) -> None:
+    kube, _provider, rec = world
+    obj = kube.apply("c", spec(apiKeySecretRef={"name": "not-yet"}))
+    obj["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"  # created long ago
+    rec.connection_event("ADDED", obj)  # ...but this generation is first seen now
+    await until("a verdict", lambda: kube.status("c").get("reason") == "SecretNotFound")
+    stalled = [c for c in kube.status("c")["conditions"] if c["type"] == "Stalled"]
+    assert stalled == []
+
+
+# --- 9. Events -----------------------------------------------------------------------------------
+
+
+async def test_alternating_transient_reasons_post_one_warning(world) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec(validation={"failureThreshold": 1})))
+    await settle(rec)
+    for i, reason in enumerate([Reason.TIMEOUT, Reason.CONNECTION_FAILED] * 3):
+        provider.reason = reason
+        rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: f"t{i}"}))
+        await until(f"verdict {i}", lambda r=reason: kube.status("c").get("reason") == r.value)
+    warnings = [e for e in kube.events if e["type"] == "Warning"]
+    assert len(warnings) == 1
+
+
+# --- the pure decisions --------------------------------------------------------------------------
+
+
+def observed(**meta: Any) -> tr.Observed:
+    status = meta.pop("status", {})
+    body = {
+        "metadata": {"namespace": NS, "name": "c", "uid": "u1", "generation": 1, **meta},
+        "status": status,
+    }
+    return tr.observe(meta.pop("event", None), body)
+
+
+@pytest.mark.parametrize(
+    "known, event, owned, expected",
+    [
+        (None, {}, True, tr.Sighting.NEW),
+        (tr.Known("u1", 1, 1, None), {}, True, tr.Sighting.SAME),
+        (tr.Known("u1", 1, 1, None), {"generation": 2}, True, tr.Sighting.SPEC),
+        (tr.Known("u0", 1, 1, None), {}, True, tr.Sighting.NEW),
+        (tr.Known("u1", 1, 1, None), {}, False, tr.Sighting.FORGET),
+        (None, {}, False, tr.Sighting.IGNORE),
+    ],
+)
+def test_sighting(known, event, owned, expected) -> None:
+    assert tr.sighting(known, observed(**event), owned) is expected
+
+
+def test_a_deleted_event_forgets_only_its_own_uid() -> None:
+    deleted = tr.observe("DELETED", {"metadata": {"namespace": NS, "name": "c", "uid": "old"}})
+    assert tr.sighting(tr.Known("new", 1, 1, None), deleted, True) is tr.Sighting.IGNORE
+    assert tr.sighting(tr.Known("old", 1, 1, None), deleted, True) is tr.Sighting.FORGET
+
+
+@pytest.mark.parametrize(
+    "handled_generation, asked, handled_request, first, expected",
+    [
+        (0, None, None, True, tr.Action.VALIDATE),  # never validated
+        (1, None, None, True, tr.Action.RESUME),  # validated before a restart
+        (1, None, None, False, tr.Action.NOTHING),  # our own write's event
+        (1, "t1", None, False, tr.Action.VALIDATE),  # a new request
+        (1, "t1", "t1", False, tr.Action.NOTHING),  # a request already handled
+    ],
+)
+def test_action(handled_generation, asked, handled_request, first, expected) -> None:
+    seen = dataclasses.replace(observed(), requested_at=asked)
+    got = tr.action(
+        seen,
+        first_sight=first,
+        handled_generation=handled_generation,
+        handled_requested_at=handled_request,
+        suspended=False,
+    )
+    assert got is expected
+
+
+def test_handled_comes_from_memory_or_the_written_status_whichever_says_more() -> None:
+    seen = observed(
+        annotations={tr.REQUESTED_AT: "t2"},
+        status={"observedGeneration": 3, "lastHandledRequestedAt": "t2"},
+    )
+    assert tr.handled(tr.Known("u1", 3, 2, "t1"), seen) == (3, "t2")
+    assert tr.handled(tr.Known("u1", 3, 4, "t1"), observed()) == (4, "t1")
+
+
+def test_a_long_requested_at_is_compared_as_far_as_status_keeps_it() -> None:
+    seen = observed(annotations={tr.REQUESTED_AT: "x" * 500})
+    assert seen.requested_at == "x" * tr.MAX_REQUESTED_AT
+
+
+def test_retry_after_is_capped_and_the_resume_wait_never_exceeds_the_interval() -> None:
+    assert tr.retry_floor(86400, 300) == 3600
+    assert tr.retry_floor(86400, 7200) == 7200
+    assert tr.retry_floor(30, 300) == 30 and tr.retry_floor(None, 300) is None
+    # another node's clock ahead: lastValidationTime in the future
+    assert tr.resume_wait(last_validation=2000.0, interval=300, now=1000.0) == 300
+    assert tr.resume_wait(last_validation=900.0, interval=300, now=1000.0) == 200
+    assert tr.resume_wait(None, 300, 1000.0) == 0
+    assert tr.resume_wait(100.0, 0, 1000.0) is None
+    spread = tr.resume_wait(0.0, 300, 1000.0, uniform=lambda a, b: b)
+    assert spread == tr.RESUME_SPREAD
+
+
+def test_next_wait_honours_the_floor_and_the_grace() -> None:
+    mid = lambda a, b: (a + b) / 2  # noqa: E731
+    assert tr.next_wait(interval=300, retry_after=None, grace_left=None, uniform=mid) == 300
+    assert tr.next_wait(interval=300, retry_after=900, grace_left=None, uniform=mid) == 900
+    assert tr.next_wait(interval=300, retry_after=None, grace_left=10, uniform=mid) == 10.5
+    assert tr.next_wait(interval=0, retry_after=None, grace_left=None) is None
+
+
+def test_secret_changed() -> None:
+    assert tr.secret_changed("a", "b", observed_rv_matches=True)
+    assert not tr.secret_changed("a", "a", observed_rv_matches=False)
+    assert not tr.secret_changed(None, "b", observed_rv_matches=True)  # restart, same version
+    assert tr.secret_changed(None, "b", observed_rv_matches=False)
+
+
+async def test_liveness_follows_the_scheduler(world) -> None:
+    _kube, _provider, rec = world
+    assert rec.alive
+    rec._tasks[0].cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not rec.alive
+
+
+def test_conn_meta_names_the_object_for_events() -> None:
+    conn = Conn(namespace=NS, name="c", uid="u", resource_version="7")
+    assert conn.meta == {"name": "c", "namespace": NS, "uid": "u", "resourceVersion": "7"}
+
+
+async def test_suspend_writes_once_keeps_the_last_verdict_and_stops_validating(world) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec(validation={"interval": "1s"})))
+    await until("validated", lambda: kube.status("c").get("result") == "success")
+    rec.connection_event(
+        "MODIFIED", kube.apply("c", spec(suspend=True, validation={"interval": "1s"}))
+    )
+    await until("suspended", lambda: ready(kube.status("c")).get("reason") == "Suspended")
+    await settle(rec)
+    calls, writes = len(provider.calls), len(kube.writes)
+    assert "lastValidationTime" in kube.status("c")  # the last verdict stays readable
+    rec.connection_event("MODIFIED", kube.objects[(NS, "c")])  # its own write's event
+    await asyncio.sleep(0.1)
+    assert (len(provider.calls), len(kube.writes)) == (calls, writes)
+    assert len(rec.scheduler) == 0
