@@ -56,6 +56,12 @@ REASONS: dict[str, tuple[str, str]] = {
         "Fix spec.model or spec.azure.deployment, or deploy or pull the model. New Azure "
         "deployments take about 5 minutes to show.",
     ),
+    "ModelRetired": (
+        "The provider has retired the model: requests naming it fail. Seen where the "
+        "provider says so for free (Anthropic's model lookup).",
+        "Move spec.model to a current model. Deprecated models still validate, with a "
+        "Deprecated condition that counts the days to retirement.",
+    ),
     "QuotaExceeded": (
         'Out of credits or quota: insufficient_quota, 402, "credit balance", DashScope '
         "Arrearage, spend limits, or a Gemini quota of 0.",

@@ -12,6 +12,7 @@ class Reason(StrEnum):
     INVALID_API_KEY = "InvalidAPIKey"
     PERMISSION_DENIED = "PermissionDenied"
     MODEL_NOT_FOUND = "ModelNotFound"
+    MODEL_RETIRED = "ModelRetired"
     QUOTA_EXCEEDED = "QuotaExceeded"
     RATE_LIMITED = "RateLimited"
     TIMEOUT = "Timeout"
@@ -52,6 +53,7 @@ STALLING: frozenset[Reason] = frozenset(
         Reason.INVALID_API_KEY,
         Reason.PERMISSION_DENIED,
         Reason.MODEL_NOT_FOUND,
+        Reason.MODEL_RETIRED,
         Reason.QUOTA_EXCEEDED,
         Reason.INVALID_CONFIGURATION,
         Reason.EGRESS_DENIED,

@@ -95,6 +95,7 @@ async def validate(
             details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
+            lifecycle=outcome.lifecycle,
         )
 
     if (refused := _refuse_config(spec, settings, defaults, info.inference)) is not None:

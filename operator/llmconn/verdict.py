@@ -79,6 +79,17 @@ class ObservedSecret:
 
 
 @dataclass(frozen=True)
+class Lifecycle:
+    """Where a model is in its provider's life, when the provider says so for free: stage
+    "deprecated" (still served, retiring) or "retired"; dates as the provider gives them
+    (RFC 3339 or a plain date)."""
+
+    stage: str
+    deprecated_at: str | None = None
+    retires_at: str | None = None
+
+
+@dataclass(frozen=True)
 class Verdict:
     reason: Reason
     message: str  # already redacted
@@ -94,6 +105,7 @@ class Verdict:
     details: Mapping[str, str] = field(default_factory=dict)
     retry_after: float | None = None
     observed_secrets: tuple[ObservedSecret, ...] = ()
+    lifecycle: Lifecycle | None = None  # the model's, when deprecated or retired
 
     @property
     def result(self) -> Result:

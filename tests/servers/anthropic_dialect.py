@@ -7,6 +7,17 @@ pages the model list (limit, after_id, before_id), and answers errors in Anthrop
 
 The key is read from `x-api-key`, the documented header the probe sends, or from
 `Authorization: Bearer`, which the official Python SDK (2.x) sends for an api_key.
+
+Sources (anthropic Python SDK 2.12.0): a model object carries `lifecycle` ("active",
+"deprecated" or "retired"), `deprecated_at` and `retires_at` (`types/model_info.py`: a retired
+model "remains in the catalogue as the historical record of its retirement", so GET
+/v1/models/{id} still answers 200 for it); the SDK sends `anthropic-version: 2026-10-21`
+(`_constants.py`); error codes travel in `error.details.error_code` and map to classes by
+(status, code) (`_error_classes.py`: 400 organization_on_hold, 429
+enforced_spend_limit_reached, ...); 402 is `billing_error` (`types/shared/error_type.py`).
+The wording of the 400 for a reached spend limit ("You have reached your specified API usage
+limits") is from Anthropic's errors page as reported to us: not confirmed from a primary
+source here, so the probe also reads the (status, error_code) pairs above.
 """
 
 from __future__ import annotations
@@ -29,6 +40,20 @@ MODELS = [
     {"id": "claude-haiku-4-5-20251001", "display_name": "Claude Haiku 4.5"},
     {"id": "claude-sonnet-4-5-20250929", "display_name": "Claude Sonnet 4.5"},
     {"id": "claude-opus-4-1-20250805", "display_name": "Claude Opus 4.1"},
+    {
+        "id": "claude-3-7-sonnet-20250219",
+        "display_name": "Claude Sonnet 3.7",
+        "lifecycle": "deprecated",
+        "deprecated_at": "2025-10-28T00:00:00Z",
+        "retires_at": "2027-02-19T00:00:00Z",
+    },
+    {
+        "id": "claude-3-opus-20240229",
+        "display_name": "Claude Opus 3",
+        "lifecycle": "retired",
+        "deprecated_at": "2025-06-30T00:00:00Z",
+        "retires_at": "2026-01-05T00:00:00Z",
+    },
 ]
 ALIASES = {
     "claude-opus-4-5": "claude-opus-4-5-20251101",
@@ -43,6 +68,9 @@ BEHAVIOURS = frozenset(
         "forbidden",  # 403 permission_error on every call
         "no_credit",  # messages: 400 "credit balance is too low"; free calls still work
         "spend_limit",  # messages: 429 with details.error_code enforced_spend_limit_reached
+        "usage_limit",  # messages: 400 "You have reached your specified API usage limits"
+        "on_hold",  # every call: 400 with details.error_code organization_on_hold
+        "billing",  # messages: 402 billing_error
         "rate_limited",  # 429 rate_limit_error, retry-after 17
         "api_error",  # 500 api_error
         "overloaded",  # 529 overloaded_error
@@ -139,6 +167,26 @@ def make_app(
                     "This organization has reached its monthly usage limit.",
                     details={"error_code": "enforced_spend_limit_reached"},
                 )
+            case "usage_limit" if messages:
+                return error(
+                    400,
+                    "invalid_request_error",
+                    "You have reached your specified API usage limits. You will regain access "
+                    "on 2027-01-01 at 00:00 UTC.",
+                )
+            case "on_hold":
+                return error(
+                    400,
+                    "invalid_request_error",
+                    "This organization has been disabled.",
+                    details={"error_code": "organization_on_hold"},
+                )
+            case "billing" if messages:
+                return error(
+                    402,
+                    "billing_error",
+                    "Your organization's billing could not be charged.",
+                )
             case "rate_limited":
                 return error(
                     429,
@@ -213,7 +261,9 @@ def make_app(
         if not isinstance(body["messages"], list) or not body["messages"]:
             return error(400, "invalid_request_error", "messages: at least one message is required")
         found = state.resolve(str(body["model"]))
-        if found is None:
+        # model_info.py: "inference requests naming [a retired model] fail"; the status and
+        # body of that failure are not documented: a 404 here is our assumption.
+        if found is None or found.get("lifecycle") == "retired":
             return error(404, "not_found_error", f"model: {body['model']}")
         state.generated += 1
         return answer(
@@ -246,12 +296,15 @@ def make_app(
     return app
 
 
-def _model(model: dict[str, str]) -> dict[str, str]:
+def _model(model: dict[str, str]) -> dict[str, str | None]:
     return {
         "type": "model",
         "id": model["id"],
         "display_name": model.get("display_name", model["id"]),
         "created_at": model.get("created_at", "2025-05-22T00:00:00Z"),
+        "lifecycle": model.get("lifecycle", "active"),
+        "deprecated_at": model.get("deprecated_at"),
+        "retires_at": model.get("retires_at"),
     }
 
 

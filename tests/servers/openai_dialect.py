@@ -10,6 +10,31 @@ server received.
 
 Run `python tests/servers/openai_dialect.py --port 8000 --key sk-demo --model gpt-4o` to
 serve it for the demo or the benchmark.
+
+Sources, where an answer is more than the common OpenAI shape:
+- Chat completion and Responses objects: openai Python SDK 3.54.0 `types/chat/chat_completion.py`
+  (`finish_reason` "length" when the budget ends the answer) and `types/responses/response.py`
+  (`status` "incomplete" with `incomplete_details.reason` "max_output_tokens").
+- Reasoning models' refusals (400, `param` naming the field, `code` unsupported_parameter or
+  unsupported_value): the openai SDK's error shape (`_exceptions.py` reads `code` and `param`
+  of `error`); the wording is OpenAI's as users report it, not confirmed from a primary source.
+- A model served only by the Responses API: 404 with `param` "model" and "only supported in
+  v1/responses and not in v1/chat/completions": as reported, not confirmed from a primary
+  source (OpenAI publishes no error catalogue).
+- DeepSeek: list-models reference (GET /models lists deepseek-chat and deepseek-reasoner).
+- DashScope: Model Studio error codes (compatible mode: 401 invalid_api_key; 429
+  Throttling.AllocationQuota; 400 when a Qwen3 thinking model is called without streaming and
+  `enable_thinking` is not false; Arrearage for an unpaid account); Model Studio rate limiting
+  ("typically resumes within one minute").
+- Mistral: 401 with `{"detail": "Unauthorized"}` or an empty body, as its gateway answers
+  (not confirmed from a primary source; the mistralai SDK treats any 401 as an error without
+  reading the body).
+- OpenRouter: API reference "Get current API key" (`limit`, `limit_remaining`, `usage`,
+  `is_free_tier`; `expires_at` as reported, not confirmed here) and "Model variants"
+  (`:nitro`, `:floor`, `:exacto`, `:online`, `:free` route a listed model).
+- LiteLLM proxy: `litellm/exceptions.py` BudgetExceededError ("Budget has been exceeded!
+  Current cost: ..., Max budget: ...", status 429 in current releases) surfaced by the proxy as
+  error type `budget_exceeded`; older proxies sent it with HTTP 400.
 """
 
 from __future__ import annotations
@@ -48,6 +73,7 @@ FAULTS = (
     "invalid_json",  # 200 with a truncated JSON body
     "not_a_list",  # 200 JSON that is not the API's shape
     "no_choices",  # chat: 200 completion without choices
+    "budget_exceeded",  # LiteLLM proxy: 400 (or `budget_status`) type budget_exceeded
 )
 RETRY_AFTER_SECONDS = 20
 # Flavours that send x-request-id and x-ratelimit-* headers (DashScope and Mistral put the id
@@ -74,6 +100,11 @@ class Dialect(DialectState):
     credit_limit: float | None = 10.0  # OpenRouter GET /key; None: unlimited
     credit_used: float = 2.5
     free_tier: bool = False
+    key_expires_at: str | None = "2027-06-30T00:00:00Z"  # OpenRouter GET /key
+    reasoning: tuple[str, ...] = ()  # more models that refuse temperature and max_tokens
+    responses_only: tuple[str, ...] = ()  # served by POST /responses only, not chat
+    unauthorized: str = "flavour"  # Mistral's 401 body: "flavour", "detail" or "empty"
+    budget_status: int = 400  # LiteLLM's budget_exceeded status
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,6 +123,7 @@ def make_app(dialect: Dialect | None = None, *, prefix: str = "/v1") -> Starlett
         Route("/chat/completions", _endpoint("chat", _chat), methods=["POST"]),
         Route("/user/balance", _endpoint("balance", _balance), methods=["GET"]),
         Route("/key", _endpoint("key", _key), methods=["GET"]),
+        Route("/responses", _endpoint("chat", _respond), methods=["POST"]),
     ]
     prefix = prefix.rstrip("/")
     app = Starlette(
@@ -137,12 +169,14 @@ def _refuse_key(dialect: Dialect, request: Request) -> Response | None:
                 "authentication_error",
                 "invalid_request_error",
             )
-        case "dashscope":
-            body = {
-                "code": "InvalidApiKey",
-                "message": "Invalid API-key provided.",
-                "request_id": rid,
-            }
+        case "dashscope":  # compatible mode: the OpenAI shape, request id in the body
+            body = _openai_body(
+                "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            ) | {"request_id": rid}
+        case "mistral" if dialect.unauthorized == "empty":
+            return Response(b"", 401)
+        case "mistral" if dialect.unauthorized == "detail":
+            body = {"detail": "Unauthorized"}
         case "mistral":
             body = {"message": "Unauthorized", "request_id": rid}
         case "openrouter":
@@ -215,6 +249,10 @@ def _fault(dialect: Dialect, route: str, body: Any) -> Response | None:
             return Response(b'{"object": "list", "data": [{"id": "gpt-', 200, media_type=_JSON)
         case "not_a_list":
             return JSONResponse({"object": "list", "models": list(dialect.models)})
+        case "budget_exceeded":
+            text = "Budget has been exceeded! Current cost: 5.0021, Max budget: 5.0"
+            body = _openai_body(text, "budget_exceeded", str(dialect.budget_status))
+            return _send(dialect, dialect.budget_status, body)
         case "no_choices" if route == "chat":
             return JSONResponse(_completion(model or "?") | {"choices": []})
     return None
@@ -258,14 +296,77 @@ async def _chat(dialect: Dialect, request: Request, body: Any) -> Response:
         return _send(dialect, 400, _openai_body(text, "invalid_request_error", None))
     if model not in dialect.models + dialect.unlisted:
         return _no_model(dialect, model, chat=True)
-    if dialect.flavour == "openai" and model.startswith(_OPENAI_REASONING):
+    if model in dialect.responses_only:
+        text = "This model is only supported in v1/responses and not in v1/chat/completions."
+        error = _openai_body(text, "invalid_request_error", None)
+        error["error"]["param"] = "model"
+        return _send(dialect, 404, error)
+    reasoning = (
+        dialect.flavour == "openai" and model.startswith(_OPENAI_REASONING)
+    ) or model in dialect.reasoning
+    if reasoning:
         refusal = _reasoning_refusal(body)
         if refusal is not None:
-            return _send(
-                dialect, 400, _openai_body(refusal[1], "invalid_request_error", refusal[0])
-            )
+            code, param, text = refusal
+            error = _openai_body(text, "invalid_request_error", code)
+            error["error"]["param"] = param
+            return _send(dialect, 400, error)
+    if (
+        dialect.flavour == "dashscope"
+        and model.startswith("qwen3")
+        and body.get("enable_thinking") is not False
+    ):
+        text = "parameter.enable_thinking must be set to false for non-streaming calls"
+        return _send(
+            dialect, 400, _openai_body(text, "invalid_request_error", "invalid_parameter_error")
+        )
     dialect.generated += 1
-    return _send(dialect, 200, _completion(model))
+    return _send(dialect, 200, _completion(model, reasoning=reasoning))
+
+
+async def _respond(dialect: Dialect, request: Request, body: Any) -> Response:
+    if dialect.flavour != "openai":
+        return await _no_route(request, HTTPException(404))
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return _send(
+            dialect,
+            400,
+            _openai_body(
+                "Missing required parameter: 'model'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+            ),
+        )
+    model = body["model"]
+    if model not in dialect.models + dialect.unlisted:
+        return _no_model(dialect, model, chat=False)
+    budget = body.get("max_output_tokens")
+    if isinstance(budget, int) and budget < 16:
+        text = "Invalid 'max_output_tokens': integer below minimum value. Expected a value >= 16."
+        return _send(
+            dialect, 400, _openai_body(text, "invalid_request_error", "integer_below_min_value")
+        )
+    dialect.generated += 1
+    # A reasoning model spends a 16-token budget thinking: the answer is "incomplete".
+    return _send(
+        dialect,
+        200,
+        {
+            "id": f"resp_{uuid.uuid4().hex}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "incomplete",
+            "incomplete_details": {"reason": "max_output_tokens"},
+            "model": model,
+            "output": [{"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "summary": []}],
+            "usage": {
+                "input_tokens": 12,
+                "output_tokens": 16,
+                "output_tokens_details": {"reasoning_tokens": 16},
+                "total_tokens": 28,
+            },
+        },
+    )
 
 
 async def _balance(dialect: Dialect, request: Request, body: Any) -> Response:
@@ -292,6 +393,7 @@ async def _key(dialect: Dialect, request: Request, body: Any) -> Response:
         "limit_remaining": None if limit is None else limit - dialect.credit_used,
         "is_free_tier": dialect.free_tier,
         "rate_limit": {"requests": 10, "interval": "10s"},
+        "expires_at": dialect.key_expires_at,
     }
     return _send(dialect, 200, {"data": data})
 
@@ -407,27 +509,43 @@ def _no_model(dialect: Dialect, model: str, *, chat: bool) -> Response:
     return _send(dialect, 404, _openai_body(text, "invalid_request_error", "model_not_found"))
 
 
-def _reasoning_refusal(body: Mapping[str, Any]) -> tuple[str, str] | None:
-    """OpenAI reasoning models refuse max_tokens, any temperature but 1, and tiny budgets."""
+def _reasoning_refusal(body: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """OpenAI reasoning models refuse max_tokens, any temperature but 1, and tiny budgets:
+    (code, param, message)."""
     if "max_tokens" in body:
         return (
             "unsupported_parameter",
+            "max_tokens",
             "Unsupported parameter: 'max_tokens' is not supported with this model. "
             "Use 'max_completion_tokens' instead.",
         )
     if body.get("temperature") not in (None, 1):
         return (
             "unsupported_value",
+            "temperature",
             f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
             "model. Only the default (1) value is supported.",
         )
     budget = body.get("max_completion_tokens")
     if isinstance(budget, int) and budget < 16:
-        return ("integer_below_min_value", "Invalid 'max_completion_tokens': must be at least 16.")
+        return (
+            "integer_below_min_value",
+            "max_completion_tokens",
+            "Invalid 'max_completion_tokens': must be at least 16.",
+        )
     return None
 
 
-def _completion(model: str) -> dict[str, Any]:
+def _completion(model: str, *, reasoning: bool = False) -> dict[str, Any]:
+    # A reasoning model spends a 16-token budget thinking: no content, finish_reason "length".
+    usage = {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13}
+    if reasoning:
+        usage = {
+            "prompt_tokens": 12,
+            "completion_tokens": 16,
+            "total_tokens": 28,
+            "completion_tokens_details": {"reasoning_tokens": 16},
+        }
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -436,12 +554,12 @@ def _completion(model: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "OK"},
+                "message": {"role": "assistant", "content": "" if reasoning else "OK"},
                 "logprobs": None,
-                "finish_reason": "stop",
+                "finish_reason": "length" if reasoning else "stop",
             }
         ],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 1, "total_tokens": 13},
+        "usage": usage,
     }
 
 

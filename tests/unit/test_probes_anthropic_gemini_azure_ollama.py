@@ -174,7 +174,7 @@ async def test_anthropic_model_count_marks_more_pages() -> None:
     [
         ("anthropic", CONN, "GET", "/v1/models"),
         ("anthropic", MODEL, "GET", "/v1/models/claude-opus-4-5-20251101"),
-        ("anthropic", INFER, "POST", "/v1/messages"),
+        # Inference looks the model up (free) before the message, for its lifecycle.
         ("gemini", CONN, "GET", "/v1beta/models"),
         ("gemini", MODEL, "GET", "/v1beta/models/gemini-2.5-flash"),
         ("gemini", INFER, "POST", "/v1beta/models/gemini-2.5-flash:generateContent"),
@@ -214,9 +214,10 @@ async def test_key_travels_in_the_provider_header_only(
         assert others.isdisjoint(seen.headers)
 
 
-async def test_anthropic_sends_the_api_version(srv: dict[str, Server]) -> None:
+async def test_anthropic_sends_the_sdks_api_version(srv: dict[str, Server]) -> None:
+    # anthropic SDK 2.12.0 _constants.py: ANTHROPIC_API_VERSION = "2026-10-21".
     await probe(srv, "anthropic", CONN)
-    assert srv["anthropic"].state.seen[0].headers["anthropic-version"] == "2023-06-01"
+    assert srv["anthropic"].state.seen[0].headers["anthropic-version"] == "2026-10-21"
 
 
 async def test_anthropic_version_from_spec_headers_wins(srv: dict[str, Server]) -> None:
@@ -364,7 +365,7 @@ async def test_gemini_accepts_both_model_name_forms(
 
 async def test_anthropic_inference_is_tiny(srv: dict[str, Server]) -> None:
     result = await probe(srv, "anthropic", INFER, model="claude-opus-4-1")
-    body = srv["anthropic"].state.seen[0].body
+    body = srv["anthropic"].state.seen[-1].body
     assert body["max_tokens"] == 16 and len(body["messages"]) == 1
     assert result.outcome.details["servedModel"] == "claude-opus-4-1-20250805"
 
@@ -511,6 +512,10 @@ async def test_anthropic_records_request_id_and_headroom(srv: dict[str, Server])
             429,
             "enforced_spend_limit_reached",
         ),
+        # A reached spend limit is a 400 too (issue 10, item 3): not a configuration error.
+        ("anthropic", "usage_limit", INFER, Reason.QUOTA_EXCEEDED, 400, None),
+        ("anthropic", "on_hold", CONN, Reason.PERMISSION_DENIED, 400, "organization_on_hold"),
+        ("anthropic", "billing", INFER, Reason.QUOTA_EXCEEDED, 402, "billing_error"),
         ("anthropic", "api_error", CONN, Reason.PROVIDER_UNAVAILABLE, 500, "api_error"),
         ("anthropic", "overloaded", INFER, Reason.PROVIDER_UNAVAILABLE, 529, "overloaded_error"),
         ("gemini", "region", MODEL, Reason.PERMISSION_DENIED, 400, "FAILED_PRECONDITION"),
@@ -614,3 +619,48 @@ def test_registrations() -> None:
     for name, (endpoint, auth) in expected.items():
         info = registry.get(name)
         assert (info.default_endpoint, info.auth.value) == (endpoint, auth)
+
+
+# --- Anthropic: where the model is in its life (issue 10, item 2) -------------------------
+
+
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_anthropic_retired_model_is_model_retired(
+    srv: dict[str, Server], vtype: ValidationType
+) -> None:
+    result = await probe(srv, "anthropic", vtype, model="claude-3-opus-20240229")
+    outcome = result.outcome
+    assert outcome.reason is Reason.MODEL_RETIRED, outcome.message
+    assert "retired" in outcome.message and "spec.model" in outcome.message
+    assert outcome.lifecycle is not None and outcome.lifecycle.stage == "retired"
+    assert srv["anthropic"].state.generated == 0  # no message was sent to it
+
+
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_anthropic_deprecated_model_validates_with_its_dates(
+    srv: dict[str, Server], vtype: ValidationType
+) -> None:
+    result = await probe(srv, "anthropic", vtype, model="claude-3-7-sonnet-20250219")
+    outcome = result.outcome
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert "deprecated, retiring on 2027-02-19T00:00:00Z" in outcome.message
+    assert outcome.lifecycle is not None
+    assert (outcome.lifecycle.stage, outcome.lifecycle.retires_at) == (
+        "deprecated",
+        "2027-02-19T00:00:00Z",
+    )
+    assert outcome.lifecycle.deprecated_at == "2025-10-28T00:00:00Z"
+
+
+async def test_anthropic_active_model_has_no_lifecycle(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "anthropic", MODEL)
+    assert result.outcome.reason is Reason.VALIDATED
+    assert result.outcome.lifecycle is None
+
+
+async def test_anthropic_inference_looks_the_model_up_first(srv: dict[str, Server]) -> None:
+    await probe(srv, "anthropic", INFER)
+    assert [(s.method, s.path) for s in srv["anthropic"].state.seen] == [
+        ("GET", "/v1/models/claude-opus-4-5-20251101"),
+        ("POST", "/v1/messages"),
+    ]

@@ -45,7 +45,8 @@ class Case:
 CASES = {
     "openai": Case("openai", ("gpt-4o", "gpt-4o-mini", "o3-mini"), missing="gpt-4o-turbo-x"),
     "openai-compatible": Case("vllm", ("Qwen/Qwen2.5-7B-Instruct",), missing="Qwen/Qwen2.5-7B"),
-    "deepseek": Case("deepseek", ("deepseek-reasoner",), unlisted=("deepseek-chat",)),
+    # DeepSeek's list-models reference (GET /models) lists both models it serves.
+    "deepseek": Case("deepseek", ("deepseek-chat", "deepseek-reasoner")),
     "dashscope": Case("dashscope", ("qwen-plus", "qwen-max", "qwen-turbo")),
     "mistral": Case("mistral", ("mistral-large-latest", "mistral-small-latest")),
     "groq": Case("groq", ("llama-3.3-70b-versatile", "llama-3.1-8b-instant")),
@@ -246,15 +247,13 @@ async def test_bad_key(live: Live) -> None:
     assert ctx.found.request_id is not None and ctx.found.request_id.startswith("req_")
     if live.provider == "dashscope":
         assert "region" in outcome.message
-        assert outcome.code == "InvalidApiKey"
+        assert outcome.code == "invalid_api_key"  # compatible mode
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_missing_model(live: Live) -> None:
     live.use()
-    # DeepSeek serves models it does not list, so only a completion can prove one missing.
-    vtype = INFERENCE if live.provider == "deepseek" else MODEL
-    outcome, _ = await run(live, vtype, model=live.case.missing)
+    outcome, _ = await run(live, MODEL, model=live.case.missing)
 
     assert outcome.reason is Reason.MODEL_NOT_FOUND, outcome.message
     assert live.case.missing in outcome.message
@@ -288,7 +287,6 @@ async def test_no_quota_on_the_test_completion(live: Live) -> None:
     ("provider", "fault", "code"),
     [
         ("openai", "quota_legacy", "insufficient_quota"),  # code null: the type tells
-        ("dashscope", "allocation_quota", "Throttling.AllocationQuota"),
     ],
 )
 async def test_quota_variants(live: Live, fault: str, code: str) -> None:
@@ -402,27 +400,17 @@ async def test_error_sent_with_http_200_is_that_error(
     assert outcome.http_status == 200
 
 
-# --- DeepSeek: unlisted aliases and the balance ----------------------------------------------
+# --- DeepSeek: the list is the check, and the balance ------------------------------------------
 
 
 @pytest.mark.parametrize("provider", ["deepseek"])
-async def test_deepseek_alias_not_listed_is_not_a_failure(live: Live) -> None:
+async def test_deepseek_misspelled_model_is_model_not_found(live: Live) -> None:
+    # DeepSeek's list-models reference lists every model it serves (issue 10, item 1).
     live.use()
-    outcome, _ = await run(live, MODEL, model="deepseek-chat")
+    outcome, _ = await run(live, MODEL, model="deepseek-chatt")
 
-    assert outcome.reason is Reason.VALIDATED
-    assert outcome.message.startswith("Model deepseek-chat is not listed by the provider")
-    assert "the key works" in outcome.message
-
-
-@pytest.mark.parametrize("provider", ["deepseek"])
-async def test_deepseek_alias_answers_inference(live: Live) -> None:
-    live.use()
-    outcome, _ = await run(live, INFERENCE, model="deepseek-chat")
-
-    assert outcome.reason is Reason.VALIDATED
-    assert "deepseek-chat answered a test completion" in outcome.message
-    assert "does not list" in outcome.message
+    assert outcome.reason is Reason.MODEL_NOT_FOUND, outcome.message
+    assert "Close names: deepseek-chat" in outcome.message
 
 
 @pytest.mark.parametrize("provider", ["deepseek"])
@@ -472,11 +460,16 @@ async def test_deepseek_balance_that_cannot_pay_is_quota_exceeded(live: Live) ->
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({}, {"creditLimit": "10", "creditRemaining": "7.5", "freeTier": "false"}),
         (
-            {"credit_limit": None, "free_tier": True},
-            {"creditLimit": "unlimited", "freeTier": "true"},
+            {},
+            {
+                "keyLimit": "10",
+                "keyLimitRemaining": "7.5",
+                "keyExpiresAt": "2027-06-30T00:00:00Z",
+                "freeTier": "false",
+            },
         ),
+        ({"credit_limit": None, "free_tier": True}, {"keyLimit": "none", "freeTier": "true"}),
     ],
 )
 async def test_openrouter_key_headroom(
@@ -488,7 +481,8 @@ async def test_openrouter_key_headroom(
 
     assert outcome.reason is Reason.VALIDATED, outcome.message
     assert {k: v for k, v in outcome.details.items() if k in expected} == expected
-    assert ("creditRemaining" in outcome.details) == (expected["creditLimit"] != "unlimited")
+    assert ("keyLimitRemaining" in outcome.details) == (expected["keyLimit"] != "none")
+    assert "credit" not in " ".join(outcome.details).lower()
     # The /key answer's label shows part of the key: nothing of it is kept.
     assert not any(key[:8] in text for text in [outcome.message, *outcome.details.values()])
 
@@ -500,3 +494,110 @@ async def test_openrouter_key_is_checked_on_key_not_on_the_public_list(live: Liv
 
     assert outcome.reason is Reason.INVALID_API_KEY
     assert [s.path for s in dialect.seen] == ["/api/v1/key"]
+
+
+# --- issue 10: answers the providers give in 2026 ------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible"])
+@pytest.mark.parametrize("status", [400, 429])
+async def test_litellm_budget_exceeded_is_quota_exceeded(live: Live, status: int) -> None:
+    # Item 4: a LiteLLM proxy's spend ceiling; waiting does not lift it, so not RateLimited.
+    live.use(behaviour="budget_exceeded", budget_status=status, fault_on=frozenset({"chat"}))
+    outcome, _ = await run(live, INFERENCE)
+
+    assert outcome.reason is Reason.QUOTA_EXCEEDED, outcome.message
+    assert (outcome.http_status, outcome.code) == (status, str(status))
+    assert "Budget has been exceeded" in outcome.message
+
+
+@pytest.mark.parametrize("provider", ["openai"])
+async def test_responses_only_model_is_asked_through_responses(live: Live) -> None:
+    # Item 5: the chat 404 names the API, not a missing model; GET /models/{id} finds it.
+    dialect = live.use(models=("gpt-4o", "o1-pro"), responses_only=("o1-pro",))
+    model_outcome, _ = await run(live, MODEL, model="o1-pro")
+    assert model_outcome.reason is Reason.VALIDATED, model_outcome.message
+
+    outcome, _ = await run(live, INFERENCE, model="o1-pro")
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert "answered a test response" in outcome.message
+    (sent,) = [s for s in dialect.seen if s.path.endswith("/responses")]
+    assert sent.body["model"] == "o1-pro"
+    assert sent.body["max_output_tokens"] == 16
+    assert dialect.generated == 1
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible"])
+async def test_responses_only_model_where_no_responses_api_is_a_mismatch(live: Live) -> None:
+    model = live.case.model
+    live.use(responses_only=(model,))
+    outcome, _ = await run(live, INFERENCE)
+
+    assert outcome.reason is Reason.INVALID_CONFIGURATION, outcome.message
+    assert "Responses API" in outcome.message
+    assert outcome.reason is not Reason.MODEL_NOT_FOUND
+
+
+@pytest.mark.parametrize("provider", ["dashscope"])
+async def test_dashscope_allocation_quota_is_rate_limited_for_a_minute(live: Live) -> None:
+    # Item 7: usually the per-minute allocation; Arrearage stays QuotaExceeded (no_quota above).
+    live.use(behaviour="allocation_quota")
+    outcome, _ = await run(live, CONNECTIVITY)
+
+    assert outcome.reason is Reason.RATE_LIMITED, outcome.message
+    assert outcome.code == "Throttling.AllocationQuota"
+    assert outcome.retry_after == 60.0
+    assert "Retrying after 60s" in outcome.message
+
+
+@pytest.mark.parametrize("provider", ["openrouter"])
+@pytest.mark.parametrize("variant", ["nitro", "floor", "exacto", "online", "free"])
+async def test_openrouter_routing_variants_are_valid_models(live: Live, variant: str) -> None:
+    # Item 9: a variant has no list entry of its own.
+    live.use()
+    outcome, _ = await run(live, MODEL, model=f"openai/gpt-4o:{variant}")
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+
+
+@pytest.mark.parametrize("provider", ["openrouter"])
+async def test_openrouter_unknown_suffix_is_still_not_found(live: Live) -> None:
+    live.use()
+    outcome, _ = await run(live, MODEL, model="openai/gpt-4o:turbo")
+    assert outcome.reason is Reason.MODEL_NOT_FOUND, outcome.message
+
+
+@pytest.mark.parametrize("provider", ["dashscope"])
+async def test_dashscope_qwen3_inference_turns_thinking_off(live: Live) -> None:
+    # Item 11: Qwen3 thinking models refuse a non-streaming call with thinking on.
+    dialect = live.use(models=("qwen3-32b", "qwen-plus"))
+    outcome, _ = await run(live, INFERENCE, model="qwen3-32b")
+
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    (chat,) = [s for s in dialect.seen if s.path.endswith("/chat/completions")]
+    assert chat.body["enable_thinking"] is False
+
+
+@pytest.mark.parametrize("provider", ["openai", "openai-compatible"])
+async def test_reasoning_model_unknown_by_name_is_asked_again_without_refused_fields(
+    live: Live,
+) -> None:
+    # Item 12: a reasoning model whose name no prefix list knows; its 16-token answer holds
+    # only reasoning and ends with finish_reason "length", which is a success.
+    dialect = live.use(models=("gpt-6-mini", live.case.model), reasoning=("gpt-6-mini",))
+    outcome, _ = await run(live, INFERENCE, model="gpt-6-mini")
+
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    chats = [s.body for s in dialect.seen if s.path.endswith("/chat/completions")]
+    assert 2 <= len(chats) <= 3
+    assert "temperature" not in chats[-1] and "max_tokens" not in chats[-1]
+    assert chats[-1].get("max_completion_tokens") == 16 or "max_tokens" not in chats[0]
+    assert dialect.generated == 1
+
+
+@pytest.mark.parametrize("provider", ["mistral"])
+@pytest.mark.parametrize("body", ["detail", "empty"])
+async def test_mistral_401_bodies_are_invalid_api_key(live: Live, body: str) -> None:
+    live.use(unauthorized=body)
+    outcome, _ = await run(live, CONNECTIVITY, key="wrong-key-0123456789")
+    assert outcome.reason is Reason.INVALID_API_KEY, outcome.message
+    assert outcome.http_status == 401

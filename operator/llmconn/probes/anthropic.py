@@ -1,10 +1,19 @@
 """Anthropic probe: the Messages API's model list, model lookup and one tiny message.
 
-Requests carry `x-api-key` and `anthropic-version`, as the official SDK sends them. The
-model list is free and proves the key; GET /v1/models/{id} proves the model and resolves
-aliases (claude-sonnet-4-0 -> claude-sonnet-4-20250514). An empty balance shows only when
-tokens are spent, as a 400 invalid_request_error "Your credit balance is too low", so only
-Inference can see it.
+Requests carry `x-api-key` and `anthropic-version` (the SDK's current one, anthropic
+`_constants.py`; `x-api-key` is the documented header). The model list is free and proves the
+key; GET /v1/models/{id} proves the model, resolves aliases (claude-sonnet-4-0 ->
+claude-sonnet-4-20250514) and says where the model is in its life (anthropic
+`types/model_info.py`: `lifecycle` active, deprecated or retired, `deprecated_at`,
+`retires_at`). A retired model is ModelRetired; a deprecated one still validates, with its
+dates. Inference looks the model up too before it spends a token.
+
+An empty balance shows only when tokens are spent, as a 400 invalid_request_error "Your credit
+balance is too low", so only Inference can see it; so does a reached spend limit, a 400 "You
+have reached your specified API usage limits" (Anthropic's errors page: a 400 is also returned
+when an organization or workspace spend limit is reached) or a 429 whose `details.error_code`
+names one. `organization_on_hold` (400, anthropic `_error_classes.py`) is an organization
+disabled by Anthropic: PermissionDenied. A 402 `billing_error` is QuotaExceeded.
 """
 
 from __future__ import annotations
@@ -14,12 +23,13 @@ from typing import Any
 from urllib.parse import quote
 
 from llmconn.exchange import Reply
-from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
+from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
+from llmconn.verdict import Lifecycle
 
-API_VERSION = "2023-06-01"
+API_VERSION = "2026-10-21"
 LIST_LIMIT = "1000"  # the API's largest page: one page counts every model an account has
 MAX_TOKENS = 16
 PROMPT = "Reply with the single word OK."
@@ -33,6 +43,8 @@ SPEND_LIMIT_CODES = frozenset(
         "linked_organization_billing_unavailable",
     }
 )
+SPEND_LIMIT_WORDS = ("specified api usage limits",)
+ON_HOLD = "organization_on_hold"
 
 
 @registry.provider(
@@ -45,9 +57,17 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
     if ctx.validation_type is ValidationType.CONNECTIVITY:
         return await _list_models(ctx)
     model = ctx.required_model()
+    found = await _get_model(ctx, model)
     if ctx.validation_type is ValidationType.MODEL:
-        return await _get_model(ctx, model)
-    return await _send_message(ctx, model)
+        return found
+    sent = await _send_message(ctx, model)
+    return ProbeOutcome(
+        sent.reason,
+        sent.message + _aside(found.lifecycle),
+        http_status=sent.http_status,
+        details={**found.details, **sent.details},
+        lifecycle=found.lifecycle,
+    )
 
 
 async def _list_models(ctx: ProbeContext) -> ProbeOutcome:
@@ -67,13 +87,54 @@ async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
     reply = await _call(ctx, "GET", f"/v1/models/{quote(model, safe='')}")
     body = _read(ctx, reply, f"model {model}", has("id", str), "a model `id`")
     resolved: str = body["id"]
-    if resolved != model:
-        return ok(
-            f"The key is valid; model {model} is available (alias of {resolved}).",
-            reply,
-            resolvedModel=resolved[:128],
+    alias = f" (alias of {resolved})" if resolved != model else ""
+    details = {"resolvedModel": resolved[:128]} if alias else {}
+    life = lifecycle(body)
+    if life is not None and life.stage == "retired":
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.MODEL_RETIRED,
+                f"Model {model}{alias} is retired{_since(life.retires_at or life.deprecated_at)}"
+                ": requests naming it fail. Move spec.model to a current model.",
+                http_status=reply.status,
+                details=details,
+                lifecycle=life,
+            )
         )
-    return ok(f"The key is valid; model {model} is available.", reply)
+    return ProbeOutcome(
+        Reason.VALIDATED,
+        f"The key is valid; model {model} is available{alias}.{_aside(life)}",
+        http_status=reply.status,
+        details=details,
+        lifecycle=life,
+    )
+
+
+def lifecycle(body: dict[str, Any]) -> Lifecycle | None:
+    """The model's stage and dates, when it is not simply active."""
+    stage = body.get("lifecycle")
+    if stage not in ("deprecated", "retired"):
+        return None
+    return Lifecycle(
+        stage=stage,
+        deprecated_at=_date(body.get("deprecated_at")),
+        retires_at=_date(body.get("retires_at")),
+    )
+
+
+def _date(value: Any) -> str | None:
+    return value[:64] if isinstance(value, str) and value else None
+
+
+def _since(when: str | None) -> str:
+    return f" (since {when})" if when else ""
+
+
+def _aside(life: Lifecycle | None) -> str:
+    if life is None or life.stage != "deprecated":
+        return ""
+    when = f", retiring on {life.retires_at}" if life.retires_at else ""
+    return f" It is deprecated{when}: plan the move to a current model."
 
 
 async def _send_message(ctx: ProbeContext, model: str) -> ProbeOutcome:
@@ -127,11 +188,23 @@ def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
         return classify_error(ctx, reply, what)
     details = error.get("details")
     code = details.get("error_code") if isinstance(details, dict) else None
-    if isinstance(code, str) and code in SPEND_LIMIT_CODES:
-        message = str(error.get("message") or "")
+    message = str(error.get("message") or "")
+    if code == ON_HOLD:
+        return ProbeOutcome(
+            Reason.PERMISSION_DENIED,
+            f"Anthropic has put the organization on hold (HTTP {reply.status} {code})"
+            f"{': ' + message if message else ''}. The key is valid; the organization's admins "
+            "must resolve the hold with Anthropic.",
+            http_status=reply.status,
+            code=code,
+        )
+    spend_words = any(word in message.lower() for word in SPEND_LIMIT_WORDS)
+    if (isinstance(code, str) and code in SPEND_LIMIT_CODES) or spend_words:
+        code = code if isinstance(code, str) else None
         return ProbeOutcome(
             Reason.QUOTA_EXCEEDED,
-            f"The organization reached its spend limit (HTTP {reply.status} {code})"
+            f"The organization reached its spend limit (HTTP {reply.status}"
+            f"{' ' + code if code else ''})"
             f"{': ' + message if message else ''}. Raise the limit in the Anthropic Console "
             "or wait for the next billing period.",
             http_status=reply.status,

@@ -29,6 +29,7 @@ from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
 from llmconn.http import Phase
 from llmconn.reasons import Reason
 from llmconn.spec import BLOCKS, AzureSpec, McpSpec, SecretKeyRef, ValidationType
+from llmconn.verdict import Lifecycle
 
 
 class Auth(StrEnum):
@@ -150,6 +151,7 @@ class ProbeOutcome:
     code: str | None = None
     details: Mapping[str, str] = field(default_factory=dict)
     retry_after: float | None = None  # seconds, from Retry-After on RateLimited
+    lifecycle: Lifecycle | None = None  # the model's, where the provider says it for free
 
 
 class ProbeFailure(Exception):

@@ -1,4 +1,7 @@
-"""DeepSeek: OpenAI-style API whose aliases may be unlisted, with the balance in the details.
+"""DeepSeek: OpenAI-style API with the balance in the details; the model must be in the list.
+
+DeepSeek's list-models reference (GET /models) lists the models it serves (deepseek-chat and
+deepseek-reasoner), so a name that is not listed is ModelNotFound, with the close names.
 
 `deepseek-chat` answers without thinking and `deepseek-reasoner` always thinks; there is no
 knob to turn reasoning off, so the 16-token budget (which counts the reasoning) bounds the cost.
@@ -45,7 +48,7 @@ async def balance(ctx: ProbeContext) -> dict[str, str]:
     return details
 
 
-FLAVOUR = Flavour(unlisted_ok=True, account=balance)
+FLAVOUR = Flavour(account=balance)
 
 
 @registry.provider("deepseek", default_endpoint="https://api.deepseek.com", title="DeepSeek")

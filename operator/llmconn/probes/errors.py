@@ -133,8 +133,11 @@ _QUOTA_WORDS = (
     "credit balance",
     "insufficient balance",
     "arrearage",
-    "allocationquota",
     "billing",
+    # LiteLLM proxy budgets (type budget_exceeded, "Budget has been exceeded! Current cost:
+    # ..."), sent as 400 or 429: a spend ceiling that waiting does not lift.
+    "budget_exceeded",
+    "budget has been exceeded",
     "exceeded your current quota",
     "out of credits",
 )

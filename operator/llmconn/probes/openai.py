@@ -1,11 +1,21 @@
-"""OpenAI: GET /models/{id} checks the model; reasoning models get the fields they accept."""
+"""OpenAI: GET /models/{id} checks the model; reasoning models get the fields they accept.
+
+The name prefixes below only choose the first request: a model that refuses one of its fields
+as unsupported is asked again without it (`openai_style.complete`), so a new reasoning model
+does not fail on its name.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+from urllib.parse import urlsplit
 
+from llmconn.exchange import Reply
 from llmconn.probes.base import ProbeContext, ProbeOutcome, registry
+from llmconn.probes.errors import classify_error
 from llmconn.probes.openai_style import TEST_MAX_TOKENS, Flavour, check
+from llmconn.reasons import Reason
 
 # o-series and gpt-5 models think before answering; they refuse max_tokens and any temperature
 # but 1. "low" is the least reasoning_effort every one of them accepts ("minimal" and "none"
@@ -20,7 +30,23 @@ def completion_fields(model: str) -> dict[str, Any]:
     return {"max_completion_tokens": TEST_MAX_TOKENS, "temperature": 0}
 
 
-FLAVOUR = Flavour(retrieve_model=True, completion_fields=completion_fields)
+# OpenAI's data residency guide: projects with EU data residency are served at this host only.
+HOST, EU_HOST = "api.openai.com", "eu.api.openai.com"
+
+
+def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
+    outcome = classify_error(ctx, reply, what)
+    refused = outcome.reason in (Reason.INVALID_API_KEY, Reason.PERMISSION_DENIED)
+    if refused and urlsplit(ctx.endpoint).hostname == HOST:
+        hint = (
+            f" A key of a project with EU data residency works only at https://{EU_HOST}/v1: "
+            "if the key is one, set spec.endpoint to it."
+        )
+        return dataclasses.replace(outcome, message=outcome.message + hint)
+    return outcome
+
+
+FLAVOUR = Flavour(retrieve_model=True, completion_fields=completion_fields, classify=classify)
 
 
 @registry.provider("openai", default_endpoint="https://api.openai.com/v1", title="OpenAI")

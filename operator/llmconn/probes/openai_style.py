@@ -4,10 +4,15 @@ A provider module states how it differs from OpenAI's own API in a `Flavour` and
 `check(ctx, flavour)`. The steps, by validation type:
 
 - Connectivity: an authenticated GET {endpoint}/models (free), which must be the API's list.
-- Model: also the model, by GET /models/{id} (OpenAI) or by its presence in the list. Where a
-  provider serves aliases it does not list (DeepSeek), "not listed" is said, not failed.
+- Model: also the model, by GET /models/{id} (OpenAI) or by its presence in the list (under
+  the name the flavour looks it up by: OpenRouter's routing variants have no entry of their
+  own). A model that is not listed is ModelNotFound, with the close names.
 - Inference: also one POST /chat/completions with a 16-token budget and temperature 0; the
-  answer must carry choices. Reasoning is turned down only where the flavour knows how.
+  answer must carry choices (a reply cut at the budget, or holding only reasoning, counts).
+  Reasoning is turned down only where the flavour knows how. A model that refuses one of the
+  budget fields as unsupported (400 unsupported_parameter/unsupported_value, as OpenAI's
+  reasoning models do) is asked once more without it; a model served only by the Responses
+  API (404 "only supported in v1/responses") is asked through POST /responses instead.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from urllib.parse import quote, urlsplit
 
 from llmconn.exchange import Reply
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok
-from llmconn.probes.errors import classify_error, has, parse_error, read_json
+from llmconn.probes.errors import Classify, classify_error, has, parse_error, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
 
@@ -34,6 +39,14 @@ BASE_URL = "the base URL the OpenAI SDK takes, usually ending in /v1"
 
 AccountCheck = Callable[[ProbeContext], Awaitable[Mapping[str, str]]]
 CompletionFields = Callable[[str], Mapping[str, Any]]
+ListedAs = Callable[[str], str]
+# Fields a model may refuse as unsupported, and what to send instead (None: nothing).
+_REFUSABLE: dict[str, str | None] = {
+    "temperature": None,
+    "reasoning_effort": None,
+    "max_tokens": "max_completion_tokens",
+}
+_UNSUPPORTED_CODES = frozenset({"unsupported_parameter", "unsupported_value"})
 
 
 def plain_completion(model: str) -> dict[str, Any]:
@@ -47,10 +60,11 @@ class Flavour:
     """How one provider's OpenAI-style API differs from the common case."""
 
     retrieve_model: bool = False  # GET /models/{id} checks the model (else: look in the list)
-    unlisted_ok: bool = False  # the provider serves models it does not list (aliases)
+    listed_as: ListedAs = str  # the name a request model has in the list
     completion_fields: CompletionFields = plain_completion
     # Runs before the model list; returns details, raises ProbeFailure to end the probe.
     account: AccountCheck | None = None
+    classify: Classify = classify_error  # the provider's reading of an error answer
 
 
 async def check(ctx: ProbeContext, flavour: Flavour) -> ProbeOutcome:
@@ -61,7 +75,7 @@ async def check(ctx: ProbeContext, flavour: Flavour) -> ProbeOutcome:
     if flavour.account is not None:
         found.update(await flavour.account(ctx))
         ctx.found.details.update(found)  # kept even if a later step fails
-    listing, ids = await list_models(ctx)
+    listing, ids = await list_models(ctx, flavour)
     found["modelCount"] = str(len(ids))
     ctx.found.details["modelCount"] = found["modelCount"]
     if vtype is ValidationType.CONNECTIVITY or model is None:
@@ -69,27 +83,15 @@ async def check(ctx: ProbeContext, flavour: Flavour) -> ProbeOutcome:
             f"The connection is reachable; the key can list {len(ids)} models.", listing, **found
         )
 
-    listed = await check_model(ctx, flavour, model, ids)
+    await check_model(ctx, flavour, model, ids)
     if vtype is ValidationType.MODEL:
-        if listed:
-            return ok(f"The connection is reachable; model {model} is available.", listing, **found)
-        return ok(
-            f"Model {model} is not listed by the provider (aliases often are not); the key "
-            "works. Use validation.type Inference to prove the model answers.",
-            listing,
-            **found,
-        )
+        return ok(f"The connection is reachable; model {model} is available.", listing, **found)
 
-    answer = await complete(ctx, flavour, model)
-    aside = "" if listed else f" (the provider does not list {model}, as with aliases)"
-    return ok(
-        f"The connection is reachable; model {model} answered a test completion{aside}.",
-        answer,
-        **found,
-    )
+    answer, api = await complete(ctx, flavour, model)
+    return ok(f"The connection is reachable; model {model} answered a test {api}.", answer, **found)
 
 
-async def list_models(ctx: ProbeContext) -> tuple[Reply, list[str]]:
+async def list_models(ctx: ProbeContext, flavour: Flavour) -> tuple[Reply, list[str]]:
     """GET /models: proves the endpoint is the API and the key is accepted; returns the ids."""
     reply = await ctx.request("GET", "/models")
     # Together answers with a bare array; everyone else with {"object": "list", "data": [...]}.
@@ -99,7 +101,7 @@ async def list_models(ctx: ProbeContext) -> tuple[Reply, list[str]]:
         "the model list",
         fits=lambda body: _models(body) is not None,
         expected="a `data` list of models",
-        classify=_listing_error,
+        classify=lambda ctx, reply, what: _listing_error(ctx, reply, what, flavour.classify),
         endpoint=BASE_URL,
     )
     return reply, [item["id"] for item in _models(body) or () if isinstance(item.get("id"), str)]
@@ -112,8 +114,8 @@ def _models(body: Any) -> list[dict[str, Any]] | None:
     return data
 
 
-def _listing_error(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
-    outcome = classify_error(ctx, reply, what)
+def _listing_error(ctx: ProbeContext, reply: Reply, what: str, classify: Classify) -> ProbeOutcome:
+    outcome = classify(ctx, reply, what)
     if outcome.reason is not Reason.MODEL_NOT_FOUND:
         return outcome
     # No model was named: "not found" on the list means the path is wrong (OpenAI answers an
@@ -129,17 +131,21 @@ def _listing_error(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
     )
 
 
-async def check_model(ctx: ProbeContext, flavour: Flavour, model: str, ids: list[str]) -> bool:
-    """True when the model is there, False when it is merely unlisted (and that is allowed);
-    ModelNotFound otherwise."""
+async def check_model(ctx: ProbeContext, flavour: Flavour, model: str, ids: list[str]) -> None:
+    """Returns when the model is there; ModelNotFound otherwise."""
     if flavour.retrieve_model:
         reply = await ctx.request("GET", "/models/" + quote(model, safe=_SEGMENT_SAFE))
-        read_json(ctx, reply, f"model {model}", fits=has("id", str), expected="a model object")
-        return True
-    if is_listed(model, ids):
-        return True
-    if flavour.unlisted_ok:
-        return False
+        read_json(
+            ctx,
+            reply,
+            f"model {model}",
+            fits=has("id", str),
+            expected="a model object",
+            classify=flavour.classify,
+        )
+        return
+    if is_listed(model, ids) or is_listed(flavour.listed_as(model), ids):
+        return
     near = difflib.get_close_matches(model, ids, n=3, cutoff=0.6)
     hint = f" Close names: {', '.join(near)}." if near else ""
     raise ProbeFailure(
@@ -157,17 +163,103 @@ def is_listed(model: str, ids: list[str]) -> bool:
     return model in ids or f"{model}:latest" in ids
 
 
-async def complete(ctx: ProbeContext, flavour: Flavour, model: str) -> Reply:
-    """One tiny chat completion; its answer must carry choices."""
-    request = {
-        "model": model,
-        "messages": [{"role": "user", "content": TEST_PROMPT}],
-        **flavour.completion_fields(model),
-    }
-    reply = await ctx.request("POST", "/chat/completions", json_body=request)
+async def complete(ctx: ProbeContext, flavour: Flavour, model: str) -> tuple[Reply, str]:
+    """One tiny chat completion (or Responses call); its answer must carry choices (output).
+    Returns the answer and what it was ("completion" or "response")."""
+    fields = dict(flavour.completion_fields(model))
     what = f"the test completion with model {model}"
-    read_json(ctx, reply, what, fits=_has_choices, expected="`choices`", endpoint=BASE_URL)
+    reply = await _chat(ctx, model, fields)
+    # Asked once more for each field the model refuses: without it, or with its replacement.
+    while (dropped := _refused_field(reply, fields)) is not None:
+        value = fields.pop(dropped)
+        if (instead := _REFUSABLE[dropped]) is not None:
+            fields[instead] = value
+        reply = await _chat(ctx, model, fields)
+    if responses_only(reply):
+        return await respond(ctx, model, flavour.classify), "response"
+    read_json(
+        ctx,
+        reply,
+        what,
+        fits=_has_choices,
+        expected="`choices`",
+        classify=flavour.classify,
+        endpoint=BASE_URL,
+    )
+    return reply, "completion"
+
+
+async def _chat(ctx: ProbeContext, model: str, fields: Mapping[str, Any]) -> Reply:
+    request = {"model": model, "messages": [{"role": "user", "content": TEST_PROMPT}], **fields}
+    return await ctx.request("POST", "/chat/completions", json_body=request)
+
+
+def _refused_field(reply: Reply, fields: Mapping[str, Any]) -> str | None:
+    """The budget field a 400 refuses as unsupported (OpenAI: code unsupported_parameter or
+    unsupported_value, `param` naming it), when the probe sent it."""
+    if reply.status != 400:
+        return None
+    error = _error_object(reply)
+    if error is None or error.get("code") not in _UNSUPPORTED_CODES:
+        return None
+    param = error.get("param")
+    return param if isinstance(param, str) and param in fields and param in _REFUSABLE else None
+
+
+def responses_only(reply: Reply) -> bool:
+    """OpenAI's refusal of a model the Chat Completions API does not serve: 404 with
+    param "model" and "only supported in v1/responses" (GET /models/{id} succeeds for it)."""
+    error = _error_object(reply)
+    return (
+        reply.status in (400, 404)
+        and error is not None
+        and error.get("param") == "model"
+        and "only supported in v1/responses" in str(error.get("message") or "")
+    )
+
+
+async def respond(
+    ctx: ProbeContext,
+    model: str,
+    classify: Classify = classify_error,
+    *,
+    path: str = "/responses",
+    params: Mapping[str, str] | None = None,
+) -> Reply:
+    """One tiny Responses API call (max_output_tokens 16, the API's least); an answer cut at
+    the budget (status "incomplete") counts. A path that is not there is a mismatch between
+    the model and the endpoint, named as InvalidConfiguration."""
+    request = {"model": model, "input": TEST_PROMPT, "max_output_tokens": TEST_MAX_TOKENS}
+    reply = await ctx.request("POST", path, json_body=request, params=params)
+    if (reply.status == 404 and parse_error(reply.json()) is None) or _no_route(reply):
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.INVALID_CONFIGURATION,
+                f"Model {model} is served only by the Responses API, and this endpoint has no "
+                f"POST {path} (HTTP {reply.status}). Use an endpoint that serves the Responses "
+                "API, or a model that the Chat Completions API serves.",
+                http_status=reply.status,
+            )
+        )
+    what = f"the test response with model {model}"
+    read_json(ctx, reply, what, fits=_has_output, expected="`output`", classify=classify)
     return reply
+
+
+def _no_route(reply: Reply) -> bool:
+    # OpenAI-style servers answer an unknown path with "Invalid URL (POST /v1/responses)".
+    error = _error_object(reply)
+    return reply.status == 404 and error is not None and "Invalid URL" in str(error.get("message"))
+
+
+def _error_object(reply: Reply) -> dict[str, Any] | None:
+    body = reply.json()
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def _has_output(body: Any) -> bool:
+    return isinstance(body, dict) and isinstance(body.get("output"), list)
 
 
 def _has_choices(body: Any) -> bool:

@@ -1,8 +1,14 @@
 """OpenRouter: GET /key checks the key (its model list is public), then the model list.
 
-The /key answer's credit limit, remaining credit and free-tier flag go into the details; its
-`label` holds part of the key itself and is never copied. A key with no credit left still
-reaches free models, so it is not a failure.
+The /key answer's spending limit of the key (`limit`, in USD; null for none), what remains of
+it, its expiry (`expires_at`) and the free-tier flag go into the details; its `label` holds
+part of the key itself and is never copied. A key with nothing left of its limit still reaches
+free models, so it is not a failure. The limit is the key's own ceiling, not the account's
+credit balance (OpenRouter API reference, "Get current API key").
+
+Routing variants (`openai/gpt-4o:nitro`, `:floor`, `:exacto`, `:online`, `:free`, ...) are
+valid request models without a list entry of their own (OpenRouter docs, "Model variants"):
+the model is looked up without its variant when the full name is not listed.
 """
 
 from __future__ import annotations
@@ -27,12 +33,23 @@ async def key_info(ctx: ProbeContext) -> dict[str, str]:
     data = body["data"]
     details: dict[str, str] = {}
     if "limit" in data:
-        details["creditLimit"] = "unlimited" if data["limit"] is None else _number(data["limit"])
+        details["keyLimit"] = "none" if data["limit"] is None else _number(data["limit"])
     if data.get("limit_remaining") is not None:
-        details["creditRemaining"] = _number(data["limit_remaining"])
+        details["keyLimitRemaining"] = _number(data["limit_remaining"])
+    if isinstance(data.get("expires_at"), str):
+        details["keyExpiresAt"] = data["expires_at"][:64]
     if isinstance(data.get("is_free_tier"), bool):
         details["freeTier"] = str(data["is_free_tier"]).lower()
     return {name: value for name, value in details.items() if value}
+
+
+VARIANTS = ("free", "nitro", "floor", "exacto", "online", "thinking", "extended")
+
+
+def without_variant(model: str) -> str:
+    """openai/gpt-4o:nitro -> openai/gpt-4o; other names stay as given."""
+    base, sep, variant = model.rpartition(":")
+    return base if sep and base and variant in VARIANTS else model
 
 
 def _number(value: Any) -> str:
@@ -41,7 +58,7 @@ def _number(value: Any) -> str:
     return f"{value:g}"
 
 
-FLAVOUR = Flavour(account=key_info)
+FLAVOUR = Flavour(account=key_info, listed_as=without_variant)
 
 
 @registry.provider(
