@@ -5,9 +5,22 @@ POST /openai/v1/chat/completions (deployment as `model`). It checks a request in
 layers: the `api-key` at the gateway (401 "Access denied due to invalid subscription
 key..."), the api-version (missing: 404 Resource not found; unknown: 400), the deployment
 (404 DeploymentNotFound), then the body in the model service (400 invalid_request_error).
-Every answer carries `apim-request-id`, `x-ms-region` and `x-ratelimit-remaining-*`.
-`state.generated` counts completions actually generated, i.e. tokens spent.
-`state.behaviour` selects a failure to play.
+Every answer carries `apim-request-id`, `x-ms-region` and `x-ratelimit-remaining-*`;
+answers from a deployment carry `x-ms-deployment-name`. `state.generated` counts completions
+actually generated, i.e. tokens spent. `state.behaviour` selects a failure to play.
+
+Also GET /openai/models?api-version=... and GET /openai/v1/models (the resource's models, with
+`lifecycle_status` and `deprecation`), and POST /openai/v1/responses (deployment as `model`).
+
+Sources: Azure OpenAI data-plane REST reference 2024-10-21 ("Models - List": `data` of
+models with `status`, `capabilities`, `lifecycle_status`, `deprecation.fine_tune` and
+`deprecation.inference` as Unix times); Microsoft's spillover traffic management guide
+(`x-ms-deployment-name` names the deployment that served a request). Not confirmed from a
+primary source, and so played both ways here: whether Azure checks the deployment before the
+body (the default order below) or the body first (`behaviour` "body_first", where an empty
+`messages` list is refused before routing, without `x-ms-deployment-name`, even for a
+deployment that does not exist); the 400 OperationNotSupported wording for a deployment whose
+model does not chat (as users report it).
 """
 
 from __future__ import annotations
@@ -30,7 +43,29 @@ DEPLOYMENTS = {
     "gpt-4o-prod": ("gpt-4o-2024-08-06", "chat"),
     "o3-mini": ("o3-mini-2025-01-31", "reasoning"),
     "embeddings": ("text-embedding-3-small", "embedding"),
+    "o1-pro": ("o1-pro-2025-03-19", "responses"),
 }
+# GET /openai/models: what the resource can use ("Models - List").
+MODELS = [
+    {
+        "id": "gpt-4o-2024-08-06",
+        "status": "succeeded",
+        "lifecycle_status": "generally-available",
+        "deprecation": {"inference": 1781913600},
+        "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
+        "created_at": 1722902400,
+        "object": "model",
+    },
+    {
+        "id": "gpt-35-turbo-0125",
+        "status": "succeeded",
+        "lifecycle_status": "deprecated",
+        "deprecation": {"fine_tune": 1767225600, "inference": 1767225600},
+        "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
+        "created_at": 1706745600,
+        "object": "model",
+    },
+]
 
 BEHAVIOURS = frozenset(
     {
@@ -41,6 +76,7 @@ BEHAVIOURS = frozenset(
         "html",
         "invalid_json",
         "wrong_shape",
+        "body_first",  # the body is checked before the deployment (see the module doc)
     }
 )
 
@@ -80,10 +116,16 @@ def make_app(
     def error(status: int, body: dict[str, Any], extra: dict[str, str] | None = None) -> Response:
         return JSONResponse({"error": body}, status_code=status, headers=headers(extra))
 
-    def invalid(message: str, param: str | None = None, code: str | None = None) -> Response:
+    def invalid(
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
         return error(
             400,
             {"message": message, "type": "invalid_request_error", "param": param, "code": code},
+            extra,
         )
 
     async def record(request: Request) -> Any:
@@ -147,6 +189,9 @@ def make_app(
         return None
 
     def complete(deployment: str, body: Any) -> Response:
+        empty = not isinstance(body, dict) or not body.get("messages")
+        if state.behaviour == "body_first" and empty:
+            return invalid("[] is too short - 'messages'", param="messages")
         if deployment not in state.deployments:
             return error(
                 404,
@@ -158,27 +203,29 @@ def make_app(
                 },
             )
         model, kind = state.deployments[deployment]
-        if kind == "embedding":
+        served = {"x-ms-deployment-name": deployment}
+        if kind in ("embedding", "responses"):
             return error(
                 400,
                 {
                     "code": "OperationNotSupported",
                     "message": "The chatCompletion operation does not work with the specified "
-                    "model, text-embedding-3-small. Please choose different model and try "
-                    "again.",
+                    f"model, {model}. Please choose different model and try again.",
                 },
+                served,
             )
         if not isinstance(body, dict):
-            return invalid("Invalid JSON body")
+            return invalid("Invalid JSON body", extra=served)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            return invalid("[] is too short - 'messages'", param="messages")
+            return invalid("[] is too short - 'messages'", param="messages", extra=served)
         if kind == "reasoning" and "max_tokens" in body:
             return invalid(
                 "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
                 "'max_completion_tokens' instead.",
                 param="max_tokens",
                 code="unsupported_parameter",
+                extra=served,
             )
         state.generated += 1
         return JSONResponse(
@@ -196,7 +243,7 @@ def make_app(
                 ],
                 "usage": {"prompt_tokens": 14, "completion_tokens": 1, "total_tokens": 15},
             },
-            headers=headers(),
+            headers=headers(served),
         )
 
     async def deployment_chat(request: Request) -> Response:
@@ -219,6 +266,60 @@ def make_app(
             return invalid("you must provide a model parameter", param="model")
         return complete(model, body)
 
+    async def list_models(request: Request) -> Response:
+        await record(request)
+        if refused := gateway(request):
+            return refused
+        v1 = request.url.path.startswith("/openai/v1/")
+        version = request.query_params.get("api-version")
+        if not v1 and not version:
+            return error(404, {"code": "404", "message": "Resource not found"})
+        if not v1 and version not in state.api_versions:
+            return error(400, {"code": "BadRequest", "message": "API version not supported"})
+        return JSONResponse({"data": MODELS, "object": "list"}, headers=headers())
+
+    async def v1_responses(request: Request) -> Response:
+        body = await record(request)
+        if refused := gateway(request):
+            return refused
+        deployment = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(deployment, str):
+            return invalid("Missing required parameter: 'model'.", param="model")
+        if deployment not in state.deployments:
+            return error(
+                404,
+                {
+                    "code": "DeploymentNotFound",
+                    "message": "The API deployment for this resource does not exist.",
+                },
+            )
+        model, kind = state.deployments[deployment]
+        served = {"x-ms-deployment-name": deployment}
+        if kind == "embedding":
+            return error(
+                400,
+                {
+                    "code": "OperationNotSupported",
+                    "message": "The responses operation does not work with the specified "
+                    f"model, {model}. Please choose different model and try again.",
+                },
+                served,
+            )
+        state.generated += 1
+        return JSONResponse(
+            {
+                "id": f"resp_loopback{state.generated}",
+                "object": "response",
+                "created_at": 1767225600,
+                "status": "incomplete",
+                "incomplete_details": {"reason": "max_output_tokens"},
+                "model": model,
+                "output": [{"id": "rs_loopback", "type": "reasoning", "summary": []}],
+                "usage": {"input_tokens": 14, "output_tokens": 16, "total_tokens": 30},
+            },
+            headers=headers(served),
+        )
+
     async def not_found(request: Request) -> Response:
         await record(request)
         if refused := gateway(request):
@@ -233,6 +334,9 @@ def make_app(
                 methods=["POST"],
             ),
             Route("/openai/v1/chat/completions", v1_chat, methods=["POST"]),
+            Route("/openai/v1/responses", v1_responses, methods=["POST"]),
+            Route("/openai/models", list_models, methods=["GET"]),
+            Route("/openai/v1/models", list_models, methods=["GET"]),
             Route("/{path:path}", not_found, methods=["GET", "POST"]),
         ]
     )

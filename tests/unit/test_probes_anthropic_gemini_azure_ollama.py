@@ -178,7 +178,7 @@ async def test_anthropic_model_count_marks_more_pages() -> None:
         ("gemini", CONN, "GET", "/v1beta/models"),
         ("gemini", MODEL, "GET", "/v1beta/models/gemini-2.5-flash"),
         ("gemini", INFER, "POST", "/v1beta/models/gemini-2.5-flash:generateContent"),
-        ("azure-openai", CONN, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
+        ("azure-openai", CONN, "GET", "/openai/models"),
         ("azure-openai", MODEL, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
         ("azure-openai", INFER, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
         ("ollama", CONN, "GET", "/api/tags"),
@@ -404,11 +404,20 @@ async def test_ollama_model_details(srv: dict[str, Server]) -> None:
 # --- Azure: free checks spend nothing, and only the right 400 counts --------------------
 
 
-@pytest.mark.parametrize("vtype", [CONN, MODEL])
-async def test_azure_free_checks_generate_nothing(
-    srv: dict[str, Server], vtype: ValidationType
-) -> None:
-    result = await probe(srv, "azure-openai", vtype)
+async def test_azure_connectivity_is_the_resources_model_list(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "azure-openai", CONN)
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    assert result.outcome.details["modelCount"] == str(len(azure_dialect.MODELS))
+    seen = srv["azure-openai"].state.seen[0]
+    assert (seen.method, seen.path, seen.query) == (
+        "GET",
+        "/openai/models",
+        "api-version=2024-10-21",
+    )
+
+
+async def test_azure_free_checks_generate_nothing(srv: dict[str, Server]) -> None:
+    result = await probe(srv, "azure-openai", MODEL)
     assert result.outcome.reason is Reason.VALIDATED
     assert srv["azure-openai"].state.generated == 0
     seen = srv["azure-openai"].state.seen[0]
@@ -460,7 +469,7 @@ async def test_azure_endpoint_with_openai_path_is_explained(srv: dict[str, Serve
     assert "without /openai" in result.outcome.message
 
 
-@pytest.mark.parametrize("vtype", [CONN, INFER])
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
 async def test_azure_v1_surface(srv: dict[str, Server], vtype: ValidationType) -> None:
     result = await run(
         "azure-openai",
@@ -473,6 +482,68 @@ async def test_azure_v1_surface(srv: dict[str, Server], vtype: ValidationType) -
     seen = srv["azure-openai"].state.seen[0]
     assert (seen.path, seen.query) == ("/openai/v1/chat/completions", "")
     assert seen.body["model"] == "gpt-4o-prod"
+
+
+async def test_azure_v1_surface_connectivity_lists_models(srv: dict[str, Server]) -> None:
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + "/openai/v1",
+        CONN,
+        model="gpt-4o-prod",
+        key=azure_dialect.API_KEY,
+    )
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    seen = srv["azure-openai"].state.seen[0]
+    assert (seen.method, seen.path, seen.query) == ("GET", "/openai/v1/models", "")
+
+
+# Issue 10, item 6: the order key -> deployment -> body is not confirmed, and on the v1
+# surface the deployment is in the body. A server that checks the body first must not make a
+# missing deployment look Validated.
+@pytest.mark.parametrize("suffix", ["", "/openai/v1"])
+async def test_azure_body_checked_first_never_validates_a_missing_deployment(
+    srv: dict[str, Server], suffix: str
+) -> None:
+    srv["azure-openai"].state.reset("body_first")
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + suffix,
+        MODEL,
+        model="gpt-5-typo",
+        key=azure_dialect.API_KEY,
+    )
+    assert result.outcome.reason is Reason.MODEL_NOT_FOUND, result.outcome.message
+    assert result.outcome.code == "DeploymentNotFound"
+
+
+@pytest.mark.parametrize("suffix", ["", "/openai/v1"])
+async def test_azure_body_checked_first_proves_a_real_deployment_with_one_completion(
+    srv: dict[str, Server], suffix: str
+) -> None:
+    srv["azure-openai"].state.reset("body_first")
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + suffix,
+        MODEL,
+        model="gpt-4o-prod",
+        key=azure_dialect.API_KEY,
+    )
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    assert "one real completion proved it" in result.outcome.message
+    assert srv["azure-openai"].state.generated == 1
+
+
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_azure_responses_only_deployment_answers_through_responses(
+    srv: dict[str, Server], vtype: ValidationType
+) -> None:
+    # Issue 10, item 5 for Azure: the deployment's model is served by the Responses API only.
+    result = await probe(srv, "azure-openai", vtype, model="o1-pro")
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    assert "test response" in result.outcome.message
+    (sent,) = [s for s in srv["azure-openai"].state.seen if s.path.endswith("/responses")]
+    assert sent.path == "/openai/v1/responses"
+    assert sent.body["model"] == "o1-pro" and sent.body["max_output_tokens"] == 16
 
 
 async def test_azure_records_request_id_region_and_headroom(srv: dict[str, Server]) -> None:

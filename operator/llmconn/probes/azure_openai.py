@@ -1,41 +1,49 @@
-"""Azure OpenAI probe: one call to the deployment, which costs nothing below Inference.
+"""Azure OpenAI probe: the resource's model list, then the deployment, free below Inference.
 
-Azure offers no free read that proves a deployment: the resource's model list is its
-catalogue, not its deployments, and the data-plane deployment list is gone from current
-api-versions. So every validation type calls the deployment's chat completions:
+Connectivity is GET {endpoint}/openai/models?api-version=... ("Models - List" of the data
+plane: the models the resource can use, with `lifecycle_status` and `deprecation` dates). It
+is authenticated and free: it proves the key, the endpoint and the api-version, not a
+deployment (the data-plane deployment list and GET were retired after api-version
+2023-03-15-preview; deployments are listed by the management plane only).
+
+Model proves the deployment without spending a token where Azure lets it: a chat completions
+call with an invalid body (an empty `messages` list). Nothing confirms from a primary source
+that Azure routes to the deployment before it reads the body, and on the /openai/v1 surface
+the deployment is named in the body itself. So a 400 about `messages` counts as proof only
+when the answer shows that the deployment handled it: the `x-ms-deployment-name` header that
+Azure sets to the deployment serving a request (Microsoft's spillover traffic management
+guide). Without that header the probe cannot tell a real deployment from a body check made
+before routing, so it asks the deployment for one real completion capped at 16 tokens, and
+says so: a deployment that does not exist is never reported Validated.
 
 POST {endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...
 
-For Connectivity and Model the body is invalid on purpose: an empty `messages` list. Azure
-checks a request in layers: the key at its gateway (401), then the deployment while routing
-(404 DeploymentNotFound), and only then the body, in the deployment's model service (400).
-A 400 that complains about `messages` therefore proves both the key and the deployment, and
-no token was processed, so nothing is billed. Any other 400 proves nothing (an unsupported
-api-version, a deployment whose model does not chat) and is reported as what it is. An empty
-list is used rather than `max_tokens: 0` because newer reasoning deployments refuse
-`max_tokens` itself, which would blur which defect was refused.
-
 Inference sends one real completion capped at 16 tokens; reasoning deployments refuse
 `max_tokens`, so a 400 naming `max_completion_tokens` is retried once with that cap instead
-(it bounds reasoning tokens too).
+(it bounds reasoning tokens too). A deployment whose model only the Responses API serves is
+asked through POST /openai/v1/responses (`max_output_tokens` 16).
 
-An endpoint ending in /openai/v1 is Azure's newer surface: POST {endpoint}/chat/completions
-with the deployment as `model` and no api-version.
+An endpoint ending in /openai/v1 is Azure's newer surface: GET {endpoint}/models, POST
+{endpoint}/chat/completions and {endpoint}/responses with the deployment as `model` and no
+api-version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from llmconn.exchange import Reply
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
+from llmconn.probes.openai_style import respond, responses_only
 from llmconn.reasons import Reason
 from llmconn.spec import AzureSpec, ValidationType
 
 MAX_TOKENS = 16
 PROMPT = "Reply with the single word OK."
+_CHOICES = has("choices", list)
 
 
 @registry.provider(
@@ -53,27 +61,52 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
                 "Provider azure-openai needs spec.azure.deployment.",
             )
         )
+    if ctx.validation_type is ValidationType.CONNECTIVITY:
+        return await _list_models(ctx, ctx.azure)
     if ctx.validation_type is ValidationType.INFERENCE:
         return await _complete(ctx, ctx.azure)
     return await _touch(ctx, ctx.azure)
 
 
+async def _list_models(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
+    """The resource's model list: key, endpoint and api-version, for free."""
+    if _v1(ctx):
+        reply = await ctx.request("GET", "/models")
+    else:
+        reply = await ctx.request(
+            "GET", "/openai/models", params={"api-version": azure.api_version}
+        )
+    body = _read(ctx, reply, "the model list", fits=has("data", list), expected="a `data` list")
+    count = str(len(body["data"]))
+    return ok(
+        f"The key is valid for {urlsplit(ctx.endpoint).hostname}; the resource can use "
+        f"{count} models.",
+        reply,
+        modelCount=count,
+    )
+
+
 async def _touch(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
-    """Prove key and deployment with a request the deployment refuses before any token."""
+    """Prove key and deployment with a request the deployment refuses before any token, when
+    the answer shows the deployment refused it; else with one tiny completion."""
     deployment = azure.deployment
     what = f"deployment {deployment}"
     reply = await _chat(ctx, azure, {"messages": []})
+    if _chat_refused(reply):
+        return await _complete(ctx, azure, proof=True)  # Responses only: no free check
     if reply.status == 400 and _refused_messages(reply):
-        return ok(
-            f"The key is valid and deployment {deployment} exists (checked with a request "
-            "it refuses before generating, so no tokens were spent).",
-            reply,
-        )
+        if _served_by(reply, deployment):
+            return ok(
+                f"The key is valid and deployment {deployment} exists (checked with a request "
+                "it refuses before generating, so no tokens were spent).",
+                reply,
+            )
+        return await _complete(ctx, azure, proof=True)
     _read(ctx, reply, what)
     return ok(f"The key is valid and deployment {deployment} answered.", reply)
 
 
-async def _complete(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
+async def _complete(ctx: ProbeContext, azure: AzureSpec, *, proof: bool = False) -> ProbeOutcome:
     deployment = azure.deployment
     what = f"deployment {deployment}"
     messages = [{"role": "user", "content": PROMPT}]
@@ -81,18 +114,54 @@ async def _complete(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
     if reply.status == 400 and "max_completion_tokens" in _message(reply).lower():
         body = {"messages": messages, "max_completion_tokens": MAX_TOKENS}
         reply = await _chat(ctx, azure, body)
-    body = _read(ctx, reply, what)
+    api = "completion"
+    if _chat_refused(reply):
+        # A model only the Responses API serves; a deployment that does not chat at all (an
+        # embedding model) is refused there too, and reported as the chat call was.
+        chat = reply
+        path = "/responses" if _v1(ctx) else "/openai/v1/responses"
+        try:
+            reply = await respond(ctx, deployment, _classify, path=path)
+        except ProbeFailure:
+            _read(ctx, chat, what)
+            raise
+        api, body = "response", reply.json()
+    else:
+        body = _read(ctx, reply, what)
     served = body.get("model")
     details = {"servedModel": served[:128]} if isinstance(served, str) else {}
+    why = (
+        " Azure did not show that the deployment itself refused the free check (no "
+        "x-ms-deployment-name), so one real completion proved it."
+        if proof
+        else ""
+    )
     return ok(
-        f"Deployment {deployment} answered a {MAX_TOKENS}-token test completion.",
+        f"Deployment {deployment} answered a {MAX_TOKENS}-token test {api}.{why}",
         reply,
         **details,
     )
 
 
+def _chat_refused(reply: Reply) -> bool:
+    """The deployment's model does not take chat completions: OpenAI's Responses-only answer,
+    or Azure's 400 OperationNotSupported ("The chatCompletion operation does not work with
+    the specified model")."""
+    error = _error(reply)
+    code = error.get("code") if error is not None else None
+    return responses_only(reply) or (reply.status == 400 and code == "OperationNotSupported")
+
+
+def _v1(ctx: ProbeContext) -> bool:
+    return urlsplit(ctx.endpoint).path.rstrip("/").endswith("/openai/v1")
+
+
+def _served_by(reply: Reply, deployment: str) -> bool:
+    return reply.headers.get("x-ms-deployment-name", "").lower() == deployment.lower()
+
+
 async def _chat(ctx: ProbeContext, azure: AzureSpec, body: dict[str, Any]) -> Reply:
-    if urlsplit(ctx.endpoint).path.rstrip("/").endswith("/openai/v1"):
+    if _v1(ctx):
         return await ctx.request(
             "POST", "/chat/completions", json_body={**body, "model": azure.deployment}
         )
@@ -104,10 +173,15 @@ async def _chat(ctx: ProbeContext, azure: AzureSpec, body: dict[str, Any]) -> Re
     )
 
 
-def _read(ctx: ProbeContext, reply: Reply, what: str) -> Any:
-    return read_json(
-        ctx, reply, what, fits=has("choices", list), expected="`choices`", classify=_classify
-    )
+def _read(
+    ctx: ProbeContext,
+    reply: Reply,
+    what: str,
+    *,
+    fits: Callable[[Any], bool] = _CHOICES,
+    expected: str = "`choices`",
+) -> Any:
+    return read_json(ctx, reply, what, fits=fits, expected=expected, classify=_classify)
 
 
 def _error(reply: Reply) -> dict[str, Any] | None:
