@@ -1,10 +1,24 @@
-"""The central schedule: order, supersession, run-again-after, and the bound on workers."""
+"""The central schedule: order, supersession, run-again-after, and the bound on workers.
+
+The scheduler runs on a clock the test holds (`clock=`), and the tests wait on what the work
+reports (events), never on the passing of time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 from llmconn.scheduler import Scheduler
+
+
+class Clock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def test_runs_in_due_order_and_supersedes():
@@ -16,12 +30,13 @@ async def test_runs_in_due_order_and_supersedes():
         if len(ran) == 3:
             done.set()
 
-    s: Scheduler[str] = Scheduler(work, concurrency=1)
-    loop = asyncio.get_running_loop().time
-    s.at("c", loop() + 0.06)
-    s.at("a", loop() + 0.02)
-    s.at("b", loop() + 5.0)
-    s.at("b", loop() + 0.04)  # replaces the plan at +5s
+    clock = Clock(0.0)
+    s: Scheduler[str] = Scheduler(work, concurrency=1, clock=clock)
+    s.at("c", 3.0)
+    s.at("a", 1.0)
+    s.at("b", 500.0)
+    s.at("b", 2.0)  # replaces the plan at 500
+    clock.now = 10.0  # all three are due; the old plan of "b" is not
     task = asyncio.create_task(s.run())
     await asyncio.wait_for(done.wait(), 5)
     task.cancel()
@@ -29,31 +44,56 @@ async def test_runs_in_due_order_and_supersedes():
     assert len(s) == 0
 
 
+async def test_a_plan_in_the_future_waits_for_its_time():
+    ran: list[str] = []
+    ran_now = asyncio.Event()
+
+    async def work(key: str) -> None:
+        ran.append(key)
+        ran_now.set()
+
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(work, concurrency=2, clock=clock)
+    s.at("later", clock.now + 3600)
+    s.now("now")  # the wake-up that makes the loop look at the heap again
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(ran_now.wait(), 5)
+    task.cancel()
+    assert ran == ["now"]
+    assert len(s) == 1 and s.queue_depth == 0
+    clock.now += 3600
+    assert s.queue_depth == 1  # due now, at the time it was planned for
+
+
 async def test_concurrency_is_bounded_and_now_while_running_runs_again():
     active = peak = 0
     counts: dict[int, int] = {}
     release = asyncio.Event()
+    three_running = asyncio.Event()
+    all_done = asyncio.Event()
 
     async def work(key: int) -> None:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
         counts[key] = counts.get(key, 0) + 1
+        if active == 3:
+            three_running.set()
         await release.wait()
         active -= 1
+        if sum(counts.values()) == 11 and active == 0:
+            all_done.set()
 
-    s: Scheduler[int] = Scheduler(work, concurrency=3)
+    s: Scheduler[int] = Scheduler(work, concurrency=3, clock=Clock())
     for k in range(10):
         s.now(k)
     task = asyncio.create_task(s.run())
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(three_running.wait(), 5)
     assert s.in_flight == 3 and s.queue_depth == 7
+    assert sorted(counts) == [0, 1, 2]  # in the order they were asked for
     s.now(0)  # 0 is running: it runs once more afterwards, not twice at once
     release.set()
-    for _ in range(100):
-        if sum(counts.values()) == 11:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_done.wait(), 5)
     task.cancel()
     assert peak == 3
     assert counts[0] == 2 and all(counts[k] == 1 for k in range(1, 10))
@@ -61,22 +101,25 @@ async def test_concurrency_is_bounded_and_now_while_running_runs_again():
 
 async def test_cancel_and_drain():
     ran: list[str] = []
+    started = asyncio.Event()
     gate = asyncio.Event()
 
     async def work(key: str) -> None:
+        started.set()
         await gate.wait()
         ran.append(key)
 
-    s: Scheduler[str] = Scheduler(work, concurrency=2)
+    s: Scheduler[str] = Scheduler(work, concurrency=2, clock=Clock())
     s.now("x")
     s.now("y")
     s.cancel("y")
     task = asyncio.create_task(s.run())
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(started.wait(), 5)
     task.cancel()
     gate.set()
     await s.drain(timeout=2)
     assert ran == ["x"]
+    assert len(s) == 0 and s.in_flight == 0
 
 
 async def test_a_group_at_its_limit_does_not_hold_back_another_group():
@@ -85,54 +128,69 @@ async def test_a_group_at_its_limit_does_not_hold_back_another_group():
     started: list[tuple[str, int]] = []
     hang = asyncio.Event()
     fast_ran = asyncio.Event()
+    all_started = asyncio.Event()
 
     async def work(key: tuple[str, int]) -> None:
         started.append(key)
+        if len(started) == 9:
+            all_started.set()
         if key[0] == "fast":
             fast_ran.set()
             return
         await hang.wait()
 
+    clock = Clock()
     s: Scheduler[tuple[str, int]] = Scheduler(
-        work, concurrency=4, group=lambda key: key[0], group_limit=2
+        work, concurrency=4, group=lambda key: key[0], group_limit=2, clock=clock
     )
-    now = asyncio.get_running_loop().time()
     for i in range(8):
-        s.at(("slow", i), now - 10 + i)  # all overdue, and ahead of "fast"
-    s.at(("fast", 0), now)
+        s.at(("slow", i), clock.now - 10 + i)  # all overdue, and ahead of "fast"
+    s.at(("fast", 0), clock.now)
     task = asyncio.create_task(s.run())
     await asyncio.wait_for(fast_ran.wait(), 5)
     assert [k for k in started if k[0] == "slow"] == [("slow", 0), ("slow", 1)]
     assert s.in_flight == 2 and s.queue_depth == 6  # the held keys still count as due
     hang.set()  # the slow ones end: the held keys run, in their order, two at a time
-    while len(started) < 9:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_started.wait(), 5)
     task.cancel()
     assert [k for k in started if k[0] == "slow"] == [("slow", i) for i in range(8)]
 
 
 async def test_a_held_key_that_is_cancelled_or_replanned_runs_once_at_its_new_time():
+    # a1 holds group "a"'s only worker, so a2, a3 and a9 are due but held aside. a2 is then
+    # cancelled and a3 replanned an hour ahead: when a1 ends, the next to run is a9 (due
+    # after a2 and a3's old plans), and a3 waits for its new time.
     ran: list[str] = []
+    a1_running = asyncio.Event()
+    a9_ran = asyncio.Event()
     release = asyncio.Event()
 
     async def work(key: str) -> None:
         ran.append(key)
         if key == "a1":
+            a1_running.set()
             await release.wait()
+        if key == "a9":
+            a9_ran.set()
 
-    s: Scheduler[str] = Scheduler(work, concurrency=4, group=lambda key: key[0], group_limit=1)
-    now = asyncio.get_running_loop().time()
+    clock = Clock()
+    now = clock.now
+    s: Scheduler[str] = Scheduler(
+        work, concurrency=4, group=lambda key: key[0], group_limit=1, clock=clock
+    )
     s.at("a1", now - 3)
     s.at("a2", now - 2)
     s.at("a3", now - 1)
+    s.at("a9", now)
     task = asyncio.create_task(s.run())
-    while s.in_flight < 1:
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # a2 and a3 are held behind a1
+    # The loop sets the other three aside in the same step that starts a1.
+    await asyncio.wait_for(a1_running.wait(), 5)
     s.cancel("a2")
     s.at("a3", now + 3600)  # replanned far ahead: the held entry is stale
     release.set()
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(a9_ran.wait(), 5)
     task.cancel()
-    assert ran == ["a1"]
-    assert len(s) == 1  # a3 at its new time, nothing else
+    assert ran == ["a1", "a9"]
+    assert len(s) == 1 and s.queue_depth == 0  # a3 at its new time, nothing else
+    clock.now = now + 3600
+    assert s.queue_depth == 1
