@@ -6,7 +6,23 @@
 resource_metadata=...` otherwise, as MCP's authorization spec has it. Modes replace the MCP
 server with answers a probe must classify: 403, 429, 503, an HTML page, JSON that is not
 JSON-RPC, a 2 MiB body, an off-origin redirect, a hand-written server speaking an older
-revision, and a server that only speaks the stateless 2026 revision. Every request's headers are kept in `app.seen`.
+revision, and servers of one era only. Every request's headers are kept in `app.seen`.
+
+Eras (sources: the mcp SDK 2.3.0 itself, which is the reference implementation of the
+2026-07-28 revision: `mcp/server/streamable_http_manager.py` routes a request by its
+MCP-Protocol-Version header, `mcp/server/_streamable_http_modern.py` serves 2026-07-28
+requests, and `mcp/shared/inbound.py` ERROR_CODE_HTTP_STATUS sends a JSON-RPC error with
+HTTP 400 for -32020 (header mismatch), -32022 and invalid params, and 404 for -32601 (method
+not found); the 2026-07-28 versioning and streamable HTTP pages were not read here):
+- "mcp": the SDK server as it is, speaking both eras (a client in auto mode gets 2026-07-28).
+- "legacy-sdk": the SDK server as a 2025-11-25 server: the MCP-Protocol-Version header of a
+  modern request is dropped, so `server/discover` reaches the handshake-era path and is
+  refused there, as by servers released before 2026.
+- "modern-strict": a 2026-07-28-only server: every POST goes to the SDK's modern path, where an
+  old-style `initialize` is refused with a JSON-RPC error (HTTP 400).
+- "modern-404": a 2026-07-28-only server that refuses `initialize` as an unknown method: HTTP
+  404 with a JSON-RPC -32601 error.
+- "modern-only": `initialize` refused with -32022 naming only 2026-07-28 (HTTP 400).
 
 Run it as a process for the demo:
     python tests/servers/mcp_server.py --port 8765 --token demo-token
@@ -24,6 +40,7 @@ from typing import Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 SERVER_NAME = "llmconn-test-mcp"
 SERVER_VERSION = "1.0"
@@ -51,6 +68,9 @@ Mode = Literal[
     "huge",  # 2 MiB answers (JSON, or one SSE event for a GET): no MCP answer is that large
     "old-revision",  # hand-written JSON-only server that negotiates OLD_REVISION
     "modern-only",  # the SDK server, but `initialize` is refused with -32022
+    "modern-strict",  # every POST on the SDK's 2026-07-28 path: initialize refused (400)
+    "modern-404",  # initialize refused as an unknown method: 404 with a JSON-RPC error
+    "legacy-sdk",  # the SDK server without its 2026-07-28 path: a 2025-11-25 server
 ]
 MODES: tuple[str, ...] = Mode.__args__  # type: ignore[attr-defined]
 
@@ -135,8 +155,17 @@ class TestMCPApp:
 
         match self.mode:
             case "forbidden":
+                # MCP authorization (2025-11-25), scope challenge: 403 insufficient_scope names
+                # the scope the request needs (RFC 6750 section 3.1).
                 denied = {"error": "insufficient_scope", "error_description": "not allowed"}
-                await _reply(send, 403, json.dumps(denied).encode(), "application/json")
+                challenge = 'Bearer error="insufficient_scope", scope="tools:write"'
+                await _reply(
+                    send,
+                    403,
+                    json.dumps(denied).encode(),
+                    "application/json",
+                    [(b"www-authenticate", challenge)],
+                )
             case "html":
                 page = b"<!doctype html><html><body><h1>Welcome</h1></body></html>"
                 await _reply(send, 200, page, "text/html; charset=utf-8")
@@ -163,8 +192,12 @@ class TestMCPApp:
                 await _reply(send, 200, filler + b'"}}', "application/json")
             case "old-revision":
                 await _old_revision(scope, receive, send, self.tools)
-            case "modern-only":
+            case "modern-only" | "modern-404":
                 await self._modern_only(scope, receive, send)
+            case "modern-strict":
+                await self._route(_with_version(scope, "2026-07-28"), receive, send)
+            case "legacy-sdk":
+                await self._route(_with_version(scope, None), receive, send)
             case "mcp":
                 await self._route(scope, receive, send)
 
@@ -183,6 +216,14 @@ class TestMCPApp:
         body = await _read_body(receive)
         message = _loads(body)
         if isinstance(message, dict) and message.get("method") == "initialize":
+            if self.mode == "modern-404":
+                error = {
+                    "jsonrpc": "2.0",
+                    "id": message.get("id"),
+                    "error": {"code": -32601, "message": "Method not found", "data": "initialize"},
+                }
+                await _reply(send, 404, json.dumps(error).encode(), "application/json")
+                return
             error = {
                 "jsonrpc": "2.0",
                 "id": message.get("id"),
@@ -209,6 +250,21 @@ class TestMCPApp:
         await self._route(scope, replay, send)
 
 
+def _with_version(scope: Scope, modern: str | None) -> Scope:
+    """The request with its MCP-Protocol-Version header rewritten: `modern` unless the client
+    sent a 2026 one (modern-strict), or without a 2026 one (legacy-sdk, `modern` None)."""
+    name = b"mcp-protocol-version"
+    sent = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == name), None)
+    handshake = sent in HANDSHAKE_PROTOCOL_VERSIONS
+    keep = handshake if modern is None else sent is not None and not handshake
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != name]
+    if keep and sent is not None:
+        headers.append((name, sent.encode("latin-1")))
+    elif modern is not None:
+        headers.append((name, modern.encode("latin-1")))
+    return {**scope, "headers": headers}
+
+
 def make_app(
     *,
     token: str | None = None,
@@ -233,9 +289,11 @@ async def _unauthorized(scope: Scope, send: Send, error: str | None) -> None:
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     scheme = scope.get("scheme", "http")
     metadata = f"{scheme}://{headers.get('host', 'localhost')}/.well-known/oauth-protected-resource"
-    challenge = f'Bearer resource_metadata="{metadata}{scope["path"]}"'
+    # MCP authorization (2025-11-25): the challenge names the protected resource metadata
+    # (RFC 9728) and SHOULD name the scope the client needs.
+    challenge = f'Bearer resource_metadata="{metadata}{scope["path"]}", scope="tools:read"'
     if error:
-        challenge = f'Bearer error="{error}", resource_metadata="{metadata}{scope["path"]}"'
+        challenge = f'Bearer error="{error}", ' + challenge.removeprefix("Bearer ")
     body = {"error": error or "invalid_request", "error_description": "Authentication required"}
     await _reply(
         send,

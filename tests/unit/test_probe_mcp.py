@@ -50,6 +50,9 @@ def servers() -> Iterator[dict[str, tuple[str, TestMCPApp]]]:
         "old-many": make_app(mode="old-revision", tools=25),
         "old-no-tools": make_app(mode="old-revision", tools=0),
         "modern": make_app(mode="modern-only"),
+        "modern-strict": make_app(mode="modern-strict"),
+        "modern-404": make_app(mode="modern-404"),
+        "legacy-sdk": make_app(mode="legacy-sdk"),
         "five-tools": make_app(tools=5),
         "hang": make_app(mode="hang"),
         "silent": make_app(mode="silent"),
@@ -115,15 +118,22 @@ async def test_open_server_validates_with_details(servers, http, transport) -> N
     ctx = context(http, url_of(servers, "open", transport), transport)
     outcome = await run(ctx)
 
+    # The SDK server speaks both eras: over streamable HTTP the SDK's auto mode negotiates
+    # 2026-07-28 with server/discover; legacy HTTP+SSE has only the initialize handshake.
+    protocol, handshake = {
+        STREAMABLE: ("2026-07-28", "server/discover"),
+        SSE: ("2025-11-25", "initialize"),
+    }[transport]
     assert outcome.reason is Reason.VALIDATED, outcome.message
     assert dict(outcome.details) == {
         "serverName": "llmconn-test-mcp",
         "serverVersion": "1.0",
-        "protocolVersion": "2025-11-25",
+        "protocolVersion": protocol,
         "toolCount": "2",
     }
     assert outcome.message == (
-        "MCP server llmconn-test-mcp 1.0 answered initialize (protocol 2025-11-25); 2 tools listed."
+        f"MCP server llmconn-test-mcp 1.0 answered {handshake} (protocol {protocol}); "
+        "2 tools listed."
     )
     assert ctx.found.step == "tools/list"  # the protocol step, apart from the network phase
 
@@ -158,10 +168,11 @@ async def test_connectivity_is_the_handshake_only(servers, http, transport) -> N
 
     assert outcome.reason is Reason.VALIDATED, outcome.message
     assert "toolCount" not in outcome.details
-    assert outcome.details["protocolVersion"] == "2025-11-25"
-    assert outcome.message == (
-        "MCP server llmconn-test-mcp 1.0 answered initialize (protocol 2025-11-25)."
-    )
+    said = {
+        STREAMABLE: "server/discover (protocol 2026-07-28)",
+        SSE: "initialize (protocol 2025-11-25)",
+    }[transport]
+    assert outcome.message == f"MCP server llmconn-test-mcp 1.0 answered {said}."
 
 
 async def test_inference_means_model_for_mcp(servers, http) -> None:
@@ -208,13 +219,31 @@ async def test_a_server_without_tools_is_validated_with_none(servers, http) -> N
     assert "declares no tools capability" in outcome.message
 
 
-async def test_a_stateless_only_server_is_validated_with_discover(servers, http) -> None:
-    outcome = await run(context(http, url_of(servers, "modern", STREAMABLE)))
+# Issue 10, item 8: servers that speak only 2026-07-28 refuse an old-style initialize (400 or
+# 404 with a JSON-RPC error); the SDK's auto mode asks server/discover first. Servers of the
+# handshake era still validate through the fallback to initialize.
+@pytest.mark.parametrize("name", ["modern-strict", "modern-404", "modern"])
+async def test_a_2026_only_server_is_validated_with_discover(servers, http, name) -> None:
+    ctx = context(http, url_of(servers, name, STREAMABLE))
+    outcome = await run(ctx)
 
     assert outcome.reason is Reason.VALIDATED, outcome.message
     assert outcome.details["protocolVersion"] == "2026-07-28"
     assert outcome.details["toolCount"] == "2"
     assert "answered server/discover" in outcome.message
+
+
+@pytest.mark.parametrize(
+    ("name", "protocol"), [("legacy-sdk", "2025-11-25"), ("old", "2025-03-26")]
+)
+async def test_a_handshake_era_server_falls_back_to_initialize(
+    servers, http, name, protocol
+) -> None:
+    outcome = await run(context(http, url_of(servers, name, STREAMABLE)))
+
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert outcome.details["protocolVersion"] == protocol
+    assert "answered initialize" in outcome.message
 
 
 async def test_the_shared_client_carries_the_traffic_and_stays_open(servers) -> None:
@@ -294,6 +323,11 @@ async def test_missing_token_is_invalid_api_key(servers, http, transport) -> Non
     assert outcome.http_status == 401
     assert "no bearer token was sent" in outcome.message
     assert "spec.apiKeySecretRef" in outcome.message
+    # The OAuth challenge: where the protected resource metadata is, and the scope it wants.
+    metadata = outcome.details["resourceMetadata"]
+    assert metadata.startswith(servers["token"][0] + "/.well-known/oauth-protected-resource")
+    assert outcome.details["requiredScope"] == "tools:read"
+    assert metadata in outcome.message and "scope tools:read" in outcome.message
 
 
 @both_transports
@@ -303,6 +337,9 @@ async def test_forbidden_is_permission_denied(servers, http, transport) -> None:
 
     assert outcome.reason is Reason.PERMISSION_DENIED, outcome.message
     assert outcome.http_status == 403
+    assert outcome.code == "insufficient_scope"
+    assert "needs scope tools:write" in outcome.message
+    assert outcome.details["requiredScope"] == "tools:write"
     assert_secret_free(outcome, TOKEN)
 
 
@@ -456,7 +493,7 @@ async def test_validate_names_every_outcome(servers, transport) -> None:
     good = Secrets(mcp_credentials={"token": TOKEN.encode()})
     bad = Secrets(mcp_credentials={"token": WRONG.encode()})
     url = url_of(servers, "token", transport)
-    pool = ClientPool(EgressPolicy())
+    pool = ClientPool(EgressPolicy(), proxies={})
     try:
         validated = await validate(mcp_spec(url, transport), good, pool, Defaults())
         rejected = await validate(mcp_spec(url, transport), bad, pool, Defaults())
@@ -480,7 +517,7 @@ async def test_validate_holds_mcp_to_the_egress_policy(servers) -> None:
     base, app = servers["open"]
     before = len(app.seen)
     good = Secrets(mcp_credentials={"token": TOKEN.encode()})
-    pool = ClientPool(EgressPolicy.from_strings(deny=["127.0.0.0/8"]))
+    pool = ClientPool(EgressPolicy.from_strings(deny=["127.0.0.0/8"]), proxies={})
     try:
         verdict = await validate(mcp_spec(base + "/mcp", STREAMABLE), good, pool, Defaults())
     finally:

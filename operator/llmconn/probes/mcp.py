@@ -1,19 +1,22 @@
-"""Model Context Protocol servers: the initialize handshake, then tools/list, with the official SDK.
+"""Model Context Protocol servers: the handshake, then tools/list, with the official SDK.
 
-Connectivity is the handshake: `initialize` (every revision the SDK negotiates, 2024-11-05
-to 2025-11-25), or, when a server refuses it with -32022 naming only stateless revisions
-(2026-07-28), `server/discover`. Model is the handshake plus `tools/list` (every page, up to
-MAX_TOOL_PAGES). MCP has no completions: the provider is registered with inference=False,
-so the validation core refuses Inference before any probe runs; called with it anyway, this
-probe does what Model does. The transport is `spec.mcp.transport`: streamable HTTP (default)
-or legacy HTTP+SSE.
+Connectivity is the handshake, negotiated by the SDK's own `Client` in auto mode: it sends
+`server/discover` at the newest revision first, as the 2026-07-28 revision advises clients to
+(its servers refuse an old-style `initialize`, with 400 or 404), and falls back to `initialize`
+for servers of 2024-11-05 to 2025-11-25. The negotiated revision goes into the details. Legacy
+HTTP+SSE exists only before 2026, so over it the SDK's `initialize` handshake is used as it is.
+Model is the handshake plus `tools/list` (every page, up to MAX_TOOL_PAGES). MCP has no
+completions: the provider is registered with inference=False, so the validation core refuses
+Inference before any probe runs; called with it anyway, this probe does what Model does. The
+transport is `spec.mcp.transport`: streamable HTTP (default) or legacy HTTP+SSE.
 
 The SDK's HTTP client, and the watch that ends the session as soon as an HTTP answer decides
-(401, 403, 404, 429, 5xx, an HTML page, an off-origin redirect, an oversized body, a network
-failure), are in `mcp_http`. Here: the protocol steps, and the reasons for what the SDK
-raised. An answer that is JSON but not JSON-RPC, or a handshake that goes wrong in any other
-way, is ProtocolError; network failures are re-raised exactly as `ctx.http` raised them,
-outside any ExceptionGroup, for the caller to name by phase. The protocol step running is in
+(401, 403, 429, 5xx, a 404 without a JSON-RPC error, an HTML page, an off-origin redirect,
+an oversized body, a network failure), are in `mcp_http`. Here: the protocol steps, and the
+reasons for what the SDK raised. An answer that is JSON but not JSON-RPC, or a handshake that
+goes wrong in any other way, is ProtocolError; network failures are re-raised exactly as
+`ctx.http` raised them, outside any ExceptionGroup, for the caller to name by phase. The
+protocol step running (the method of the latest request, which the watch reads) is in
 `ctx.found.step`, for messages.
 """
 
@@ -24,9 +27,9 @@ import re
 import anyio
 import httpx2
 import mcp_types
+from mcp.client.client import Client
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from llmconn.exchange import USER_AGENT
@@ -59,10 +62,15 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
     try:
         with anyio.CancelScope() as scope:
             watch.scope = scope
-            async with connect(ctx, transport, watch) as (read, write):
-                client_info = mcp_types.Implementation(name=_CLIENT_NAME, version=_CLIENT_VERSION)
-                async with ClientSession(read, write, client_info=client_info) as session:
-                    result = await _validate(ctx, session)
+            client = Client(
+                connect(ctx, transport, watch),
+                # Legacy HTTP+SSE predates 2026: only the initialize handshake runs over it.
+                mode="legacy" if transport is McpTransport.SSE else "auto",
+                client_info=mcp_types.Implementation(name=_CLIENT_NAME, version=_CLIENT_VERSION),
+                cache=None,  # one probe, one session: nothing to reuse
+            )
+            async with client:
+                result = await _validate(ctx, client.session)
     except Exception as exc:  # the SDK's ExceptionGroups included; unwrapped below
         caught = exc
     if result is not None:
@@ -77,15 +85,8 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
 
 
 async def _validate(ctx: ProbeContext, session: ClientSession) -> ProbeOutcome:
-    handshake = "initialize"
-    try:
-        await session.initialize()
-    except MCPError as exc:
-        if not _modern_only(exc):
-            raise
-        # A 2026-only server: its stateless revision has server/discover instead.
-        handshake = ctx.found.step = "server/discover"
-        await session.discover()
+    """Report the handshake the SDK negotiated, then list tools for Model."""
+    handshake = "server/discover" if session.discover_result is not None else "initialize"
     protocol = session.protocol_version or "unknown"
     info = session.server_info
     details: dict[str, str] = {"protocolVersion": _shown(protocol, 32)}
@@ -124,17 +125,6 @@ async def _count_tools(session: ClientSession) -> tuple[int, bool]:
         if not cursor:
             return count, True
     return count, False
-
-
-def _modern_only(exc: MCPError) -> bool:
-    """-32022 naming a stateless revision this SDK speaks: the server wants server/discover."""
-    if exc.code != mcp_types.UNSUPPORTED_PROTOCOL_VERSION:
-        return False
-    try:
-        data = mcp_types.UnsupportedProtocolVersionErrorData.model_validate(exc.data)
-    except ValidationError:
-        return False
-    return any(version in MODERN_PROTOCOL_VERSIONS for version in data.supported)
 
 
 # --- exceptions the SDK raised ---------------------------------------------------------

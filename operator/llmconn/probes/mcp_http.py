@@ -10,10 +10,16 @@ the thin transport, never `ctx.http`.
 
 Watching the answers. The SDK turns HTTP failures into bare JSON-RPC errors ("Server
 returned an error response"), or on the SSE transport into a log line and a request that
-never ends. So the transport reads each answer itself: a 401 (InvalidAPIKey), 403
-(PermissionDenied), 404 (UnexpectedResponse: no MCP server at this path), 429, 5xx, an HTML
-page, an off-origin redirect, an oversized body or a network failure ends the session at
-once. An HTML page is UnexpectedResponse (a web site or login wall in front: transient, as
+never ends. So the transport reads each answer itself: a 401 (InvalidAPIKey, with the
+OAuth challenge's `resource_metadata` and `scope` in the details), 403 (PermissionDenied,
+naming a missing scope), 404 without a JSON-RPC error (UnexpectedResponse: no MCP server at
+this path), 429, 5xx, an HTML page, an off-origin redirect, an oversized body or a network
+failure ends the session at once. A 404 or 400 whose body is a JSON-RPC error is the server
+speaking MCP (a 2026-07-28 server refuses an old-style `initialize` so), and is left to the
+SDK; so is any 4xx other than 401, 403 and 429 answering `server/discover`, the SDK's probe,
+which a server of an older revision may refuse in many ways before the SDK falls back to
+`initialize`. The step is the method of the request being answered. An HTML page is
+UnexpectedResponse (a web site or login wall in front: transient, as
 for every provider). Network failures are kept exactly as `ctx.http` raised them, for the
 caller to name by phase. The body size cap is ctx.http's (`llmconn.http`) and counts per
 HTTP answer: over legacy SSE the one event stream carries the handshake and every tools/list
@@ -27,6 +33,7 @@ UnexpectedResponse, so the credentials never leave the endpoint's origin.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -47,6 +54,9 @@ from llmconn.spec import McpTransport
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _AUTH_ERROR = re.compile(r'error="?([A-Za-z0-9_.-]{1,64})')
+# RFC 9728 / RFC 6750 challenge parameters (quoted or token values).
+_CHALLENGE = re.compile(r'\b(resource_metadata|scope)=(?:"([^"]{0,512})"|([^\s,]{1,512}))')
+_DISCOVER = "server/discover"
 
 
 def connect(
@@ -96,8 +106,22 @@ class _Watched(httpx2.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         watched = self._watch.watched(request)
+        if watched:
+            self._watch.note(request)
         try:
             response = await self._inner.handle_async_request(request)
+            if watched and response.status_code in (403, 404):
+                # Its body decides (a JSON-RPC error, insufficient_scope): read it (capped).
+                body = await response.aread()
+                response = httpx2.Response(
+                    status_code=response.status_code,
+                    headers=response.headers,
+                    content=body,
+                    extensions=response.extensions,
+                )
+        except ResponseTooLarge as exc:
+            self._watch.stop(_unfit(self._watch, exc.what))
+            raise
         except Exception as exc:
             if watched:
                 self._watch.stop(error=exc)
@@ -155,10 +179,14 @@ class _Bounded(httpx2.AsyncByteStream):
         await self._stream.aclose()
 
     def _unfit(self, what: str) -> ProbeOutcome:
-        return ProbeOutcome(
-            Reason.UNEXPECTED_RESPONSE,
-            f"The answer to {self._watch.step} was {what}; that is not an MCP server's answer.",
-        )
+        return _unfit(self._watch, what)
+
+
+def _unfit(watch: Watch, what: str) -> ProbeOutcome:
+    return ProbeOutcome(
+        Reason.UNEXPECTED_RESPONSE,
+        f"The answer to {watch.step} was {what}; that is not an MCP server's answer.",
+    )
 
 
 @dataclass
@@ -185,6 +213,17 @@ class Watch:
         # DELETE may be refused; only the POSTs carry the handshake.
         return request.method == "POST"
 
+    def note(self, request: httpx2.Request) -> None:
+        """The step is the JSON-RPC method of the request (not of notifications)."""
+        if request.method != "POST":
+            return
+        try:
+            message = json.loads(request.content)
+        except (ValueError, UnicodeDecodeError, httpx2.RequestNotRead):
+            return
+        if isinstance(message, dict) and "id" in message and isinstance(message.get("method"), str):
+            self.ctx.found.step = message["method"][:64]
+
     def stop(self, outcome: ProbeOutcome | None = None, error: Exception | None = None) -> None:
         if self.outcome is None and self.error is None:
             self.outcome, self.error = outcome, error
@@ -209,30 +248,26 @@ class Watch:
         if status in _REDIRECTS and "location" in response.headers:
             return _redirect(request, response, step)
         if status == 401:
-            challenge = response.headers.get("www-authenticate", "")
-            match = _AUTH_ERROR.search(challenge)
-            code = match.group(1) if match else None
-            said = f"HTTP 401{' ' + code if code else ''}"
-            if self.ctx.api_key:
-                message = (
-                    f"The MCP server rejected the bearer token ({said}) during {step}; "
-                    f"{self.ctx.key_hint}."
-                )
-            else:
-                message = (
-                    f"The MCP server requires authorization ({said}) and no bearer token was "
-                    "sent; set spec.apiKeySecretRef (or the header the server expects in "
-                    "spec.headersFromSecret)."
-                )
-            return ProbeOutcome(Reason.INVALID_API_KEY, message, http_status=401, code=code)
+            return self._unauthorized(response, step)
         if status == 403:
+            challenge = response.headers.get("www-authenticate", "")
+            scope = _challenge(challenge).get("scope")
+            insufficient = "insufficient_scope" in challenge or "insufficient_scope" in _text(
+                response
+            )
+            needs = f" It needs scope {scope}." if scope else ""
             return ProbeOutcome(
                 Reason.PERMISSION_DENIED,
-                f"The MCP server accepted the credentials but refused {step} (HTTP 403). "
-                "Check the token's scopes and the server's access rules.",
+                f"The MCP server accepted the credentials but refused {step} (HTTP 403"
+                f"{' insufficient_scope' if insufficient else ''}).{needs} Check the token's "
+                "scopes and the server's access rules.",
                 http_status=403,
+                code="insufficient_scope" if insufficient else None,
+                details={"requiredScope": scope} if scope else {},
             )
-        if status == 404:
+        if step == _DISCOVER and 400 <= status < 500 and status != 429:
+            return None  # the SDK's probe: an older server's refusal, the SDK falls back
+        if status == 404 and not _jsonrpc_error(response):
             return ProbeOutcome(
                 Reason.UNEXPECTED_RESPONSE,
                 f"No MCP server at this path: {request.method} {path} answered HTTP 404. "
@@ -267,6 +302,73 @@ class Watch:
                 http_status=status,
             )
         return None
+
+    def _unauthorized(self, response: httpx2.Response, step: str) -> ProbeOutcome:
+        challenge = response.headers.get("www-authenticate", "")
+        match = _AUTH_ERROR.search(challenge)
+        code = match.group(1) if match else None
+        said = f"HTTP 401{' ' + code if code else ''}"
+        found = _challenge(challenge)
+        details = {
+            name: value
+            for name, value in (
+                ("resourceMetadata", found.get("resource_metadata")),
+                ("requiredScope", found.get("scope")),
+            )
+            if value
+        }
+        oauth = ""
+        if details:
+            where = found.get("resource_metadata")
+            oauth = (
+                " The server uses OAuth"
+                + (f" (protected resource metadata at {where})" if where else "")
+                + (f" and asks for scope {found['scope']}" if found.get("scope") else "")
+                + ": put an access token for it in the Secret."
+            )
+        if self.ctx.api_key:
+            message = (
+                f"The MCP server rejected the bearer token ({said}) during {step}; "
+                f"{self.ctx.key_hint}.{oauth}"
+            )
+        else:
+            message = (
+                f"The MCP server requires authorization ({said}) and no bearer token was "
+                "sent; set spec.apiKeySecretRef (or the header the server expects in "
+                f"spec.headersFromSecret).{oauth}"
+            )
+        return ProbeOutcome(
+            Reason.INVALID_API_KEY, message, http_status=401, code=code, details=details
+        )
+
+
+def _challenge(header: str) -> dict[str, str]:
+    """resource_metadata and scope of a Bearer challenge, printable and bounded."""
+    found: dict[str, str] = {}
+    for name, quoted, token in _CHALLENGE.findall(header):
+        value = re.sub(r"[^\x20-\x7e]", "?", quoted or token)[:256]
+        found.setdefault(name, value)
+    return found
+
+
+def _text(response: httpx2.Response) -> str:
+    try:
+        return response.content[:4096].decode("utf-8", "replace")
+    except httpx2.ResponseNotRead:
+        return ""
+
+
+def _jsonrpc_error(response: httpx2.Response) -> bool:
+    """The body (read: 404s are) is a JSON-RPC error: the server speaks MCP at this path."""
+    try:
+        message = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError, httpx2.ResponseNotRead):
+        return False
+    return (
+        isinstance(message, dict)
+        and message.get("jsonrpc") == "2.0"
+        and isinstance(message.get("error"), dict)
+    )
 
 
 def _redirect(request: httpx2.Request, response: httpx2.Response, step: str) -> ProbeOutcome | None:
