@@ -6,13 +6,10 @@ dir and on free ports, so it never touches the one `make cluster-up` started.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from opkit import HELM
 
 from controlplane.cluster import ControlPlane, MissingBinariesError
 
@@ -20,20 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = REPO / ".local" / "bin"
 CRD = REPO / "crds" / "llmconnections.yaml"
 CRD_NAME = "llmconnections.llmconn.dev"
-
-
-@pytest.fixture(scope="session")
-def helm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for helm: its caches and config in a temp dir, never the user's."""
-    home = tmp_path_factory.mktemp("helm-home")
-    if not HELM.exists():
-        subprocess.run(["make", "-s", "helm"], cwd=REPO, check=True)
-    return {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-    }
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 from controlplane.cluster import ControlPlane, free_port
 
 T = TypeVar("T")
-HELM = Path(__file__).resolve().parents[2] / ".local" / "bin" / "helm"
 
 
 def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 30.0, every: float = 0.1) -> T:

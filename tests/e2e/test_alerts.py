@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-from opkit import HELM
 from prometheus_client import generate_latest
 
+from chartkit import HELM
 from llmconn.metrics import LAG_BUCKETS, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +32,11 @@ RULE_VALUES += ["--set", "metrics.prometheusRule.alertLabels.team=platform"]
 
 
 @pytest.fixture(scope="module")
-def promtool() -> Path:
+def promtool(build_env: dict[str, str]) -> Path:
     """promtool, built by `make promtool` from the pinned Prometheus module."""
-    subprocess.run(["make", "-s", "promtool"], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        ["make", "-s", "promtool"], cwd=ROOT, check=True, capture_output=True, env=build_env
+    )
     assert PROMTOOL.exists()
     return PROMTOOL
 

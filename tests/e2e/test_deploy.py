@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 import yaml
 from opkit import (
-    HELM,
     Api,
     ControlledProvider,
     OperatorProcess,
@@ -35,6 +34,7 @@ from opkit import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from chartkit import HELM
 from controlplane.cluster import ControlPlane
 from servers.serve import serve
 

@@ -34,10 +34,13 @@ HEALTH_LUA = KIND_DIR / "health.lua"
 
 
 @pytest.fixture(scope="module")
-def tools() -> Path:
+def tools(build_env: dict[str, str]) -> Path:
     """The checkers, built by make from their committed go.mod/go.sum."""
     subprocess.run(
-        ["make", "-s", "kstatus-check", "flux-cel-check", "argocd-lua"], cwd=ROOT, check=True
+        ["make", "-s", "kstatus-check", "flux-cel-check", "argocd-lua"],
+        cwd=ROOT,
+        check=True,
+        env=build_env,
     )
     return BIN
 

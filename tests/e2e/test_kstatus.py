@@ -19,9 +19,9 @@ CHECKER = ROOT / ".local" / "bin" / "kstatus-check"
 
 
 @pytest.fixture(scope="module")
-def kstatus() -> Path:
+def kstatus(build_env: dict[str, str]) -> Path:
     """The checker binary, built by `make kstatus-check` from its committed go.mod/go.sum."""
-    subprocess.run(["make", "-s", "kstatus-check"], cwd=ROOT, check=True)
+    subprocess.run(["make", "-s", "kstatus-check"], cwd=ROOT, check=True, env=build_env)
     assert CHECKER.exists()
     return CHECKER
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -453,12 +454,23 @@ async def test_the_next_address_is_tried_when_one_refuses(dialled: list[str]) ->
     assert dialled == ["::1", "127.0.0.1"]  # nothing listens on [::1]:port
 
 
-async def test_a_failed_lookup_raises_the_dns_error() -> None:
+async def test_a_failed_lookup_raises_the_dns_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The system resolver's path, with the loop's lookup answering as for a name that does not
+    # exist: the machine's own resolver is never asked.
+    asked: list[str] = []
+
+    async def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        asked.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
     pool = ClientPool(EgressPolicy(), proxies={})
     with pytest.raises(DNSLookupError) as failed:
         await pool.client().get("http://no-such-host.invalid/")
     await pool.aclose()
+    assert asked == ["no-such-host.invalid"]
     assert failed.value.host == "no-such-host.invalid"
+    assert "Name or service not known" in str(failed.value)
 
 
 # --- proxies -----------------------------------------------------------------------------

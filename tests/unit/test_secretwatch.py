@@ -435,7 +435,7 @@ def connection(name: str, secret: str = "creds", rv_seen: str | None = None) -> 
 @pytest.fixture
 def rec() -> Any:
     kube = FakeKube()
-    r = Reconciler(kube, ClientPool(EgressPolicy.from_strings()), Defaults(), Metrics())  # type: ignore[arg-type]
+    r = Reconciler(kube, ClientPool(EgressPolicy.from_strings(), proxies={}), Defaults(), Metrics())  # type: ignore[arg-type]
     r.triggered = []  # type: ignore[attr-defined]
     r._trigger = lambda conn: r.triggered.append(conn.name)  # type: ignore[method-assign, attr-defined]
     r.scheduler.at = lambda key, due: None  # type: ignore[method-assign]
@@ -468,7 +468,8 @@ async def test_a_change_to_the_used_key_is_read_and_revalidates(rec: Any) -> Non
     rec.secret_cache.secret_event("ADDED", meta("creds", "1"))
     rec.connection_event("ADDED", connection("c"))
     assert (await used(rec, "c")).data["apiKey"] == b"old"  # type: ignore[union-attr]
-    assert rec.secret_cache.data[("ns", "creds")].resource_version == "1"  # kept: the watch has seen "1"
+    # kept: the watch has seen "1"
+    assert rec.secret_cache.data[("ns", "creds")].resource_version == "1"
     rec.kube.store[("ns", "creds")] = secret_body("2", apiKey="new")
     rec.secret_cache.secret_event("MODIFIED", meta("creds", "2"))
     await drain(rec)
@@ -513,7 +514,8 @@ async def test_a_relist_without_the_secret_counts_as_its_deletion(rec: Any) -> N
     rec.secret_cache.secret_event("ADDED", meta("unrelated", "7"))
     rec.connection_event("ADDED", connection("c"))
     await used(rec, "c")
-    rec.secret_cache.secrets_listed("other-ns", set())  # another namespace's list says nothing about ours
+    # another namespace's list says nothing about ours
+    rec.secret_cache.secrets_listed("other-ns", set())
     assert rec.triggered == []
     rec.secret_cache.secrets_listed("ns", {("ns", "unrelated")})
     assert ("ns", "creds") not in rec.secret_cache.data and rec.triggered == ["c"]
