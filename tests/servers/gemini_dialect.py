@@ -8,6 +8,13 @@ INVALID_ARGUMENT with ErrorInfo reason API_KEY_INVALID, a missing key a 403 for
 "unregistered callers", a 429 carries QuotaFailure and RetryInfo details. Paths outside the
 prefix get the front end's HTML 404. Thinking-only models refuse a thinking budget under
 128. `state.behaviour` selects a failure to play.
+
+Thinking, per generation (google-genai `types.py`, ThinkingConfig: `thinking_level` is for
+Gemini 3 and later, and "Starting from Gemini 3.5 models, the old thinking_budget will no
+longer be supported"; ThinkingLevel is MINIMAL, LOW, MEDIUM or HIGH, sent by the SDK as those
+names): Gemini 3.5 and later refuse `thinkingBudget`, Gemini 3 models refuse both fields at
+once, and 2.x models refuse `thinkingLevel`. The wording of those 400s is ours: not
+confirmed from a primary source.
 """
 
 from __future__ import annotations
@@ -24,7 +31,14 @@ from servers.recording import DialectState
 
 API_KEY = "AIzaSyLoopbackTestKey0123456789abcdefg"
 PREFIX = "/v1beta"
-MODELS = ["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "text-embedding-004"]
+MODELS = [
+    "gemini-2.5-pro",
+    "gemini-2.5-flash",
+    "gemini-2.5-flash-lite",
+    "gemini-3-pro-preview",
+    "gemini-3.5-flash",
+    "text-embedding-004",
+]
 THINKING_ONLY = frozenset({"gemini-2.5-pro"})
 MIN_BUDGET = 128
 
@@ -243,7 +257,11 @@ def make_app(
                 "* GenerateContentRequest.contents: contents is not specified",
             )
         config = body.get("generationConfig") or {}
-        budget = (config.get("thinkingConfig") or {}).get("thinkingBudget")
+        thinking = config.get("thinkingConfig") or {}
+        budget = thinking.get("thinkingBudget")
+        refused = _thinking_refused(name, thinking)
+        if refused is not None:
+            return _error(400, "INVALID_ARGUMENT", refused)
         if name in state.thinking_only and budget is not None and budget < MIN_BUDGET:
             return _error(
                 400,
@@ -273,3 +291,22 @@ def make_app(
     app = Starlette(routes=[Route("/{path:path}", handle, methods=["GET", "POST"])])
     app.state.dialect = state
     return app
+
+
+def _thinking_refused(name: str, thinking: dict[str, Any]) -> str | None:
+    """Why a model refuses this thinkingConfig (see the module doc), or None."""
+    version = name.removeprefix("gemini-").split("-")[0]
+    try:
+        generation = float(version)
+    except ValueError:
+        return None
+    budget, level = "thinkingBudget" in thinking, "thinkingLevel" in thinking
+    if generation >= 3.5 and budget:
+        return "thinking_budget is not supported for this model. Use thinking_level instead."
+    if generation >= 3 and budget and level:
+        return "Only one of thinking_budget and thinking_level can be set."
+    if generation < 3 and level:
+        return "Thinking level is not supported for this model."
+    if level and thinking["thinkingLevel"] not in ("MINIMAL", "LOW", "MEDIUM", "HIGH"):
+        return f"Invalid value at 'generation_config.thinking_config.thinking_level' ({thinking['thinkingLevel']})"
+    return None

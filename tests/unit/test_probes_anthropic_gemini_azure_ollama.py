@@ -389,6 +389,17 @@ async def test_gemini_thinking_only_model_retries_with_the_smallest_budget(
     assert srv["gemini"].state.generated == 1
 
 
+@pytest.mark.parametrize("model", ["gemini-3.5-flash", "gemini-3-pro-preview"])
+async def test_gemini_3_and_later_get_a_thinking_level_never_a_budget(
+    srv: dict[str, Server], model: str
+) -> None:
+    # Issue 10, item 10: Gemini 3.5 and later refuse thinkingBudget; never send both.
+    result = await probe(srv, "gemini", INFER, model=model)
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    thinking = [s.body["generationConfig"]["thinkingConfig"] for s in srv["gemini"].state.seen]
+    assert thinking == [{"thinkingLevel": "LOW"}]
+
+
 async def test_ollama_inference_is_tiny_and_not_streamed(srv: dict[str, Server]) -> None:
     await probe(srv, "ollama", INFER)
     body = srv["ollama"].state.seen[0].body

@@ -16,9 +16,13 @@ Gemini's error dialect needs its own reading before the shared classification:
   on this project's tier) or depleted prepaid credits, which are QuotaExceeded. A per-day
   limit is still RateLimited, with the quota named in the message.
 
-Inference turns thinking off (thinkingBudget 0) so a probe cannot spend thousands of thinking
-tokens. Models that only work in thinking mode refuse that with a 400; the probe then retries
-once with the smallest budget they accept, so thinking stays bounded.
+Inference keeps thinking small so a probe cannot spend thousands of thinking tokens. Gemini 3
+and later take `thinkingLevel` (LOW: every Gemini 3 model accepts it) and Gemini 3.5 and later
+refuse `thinkingBudget` (google-genai `types.py`, ThinkingConfig), so a model named Gemini 3 or
+later gets the level and never both; older models get thinking off (thinkingBudget 0). A name
+without a version (an alias such as gemini-flash-latest) gets the budget first. A 400 about
+thinking is answered with one more try in the other style; models that only work in thinking
+mode refuse a budget of 0, and are tried with the smallest budget they accept.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from llmconn.spec import ValidationType
 PAGE_SIZE = "1000"  # the API's largest page: one page counts every model
 MAX_OUTPUT_TOKENS = 16
 MIN_THINKING_BUDGET = 128  # the smallest budget thinking-only models (2.5 Pro) accept
+THINKING_LEVEL = "LOW"  # the least level every Gemini 3 model accepts (MINIMAL: Flash only)
+_GENERATION = re.compile(r"gemini-(\d+(?:\.\d+)?)")
 PROMPT = "Reply with the single word OK."
 _DELAY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)s$")  # google.protobuf.Duration in JSON: "21.5s"
 _DEPLETED_WORDS = ("prepayment", "credits are depleted", "credit balance")
@@ -88,10 +94,15 @@ async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
 
 async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
     path = "/" + quote(resource_name(model), safe="/") + ":generateContent"
-    reply = await ctx.request("POST", path, json_body=_generation(thinking_budget=0))
+    styles = [{"thinkingBudget": 0}, {"thinkingLevel": THINKING_LEVEL}]
+    if _generation_of(model) >= 3:
+        styles.reverse()
+    reply = await ctx.request("POST", path, json_body=_generation(styles[0]))
     if reply.status == 400 and _needs_thinking(reply):
-        body = _generation(thinking_budget=MIN_THINKING_BUDGET)
-        reply = await ctx.request("POST", path, json_body=body)
+        budget = {"thinkingBudget": MIN_THINKING_BUDGET}
+        # A thinking-only model refuses budget 0; anything else refuses the style itself.
+        retry = budget if "only works in thinking mode" in _error_message(reply) else styles[1]
+        reply = await ctx.request("POST", path, json_body=_generation(retry))
     body = _read(ctx, reply, f"model {model}", _is_generation, "`candidates`")
     served = body.get("modelVersion")
     details = {"servedModel": served[:128]} if isinstance(served, str) else {}
@@ -113,14 +124,22 @@ def _read(
     return read_json(ctx, reply, what, fits=fits, expected=expected, classify=_classify)
 
 
-def _generation(*, thinking_budget: int) -> dict[str, Any]:
+def _generation(thinking: dict[str, Any]) -> dict[str, Any]:
     return {
         "contents": [{"role": "user", "parts": [{"text": PROMPT}]}],
-        "generationConfig": {
-            "maxOutputTokens": MAX_OUTPUT_TOKENS,
-            "thinkingConfig": {"thinkingBudget": thinking_budget},
-        },
+        "generationConfig": {"maxOutputTokens": MAX_OUTPUT_TOKENS, "thinkingConfig": thinking},
     }
+
+
+def _generation_of(model: str) -> float:
+    """gemini-3.5-flash -> 3.5; 0 when the name says no version (aliases, tuned models)."""
+    match = _GENERATION.search(model)
+    return float(match.group(1)) if match else 0.0
+
+
+def _error_message(reply: Reply) -> str:
+    error = _error(reply)
+    return str(error.get("message") or "") if error is not None else ""
 
 
 def _needs_thinking(reply: Reply) -> bool:
