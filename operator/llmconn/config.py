@@ -60,6 +60,31 @@ def _list(values: Sequence[str] | None) -> list[str]:
     return [item.strip() for value in values or () for item in value.split(",") if item.strip()]
 
 
+POD_ORDINAL = "pod-ordinal"
+
+
+def _shard_index(value: str, count: int) -> int:
+    """--shard-index as given, or from the pod's name. A StatefulSet names its pods
+    <name>-<ordinal>, and the chart passes that name in POD_ID (also Kopf's peering identity):
+    ordinal i serves shard i % count, so that pods count..2*count-1 are the standbys of shards
+    0..count-1, and scaling the StatefulSet down removes standbys first."""
+    if value != POD_ORDINAL:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(
+                f"--shard-index must be a number or {POD_ORDINAL!r}, not {value!r}"
+            ) from None
+    pod = os.environ.get("POD_ID", "")
+    ordinal = pod.rpartition("-")[2]
+    if not (ordinal.isascii() and ordinal.isdigit()):
+        raise ValueError(
+            f"--shard-index={POD_ORDINAL} needs POD_ID set to a StatefulSet pod's name "
+            f"(<name>-<ordinal>), not {pod!r}"
+        )
+    return int(ordinal) % count
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="llmconn run",
@@ -177,7 +202,12 @@ def parser() -> argparse.ArgumentParser:
         help="peering priority of this replica (default: random, so that of equal replicas "
         "one is active and the others stand by)",
     )
-    p.add_argument("--shard-index", type=int, default=int(_env("shard-index", "0") or 0))
+    p.add_argument(
+        "--shard-index",
+        default=_env("shard-index", "0"),
+        help=f"the slice this replica owns: a number, or {POD_ORDINAL!r} for the ordinal at "
+        "the end of this pod's name (POD_ID), modulo --shard-count, as in a StatefulSet",
+    )
     p.add_argument(
         "--shard-count",
         type=int,
@@ -206,7 +236,13 @@ def from_args(argv: Sequence[str]) -> Config:
     namespaces = _list(args.namespace) or _list([_env("namespace", "") or ""])
     if not namespaces and not args.all_namespaces:
         p.error("say which namespaces to watch: -A, or -n NAMESPACE (repeatable)")
-    if not 0 <= args.shard_index < max(args.shard_count, 1):
+    if args.shard_count < 1:
+        p.error("--shard-count must be at least 1")
+    try:
+        shard_index = _shard_index(str(args.shard_index), args.shard_count)
+    except ValueError as exc:
+        p.error(str(exc))
+    if not 0 <= shard_index < args.shard_count:
         p.error("--shard-index must be in [0, --shard-count)")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
@@ -251,7 +287,7 @@ def from_args(argv: Sequence[str]) -> Config:
         peering=args.peering,
         peering_lifetime=durations["peering_lifetime"],
         priority=args.priority,
-        shard=Shard(args.shard_index, args.shard_count),
+        shard=Shard(shard_index, args.shard_count),
         log_level=args.log_level,
         log_format=args.log_format,
         secret_label_selector=args.secret_label_selector,
