@@ -678,7 +678,7 @@ async def test_a_200_that_is_not_the_api_is_unexpected(
     ("provider", "suffix", "hint"),
     [
         ("anthropic", "/v1", "without /v1"),
-        ("gemini", "", "/v1beta"),
+        ("gemini", "/api", "/v1beta"),
         ("ollama", "/v1", "without /v1"),
     ],
 )
@@ -689,6 +689,16 @@ async def test_wrong_base_path_is_explained(
     assert result.outcome.reason is Reason.UNEXPECTED_RESPONSE
     assert result.outcome.http_status == 404
     assert hint in result.outcome.message
+
+
+@pytest.mark.parametrize("slash", ["", "/"])
+async def test_gemini_endpoint_as_google_genai_takes_it(srv: dict[str, Server], slash: str) -> None:
+    # Issue 10, item 13: google-genai takes https://generativelanguage.googleapis.com/ and
+    # the API version apart; the probe's base URL ends in the version either way.
+    endpoint = registry.get("gemini").base_url(srv["gemini"].url + slash)
+    result = await run("gemini", endpoint, MODEL, model="gemini-2.5-flash", key=KEYS["gemini"])
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    assert srv["gemini"].state.seen[-1].path == "/v1beta/models/gemini-2.5-flash"
 
 
 def test_registrations() -> None:

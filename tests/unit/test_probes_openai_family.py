@@ -601,3 +601,24 @@ async def test_mistral_401_bodies_are_invalid_api_key(live: Live, body: str) -> 
     outcome, _ = await run(live, CONNECTIVITY, key="wrong-key-0123456789")
     assert outcome.reason is Reason.INVALID_API_KEY, outcome.message
     assert outcome.http_status == 401
+
+
+@pytest.mark.parametrize(
+    "provider", ["openai", "groq", "mistral", "together", "openrouter", "dashscope"]
+)
+@pytest.mark.parametrize("slash", ["", "/"])
+async def test_an_endpoint_given_as_the_host_gets_the_api_path(live: Live, slash: str) -> None:
+    # Item 13: groq's, together's and mistral's SDKs take the host alone; so may a user.
+    dialect = live.use()
+    root = live.endpoint.removesuffix(_prefix(live.provider))
+    # What the validation core probes for spec.endpoint (status.endpoint shows it too).
+    endpoint = registry.get(live.provider).base_url(root + slash)
+    outcome, _ = await run(live, MODEL, endpoint=endpoint)
+
+    assert endpoint == live.endpoint
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert all(s.path.startswith(_prefix(live.provider) + "/") for s in dialect.seen)
+
+
+def test_together_default_endpoint_is_api_together_ai() -> None:
+    assert registry.get("together").default_endpoint == "https://api.together.ai/v1"

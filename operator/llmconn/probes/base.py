@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -58,6 +59,9 @@ class ProviderInfo:
     probe: ProbeFn
     title: str  # for docs and CLI help
     default_endpoint: str | None  # None: spec.endpoint is required
+    # The API's path under its host, added to an endpoint given without a path, as the
+    # provider's SDK adds it to the host it takes (groq: https://api.groq.com -> /openai/v1).
+    api_path: str = ""
     auth: Auth = Auth.BEARER
     inference: bool = True  # whether Inference validation is possible
     blocks: frozenset[str] = frozenset()  # provider-specific spec blocks it accepts
@@ -68,8 +72,12 @@ class ProviderInfo:
         return self.auth.header
 
     def base_url(self, endpoint: str | None) -> str:
-        """The URL probes build on: spec.endpoint, else the default; no trailing slash."""
-        return (endpoint or self.default_endpoint or "").rstrip("/")
+        """The URL probes build on: spec.endpoint, else the default; no trailing slash. An
+        endpoint that is only a host gets the API's path: both forms the SDKs take work."""
+        url = (endpoint or self.default_endpoint or "").rstrip("/")
+        if endpoint and self.api_path and not urlsplit(url).path:
+            url += self.api_path
+        return url
 
 
 class Registry:
@@ -84,6 +92,7 @@ class Registry:
         *,
         title: str,
         default_endpoint: str | None,
+        api_path: str = "",
         auth: Auth = Auth.BEARER,
         inference: bool = True,
         accepts: Iterable[str] = (),
@@ -99,6 +108,7 @@ class Registry:
                     probe=fn,
                     title=title,
                     default_endpoint=default_endpoint,
+                    api_path=api_path,
                     auth=auth,
                     inference=inference,
                     blocks=frozenset(accepts) | frozenset(requires),

@@ -59,6 +59,7 @@ FLAVOUR = Flavour(completion_fields=completion_fields, classify=classify)
 @registry.provider(
     "dashscope",
     default_endpoint="https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+    api_path="/compatible-mode/v1",
     title="Alibaba Cloud Model Studio (DashScope, OpenAI-compatible mode)",
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:

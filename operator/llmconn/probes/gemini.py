@@ -51,6 +51,7 @@ _DEPLETED_WORDS = ("prepayment", "credits are depleted", "credit balance")
 @registry.provider(
     "gemini",
     default_endpoint="https://generativelanguage.googleapis.com/v1beta",
+    api_path="/v1beta",  # google-genai takes the host and the API version apart
     auth=Auth.GOOG,
     title="Google Gemini",
 )
@@ -94,12 +95,12 @@ async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
 
 async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
     path = "/" + quote(resource_name(model), safe="/") + ":generateContent"
-    styles = [{"thinkingBudget": 0}, {"thinkingLevel": THINKING_LEVEL}]
+    styles: list[dict[str, Any]] = [{"thinkingBudget": 0}, {"thinkingLevel": THINKING_LEVEL}]
     if _generation_of(model) >= 3:
         styles.reverse()
     reply = await ctx.request("POST", path, json_body=_generation(styles[0]))
     if reply.status == 400 and _needs_thinking(reply):
-        budget = {"thinkingBudget": MIN_THINKING_BUDGET}
+        budget: dict[str, Any] = {"thinkingBudget": MIN_THINKING_BUDGET}
         # A thinking-only model refuses budget 0; anything else refuses the style itself.
         retry = budget if "only works in thinking mode" in _error_message(reply) else styles[1]
         reply = await ctx.request("POST", path, json_body=_generation(retry))

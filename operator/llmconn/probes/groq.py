@@ -8,6 +8,11 @@ from llmconn.probes.openai_style import Flavour, check
 FLAVOUR = Flavour()
 
 
-@registry.provider("groq", default_endpoint="https://api.groq.com/openai/v1", title="Groq")
+@registry.provider(
+    "groq",
+    default_endpoint="https://api.groq.com/openai/v1",
+    api_path="/openai/v1",  # the groq SDK takes https://api.groq.com
+    title="Groq",
+)
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     return await check(ctx, FLAVOUR)

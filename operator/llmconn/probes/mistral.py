@@ -8,6 +8,11 @@ from llmconn.probes.openai_style import Flavour, check
 FLAVOUR = Flavour()
 
 
-@registry.provider("mistral", default_endpoint="https://api.mistral.ai/v1", title="Mistral AI")
+@registry.provider(
+    "mistral",
+    default_endpoint="https://api.mistral.ai/v1",
+    api_path="/v1",  # the mistralai SDK takes https://api.mistral.ai
+    title="Mistral AI",
+)
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     return await check(ctx, FLAVOUR)

@@ -49,6 +49,8 @@ def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
 FLAVOUR = Flavour(retrieve_model=True, completion_fields=completion_fields, classify=classify)
 
 
-@registry.provider("openai", default_endpoint="https://api.openai.com/v1", title="OpenAI")
+@registry.provider(
+    "openai", default_endpoint="https://api.openai.com/v1", api_path="/v1", title="OpenAI"
+)
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     return await check(ctx, FLAVOUR)

@@ -62,7 +62,10 @@ FLAVOUR = Flavour(account=key_info, listed_as=without_variant)
 
 
 @registry.provider(
-    "openrouter", default_endpoint="https://openrouter.ai/api/v1", title="OpenRouter"
+    "openrouter",
+    default_endpoint="https://openrouter.ai/api/v1",
+    api_path="/api/v1",
+    title="OpenRouter",
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     return await check(ctx, FLAVOUR)

@@ -8,6 +8,11 @@ from llmconn.probes.openai_style import Flavour, check
 FLAVOUR = Flavour()
 
 
-@registry.provider("together", default_endpoint="https://api.together.xyz/v1", title="Together AI")
+@registry.provider(
+    "together",
+    default_endpoint="https://api.together.ai/v1",
+    api_path="/v1",  # the together SDK takes https://api.together.ai
+    title="Together AI",
+)
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     return await check(ctx, FLAVOUR)
