@@ -1,4 +1,11 @@
-"""The operator's options: one flag each, each also read from an LLMCONN_* variable."""
+"""The operator's options: one flag each, each also read from an LLMCONN_* variable.
+
+Precedence: a flag wins over its variable. List options (-n, --egress-deny, --egress-allow)
+take the values of both, the variable's first, so a chart's flags and an administrator's
+variables add up. The scope is the command line's when it names one: -A there ignores
+LLMCONN_NAMESPACE, and -n there ignores LLMCONN_ALL_NAMESPACES (but adds LLMCONN_NAMESPACE's
+names).
+"""
 
 from __future__ import annotations
 
@@ -45,6 +52,11 @@ class Config:
         return f"{self.peering}-shard-{self.shard.index}"
 
 
+TRUE = ("1", "true", "yes")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("plain", "json")
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"LLMCONN_{name.upper().replace('-', '_')}", default)
 
@@ -58,6 +70,11 @@ def _duration(text: str) -> float:
 
 def _list(values: Sequence[str] | None) -> list[str]:
     return [item.strip() for value in values or () for item in value.split(",") if item.strip()]
+
+
+def _merged(variable: str | None, flags: Sequence[str] | None) -> list[str]:
+    """A list option's values: the variable's, then the flags', each once."""
+    return list(dict.fromkeys(_list([variable or ""]) + _list(flags)))
 
 
 POD_ORDINAL = "pod-ordinal"
@@ -86,18 +103,20 @@ def _shard_index(value: str, count: int) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    # Defaults are strings where a variable supplies them: argparse converts a string default
+    # as it would the flag, so a bad variable is a usage error that names the option.
     p = argparse.ArgumentParser(
         prog="llmconn run",
         description="Run the llmconn operator against $KUBECONFIG or the in-cluster config. "
         "Every option also reads an LLMCONN_* environment variable "
-        "(e.g. --metrics-port / LLMCONN_METRICS_PORT).",
+        "(e.g. --metrics-port / LLMCONN_METRICS_PORT). A flag wins over its variable; "
+        "list options (-n, --egress-deny, --egress-allow) take the values of both.",
     )
     scope = p.add_mutually_exclusive_group()
     scope.add_argument(
         "-A",
         "--all-namespaces",
         action="store_true",
-        default=_env("all-namespaces", "") in ("1", "true", "yes"),
         help="watch every namespace (LLMCONN_ALL_NAMESPACES)",
     )
     scope.add_argument(
@@ -110,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--concurrency",
         type=int,
-        default=int(_env("concurrency", "32") or 32),
+        default=_env("concurrency") or "32",
         help="probes in flight at most (default 32)",
     )
     p.add_argument(
@@ -136,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--default-failure-threshold",
         type=int,
-        default=int(_env("default-failure-threshold", "3") or 3),
+        default=_env("default-failure-threshold") or "3",
         help="transient failures in a row before Ready turns False (default 3)",
     )
     inference = p.add_mutually_exclusive_group()
@@ -149,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     inference.add_argument(
         "--no-inference",
         action="store_true",
-        default=_env("no-inference", "") in ("1", "true", "yes"),
+        default=_env("no-inference", "") in TRUE,
         help="forbid Inference validations (they spend tokens)",
     )
     p.add_argument(
@@ -174,13 +193,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(_env("metrics-port", "8080") or 0),
+        default=_env("metrics-port") or "8080",
         help="Prometheus metrics port, 0 to turn off (default 8080)",
     )
     p.add_argument(
         "--health-port",
         type=int,
-        default=int(_env("health-port", "8081") or 0),
+        default=_env("health-port") or "8081",
         help="liveness endpoint port, GET /healthz; 0 to turn off (default 8081)",
     )
     p.add_argument(
@@ -198,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--priority",
         type=int,
-        default=int(_env("priority") or 0) if _env("priority") else None,
+        default=_env("priority") or None,
         help="peering priority of this replica (default: random, so that of equal replicas "
         "one is active and the others stand by)",
     )
@@ -211,15 +230,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard-count",
         type=int,
-        default=int(_env("shard-count", "1") or 1),
+        default=_env("shard-count") or "1",
         help="split connections into N stable hash slices; this replica owns one",
     )
     p.add_argument(
         "--log-level",
         default=_env("log-level", "info"),
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
     )
-    p.add_argument("--log-format", default=_env("log-format", "plain"), choices=["plain", "json"])
+    p.add_argument("--log-format", default=_env("log-format", "plain"), choices=LOG_FORMATS)
     p.add_argument(
         "--secret-label-selector",
         default=_env("secret-label-selector") or None,
@@ -233,9 +252,7 @@ def parser() -> argparse.ArgumentParser:
 def from_args(argv: Sequence[str]) -> Config:
     p = parser()
     args = p.parse_args(list(argv))
-    namespaces = _list(args.namespace) or _list([_env("namespace", "") or ""])
-    if not namespaces and not args.all_namespaces:
-        p.error("say which namespaces to watch: -A, or -n NAMESPACE (repeatable)")
+    all_namespaces, namespaces = _scope(p, args.all_namespaces, args.namespace)
     if args.shard_count < 1:
         p.error("--shard-count must be at least 1")
     try:
@@ -244,6 +261,12 @@ def from_args(argv: Sequence[str]) -> Config:
         p.error(str(exc))
     if not 0 <= shard_index < args.shard_count:
         p.error("--shard-index must be in [0, --shard-count)")
+    for option, value, choices in (
+        ("--log-level", args.log_level, LOG_LEVELS),
+        ("--log-format", args.log_format, LOG_FORMATS),
+    ):
+        if value not in choices:  # argparse checks a flag's value, not a variable's
+            p.error(f"argument {option}: invalid choice: {value!r} (choose from {choices})")
     if args.concurrency < 1:
         p.error("--concurrency must be at least 1")
     if args.namespace_concurrency is not None and args.namespace_concurrency < 1:
@@ -262,14 +285,14 @@ def from_args(argv: Sequence[str]) -> Config:
     }
     try:
         egress = EgressPolicy.from_strings(
-            deny=_list(args.egress_deny or [_env("egress-deny", "") or ""]),
-            allow=_list(args.egress_allow or [_env("egress-allow", "") or ""]),
+            deny=_merged(_env("egress-deny"), args.egress_deny),
+            allow=_merged(_env("egress-allow"), args.egress_allow),
         )
     except ValueError as exc:
         p.error(str(exc))
     return Config(
         namespaces=tuple(namespaces),
-        all_namespaces=args.all_namespaces,
+        all_namespaces=all_namespaces,
         concurrency=args.concurrency,
         namespace_concurrency=args.namespace_concurrency,
         defaults=Defaults(
@@ -292,3 +315,20 @@ def from_args(argv: Sequence[str]) -> Config:
         log_format=args.log_format,
         secret_label_selector=args.secret_label_selector,
     )
+
+
+def _scope(
+    p: argparse.ArgumentParser, all_flag: bool, namespace_flags: Sequence[str] | None
+) -> tuple[bool, list[str]]:
+    """(all namespaces, the namespaces): the command line's scope if it names one."""
+    if all_flag:
+        return True, []
+    namespaces = _merged(_env("namespace"), namespace_flags)
+    env_all = _env("all-namespaces", "") in TRUE
+    if namespace_flags:
+        return False, namespaces
+    if env_all and namespaces:
+        p.error("LLMCONN_ALL_NAMESPACES and LLMCONN_NAMESPACE are both set: say one")
+    if not env_all and not namespaces:
+        p.error("say which namespaces to watch: -A, or -n NAMESPACE (repeatable)")
+    return env_all, namespaces

@@ -446,21 +446,25 @@ def test_deny_private_networks_refuses_them_and_nothing_public(render: Any) -> N
     ]
 
 
-def test_no_egress_flag_is_passed_without_rules(
-    render: Any, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("deny_loopback", [True, False])
+def test_egress_variables_in_extra_env_add_to_the_charts_rules(
+    render: Any, monkeypatch: pytest.MonkeyPatch, deny_loopback: bool
 ) -> None:
-    """The chart passes --egress-deny only when it has rules, so LLMCONN_EGRESS_DENY in
-    extraEnv is then what the operator reads (flags win over the variable)."""
+    """The chart passes --egress-deny only when it has rules; either way the operator adds
+    the rules of LLMCONN_EGRESS_DENY from extraEnv to those of the flags."""
     docs = render(
         {
-            "egress": {"denyLoopback": False},
+            "egress": {"denyLoopback": deny_loopback},
             "extraEnv": [{"name": "LLMCONN_EGRESS_DENY", "value": "10.0.0.0/8"}],
         }
     )
-    assert egress_flags(docs) == []
+    assert bool(egress_flags(docs)) is deny_loopback
     env = {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
     monkeypatch.setenv("LLMCONN_EGRESS_DENY", env["LLMCONN_EGRESS_DENY"])
-    assert from_args(args(docs)).egress.check("db", "10.1.2.3") is not None
+    policy = from_args(args(docs)).egress
+    assert policy.check("db", "10.1.2.3") is not None
+    assert (policy.check("x", "127.0.0.1") is not None) is deny_loopback
+    assert policy.check("api.openai.com", "162.159.140.245") is None
 
 
 # -- network policy -----------------------------------------------------------------------

@@ -335,7 +335,61 @@ def test_command_line_mistakes_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
     assert "validate" in capsys.readouterr().err
 
 
-def test_run_hands_every_argument_to_the_operator(capsys: pytest.CaptureFixture[str]) -> None:
+# Every option of `llmconn run`, none at its default.
+RUN_ARGV = [
+    "--namespace=team-a",
+    "-n",
+    "team-b",
+    "--concurrency=7",
+    "--namespace-concurrency=2",
+    "--default-interval=90s",
+    "--default-timeout=2500ms",
+    "--default-failure-threshold=5",
+    "--no-inference",
+    "--missing-secret-grace=30s",
+    "--egress-deny=10.0.0.0/8",
+    "--egress-allow=192.0.2.0/24",
+    "--metrics-port=9090",
+    "--health-port=9091",
+    "--peering=ha",
+    "--peering-lifetime=20s",
+    "--priority=42",
+    "--shard-index=1",
+    "--shard-count=3",
+    "--log-level=debug",
+    "--log-format=json",
+    "--secret-label-selector=llmconn.dev/watch=true",
+]
+
+
+def test_run_hands_every_argument_to_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from llmconn import config, logs
+
+    # `--inference-min-interval` and `-A` exclude two options above; they get their own run.
+    options = {o for a in config.parser()._actions for o in a.option_strings}
+    given = {arg.split("=", 1)[0] for arg in RUN_ARGV if arg.startswith("-")}
+    assert options - given == {"-h", "--help", "-A", "--all-namespaces", "--inference-min-interval"}
+    runs: list[dict[str, Any]] = []
+    monkeypatch.setattr(kopf, "configure", lambda **_: None)
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: runs.append(kwargs))
+    monkeypatch.setattr(logs, "guard", lambda: None)
+
+    assert main(["run", *RUN_ARGV]) == 0
+    assert main(["run", "-A", "--inference-min-interval=2h"]) == 0
+
+    given_config = runs[0]["memo"].config
+    assert given_config == config.from_args(RUN_ARGV)
+    assert given_config.namespaces == ("team-a", "team-b")
+    assert given_config.concurrency == 7 and given_config.secret_label_selector.endswith("true")
+    assert runs[0]["namespaces"] == ("team-a", "team-b") and not runs[0]["clusterwide"]
+    assert runs[0]["peering_name"] == "ha-shard-1" and runs[0]["priority"] == 42
+    assert runs[0]["liveness_endpoint"] == "http://0.0.0.0:9091/healthz"
+    assert runs[1]["clusterwide"] and runs[1]["memo"].config.defaults.inference_min_interval == 7200
+
+
+def test_run_help_is_the_operators(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as shown:
         main(["run", "--help"])
     assert shown.value.code == 0
