@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -193,6 +193,27 @@ class Kube:
         response.raise_for_status()
         page: dict[str, Any] = response.json()
         return page
+
+    async def connections(
+        self, namespaces: Sequence[str | None], *, metadata_only: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every LLMConnection of these namespaces (none given: of all), page by page, as
+        metadata only when asked."""
+        for namespace in namespaces or [None]:
+            params: dict[str, str] = {"limit": "500"}
+            while True:
+                if metadata_only:
+                    where = f"/namespaces/{segment(namespace, namespace=True)}" if namespace else ""
+                    path = f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}"
+                    page = await self.list_metadata(path, params)
+                else:
+                    page = await self.list_connections(namespace, params)
+                for obj in page.get("items") or []:
+                    yield obj
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+                params = {"limit": "500", "continue": token}
 
     async def watch(self, path: str, name: str) -> AsyncIterator[dict[str, Any]]:
         """The named object in the collection at `path`, as it is now and after each change

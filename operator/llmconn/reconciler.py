@@ -15,12 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
@@ -29,16 +27,18 @@ import pydantic
 from llmconn import status as st
 from llmconn import triggers as tr
 from llmconn.http import ClientPool
-from llmconn.kube import GROUP, PLURAL, VERSION, Conflict, Gone, Kube, NotFound
+from llmconn.kube import Conflict, Gone, Kube, NotFound
+from llmconn.memory import Conn, Key, Unwritten, digest, first_error, invalid_verdict, observed_rv
 from llmconn.metrics import Metrics
 from llmconn.peering import Shard
 from llmconn.probes import parse_spec
-from llmconn.reasons import MISSING_SECRET, Reason
+from llmconn.reasons import MISSING_SECRET
 from llmconn.scheduler import Scheduler
-from llmconn.secretcache import SecretCache
+from llmconn.secretcache import RecordingSecrets, SecretCache
 from llmconn.spec import LLMConnectionSpec, ValidationType
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, Effective, SecretData, SecretSource, Verdict, effective
+from llmconn.writer import StatusWriter
 
 log = logging.getLogger("llmconn")
 
@@ -46,69 +46,9 @@ REQUESTED_AT = tr.REQUESTED_AT
 PENDING_AFTER = 0.5  # seconds a first probe may take before Reconciling=True is written
 RETRY_API = 10.0  # seconds before retrying a validation whose Kubernetes call failed
 MAX_WRITE_BACKOFF = 300.0  # a kept verdict's write is retried at most this far apart
-WRITE_ATTEMPTS = 3  # conditional writes of one status, each after reading the object again
-WARNING_EVERY = 300.0  # seconds between Warning Events of one connection that stays not Ready
 SWEEP_EVERY = 600.0  # seconds between checks that every connection in memory still exists
 
-Key = tuple[str, str]  # namespace, name
 Validator = Callable[[LLMConnectionSpec, SecretSource, ClientPool, Defaults], Awaitable[Verdict]]
-
-
-@dataclass(frozen=True)
-class Unwritten:
-    """A verdict whose status write has not succeeded yet: written again, not probed again."""
-
-    verdict: Verdict
-    generation: int
-    requested_at: str | None
-    took: float  # seconds the validation took, for the histogram
-
-
-@dataclass
-class Conn:
-    namespace: str
-    name: str
-    uid: str
-    generation: int = 0
-    resource_version: str | None = None  # of the object as last seen or written
-    spec: LLMConnectionSpec | None = None
-    spec_invalid: dict[str, Any] | None = None  # the raw spec, kept only when it is invalid
-    spec_error: str | None = None
-    requested_at: str | None = None
-    status: dict[str, Any] = field(default_factory=dict)  # as last seen or written
-    handled_generation: int = 0
-    handled_requested_at: str | None = None
-    secret_digests: dict[str, str] = field(default_factory=dict)  # Secret name -> used values
-    generation_since: float = field(default_factory=time.time)  # wall time, for the grace
-    not_before: float = 0.0  # monotonic: Retry-After floor
-    seen_at: float = 0.0  # monotonic: first sight
-    unwritten: Unwritten | None = None
-    write_failures: int = 0
-    last_warning: float | None = None  # monotonic: the last Warning Event posted
-
-    @property
-    def key(self) -> Key:
-        return (self.namespace, self.name)
-
-    @property
-    def known(self) -> tr.Known:
-        return tr.Known(
-            self.uid, self.generation, self.handled_generation, self.handled_requested_at
-        )
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """What an Event's involvedObject names."""
-        return {
-            "name": self.name,
-            "namespace": self.namespace,
-            "uid": self.uid,
-            "resourceVersion": self.resource_version,
-        }
-
-    @property
-    def secret_names(self) -> set[str]:
-        return {ref.name for ref in self.spec.secret_refs} if self.spec else set()
 
 
 class Reconciler:
@@ -135,7 +75,7 @@ class Reconciler:
         self.shard = shard or Shard()
         self.conns: dict[Key, Conn] = {}
         self.secret_cache = SecretCache(kube, self._secret_changed)
-        self._events: set[asyncio.Future[None]] = set()  # transition Events being posted
+        self.writer = StatusWriter(kube, metrics)
         self.scheduler: Scheduler[Key] = Scheduler(
             self._work,
             concurrency=concurrency,
@@ -201,9 +141,9 @@ class Reconciler:
             conn = self.conns.get(key)
             if conn is None or conn.spec is None or conn.spec.suspend:
                 continue
-            new = _digest(conn.spec, skey[1], data)
+            new = digest(conn.spec, skey[1], data)
             old = conn.secret_digests.get(skey[1])
-            rv_used = data is not None and _observed_rv(conn, skey[1]) == data.resource_version
+            rv_used = data is not None and observed_rv(conn, skey[1]) == data.resource_version
             if tr.secret_changed(old, new, rv_used):
                 log.info("Secret %s/%s changed: re-validating %s", skey[0], skey[1], key[1])
                 conn.not_before = 0.0  # new data: a provider's Retry-After was about the old
@@ -264,7 +204,7 @@ class Reconciler:
         try:
             conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(seen.spec), None, None
         except (pydantic.ValidationError, ValueError) as exc:
-            conn.spec, conn.spec_error = None, _first_error(exc)
+            conn.spec, conn.spec_error = None, first_error(exc)
             conn.spec_invalid = dict(seen.spec)
         for name in conn.secret_names:
             self.secret_cache.use((conn.namespace, name), conn.key)
@@ -327,7 +267,7 @@ class Reconciler:
 
     async def _validate(self, conn: Conn) -> None:
         generation, requested_at = conn.generation, conn.requested_at
-        source = _RecordingSecrets(self, conn)
+        source = RecordingSecrets(self.secret_cache, conn)
         started = time.perf_counter()
         probe = asyncio.ensure_future(self._verdict(conn, source))
         try:
@@ -335,7 +275,7 @@ class Reconciler:
                 # A new connection: show Reconciling if the first probe takes a while.
                 done, _ = await asyncio.wait({probe}, timeout=PENDING_AFTER)
                 if not done:
-                    await self._write(
+                    await self.writer.write(
                         conn,
                         lambda prev: (
                             None
@@ -365,106 +305,29 @@ class Reconciler:
                 secret_grace_over=grace_over,
             )
 
-        written = await self._write(conn, compute)
+        written = await self.writer.write(conn, compute)
         conn.unwritten, conn.write_failures = None, 0
         if written is not None:
             prev, new = written
             conn.handled_generation = max(conn.handled_generation, done.generation)
             if done.requested_at:
                 conn.handled_requested_at = done.requested_at
-            self._observe(conn, prev, new, done.verdict, done.took)
+            self.writer.observe(conn, prev, new, done.verdict, done.took)
         self._plan_next(conn, done.verdict)
 
     async def _write_suspended(self, conn: Conn) -> None:
         generation = conn.generation
-        written = await self._write(
+        written = await self.writer.write(
             conn, lambda prev: {**prev, **st.suspended_status(prev, generation, _now())}
         )
         conn.handled_generation = max(conn.handled_generation, generation)
         if written is not None:
             self._export_ready(conn)
 
-    async def _verdict(self, conn: Conn, source: _RecordingSecrets) -> Verdict:
+    async def _verdict(self, conn: Conn, source: RecordingSecrets) -> Verdict:
         if conn.spec is None:
-            return _invalid(conn, self._effective(conn))
+            return invalid_verdict(conn, self._effective(conn), _now)
         return await self.validator(conn.spec, source, self.pool, self.defaults)
-
-    async def _write(
-        self, conn: Conn, compute: Callable[[dict[str, Any]], dict[str, Any] | None]
-    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Write the status `compute` makes of the object's status, in one PATCH that holds
-        only if the object is still at the resourceVersion that status came from. On a
-        conflict (the object moved on: another writer, a newer spec, a replacement) the
-        object is read again and the status computed afresh from it; a replaced object
-        (another UID) is not this connection's any more. Returns (previous, written), or
-        None when `compute` declined."""
-        for _attempt in range(WRITE_ATTEMPTS):
-            prev = conn.status
-            new = compute(prev)
-            if new is None:
-                return None
-            try:
-                obj = await self.kube.patch_status(
-                    conn.namespace, conn.name, st.merge_patch(prev, new), conn.resource_version
-                )
-            except Conflict:
-                fresh = await self.kube.get_connection(conn.namespace, conn.name)
-                if fresh is None or (fresh.get("metadata") or {}).get("uid") != conn.uid:
-                    raise NotFound(f"{conn.namespace}/{conn.name}") from None
-                conn.status = dict(fresh.get("status") or {})
-                conn.resource_version = (fresh.get("metadata") or {}).get("resourceVersion")
-                continue
-            conn.status = dict(obj.get("status") or {})
-            conn.resource_version = (obj.get("metadata") or {}).get("resourceVersion")
-            return prev, new
-        raise Conflict(f"{conn.namespace}/{conn.name}: the object kept changing")
-
-    def _observe(
-        self, conn: Conn, prev: dict[str, Any], new: dict[str, Any], verdict: Verdict, took: float
-    ) -> None:
-        provider = verdict.provider
-        self.metrics.validation(provider, verdict.result.value, verdict.reason.value, took)
-        self.metrics.set_ready(conn.namespace, conn.name, provider, st.ready_status(new))
-        self.metrics.last_validation(conn.namespace, conn.name, provider, time.time())
-        log.debug(
-            "validated %s/%s: %s %s in %sms",
-            conn.namespace,
-            conn.name,
-            verdict.result.value,
-            verdict.reason.value,
-            verdict.latency_ms,
-        )
-        change = st.transition(prev, new)
-        if change is None:
-            return
-        type_, reason = change
-        log.info(
-            "%s/%s is now %s: %s",
-            conn.namespace,
-            conn.name,
-            "Ready" if type_ == "Normal" else f"not Ready ({verdict.reason.value})",
-            verdict.message,
-        )
-        now = time.monotonic()
-        if (
-            type_ == "Warning"
-            and st.ready_status(prev) == "False"
-            and conn.last_warning is not None
-            and now - conn.last_warning < WARNING_EVERY
-        ):
-            return  # only the reason changed while not Ready (transient reasons alternate)
-        if type_ == "Warning":
-            conn.last_warning = now
-        task = asyncio.ensure_future(
-            self.kube.post_event(
-                {"metadata": conn.meta},
-                type_=type_,
-                reason=reason,
-                message=f"{verdict.reason.value}: {verdict.message}",
-            )
-        )
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -491,8 +354,7 @@ class Reconciler:
                 await task
         self.secret_cache.close()
         await self.scheduler.drain(grace)
-        if self._events:
-            await asyncio.wait(set(self._events), timeout=grace)
+        await self.writer.flush(grace)
         await self.pool.aclose()
         await self.kube.aclose()
 
@@ -519,23 +381,12 @@ class Reconciler:
         began = time.monotonic()
         present: set[tuple[Key, str]] = set()
         try:
-            for namespace in self.list_namespaces or [None]:
-                params: dict[str, str] = {"limit": "500"}
-                while True:
-                    if full:
-                        page = await self.kube.list_connections(namespace, params)
-                    else:
-                        page = await self.kube.list_metadata(_collection(namespace), params)
-                    for obj in page.get("items") or []:
-                        meta = obj.get("metadata") or {}
-                        key = (str(meta.get("namespace")), str(meta.get("name")))
-                        present.add((key, str(meta.get("uid"))))
-                        if full:
-                            self.connection_event(None, obj)
-                    token = (page.get("metadata") or {}).get("continue")
-                    if not token:
-                        break
-                    params = {"limit": "500", "continue": token}
+            async for obj in self.kube.connections(self.list_namespaces, metadata_only=not full):
+                meta = obj.get("metadata") or {}
+                key = (str(meta.get("namespace")), str(meta.get("name")))
+                present.add((key, str(meta.get("uid"))))
+                if full:
+                    self.connection_event(None, obj)
         except (httpx2.HTTPError, Gone) as exc:
             log.warning("could not list LLMConnections (%s); next try later", type(exc).__name__)
             return
@@ -550,71 +401,11 @@ class Reconciler:
             if self.scheduler.active:
                 await self._rebuild(full=False)
 
-    async def flush_events(self, timeout: float) -> None:
-        """Let transition Events still being posted reach the API before shutdown."""
-        if self._events:
-            await asyncio.wait(set(self._events), timeout=timeout)
-
     async def _gauges(self) -> None:
         while True:
             self.metrics.set_in_flight(self.scheduler.in_flight)
             self.metrics.set_queue_depth(self.scheduler.queue_depth)
             await asyncio.sleep(1.0)
-
-
-class _RecordingSecrets:
-    """The connection's namespace only. A Secret missing from the cache is read from the API
-    before it is declared missing (the watches are unordered), and kept only if the watch has
-    reported that very version. What the probe reads is recorded at once, so a Secret event
-    that arrives during the probe re-validates only if it brings other data than the probe
-    used."""
-
-    def __init__(self, reconciler: Reconciler, conn: Conn) -> None:
-        self._r = reconciler
-        self._conn = conn
-
-    async def get(self, name: str) -> SecretData | None:
-        data = await self._r.secret_cache.read((self._conn.namespace, name))
-        self._conn.secret_digests[name] = _digest(self._conn.spec, name, data)
-        return data
-
-
-def _digest(spec: LLMConnectionSpec | None, secret: str, data: SecretData | None) -> str:
-    """Digest of the values one Secret gives this connection (never stored outside memory)."""
-    h = hashlib.sha256()
-    for ref in spec.secret_refs if spec else []:
-        if ref.name == secret:
-            value = None if data is None else data.data.get(ref.key)
-            h.update(ref.key.encode() + b"\0" + (b"\1" + value if value is not None else b"\2"))
-    return h.hexdigest()
-
-
-def _observed_rv(conn: Conn, secret: str) -> str | None:
-    for item in conn.status.get("observedSecrets") or []:
-        if item.get("name") == secret:
-            return str(item.get("resourceVersion"))
-    return None
-
-
-def _invalid(conn: Conn, eff: Effective) -> Verdict:
-    raw = conn.spec_invalid or {}
-    return Verdict(
-        reason=Reason.INVALID_CONFIGURATION,
-        message=f"The spec cannot work: {conn.spec_error}",
-        provider=str(raw.get("provider") or ""),
-        endpoint=str(raw.get("endpoint") or ""),
-        model=raw.get("model"),
-        validation=eff,
-        finished_at=_now(),
-    )
-
-
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, pydantic.ValidationError):
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "spec"
-        return f"spec.{where}: {err.get('msg')}"
-    return str(exc)
 
 
 def _namespace(key: Key) -> str:
@@ -628,8 +419,3 @@ def default_namespace_concurrency(concurrency: int) -> int:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _collection(namespace: str | None) -> str:
-    where = f"/namespaces/{namespace}" if namespace else ""
-    return f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}"

@@ -101,12 +101,13 @@ class FakeKube:
         obj = self.objects.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 
-    async def list_connections(self, namespace: str | None, params: dict[str, str]) -> dict:
-        return {"items": [copy.deepcopy(o) for o in self.objects.values()], "metadata": {}}
-
-    async def list_metadata(self, path: str, params: dict[str, str]) -> dict:
-        items = [{"metadata": copy.deepcopy(o["metadata"])} for o in self.objects.values()]
-        return {"items": items, "metadata": {}}
+    async def connections(self, namespaces, *, metadata_only: bool = False):
+        for obj in list(self.objects.values()):
+            yield (
+                {"metadata": copy.deepcopy(obj["metadata"])}
+                if metadata_only
+                else copy.deepcopy(obj)
+            )
 
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:
         return self.secrets.get((namespace, name))

@@ -449,9 +449,9 @@ async def drain(r: Reconciler) -> None:
 
 async def used(r: Reconciler, name: str, secret: str = "creds") -> SecretData | None:
     """What a validation of connection `name` reads (and records)."""
-    from llmconn.reconciler import _RecordingSecrets
+    from llmconn.secretcache import RecordingSecrets
 
-    return await _RecordingSecrets(r, r.conns[("ns", name)]).get(secret)
+    return await RecordingSecrets(r.secret_cache, r.conns[("ns", name)]).get(secret)
 
 
 async def test_an_unreferenced_secret_is_never_read(rec: Any) -> None:

@@ -1,0 +1,114 @@
+"""Status writes and what follows them: one conditional PATCH per status, metrics, and the
+transition Events (rate-limited per connection).
+
+A write holds only if the object is still at the resourceVersion its status was computed
+from; on a conflict the object is read again and the status computed afresh (see `write`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from llmconn import status as st
+from llmconn.kube import Conflict, Kube, NotFound
+from llmconn.memory import Conn
+from llmconn.metrics import Metrics
+from llmconn.verdict import Verdict
+
+log = logging.getLogger("llmconn")
+
+WRITE_ATTEMPTS = 3  # conditional writes of one status, each after reading the object again
+WARNING_EVERY = 300.0  # seconds between Warning Events of one connection that stays not Ready
+
+
+class StatusWriter:
+    def __init__(self, kube: Kube, metrics: Metrics) -> None:
+        self.kube = kube
+        self.metrics = metrics
+        self._events: set[asyncio.Future[None]] = set()  # transition Events being posted
+
+    async def write(
+        self, conn: Conn, compute: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Write the status `compute` makes of the object's status, in one PATCH that holds
+        only if the object is still at the resourceVersion that status came from. On a
+        conflict (the object moved on: another writer, a newer spec, a replacement) the
+        object is read again and the status computed afresh from it; a replaced object
+        (another UID) is not this connection's any more. Returns (previous, written), or
+        None when `compute` declined."""
+        for _attempt in range(WRITE_ATTEMPTS):
+            prev = conn.status
+            new = compute(prev)
+            if new is None:
+                return None
+            try:
+                obj = await self.kube.patch_status(
+                    conn.namespace, conn.name, st.merge_patch(prev, new), conn.resource_version
+                )
+            except Conflict:
+                fresh = await self.kube.get_connection(conn.namespace, conn.name)
+                if fresh is None or (fresh.get("metadata") or {}).get("uid") != conn.uid:
+                    raise NotFound(f"{conn.namespace}/{conn.name}") from None
+                conn.status = dict(fresh.get("status") or {})
+                conn.resource_version = (fresh.get("metadata") or {}).get("resourceVersion")
+                continue
+            conn.status = dict(obj.get("status") or {})
+            conn.resource_version = (obj.get("metadata") or {}).get("resourceVersion")
+            return prev, new
+        raise Conflict(f"{conn.namespace}/{conn.name}: the object kept changing")
+
+    def observe(
+        self, conn: Conn, prev: dict[str, Any], new: dict[str, Any], verdict: Verdict, took: float
+    ) -> None:
+        provider = verdict.provider
+        self.metrics.validation(provider, verdict.result.value, verdict.reason.value, took)
+        self.metrics.set_ready(conn.namespace, conn.name, provider, st.ready_status(new))
+        self.metrics.last_validation(conn.namespace, conn.name, provider, time.time())
+        log.debug(
+            "validated %s/%s: %s %s in %sms",
+            conn.namespace,
+            conn.name,
+            verdict.result.value,
+            verdict.reason.value,
+            verdict.latency_ms,
+        )
+        change = st.transition(prev, new)
+        if change is None:
+            return
+        type_, reason = change
+        log.info(
+            "%s/%s is now %s: %s",
+            conn.namespace,
+            conn.name,
+            "Ready" if type_ == "Normal" else f"not Ready ({verdict.reason.value})",
+            verdict.message,
+        )
+        now = time.monotonic()
+        if (
+            type_ == "Warning"
+            and st.ready_status(prev) == "False"
+            and conn.last_warning is not None
+            and now - conn.last_warning < WARNING_EVERY
+        ):
+            return  # only the reason changed while not Ready (transient reasons alternate)
+        if type_ == "Warning":
+            conn.last_warning = now
+        task = asyncio.ensure_future(
+            self.kube.post_event(
+                {"metadata": conn.meta},
+                type_=type_,
+                reason=reason,
+                message=f"{verdict.reason.value}: {verdict.message}",
+            )
+        )
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    async def flush(self, timeout: float) -> None:
+        """Let transition Events still being posted reach the API before shutdown."""
+        if self._events:
+            await asyncio.wait(set(self._events), timeout=timeout)
