@@ -44,7 +44,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,7 @@ class Dialect(DialectState):
     responses_only: tuple[str, ...] = ()  # served by POST /responses only, not chat
     unauthorized: str = "flavour"  # Mistral's 401 body: "flavour", "detail" or "empty"
     budget_status: int = 400  # LiteLLM's budget_exceeded status
+    shutdown: dict[str, str] = field(default_factory=dict)  # model -> OpenAI shutdown_date
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -276,10 +277,17 @@ async def _get_model(dialect: Dialect, request: Request, body: Any) -> Response:
     model = request.path_params["model_id"]
     if model not in dialect.models + dialect.unlisted:
         return _no_model(dialect, model, chat=False)
+    # openai SDK types/model.py: `shutdown_date`, "null if not announced".
     return _send(
         dialect,
         200,
-        {"id": model, "object": "model", "created": 1_700_000_000, "owned_by": "system"},
+        {
+            "id": model,
+            "object": "model",
+            "created": 1_700_000_000,
+            "owned_by": "system",
+            "shutdown_date": dialect.shutdown.get(model),
+        },
     )
 
 

@@ -622,3 +622,20 @@ async def test_an_endpoint_given_as_the_host_gets_the_api_path(live: Live, slash
 
 def test_together_default_endpoint_is_api_together_ai() -> None:
     assert registry.get("together").default_endpoint == "https://api.together.ai/v1"
+
+
+@pytest.mark.parametrize("provider", ["openai"])
+async def test_openai_shutdown_date_is_the_models_lifecycle(live: Live) -> None:
+    live.use(shutdown={"gpt-4o-mini": "2099-02-26", "gpt-4o": "2025-06-14"})
+    outcome, _ = await run(live, MODEL, model="gpt-4o-mini")
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert outcome.lifecycle is not None
+    assert (outcome.lifecycle.stage, outcome.lifecycle.retires_at) == ("deprecated", "2099-02-26")
+    assert "shuts down on 2099-02-26" in outcome.message
+
+    retired, _ = await run(live, INFERENCE, model="gpt-4o")
+    assert retired.reason is Reason.MODEL_RETIRED, retired.message
+    assert live.app.state.dialect.generated == 0
+
+    active, _ = await run(live, MODEL, model="o3-mini")
+    assert active.reason is Reason.VALIDATED and active.lifecycle is None

@@ -17,6 +17,8 @@ A provider module states how it differs from OpenAI's own API in a `Flavour` and
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import difflib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok
 from llmconn.probes.errors import Classify, classify_error, has, parse_error, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
+from llmconn.verdict import Lifecycle
 
 # Some (reasoning) models refuse budgets under 16 tokens; 16 tokens cost next to nothing.
 TEST_MAX_TOKENS = 16
@@ -83,12 +86,15 @@ async def check(ctx: ProbeContext, flavour: Flavour) -> ProbeOutcome:
             f"The connection is reachable; the key can list {len(ids)} models.", listing, **found
         )
 
-    await check_model(ctx, flavour, model, ids)
+    life = await check_model(ctx, flavour, model, ids)
+    aside = _aside(model, life)
     if vtype is ValidationType.MODEL:
-        return ok(f"The connection is reachable; model {model} is available.", listing, **found)
+        said = f"The connection is reachable; model {model} is available.{aside}"
+        return dataclasses.replace(ok(said, listing, **found), lifecycle=life)
 
     answer, api = await complete(ctx, flavour, model)
-    return ok(f"The connection is reachable; model {model} answered a test {api}.", answer, **found)
+    said = f"The connection is reachable; model {model} answered a test {api}.{aside}"
+    return dataclasses.replace(ok(said, answer, **found), lifecycle=life)
 
 
 async def list_models(ctx: ProbeContext, flavour: Flavour) -> tuple[Reply, list[str]]:
@@ -131,11 +137,14 @@ def _listing_error(ctx: ProbeContext, reply: Reply, what: str, classify: Classif
     )
 
 
-async def check_model(ctx: ProbeContext, flavour: Flavour, model: str, ids: list[str]) -> None:
-    """Returns when the model is there; ModelNotFound otherwise."""
+async def check_model(
+    ctx: ProbeContext, flavour: Flavour, model: str, ids: list[str]
+) -> Lifecycle | None:
+    """Returns when the model is there, with its shutdown date if the provider gives one;
+    ModelNotFound otherwise, ModelRetired past its shutdown date."""
     if flavour.retrieve_model:
         reply = await ctx.request("GET", "/models/" + quote(model, safe=_SEGMENT_SAFE))
-        read_json(
+        body = read_json(
             ctx,
             reply,
             f"model {model}",
@@ -143,9 +152,9 @@ async def check_model(ctx: ProbeContext, flavour: Flavour, model: str, ids: list
             expected="a model object",
             classify=flavour.classify,
         )
-        return
+        return _shutdown(model, body, reply)
     if is_listed(model, ids) or is_listed(flavour.listed_as(model), ids):
-        return
+        return None
     near = difflib.get_close_matches(model, ids, n=3, cutoff=0.6)
     hint = f" Close names: {', '.join(near)}." if near else ""
     raise ProbeFailure(
@@ -156,6 +165,37 @@ async def check_model(ctx: ProbeContext, flavour: Flavour, model: str, ids: list
             http_status=200,
         )
     )
+
+
+def _shutdown(model: str, body: dict[str, Any], reply: Reply) -> Lifecycle | None:
+    """OpenAI's model object has `shutdown_date` (openai SDK `types/model.py`: "the date when
+    the model will shut down, or null if not announced"): announced, the model is deprecated;
+    past, it is retired."""
+    when = body.get("shutdown_date")
+    if not isinstance(when, str) or not when:
+        return None
+    life = Lifecycle(stage="deprecated", retires_at=when[:64])
+    try:
+        day = dt.date.fromisoformat(when[:10])
+    except ValueError:
+        return life
+    if day <= dt.datetime.now(dt.UTC).date():
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.MODEL_RETIRED,
+                f"Model {model} was shut down on {when[:64]}: requests naming it fail. Move "
+                "spec.model to a current model.",
+                http_status=reply.status,
+                lifecycle=dataclasses.replace(life, stage="retired"),
+            )
+        )
+    return life
+
+
+def _aside(model: str, life: Lifecycle | None) -> str:
+    if life is None:
+        return ""
+    return f" It is deprecated and shuts down on {life.retires_at}: plan the move."
 
 
 def is_listed(model: str, ids: list[str]) -> bool:
