@@ -1,9 +1,13 @@
-"""Properties of `classify_error`: any answer at all gets a reason, and never the caller's key."""
+"""Properties of `classify_error`: any answer at all gets a reason, and never the caller's key:
+not from classification itself when the provider did not echo it, and not after the redaction
+the caller applies when it did."""
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +21,7 @@ from llmconn.probes import registry
 from llmconn.probes.base import ProbeContext
 from llmconn.probes.errors import classify_error, retry_after
 from llmconn.reasons import Reason
+from llmconn.redact import Redactor
 from llmconn.spec import SecretKeyRef, ValidationType
 
 HEADER_NAMES = st.sampled_from(
@@ -77,6 +82,40 @@ KEYS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=16, max
 )
 
 
+def forms(key: str) -> list[str]:
+    """The key as providers echo it: as it is, upper-cased, with its header's prefix, and in
+    the encodings redaction knows (percent, hex, base64 inside a longer value)."""
+    raw = key.encode()
+    return [
+        key,
+        key.upper(),
+        f"Bearer {key}",
+        urllib.parse.quote(key, safe=""),
+        "".join(f"%{b:02x}" for b in raw),
+        raw.hex(),
+        base64.b64encode(b"Bearer " + raw).decode(),
+        base64.urlsafe_b64encode(b"user:" + raw).decode().rstrip("="),
+    ]
+
+
+def echoes(key: str) -> st.SearchStrategy[bytes]:
+    """Answers that carry the key back ("Incorrect API key provided: sk-..."), in one of its
+    forms, in the error's message or code, or in a body that is not JSON."""
+    text = st.text(max_size=20)
+    return st.one_of(
+        st.builds(
+            lambda form, before, after, field: json.dumps(
+                {"error": {field: f"{before}{form}{after}", "type": "invalid_request_error"}}
+            ).encode(),
+            st.sampled_from(forms(key)),
+            text,
+            text,
+            st.sampled_from(["message", "code"]),
+        ),
+        st.builds(lambda form, before: (before + form).encode(), st.sampled_from(forms(key)), text),
+    )
+
+
 @pytest.fixture(scope="module")
 def http() -> Iterator[httpx2.AsyncClient]:
     # classify_error never sends anything; ProbeContext only needs a client to hold.
@@ -100,12 +139,20 @@ def _context(http: httpx2.AsyncClient, key: str) -> ProbeContext:
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(status=st.integers(100, 599), headers=HEADERS, body=BODIES, key=KEYS)
-@example(status=200, headers=[], body=b"[" * 5000, key="sk-" + "a" * 20)  # deep nesting
-@example(status=429, headers=[(b"retry-after", b"\xb2")], body=b"{}", key="sk-" + "b" * 20)
+@given(status=st.integers(100, 599), headers=HEADERS, key=KEYS, data=st.data())
+@example(status=401, headers=[], key="sk-" + "c" * 20, data=None)  # the usual echo, below
 def test_any_answer_gets_a_reason_and_never_the_key(
-    http: httpx2.AsyncClient, status: int, headers: list[tuple[bytes, bytes]], body: bytes, key: str
+    http: httpx2.AsyncClient,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    key: str,
+    data: st.DataObject | None,
 ) -> None:
+    if data is None:
+        body = json.dumps({"error": {"message": f"Incorrect API key provided: {key}."}}).encode()
+    else:
+        # Half of the answers echo the key, so the echo is not a rare case.
+        body = data.draw(st.one_of(BODIES, echoes(key)), label="body")
     reply = Reply(status, httpx2.Headers(headers), body, "https://api.example.test/v1/models")
     ctx = _context(http, key)
     authorization = ctx.auth_headers()["Authorization"]
@@ -120,9 +167,31 @@ def test_any_answer_gets_a_reason_and_never_the_key(
         assert key not in outcome.message
         assert authorization not in outcome.message
         assert key not in (outcome.code or "")
+    # What validate() stores: classification, then the redaction of the values the probe used.
+    redact = Redactor([key])
+    stored = [redact.text(outcome.message), redact.optional(outcome.code) or ""]
+    for text in stored:
+        for form in forms(key):
+            assert form.casefold() not in text.casefold(), form
     if outcome.retry_after is not None:
         assert outcome.reason is Reason.RATE_LIMITED
         assert math.isfinite(outcome.retry_after) and outcome.retry_after >= 0
+
+
+@example(status=200, headers=[], body=b"[" * 5000, key="sk-" + "a" * 20)  # deep nesting
+@example(status=429, headers=[(b"retry-after", b"\xb2")], body=b"{}", key="sk-" + "b" * 20)
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(status=st.integers(100, 599), headers=HEADERS, body=BODIES, key=KEYS)
+def test_odd_answers_get_a_reason(
+    http: httpx2.AsyncClient, status: int, headers: list[tuple[bytes, bytes]], body: bytes, key: str
+) -> None:
+    outcome = classify_error(
+        _context(http, key),
+        Reply(status, httpx2.Headers(headers), body, "https://api.example.test/v1/models"),
+        "the model list",
+    )
+    assert isinstance(outcome.reason, Reason) and outcome.reason is not Reason.VALIDATED
+    assert outcome.message
 
 
 @settings(deadline=None)
