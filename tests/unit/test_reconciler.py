@@ -26,6 +26,7 @@ from llmconn.kube import Conflict, NotFound
 from llmconn.metrics import Metrics
 from llmconn.reasons import Reason
 from llmconn.reconciler import Conn, Reconciler
+from llmconn.status import rfc3339
 from llmconn.verdict import Defaults, ObservedSecret, SecretData, Verdict, effective
 
 NS = "team"
@@ -495,3 +496,48 @@ async def test_suspend_writes_once_keeps_the_last_verdict_and_stops_validating(w
     await asyncio.sleep(0.1)
     assert (len(provider.calls), len(kube.writes)) == (calls, writes)
     assert len(rec.scheduler) == 0
+
+
+# --- the readiness gauge follows the written status ------------------------------------------
+
+
+def ready_gauge(rec: Reconciler, name: str) -> dict[str, float | None]:
+    labels = {"namespace": NS, "name": name, "provider": "openai-compatible"}
+    return {
+        status: rec.metrics.registry.get_sample_value(
+            "llmconn_connection_ready", {**labels, "status": status}
+        )
+        for status in ("True", "False", "Unknown")
+    }
+
+
+async def test_after_a_restart_the_gauge_comes_from_the_written_status(world) -> None:
+    # A connection validated (and found broken) by the previous process, a minute ago: no
+    # validation is due, and its series must not wait for one.
+    kube, provider, rec = world
+    obj = kube.apply("c", spec())
+    written = {
+        "result": "failed",
+        "reason": "InvalidAPIKey",
+        "lastValidationTime": rfc3339(dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)),
+        "observedGeneration": 1,
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "InvalidAPIKey", "message": "m"}
+        ],
+    }
+    kube.objects[(NS, "c")]["status"] = obj["status"] = written
+    rec.connection_event("ADDED", obj)
+    assert ready_gauge(rec, "c") == {"True": 0.0, "False": 1.0, "Unknown": 0.0}
+    await settle(rec)
+    assert provider.calls == []  # from the status, not from a new validation
+
+
+async def test_suspend_turns_the_gauge_unknown(world) -> None:
+    kube, _provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("Ready", lambda: ready(kube.status("c")).get("status") == "True")
+    assert ready_gauge(rec, "c") == {"True": 1.0, "False": 0.0, "Unknown": 0.0}
+    rec.connection_event("MODIFIED", kube.apply("c", spec(suspend=True)))
+    await until("suspended", lambda: ready(kube.status("c")).get("reason") == "Suspended")
+    await until("the gauge", lambda: ready_gauge(rec, "c")["Unknown"] == 1.0)
+    assert ready_gauge(rec, "c") == {"True": 0.0, "False": 0.0, "Unknown": 1.0}
