@@ -71,6 +71,13 @@ class Metrics:
             ["namespace", "name", "provider"],
             registry=self.registry,
         )
+        self._retirement = Gauge(
+            "llmconn_model_retirement_timestamp_seconds",
+            "Unix time the connection's model retires, where its provider announces it.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self._retiring: set[tuple[str, str]] = set()  # connections with a retirement series
         self._in_flight = Gauge(
             "llmconn_probes_in_flight",
             "Validations running now.",
@@ -118,11 +125,24 @@ class Metrics:
             provider = self._track(namespace, name, provider)
             self._last.labels(namespace, name, provider).set(timestamp)
 
+    def model_retirement(self, namespace: str, name: str, timestamp: float | None) -> None:
+        """The model's announced retirement (None: none announced, the series goes)."""
+        with self._lock:
+            if timestamp is not None:
+                self._retirement.labels(namespace, name).set(timestamp)
+                self._retiring.add((namespace, name))
+            elif (namespace, name) in self._retiring:
+                self._retiring.discard((namespace, name))
+                self._retirement.remove(namespace, name)
+
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
             provider = self._providers.pop((namespace, name), None)
             if provider is not None:
                 self._remove_series(namespace, name, provider)
+            if (namespace, name) in self._retiring:
+                self._retiring.discard((namespace, name))
+                self._retirement.remove(namespace, name)
 
     def set_in_flight(self, n: int) -> None:
         self._in_flight.set(n)

@@ -227,3 +227,11 @@ def test_validate_action_keeps_other_annotations() -> None:
     changed = execute(VALIDATE_LUA, obj)
     assert changed["metadata"]["annotations"]["team"] == "agents"
     assert changed["metadata"]["annotations"][REQUESTED_AT] != "2026-11-29T16:40:00Z"
+
+
+def test_deprecated_model_is_healthy_with_the_deprecation_message() -> None:
+    deprecated = cond("Deprecated", "True", "ModelDeprecated", "Model m retires in 81 days.")
+    assert health(connection(READY, deprecated)) == (
+        "Healthy",
+        "ModelDeprecated: Model m retires in 81 days.",
+    )

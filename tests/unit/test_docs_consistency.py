@@ -335,6 +335,7 @@ def exposed_metrics() -> dict[str, tuple[str, set[str]]]:
     metrics.validation("openai", "success", "Validated", 0.1)
     metrics.set_ready("ns", "conn", "openai", "True")
     metrics.last_validation("ns", "conn", "openai", 1.0)
+    metrics.model_retirement("ns", "conn", 1.0)
     metrics.schedule_lag(0.1)
     found: dict[str, tuple[str, set[str]]] = {}
     for family in metrics.registry.collect():

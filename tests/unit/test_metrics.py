@@ -202,3 +202,17 @@ def test_serve_exposes_the_registry_over_http(metrics: Metrics) -> None:
         metrics.serve(0, "127.0.0.1")
     metrics.close()
     assert metrics.port is None
+
+
+def test_model_retirement_gauge_is_set_and_removed(metrics: Metrics) -> None:
+    name = "llmconn_model_retirement_timestamp_seconds"
+    metrics.model_retirement("ns", "a", 1_800_000_000.0)
+    metrics.model_retirement("ns", "b", 1_900_000_000.0)
+    assert values(metrics, name) == {
+        key(namespace="ns", name="a"): 1_800_000_000.0,
+        key(namespace="ns", name="b"): 1_900_000_000.0,
+    }
+    metrics.model_retirement("ns", "a", None)  # no longer announced
+    metrics.model_retirement("ns", "c", None)  # never announced: harmless
+    metrics.forget("ns", "b")
+    assert values(metrics, name) == {}

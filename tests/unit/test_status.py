@@ -9,7 +9,7 @@ import pytest
 from llmconn import status as st
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
-from llmconn.verdict import Effective, Verdict
+from llmconn.verdict import Effective, Lifecycle, Verdict
 
 T0 = dt.datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=dt.UTC)
 
@@ -217,3 +217,80 @@ def test_the_patch_nulls_stale_keys_inside_nested_maps():
         "details": {"dnsMs": "3", "modelCount": None, "rateLimitRemainingRequests": None},
         "code": None,
     }
+
+
+# --- model lifecycle: Deprecated, modelLifecycle, the retirement gauge's source -------------
+
+
+def lifecycle_verdict(reason: Reason, stage: str | None, minute: int = 0) -> Verdict:
+    life = (
+        Lifecycle(stage, deprecated_at="2026-10-28T00:00:00Z", retires_at="2027-02-19T00:00:00Z")
+        if stage
+        else None
+    )
+    return Verdict(
+        reason=reason,
+        message=f"probe said {reason.value}",
+        provider="anthropic",
+        endpoint="https://api.anthropic.com",
+        model="claude-3-7-sonnet-20250219",
+        validation=Effective(ValidationType.MODEL, 300.0, 10.0, 3),
+        finished_at=T0 + dt.timedelta(minutes=minute),
+        latency_ms=12,
+        lifecycle=life,
+    )
+
+
+def next_of(prev: dict | None, v: Verdict) -> dict:
+    return st.next_status(prev, v, generation=1, requested_at=None, secret_grace_over=True)
+
+
+def test_a_deprecated_model_stays_ready_with_a_deprecated_condition_counting_days():
+    s = next_of(None, lifecycle_verdict(Reason.VALIDATED, "deprecated"))
+    assert ready(s)["status"] == "True"
+    assert s["modelLifecycle"] == {
+        "stage": "deprecated",
+        "deprecatedAt": "2026-10-28T00:00:00Z",
+        "retiresAt": "2027-02-19T00:00:00Z",
+    }
+    cond = st.find(s["conditions"], "Deprecated")
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == "ModelDeprecated"
+    # T0 is 2026-11-22T10:00Z: 88 whole days before 2027-02-19T00:00Z.
+    assert "retires on 2027-02-19T00:00:00Z, in 88 days" in cond["message"]
+    assert st.retirement_timestamp(s) == dt.datetime(2027, 2, 19, tzinfo=dt.UTC).timestamp()
+    assert st.lifecycle_event(None, s) == ("Warning", "ModelDeprecated", cond["message"])
+    # Once: the next probe that says the same emits nothing, and keeps the transition time.
+    again = next_of(s, lifecycle_verdict(Reason.VALIDATED, "deprecated", minute=5))
+    assert st.lifecycle_event(s, again) is None
+    assert (
+        st.find(again["conditions"], "Deprecated")["lastTransitionTime"]
+        == cond["lastTransitionTime"]
+    )
+
+
+def test_a_probe_that_did_not_reach_the_model_keeps_its_lifecycle():
+    s = next_of(None, lifecycle_verdict(Reason.VALIDATED, "deprecated"))
+    timeout = next_of(s, lifecycle_verdict(Reason.TIMEOUT, None, minute=5))
+    assert timeout["modelLifecycle"]["stage"] == "deprecated"
+    assert st.find(timeout["conditions"], "Deprecated") is not None
+    # A success that says nothing of a lifecycle: the model is active again (or was moved).
+    active = next_of(timeout, lifecycle_verdict(Reason.VALIDATED, None, minute=10))
+    assert "modelLifecycle" not in active
+    assert st.find(active["conditions"], "Deprecated") is None
+    assert st.retirement_timestamp(active) is None
+    assert st.merge_patch(timeout, active)["modelLifecycle"] is None
+
+
+def test_a_retired_model_is_failed_and_stalled_with_its_lifecycle():
+    s = next_of(None, lifecycle_verdict(Reason.MODEL_RETIRED, "retired"))
+    assert s["result"] == "failed" and ready(s)["status"] == "False"
+    assert ready(s)["reason"] == "ModelRetired"
+    assert st.find(s["conditions"], "Stalled")["status"] == "True"
+    assert s["modelLifecycle"]["stage"] == "retired"
+    assert st.find(s["conditions"], "Deprecated") is None
+
+
+def test_an_overdue_retirement_says_so():
+    life = {"stage": "deprecated", "retiresAt": "2026-11-01"}
+    message = st.deprecation_message("m", life, T0)
+    assert "overdue by 21 days" in message

@@ -1,5 +1,6 @@
 -- Argo CD health check for llmconn.dev/LLMConnection.
--- Healthy: Ready=True for the current generation. Degraded: Stalled=True or Ready=False.
+-- Healthy: Ready=True for the current generation (with Deprecated=True, still Healthy, with
+-- the deprecation's message). Degraded: Stalled=True or Ready=False.
 -- Suspended: spec.suspend. Progressing: anything else (not validated yet, validating a new
 -- generation, being deleted). The order of checks follows kstatus, so Argo CD and Flux agree.
 -- Lua 5.1 only (Argo CD runs gopher-lua).
@@ -89,6 +90,11 @@ end
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = describe(ready, "Ready")
+  -- A model its provider deprecated still works: say when it retires.
+  local deprecated = condition(status.conditions, "Deprecated")
+  if deprecated ~= nil and deprecated.status == "True" then
+    hs.message = describe(deprecated, "Deprecated")
+  end
   return hs
 end
 if ready ~= nil and ready.status == "False" then
