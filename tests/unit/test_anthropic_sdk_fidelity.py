@@ -157,3 +157,33 @@ async def test_spend_limit_detail_is_read_by_the_sdk(
     _set(server, "spend_limit")
     with pytest.raises(anthropic.EnforcedSpendLimitReachedError):
         await _message(client, "claude-haiku-4-5")
+
+
+# --- 2026 answers (issue 10): lifecycle and the error codes the SDK maps ------------------------
+
+
+async def test_model_lifecycle_parses(server, client) -> None:
+    _set(server, "ok")
+    retired = await client.models.retrieve("claude-3-opus-20240229")
+    deprecated = await client.models.retrieve("claude-3-7-sonnet-20250219")
+    active = await client.models.retrieve("claude-opus-4-5-20251101")
+    assert retired.lifecycle == "retired" and retired.retires_at is not None
+    assert deprecated.lifecycle == "deprecated"
+    assert deprecated.retires_at is not None and deprecated.retires_at.year == 2027
+    assert active.lifecycle == "active" and active.retires_at is None
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error"),
+    [
+        ("on_hold", anthropic.BadRequestError),  # the SDK's OrganizationOnHoldError
+        ("billing", anthropic.PaymentRequiredError),
+        ("usage_limit", anthropic.BadRequestError),
+    ],
+)
+async def test_2026_errors_raise_the_sdks_classes(server, client, behaviour, error) -> None:
+    _set(server, behaviour)
+    with pytest.raises(error) as raised:
+        await _message(client, "claude-opus-4-5")
+    if behaviour == "on_hold":
+        assert type(raised.value).__name__ == "OrganizationOnHoldError"

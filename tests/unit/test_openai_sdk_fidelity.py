@@ -225,3 +225,49 @@ async def test_together_answers_a_bare_list(
     raw = await client.models.with_raw_response.list()
 
     assert raw.http_response.json()[0]["id"] == "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+
+
+# --- 2026 answers (issue 10): the SDK reads them as it reads the real API's -------------------
+
+
+async def test_responses_and_the_chat_refusal_of_a_responses_only_model(
+    server: tuple[str, Starlette], client: openai.AsyncOpenAI
+) -> None:
+    use(server, models=("gpt-4o", "o1-pro"), responses_only=("o1-pro",))
+    with pytest.raises(openai.NotFoundError) as refused:
+        await _chat("o1-pro")(client)
+    assert refused.value.param == "model"
+
+    response = await client.responses.create(model="o1-pro", input="OK?", max_output_tokens=16)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
+
+
+async def test_refused_fields_are_named_in_param(
+    server: tuple[str, Starlette], client: openai.AsyncOpenAI
+) -> None:
+    use(server, models=("gpt-6-mini",), reasoning=("gpt-6-mini",))
+    with pytest.raises(openai.BadRequestError) as refused:
+        await _chat("gpt-6-mini", max_completion_tokens=16, temperature=0)(client)
+    assert (refused.value.code, refused.value.param) == ("unsupported_value", "temperature")
+
+
+async def test_shutdown_date_parses(
+    server: tuple[str, Starlette], client: openai.AsyncOpenAI
+) -> None:
+    use(server, shutdown={"gpt-4o": "2099-02-26"})
+    assert (await client.models.retrieve("gpt-4o")).shutdown_date == "2099-02-26"
+    assert (await client.models.retrieve("gpt-4o-mini")).shutdown_date is None
+
+
+@pytest.mark.parametrize(
+    ("status", "error"), [(400, openai.BadRequestError), (429, openai.RateLimitError)]
+)
+async def test_litellm_budget_exceeded(
+    server: tuple[str, Starlette], client: openai.AsyncOpenAI, status: int, error: type
+) -> None:
+    use(server, flavour="vllm", behaviour="budget_exceeded", budget_status=status)
+    with pytest.raises(error) as raised:
+        await _chat()(client)
+    assert raised.value.type == "budget_exceeded"
