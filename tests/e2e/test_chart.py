@@ -237,3 +237,41 @@ def test_dashboard_config_map_is_accepted_by_the_apiserver(
         assert result.stdout.strip() == f"configmap/{FULLNAME}-dashboard"
     finally:
         cluster.delete_namespace(ns)
+
+
+def test_sharded_chart_is_accepted_and_its_rbac_reaches_each_shards_peering(
+    chart_crds: ControlPlane, render: Any
+) -> None:
+    """The StatefulSet, a budget and a peering object per shard pass a server-side dry run;
+    the account may keep a keep-alive in every shard's peering object and in no other."""
+    cluster = chart_crds
+    release_ns, watched = cluster.create_namespace("rel"), cluster.create_namespace("team")
+    release = "llmconn-sharded"
+    try:
+        values = {
+            "sharding": {"shards": 3},
+            "replicaCount": 2,
+            "podDisruptionBudget": {"enabled": True},
+            "watch": {"namespaces": [watched]},
+        }
+        docs = render(values, namespace=release_ns, release=release)
+        result = cluster.kubectl(
+            "apply", "--dry-run=server", "-o", "name", "-f", "-", input=yaml.safe_dump_all(docs)
+        )
+        applied = sorted(result.stdout.split())
+        assert f"statefulset.apps/{release}" in applied
+        assert [a for a in applied if a.startswith("poddisruptionbudget")] == [
+            f"poddisruptionbudget.policy/{release}-shard-{i}" for i in range(3)
+        ]
+        assert len(applied) == len(docs)
+        token = install_rbac(cluster, docs)
+        for i in range(3):
+            peering = f"kopfpeerings.kopf.dev/{release}-shard-{i}"
+            assert can_i(cluster, token, "patch", peering, "-n", watched)
+        for other in (release, f"{release}-shard-3"):
+            assert not can_i(
+                cluster, token, "patch", f"kopfpeerings.kopf.dev/{other}", "-n", watched
+            )
+    finally:
+        for ns in (release_ns, watched):
+            cluster.delete_namespace(ns)

@@ -857,3 +857,164 @@ def test_schema_refuses_bad_alert_values(
     )
     assert result.returncode != 0
     assert complaint in result.stderr
+
+
+# -- sharding -----------------------------------------------------------------------------
+
+
+def pod_spec(docs: list[Doc], kind: str = "StatefulSet") -> Doc:
+    spec: Doc = one(docs, kind)["spec"]["template"]["spec"]
+    return spec
+
+
+def shard_of_pod(
+    monkeypatch: pytest.MonkeyPatch, docs: list[Doc], ordinal: int
+) -> tuple[int, str | None]:
+    """(shard index, peering name) as the operator in the StatefulSet's pod with this ordinal
+    parses its flags, with POD_ID set the way the pod's env sets it (from its name)."""
+    (c,) = pod_spec(docs)["containers"]
+    (pod_id,) = [e for e in c["env"] if e["name"] == "POD_ID"]
+    assert pod_id["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    monkeypatch.setenv("POD_ID", f"{one(docs, 'StatefulSet')['metadata']['name']}-{ordinal}")
+    config = from_args(c["args"])
+    return config.shard.index, config.peering_name
+
+
+def test_sharded_mode_is_a_statefulset_whose_ordinal_is_the_shard(
+    render: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render({"sharding": {"shards": 3}})
+    assert [d for d in docs if d["kind"] == "Deployment"] == []
+    sts = one(docs, "StatefulSet", NAMESPACE)
+    assert sts["metadata"]["name"] == FULLNAME
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["podManagementPolicy"] == "Parallel"  # shards start side by side
+    assert sts["spec"]["selector"]["matchLabels"] == one(docs, "Service")["spec"]["selector"]
+    (c,) = pod_spec(docs)["containers"]
+    assert {"--shard-count=3", "--shard-index=pod-ordinal"} <= set(c["args"])
+    assert not [a for a in c["args"] if a.startswith("--peering")]  # one pod per shard
+    assert [shard_of_pod(monkeypatch, docs, i) for i in range(3)] == [
+        (0, None),
+        (1, None),
+        (2, None),
+    ]
+    # The same pod as the Deployment's, hardening included.
+    unsharded = pod_spec(render(), "Deployment")
+    assert {k: v for k, v in pod_spec(docs).items() if k != "containers"} == {
+        k: v for k, v in unsharded.items() if k != "containers"
+    }
+    (plain,) = unsharded["containers"]
+    assert {k: v for k, v in c.items() if k != "args"} == {
+        k: v for k, v in plain.items() if k != "args"
+    }
+    assert [a for a in c["args"] if not a.startswith("--shard-")] == plain["args"]
+    assert not [d for d in docs if d["kind"].endswith("KopfPeering")]
+
+
+def test_sharded_ha_has_one_peering_object_per_shard(
+    render: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render({"sharding": {"shards": 3}, "replicaCount": 2})
+    assert one(docs, "StatefulSet")["spec"]["replicas"] == 6
+    objects = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "ClusterKopfPeering")
+    assert objects == [f"{FULLNAME}-shard-{i}" for i in range(3)]
+    pods = [shard_of_pod(monkeypatch, docs, ordinal) for ordinal in range(6)]
+    # Ordinals 3..5 are the standbys of shards 0..2, each in its own shard's peering object.
+    assert pods == [(i % 3, f"{FULLNAME}-shard-{i % 3}") for i in range(6)]
+    rules = one(docs, "ClusterRole", name=FULLNAME)["rules"]
+    assert rules[: len(OPERATOR_RULES)] == OPERATOR_RULES
+    assert rules[len(OPERATOR_RULES) :] == [
+        {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["clusterkopfpeerings"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["clusterkopfpeerings"],
+            "resourceNames": objects,
+            "verbs": ["get", "patch"],
+        },
+    ]
+
+
+def test_sharded_namespaced_peering_meets_in_each_namespace(
+    render: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(
+        {"sharding": {"shards": 2}, "watch": {"namespaces": ["a", "b"]}, "replicaCount": 2}
+    )
+    for ns in ("a", "b"):
+        names = sorted(
+            d["metadata"]["name"]
+            for d in docs
+            if d["kind"] == "KopfPeering" and d["metadata"]["namespace"] == ns
+        )
+        assert names == [f"{FULLNAME}-shard-0", f"{FULLNAME}-shard-1"]
+        (granted,) = [r for r in one(docs, "Role", ns)["rules"] if "resourceNames" in r]
+        assert granted["resourceNames"] == names
+        for ordinal in range(4):
+            assert shard_of_pod(monkeypatch, docs, ordinal)[1] in names
+
+
+def test_sharded_disruption_budget_is_per_shard(
+    render: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shard keeps its own pods: a budget per shard, over the pods that stand in for each
+    other (the ordinals the operator maps to that shard)."""
+    docs = render(
+        {"sharding": {"shards": 3}, "replicaCount": 2, "podDisruptionBudget": {"enabled": True}}
+    )
+    budgets = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert sorted(budgets) == [f"{FULLNAME}-shard-{i}" for i in range(3)]
+    labels = one(docs, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    for i in range(3):
+        spec = budgets[f"{FULLNAME}-shard-{i}"]
+        assert spec["maxUnavailable"] == 1
+        assert spec["selector"]["matchLabels"] == labels
+        (expr,) = spec["selector"]["matchExpressions"]
+        assert (expr["key"], expr["operator"]) == ("statefulset.kubernetes.io/pod-name", "In")
+        ordinals = [int(name.rsplit("-", 1)[1]) for name in expr["values"]]
+        assert {shard_of_pod(monkeypatch, docs, o)[0] for o in ordinals} == {i}
+        assert len(ordinals) == 2
+    unsharded = one(render({"podDisruptionBudget": {"enabled": True}}), "PodDisruptionBudget")
+    assert unsharded["metadata"]["name"] == FULLNAME
+    assert "matchExpressions" not in unsharded["spec"]["selector"]
+
+
+def test_one_shard_is_the_plain_deployment(render: Any) -> None:
+    assert render({"sharding": {"shards": 1}}) == render()
+
+
+@pytest.mark.parametrize("shards", [0, -1, "3"])
+def test_schema_refuses_bad_shard_counts(
+    helm_env: dict[str, str], tmp_path: Path, shards: Any
+) -> None:
+    result = helm(
+        helm_env,
+        "template",
+        RELEASE,
+        "{chart}",
+        *values_args(tmp_path, {"sharding": {"shards": shards}}),
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "/sharding/shards" in result.stderr
+
+
+def test_sharded_lint_strict(helm_env: dict[str, str], tmp_path: Path) -> None:
+    values = {
+        "sharding": {"shards": 4},
+        "replicaCount": 2,
+        "podDisruptionBudget": {"enabled": True},
+    }
+    result = helm(helm_env, "lint", "--strict", "{chart}", *values_args(tmp_path, values))
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout + result.stderr
+
+
+def test_sharded_notes(notes: Any) -> None:
+    text = notes({"sharding": {"shards": 3}, "replicaCount": 2})
+    assert f"rollout status statefulset/{FULLNAME}" in text
+    assert "split into 3 shards" in text
+    assert f"{FULLNAME}-shard-0, {FULLNAME}-shard-1, {FULLNAME}-shard-2" in text
+    assert f"rollout status deployment/{FULLNAME}" in notes()

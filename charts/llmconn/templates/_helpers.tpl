@@ -63,6 +63,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (include "llmconn.fullname" .) .Values.peering.name }}
 {{- end }}
 
+{{/* "true" in sharded mode (sharding.shards > 1): a StatefulSet instead of the Deployment. */}}
+{{- define "llmconn.sharded" -}}
+{{- if gt (int .Values.sharding.shards) 1 }}true{{ end }}
+{{- end }}
+
+{{/* The peering objects the replicas meet in, one per shard as the operator names them
+(llmconn.config.Config.peering_name: <peering>-shard-<i>). A YAML list. */}}
+{{- define "llmconn.peeringNames" -}}
+{{- $name := include "llmconn.peeringName" . }}
+{{- if include "llmconn.sharded" . }}
+{{- range $i := until (int .Values.sharding.shards) }}
+- {{ printf "%s-shard-%d" $name $i }}
+{{- end }}
+{{- else }}
+- {{ $name }}
+{{- end }}
+{{- end }}
+
 {{/* "true" in cluster-wide mode (no namespaces listed). */}}
 {{- define "llmconn.clusterwide" -}}
 {{- if not .Values.watch.namespaces }}true{{ end }}
