@@ -230,6 +230,8 @@ class Reconciler:
             self.metrics.set_ready(
                 conn.namespace, conn.name, provider, st.ready_status(conn.status)
             )
+            retires = st.retirement_timestamp(conn.status)
+            self.metrics.model_retirement(conn.namespace, conn.name, retires)
 
     # --- one validation --------------------------------------------------------------
     async def _work(self, key: Key) -> None:

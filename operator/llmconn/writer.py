@@ -68,6 +68,9 @@ class StatusWriter:
         self.metrics.validation(provider, verdict.result.value, verdict.reason.value, took)
         self.metrics.set_ready(conn.namespace, conn.name, provider, st.ready_status(new))
         self.metrics.last_validation(conn.namespace, conn.name, provider, time.time())
+        self.metrics.model_retirement(conn.namespace, conn.name, st.retirement_timestamp(new))
+        if (lifecycle := st.lifecycle_event(prev, new)) is not None:
+            self._post(conn, *lifecycle)  # a model retires: said once, when first announced
         log.debug(
             "validated %s/%s: %s %s in %sms",
             conn.namespace,
@@ -97,12 +100,13 @@ class StatusWriter:
             return  # only the reason changed while not Ready (transient reasons alternate)
         if type_ == "Warning":
             conn.last_warning = now
+        self._post(conn, type_, reason, f"{verdict.reason.value}: {verdict.message}")
+
+    def _post(self, conn: Conn, type_: str, reason: str, message: str) -> None:
+        """Post an Event in the background (best-effort; `flush` waits for them)."""
         task = asyncio.ensure_future(
             self.kube.post_event(
-                {"metadata": conn.meta},
-                type_=type_,
-                reason=reason,
-                message=f"{verdict.reason.value}: {verdict.message}",
+                {"metadata": conn.meta}, type_=type_, reason=reason, message=message
             )
         )
         self._events.add(task)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from prometheus_client import generate_latest
 
 from llmconn import triggers as tr
 from llmconn.egress import EgressPolicy
@@ -27,7 +28,7 @@ from llmconn.metrics import Metrics
 from llmconn.reasons import Reason
 from llmconn.reconciler import Conn, Reconciler
 from llmconn.status import rfc3339
-from llmconn.verdict import Defaults, ObservedSecret, SecretData, Verdict, effective
+from llmconn.verdict import Defaults, Lifecycle, ObservedSecret, SecretData, Verdict, effective
 
 NS = "team"
 
@@ -129,6 +130,7 @@ class Provider:
         self.calls: list[str] = []  # the endpoint of each call
         self.gate: asyncio.Event | None = None
         self.details: dict[str, str] = {}
+        self.lifecycle: Lifecycle | None = None
 
     async def __call__(self, spec, secrets, pool, defaults) -> Verdict:
         self.calls.append(str(spec.endpoint))
@@ -155,6 +157,7 @@ class Provider:
             details=dict(self.details),
             retry_after=self.retry_after,
             observed_secrets=observed,
+            lifecycle=self.lifecycle,
         )
 
 
@@ -541,3 +544,22 @@ async def test_suspend_turns_the_gauge_unknown(world) -> None:
     await until("suspended", lambda: ready(kube.status("c")).get("reason") == "Suspended")
     await until("the gauge", lambda: ready_gauge(rec, "c")["Unknown"] == 1.0)
     assert ready_gauge(rec, "c") == {"True": 0.0, "False": 0.0, "Unknown": 1.0}
+
+
+async def test_a_deprecated_model_warns_once_and_exports_its_retirement(world) -> None:
+    kube, provider, rec = world
+    provider.lifecycle = Lifecycle("deprecated", "2026-10-01", "2027-03-01T00:00:00Z")
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("validated", lambda: kube.status("c").get("result") == "success")
+    for i in range(2):
+        rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: f"t{i}"}))
+        await until(
+            f"request {i}", lambda i=i: kube.status("c").get("lastHandledRequestedAt") == f"t{i}"
+        )
+    await settle(rec)
+    deprecated = [e for e in kube.events if e["reason"] == "ModelDeprecated"]
+    assert len(deprecated) == 1 and deprecated[0]["type"] == "Warning"
+    text = generate_latest(rec.metrics.registry).decode()
+    retires = dt.datetime(2027, 3, 1, tzinfo=dt.UTC).timestamp()
+    series = 'llmconn_model_retirement_timestamp_seconds{name="c",namespace="team"}'
+    assert f"{series} {retires:.7e}" in text
