@@ -175,6 +175,22 @@ def secret(namespace: str, name: str, data: dict[str, str]) -> str:
     )
 
 
+def secret_parts(key: str) -> list[str]:
+    """Every 12-character piece of a test key's random part (after its last "-"): redaction
+    removes any run of 12 or more characters of a secret, so none may appear anywhere."""
+    tail = key.rsplit("-", 1)[1]
+    return [tail[i : i + 12] for i in range(len(tail) - 11)]
+
+
+def leaked(keys: Sequence[str], text: str) -> list[str]:
+    """The keys of which `text` holds the whole or a piece (named by their prefix only)."""
+    return [
+        key.rsplit("-", 1)[0] + "-..."
+        for key in keys
+        if key in text or any(part in text for part in secret_parts(key))
+    ]
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
