@@ -194,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", default="60s", help="their validation interval (default 60s)")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of steady state measured")
     ap.add_argument("--samples", type=int, default=100, help="reaction samples (default 100)")
-    ap.add_argument("--concurrency", type=int, default=64, help="operator --concurrency")
+    ap.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        help="the operator's --concurrency (default 64; the operator's own default is 32)",
+    )
     ap.add_argument(
         "--unrelated-secrets",
         type=int,
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("starting the control plane")
         cp.start()
         cp.kubectl("apply", "-f", str(ROOT / "crds" / "llmconnections.yaml"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/llmconnections.llmconn.dev")
+        cp.wait_established("llmconnections.llmconn.dev")
         cp.kubectl("create", "namespace", NS)
         cp.kubectl(
             "create", "secret", "generic", "bench-key", "-n", NS, f"--from-literal=apiKey={KEY}"
@@ -353,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             m1 = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics").text
             a1 = cp.apiserver_metrics()
             rss1, cpu1 = operator.usage()
+            rss_peak = max(rss_peak, rss1)  # the final sample is a sample too
 
         validations = metric_sum(
             m1, "llmconn_validations", "llmconn_validations_total"
@@ -483,7 +489,8 @@ def summary(r: dict[str, Any]) -> str:
     s, o, a, re_ = r["steady_state"], r["operator"], r["apiserver"], r["reaction_ms"]
     return "\n".join(
         [
-            f"llmconn benchmark: {r['connections']} connections at {r['interval']}"
+            f"llmconn benchmark: {r['connections']} connections at {r['interval']},"
+            f" operator --concurrency {r['operator_concurrency']}"
             + (
                 f", {u['count']} unrelated Secrets of {u['kib']} KiB"
                 if (u := r["unrelated_secrets"])["count"]

@@ -423,6 +423,25 @@ class ControlPlane:
             )
         return result
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Wait until each named CRD is Established. (`kubectl wait --for=condition=...`
+        fails at once, instead of waiting, on a CRD whose status has no conditions yet.)"""
+        deadline = time.monotonic() + timeout
+        for crd in crds:
+            while True:
+                result = self.kubectl(
+                    "get",
+                    f"crd/{crd}",
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                    check=False,
+                )
+                if result.stdout.strip() == "True":
+                    break
+                if time.monotonic() > deadline:
+                    raise ControlPlaneError(f"{crd} is not Established: {result.stderr}")
+                time.sleep(0.1)
+
     def create_namespace(self, hint: str = "test") -> str:
         """Create a namespace with a unique name derived from `hint`; returns the name."""
         base = re.sub(r"[^a-z0-9-]+", "-", hint.lower()).strip("-")[:40].strip("-") or "test"

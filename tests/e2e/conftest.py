@@ -30,7 +30,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
         pytest.fail(str(error), pytrace=False)
     try:
         plane.kubectl("apply", "-f", str(CRD))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{CRD_NAME}")
+        plane.wait_established(CRD_NAME)
         yield plane
     finally:
         plane.stop()

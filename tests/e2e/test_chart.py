@@ -19,12 +19,9 @@ from controlplane.cluster import ControlPlane
 def chart_crds(cluster: ControlPlane) -> Iterator[ControlPlane]:
     """The chart's CRDs installed for real: a dry run of custom objects needs them served."""
     cluster.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
-    for crd in (
-        "llmconnections.llmconn.dev",
-        "clusterkopfpeerings.kopf.dev",
-        "kopfpeerings.kopf.dev",
-    ):
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    cluster.wait_established(
+        "llmconnections.llmconn.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"
+    )
     yield cluster
 
 

@@ -109,8 +109,7 @@ def peering_crds(cluster: ControlPlane) -> ControlPlane:
         "-f",
         str(CHART / "crds" / "kopf-peering.yaml"),
     )
-    for crd in ("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"):
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    cluster.wait_established("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
     return cluster
 
 

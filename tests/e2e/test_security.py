@@ -154,9 +154,7 @@ def old_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPla
     plane.start()
     try:
         plane.kubectl("apply", "-f", "-", input=loosened_crd())
-        plane.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s", "crd/llmconnections.llmconn.dev"
-        )
+        plane.wait_established("llmconnections.llmconn.dev")
         yield plane
     finally:
         plane.stop()
