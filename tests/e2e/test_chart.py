@@ -1,6 +1,6 @@
 """The rendered Helm chart on the real apiserver: accepted by a server-side dry run, and its
 RBAC granting what it says under a token of the chart's own ServiceAccount. (The rendering
-itself is tested without a cluster in tests/unit/test_chart.py.)"""
+itself is tested without a cluster in tests/unit/test_chart_static.py.)"""
 
 from __future__ import annotations
 
