@@ -30,7 +30,7 @@ RESOURCE = "llmconnections.llmconn.dev"
 REQUESTED_AT = "llmconn.dev/validate-requested-at"
 OK, FAILED, UNUSABLE = 0, 1, 2
 
-# What each reason means and what to do about it: the Reasons table of the README, as plain
+# What each reason means and what to do about it: the Reasons table of docs/reference.md, as plain
 # text (a test keeps the two the same).
 REASONS: dict[str, tuple[str, str]] = {
     "Validated": ("The probe succeeded.", "Nothing."),

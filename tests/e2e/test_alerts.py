@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from chartkit import HELM
+from docskit import section
 from llmconn.metrics import LAG_BUCKETS, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,22 +250,20 @@ def test_dashboard_panels_are_laid_out_without_overlap() -> None:
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
 
 
-def readme_table(heading: str) -> list[list[str]]:
-    readme = (ROOT / "README.md").read_text()
-    text = readme.split(f"\n### {heading}\n", 1)[1].split("\n#", 1)[0]
-    rows = [line for line in text.splitlines() if line.startswith("| ")]
+def docs_table(heading: str) -> list[list[str]]:
+    rows = [line for line in section(heading).splitlines() if line.startswith("| ")]
     return [[c.strip() for c in row.strip("|").split(" | ")] for row in rows[2:]]
 
 
-def test_readme_lists_the_dashboards_panels() -> None:
+def test_docs_list_the_dashboards_panels() -> None:
     dash = json.loads(DASHBOARD.read_text())
-    assert readme_table("Dashboard") == [
+    assert docs_table("Dashboard") == [
         [p["title"], p["type"], p["description"]] for p in dash["panels"]
     ]
 
 
-def test_readme_lists_the_alerts(helm_env: dict[str, str]) -> None:
+def test_docs_list_the_alerts(helm_env: dict[str, str]) -> None:
     rules = [r for g in render_rules(helm_env)["groups"] for r in g["rules"]]
-    assert [row[:2] for row in readme_table("Alerts")] == [
+    assert [row[:2] for row in docs_table("Alerts")] == [
         [f"`{r['alert']}`", r["labels"]["severity"]] for r in rules
     ]

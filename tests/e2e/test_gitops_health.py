@@ -4,7 +4,7 @@ health checks with the healthCheckExprs we ship (charts/llmconn/flux/kustomizati
 and Argo CD's health check in gopher-lua, the VM Argo CD embeds (and in lupa, Lua 5.1).
 
 Also Argo CD's own test layout (health_test.yaml, action_test.yaml) run the way Argo CD's
-util/lua tests run it. The checkers compute from the object alone; only the README's Argo CD
+util/lua tests run it. The checkers compute from the object alone; only the documented Argo CD
 install command runs against the control plane.
 """
 
@@ -22,6 +22,7 @@ import yaml
 from lupa import lua51
 
 from controlplane.cluster import ControlPlane
+from docskit import section
 from gitops_samples import SAMPLES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,22 +224,19 @@ def test_gopher_lua_refuses_what_argocd_cm_scripts_cannot_use(tools: Path, tmp_p
         assert complaint in done.stderr
 
 
-# -- the README's setups, as a user would copy them ------------------------------------------
-
-README = (ROOT / "README.md").read_text()
+# -- the documented setups, as a user would copy them ----------------------------------------
 
 
 def gitops_blocks(lang: str) -> list[str]:
-    gitops = README[README.index("\n## GitOps\n") : README.index("\n## Security\n")]
-    return re.findall(rf"^```{lang}\n(.*?)^```", gitops, flags=re.M | re.S)
+    return re.findall(rf"^```{lang}\n(.*?)^```", section("GitOps"), flags=re.M | re.S)
 
 
-def test_readme_shows_the_flux_kustomization() -> None:
+def test_docs_show_the_flux_kustomization() -> None:
     [block] = gitops_blocks("yaml")
     assert yaml.safe_load(block) == yaml.safe_load(KUSTOMIZATION.read_text())
 
 
-def test_readme_argocd_command_installs_both_customizations(
+def test_docs_argocd_command_installs_both_customizations(
     cluster: ControlPlane, tmp_path: Path
 ) -> None:
     [command] = gitops_blocks("sh")

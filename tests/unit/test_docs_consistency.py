@@ -1,20 +1,32 @@
-"""The README agrees with the code: each documented list is checked against its source of truth.
+"""The documentation (README.md and docs/) agrees with the code: each documented list is checked
+against its source of truth, wherever the section lives.
 
 Providers (the probe registry and the CRD's enum), reasons (llmconn.reasons), `llmconn run`
 options (llmconn.config), chart values (values.yaml), metrics (llmconn.metrics), spec and status
-fields and printer columns (the CRD), and make targets (the Makefile). No cluster needed.
+fields and printer columns (the CRD), and make targets (the Makefile); every link from one
+document to another (or to a heading) arrives somewhere. No cluster needed.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from docskit import (
+    ROOT,
+    Row,
+    anchors,
+    code_blocks,
+    codes,
+    documents,
+    first_table,
+    only_code,
+    section,
+)
 from llmconn import config
 from llmconn.metrics import Metrics
 from llmconn.probes import registry
@@ -22,84 +34,15 @@ from llmconn.probes.base import Auth
 from llmconn.reasons import MISSING_SECRET, STALLING, TRANSIENT, Reason, Result, result_of
 from llmconn.spec import McpTransport, ValidationType
 
-ROOT = Path(__file__).resolve().parents[2]
-README = (ROOT / "README.md").read_text()
 CRD = yaml.safe_load((ROOT / "crds" / "llmconnections.yaml").read_text())
 VALUES = yaml.safe_load((ROOT / "charts" / "llmconn" / "values.yaml").read_text())
 
 # Kubernetes structs documented as one row each (as the chart's own documentation test does).
 WHOLE_VALUES = {"resources", "podSecurityContext", "securityContext"}
-# Of those, the ones whose default the README describes in words rather than as YAML.
+# Of those, the ones whose default the docs describe in words rather than as YAML.
 PROSE_DEFAULTS = {"podSecurityContext", "securityContext"}
 # Reasons that only the Ready condition carries: they are never a probe's result.
 READY_ONLY = {Reason.PENDING, Reason.SUSPENDED}
-
-Row = dict[str, str]
-
-
-# --- reading the README ----------------------------------------------------------------
-
-
-def section(title: str, text: str = README) -> str:
-    """The text under the heading `title` (any level), up to the next heading of its level or
-    higher; headings inside code blocks do not count."""
-    lines = text.splitlines()
-    fenced = False
-    start: int | None = None
-    level = 0
-    for index, line in enumerate(lines):
-        if line.startswith("```"):
-            fenced = not fenced
-            continue
-        heading = re.match(r"^(#+) (.*)$", line) if not fenced else None
-        if heading is None:
-            continue
-        if start is None:
-            if heading.group(2).strip() == title:
-                start, level = index + 1, len(heading.group(1))
-        elif len(heading.group(1)) <= level:
-            return "\n".join(lines[start:index])
-    if start is None:
-        raise AssertionError(f"README has no section {title!r}")
-    return "\n".join(lines[start:])
-
-
-def _cells(line: str) -> list[str]:
-    inner = line.strip().removeprefix("|").removesuffix("|")
-    return [cell.strip().replace("\\|", "|") for cell in re.split(r"(?<!\\)\|", inner)]
-
-
-def first_table(text: str) -> list[Row]:
-    """The first Markdown table in `text`, as rows keyed by the header's cells."""
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("|")), None)
-    assert start is not None, "no table in this section"
-    block: list[str] = []
-    for line in lines[start:]:
-        if not line.lstrip().startswith("|"):
-            break
-        block.append(line)
-    header, separator, *body = (_cells(line) for line in block)
-    assert all(re.fullmatch(r":?-+:?", cell) for cell in separator), "not a Markdown table"
-    for cells in body:
-        assert len(cells) == len(header), (
-            f"row has {len(cells)} cells, header {len(header)}: {cells}"
-        )
-    return [dict(zip(header, cells, strict=True)) for cells in body]
-
-
-def codes(cell: str) -> list[str]:
-    return re.findall(r"`([^`]+)`", cell)
-
-
-def only_code(cell: str) -> str:
-    match = re.fullmatch(r"`([^`]*)`", cell)
-    assert match, f"expected a single code span, got {cell!r}"
-    return match.group(1)
-
-
-def code_blocks(text: str) -> list[str]:
-    return re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
 
 
 # --- the CRD ---------------------------------------------------------------------------
@@ -366,11 +309,38 @@ def test_every_make_target_is_documented() -> None:
     assert sorted(documented) == sorted(targets)
 
 
-def test_quickstart_is_exactly_two_commands() -> None:
-    first_block = code_blocks(section("Quickstart"))[0]
+def test_local_quickstart_is_exactly_two_commands() -> None:
+    first_block = code_blocks(section("Local quickstart"))[0]
     assert first_block.split("\n")[:-1] == ["make demo", "make test"]
 
 
-def test_readme_names_no_machine_paths() -> None:
-    found = re.findall(r"(?<![\w.$])/(?:work|home|Users|root|tmp)/\S*", README)
-    assert found == []
+def test_docs_name_no_machine_paths() -> None:
+    for path, text in documents().items():
+        found = re.findall(r"(?<![\w.$])/(?:work|home|Users|root|tmp)/\S*", text)
+        assert found == [], path
+
+
+# --- links -----------------------------------------------------------------------------
+
+
+def test_links_between_documents_arrive() -> None:
+    """Every relative link (to a file of the repository, or to a heading of a document) points
+    at something that exists."""
+    docs = documents()
+    for path, text in docs.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            assert dest.exists(), f"{path.relative_to(ROOT)}: {target} (no such file)"
+            if anchor:
+                assert dest in docs, f"{path.relative_to(ROOT)}: {target} (not a document)"
+                assert anchor in anchors(docs[dest]), f"{path.relative_to(ROOT)}: {target}"
+
+
+def test_every_document_is_linked_from_the_readme() -> None:
+    readme = documents()[ROOT / "README.md"]
+    for path in documents():
+        if path.parent.name == "docs":
+            assert f"](docs/{path.name}" in readme, path.name

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from pathlib import Path
 
 import pytest
 
+from docskit import section
 from llmconn import kubectl_plugin as plugin
 from llmconn.reasons import Reason
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
-
-def readme_reasons() -> dict[str, tuple[str, str]]:
-    """reason -> (meaning, what to do) from the README's Reasons table, as plain text."""
-    table = README.split("### Reasons", 1)[1].split("\n\n| reason |", 1)[1].split("\n\n", 1)[0]
+def documented_reasons() -> dict[str, tuple[str, str]]:
+    """reason -> (meaning, what to do) from the Reasons table of the reference, as plain text."""
+    table = section("Reasons").split("\n\n| reason |", 1)[1].split("\n\n", 1)[0]
     plain: dict[str, tuple[str, str]] = {}
     for line in table.splitlines()[2:]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -30,8 +28,8 @@ def readme_reasons() -> dict[str, tuple[str, str]]:
     return plain
 
 
-def test_reason_help_is_the_readmes_reasons_table() -> None:
-    assert readme_reasons() == plugin.REASONS
+def test_reason_help_is_the_reasons_table() -> None:
+    assert documented_reasons() == plugin.REASONS
 
 
 def test_every_reason_has_help() -> None:

@@ -1,4 +1,4 @@
-"""The reconciler against a fake API server: every trigger and race the README lists.
+"""The reconciler against a fake API server: every trigger and race docs/design.md lists.
 
 `FakeKube` keeps objects as the API server does (resourceVersions, merge patches on the status,
 the resourceVersion precondition) and the validator is a stand-in that returns what the test
