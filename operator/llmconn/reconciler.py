@@ -43,7 +43,10 @@ from llmconn.writer import StatusWriter
 log = logging.getLogger("llmconn")
 
 REQUESTED_AT = tr.REQUESTED_AT
-PENDING_AFTER = 0.5  # seconds a first probe may take before Reconciling=True is written
+# A new connection gets Ready=Unknown, Reconciling=True at once unless its first verdict is
+# already there: a GitOps health check sees "in progress" from the first moment, never a
+# status-less object it could call current. (At most two writes for a new connection.)
+PENDING_AFTER = 0.0
 RETRY_API = 10.0  # seconds before retrying a validation whose Kubernetes call failed
 MAX_WRITE_BACKOFF = 300.0  # a kept verdict's write is retried at most this far apart
 SWEEP_EVERY = 600.0  # seconds between checks that every connection in memory still exists

@@ -122,7 +122,8 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.client_args = client_args
         self.rv = resource_version
-        self.first_status: dict[str, float] = {}
+        self.first_status: dict[str, float] = {}  # first verdict (lastValidationTime)
+        self.first_any: dict[str, float] = {}  # first status of any kind (Ready=Unknown too)
         self.stop_flag = False
 
     def run(self) -> None:
@@ -146,7 +147,10 @@ class Watcher(threading.Thread):
                         obj = event.get("object", {})
                         self.rv = obj.get("metadata", {}).get("resourceVersion", self.rv)
                         name = obj.get("metadata", {}).get("name")
-                        if (obj.get("status") or {}).get("lastValidationTime"):
+                        status = obj.get("status") or {}
+                        if status.get("conditions"):
+                            self.first_any.setdefault(name, time.monotonic())
+                        if status.get("lastValidationTime"):
                             self.first_status.setdefault(name, time.monotonic())
 
 
@@ -325,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
             progress(f"measuring reaction over {args.samples} new connections")
             reaction: list[float] = []
+            first_any: list[float] = []  # create -> any status (what GitOps gates see first)
             for i in range(args.samples):
                 name = f"r{i:05d}"
                 sent = time.monotonic()
@@ -336,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.001)
                 if name in watcher.first_status:
                     reaction.append((watcher.first_status[name] - answered) * 1000)
+                if name in watcher.first_any:
+                    first_any.append((watcher.first_any[name] - answered) * 1000)
                 time.sleep(0.05)
 
             if args.unrelated_secrets:
@@ -407,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
                 "p99": round(percentile(reaction, 99), 1),
                 "max": round(max(reaction), 1) if reaction else None,
                 "mean": round(statistics.fmean(reaction), 1) if reaction else None,
+            },
+            "first_status_ms": {
+                "samples": len(first_any),
+                "p50": round(percentile(first_any, 50), 1),
+                "p99": round(percentile(first_any, 99), 1),
             },
             "steady_state": {
                 "window_seconds": round(elapsed, 1),
@@ -497,7 +509,9 @@ def summary(r: dict[str, Any]) -> str:
                 else ""
             ),
             f"  created in {r['create_seconds']}s; all validated {r['all_validated_seconds']}s after the first create",
-            f"  reaction (create -> status): p50 {re_['p50']} ms, p99 {re_['p99']} ms over {re_['samples']} samples",
+            f"  reaction (create -> verdict): p50 {re_['p50']} ms, p99 {re_['p99']} ms over {re_['samples']} samples",
+            f"  create -> first status (Ready=Unknown or a verdict): p50 {r['first_status_ms']['p50']} ms,"
+            f" p99 {r['first_status_ms']['p99']} ms",
             f"  steady state: {s['validations_per_second']} validations/s (expected {s['expected_per_second']}),"
             f" schedule lag p50 <= {s['schedule_lag_seconds'][0.5]}s, p99 <= {s['schedule_lag_seconds'][0.99]}s",
             f"  operator: RSS {o['rss_mib_end']} MiB (peak {o['rss_mib_peak']},"
