@@ -20,10 +20,11 @@ from llmconn.kube import GROUP, PLURAL, VERSION, Kube
 from llmconn.metrics import Metrics
 from llmconn.peering import follow, peering_paths
 from llmconn.reconciler import Reconciler
-from llmconn.secretwatch import SecretWatch
+from llmconn.secretwatch import SecretWatch, reconnect_delay
 
 log = logging.getLogger("llmconn")
 SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their status
+API_RETRIES = 80  # Kopf's retries of one API request, about a second apart: about a minute
 
 
 @kopf.on.startup()
@@ -35,6 +36,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    # Kopf retries a failed request (a watch too) after each of these delays, then starts
+    # it afresh. Its default grows to 21 s, so a change made just after the API server came
+    # back waited up to that long to be seen. About every second instead, as the Secret watch
+    # does (jittered per replica); a 429's Retry-After still sets the pace.
+    settings.networking.error_backoffs = tuple(reconnect_delay(n) for n in range(API_RETRIES))
     metrics = Metrics()
     if config.metrics_port:
         metrics.serve(config.metrics_port)

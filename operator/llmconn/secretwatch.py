@@ -9,6 +9,12 @@ watches from the list's resourceVersion with bookmarks and a server timeout, re-
 the last resourceVersion seen when a stream ends or breaks, lists again on 410 Gone (as a
 status code or as an ERROR event), and backs off exponentially with jitter on errors.
 
+An API server that cannot be reached at all (down, restarting) is tried again about every
+second instead: a connection attempt costs a server that is not listening nothing, and a
+change made just after it is back must not wait out a backoff that grew while it was away.
+A 429 (as a starting server answers while its storage initialises) is retried after its
+Retry-After. Neither grows the backoff of the errors a server answers with.
+
 Scope: one cluster-wide watch with -A, one per namespace with -n names. With -n patterns
 (shop-*) the namespaces are followed the way Kopf follows them for the connections, and each
 matching namespace gets its own Secret watch, started when it appears and stopped when it goes.
@@ -42,7 +48,8 @@ SERVER_TIMEOUT = 300.0  # seconds the API server keeps one watch request open
 CLIENT_SLACK = 30.0  # the client waits this much longer before it calls a silent stream dead
 PAGE = 500  # objects per list page
 BACKOFF_BASE = 0.5  # seconds before the first retry...
-BACKOFF_CAP = 30.0  # ...doubling up to this
+BACKOFF_CAP = 30.0  # ...doubling up to this, while the server answers with errors
+RECONNECT_CAP = 1.0  # seconds between connection attempts while it cannot be reached
 HEALTHY = 1.0  # seconds: an empty stream that the server ends sooner counts as a failure
 
 
@@ -50,7 +57,26 @@ def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait before retry number `attempt` (0-based): exponential, capped, and
     jittered over the upper half, so that replicas that lost the API server together do not
     come back in step."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 32))
+    return _jittered(min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 32)), rand)
+
+
+def reconnect_delay(attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before connection attempt `attempt` (0-based) to an API server that could not
+    be reached: as `backoff`, but never more than RECONNECT_CAP."""
+    return _jittered(min(RECONNECT_CAP, BACKOFF_BASE * 2.0 ** min(attempt, 32)), rand)
+
+
+def retry_after(response: httpx2.Response, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before retrying after a 429: the server's Retry-After (within BACKOFF_BASE and
+    BACKOFF_CAP, a quarter more at most as jitter), else BACKOFF_BASE."""
+    try:
+        asked = float(response.headers.get("retry-after", BACKOFF_BASE))
+    except ValueError:
+        asked = BACKOFF_BASE
+    return min(BACKOFF_CAP, max(BACKOFF_BASE, asked)) * (1 + rand() / 4)
+
+
+def _jittered(ceiling: float, rand: Callable[[], float]) -> float:
     return ceiling / 2 + rand() * ceiling / 2
 
 
@@ -116,13 +142,16 @@ class MetadataWatch:
         self.counts = Counts()
 
     async def run(self) -> None:
-        attempt = 0  # failures since events last flowed
+        attempt = 0  # failures the server answered with, since events last flowed
+        unreachable = 0  # connection failures since the server last answered
         while True:
+            answered = True  # whether the server answered this time (even with an error)
+            failed = True  # whether that counts towards the backoff
             try:
                 if self.resource_version is None:
                     await self._list()
                 if await self._watch():
-                    attempt = 0
+                    attempt = unreachable = 0
                     continue  # the server's timeout ended a healthy stream: watch on
                 delay = backoff(attempt)  # ended at once and empty: do not hammer the server
             except Gone:
@@ -132,11 +161,22 @@ class MetadataWatch:
                 self.resource_version = None
                 log.debug("watch of %s: resourceVersion expired, listing again", self.path)
                 delay = backoff(attempt) if attempt else 0.0
+            except httpx2.TransportError as exc:
+                # The server cannot be reached, or the stream broke: soon again, from the same
+                # resourceVersion.
+                self.counts.errors += 1
+                delay, answered, failed = reconnect_delay(unreachable), False, False
+                log.warning(
+                    "watch of %s failed (%s); retrying in %.1fs", self.path, _describe(exc), delay
+                )
             except (httpx2.HTTPError, WatchError, ValueError) as exc:
                 self.counts.errors += 1
-                if not isinstance(exc, httpx2.TransportError):
-                    self.resource_version = None  # not a plain disconnection: list afresh
-                delay = backoff(attempt)
+                self.resource_version = None  # not a plain disconnection: list afresh
+                if isinstance(exc, httpx2.HTTPStatusError) and exc.response.status_code == 429:
+                    # A pause the server asks for (while it starts, say), not a failure.
+                    delay, failed = retry_after(exc.response), False
+                else:
+                    delay = backoff(attempt)
                 log.warning(
                     "watch of %s failed (%s); retrying in %.1fs", self.path, _describe(exc), delay
                 )
@@ -146,7 +186,9 @@ class MetadataWatch:
                 self.resource_version = None
                 delay = backoff(attempt)
                 log.exception("watch of %s failed; retrying in %.1fs", self.path, delay)
-            attempt += 1
+            if failed:
+                attempt += 1
+            unreachable = 0 if answered else unreachable + 1
             if delay:
                 await asyncio.sleep(delay)
 

@@ -21,7 +21,7 @@ from llmconn.http import ClientPool
 from llmconn.kube import META_LIST, META_WATCH, Gone, Kube
 from llmconn.metrics import Metrics
 from llmconn.reconciler import Reconciler
-from llmconn.secretwatch import MetadataWatch, SecretWatch, backoff
+from llmconn.secretwatch import MetadataWatch, SecretWatch, backoff, reconnect_delay, retry_after
 from llmconn.verdict import Defaults, SecretData
 
 # --- backoff -----------------------------------------------------------------------------
@@ -38,6 +38,38 @@ def test_backoff_jitters_over_the_upper_half() -> None:
     for attempt in (0, 3, 50, 10_000):
         low, high = backoff(attempt, rand=lambda: 0.0), backoff(attempt, rand=lambda: 1.0)
         assert low == high / 2 and 0 < low < high <= secretwatch.BACKOFF_CAP
+
+
+def test_reconnects_stay_about_a_second_apart() -> None:
+    """A server that is away is tried again within a second however long it has been away,
+    so a change made when it is back is not held up by a grown backoff."""
+    top = [reconnect_delay(n, rand=lambda: 1.0) for n in range(100)]
+    assert top[:2] == [0.5, 1.0] and max(top) == secretwatch.RECONNECT_CAP == 1.0
+    assert min(reconnect_delay(n, rand=lambda: 0.0) for n in range(1, 100)) == 0.5
+
+
+def too_many(retry: str | None) -> httpx2.Response:
+    return httpx2.Response(429, headers={"Retry-After": retry} if retry is not None else {})
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        ("2", 2.0, 2.5),
+        ("0", 0.5, 0.625),
+        ("3600", 30.0, 37.5),
+        (None, 0.5, 0.625),
+        ("soon", 0.5, 0.625),
+    ],
+)
+def test_a_429_waits_as_long_as_the_server_asks(
+    header: str | None, low: float, high: float
+) -> None:
+    response = too_many(header)
+    assert (retry_after(response, rand=lambda: 0.0), retry_after(response, rand=lambda: 1.0)) == (
+        low,
+        high,
+    )
 
 
 # --- the loop, against a scripted API ------------------------------------------------------
@@ -127,6 +159,32 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return asked
 
 
+@pytest.fixture
+def reconnects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Reconnection attempts asked for (the server could not be reached); no real waiting."""
+    asked: list[int] = []
+
+    def fake(attempt: int) -> float:
+        asked.append(attempt)
+        return 0.0
+
+    monkeypatch.setattr(secretwatch, "reconnect_delay", fake)
+    return asked
+
+
+@pytest.fixture
+def pauses(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The Retry-After of each 429 the loop waited for; no real waiting."""
+    asked: list[str | None] = []
+
+    def fake(response: httpx2.Response) -> float:
+        asked.append(response.headers.get("retry-after"))
+        return 0.0
+
+    monkeypatch.setattr(secretwatch, "retry_after", fake)
+    return asked
+
+
 async def run(script: Script, **kwargs: Any) -> tuple[MetadataWatch, Recorder]:
     rec = Recorder()
     watch = MetadataWatch(
@@ -212,7 +270,9 @@ async def test_an_expired_continue_token_restarts_the_list(attempts: list[int]) 
     assert rec.listed == [{("ns", "a")}] and watch.resource_version == "12"
 
 
-async def test_a_broken_stream_backs_off_and_resumes_without_a_list(attempts: list[int]) -> None:
+async def test_a_broken_stream_reconnects_and_resumes_without_a_list(
+    attempts: list[int], reconnects: list[int]
+) -> None:
     script = Script(
         lists=[page([], "10")],
         watches=[
@@ -224,7 +284,56 @@ async def test_a_broken_stream_backs_off_and_resumes_without_a_list(attempts: li
     watch, _rec = await run(script)
     assert watch.counts.lists == 1 and watch.counts.errors == 3
     assert [c["resourceVersion"] for c in script.watch_calls] == ["10", "11", "11", "11"]
-    assert attempts == [0, 1, 2]  # growing while the server stays away
+    assert reconnects == [0, 1, 2]  # counted while the server stays away (capped low)...
+    assert attempts == []  # ...and apart from the errors a server answers with
+
+
+async def test_gone_after_the_server_is_back_lists_at_once(
+    attempts: list[int], reconnects: list[int]
+) -> None:
+    """After a restart the server no longer has our resourceVersion: the list that follows
+    must not wait out a backoff grown while the server was away."""
+    script = Script(
+        lists=[page([], "10"), page([meta("new", "40")], "41")],
+        watches=[httpx2.ConnectError("refused")] * 5 + [[error(410)]],
+    )
+    watch, rec = await run(script)
+    assert reconnects == [0, 1, 2, 3, 4]
+    assert attempts == []  # no backoff before the list: at once
+    assert watch.counts.gone == 1 and rec.events[-1] == ("ADDED", "new", "40")
+
+
+async def test_an_answer_ends_the_reconnection_count(
+    attempts: list[int], reconnects: list[int]
+) -> None:
+    script = Script(
+        lists=[page([], "10"), page([], "20")],
+        watches=[
+            httpx2.ConnectError("refused"),
+            httpx2.ConnectError("refused"),
+            [error(500)],
+            httpx2.ConnectError("refused"),
+        ],
+    )
+    await run(script)
+    assert reconnects == [0, 1, 0]
+    assert attempts == [0]  # the first error the server answered with, the first backoff
+
+
+async def test_a_429_waits_for_retry_after_without_growing_the_backoff(
+    attempts: list[int], pauses: list[str | None]
+) -> None:
+    """As a starting API server answers while its storage initialises."""
+    initialising = httpx2.HTTPStatusError(
+        "429", request=httpx2.Request("GET", "https://k"), response=too_many("1")
+    )
+    script = Script(
+        lists=[initialising, initialising, page([], "10"), page([], "20")], watches=[[error(500)]]
+    )
+    watch, _ = await run(script)
+    assert pauses == ["1", "1"]
+    assert attempts == [0]  # the 500 after them is the first failure
+    assert watch.counts.lists == 2
 
 
 async def test_other_errors_back_off_and_list_afresh(attempts: list[int]) -> None:
