@@ -10,6 +10,9 @@ client library. kubectl refuses global flags before a plugin's name, so the plug
 Exit codes, as for `llmconn validate`: 0 the connection validated, 1 it failed or could not be
 judged, 2 nothing to judge (not found, suspended, no verdict in time, a kubectl error, a wrong
 command line).
+
+Its length is one adapter's: three kubectl subcommands over kubectl's own output and exit
+codes, with their help and the reasons' advice.
 """
 
 from __future__ import annotations

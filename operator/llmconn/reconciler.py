@@ -8,6 +8,10 @@ exactly one PATCH. The operator's own writes come back as MODIFIED events and ch
 here: a validation is triggered by a new generation, a new
 `llmconn.dev/validate-requested-at` value, changed Secret data, or the interval, never by a
 status.
+
+Its length: it is the one owner of connection state and the sequence of I/O around a
+validation (events in, schedule, probe, conditional write). Its decisions are pure functions
+in triggers.py; memory, the status writer and the Secret cache are modules of their own.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from llmconn import status as st
 from llmconn import triggers as tr
 from llmconn.http import ClientPool
 from llmconn.kube import Conflict, Gone, Kube, NotFound
+from llmconn.lifecycle import retirement_timestamp
 from llmconn.memory import Conn, Key, Unwritten, digest, first_error, invalid_verdict, observed_rv
 from llmconn.metrics import Metrics
 from llmconn.peering import Shard
@@ -233,7 +238,7 @@ class Reconciler:
             self.metrics.set_ready(
                 conn.namespace, conn.name, provider, st.ready_status(conn.status)
             )
-            retires = st.retirement_timestamp(conn.status)
+            retires = retirement_timestamp(conn.status)
             self.metrics.model_retirement(conn.namespace, conn.name, retires)
 
     # --- one validation --------------------------------------------------------------

@@ -18,6 +18,9 @@ Retry-After. Neither grows the backoff of the errors a server answers with.
 Scope: one cluster-wide watch with -A, one per namespace with -n names. With -n patterns
 (shop-*) the namespaces are followed the way Kopf follows them for the connections, and each
 matching namespace gets its own Secret watch, started when it appears and stopped when it goes.
+
+Its length is one adapter's: the API server's list-then-watch protocol (pages, bookmarks,
+410, backoff, scopes) in one place, as Kopf keeps its own watcher in one module.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmconn import status as st
 from llmconn.kube import Conflict, Kube, NotFound
+from llmconn.lifecycle import retirement_timestamp
 from llmconn.memory import Conn
 from llmconn.metrics import Metrics
 from llmconn.verdict import Verdict
@@ -68,7 +69,7 @@ class StatusWriter:
         self.metrics.validation(provider, verdict.result.value, verdict.reason.value, took)
         self.metrics.set_ready(conn.namespace, conn.name, provider, st.ready_status(new))
         self.metrics.last_validation(conn.namespace, conn.name, provider, time.time())
-        self.metrics.model_retirement(conn.namespace, conn.name, st.retirement_timestamp(new))
+        self.metrics.model_retirement(conn.namespace, conn.name, retirement_timestamp(new))
         if (lifecycle := st.lifecycle_event(prev, new)) is not None:
             self._post(conn, *lifecycle)  # a model retires: said once, when first announced
         log.debug(

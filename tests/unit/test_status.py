@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from llmconn import lifecycle
 from llmconn import status as st
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
@@ -257,7 +258,7 @@ def test_a_deprecated_model_stays_ready_with_a_deprecated_condition_counting_day
     assert cond is not None and cond["status"] == "True" and cond["reason"] == "ModelDeprecated"
     # T0 is 2026-11-22T10:00Z: 88 whole days before 2027-02-19T00:00Z.
     assert "retires on 2027-02-19T00:00:00Z, in 88 days" in cond["message"]
-    assert st.retirement_timestamp(s) == dt.datetime(2027, 2, 19, tzinfo=dt.UTC).timestamp()
+    assert lifecycle.retirement_timestamp(s) == dt.datetime(2027, 2, 19, tzinfo=dt.UTC).timestamp()
     assert st.lifecycle_event(None, s) == ("Warning", "ModelDeprecated", cond["message"])
     # Once: the next probe that says the same emits nothing, and keeps the transition time.
     again = next_of(s, lifecycle_verdict(Reason.VALIDATED, "deprecated", minute=5))
@@ -277,7 +278,7 @@ def test_a_probe_that_did_not_reach_the_model_keeps_its_lifecycle():
     active = next_of(timeout, lifecycle_verdict(Reason.VALIDATED, None, minute=10))
     assert "modelLifecycle" not in active
     assert st.find(active["conditions"], "Deprecated") is None
-    assert st.retirement_timestamp(active) is None
+    assert lifecycle.retirement_timestamp(active) is None
     assert st.merge_patch(timeout, active)["modelLifecycle"] is None
 
 
@@ -292,5 +293,5 @@ def test_a_retired_model_is_failed_and_stalled_with_its_lifecycle():
 
 def test_an_overdue_retirement_says_so():
     life = {"stage": "deprecated", "retiresAt": "2026-11-01"}
-    message = st.deprecation_message("m", life, T0)
+    message = lifecycle.deprecation_message("m", life, T0)
     assert "overdue by 21 days" in message

@@ -29,6 +29,9 @@ the probe's timeout, whichever comes first.
 Redirects: `ctx.http` does not follow them; the SDK follows only same-origin redirects that
 keep the method, whatever `follow_redirects` says; anything else ends the probe as
 UnexpectedResponse, so the credentials never leave the endpoint's origin.
+
+Its length is one adapter's: the MCP SDK's HTTP transport seen from both sides (the
+requests it makes, the answers it must not misread), kept together so the two stay in step.
 """
 
 from __future__ import annotations
