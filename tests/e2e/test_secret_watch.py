@@ -409,6 +409,6 @@ def test_the_operator_sees_rotation_after_an_apiserver_restart(
         api.ready(ns, "c", "False")
         restart_apiserver(plane)
         api.secret(ns, "creds", {"apiKey": ROTATED_KEY})
-        api.ready(ns, "c", "True", timeout=90)  # the watch retries an unreachable server about every second
+        api.ready(ns, "c", "True", timeout=90)  # retried about every second
     finally:
         assert op.stop() == 0, op.log()[-3000:]
