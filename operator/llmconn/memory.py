@@ -106,7 +106,7 @@ def invalid_verdict(conn: Conn, eff: Effective, now: Callable[[], dt.datetime]) 
         message=f"The spec cannot work: {conn.spec_error}",
         provider=str(raw.get("provider") or ""),
         endpoint=str(raw.get("endpoint") or ""),
-        model=raw.get("model"),
+        model=str(raw["model"]) if raw.get("model") is not None else None,
         validation=eff,
         finished_at=now(),
     )

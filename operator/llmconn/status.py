@@ -32,6 +32,8 @@ MAX_DETAILS = 32  # entries in status.details
 MAX_DETAIL_KEY = 64
 MAX_DETAIL_VALUE = 256
 MAX_REQUESTED_AT = 128  # lastHandledRequestedAt: an annotation value, any length
+MAX_PROVIDER, MAX_MODEL, MAX_ENDPOINT = 64, 256, 2048  # as the CRD's spec allows them
+MAX_OBSERVED_SECRETS = 18  # an API key, 16 headersFromSecret, a CA bundle
 MAX_STATUS_BYTES = 16 * 1024  # the whole status as JSON
 
 # status keys that describe the latest probe; `status_fields` emits those that have a value,
@@ -88,9 +90,10 @@ def status_fields(verdict: Verdict) -> dict[str, Any]:
         "code": _cut(verdict.code, MAX_CODE),
         "latencyMs": verdict.latency_ms,
         "lastValidationTime": rfc3339(verdict.finished_at),
-        "provider": verdict.provider,
-        "model": verdict.model,
-        "endpoint": verdict.endpoint,
+        # From the spec; an invalid one (admitted by an older CRD) may hold anything.
+        "provider": _cut(verdict.provider, MAX_PROVIDER),
+        "model": _cut(verdict.model, MAX_MODEL),
+        "endpoint": _cut(verdict.endpoint, MAX_ENDPOINT),
         "validation": verdict.validation.as_status(),
         "requestId": _cut(verdict.request_id, MAX_CODE),
         "observedSecrets": [
@@ -98,7 +101,7 @@ def status_fields(verdict: Verdict) -> dict[str, Any]:
                 "name": s.name,
                 **({"resourceVersion": s.resource_version} if s.resource_version else {}),
             }
-            for s in verdict.observed_secrets
+            for s in verdict.observed_secrets[:MAX_OBSERVED_SECRETS]
         ],
         "details": _details(verdict.details),
     }

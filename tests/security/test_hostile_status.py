@@ -7,6 +7,7 @@ status schema declares (tests/e2e/test_security.py writes one to a real API serv
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -140,3 +141,20 @@ async def test_a_redirect_to_an_unparsable_url_is_a_named_verdict(location: str)
             await pool.aclose()
     assert verdict.reason.value == "UnexpectedResponse"
     assert "cannot be parsed" in verdict.message
+
+
+def test_an_invalid_spec_past_an_older_crd_still_yields_a_small_status() -> None:
+    from llmconn.memory import Conn, invalid_verdict
+    from llmconn.spec import ValidationType
+    from llmconn.verdict import Effective
+
+    conn = Conn(namespace="t", name="c", uid="u")
+    conn.spec_error = "spec.endpoint: String should have at most 2048 characters"
+    conn.spec_invalid = {"provider": "p" * 10_000, "endpoint": "https://" + "e" * 1_000_000}
+    conn.spec_invalid["model"] = {"not": "a string"}
+    eff = Effective(ValidationType.CONNECTIVITY, 300.0, 10.0, 3)
+    verdict = invalid_verdict(conn, eff, lambda: dt.datetime(2026, 11, 30, tzinfo=dt.UTC))
+    status = st.next_status({}, verdict, generation=1, requested_at=None, secret_grace_over=True)
+    assert st.size(status) <= st.MAX_STATUS_BYTES
+    check_against(status_schema(), status)
+    assert isinstance(status["model"], str)
