@@ -14,56 +14,26 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from opkit import ControlledProvider, OperatorProcess, condition, wait_for
-from test_secret_watch import BAD_KEY, BIN_DIR, CRD, CRD_NAME, GOOD_KEY, ROTATED_KEY, Api
+from opkit import OperatorProcess, condition, wait_for
+from ownplane import (  # the fixtures are used by name
+    BAD_KEY,
+    GOOD_KEY,
+    ROTATED_KEY,
+    Api,
+    api,
+    logs,
+    plane,
+    provider,
+)
 
-from controlplane.cluster import ControlPlane, MissingBinariesError
+from controlplane.cluster import ControlPlane
 from llmconn.triggers import parse_time
-from servers.serve import serve
 
 APISERVER_DOWN = 20.0  # seconds, as in the fault the issue measured on the demo
 ETCD_FROZEN = 30.0
 INTERVAL = "3s"  # the connections that validate all along in the etcd test
-
-
-@pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(tmp_path_factory.mktemp("faults-plane"), BIN_DIR)
-    try:
-        cp.start()
-    except MissingBinariesError as error:
-        pytest.fail(str(error), pytrace=False)
-    try:
-        cp.kubectl("apply", "-f", str(CRD))
-        cp.wait_established(CRD_NAME)
-        yield cp
-    finally:
-        for pid in cp.pids().values():  # never leave a part frozen for stop() to wait on
-            os.kill(pid, signal.SIGCONT)
-        cp.stop()
-
-
-@pytest.fixture(scope="module")
-def api(plane: ControlPlane) -> Iterator[Api]:
-    a = Api(plane)
-    yield a
-    a.client.close()
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[str]:
-    p = ControlledProvider(keys={GOOD_KEY, ROTATED_KEY})
-    with serve(p.app()) as url:
-        yield url + "/v1"
-
-
-@pytest.fixture(scope="module")
-def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("faults-logs")
 
 
 def kill_apiserver(cp: ControlPlane) -> list[str]:
