@@ -5,7 +5,7 @@ no import forms a cycle, function-level imports included (tests/unit/test_layers
 both): the spec knows no provider, providers register into `probes.base` and never import
 the `probes` package, and nothing before the last line knows Kubernetes.
 
-1. reasons, redact, egress, spec, scheduler, peering (they import nothing of llmconn)
+1. reasons, redact, egress, spec, scheduler, peering, credentials (import nothing of llmconn)
 2. logs, http, exchange, verdict, lifecycle, status, metrics, triggers, secretcache, memory
 3. probes.base (what a probe is and declares; the registry)
 4. probes.* (the shared probe parts and one module per provider)

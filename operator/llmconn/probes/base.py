@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
 from llmconn.http import Phase
 from llmconn.reasons import Reason
@@ -199,6 +200,9 @@ class ProbeContext:
     headers: Mapping[str, str] = field(default_factory=dict)  # plain + from Secrets
     azure: AzureSpec | None = None
     mcp: McpSpec | None = None
+    # Cloud credentials where the provider signs or takes a token instead of api_key.
+    aws_credentials: AwsCredentials | None = None
+    bearer_token: BearerToken | None = None
     found: Findings = field(default_factory=Findings)
 
     @property
