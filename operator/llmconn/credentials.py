@@ -7,6 +7,7 @@ the redacting log filter must hide while a validation holds them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 
@@ -39,3 +40,54 @@ class BearerToken:
 
     def secrets(self) -> tuple[str, ...]:
         return (self.token,)
+
+
+@dataclass(frozen=True, repr=False)
+class ServiceAccountKey:
+    """A Google Cloud service-account key file (JSON, `"type": "service_account"`): the
+    fields that sign a JWT and say where to exchange it for an access token."""
+
+    client_email: str
+    private_key: str  # PEM
+    private_key_id: str
+    token_uri: str
+    project_id: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ServiceAccountKey(client_email={self.client_email})"
+
+    def secrets(self) -> tuple[str, ...]:
+        # The PEM line by line too: a log line may hold one line of it, with no JSON escaping.
+        lines = [line for line in self.private_key.splitlines() if "PRIVATE KEY" not in line]
+        return tuple(v for v in (self.private_key, *lines) if v)
+
+
+def service_account_key(text: str) -> ServiceAccountKey | None:
+    """The key file in `text`, or None when `text` is not JSON at all (an API key). Raises
+    ValueError, naming the field, for JSON that is not a usable service-account key; the
+    message never holds a value from the file."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ValueError("it starts like JSON but is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("it is not a JSON object")
+    kind = data.get("type")
+    if kind != "service_account":
+        named = f'"{kind}"' if isinstance(kind, str) and kind.isidentifier() else "missing"
+        raise ValueError(
+            f'its "type" is {named}, not "service_account" (user credentials and external '
+            "account files are not service-account keys)"
+        )
+    fields = {}
+    for name in ("client_email", "private_key", "private_key_id", "token_uri"):
+        value = data.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f'it has no "{name}"')
+        fields[name] = value.strip() if name != "private_key" else value
+    project = data.get("project_id")
+    return ServiceAccountKey(
+        **fields, project_id=project if isinstance(project, str) and project else None
+    )

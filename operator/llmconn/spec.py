@@ -63,6 +63,11 @@ SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 MAX_TIMEOUT = 60.0
 # A model or deployment goes into URL paths: "." and ".." segments would climb them.
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
+# Google Cloud project IDs (or a project number, which the APIs take too). The location goes
+# into a host name (https://{location}-aiplatform.googleapis.com): letters, digits and one
+# hyphen at most, nothing that could end or change the host.
+GCP_PROJECT_PATTERN = r"^([a-z][-a-z0-9]{4,28}[a-z0-9]|[0-9]{1,20})$"
+GCP_LOCATION_PATTERN = r"^[a-z]+(-[a-z]+[0-9]+)?$"
 
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=64)]
 
@@ -201,9 +206,39 @@ class McpSpec(_Strict):
     transport: McpTransport = McpTransport.STREAMABLE_HTTP
 
 
-# The provider-specific blocks of the spec, by field name: a provider accepts only those it
-# declares.
-BLOCKS: dict[str, type[_Strict]] = {"azure": AzureSpec, "mcp": McpSpec}
+class VertexPublisher(StrEnum):
+    GOOGLE = "google"  # Gemini
+    ANTHROPIC = "anthropic"  # Claude
+
+
+def _gcp_project(value: str) -> str:
+    if not re.fullmatch(GCP_PROJECT_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a Google Cloud project: give its ID (6 to 30 lower-case "
+            "letters, digits and hyphens, starting with a letter, not ending with a hyphen) "
+            "or its number"
+        )
+    return value
+
+
+def _gcp_location(value: str) -> str:
+    if not re.fullmatch(GCP_LOCATION_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a Vertex AI location: a region such as us-central1 or "
+            "europe-west4, the multi-regions us or eu, or global"
+        )
+    return value
+
+
+class VertexAISpec(_Strict):
+    project: Annotated[str, StringConstraints(max_length=64), AfterValidator(_gcp_project)]
+    location: Annotated[str, StringConstraints(max_length=63), AfterValidator(_gcp_location)]
+    publisher: VertexPublisher = VertexPublisher.GOOGLE
+
+
+# The provider-specific blocks of the spec, by their name in a manifest: a provider accepts
+# only those it declares.
+BLOCKS: dict[str, type[_Strict]] = {"azure": AzureSpec, "mcp": McpSpec, "vertexAI": VertexAISpec}
 
 
 class ValidationSpec(_Strict):
@@ -251,6 +286,7 @@ class LLMConnectionSpec(_Strict):
     )
     azure: AzureSpec | None = None
     mcp: McpSpec | None = None
+    vertex_ai: VertexAISpec | None = Field(default=None, alias="vertexAI")
     suspend: bool = False
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     tls: TLSSpec = Field(default_factory=TLSSpec)
@@ -297,9 +333,10 @@ class LLMConnectionSpec(_Strict):
         providers = _declared(info)
         rules = providers[self.provider]
         for block in BLOCKS:
-            if block in rules.required_blocks and getattr(self, block) is None:
-                raise ValueError(f"{_block_needs(block)} is required for provider {self.provider}")
-            if getattr(self, block) is not None and block not in rules.blocks:
+            given = self.block(block) is not None
+            if block in rules.required_blocks and not given:
+                raise ValueError(f"{_block_needs(block)} required for provider {self.provider}")
+            if given and block not in rules.blocks:
                 allowed = " or ".join(sorted(n for n, r in providers.items() if block in r.blocks))
                 raise ValueError(f"the {block} block is only allowed with provider {allowed}")
         if rules.default_endpoint is None and self.endpoint is None:
@@ -315,6 +352,12 @@ class LLMConnectionSpec(_Strict):
                 f"fills for provider {self.provider}: use one of the two"
             )
         return self
+
+    def block(self, name: str) -> _Strict | None:
+        """A provider-specific block by its name in the manifest (a key of BLOCKS)."""
+        field = next(n for n, f in type(self).model_fields.items() if (f.alias or n) == name)
+        value: _Strict | None = getattr(self, field)
+        return value
 
     # Derived facts, in one place.
     @property
@@ -334,10 +377,12 @@ class LLMConnectionSpec(_Strict):
 
 
 def _block_needs(block: str) -> str:
-    """What a required block must hold, for messages: "azure.deployment"."""
+    """What a required block must hold, for messages: "azure.deployment is"."""
     fields = BLOCKS[block].model_fields
-    required = [field.alias or name for name, field in fields.items() if field.is_required()]
-    return f"{block}.{required[0]}" if required else f"the {block} block"
+    required = [f"{block}.{f.alias or n}" for n, f in fields.items() if f.is_required()]
+    if not required:
+        return f"the {block} block is"
+    return " and ".join(required) + (" are" if len(required) > 1 else " is")
 
 
 def parse(raw: Mapping[str, Any], providers: Mapping[str, ProviderRules]) -> LLMConnectionSpec:

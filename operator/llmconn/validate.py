@@ -66,7 +66,7 @@ async def validate(
     does; see the module docstring for what propagates."""
     settings = effective(spec, defaults)
     info = registry.get(spec.provider)
-    endpoint = info.base_url(spec.endpoint)
+    endpoint = info.endpoint(spec)
 
     def finish(
         outcome: ProbeOutcome,
@@ -74,7 +74,9 @@ async def validate(
         ctx: ProbeContext | None = None,
         latency_ms: int | None = None,
     ) -> Verdict:
-        redact = Redactor(used.credentials if used is not None else ())
+        secrets = [*(used.credentials if used is not None else ())]
+        secrets += ctx.found.secrets if ctx is not None else ()
+        redact = Redactor(secrets)
         details = dict(outcome.details)
         if ctx is not None:
             # The probe's own facts first: status keeps only the first entries.
@@ -101,7 +103,7 @@ async def validate(
     if (refused := _refuse_config(spec, settings, defaults, info.inference)) is not None:
         return finish(refused)
 
-    used = await _read_secrets(spec, secrets)
+    used = await _read_secrets(spec, secrets, key_file=info.key_file)
     if used.failure is not None:
         return finish(used.failure, used)
 
@@ -122,6 +124,7 @@ async def validate(
                     headers={**spec.headers, **used.headers},
                     azure=spec.azure,
                     mcp=spec.mcp,
+                    vertex_ai=spec.vertex_ai,
                 )
                 outcome, latency_ms = await _run(ctx, settings)
         except InvalidCABundle as exc:  # raised only while making the client: no probe ran
@@ -191,7 +194,9 @@ def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
         yield _Ref("spec.tls.caBundleSecretRef", spec.tls.ca_bundle_secret_ref, ca_bundle=True)
 
 
-async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedSecrets:
+async def _read_secrets(
+    spec: LLMConnectionSpec, source: SecretSource, *, key_file: bool = False
+) -> _UsedSecrets:
     found: dict[str, SecretData | None] = {}
     observed: list[ObservedSecret] = []
     values: list[tuple[_Ref, bytes]] = []
@@ -226,12 +231,18 @@ async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedS
         if use.ca_bundle:
             used.ca_bundle = value
             continue
-        text = _header_text(value)
+        is_key = use.header is None
+        text = _file_text(value) if key_file and is_key else _header_text(value)
         if text is None:
+            cannot = (
+                "is empty or not UTF-8 text"
+                if key_file and is_key
+                else "is empty or holds characters that cannot go in an HTTP header (control "
+                "characters, non-ASCII)"
+            )
             used.failure = ProbeOutcome(
                 Reason.INVALID_CONFIGURATION,
-                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) is empty or holds "
-                "characters that cannot go in an HTTP header (control characters, non-ASCII).",
+                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) {cannot}.",
             )
             return used
         if use.header is None:
@@ -239,6 +250,15 @@ async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedS
         else:
             used.headers[use.header] = text
     return used
+
+
+def _file_text(value: bytes) -> str | None:
+    """A credentials file (JSON, several lines) or a plain key: UTF-8 text, no NUL."""
+    try:
+        text = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    return text if text and "\x00" not in text else None
 
 
 def _header_text(value: bytes) -> str | None:

@@ -27,6 +27,7 @@ from llmconn.probes import (  # noqa: F401  (each registers itself on import)
     openai_compatible,
     openrouter,
     together,
+    vertex_ai,
 )
 from llmconn.probes.base import registry
 from llmconn.spec import LLMConnectionSpec, parse

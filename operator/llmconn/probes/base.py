@@ -26,11 +26,20 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from llmconn import logs
 from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
 from llmconn.http import Phase
 from llmconn.reasons import Reason
-from llmconn.spec import BLOCKS, AzureSpec, McpSpec, SecretKeyRef, ValidationType
+from llmconn.spec import (
+    BLOCKS,
+    AzureSpec,
+    LLMConnectionSpec,
+    McpSpec,
+    SecretKeyRef,
+    ValidationType,
+    VertexAISpec,
+)
 from llmconn.verdict import Lifecycle
 
 
@@ -67,10 +76,22 @@ class ProviderInfo:
     inference: bool = True  # whether Inference validation is possible
     blocks: frozenset[str] = frozenset()  # provider-specific spec blocks it accepts
     required_blocks: frozenset[str] = frozenset()  # ... and those it requires
+    # The default endpoint when it depends on the spec (Vertex AI: the location's host);
+    # `default_endpoint` then says its form, for docs and the rule that one exists.
+    endpoint_for: Callable[[LLMConnectionSpec], str] | None = None
+    # apiKeySecretRef may hold a credentials file (a service-account JSON key, several
+    # lines), handed to the probe as text; else it must be a value fit for a header.
+    key_file: bool = False
 
     @property
     def auth_header(self) -> str:
         return self.auth.header
+
+    def endpoint(self, spec: LLMConnectionSpec) -> str:
+        """The URL probes of this spec build on: spec.endpoint, else the default."""
+        if spec.endpoint is None and self.endpoint_for is not None:
+            return self.endpoint_for(spec).rstrip("/")
+        return self.base_url(spec.endpoint)
 
     def base_url(self, endpoint: str | None) -> str:
         """The URL probes build on: spec.endpoint, else the default; no trailing slash. An
@@ -98,6 +119,8 @@ class Registry:
         inference: bool = True,
         accepts: Iterable[str] = (),
         requires: Iterable[str] = (),
+        endpoint_for: Callable[[LLMConnectionSpec], str] | None = None,
+        key_file: bool = False,
     ) -> Callable[[ProbeFn], ProbeFn]:
         """Register the decorated probe under `name`, with what the provider needs: spec
         blocks it `accepts`, and those it `requires` (which it accepts too)."""
@@ -114,6 +137,8 @@ class Registry:
                     inference=inference,
                     blocks=frozenset(accepts) | frozenset(requires),
                     required_blocks=frozenset(requires),
+                    endpoint_for=endpoint_for,
+                    key_file=key_file,
                 )
             )
             return fn
@@ -183,6 +208,12 @@ class Findings:
     request_id: str | None = None  # from a header, or a body where the provider puts it
     details: dict[str, str] = field(default_factory=dict)  # headroom headers, probe facts
     step: str | None = None  # the protocol step running (MCP: initialize, tools/list)
+    # The URL of the request running when it is not to the endpoint (a token service), so
+    # that a network failure names that host.
+    elsewhere: str | None = None
+    # Secrets the probe made or unpacked (an access token it minted): redacted from the
+    # verdict, and from log records while the probe holds them (`ProbeContext.holding`).
+    secrets: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -200,6 +231,7 @@ class ProbeContext:
     headers: Mapping[str, str] = field(default_factory=dict)  # plain + from Secrets
     azure: AzureSpec | None = None
     mcp: McpSpec | None = None
+    vertex_ai: VertexAISpec | None = None
     # Cloud credentials where the provider signs or takes a token instead of api_key.
     aws_credentials: AwsCredentials | None = None
     bearer_token: BearerToken | None = None
@@ -209,6 +241,14 @@ class ProbeContext:
     def transport(self) -> ProbeTransport:
         """The shared client for this probe: phases, request ids and headroom into `found`."""
         return ProbeTransport(self.http, self.found)
+
+    @contextlib.contextmanager
+    def holding(self, *values: str) -> Iterator[None]:
+        """Secrets the probe made (a minted token, a signed assertion) or unpacked from a
+        Secret: no log record shows them while the block runs, and the verdict never does."""
+        self.found.secrets.extend(v for v in values if v)
+        with logs.in_use(values):
+            yield
 
     def auth_headers(self) -> dict[str, str]:
         if not self.api_key:
