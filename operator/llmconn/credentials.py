@@ -57,9 +57,12 @@ class ServiceAccountKey:
         return f"ServiceAccountKey(client_email={self.client_email})"
 
     def secrets(self) -> tuple[str, ...]:
-        # The PEM line by line too: a log line may hold one line of it, with no JSON escaping.
-        lines = [line for line in self.private_key.splitlines() if "PRIVATE KEY" not in line]
-        return tuple(v for v in (self.private_key, *lines) if v)
+        """The private key's base64 body, whole and line by line (a text may hold one line
+        of it, unescaped), and the key's id. Not the PEM armour: "PRIVATE KEY" is no secret,
+        and lines too short to be told from ordinary words are left to the whole body."""
+        lines = [line.strip() for line in self.private_key.splitlines()]
+        lines = [line for line in lines if len(line) >= 16 and not line.startswith("-----")]
+        return ("".join(lines), *lines, self.private_key_id)
 
 
 def service_account_key(text: str) -> ServiceAccountKey | None:
@@ -74,12 +77,10 @@ def service_account_key(text: str) -> ServiceAccountKey | None:
         raise ValueError("it starts like JSON but is not valid JSON") from None
     if not isinstance(data, dict):
         raise ValueError("it is not a JSON object")
-    kind = data.get("type")
-    if kind != "service_account":
-        named = f'"{kind}"' if isinstance(kind, str) and kind.isidentifier() else "missing"
+    if data.get("type") != "service_account":
         raise ValueError(
-            f'its "type" is {named}, not "service_account" (user credentials and external '
-            "account files are not service-account keys)"
+            'its "type" is not "service_account" (user credentials and external account '
+            "files are not service-account keys)"
         )
     fields = {}
     for name in ("client_email", "private_key", "private_key_id", "token_uri"):

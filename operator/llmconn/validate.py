@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -103,7 +103,7 @@ async def validate(
     if (refused := _refuse_config(spec, settings, defaults, info.inference)) is not None:
         return finish(refused)
 
-    used = await _read_secrets(spec, secrets, key_file=info.key_file)
+    used = await _read_secrets(spec, secrets, key_secrets=info.key_secrets)
     if used.failure is not None:
         return finish(used.failure, used)
 
@@ -169,11 +169,14 @@ class _UsedSecrets:
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     ca_bundle: bytes | None = None
+    key_secrets: tuple[str, ...] | None = None  # the secret parts of a credentials file
 
     @property
     def credentials(self) -> list[str]:
-        """The values to redact: the CA bundle is public trust material, not a credential."""
-        return [v for v in (self.api_key, *self.headers.values()) if v]
+        """The values to redact: the CA bundle is public trust material, not a credential,
+        and of a credentials file only its secret parts are."""
+        key = self.key_secrets if self.key_secrets is not None else (self.api_key,)
+        return [v for v in (*key, *self.headers.values()) if v]
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,10 @@ def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
 
 
 async def _read_secrets(
-    spec: LLMConnectionSpec, source: SecretSource, *, key_file: bool = False
+    spec: LLMConnectionSpec,
+    source: SecretSource,
+    *,
+    key_secrets: Callable[[str], Sequence[str]] | None = None,
 ) -> _UsedSecrets:
     found: dict[str, SecretData | None] = {}
     observed: list[ObservedSecret] = []
@@ -231,12 +237,12 @@ async def _read_secrets(
         if use.ca_bundle:
             used.ca_bundle = value
             continue
-        is_key = use.header is None
-        text = _file_text(value) if key_file and is_key else _header_text(value)
+        key_file = key_secrets is not None and use.header is None
+        text = _file_text(value) if key_file else _header_text(value)
         if text is None:
             cannot = (
                 "is empty or not UTF-8 text"
-                if key_file and is_key
+                if key_file
                 else "is empty or holds characters that cannot go in an HTTP header (control "
                 "characters, non-ASCII)"
             )
@@ -247,6 +253,8 @@ async def _read_secrets(
             return used
         if use.header is None:
             used.api_key = text
+            if key_secrets is not None:
+                used.key_secrets = tuple(key_secrets(text))
         else:
             used.headers[use.header] = text
     return used

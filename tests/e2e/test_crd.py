@@ -316,6 +316,39 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         ["spec.headers", "must have at most 32 items"],
     ),
     ("empty-model", {**OPENAI, "model": ""}, ["spec.model", "at least 1 chars"]),
+    (
+        "vertex-ai-without-vertex-ai",
+        {"provider": "vertex-ai", "model": "gemini-2.5-flash"},
+        ["spec.vertexAI", "vertexAI.project and vertexAI.location are required"],
+    ),
+    (
+        "vertex-ai-without-location",
+        {"provider": "vertex-ai", "vertexAI": {"project": "my-project"}},
+        ["spec.vertexAI.location: Required value"],
+    ),
+    (
+        "vertex-ai-location-that-leaves-the-host",
+        {"provider": "vertex-ai", "vertexAI": {"project": "my-project", "location": "x.evil/"}},
+        ["spec.vertexAI.location", "must be a region such as us-central1"],
+    ),
+    (
+        "vertex-ai-project-in-capitals",
+        {"provider": "vertex-ai", "vertexAI": {"project": "My-Project", "location": "us"}},
+        ["spec.vertexAI.project", "must be a Google Cloud project ID"],
+    ),
+    (
+        "vertex-ai-unknown-publisher",
+        {
+            "provider": "vertex-ai",
+            "vertexAI": {"project": "my-project", "location": "us", "publisher": "meta"},
+        },
+        ["spec.vertexAI.publisher", "Unsupported value"],
+    ),
+    (
+        "vertex-ai-block-on-gemini",
+        {"provider": "gemini", "vertexAI": {"project": "my-project", "location": "global"}},
+        ["spec.vertexAI", "only allowed with provider vertex-ai"],
+    ),
 ]
 
 
@@ -346,6 +379,26 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("ipv6-loopback", {"provider": "openai-compatible", "endpoint": "http://[::1]:8080/v1"}),
     ("metadata-address", {**OPENAI, "endpoint": "http://169.254.169.254/v1"}),
     ("plain-headers", {**OPENAI, "headers": {"OpenAI-Organization": "org-1", "X-Api-Keys": "v1"}}),
+    (
+        "vertex-ai-claude-by-project-number",
+        {
+            "provider": "vertex-ai",
+            "model": "claude-sonnet-4-5@20250929",
+            "vertexAI": {
+                "project": "123456789012",
+                "location": "us-east5",
+                "publisher": "anthropic",
+            },
+        },
+    ),
+    (
+        "vertex-ai-global-through-psc",
+        {
+            "provider": "vertex-ai",
+            "endpoint": "https://aiplatform-vertex.p.googleapis.com",
+            "vertexAI": {"project": "my-project", "location": "global", "publisher": "google"},
+        },
+    ),
     (
         "everything",
         {
@@ -390,6 +443,9 @@ def test_defaults_only_where_documented(cluster: ControlPlane, namespace: str) -
             {"provider": "azure-openai", "endpoint": AZURE_URL, "azure": {"deployment": "d"}}, "az"
         ),
         manifest({"provider": "mcp", "endpoint": "http://127.0.0.1:9/mcp", "mcp": {}}, "mcp"),
+        manifest(
+            {"provider": "vertex-ai", "vertexAI": {"project": "my-project", "location": "us"}}, "vx"
+        ),
     ]
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input="---\n".join(docs))
     plain = get_json(cluster, "llmconnection", "plain", "-n", namespace)["spec"]
@@ -403,6 +459,8 @@ def test_defaults_only_where_documented(cluster: ControlPlane, namespace: str) -
     assert azure["azure"] == {"deployment": "d", "apiVersion": "2024-10-21"}
     mcp = get_json(cluster, "llmconnection", "mcp", "-n", namespace)["spec"]
     assert mcp["mcp"] == {"transport": "streamable-http"}
+    vertex = get_json(cluster, "llmconnection", "vx", "-n", namespace)["spec"]
+    assert vertex["vertexAI"] == {"project": "my-project", "location": "us", "publisher": "google"}
 
 
 # The duration rules in CEL against the operator's own parser, on the tricky spellings.

@@ -17,7 +17,7 @@ classification of exceptions live once, in the caller (`llmconn.validate`,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -79,9 +79,11 @@ class ProviderInfo:
     # The default endpoint when it depends on the spec (Vertex AI: the location's host);
     # `default_endpoint` then says its form, for docs and the rule that one exists.
     endpoint_for: Callable[[LLMConnectionSpec], str] | None = None
-    # apiKeySecretRef may hold a credentials file (a service-account JSON key, several
-    # lines), handed to the probe as text; else it must be a value fit for a header.
-    key_file: bool = False
+    # When set, apiKeySecretRef may hold a credentials file (a service-account JSON key,
+    # several lines), handed to the probe as text, and this names its secret parts (what
+    # is redacted: not the whole file, whose account name and URLs messages may show).
+    # Else the key must be a value fit for a header, and is secret whole.
+    key_secrets: Callable[[str], Sequence[str]] | None = None
 
     @property
     def auth_header(self) -> str:
@@ -120,7 +122,7 @@ class Registry:
         accepts: Iterable[str] = (),
         requires: Iterable[str] = (),
         endpoint_for: Callable[[LLMConnectionSpec], str] | None = None,
-        key_file: bool = False,
+        key_secrets: Callable[[str], Sequence[str]] | None = None,
     ) -> Callable[[ProbeFn], ProbeFn]:
         """Register the decorated probe under `name`, with what the provider needs: spec
         blocks it `accepts`, and those it `requires` (which it accepts too)."""
@@ -138,7 +140,7 @@ class Registry:
                     blocks=frozenset(accepts) | frozenset(requires),
                     required_blocks=frozenset(requires),
                     endpoint_for=endpoint_for,
-                    key_file=key_file,
+                    key_secrets=key_secrets,
                 )
             )
             return fn

@@ -91,17 +91,15 @@ async def access_token(
         )
     now = time.time()
     assertion = sign(key, scope, now)
-    ctx.found.elsewhere = url
-    try:
-        with ctx.holding(assertion):
-            reply = await ctx.transport.fetch(
-                "POST",
-                url,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-                form={"grant_type": JWT_GRANT, "assertion": assertion},
-            )
-    finally:
-        ctx.found.elsewhere = None
+    ctx.found.elsewhere = url  # a network failure names the token service (kept if raised)
+    with ctx.holding(assertion):
+        reply = await ctx.transport.fetch(
+            "POST",
+            url,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            form={"grant_type": JWT_GRANT, "assertion": assertion},
+        )
+    ctx.found.elsewhere = None
     body = reply.json()
     token = body.get("access_token") if isinstance(body, dict) else None
     if reply.status == 200 and isinstance(token, str) and token:
