@@ -616,3 +616,47 @@ def test_signing_refuses_a_key_that_is_not_rsa(account: google_token.ServiceAcco
     with pytest.raises(ProbeFailure) as raised:
         sign(key, "scope", time.time())
     assert raised.value.outcome.reason is Reason.INVALID_CONFIGURATION
+
+
+# --- `llmconn validate`, offline ---------------------------------------------------------
+
+
+def test_llmconn_validate_takes_both_static_forms_offline(
+    google: Google, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from llmconn.cli import main
+
+    key_file = google.account.key_file(google.token_url.replace(TOKEN_HOST, "127.0.0.1"))
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "gcp"},
+            "stringData": {"key.json": key_file, "express": vertex_dialect.EXPRESS_KEY},
+        }
+    ]
+    for name, key in (("with-key-file", "key.json"), ("express", "express")):
+        docs.append(
+            {
+                "apiVersion": "llmconn.dev/v1alpha1",
+                "kind": "LLMConnection",
+                "metadata": {"name": name},
+                "spec": {
+                    "provider": "vertex-ai",
+                    "endpoint": google.vertex_url,
+                    "model": GEMINI,
+                    "vertexAI": {"project": PROJECT, "location": "us-central1"},
+                    "apiKeySecretRef": {"name": "gcp", "key": key},
+                },
+            }
+        )
+    path = tmp_path / "vertex.yaml"
+    path.write_text("\n---\n".join(json.dumps(doc) for doc in docs))
+    code = main(["validate", "-f", str(path), "-o", "json"])
+    out, err = capsys.readouterr()
+    items = json.loads(out)
+    assert [i["status"]["reason"] for i in items] == ["Validated", "Validated"], items
+    assert code == 0
+    assert items[0]["status"]["details"]["serviceAccount"] == google.account.email
+    assert len(google.tokens.seen) == 1  # one exchange, for the key file only
+    assert_no_secret(out + err, google, vertex_dialect.EXPRESS_KEY)
