@@ -86,9 +86,12 @@ def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
         return leaf.outcome
     if isinstance(leaf, RedirectRefused):
         fix = "" if leaf.too_many else " Set spec.endpoint to the provider's real API base URL."
+        who = "The endpoint"
+        if ctx.found.elsewhere:
+            who, fix = f"The token service at {host}", ""
         return ProbeOutcome(
             Reason.UNEXPECTED_RESPONSE,
-            f"The endpoint redirected {leaf.detail}.{fix}",
+            f"{who} redirected {leaf.detail}.{fix}",
             http_status=leaf.status,
         )
     if isinstance(leaf, UnreadableAnswer):

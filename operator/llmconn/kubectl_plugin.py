@@ -44,13 +44,15 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "InvalidAPIKey": (
         "The provider rejected the credentials: 401, invalid_api_key, authentication_error, "
-        "Gemini API_KEY_INVALID, or an MCP 401.",
+        "Gemini API_KEY_INVALID, an MCP 401, or a service-account key that Google's token "
+        "service refuses (invalid_grant).",
         "Put a valid key in the Secret and key the message names. For DashScope and Azure, "
         "also check that the endpoint is the key's region or resource.",
     ),
     "PermissionDenied": (
-        "The credentials are valid but not allowed: 403, permission_error, or Gemini "
-        "FAILED_PRECONDITION.",
+        "The credentials are valid but not allowed: 403, permission_error, Gemini "
+        "FAILED_PRECONDITION, or on Vertex AI a missing aiplatform.endpoints.predict, a "
+        "disabled API or billing.",
         "Check the key's project, region, scopes or the server's access rules.",
     ),
     "ModelNotFound": (

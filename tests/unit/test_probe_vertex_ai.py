@@ -660,3 +660,14 @@ def test_llmconn_validate_takes_both_static_forms_offline(
     assert items[0]["status"]["details"]["serviceAccount"] == google.account.email
     assert len(google.tokens.seen) == 1  # one exchange, for the key file only
     assert_no_secret(out + err, google, vertex_dialect.EXPRESS_KEY)
+
+
+async def test_a_token_uri_at_the_metadata_address_is_refused_before_any_byte(
+    google: Google, pool: ClientPool
+) -> None:
+    key = json.loads(google.key_file())
+    key["token_uri"] = "http://169.254.169.254/computeMetadata/v1/token"
+    verdict = await check(google, pool, "Model", secret=json.dumps(key))
+    assert verdict.reason is Reason.EGRESS_DENIED
+    assert "the token service at 169.254.169.254" in verdict.message
+    assert not google.vertex.seen
