@@ -8,7 +8,9 @@ the redacting log filter must hide while a validation holds them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, repr=False)
@@ -92,3 +94,28 @@ def service_account_key(text: str) -> ServiceAccountKey | None:
     return ServiceAccountKey(
         **fields, project_id=project if isinstance(project, str) and project else None
     )
+
+
+def key_file_secrets(text: str) -> tuple[str, ...]:
+    """What to redact of a Secret value that may be a service-account key file: the key's
+    private parts (its account and project may be named in messages); of other JSON (a
+    user's credentials file put there by mistake) every string value; else the whole."""
+    try:
+        key = service_account_key(text)
+    except ValueError:
+        try:
+            return tuple(_strings(json.loads(text))) or (text,)
+        except ValueError:
+            return (text,)
+    return key.secrets() if key is not None else (text,)
+
+
+def _strings(data: Any) -> Iterator[str]:
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, dict):
+        for value in data.values():
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)

@@ -671,3 +671,39 @@ async def test_a_token_uri_at_the_metadata_address_is_refused_before_any_byte(
     assert verdict.reason is Reason.EGRESS_DENIED
     assert "the token service at 169.254.169.254" in verdict.message
     assert not google.vertex.seen
+
+
+# --- the key file as a credential -----------------------------------------------------------
+
+
+def test_of_a_key_file_only_the_private_parts_are_secret(
+    account: google_token.ServiceAccount,
+) -> None:
+    from llmconn.credentials import key_file_secrets
+
+    text = account.key_file("https://oauth2.googleapis.com/token")
+    found = key_file_secrets(text)
+    body = "".join(line for line in account.private_pem.splitlines() if "PRIVATE" not in line)
+    assert body in found and account.key_id in found
+    assert not any(account.email in value or "googleapis" in value for value in found)
+    key = service_account_key(text)
+    assert key is not None and account.private_pem[40:60] not in repr(key)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("AQ.Ab8RN6express-key", ("AQ.Ab8RN6express-key",)),
+        (
+            '{"type": "authorized_user", "refresh_token": "1//0g-refresh"}',
+            ("authorized_user", "1//0g-refresh"),
+        ),
+        ("{not json at all", ("{not json at all",)),
+    ],
+)
+def test_anything_else_is_secret_whole_or_in_every_string_of_its_json(
+    text: str, expected: tuple[str, ...]
+) -> None:
+    from llmconn.credentials import key_file_secrets
+
+    assert key_file_secrets(text) == expected

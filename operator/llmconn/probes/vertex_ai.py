@@ -46,14 +46,13 @@ is not served in that location, or the project may not use it).
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llmconn.credentials import service_account_key
+from llmconn.credentials import key_file_secrets, service_account_key
 from llmconn.exchange import USER_AGENT, Reply
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
@@ -78,31 +77,6 @@ def regional_endpoint(location: str) -> str:
     return f"https://{location}-aiplatform.googleapis.com"
 
 
-def key_secrets(text: str) -> tuple[str, ...]:
-    """What to redact of apiKeySecretRef's value: a key file's private parts (its account
-    and project may be named in messages), an API key whole; of other JSON (a user's
-    credentials file put there by mistake) every string value, of anything else the whole."""
-    try:
-        key = service_account_key(text)
-    except ValueError:
-        try:
-            return tuple(_strings(json.loads(text))) or (text,)
-        except ValueError:
-            return (text,)
-    return key.secrets() if key is not None else (text,)
-
-
-def _strings(data: Any) -> Iterator[str]:
-    if isinstance(data, str):
-        yield data
-    elif isinstance(data, dict):
-        for value in data.values():
-            yield from _strings(value)
-    elif isinstance(data, list):
-        for value in data:
-            yield from _strings(value)
-
-
 def default_endpoint(spec: LLMConnectionSpec) -> str:
     return regional_endpoint(spec.vertex_ai.location if spec.vertex_ai else "global")
 
@@ -113,7 +87,7 @@ def default_endpoint(spec: LLMConnectionSpec) -> str:
     endpoint_for=default_endpoint,
     title="Google Vertex AI",
     requires=("vertexAI",),
-    key_secrets=key_secrets,
+    key_secrets=key_file_secrets,
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     vertex = ctx.vertex_ai
