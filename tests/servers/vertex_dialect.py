@@ -8,7 +8,9 @@ It serves, as Google's Vertex AI REST reference names them:
 - POST .../publishers/anthropic/models/count-tokens:rawPredict (Google's "Count tokens for
   Claude models": the model in the body, answered with Anthropic's `input_tokens`) and
   .../publishers/anthropic/models/{m}:rawPredict (Anthropic's Messages answer; the body must
-  carry `anthropic_version` and no `model`, Google's Claude request reference);
+  carry `anthropic_version` and no `model`, Google's Claude request reference: Google
+  documents `vertex-2023-10-16`, and the anthropic SDK's Vertex client sends its own API
+  version there, so any version is taken);
 - express mode: POST /v1/publishers/google/models/{m}:countTokens and :generateContent with
   `x-goog-api-key` (Google's express-mode REST reference), Google models only.
 
@@ -52,6 +54,7 @@ BEHAVIOURS = frozenset(
         "billing_disabled",  # 403 PERMISSION_DENIED, BILLING_DISABLED
         "rate_limited",  # 429 RESOURCE_EXHAUSTED, shared quota, no RetryInfo
         "unavailable",  # 503 UNAVAILABLE
+        "echo",  # 400 whose message repeats the credentials it got (a hostile gateway)
     }
 )
 
@@ -201,6 +204,9 @@ def make_app(behaviour: str = "ok", issued: dict[str, str] | None = None) -> Sta
         kind, refused = who(request)
         if refused is not None:
             return refused
+        if state.behaviour == "echo":
+            got = request.headers.get("authorization") or request.headers.get("x-goog-api-key")
+            return _error(400, "INVALID_ARGUMENT", f"Request refused for credentials {got}.")
         if (listing := _LIST.match(path)) and request.method == "GET":
             if kind == "key":  # not an express-mode method
                 return _error(
@@ -280,14 +286,14 @@ def make_app(behaviour: str = "ok", issued: dict[str, str] | None = None) -> Sta
             return JSONResponse({"input_tokens": 14})
         if model not in CLAUDE:
             return not_found(project, location, "anthropic", model)
-        if body.get("anthropic_version") != "vertex-2023-10-16" or "model" in body:
+        if not isinstance(body.get("anthropic_version"), str) or "model" in body:
             return JSONResponse(
                 {
                     "type": "error",
                     "error": {
                         "type": "invalid_request_error",
-                        "message": "anthropic_version: vertex-2023-10-16 is required; the "
-                        "model goes in the URL",
+                        "message": "anthropic_version: Field required; model: the model goes "
+                        "in the URL",
                     },
                 },
                 status_code=400,

@@ -428,6 +428,17 @@ async def test_an_unusable_key_file_is_invalid_configuration(
     assert_no_secret(visible(verdict), google)
 
 
+async def test_a_minted_token_echoed_by_the_provider_is_redacted_from_the_verdict(
+    google: Google, pool: ClientPool
+) -> None:
+    google.vertex.reset("echo")
+    verdict = await check(google, pool, "Model")
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert f"credentials Bearer {MARKER}" in verdict.message
+    [token] = google.tokens.issued.keys() & {google.vertex.seen[0].headers["authorization"][7:]}
+    assert_no_secret(visible(verdict), google, token)
+
+
 async def test_secrets_echoed_by_the_services_are_redacted_and_the_account_is_not(
     google: Google, pool: ClientPool
 ) -> None:
