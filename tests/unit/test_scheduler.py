@@ -194,3 +194,33 @@ async def test_a_held_key_that_is_cancelled_or_replanned_runs_once_at_its_new_ti
     assert len(s) == 1 and s.queue_depth == 0  # a3 at its new time, nothing else
     clock.now = now + 3600
     assert s.queue_depth == 1
+
+
+async def test_a_backlog_in_one_group_is_set_aside_once_not_once_per_validation():
+    # 2,000 keys of one namespace are due and its limit is one worker. Each key must be looked
+    # at a bounded number of times (set aside once, taken back once), not once more every time
+    # a worker of its group ends: that was quadratic, most of the operator's CPU at 10,000.
+    n = 2000
+    looked_at = 0
+    done = asyncio.Event()
+    ran: list[int] = []
+
+    def group(key: int) -> str:
+        nonlocal looked_at
+        looked_at += 1
+        return "ns"
+
+    async def work(key: int) -> None:
+        ran.append(key)
+        if len(ran) == n:
+            done.set()
+
+    clock = Clock()
+    s: Scheduler[int] = Scheduler(work, concurrency=8, group=group, group_limit=1, clock=clock)
+    for i in range(n):
+        s.at(i, clock.now - n + i)
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(done.wait(), 30)
+    task.cancel()
+    assert ran == list(range(n))  # in due order, each once
+    assert looked_at <= 6 * n, looked_at
