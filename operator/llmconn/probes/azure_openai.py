@@ -310,7 +310,7 @@ def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
             f"Azure rejected the API key for {host} (HTTP 401){said}; {ctx.key_hint}, "
             "and check that spec.endpoint is the resource the key belongs to.",
         )
-    if reply.status == 410:
+    if reply.status == 410 and what != "the model list":  # a deployment call
         return ProbeOutcome(
             Reason.MODEL_RETIRED,
             f"Azure answered {what} with HTTP 410 Gone{said}: the deployment's model is "
