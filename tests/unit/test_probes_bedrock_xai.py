@@ -290,8 +290,10 @@ async def test_an_inference_profile_is_looked_up_as_one(
     profile = f"us.{SONNET_37}"
     verdict = await run_bedrock(aws, pool, model=profile, validation={"type": "Inference"})
     assert verdict.reason is Reason.VALIDATED, verdict.message
+    arn_here = f"arn:aws:bedrock:us-east-1::foundation-model/{SONNET_37}"
     assert [seen.path for seen in state.seen][1:] == [
         f"/inference-profiles/{profile}",
+        f"/foundation-models/{arn_here}",
         f"/model/{profile}/converse",
     ]
     assert verdict.details["inferenceProfileType"] == "SYSTEM_DEFINED"
@@ -339,6 +341,29 @@ async def test_a_legacy_model_is_deprecated_with_its_dates(
     assert verdict.lifecycle.deprecated_at == "2026-06-01T00:00:00Z"
     assert verdict.lifecycle.retires_at == "2099-01-15T00:00:00Z"
     assert "legacy model" in verdict.message
+
+
+async def test_a_profile_reports_the_lifecycle_of_its_model_in_the_region(
+    aws: Any, pool: ClientPool, state: BedrockState
+) -> None:
+    state.models[SONNET_37] = model(
+        SONNET_37,
+        status="LEGACY",
+        end_of_life="2099-03-01T00:00:00Z",
+        inference_types=("INFERENCE_PROFILE",),
+    )
+    verdict = await run_bedrock(aws, pool, model=f"us.{SONNET_37}")
+    assert verdict.reason is Reason.VALIDATED
+    assert verdict.lifecycle is not None and verdict.lifecycle.retires_at == "2099-03-01T00:00:00Z"
+
+
+async def test_no_credentials_name_both_ways_to_give_them(
+    aws: Any, pool: ClientPool, state: BedrockState
+) -> None:
+    verdict = await run_bedrock(aws, pool, awsCredentialsSecretRef=None)
+    assert "spec.apiKeySecretRef (a Bedrock API key) or spec.awsCredentialsSecretRef" in (
+        verdict.message
+    )
 
 
 async def test_a_model_past_its_end_of_life_is_retired(

@@ -19,14 +19,18 @@ The steps (Bedrock API Reference, botocore's service models `bedrock/2023-04-20`
 - Connectivity: ListFoundationModels (GET /foundation-models), free.
 - Model: also GetFoundationModel (GET /foundation-models/{id}), or GetInferenceProfile (GET
   /inference-profiles/{id}) for an inference profile (an ARN of one, or an id with a
-  geography prefix such as `us.` or `global.`). It proves the model or profile exists in
-  the region, that a foundation model is invocable on demand (`inferenceTypesSupported`),
-  and gives its `modelLifecycle`. It cannot prove that these credentials may invoke it: IAM
-  authorizes each action on its own (bedrock:InvokeModel is not bedrock:GetFoundationModel),
-  and no free call checks InvokeModel (CountTokens is free but is its own action,
-  bedrock:CountTokens, for some models only). Inference proves it.
+  geography prefix such as `us.` or `global.`), then the profile's model in this region
+  (best effort). It proves the model or profile exists in the region, that a foundation
+  model is invocable on demand (`inferenceTypesSupported`), and gives its `modelLifecycle`.
+  It cannot prove that these credentials may invoke it: IAM authorizes each action on its
+  own (bedrock:InvokeModel is not bedrock:GetFoundationModel), and no free call checks
+  InvokeModel (CountTokens is free but is its own action, bedrock:CountTokens, for some
+  models only). Inference proves it.
 - Inference: also Converse (POST /model/{id}/converse) with `maxTokens: 16`; an answer cut
   at the budget counts.
+
+One module, past the size of the OpenAI-style flavours: Bedrock shares nothing with them, and
+its two planes, its model forms and its reading of AWS's errors change together.
 """
 
 from __future__ import annotations
@@ -179,7 +183,7 @@ async def check_model(ctx: ProbeContext, sign: Signer | None, model: str) -> Lif
                     http_status=reply.status,
                 )
             )
-        return None
+        return await _profile_lifecycle(ctx, sign, model, profile)
     if ":" in model and model.startswith("arn:") and ":foundation-model/" not in model:
         raise ProbeFailure(
             ProbeOutcome(
@@ -212,6 +216,24 @@ async def check_model(ctx: ProbeContext, sign: Signer | None, model: str) -> Lif
             )
         )
     return lifecycle(model, details, reply)
+
+
+async def _profile_lifecycle(
+    ctx: ProbeContext, sign: Signer | None, model: str, profile: dict[str, Any]
+) -> Lifecycle | None:
+    """The lifecycle of the foundation model a profile routes to in this region, best effort:
+    a lookup that fails (the identity may not read foundation models) tells nothing."""
+    region = _region(ctx)
+    arns = [m.get("modelArn") for m in profile["models"] if isinstance(m, dict)]
+    here = [a for a in arns if isinstance(a, str) and f":bedrock:{region}:" in a]
+    if not here:
+        return None
+    reply = await _get(ctx, sign, "/foundation-models/" + _segment(here[0]))
+    body = reply.json()
+    if reply.status != 200 or not isinstance(body, dict):
+        return None
+    details = body.get("modelDetails")
+    return lifecycle(model, details, reply) if isinstance(details, dict) else None
 
 
 def lifecycle(model: str, details: dict[str, Any], reply: Reply) -> Lifecycle | None:
@@ -295,9 +317,13 @@ def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
         return ProbeOutcome(reason, text, http_status=status, code=code)
 
     if code in _BAD_CREDENTIALS or status == 401 or any(w in words for w in _BAD_KEY_WORDS):
-        return out(
-            Reason.INVALID_API_KEY, f"AWS rejected the credentials ({tag}){said}; {ctx.key_hint}."
-        )
+        hint = ctx.key_hint
+        if ctx.api_key is None and ctx.aws_credentials is None:
+            hint = (
+                "set spec.apiKeySecretRef (a Bedrock API key) or spec.awsCredentialsSecretRef "
+                "(AWS access keys)"
+            )
+        return out(Reason.INVALID_API_KEY, f"AWS rejected the credentials ({tag}){said}; {hint}.")
     if code == "AccessDeniedException" or (code is None and status == 403):
         return out(
             Reason.PERMISSION_DENIED,
