@@ -44,7 +44,8 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "InvalidAPIKey": (
         "The provider rejected the credentials: 401, invalid_api_key, authentication_error, "
-        "Gemini API_KEY_INVALID, or an MCP 401.",
+        "Gemini API_KEY_INVALID, xAI's 400 for a wrong key, AWS UnrecognizedClientException "
+        "or InvalidSignatureException, or an MCP 401.",
         "Put a valid key in the Secret and key the message names. For DashScope and Azure, "
         "also check that the endpoint is the key's region or resource.",
     ),
