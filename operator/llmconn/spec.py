@@ -36,7 +36,15 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # Headers that carry credentials: never in plain `headers`, always in `headersFromSecret`.
 CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"}
+    {
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "x-amz-security-token",
+        "cookie",
+        "proxy-authorization",
+    }
 )
 # Headers the HTTP client owns (framing, routing, the connection itself): a spec that set
 # them could smuggle a second request or reach another virtual host.
@@ -59,6 +67,9 @@ HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 # the CRD, and again by the API client.
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# An AWS Region code (us-east-1, eu-central-2, us-gov-west-1, ap-southeast-5): it goes into a
+# host name, so nothing else is let through.
+AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"
 # The longest probe a connection may ask for: one tenant's slow endpoints hold workers.
 MAX_TIMEOUT = 60.0
 # A model or deployment goes into URL paths: "." and ".." segments would climb them.
@@ -127,6 +138,11 @@ class ProviderRules(Protocol):
     @property
     def auth_header(self) -> str:
         """The request header apiKeySecretRef fills, lower case."""
+        ...
+
+    @property
+    def aws_sigv4(self) -> bool:
+        """Whether it signs with AWS credentials (awsCredentialsSecretRef)."""
         ...
 
 
@@ -206,6 +222,28 @@ class McpSpec(_Strict):
     transport: McpTransport = McpTransport.STREAMABLE_HTTP
 
 
+class BedrockSpec(_Strict):
+    region: Annotated[str, StringConstraints(max_length=32, pattern=AWS_REGION_PATTERN)]
+
+
+class AwsCredentialsRef(_Strict):
+    """AWS access keys in one Secret. The default key names are the AWS SDKs' environment
+    variables, so the Secret an agent takes with `envFrom` works here as it is."""
+
+    name: SecretName
+    access_key_id_key: SecretKey = Field(default="AWS_ACCESS_KEY_ID", alias="accessKeyIdKey")
+    secret_access_key_key: SecretKey = Field(
+        default="AWS_SECRET_ACCESS_KEY", alias="secretAccessKeyKey"
+    )
+    session_token_key: SecretKey | None = Field(default=None, alias="sessionTokenKey")
+
+    @property
+    def refs(self) -> list[SecretKeyRef]:
+        """The Secret keys read: access key id, secret access key, session token if named."""
+        keys = [self.access_key_id_key, self.secret_access_key_key, self.session_token_key]
+        return [SecretKeyRef(name=self.name, key=key) for key in keys if key is not None]
+
+
 class VertexPublisher(StrEnum):
     GOOGLE = "google"  # Gemini
     ANTHROPIC = "anthropic"  # Claude
@@ -238,7 +276,12 @@ class VertexAISpec(_Strict):
 
 # The provider-specific blocks of the spec, by their name in a manifest: a provider accepts
 # only those it declares.
-BLOCKS: dict[str, type[_Strict]] = {"azure": AzureSpec, "mcp": McpSpec, "vertexAI": VertexAISpec}
+BLOCKS: dict[str, type[_Strict]] = {
+    "azure": AzureSpec,
+    "mcp": McpSpec,
+    "bedrock": BedrockSpec,
+    "vertexAI": VertexAISpec,
+}
 
 
 class ValidationSpec(_Strict):
@@ -280,12 +323,16 @@ class LLMConnectionSpec(_Strict):
     endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
     model: PathName | None = None
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
+    aws_credentials_secret_ref: AwsCredentialsRef | None = Field(
+        default=None, alias="awsCredentialsSecretRef"
+    )
     headers: dict[str, str] = Field(default_factory=dict, max_length=32)
     headers_from_secret: list[SecretHeader] = Field(
         default_factory=list, alias="headersFromSecret", max_length=16
     )
     azure: AzureSpec | None = None
     mcp: McpSpec | None = None
+    bedrock: BedrockSpec | None = None
     vertex_ai: VertexAISpec | None = Field(default=None, alias="vertexAI")
     suspend: bool = False
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
@@ -346,9 +393,16 @@ class LLMConnectionSpec(_Strict):
             if name.lower() in seen:
                 raise ValueError(f"header {name!r} is given twice (names ignore case)")
             seen.add(name.lower())
-        if self.api_key_secret_ref is not None and rules.auth_header in seen:
+        aws = self.aws_credentials_secret_ref
+        if aws is not None and not rules.aws_sigv4:
+            allowed = " or ".join(sorted(n for n, r in providers.items() if r.aws_sigv4))
+            raise ValueError(f"awsCredentialsSecretRef is only allowed with provider {allowed}")
+        if aws is not None and self.api_key_secret_ref is not None:
+            raise ValueError("apiKeySecretRef and awsCredentialsSecretRef: use one of the two")
+        filled = "apiKeySecretRef" if aws is None else "awsCredentialsSecretRef"
+        if (self.api_key_secret_ref or aws) is not None and rules.auth_header in seen:
             raise ValueError(
-                f"headersFromSecret sets {rules.auth_header!r}, the header apiKeySecretRef "
+                f"headersFromSecret sets {rules.auth_header!r}, the header {filled} "
                 f"fills for provider {self.provider}: use one of the two"
             )
         return self
@@ -370,6 +424,8 @@ class LLMConnectionSpec(_Strict):
     def secret_refs(self) -> list[SecretKeyRef]:
         """Every Secret key the probe reads, API key first."""
         refs = [self.api_key_secret_ref] if self.api_key_secret_ref else []
+        if self.aws_credentials_secret_ref:
+            refs += self.aws_credentials_secret_ref.refs
         refs += [h.secret_key_ref for h in self.headers_from_secret]
         if self.tls.ca_bundle_secret_ref:
             refs.append(self.tls.ca_bundle_secret_ref)

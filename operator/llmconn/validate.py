@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from llmconn import logs
 from llmconn.classify import classify_exception
+from llmconn.credentials import AwsCredentials
 from llmconn.http import ClientPool, InvalidCABundle, Phase, TLSOptions
 from llmconn.probes import registry
 from llmconn.probes.base import ProbeContext, ProbeOutcome
@@ -66,7 +67,7 @@ async def validate(
     does; see the module docstring for what propagates."""
     settings = effective(spec, defaults)
     info = registry.get(spec.provider)
-    endpoint = info.endpoint(spec)
+    endpoint = info.base_url(spec.endpoint, spec)
 
     def finish(
         outcome: ProbeOutcome,
@@ -124,6 +125,9 @@ async def validate(
                     headers={**spec.headers, **used.headers},
                     azure=spec.azure,
                     mcp=spec.mcp,
+                    bedrock=spec.bedrock,
+                    aws_credentials=used.aws_credentials,
+                    aws_credentials_ref=spec.aws_credentials_secret_ref,
                     vertex_ai=spec.vertex_ai,
                 )
                 outcome, latency_ms = await _run(ctx, settings)
@@ -169,14 +173,20 @@ class _UsedSecrets:
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     ca_bundle: bytes | None = None
+    aws: dict[str, str] = field(default_factory=dict)  # the AwsCredentials field -> value
     key_secrets: tuple[str, ...] | None = None  # the secret parts of a credentials file
 
     @property
+    def aws_credentials(self) -> AwsCredentials | None:
+        return AwsCredentials(**self.aws) if self.aws else None
+
+    @property
     def credentials(self) -> list[str]:
-        """The values to redact: the CA bundle is public trust material, not a credential,
-        and of a credentials file only its secret parts are."""
+        """The values to redact: the CA bundle is public trust material, not a credential;
+        every part of AWS credentials is (the access key id included); of a credentials file
+        only its secret parts are."""
         key = self.key_secrets if self.key_secrets is not None else (self.api_key,)
-        return [v for v in (*key, *self.headers.values()) if v]
+        return [v for v in (*key, *self.headers.values(), *self.aws.values()) if v]
 
 
 @dataclass(frozen=True)
@@ -185,12 +195,17 @@ class _Ref:
     ref: SecretKeyRef
     header: str | None = None  # the request header it fills, for headersFromSecret
     ca_bundle: bool = False
+    aws: str | None = None  # the AwsCredentials field it fills, for awsCredentialsSecretRef
 
 
 def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
     """Every Secret key the probe reads, with the spec field that names it."""
     if spec.api_key_secret_ref:
         yield _Ref("spec.apiKeySecretRef", spec.api_key_secret_ref)
+    if (aws := spec.aws_credentials_secret_ref) is not None:
+        fields = ("access_key_id", "secret_access_key", "session_token")
+        for ref, name in zip(aws.refs, fields, strict=False):
+            yield _Ref("spec.awsCredentialsSecretRef", ref, aws=name)
     for i, header in enumerate(spec.headers_from_secret):
         yield _Ref(f"spec.headersFromSecret[{i}]", header.secret_key_ref, header=header.name)
     if spec.tls.ca_bundle_secret_ref:
@@ -237,7 +252,7 @@ async def _read_secrets(
         if use.ca_bundle:
             used.ca_bundle = value
             continue
-        key_file = key_secrets is not None and use.header is None
+        key_file = key_secrets is not None and use.header is None and use.aws is None
         text = _file_text(value) if key_file else _header_text(value)
         if text is None:
             cannot = (
@@ -251,7 +266,9 @@ async def _read_secrets(
                 f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) {cannot}.",
             )
             return used
-        if use.header is None:
+        if use.aws is not None:
+            used.aws[use.aws] = text
+        elif use.header is None:
             used.api_key = text
             if key_secrets is not None:
                 used.key_secrets = tuple(key_secrets(text))

@@ -170,6 +170,12 @@ def test_every_sample_applies_and_its_secret_refs_resolve(
         spec = item["spec"]
         refs = [spec["apiKeySecretRef"]] if "apiKeySecretRef" in spec else []
         refs += [header["secretKeyRef"] for header in spec.get("headersFromSecret", [])]
+        if (aws := spec.get("awsCredentialsSecretRef")) is not None:
+            # The CRD's defaults are applied: the stored object names both keys.
+            refs += [
+                {"name": aws["name"], "key": aws["accessKeyIdKey"]},
+                {"name": aws["name"], "key": aws["secretAccessKeyKey"]},
+            ]
         for ref in refs:
             assert ref["name"] in secrets, (item["metadata"]["name"], ref)
             assert ref.get("key", "apiKey") in secrets[ref["name"]]["data"], ref
@@ -348,6 +354,50 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         "vertex-ai-block-on-gemini",
         {"provider": "gemini", "vertexAI": {"project": "my-project", "location": "global"}},
         ["spec.vertexAI", "only allowed with provider vertex-ai"],
+    ),
+    (
+        "bedrock-without-region",
+        {"provider": "bedrock"},
+        ["spec.bedrock", "bedrock.region is required for provider bedrock"],
+    ),
+    (
+        "bedrock-region-that-is-a-host",
+        {"provider": "bedrock", "bedrock": {"region": "us-east-1.attacker.example"}},
+        ["spec.bedrock.region", "should match"],
+    ),
+    (
+        "bedrock-block-on-xai",
+        {"provider": "xai", "bedrock": {"region": "us-east-1"}},
+        ["spec.bedrock", "only allowed with provider bedrock"],
+    ),
+    (
+        "aws-credentials-on-openai",
+        {**OPENAI, "awsCredentialsSecretRef": {"name": "aws"}},
+        ["spec.awsCredentialsSecretRef", "only allowed with provider bedrock"],
+    ),
+    (
+        "aws-credentials-and-api-key",
+        {
+            "provider": "bedrock",
+            "bedrock": {"region": "us-east-1"},
+            "apiKeySecretRef": {"name": "k"},
+            "awsCredentialsSecretRef": {"name": "aws"},
+        },
+        ["spec.awsCredentialsSecretRef", "use one of the two"],
+    ),
+    (
+        "aws-credentials-secret-name-traversal",
+        {
+            "provider": "bedrock",
+            "bedrock": {"region": "us-east-1"},
+            "awsCredentialsSecretRef": {"name": "../other/aws"},
+        },
+        ["spec.awsCredentialsSecretRef.name", "should match"],
+    ),
+    (
+        "x-amz-security-token-header",
+        {**OPENAI, "headers": {"X-Amz-Security-Token": "t"}},
+        ["spec.headers", "credentials"],
     ),
 ]
 

@@ -601,10 +601,13 @@ async def test_what_a_probe_holds_is_redacted_from_logs_only_while_it_holds_it(
 )
 def test_the_default_endpoint_is_the_locations_host(location: str, endpoint: str) -> None:
     raw = {"provider": "vertex-ai", "vertexAI": {"project": PROJECT, "location": location}}
-    assert registry.get("vertex-ai").endpoint(parse_spec(raw)) == endpoint
+    spec = parse_spec(raw)
+    assert registry.get("vertex-ai").base_url(spec.endpoint, spec) == endpoint
     assert regional_endpoint(location) == endpoint
     given = parse_spec({**raw, "endpoint": "https://psc.example.internal/"})
-    assert registry.get("vertex-ai").endpoint(given) == "https://psc.example.internal"
+    assert registry.get("vertex-ai").base_url(given.endpoint, given) == (
+        "https://psc.example.internal"
+    )
 
 
 def test_signing_refuses_a_key_that_is_not_rsa(account: google_token.ServiceAccount) -> None:

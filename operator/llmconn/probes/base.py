@@ -28,12 +28,14 @@ import httpx2
 
 from llmconn import logs
 from llmconn.credentials import AwsCredentials, BearerToken
-from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
+from llmconn.exchange import USER_AGENT, ProbeTransport, Reply, Signer
 from llmconn.http import Phase
 from llmconn.reasons import Reason
 from llmconn.spec import (
     BLOCKS,
+    AwsCredentialsRef,
     AzureSpec,
+    BedrockSpec,
     LLMConnectionSpec,
     McpSpec,
     SecretKeyRef,
@@ -58,6 +60,8 @@ class Auth(StrEnum):
 
 
 ProbeFn = Callable[["ProbeContext"], Awaitable["ProbeOutcome"]]
+# The default endpoint of a provider whose host depends on the spec (bedrock: the region's).
+EndpointFor = Callable[[LLMConnectionSpec], str]
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,9 @@ class ProviderInfo:
     inference: bool = True  # whether Inference validation is possible
     blocks: frozenset[str] = frozenset()  # provider-specific spec blocks it accepts
     required_blocks: frozenset[str] = frozenset()  # ... and those it requires
-    # The default endpoint when it depends on the spec (Vertex AI: the location's host);
-    # `default_endpoint` then says its form, for docs and the rule that one exists.
-    endpoint_for: Callable[[LLMConnectionSpec], str] | None = None
+    aws_sigv4: bool = False  # signs with AWS credentials (awsCredentialsSecretRef) instead
+    # The default endpoint computed from the spec; `default_endpoint` then shows its form.
+    endpoint_for: EndpointFor | None = None
     # When set, apiKeySecretRef may hold a credentials file (a service-account JSON key,
     # several lines), handed to the probe as text, and this names its secret parts (what
     # is redacted: not the whole file, whose account name and URLs messages may show).
@@ -89,15 +93,11 @@ class ProviderInfo:
     def auth_header(self) -> str:
         return self.auth.header
 
-    def endpoint(self, spec: LLMConnectionSpec) -> str:
-        """The URL probes of this spec build on: spec.endpoint, else the default."""
-        if spec.endpoint is None and self.endpoint_for is not None:
-            return self.endpoint_for(spec).rstrip("/")
-        return self.base_url(spec.endpoint)
-
-    def base_url(self, endpoint: str | None) -> str:
+    def base_url(self, endpoint: str | None, spec: LLMConnectionSpec | None = None) -> str:
         """The URL probes build on: spec.endpoint, else the default; no trailing slash. An
         endpoint that is only a host gets the API's path: both forms the SDKs take work."""
+        if not endpoint and self.endpoint_for is not None and spec is not None:
+            return self.endpoint_for(spec).rstrip("/")
         url = (endpoint or self.default_endpoint or "").rstrip("/")
         if endpoint and self.api_path and not urlsplit(url).path:
             url += self.api_path
@@ -121,7 +121,8 @@ class Registry:
         inference: bool = True,
         accepts: Iterable[str] = (),
         requires: Iterable[str] = (),
-        endpoint_for: Callable[[LLMConnectionSpec], str] | None = None,
+        aws_sigv4: bool = False,
+        endpoint_for: EndpointFor | None = None,
         key_secrets: Callable[[str], Sequence[str]] | None = None,
     ) -> Callable[[ProbeFn], ProbeFn]:
         """Register the decorated probe under `name`, with what the provider needs: spec
@@ -139,6 +140,7 @@ class Registry:
                     inference=inference,
                     blocks=frozenset(accepts) | frozenset(requires),
                     required_blocks=frozenset(requires),
+                    aws_sigv4=aws_sigv4,
                     endpoint_for=endpoint_for,
                     key_secrets=key_secrets,
                 )
@@ -233,9 +235,11 @@ class ProbeContext:
     headers: Mapping[str, str] = field(default_factory=dict)  # plain + from Secrets
     azure: AzureSpec | None = None
     mcp: McpSpec | None = None
+    bedrock: BedrockSpec | None = None
     vertex_ai: VertexAISpec | None = None
     # Cloud credentials where the provider signs or takes a token instead of api_key.
     aws_credentials: AwsCredentials | None = None
+    aws_credentials_ref: AwsCredentialsRef | None = None  # where they came from, if a Secret
     bearer_token: BearerToken | None = None
     found: Findings = field(default_factory=Findings)
 
@@ -273,16 +277,25 @@ class ProbeContext:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        sign: Signer | None = None,
     ) -> Reply:
         """Send one request the provider's way (its auth header, the spec's headers) and read
-        the answer; same-origin redirects are followed, others refused (llmconn.exchange)."""
+        the answer; same-origin redirects are followed, others refused (llmconn.exchange).
+        `content` is a body sent as given; `sign` signs each request as it goes out."""
         sent = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         sent.update(self.headers)
         sent.update(self.auth_headers())
         sent.update(headers or {})
         url = self.url(path)
         return await self.transport.fetch(
-            method, url, headers=sent, json_body=json_body, params=params
+            method,
+            url,
+            headers=sent,
+            json_body=json_body,
+            params=params,
+            content=content,
+            sign=sign,
         )
 
     def required_model(self) -> str:
@@ -300,6 +313,12 @@ class ProbeContext:
     @property
     def key_hint(self) -> str:
         """Where the user fixes a rejected key: 'key apiKey of Secret x'."""
+        if (aws := self.aws_credentials_ref) is not None:
+            keys = f"{aws.access_key_id_key} and {aws.secret_access_key_key}"
+            if aws.session_token_key:
+                keys = f"{aws.access_key_id_key}, {aws.secret_access_key_key} and "
+                keys += aws.session_token_key
+            return f"update keys {keys} of Secret {aws.name}"
         if self.api_key_ref is None:
             return "set spec.apiKeySecretRef to a Secret holding a valid key"
         return f"update key {self.api_key_ref.key} of Secret {self.api_key_ref.name}"

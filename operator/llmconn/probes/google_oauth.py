@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from llmconn.credentials import BearerToken, ServiceAccountKey
 from llmconn.exchange import USER_AGENT, Reply
@@ -96,8 +96,12 @@ async def access_token(
         reply = await ctx.transport.fetch(
             "POST",
             url,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-            form={"grant_type": JWT_GRANT, "assertion": assertion},
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+            content=urlencode({"grant_type": JWT_GRANT, "assertion": assertion}).encode(),
         )
     ctx.found.elsewhere = None
     body = reply.json()
