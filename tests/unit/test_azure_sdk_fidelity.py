@@ -65,7 +65,7 @@ async def test_models_list_parses(server: Server, client: openai.AsyncAzureOpenA
 
     assert [m.id for m in models] == [m["id"] for m in azure_dialect.MODELS]
     assert models[1].model_extra is not None
-    assert models[1].model_extra["lifecycle_status"] == "deprecated"
+    assert models[1].model_extra["lifecycle_status"] == azure_dialect.MODELS[1]["lifecycle_status"]
     (seen,) = server[1].seen
     assert (seen.path, seen.query) == ("/openai/models", f"api-version={API_VERSION}")
     assert seen.headers["api-key"] == azure_dialect.API_KEY
