@@ -2,8 +2,8 @@
 
 Serves POST /openai/deployments/{deployment}/chat/completions?api-version=... and the newer
 POST /openai/v1/chat/completions (deployment as `model`). It checks a request in Azure's
-layers: the `api-key` at the gateway (401 "Access denied due to invalid subscription
-key..."), the api-version (missing: 404 Resource not found; unknown: 400), the deployment
+layers: the `api-key` (on /openai/v1 also a Bearer token) at the gateway (401 "Access denied
+due to invalid subscription key..."), the api-version (missing: 404 Resource not found; unknown: 400), the deployment
 (404 DeploymentNotFound), then the body in the model service (400 invalid_request_error).
 Every answer carries `apim-request-id`, `x-ms-region` and `x-ratelimit-remaining-*`;
 answers from a deployment carry `x-ms-deployment-name`. `state.generated` counts completions
@@ -158,8 +158,19 @@ def make_app(
     async def record(request: Request) -> Any:
         return (await state.record(request)).body
 
+    def key(request: Request) -> str | None:
+        # The /openai/v1 surface also takes the key as a Bearer token: Microsoft's "API version
+        # lifecycle" guide calls it with the plain OpenAI client (api_key, base_url
+        # .../openai/v1/), which sends `Authorization: Bearer` (openai
+        # `lib/_client_auth.py`). The dated surface takes `api-key` (openai `lib/azure.py`).
+        if request.url.path.startswith("/openai/v1/"):
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token
+        return request.headers.get("api-key")
+
     def gateway(request: Request) -> Response | None:
-        if request.headers.get("api-key") != state.api_key:
+        if key(request) != state.api_key:
             return error(
                 401,
                 {
