@@ -62,6 +62,9 @@ KEY = "sk-bench-key"
 MODEL = "gpt-4o"
 PEERS = ("naive-kopf", "blackbox")
 NAIVE_KOPF = Path(__file__).resolve().parent / "peers" / "naive_kopf.py"
+# As often as a Prometheus would scrape: a scrape exposes a few series per connection, and
+# scraping every few seconds would add to the CPU being measured.
+LAG_SCRAPE_SECONDS = 15.0
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
 
 
@@ -128,8 +131,9 @@ class Proc:
 
 class Sampler(threading.Thread):
     """A process's RSS and CPU every `every` seconds from its start, and with `metrics` (an
-    llmconn /metrics URL) its schedule lag p99 over each period: the series the plots draw.
-    `mark` notes when a phase of the measurement begins or ends."""
+    llmconn /metrics URL) its schedule lag p99 since the previous scrape, scraped every
+    LAG_SCRAPE_SECONDS: the series the plots draw. `mark` notes when a phase of the measurement
+    begins or ends."""
 
     def __init__(self, proc: Proc, every: float, metrics: str | None = None) -> None:
         super().__init__(daemon=True)
@@ -147,7 +151,7 @@ class Sampler(threading.Thread):
         self.join(timeout=10)
 
     def run(self) -> None:
-        before_t, before_cpu, before_text = self.t0, 0.0, ""
+        before_t, before_cpu, before_text, before_scrape = self.t0, 0.0, "", 0.0
         while not self._done.wait(self.every):
             try:
                 rss, cpu = self.proc.usage()
@@ -159,7 +163,8 @@ class Sampler(threading.Thread):
                 "rss_mib": round(rss, 1),
                 "cpu_percent": round((cpu - before_cpu) / (now - before_t) * 100, 1),
             }
-            if self.metrics:
+            if self.metrics and now - before_scrape >= LAG_SCRAPE_SECONDS:
+                before_scrape = now
                 text = ""
                 with contextlib.suppress(httpx2.HTTPError):
                     text = httpx2.get(self.metrics, timeout=5).text

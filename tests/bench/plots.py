@@ -18,8 +18,8 @@ COLOURS = {"llmconn": "tab:blue", "naive-kopf": "tab:orange", "blackbox": "tab:g
 
 
 def over_time(result: dict[str, Any], path: Path) -> None:
-    """Three panels over seconds since each process started: llmconn's schedule lag p99 (per
-    sample period, as the histogram's bucket bound), RSS and CPU of every process measured.
+    """Three panels over seconds since each process started: llmconn's schedule lag p99 (since
+    the previous scrape, as the histogram's bucket bound), RSS and CPU of every process measured.
     The steady-state window of each operator is shaded."""
     series: dict[str, list[dict[str, Any]]] = result["series"]
     fig, (lag, rss, cpu) = plt.subplots(3, 1, sharex=True, figsize=(9, 8), layout="constrained")
