@@ -35,6 +35,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -700,6 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     if "blackbox" in peers and not (bin_dir / "blackbox_exporter").exists():
         ap.error("--peer blackbox needs blackbox_exporter: make blackbox-exporter")
 
+    # A SIGTERM (make interrupted, a job stopped) unwinds like Ctrl-C, so that the finally below
+    # stops every process this run started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     work = Path(tempfile.mkdtemp(prefix="llmconn-bench-"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
