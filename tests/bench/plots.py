@@ -72,7 +72,7 @@ def peer_ratios(result: dict[str, Any], path: Path) -> None:
     ax.axvline(1, color="black", linewidth=1)
     if "blackbox" in result["peers"]:
         ax.axvline(2, color="tab:green", linestyle="--", linewidth=1, label="blackbox CPU target")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper right")
     for y, ratio in enumerate(ratios):
         ax.annotate(
             f"{ratio:.3g}",
