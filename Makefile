@@ -195,6 +195,11 @@ BENCH_ARGS ?=
 bench: $(VENV_STAMP) binaries ## benchmark on its own control plane; BENCH_ARGS="--connections 10000"
 	@$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
+SOAK_ARGS ?=
+.PHONY: soak
+soak: $(VENV_STAMP) binaries ## faults under load on its own control plane (minutes); SOAK_ARGS="--faults cd"
+	@$(PY) tests/bench/soak.py $(SOAK_ARGS)
+
 clean: cluster-down ## stop everything and remove .local state (keeps the built binaries)
 	rm -rf $(LOCAL)/controlplane $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/kubeconfig \
 		$(LOCAL)/kubectl-cache
