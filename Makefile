@@ -222,6 +222,11 @@ $(BIN)/blackbox_exporter: $(BLACKBOX_MODULE)/go.mod $(BLACKBOX_MODULE)/go.sum
 	echo "built blackbox_exporter $$version in $${took}s"; \
 	echo "$$(date -u +%FT%TZ) blackbox_exporter $$version $${took}s" >> $(abspath $(LOCAL))/logs/build.log
 
+SOAK_ARGS ?=
+.PHONY: soak
+soak: $(VENV_STAMP) binaries ## faults under load on its own control plane (minutes); SOAK_ARGS="--faults cd"
+	@$(PY) tests/bench/soak.py $(SOAK_ARGS)
+
 clean: cluster-down ## stop everything and remove .local state (keeps the built binaries)
 	rm -rf $(LOCAL)/controlplane $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/kubeconfig \
 		$(LOCAL)/kubectl-cache

@@ -95,6 +95,9 @@ class Reconciler:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._rebuilding: asyncio.Future[None] | None = None
+        # Connections whose verdict waits for a write the API server did not take: written
+        # as soon as another write succeeds (it is back), not after their backoff.
+        self._kept: set[Key] = set()
 
     # --- watch events (fast: memory and schedule only) --------------------------------
     def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -263,6 +266,7 @@ class Reconciler:
             if conn.unwritten is not None:
                 retry = min(RETRY_API * 2**conn.write_failures, MAX_WRITE_BACKOFF)
                 conn.write_failures += 1
+                self._kept.add(key)
             log.warning(
                 "could not reach the API server for %s/%s (%s); retrying in %.0fs",
                 *key,
@@ -317,6 +321,7 @@ class Reconciler:
 
         written = await self.writer.write(conn, compute)
         conn.unwritten, conn.write_failures = None, 0
+        self._write_kept()
         if written is not None:
             prev, new = written
             conn.handled_generation = max(conn.handled_generation, done.generation)
@@ -324,6 +329,17 @@ class Reconciler:
                 conn.handled_requested_at = done.requested_at
             self.writer.observe(conn, prev, new, done.verdict, done.took)
         self._plan_next(conn, done.verdict)
+
+    def _write_kept(self) -> None:
+        """A write went through: the API server answers again, so the verdicts kept while it
+        did not are written now (by the workers, one write each) rather than after a backoff
+        that grew while it was away: up to 5 minutes of statuses older than what is known."""
+        kept, self._kept = self._kept, set()
+        for key in kept:
+            conn = self.conns.get(key)
+            # One writing now needs no second run: it keeps itself again if it fails.
+            if conn is not None and conn.unwritten is not None and not self.scheduler.running(key):
+                self.scheduler.now(key)
 
     async def _write_suspended(self, conn: Conn) -> None:
         generation = conn.generation

@@ -104,6 +104,9 @@ class Scheduler(Generic[K]):
         self._due.pop(key, None)
         self._again.discard(key)
 
+    def running(self, key: K) -> bool:
+        return key in self._running
+
     @property
     def in_flight(self) -> int:
         return len(self._running)

@@ -1,7 +1,8 @@
 """A control plane of a test module's own, for tests that stop, restart or freeze its parts:
 the module-scoped fixtures (`plane`, `api`, `provider`, `logs`), an API client that makes no
-request a test did not ask for (so the apiserver's counters are exact), and keys for a
-loopback provider. A module imports the fixtures it uses by name."""
+request a test did not ask for (so the apiserver's counters are exact), keys for a loopback
+provider, and kube-apiserver killed, started and restarted (`make soak` uses those too). A
+module imports the fixtures it uses by name."""
 
 from __future__ import annotations
 
@@ -47,6 +48,22 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGCONT)
         cp.stop()
+
+
+def kill_apiserver(cp: ControlPlane) -> list[str]:
+    """SIGKILL kube-apiserver (no goodbye to its clients); returns its flags for a restart."""
+    pid = cp.pids()["kube-apiserver"]
+    args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:-1]]
+    cp._signal(pid, signal.SIGKILL)
+    wait_for("kube-apiserver gone", lambda: not cp._alive(pid))
+    return args
+
+
+def start_apiserver(cp: ControlPlane, args: list[str]) -> None:
+    """Start kube-apiserver again with the same flags (port, certificates, etcd); returns
+    once it answers /readyz with ok."""
+    proc = cp._spawn("kube-apiserver", args)
+    cp._wait("kube-apiserver", proc, cp.healthy)
 
 
 def restart_apiserver(cp: ControlPlane) -> None:

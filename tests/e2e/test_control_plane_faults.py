@@ -23,9 +23,11 @@ from ownplane import (  # the fixtures are used by name
     ROTATED_KEY,
     Api,
     api,
+    kill_apiserver,
     logs,
     plane,
     provider,
+    start_apiserver,
 )
 
 from controlplane.cluster import ControlPlane
@@ -34,22 +36,6 @@ from llmconn.triggers import parse_time
 APISERVER_DOWN = 20.0  # seconds, as in the fault the issue measured on the demo
 ETCD_FROZEN = 30.0
 INTERVAL = "3s"  # the connections that validate all along in the etcd test
-
-
-def kill_apiserver(cp: ControlPlane) -> list[str]:
-    """SIGKILL kube-apiserver (no goodbye to its clients); returns its flags for a restart."""
-    pid = cp.pids()["kube-apiserver"]
-    args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:-1]]
-    cp._signal(pid, signal.SIGKILL)
-    wait_for("kube-apiserver gone", lambda: not cp._alive(pid))
-    return args
-
-
-def start_apiserver(cp: ControlPlane, args: list[str]) -> None:
-    """Start kube-apiserver again with the same flags (port, certificates, etcd); returns
-    once it answers /readyz with ok."""
-    proc = cp._spawn("kube-apiserver", args)
-    cp._wait("kube-apiserver", proc, cp.healthy)
 
 
 def flip(api: Api, ns: str, name: str, want: str, since: float) -> float:

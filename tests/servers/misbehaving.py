@@ -62,7 +62,7 @@ class RawServer:
     tls: ssl.SSLContext | None = None
     requests: list[RequestHead] = field(default_factory=list)
     connections: int = 0
-    port: int = 0
+    port: int = 0  # 0: a free port, chosen when it starts
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -71,7 +71,9 @@ class RawServer:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> RawServer:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
+        self._server = await asyncio.start_server(
+            self._handle, "127.0.0.1", self.port, ssl=self.tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -328,6 +328,50 @@ async def test_a_failed_write_is_retried_without_probing_again(world, monkeypatc
     assert rec.conns[(NS, "c")].write_failures == 0
 
 
+async def test_kept_verdicts_are_written_once_the_api_server_answers_again(
+    world, monkeypatch
+) -> None:
+    kube, provider, rec = world
+    monkeypatch.setattr("llmconn.reconciler.RETRY_API", 3600.0)  # no backoff ends in this test
+    rec.connection_event("ADDED", kube.apply("a", spec()))
+    await until("a validated", lambda: kube.status("a").get("result") == "success")
+    provider.reason = Reason.INVALID_API_KEY
+    kube.fail_writes = 1  # the API server is away when a's next verdict is written
+    rec.connection_event("MODIFIED", kube.annotate("a", **{tr.REQUESTED_AT: "t1"}))
+    await until("a's verdict kept", lambda: rec.conns[(NS, "a")].write_failures == 1)
+    rec.connection_event("ADDED", kube.apply("b", spec()))  # b's writes succeed: it is back
+    await until("a's kept verdict", lambda: kube.status("a").get("reason") == "InvalidAPIKey")
+    assert provider.calls.count("http://127.0.0.1:9/v1") == 3  # a twice, b once: not re-probed
+    assert rec.conns[(NS, "a")].write_failures == 0
+
+
+async def test_a_kept_verdict_being_written_when_the_server_returns_is_not_probed_again(
+    world, monkeypatch
+) -> None:
+    kube, provider, rec = world
+    monkeypatch.setattr("llmconn.reconciler.RETRY_API", 0.01)  # a's write is tried again at once
+    rec.connection_event("ADDED", kube.apply("a", spec()))
+    await until("a validated", lambda: kube.status("a").get("result") == "success")
+    gate, held, real = asyncio.Event(), [], kube.patch_status
+
+    async def patch(namespace, name, status, resource_version=None):
+        if name == "a" and not kube.fail_writes and not gate.is_set():
+            held.append(name)  # a's second try at its kept verdict waits here
+            await gate.wait()
+        return await real(namespace, name, status, resource_version)
+
+    kube.patch_status = patch
+    kube.fail_writes = 1
+    rec.connection_event("MODIFIED", kube.annotate("a", **{tr.REQUESTED_AT: "t1"}))
+    await until("a's kept verdict being written", lambda: held)
+    rec.connection_event("ADDED", kube.apply("b", spec()))  # b's writes go through meanwhile
+    await until("b validated", lambda: kube.status("b").get("result") == "success")
+    gate.set()
+    await settle(rec)
+    assert kube.status("a").get("lastHandledRequestedAt") == "t1"
+    assert provider.calls.count("http://127.0.0.1:9/v1") == 3  # a twice, b once
+
+
 # --- 7. Retry-After ----------------------------------------------------------------------------
 
 
