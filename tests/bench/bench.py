@@ -63,6 +63,9 @@ KEY = "sk-bench-key"
 MODEL = "gpt-4o"
 PEERS = ("naive-kopf", "blackbox")
 NAIVE_KOPF = Path(__file__).resolve().parent / "peers" / "naive_kopf.py"
+# Its own venv (make bench builds it): Kopf imports the kubernetes client wherever it is
+# installed, so it must not be in the venv llmconn runs from.
+PEER_PYTHON = ROOT / ".local" / "peer-venv" / "bin" / "python"
 # As often as a Prometheus would scrape: a scrape exposes a few series per connection, and
 # scraping every few seconds would add to the CPU being measured.
 LAG_SCRAPE_SECONDS = 15.0
@@ -497,7 +500,7 @@ def run_naive_kopf(
     )
     live = free_port()
     env = cp.env() | {"NAIVE_KOPF_INTERVAL": str(_seconds(args.interval))}
-    cmd = [sys.executable, "-m", "kopf", "run", "--standalone", "-n", NAIVE_NS]
+    cmd = [str(PEER_PYTHON), "-m", "kopf", "run", "--standalone", "-n", NAIVE_NS]
     cmd += [f"--liveness=http://127.0.0.1:{live}/healthz", str(NAIVE_KOPF)]
     proc = Proc("naive-kopf", cmd, work, env)
     procs.append(proc)
@@ -717,13 +720,8 @@ def main(argv: list[str] | None = None) -> int:
         import plots
     except ImportError as e:
         ap.error(f"the plots need the bench extra ({e}): pip install -e '.[test,bench]'")
-    if "naive-kopf" in peers:
-        try:
-            import kubernetes  # noqa: F401
-        except ImportError as e:
-            ap.error(
-                f"--peer naive-kopf needs the bench extra ({e}): pip install -e '.[test,bench]'"
-            )
+    if "naive-kopf" in peers and not PEER_PYTHON.exists():
+        ap.error(f"--peer naive-kopf needs {PEER_PYTHON} with the peer extra: run `make bench`")
     if "blackbox" in peers and not (bin_dir / "blackbox_exporter").exists():
         ap.error("--peer blackbox needs blackbox_exporter: make blackbox-exporter")
 
