@@ -194,6 +194,10 @@ run: $(VENV_STAMP) ## run the operator against KUBECONFIG (default: the local cl
 # The peers and the plots need the bench extra; --peer blackbox needs blackbox_exporter too.
 BENCH_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
+# The naive Kopf peer runs from a venv of its own with the kubernetes client, which Kopf imports
+# whenever it is installed: in .venv it would add to llmconn's memory and start-up too.
+PEER_VENV := $(LOCAL)/peer-venv
+PEER_STAMP := $(PEER_VENV)/.installed
 bench: $(BENCH_STAMP) binaries $(if $(findstring blackbox,$(BENCH_ARGS)),blackbox-exporter) $(if $(findstring naive-kopf,$(BENCH_ARGS)),$(PEER_STAMP)) ## benchmark on its own control plane; BENCH_ARGS="--connections 10000 --peer naive-kopf"
 	@$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
@@ -201,10 +205,6 @@ $(BENCH_STAMP): $(VENV_STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	@touch $@
 
-# The naive Kopf peer runs from a venv of its own with the kubernetes client, which Kopf imports
-# whenever it is installed: in .venv it would add to llmconn's memory and start-up too.
-PEER_VENV := $(LOCAL)/peer-venv
-PEER_STAMP := $(PEER_VENV)/.installed
 $(PEER_STAMP): pyproject.toml
 	@[ -x $(PEER_VENV)/bin/python ] || $(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/python -m pip install --quiet '.[peer]'

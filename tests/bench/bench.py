@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,7 @@ def connection(name: str, url: str, interval: str, ns: str = NS) -> dict[str, An
 class Proc:
     def __init__(self, name: str, cmd: list[str], log_dir: Path, env: dict[str, str]) -> None:
         self.name = name
+        self.cmd, self.env = cmd, env
         self.log = log_dir / f"{name}.log"
         with open(self.log, "wb") as out:
             self.p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -671,6 +673,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--interval", default="60s", help="their validation interval (default 60s)")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of steady state measured")
+    ap.add_argument(
+        "--restart",
+        action="store_true",
+        help="after the steady state, restart the operator and measure until every connection"
+        " is validated again (spread, Events, writes)",
+    )
     ap.add_argument("--samples", type=int, default=100, help="reaction samples (default 100)")
     ap.add_argument(
         "--concurrency",
@@ -828,6 +836,10 @@ def main(argv: list[str] | None = None) -> int:
             before_window=change_unrelated_secrets,
         )
         result = llmconn_result(m, args)
+        if args.restart:
+            result["restart"], operator = measure_restart(
+                operator, procs, cp, client_args, metrics_url, args
+            )
         samplers["llmconn"].stop()
 
         result["peers"] = {}
@@ -873,6 +885,71 @@ def main(argv: list[str] | None = None) -> int:
         for p in reversed(procs):
             p.stop()
         cp.stop()
+
+
+def measure_restart(
+    operator: Proc,
+    procs: list[Proc],
+    cp: ControlPlane,
+    client_args: dict[str, Any],
+    metrics_url: str,
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], Proc]:
+    """Stop the operator (SIGTERM, as a rollout does) and start it again with every connection
+    present; watch until each of the N has a new verdict. What the design promises: each one
+    continues its schedule from status.lastValidationTime (spread over an interval, no storm),
+    and no Event is posted for a verdict that did not change."""
+    interval = _seconds(args.interval)
+    events = f"/api/v1/namespaces/{NS}/events"
+    with httpx2.Client(**client_args) as sync:
+        progress("restarting the operator")
+        operator.stop()
+        procs.remove(operator)
+        e0 = len(sync.get(events).json()["items"])
+        a0 = cp.apiserver_metrics()
+        rv = sync.get(collection(NS)).json()["metadata"]["resourceVersion"]
+        watcher = Watcher(client_args, rv, NS)
+        watcher.start()
+        t0 = time.monotonic()
+        restarted = Proc("operator-restarted", operator.cmd, operator.log.parent, operator.env)
+        procs.append(restarted)
+        wait_for("the operator", restarted, lambda: httpx2.get(metrics_url).status_code == 200)
+        up = time.monotonic() - t0
+        names = {f"c{i:05d}" for i in range(args.connections)}
+        deadline = t0 + 3 * interval + 120
+        rss_peak = 0.0
+        while time.monotonic() < deadline:
+            done = len(names & watcher.first_status.keys())
+            progress(f"{done}/{args.connections} validated again")
+            rss_peak = max(rss_peak, restarted.usage()[0])
+            if done == len(names):
+                break
+            time.sleep(5)
+        again = sorted(watcher.first_status[n] - t0 for n in names if n in watcher.first_status)
+        watcher.stop_flag = True
+        a1 = cp.apiserver_metrics()
+        new_events = sync.get(events).json()["items"][e0:]
+        validations = metric_sum(
+            httpx2.get(metrics_url).text, "llmconn_validations", "llmconn_validations_total"
+        )
+    patches = a1.total(resource="llmconnections", subresource="status", verb="PATCH") - a0.total(
+        resource="llmconnections", subresource="status", verb="PATCH"
+    )
+    per_second = Counter(int(t) for t in again)
+    planned = args.connections / interval
+    return {
+        "operator_up_seconds": round(up, 2),
+        "validated_again": len(again),
+        "all_validated_again_seconds": round(again[-1], 1) if len(again) == len(names) else None,
+        "half_validated_again_seconds": round(again[len(again) // 2], 1) if again else None,
+        "max_per_second": max(per_second.values(), default=0),
+        "planned_per_second": round(planned, 1),
+        "events_posted": len(new_events),
+        "event_reasons": dict(Counter(e.get("reason") for e in new_events)),
+        "status_patches": int(patches),
+        "validations": int(validations),
+        "rss_mib_peak": round(rss_peak, 1),
+    }, restarted
 
 
 def llmconn_result(m: Measured, args: argparse.Namespace) -> dict[str, Any]:
@@ -1022,6 +1099,14 @@ def summary(r: dict[str, Any]) -> str:
         f" {a['other_writes_to_connections']} other writes to connections;"
         f" status PATCHes by HTTP code: {a['status_patches_by_code']}",
     ]
+    if rs := r.get("restart"):
+        lines.append(
+            f"  restart: up in {rs['operator_up_seconds']}s; all {rs['validated_again']} validated"
+            f" again {rs['all_validated_again_seconds']}s after the stop (half by"
+            f" {rs['half_validated_again_seconds']}s), at most {rs['max_per_second']}/s (planned"
+            f" {rs['planned_per_second']}/s); {rs['events_posted']} Events; {rs['status_patches']}"
+            f" status PATCHes for {rs['validations']} validations; RSS peak {rs['rss_mib_peak']} MiB"
+        )
     for peer, found in r.get("peers", {}).items():
         lines.append(f"  peer {peer} ({found['what']}), run after llmconn, alone:")
         if peer == "blackbox":
