@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import json
 import os
 import re
@@ -902,6 +903,11 @@ def measure_restart(
     interval = _seconds(args.interval)
     events = f"/api/v1/namespaces/{NS}/events"
     with httpx2.Client(**client_args) as sync:
+        before = {
+            o["metadata"]["name"]: _epoch(o["status"]["lastValidationTime"])
+            for o in sync.get(collection(NS)).json()["items"]
+            if (o.get("status") or {}).get("lastValidationTime")
+        }
         progress("restarting the operator")
         operator.stop()
         procs.remove(operator)
@@ -910,7 +916,7 @@ def measure_restart(
         rv = sync.get(collection(NS)).json()["metadata"]["resourceVersion"]
         watcher = Watcher(client_args, rv, NS)
         watcher.start()
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         restarted = Proc("operator-restarted", operator.cmd, operator.log.parent, operator.env)
         procs.append(restarted)
         wait_for("the operator", restarted, lambda: httpx2.get(metrics_url).status_code == 200)
@@ -926,6 +932,13 @@ def measure_restart(
                 break
             time.sleep(5)
         again = sorted(watcher.first_status[n] - t0 for n in names if n in watcher.first_status)
+        # Against the plan each one had: its last verdict before the stop plus the interval
+        # (jitter allows 0.9 to 1.1 of it). Late is the restart's cost; early would be a storm.
+        offsets = [
+            wall0 + watcher.first_status[n] - t0 - (before[n] + interval)
+            for n in names
+            if n in watcher.first_status and n in before
+        ]
         watcher.stop_flag = True
         a1 = cp.apiserver_metrics()
         new_events = sync.get(events).json()["items"][e0:]
@@ -943,6 +956,12 @@ def measure_restart(
         "all_validated_again_seconds": round(again[-1], 1) if len(again) == len(names) else None,
         "half_validated_again_seconds": round(again[len(again) // 2], 1) if again else None,
         "max_per_second": max(per_second.values(), default=0),
+        "against_plan_seconds": {
+            "min": round(min(offsets), 1) if offsets else None,
+            "p50": round(percentile(offsets, 50), 1),
+            "p99": round(percentile(offsets, 99), 1),
+            "max": round(max(offsets), 1) if offsets else None,
+        },
         "planned_per_second": round(planned, 1),
         "events_posted": len(new_events),
         "event_reasons": dict(Counter(e.get("reason") for e in new_events)),
@@ -1044,6 +1063,10 @@ def llmconn_result(m: Measured, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _epoch(rfc3339: str) -> float:
+    return dt.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
 def _seconds(text: str) -> float:
     from llmconn.spec import parse_duration
 
@@ -1104,7 +1127,10 @@ def summary(r: dict[str, Any]) -> str:
             f"  restart: up in {rs['operator_up_seconds']}s; all {rs['validated_again']} validated"
             f" again {rs['all_validated_again_seconds']}s after the stop (half by"
             f" {rs['half_validated_again_seconds']}s), at most {rs['max_per_second']}/s (planned"
-            f" {rs['planned_per_second']}/s); {rs['events_posted']} Events; {rs['status_patches']}"
+            f" {rs['planned_per_second']}/s); against each one's plan (last verdict + interval):"
+            f" min {rs['against_plan_seconds']['min']}s, p50 {rs['against_plan_seconds']['p50']}s,"
+            f" p99 {rs['against_plan_seconds']['p99']}s;"
+            f" {rs['events_posted']} Events; {rs['status_patches']}"
             f" status PATCHes for {rs['validations']} validations; RSS peak {rs['rss_mib_peak']} MiB"
         )
     for peer, found in r.get("peers", {}).items():
