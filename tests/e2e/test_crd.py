@@ -13,6 +13,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+import identity_cases
 from controlplane.cluster import ControlPlane
 from llmconn.spec import ValidationSpec
 
@@ -182,6 +183,9 @@ def test_every_sample_applies_and_its_secret_refs_resolve(
 
 # -- admission: refused ------------------------------------------------------------------
 
+# spec.identity: the same cases refuse the spec model (tests/unit/test_identity_spec.py).
+IDENTITY_INVALID = identity_cases.INVALID
+
 OPENAI = {"provider": "openai"}
 AZURE_URL = "https://demo.openai.azure.com"
 
@@ -316,6 +320,7 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         ["spec.headers", "must have at most 32 items"],
     ),
     ("empty-model", {**OPENAI, "model": ""}, ["spec.model", "at least 1 chars"]),
+    *[(name, spec, expected) for name, spec, expected in IDENTITY_INVALID],
 ]
 
 
@@ -372,6 +377,9 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         },
     ),
 ]
+
+
+VALID += identity_cases.VALID
 
 
 @pytest.mark.parametrize(("name", "spec"), VALID, ids=[c[0] for c in VALID])
@@ -543,3 +551,38 @@ def test_printer_columns_before_any_status(cluster: ControlPlane, namespace: str
     # Nothing validated yet: the status columns are blank, not invented.
     for column in ("MODEL", "READY", "RESULT", "REASON", "LATENCY", "LAST VALIDATED"):
         assert values[column] == "", column
+
+
+# -- spec.identity's cloud blocks ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("block", "value", "accepted"),
+    identity_cases.CLOUD_BLOCKS,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(identity_cases.CLOUD_BLOCKS)],
+)
+def test_identity_cloud_block_fields(
+    cluster: ControlPlane, shared_ns: str, block: str, value: dict[str, Any], accepted: bool
+) -> None:
+    """The field rules of each cloud block, as the spec model has them. Blocks that no
+    provider takes yet (aws, gcp) are refused for that alone when their fields are right."""
+    spec = (
+        identity_cases.azure(azure=value)
+        if block == "azure"
+        else {"provider": "openai", "identity": {"serviceAccountName": "a", block: value}}
+    )
+    result = cluster.kubectl(
+        "apply", "-n", shared_ns, "-f", "-", input=manifest(spec, f"cloud-{block}"), check=False
+    )
+    field_errors = re.findall(rf"spec\.identity\.{block}[.\w]*: [^,\]]*", result.stderr)
+    only_unsupported = [e for e in field_errors if "no provider takes" not in e]
+    if accepted:
+        assert not only_unsupported, result.stderr
+        if block == "azure":
+            assert result.returncode == 0, result.stderr
+        else:
+            assert f"no provider takes identity.{block} in this version" in result.stderr
+    else:
+        assert result.returncode != 0
+        assert f"spec.identity.{block}" in result.stderr
+        assert only_unsupported or "Required value" in result.stderr, result.stderr

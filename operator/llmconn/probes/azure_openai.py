@@ -52,6 +52,7 @@ _CHOICES = has("choices", list)
     auth=Auth.AZURE,
     title="Azure OpenAI",
     requires=("azure",),
+    identities=("azure",),  # Entra ID: a bearer token for Cognitive Services
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     if ctx.azure is None:

@@ -30,7 +30,7 @@ from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
 from llmconn.http import Phase
 from llmconn.reasons import Reason
-from llmconn.spec import BLOCKS, AzureSpec, McpSpec, SecretKeyRef, ValidationType
+from llmconn.spec import BLOCKS, CLOUDS, AzureSpec, McpSpec, SecretKeyRef, ValidationType
 from llmconn.verdict import Lifecycle
 
 
@@ -67,6 +67,8 @@ class ProviderInfo:
     inference: bool = True  # whether Inference validation is possible
     blocks: frozenset[str] = frozenset()  # provider-specific spec blocks it accepts
     required_blocks: frozenset[str] = frozenset()  # ... and those it requires
+    # The clouds (spec.identity blocks) whose exchanged credentials it takes instead of a key.
+    identities: frozenset[str] = frozenset()
 
     @property
     def auth_header(self) -> str:
@@ -98,9 +100,11 @@ class Registry:
         inference: bool = True,
         accepts: Iterable[str] = (),
         requires: Iterable[str] = (),
+        identities: Iterable[str] = (),
     ) -> Callable[[ProbeFn], ProbeFn]:
         """Register the decorated probe under `name`, with what the provider needs: spec
-        blocks it `accepts`, and those it `requires` (which it accepts too)."""
+        blocks it `accepts`, and those it `requires` (which it accepts too); the clouds of
+        `spec.identity` whose credentials it takes (`identities`)."""
 
         def register(fn: ProbeFn) -> ProbeFn:
             self.add(
@@ -114,6 +118,7 @@ class Registry:
                     inference=inference,
                     blocks=frozenset(accepts) | frozenset(requires),
                     required_blocks=frozenset(requires),
+                    identities=frozenset(identities),
                 )
             )
             return fn
@@ -125,6 +130,8 @@ class Registry:
             raise ValueError(f"provider {info.name!r} registered twice")
         if not info.blocks <= BLOCKS.keys() or not info.required_blocks <= info.blocks:
             raise ValueError(f"provider {info.name!r}: blocks must be spec blocks it accepts")
+        if not info.identities <= CLOUDS.keys():
+            raise ValueError(f"provider {info.name!r}: identities must be spec.identity clouds")
         self._providers[info.name] = info
 
     def get(self, name: str) -> ProviderInfo:
