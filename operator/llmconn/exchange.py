@@ -147,11 +147,13 @@ class ProbeTransport(httpx2.AsyncBaseTransport):
         headers: Mapping[str, str],
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
     ) -> Reply:
-        """Send a request and read its answer, following same-origin redirects (bounded)."""
+        """Send a request and read its answer, following same-origin redirects (bounded).
+        `form` is sent form-encoded (the body of OAuth and AWS query requests)."""
         origin = _origin(url)
         for _hop in range(MAX_REDIRECTS + 1):
-            reply = await self._read(method, url, headers, json_body, params)
+            reply = await self._read(method, url, headers, json_body, params, form)
             location = reply.headers.get("location")
             if reply.status not in _REDIRECTS or not location:
                 return reply
@@ -170,7 +172,7 @@ class ProbeTransport(httpx2.AsyncBaseTransport):
                 )
             url, params = target, None
             if status == 303:
-                method, json_body = "GET", None
+                method, json_body, form = "GET", None, None
         raise RedirectRefused(reply.status, f"more than {MAX_REDIRECTS} times", too_many=True)
 
     async def _read(
@@ -180,9 +182,10 @@ class ProbeTransport(httpx2.AsyncBaseTransport):
         headers: Mapping[str, str],
         json_body: Any,
         params: Mapping[str, str] | None,
+        form: Mapping[str, str] | None = None,
     ) -> Reply:
         request = self.client.build_request(
-            method, url, headers=headers, json=json_body, params=params
+            method, url, headers=headers, json=json_body, params=params, data=form
         )
         response = await self.handle_async_request(request)
         try:

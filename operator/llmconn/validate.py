@@ -16,6 +16,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -23,11 +24,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from llmconn import logs
+from llmconn import identity, logs
 from llmconn.classify import classify_exception
+from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.http import ClientPool, InvalidCABundle, Phase, TLSOptions
 from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome
 from llmconn.reasons import Reason
 from llmconn.redact import Redactor
 from llmconn.spec import LLMConnectionSpec, SecretKeyRef, ValidationType
@@ -37,6 +39,7 @@ from llmconn.verdict import (
     ObservedSecret,
     SecretData,
     SecretSource,
+    TokenSource,
     Verdict,
     effective,
 )
@@ -60,25 +63,32 @@ async def validate(
     pool: ClientPool,
     defaults: Defaults,
     *,
+    tokens: TokenSource | None = None,
     now: Callable[[], dt.datetime] = _utcnow,
 ) -> Verdict:
     """Validate one connection. Never raises for anything the connection or its provider
-    does; see the module docstring for what propagates."""
+    does; see the module docstring for what propagates. `tokens` mints the ServiceAccount
+    tokens of spec.identity (the operator's; None where there is no cluster)."""
     settings = effective(spec, defaults)
     info = registry.get(spec.provider)
     endpoint = info.base_url(spec.endpoint)
+    # Tokens and credentials of this validation besides the Secrets': redacted from the
+    # verdict and from every log record while it runs, and dropped when it ends.
+    hidden: list[str] = []
 
     def finish(
         outcome: ProbeOutcome,
         used: _UsedSecrets | None = None,
         ctx: ProbeContext | None = None,
         latency_ms: int | None = None,
+        found: Findings | None = None,
     ) -> Verdict:
-        redact = Redactor(used.credentials if used is not None else ())
+        redact = Redactor([*(used.credentials if used is not None else ()), *hidden])
         details = dict(outcome.details)
-        if ctx is not None:
+        found = ctx.found if ctx is not None else found
+        if found is not None:
             # The probe's own facts first: status keeps only the first entries.
-            merged = {**_phase_details(ctx.found.phase_ms), **ctx.found.details, **details}
+            merged = {**_phase_details(found.phase_ms), **found.details, **details}
             details = {k: merged[k] for k in dict.fromkeys([*details, *merged])}
         return Verdict(
             reason=outcome.reason,
@@ -91,7 +101,7 @@ async def validate(
             http_status=outcome.http_status,
             code=redact.optional(outcome.code[:MAX_TEXT] if outcome.code else outcome.code),
             latency_ms=latency_ms,
-            request_id=redact.optional(ctx.found.request_id if ctx is not None else None),
+            request_id=redact.optional(found.request_id if found is not None else None),
             details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
@@ -105,9 +115,38 @@ async def validate(
     if used.failure is not None:
         return finish(used.failure, used)
 
+    minted: identity.Minted | None = None
+    if spec.identity is not None:
+        got = await identity.mint(spec.identity, tokens)
+        if isinstance(got, ProbeOutcome):
+            return finish(got, used)
+        minted = got
+        hidden.append(minted.token)
+
     tls = TLSOptions(ca_bundle=used.ca_bundle, insecure_skip_verify=spec.tls.insecure_skip_verify)
     # Log records name no secret of this probe, whoever writes them (see llmconn.logs).
-    with logs.in_use(used.credentials):
+    with logs.in_use(used.credentials), contextlib.ExitStack() as held:
+        held.enter_context(logs.in_use(hidden))
+        found, creds, deadline = Findings(), None, None
+        if spec.identity is not None and minted is not None:
+            # One budget for the token exchange and the probe.
+            deadline = asyncio.get_running_loop().time() + settings.timeout
+            async with pool.lease() as plain:  # the system's trust roots: the cloud's
+                got_creds, found = await identity.exchange(
+                    plain,
+                    info,
+                    spec.identity,
+                    minted,
+                    defaults.clouds,
+                    deadline=deadline,
+                    timeout=settings.timeout,
+                    validation_type=settings.type,
+                )
+            if isinstance(got_creds, ProbeOutcome):
+                return finish(got_creds, used, found=found)
+            creds = got_creds
+            hidden.extend(creds.secrets())
+            held.enter_context(logs.in_use(creds.secrets()))
         try:
             async with pool.lease(tls) as client:
                 ctx = ProbeContext(
@@ -122,8 +161,11 @@ async def validate(
                     headers={**spec.headers, **used.headers},
                     azure=spec.azure,
                     mcp=spec.mcp,
+                    aws_credentials=creds if isinstance(creds, AwsCredentials) else None,
+                    bearer_token=creds if isinstance(creds, BearerToken) else None,
+                    found=Findings(details=dict(found.details)),
                 )
-                outcome, latency_ms = await _run(ctx, settings)
+                outcome, latency_ms = await _run(ctx, deadline)
         except InvalidCABundle as exc:  # raised only while making the client: no probe ran
             ref = spec.tls.ca_bundle_secret_ref
             where = f"key {ref.key} of Secret {ref.name}" if ref else "the CA bundle"
@@ -254,10 +296,13 @@ def _header_text(value: bytes) -> str | None:
 # --- the probe -------------------------------------------------------------------------
 
 
-async def _run(ctx: ProbeContext, settings: Effective) -> tuple[ProbeOutcome, int]:
+async def _run(ctx: ProbeContext, deadline: float | None) -> tuple[ProbeOutcome, int]:
+    """The probe, by `deadline` (the loop's time), else within ctx.timeout from now."""
     started = time.perf_counter()
+    if deadline is None:
+        deadline = asyncio.get_running_loop().time() + ctx.timeout
     try:
-        async with asyncio.timeout(settings.timeout):
+        async with asyncio.timeout_at(deadline):
             outcome = await ctx.provider.probe(ctx)
     except Exception as exc:  # classified here, once, for every probe
         outcome = classify_exception(exc, ctx)

@@ -218,6 +218,8 @@ class ProbeContext:
         return ProbeTransport(self.http, self.found)
 
     def auth_headers(self) -> dict[str, str]:
+        if self.bearer_token is not None:  # from spec.identity: in place of the key's header
+            return {"Authorization": f"Bearer {self.bearer_token.token}"}
         if not self.api_key:
             return {}
         if self.provider.auth is Auth.BEARER:

@@ -1,0 +1,413 @@
+"""spec.identity through validate(), without a cluster: a loopback issuer stands in for the API
+server (its discovery documents and JWKS; tokens shaped as TokenRequest mints them), and the
+loopback clouds verify those tokens as the real ones do (tests/servers/aws_sts.py, entra.py).
+The same chain on the real control plane, with tokens the API server mints, is
+tests/e2e/test_identity.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from llmconn import logs
+from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE, CloudEndpoints
+from llmconn.credentials import AwsCredentials
+from llmconn.egress import EgressPolicy
+from llmconn.http import ClientPool
+from llmconn.probes import parse_spec, registry
+from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
+from llmconn.reasons import Reason, Result
+from llmconn.redact import MARKER
+from llmconn.spec import AwsIdentity
+from llmconn.validate import validate
+from llmconn.verdict import Defaults, SecretData, TokenRefused
+from servers import aws_sts, azure_dialect, entra
+from servers.oidc import Issuer, TrustedIssuer
+from servers.serve import serve
+
+NS = "agents"
+SA = "agent"
+SUBJECT = f"system:serviceaccount:{NS}:{SA}"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT = "11111111-2222-3333-4444-555555555555"
+ROLE = "arn:aws:iam::123456789012:role/agent"
+
+
+class NoSecrets:
+    async def get(self, name: str) -> SecretData | None:
+        return None
+
+
+@dataclass
+class Tokens:
+    """A TokenSource minting as the API server does, with the loopback issuer's key."""
+
+    issuer: Issuer
+    accounts: set[str] = field(default_factory=lambda: {SA})
+    refuse: TokenRefused | None = None
+    minted: list[tuple[str, str, str]] = field(default_factory=list)  # (account, aud, token)
+
+    async def token(self, service_account: str, audience: str) -> str | None:
+        if self.refuse is not None:
+            raise self.refuse
+        if service_account not in self.accounts:
+            return None
+        token = self.issuer.service_account_token(NS, service_account, audience)
+        self.minted.append((service_account, audience, token))
+        return token
+
+
+@dataclass
+class World:
+    issuer: Issuer
+    tokens: Tokens
+    sts: aws_sts.StsState
+    entra: entra.EntraState
+    azure: azure_dialect.AzureState
+    azure_url: str
+    clouds: CloudEndpoints
+    pool: ClientPool
+
+    @property
+    def defaults(self) -> Defaults:
+        return Defaults(clouds=self.clouds)
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    issuer = Issuer()
+    with serve(issuer.app()) as issuer_url:
+        issuer.url = issuer_url
+        trusted = TrustedIssuer(issuer_url)
+        sts = aws_sts.StsState()
+        sts.trust(trusted)
+        sts.add_role(ROLE, issuer_url, SUBJECT)
+        directory = entra.EntraState()
+        directory.add_tenant(TENANT, "contoso.onmicrosoft.com")
+        directory.add_app(TENANT, CLIENT, entra.FederatedCredential(issuer_url, SUBJECT))
+        azure_app = azure_dialect.make_app(entra=directory, role_holders={CLIENT})
+        with (
+            serve(aws_sts.make_app(sts)) as sts_url,
+            serve(entra.make_app(directory)) as entra_url,
+            serve(azure_app) as azure_url,
+        ):
+            made = World(
+                issuer=issuer,
+                tokens=Tokens(issuer),
+                sts=sts,
+                entra=directory,
+                azure=azure_app.state.dialect,
+                azure_url=azure_url,
+                clouds=CloudEndpoints(aws_sts=sts_url, azure_authority_host=entra_url),
+                pool=ClientPool(EgressPolicy(), proxies={}),
+            )
+            yield made
+            await made.pool.aclose()
+
+
+def azure_spec(url: str, **azure: str) -> dict[str, Any]:
+    return {
+        "provider": "azure-openai",
+        "endpoint": url,
+        "azure": {"deployment": "gpt-4o-prod"},
+        "identity": {
+            "serviceAccountName": SA,
+            "azure": {"tenantId": TENANT, "clientId": CLIENT, **azure},
+        },
+    }
+
+
+# --- a provider that takes AWS credentials (bedrock arrives with its own branch) ---------------
+
+GOT: list[ProbeContext] = []
+SEEN_REDACTED: list[str] = []
+
+
+@pytest.fixture
+def aws_provider() -> Iterator[str]:
+    """Provider "aws-test": takes identity.aws, keeps the context it was handed, and checks
+    that the credentials are redacted from logs while it runs."""
+
+    async def probe(ctx: ProbeContext) -> ProbeOutcome:
+        GOT.append(ctx)
+        assert ctx.aws_credentials is not None
+        SEEN_REDACTED.append(logs.redact(" ".join(ctx.aws_credentials.secrets())))
+        logging.getLogger("aws-test").warning("signing with %s", ctx.aws_credentials.secrets())
+        return ok("The credentials arrived.")
+
+    GOT.clear()
+    SEEN_REDACTED.clear()
+    with registry.temporary() as providers:
+        providers.provider(
+            "aws-test", default_endpoint="http://127.0.0.1:9", title="T", identities=("aws",)
+        )(probe)
+        yield "aws-test"
+
+
+def aws_spec(**aws: str) -> dict[str, Any]:
+    return {
+        "provider": "aws-test",
+        "identity": {"serviceAccountName": SA, "aws": {"roleArn": ROLE, **aws}},
+    }
+
+
+async def run(world: World, spec: dict[str, Any]) -> Any:
+    return await validate(
+        parse_spec(spec), NoSecrets(), world.pool, world.defaults, tokens=world.tokens
+    )
+
+
+# --- Azure: Entra ID, then the deployment with the bearer token ------------------------------
+
+
+async def test_azure_openai_validates_with_an_entra_token_instead_of_a_key(world: World) -> None:
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    # One token, for Entra's exchange audience, minted for the connection's ServiceAccount.
+    [(account, audience, minted)] = world.tokens.minted
+    assert (account, audience) == (SA, AZURE_AUDIENCE)
+    # Entra got it as a client assertion, for the Cognitive Services scope.
+    [asked] = list(world.entra.seen)
+    assert asked.path == f"/{TENANT}/oauth2/v2.0/token"
+    assert asked.body["client_assertion"] == minted
+    assert asked.body["client_assertion_type"].endswith(":jwt-bearer")
+    assert asked.body["scope"] == AZURE_SCOPE
+    assert asked.body["client_id"] == CLIENT
+    # The deployment got Entra's access token as a bearer, and no api-key.
+    calls = list(world.azure.seen)
+    assert calls and all(c.headers["authorization"].startswith("Bearer ") for c in calls)
+    assert all("api-key" not in c.headers for c in calls)
+    bearer = calls[0].headers["authorization"][7:]
+    assert bearer != minted and world.entra.access_token_claims(bearer) is not None
+    # Neither token is in the verdict.
+    text = repr(verdict)
+    assert minted not in text and bearer not in text
+    assert "exchangeMs" in verdict.details
+
+
+async def test_a_tenant_domain_name_works_as_the_tenant(world: World) -> None:
+    verdict = await run(world, azure_spec(world.azure_url, tenantId="contoso.onmicrosoft.com"))
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+
+
+async def test_no_service_account(world: World) -> None:
+    world.tokens.accounts = set()
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is Reason.SERVICE_ACCOUNT_NOT_FOUND
+    assert f"ServiceAccount {SA}" in verdict.message
+    assert not world.entra.seen and not world.azure.seen  # nothing was sent anywhere
+
+
+async def test_the_operator_may_not_mint(world: World) -> None:
+    world.tokens.refuse = TokenRefused(403, 'serviceaccounts "agent" is forbidden: ...')
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert verdict.code == "Forbidden"
+    assert "identity.enabled=true" in verdict.message
+    assert not world.entra.seen
+
+
+async def test_entra_refuses_an_untrusted_subject(world: World) -> None:
+    other = entra.FederatedCredential(world.issuer.url, f"system:serviceaccount:{NS}:other")
+    world.entra.add_app(TENANT, CLIENT, other)
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert verdict.result is Result.FAILED
+    assert verdict.code == "AADSTS700213"
+    assert verdict.http_status == 401
+    assert "Entra ID token request" in verdict.message
+    assert SUBJECT in verdict.message and world.issuer.url in verdict.message
+    assert "Trace ID" not in verdict.message  # Entra's trace block is cut
+    assert not world.azure.seen
+
+
+async def test_entra_refuses_a_wrong_audience(world: World) -> None:
+    wrong = entra.FederatedCredential(world.issuer.url, SUBJECT, audience="api://SomethingElse")
+    world.entra.add_app(TENANT, CLIENT, wrong)
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert verdict.code == "AADSTS700212"
+    assert AZURE_AUDIENCE in verdict.message
+
+
+async def test_entra_refuses_another_issuer(world: World) -> None:
+    stranger = entra.FederatedCredential("https://oidc.example/other", SUBJECT)
+    world.entra.add_app(TENANT, CLIENT, stranger)
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "AADSTS700211")
+
+
+async def test_entra_refuses_a_token_signed_by_someone_else(world: World) -> None:
+    impostor = Issuer(url=world.issuer.url)  # same issuer URL, another key
+    world.tokens.issuer = impostor
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "AADSTS50013")
+
+
+async def test_unknown_tenant_and_client(world: World) -> None:
+    verdict = await run(
+        world, azure_spec(world.azure_url, tenantId="00000000-0000-0000-0000-000000000000")
+    )
+    assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "AADSTS90002")
+    verdict = await run(
+        world, azure_spec(world.azure_url, clientId="99999999-0000-0000-0000-000000000000")
+    )
+    assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "AADSTS700016")
+
+
+async def test_an_identity_without_a_role_on_the_resource(world: World) -> None:
+    world.azure.role_holders.clear()
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is Reason.PERMISSION_DENIED
+    assert verdict.code == "PermissionDenied"
+    assert "Cognitive Services OpenAI User" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        ("throttled", Reason.RATE_LIMITED),
+        ("unavailable", Reason.PROVIDER_UNAVAILABLE),
+        ("html", Reason.UNEXPECTED_RESPONSE),
+    ],
+)
+async def test_entra_trouble_is_not_the_connections_fault(
+    world: World, behaviour: str, reason: Reason
+) -> None:
+    world.entra.reset(behaviour)
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is reason, verdict.message
+    assert not world.azure.seen
+    if reason is Reason.RATE_LIMITED:
+        assert verdict.retry_after == 7
+
+
+async def test_the_exchange_is_held_to_the_egress_policy(world: World) -> None:
+    world.pool = ClientPool(EgressPolicy.from_strings(deny=["127.0.0.0/8"]), proxies={})
+    verdict = await run(world, azure_spec(world.azure_url))
+    assert verdict.reason is Reason.EGRESS_DENIED
+    assert "Exchanging the ServiceAccount's token at" in verdict.message
+    assert not world.entra.seen  # nothing was sent
+
+
+async def test_the_exchange_never_takes_the_connections_tls_settings(world: World) -> None:
+    """insecureSkipVerify is the endpoint's: the exchange is made with the system's trust."""
+    spec = azure_spec(world.azure_url)
+    spec["tls"] = {"insecureSkipVerify": True}
+    verdict = await run(world, spec)
+    assert verdict.reason is Reason.VALIDATED
+    assert len(world.pool) == 2  # one client for the cloud, one for the endpoint
+
+
+async def test_without_a_cluster_identity_needs_one(world: World) -> None:
+    verdict = await validate(
+        parse_spec(azure_spec(world.azure_url)), NoSecrets(), world.pool, world.defaults
+    )
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert "needs a cluster" in verdict.message
+    assert not world.entra.seen
+
+
+# --- AWS: STS, credentials handed to the probe -----------------------------------------------
+
+
+async def test_aws_sts_credentials_reach_the_probe_and_nothing_else(
+    world: World, aws_provider: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(logs.RedactingFilter())  # as logs.guard() does for the operator
+    verdict = await run(world, aws_spec())
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    [(_, audience, minted)] = world.tokens.minted
+    assert audience == AWS_AUDIENCE
+    [asked] = list(world.sts.seen)
+    assert asked.body["Action"] == "AssumeRoleWithWebIdentity"
+    assert asked.body["RoleArn"] == ROLE
+    assert asked.body["WebIdentityToken"] == minted
+    assert asked.body["DurationSeconds"] == "900"
+    assert "authorization" not in asked.headers  # the web identity token is the credential
+    # The probe got exactly the session STS issued to this ServiceAccount for this role.
+    [ctx] = GOT
+    creds = ctx.aws_credentials
+    assert isinstance(creds, AwsCredentials)
+    issued = world.sts.issued[creds.access_key_id]
+    assert (issued.role, issued.subject) == (ROLE, SUBJECT)
+    assert creds.secret_access_key == issued.secret_access_key
+    assert creds.session_token == issued.session_token
+    assert ctx.bearer_token is None and ctx.api_key is None
+    # While the probe ran, every credential was redacted from logs; after, none is held.
+    assert [" ".join([MARKER] * 3)] == SEEN_REDACTED
+    assert creds.secret_access_key not in caplog.text and MARKER in caplog.text
+    assert logs.redact(creds.secret_access_key) == creds.secret_access_key
+    assert logs.redact(minted) == minted
+    assert creds.secret_access_key not in repr(verdict) and minted not in repr(verdict)
+
+
+async def test_aws_untrusted_subject_is_access_denied(world: World, aws_provider: str) -> None:
+    world.sts.add_role(ROLE, world.issuer.url, f"system:serviceaccount:{NS}:someone-else")
+    verdict = await run(world, aws_spec())
+    assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert (verdict.code, verdict.http_status) == ("AccessDenied", 403)
+    assert "AWS STS AssumeRoleWithWebIdentity" in verdict.message
+    assert ROLE in verdict.message and SUBJECT in verdict.message
+    assert "request id" in verdict.message
+    assert not GOT
+
+
+async def test_aws_wrong_audience(world: World, aws_provider: str) -> None:
+    """The IAM OIDC provider lists other client IDs than sts.amazonaws.com."""
+    world.sts.trust(TrustedIssuer(world.issuer.url), {"sigstore"})
+    verdict = await run(world, aws_spec())
+    assert (verdict.reason, verdict.code) == (
+        Reason.IDENTITY_EXCHANGE_FAILED,
+        "InvalidIdentityToken",
+    )
+    assert "Incorrect token audience" in verdict.message
+
+
+async def test_aws_unknown_issuer(world: World, aws_provider: str) -> None:
+    world.sts.issuers.clear()
+    verdict = await run(world, aws_spec())
+    assert (verdict.reason, verdict.code) == (
+        Reason.IDENTITY_EXCHANGE_FAILED,
+        "InvalidIdentityToken",
+    )
+    assert "No OpenIDConnect provider found" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [
+        ("throttled", Reason.RATE_LIMITED),
+        ("unavailable", Reason.PROVIDER_UNAVAILABLE),
+        ("idp_unreachable", Reason.PROVIDER_UNAVAILABLE),
+        ("html", Reason.UNEXPECTED_RESPONSE),
+    ],
+)
+async def test_sts_trouble_is_not_the_connections_fault(
+    world: World, aws_provider: str, behaviour: str, reason: Reason
+) -> None:
+    world.sts.reset(behaviour)
+    verdict = await run(world, aws_spec())
+    assert verdict.reason is reason, verdict.message
+    assert not GOT
+
+
+def test_the_sts_endpoint_follows_region_and_partition() -> None:
+    def url(arn: str, clouds: CloudEndpoints | None = None, **more: str) -> str:
+        identity = AwsIdentity.model_validate({"roleArn": arn, **more})
+        return (clouds or CloudEndpoints()).aws_url(identity)
+
+    assert url(ROLE) == "https://sts.amazonaws.com/"
+    assert url(ROLE, stsRegion="eu-central-1") == "https://sts.eu-central-1.amazonaws.com/"
+    cn = "arn:aws-cn:iam::123456789012:role/a"
+    assert url(cn, stsRegion="cn-north-1") == "https://sts.cn-north-1.amazonaws.com.cn/"
+    gov = "arn:aws-us-gov:iam::123456789012:role/a"
+    assert url(gov, stsRegion="us-gov-west-1") == "https://sts.us-gov-west-1.amazonaws.com/"
+    # The administrator's endpoint (a VPC endpoint, say) wins over the region.
+    vpce = CloudEndpoints(aws_sts="https://vpce-1.sts.us-east-1.vpce.amazonaws.com")
+    assert url(ROLE, vpce, stsRegion="eu-west-1") == vpce.aws_sts + "/"
