@@ -69,7 +69,7 @@ class EntraState(DialectState):
     # The CA the issuers' documents are fetched with (a loopback API server's).
     trust_store: ssl.SSLContext | None = None
     signer: Issuer = field(default_factory=lambda: Issuer(kid="entra-loopback-1"))
-    issued: int = 0
+    issued: list[str] = field(default_factory=list)  # access tokens, for leak checks
     _issuers: dict[str, TrustedIssuer] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -197,7 +197,6 @@ def make_app(state: EntraState | None = None) -> Starlette:
                 "Subject, Audience and Issuer against the presented assertion.",
             )
         now = int(time.time())
-        state.issued += 1
         access = state.signer.sign(
             {
                 "aud": COGNITIVE_SERVICES,
@@ -212,6 +211,7 @@ def make_app(state: EntraState | None = None) -> Starlette:
                 "uti": secrets.token_urlsafe(16),
             }
         )
+        state.issued.append(access)
         return JSONResponse(
             {
                 "token_type": "Bearer",

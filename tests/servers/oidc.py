@@ -124,7 +124,9 @@ class TrustedIssuer:
     fetches: int = 0  # JWKS fetches, for tests
 
     def _get(self, url: str) -> dict[str, Any]:
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        # The API server serves its JWKS as application/jwk-set+json and refuses other types.
+        accept = "application/json, application/jwk-set+json"
+        request = urllib.request.Request(url, headers={"Accept": accept})
         with urllib.request.urlopen(request, timeout=10, context=self.ssl_context) as answer:
             body: dict[str, Any] = json.loads(answer.read())
         return body

@@ -1,0 +1,393 @@
+"""spec.identity on the real control plane: the API server mints the ServiceAccount tokens
+(TokenRequest) and serves the keys that sign them (/openid/v1/jwks, through its issuer
+discovery document); the loopback clouds verify those tokens as AWS STS and Entra ID do.
+
+- azure-openai with an Entra identity, end to end through the operator process: Validated
+  with Entra's bearer token at the Azure server, and each failure a user meets: no
+  ServiceAccount (then created: picked up without a watch), a subject or an audience the
+  federated credential does not trust, an identity without a role on the resource.
+- AWS: bedrock arrives with its own change; here a provider registered for the test takes
+  identity.aws and shows the credentials the STS exchange handed to the probe, with tokens
+  the real API server minted.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from opkit import Api, OperatorProcess, condition, manifest, wait_for
+
+from controlplane.cluster import ControlPlane
+from llmconn.clouds import AWS_AUDIENCE, CloudEndpoints
+from llmconn.egress import EgressPolicy
+from llmconn.http import ClientPool
+from llmconn.kube import Kube, ServiceAccountTokens
+from llmconn.probes import parse_spec, registry
+from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
+from llmconn.reasons import Reason
+from llmconn.validate import validate
+from llmconn.verdict import Defaults, SecretData
+from servers import aws_sts, azure_dialect, entra
+from servers.oidc import TrustedIssuer
+from servers.serve import serve
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT = "11111111-2222-3333-4444-555555555555"  # trusts ServiceAccount agent; has a role
+NO_ROLE = "22222222-3333-4444-5555-666666666666"  # trusts agent; no role on the resource
+OTHER_AUDIENCE = "33333333-4444-5555-6666-777777777777"  # its credential wants another aud
+ROLE = "arn:aws:iam::123456789012:role/agent"
+# The module's operator waits an hour for a missing ServiceAccount before Stalled, and
+# validates every hour: only its poll during the grace can see a ServiceAccount that comes.
+GRACE = "1h"
+
+
+@pytest.fixture(scope="module")
+def issuer(cluster: ControlPlane) -> TrustedIssuer:
+    """The cluster's issuer as a cloud reaches it: discovery and JWKS readable without
+    credentials (the binding Kubernetes documents for public issuer discovery)."""
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "llmconn-test-public-issuer-discovery"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:service-account-issuer-discovery",
+        },
+        "subjects": [
+            {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Group",
+                "name": "system:unauthenticated",
+            }
+        ],
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(binding))
+    trusted = TrustedIssuer(cluster.server, ssl.create_default_context(cafile=str(cluster.ca_file)))
+    wait_for("the issuer's keys, anonymously", lambda: trusted.jwks(refresh=True).get("keys"))
+    return trusted
+
+
+@dataclass
+class Clouds:
+    sts: aws_sts.StsState
+    sts_url: str
+    entra: entra.EntraState
+    entra_url: str
+    azure: azure_dialect.AzureState
+    azure_url: str
+
+
+@pytest.fixture(scope="module")
+def clouds(cluster: ControlPlane, issuer: TrustedIssuer) -> Iterator[Clouds]:
+    sts = aws_sts.StsState()
+    sts.trust(issuer)
+    directory = entra.EntraState(trust_store=issuer.ssl_context)
+    directory.add_tenant(TENANT)
+    azure_app = azure_dialect.make_app(entra=directory, role_holders={CLIENT, OTHER_AUDIENCE})
+    with (
+        serve(aws_sts.make_app(sts)) as sts_url,
+        serve(entra.make_app(directory)) as entra_url,
+        serve(azure_app) as azure_url,
+    ):
+        yield Clouds(sts, sts_url, directory, entra_url, azure_app.state.dialect, azure_url)
+
+
+def service_account(cluster: ControlPlane, namespace: str, name: str) -> None:
+    cluster.kubectl("create", "serviceaccount", name, "-n", namespace)
+
+
+# --- azure-openai through the operator --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ns(cluster: ControlPlane) -> Iterator[str]:
+    name = cluster.create_namespace("identity")
+    yield name
+    cluster.kubectl("delete", "llmconnections", "--all", "-n", name, "--wait=false")
+    cluster.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: ControlPlane, clouds: Clouds, ns: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    subject = f"system:serviceaccount:{ns}:agent"
+    trusted = entra.FederatedCredential(cluster.server, subject)
+    clouds.entra.add_app(TENANT, CLIENT, trusted)
+    clouds.entra.add_app(TENANT, NO_ROLE, trusted)
+    elsewhere = entra.FederatedCredential(cluster.server, subject, audience="api://Other")
+    clouds.entra.add_app(TENANT, OTHER_AUDIENCE, elsewhere)
+    op = OperatorProcess(
+        cluster,
+        tmp_path_factory.mktemp("identity-logs"),
+        "-n",
+        ns,
+        "--default-interval",
+        "1h",
+        "--missing-secret-grace",
+        GRACE,
+        "--azure-authority-host",
+        clouds.entra_url,
+        name="identity",
+    ).start()
+    yield op
+    assert op.stop() == 0, op.log()[-3000:]
+
+
+def azure(clouds: Clouds, account: str = "agent", client: str = CLIENT) -> dict[str, Any]:
+    return {
+        "provider": "azure-openai",
+        "endpoint": clouds.azure_url,
+        "azure": {"deployment": "gpt-4o-prod"},
+        "identity": {
+            "serviceAccountName": account,
+            "azure": {"tenantId": TENANT, "clientId": client},
+        },
+    }
+
+
+def apply(cluster: ControlPlane, ns: str, name: str, spec: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=manifest(ns, name, spec))
+
+
+def verdict(api: Api, ns: str, name: str, reason: str, timeout: float = 30) -> dict[str, Any]:
+    def status() -> dict[str, Any] | None:
+        found = api.status(ns, name)
+        return found if found.get("reason") == reason else None
+
+    try:
+        return wait_for(f"{name}: {reason}", status, timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; status: {api.status(ns, name)}") from None
+
+
+def test_azure_openai_validates_as_the_workload_identity(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    api = Api(cluster)
+    service_account(cluster, ns, "agent")
+    apply(cluster, ns, "keyless", azure(clouds))
+    status = verdict(api, ns, "keyless", "Validated")
+    assert condition(status, "Ready")["status"] == "True"
+    assert "exchangeMs" in status["details"]
+    # Entra verified an assertion the API server minted and signed for this ServiceAccount,
+    # and the deployment was called with Entra's token, never a key.
+    assertions = [s.body["client_assertion"] for s in clouds.entra.seen]
+    assert assertions and clouds.entra.issued
+    calls = [s for s in clouds.azure.seen if s.path.endswith("/chat/completions")]
+    assert calls and all("api-key" not in c.headers for c in calls)
+    assert {c.headers["authorization"][7:] for c in calls} <= set(clouds.entra.issued)
+    claims = clouds.entra.issuer(cluster.server).verify(assertions[0], {entra.EXCHANGE_AUDIENCE})
+    assert claims["sub"] == f"system:serviceaccount:{ns}:agent"
+    assert claims["exp"] - claims["iat"] == 600  # the shortest token TokenRequest grants
+    # Neither token reached the status, events or the operator's log (debug level).
+    seen = operator.log() + json.dumps(api.conn(ns, "keyless")) + json.dumps(api.events(ns))
+    for token in [*assertions, *clouds.entra.issued]:
+        assert token not in seen and token.rsplit(".", 1)[1][:24] not in seen
+
+
+def test_a_missing_service_account_is_asked_for_until_it_exists(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    """No watch tells the operator about ServiceAccounts, and its interval and grace are an
+    hour: the poll during the grace (every 10 s) is what sees the new ServiceAccount."""
+    api = Api(cluster)
+    apply(cluster, ns, "early", azure(clouds, account="late"))
+    status = verdict(api, ns, "early", "ServiceAccountNotFound")
+    assert condition(status, "Ready")["status"] == "False"
+    assert not condition(status, "Stalled")  # within the grace
+    assert "ServiceAccount late" in status["message"]
+    late = entra.FederatedCredential(cluster.server, f"system:serviceaccount:{ns}:late")
+    clouds.entra.add_app(TENANT, CLIENT, *clouds.entra.apps[(TENANT, CLIENT)], late)
+    service_account(cluster, ns, "late")
+    verdict(api, ns, "early", "Validated", timeout=60)
+
+
+def test_a_service_account_that_never_comes_stalls_after_the_grace(
+    cluster: ControlPlane, clouds: Clouds, tmp_path: Path
+) -> None:
+    """As a missing Secret does: Stalled once --missing-secret-grace (here 3s) is over."""
+    api, ns = Api(cluster), cluster.create_namespace("identity-grace")
+    op = OperatorProcess(
+        cluster, tmp_path, "-n", ns, "--default-interval", "1h", "--missing-secret-grace", "3s"
+    ).start()
+    try:
+        apply(cluster, ns, "orphan", azure(clouds, account="nobody"))
+
+        def stalled() -> dict[str, Any] | None:
+            found = condition(api.status(ns, "orphan"), "Stalled")
+            return found if found.get("status") == "True" else None
+
+        assert wait_for("Stalled", stalled, timeout=60)["reason"] == "ServiceAccountNotFound"
+        assert api.status(ns, "orphan")["reason"] == "ServiceAccountNotFound"
+    finally:
+        cluster.kubectl("delete", "llmconnections", "--all", "-n", ns, "--wait=false")
+        assert op.stop() == 0, op.log()[-3000:]
+        cluster.delete_namespace(ns)
+
+
+def test_an_untrusted_subject_is_refused_by_entra(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    api = Api(cluster)
+    service_account(cluster, ns, "intruder")
+    apply(cluster, ns, "intruder", azure(clouds, account="intruder"))
+    status = verdict(api, ns, "intruder", "IdentityExchangeFailed")
+    assert status["code"] == "AADSTS700213"
+    assert condition(status, "Stalled")["status"] == "True"
+    assert f"system:serviceaccount:{ns}:intruder" in status["message"]
+    assert cluster.server in status["message"]  # the issuer the credential must name
+    assert "Entra ID token request" in status["message"]
+
+
+def test_a_wrong_audience_is_refused_by_entra(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    api = Api(cluster)
+    apply(cluster, ns, "audience", azure(clouds, client=OTHER_AUDIENCE))
+    status = verdict(api, ns, "audience", "IdentityExchangeFailed")
+    assert status["code"] == "AADSTS700212"
+
+
+def test_an_identity_without_a_role_is_permission_denied(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    api = Api(cluster)
+    apply(cluster, ns, "no-role", azure(clouds, client=NO_ROLE))
+    status = verdict(api, ns, "no-role", "PermissionDenied")
+    assert status["code"] == "PermissionDenied"
+    assert condition(status, "Stalled")["status"] == "True"
+
+
+# --- AWS STS with tokens the API server mints ------------------------------------------------
+
+GOT: list[ProbeContext] = []
+
+
+class NoSecrets:
+    async def get(self, name: str) -> SecretData | None:
+        return None
+
+
+@pytest.fixture
+def aws_provider() -> Iterator[str]:
+    """A provider that takes identity.aws and keeps what it was handed (bedrock comes with
+    its own change; its probe signs with these credentials)."""
+
+    async def probe(ctx: ProbeContext) -> ProbeOutcome:
+        GOT.append(ctx)
+        return ok("The credentials arrived.")
+
+    GOT.clear()
+    with registry.temporary() as providers:
+        providers.provider(
+            "aws-test", default_endpoint="http://127.0.0.1:9", title="T", identities=("aws",)
+        )(probe)
+        yield "aws-test"
+
+
+@pytest.fixture
+async def minting(cluster: ControlPlane, namespace: str) -> AsyncIterator[ServiceAccountTokens]:
+    kube = Kube(
+        kopf.ConnectionInfo(
+            server=cluster.server, ca_path=str(cluster.ca_file), token=cluster.token
+        )
+    )
+    yield ServiceAccountTokens(kube, namespace)
+    await kube.aclose()
+
+
+async def aws_verdict(clouds: Clouds, tokens: ServiceAccountTokens, account: str) -> Any:
+    spec = parse_spec(
+        {
+            "provider": "aws-test",
+            "identity": {"serviceAccountName": account, "aws": {"roleArn": ROLE}},
+        }
+    )
+    pool = ClientPool(EgressPolicy(), proxies={})
+    try:
+        defaults = Defaults(clouds=CloudEndpoints(aws_sts=clouds.sts_url))
+        return await validate(spec, NoSecrets(), pool, defaults, tokens=tokens)
+    finally:
+        await pool.aclose()
+
+
+async def test_aws_sts_exchanges_a_token_the_api_server_minted(
+    cluster: ControlPlane,
+    clouds: Clouds,
+    namespace: str,
+    aws_provider: str,
+    minting: ServiceAccountTokens,
+) -> None:
+    subject = f"system:serviceaccount:{namespace}:agent"
+    clouds.sts.add_role(ROLE, cluster.server, subject)
+    service_account(cluster, namespace, "agent")
+    before = len(clouds.sts.seen)
+    result = await aws_verdict(clouds, minting, "agent")
+    assert result.reason is Reason.VALIDATED, result.message
+    [asked] = list(clouds.sts.seen)[before:]
+    token = asked.body["WebIdentityToken"]
+    claims = clouds.sts.issuers[cluster.server].verify(token, {AWS_AUDIENCE})
+    assert (claims["iss"], claims["sub"]) == (cluster.server, subject)
+    [ctx] = GOT
+    creds = ctx.aws_credentials
+    assert creds is not None
+    issued = clouds.sts.issued[creds.access_key_id]
+    assert (issued.role, issued.subject) == (ROLE, subject)
+    assert (creds.secret_access_key, creds.session_token) == (
+        issued.secret_access_key,
+        issued.session_token,
+    )
+
+
+async def test_aws_sts_refuses_an_untrusted_subject(
+    cluster: ControlPlane,
+    clouds: Clouds,
+    namespace: str,
+    aws_provider: str,
+    minting: ServiceAccountTokens,
+) -> None:
+    clouds.sts.add_role(ROLE, cluster.server, f"system:serviceaccount:{namespace}:agent")
+    service_account(cluster, namespace, "stranger")
+    result = await aws_verdict(clouds, minting, "stranger")
+    assert result.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert (result.code, result.http_status) == ("AccessDenied", 403)
+    assert f"system:serviceaccount:{namespace}:stranger" in result.message
+    assert not GOT
+
+
+async def test_aws_sts_refuses_a_provider_without_the_sts_audience(
+    cluster: ControlPlane,
+    clouds: Clouds,
+    issuer: TrustedIssuer,
+    namespace: str,
+    aws_provider: str,
+    minting: ServiceAccountTokens,
+) -> None:
+    clouds.sts.add_role(ROLE, cluster.server, f"system:serviceaccount:{namespace}:agent")
+    service_account(cluster, namespace, "agent")
+    clouds.sts.trust(issuer, {"sigstore"})
+    try:
+        result = await aws_verdict(clouds, minting, "agent")
+    finally:
+        clouds.sts.trust(issuer)
+    assert (result.reason, result.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "InvalidIdentityToken")
+    assert "Incorrect token audience" in result.message
+
+
+async def test_no_service_account_mints_nothing(
+    clouds: Clouds, aws_provider: str, minting: ServiceAccountTokens
+) -> None:
+    before = len(clouds.sts.seen)
+    result = await aws_verdict(clouds, minting, f"absent-{pysecrets.token_hex(2)}")
+    assert result.reason is Reason.SERVICE_ACCOUNT_NOT_FOUND
+    assert len(clouds.sts.seen) == before
