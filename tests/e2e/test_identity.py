@@ -52,25 +52,8 @@ GRACE = "1h"
 @pytest.fixture(scope="module")
 def issuer(cluster: ControlPlane) -> TrustedIssuer:
     """The cluster's issuer as a cloud reaches it: discovery and JWKS readable without
-    credentials (the binding Kubernetes documents for public issuer discovery)."""
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRoleBinding",
-        "metadata": {"name": "llmconn-test-public-issuer-discovery"},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": "system:service-account-issuer-discovery",
-        },
-        "subjects": [
-            {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Group",
-                "name": "system:unauthenticated",
-            }
-        ],
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(binding))
+    credentials."""
+    cluster.public_issuer_discovery()
     trusted = TrustedIssuer(cluster.server, ssl.create_default_context(cafile=str(cluster.ca_file)))
     wait_for("the issuer's keys, anonymously", lambda: trusted.jwks(refresh=True).get("keys"))
     return trusted
