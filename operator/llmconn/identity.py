@@ -150,9 +150,10 @@ def _refused(exc: ExchangeRefused, identity: IdentitySpec, minted: Minted) -> Pr
 
     if exc.failure is Failure.REFUSED:
         hint = _trust_hint(exc.step, identity, minted)
+        whose = "federated" if exc.step is Step.GCP_IMPERSONATION else "ServiceAccount's"
         return out(
             Reason.IDENTITY_EXCHANGE_FAILED,
-            f"{exc.step} refused the ServiceAccount's token{answer}{said}. {hint}",
+            f"{exc.step} refused the {whose} token{answer}{said}. {hint}",
         )
     if exc.failure is Failure.UNAVAILABLE:
         return out(Reason.PROVIDER_UNAVAILABLE, f"{exc.step} is unavailable{answer}{said}.")
@@ -182,8 +183,9 @@ def _trust_hint(step: Step, identity: IdentitySpec, minted: Minted) -> str:
             f"{clouds.AZURE_AUDIENCE}."
         )
     if step is Step.GCP_IMPERSONATION and identity.gcp is not None:
+        pool = identity.gcp.audience.removeprefix("//").split("/providers/", 1)[0]
         return (
-            f"Grant the federated principal ({minted.subject} in the pool) "
+            f"Grant principal://{pool}/subject/{minted.subject} "
             "roles/iam.workloadIdentityUser on service account "
             f"{identity.gcp.service_account_email}."
         )

@@ -6,9 +6,10 @@ discovery document); the loopback clouds verify those tokens as AWS STS and Entr
   with Entra's bearer token at the Azure server, and each failure a user meets: no
   ServiceAccount (then created: picked up without a watch), a subject or an audience the
   federated credential does not trust, an identity without a role on the resource.
-- AWS: bedrock arrives with its own change; here a provider registered for the test takes
-  identity.aws and shows the credentials the STS exchange handed to the probe, with tokens
-  the real API server minted.
+- AWS and Google: bedrock and vertex-ai arrive with their own changes; here providers
+  registered for the test take identity.aws and identity.gcp and show the credentials the
+  exchanges handed to the probe (STS's session; Google STS's federated token, and the
+  impersonated service account's token), with tokens the real API server minted.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
 from llmconn.reasons import Reason
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData
-from servers import aws_sts, azure_dialect, entra
+from servers import aws_sts, azure_dialect, entra, google_sts
 from servers.oidc import TrustedIssuer
 from servers.serve import serve
 
@@ -44,6 +45,11 @@ CLIENT = "11111111-2222-3333-4444-555555555555"  # trusts ServiceAccount agent; 
 NO_ROLE = "22222222-3333-4444-5555-666666666666"  # trusts agent; no role on the resource
 OTHER_AUDIENCE = "33333333-4444-5555-6666-777777777777"  # its credential wants another aud
 ROLE = "arn:aws:iam::123456789012:role/agent"
+POOL = (
+    "//iam.googleapis.com/projects/123456789/locations/global/"
+    "workloadIdentityPools/cluster/providers/k8s"
+)
+GSA = "vertex-caller@my-proj.iam.gserviceaccount.com"
 # The module's operator waits an hour for a missing ServiceAccount before Stalled, and
 # validates every hour: only its poll during the grace can see a ServiceAccount that comes.
 GRACE = "1h"
@@ -67,6 +73,8 @@ class Clouds:
     entra_url: str
     azure: azure_dialect.AzureState
     azure_url: str
+    google: google_sts.GoogleState
+    google_url: str
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +84,24 @@ def clouds(cluster: ControlPlane, issuer: TrustedIssuer) -> Iterator[Clouds]:
     directory = entra.EntraState(trust_store=issuer.ssl_context)
     directory.add_tenant(TENANT)
     azure_app = azure_dialect.make_app(entra=directory, role_holders={CLIENT, OTHER_AUDIENCE})
+    google = google_sts.GoogleState()
+    google.add_provider(google_sts.PoolProvider(POOL, issuer))
     with (
         serve(aws_sts.make_app(sts)) as sts_url,
         serve(entra.make_app(directory)) as entra_url,
         serve(azure_app) as azure_url,
+        serve(google_sts.make_app(google)) as google_url,
     ):
-        yield Clouds(sts, sts_url, directory, entra_url, azure_app.state.dialect, azure_url)
+        yield Clouds(
+            sts,
+            sts_url,
+            directory,
+            entra_url,
+            azure_app.state.dialect,
+            azure_url,
+            google,
+            google_url,
+        )
 
 
 def service_account(cluster: ControlPlane, namespace: str, name: str) -> None:
@@ -251,7 +271,7 @@ def test_an_identity_without_a_role_is_permission_denied(
     assert condition(status, "Stalled")["status"] == "True"
 
 
-# --- AWS STS with tokens the API server mints ------------------------------------------------
+# --- AWS STS and Google STS with tokens the API server mints -----------------------------------
 
 GOT: list[ProbeContext] = []
 
@@ -263,8 +283,8 @@ class NoSecrets:
 
 @pytest.fixture
 def aws_provider() -> Iterator[str]:
-    """A provider that takes identity.aws and keeps what it was handed (bedrock comes with
-    its own change; its probe signs with these credentials)."""
+    """Providers that take identity.aws and identity.gcp and keep what they were handed
+    (bedrock and vertex-ai come with their own changes; their probes use these)."""
 
     async def probe(ctx: ProbeContext) -> ProbeOutcome:
         GOT.append(ctx)
@@ -272,9 +292,13 @@ def aws_provider() -> Iterator[str]:
 
     GOT.clear()
     with registry.temporary() as providers:
-        providers.provider(
-            "aws-test", default_endpoint="http://127.0.0.1:9", title="T", identities=("aws",)
-        )(probe)
+        for cloud in ("aws", "gcp"):
+            providers.provider(
+                f"{cloud}-test",
+                default_endpoint="http://127.0.0.1:9",
+                title="T",
+                identities=(cloud,),
+            )(probe)
         yield "aws-test"
 
 
@@ -290,16 +314,19 @@ async def minting(cluster: ControlPlane, namespace: str) -> AsyncIterator[Servic
 
 
 async def aws_verdict(clouds: Clouds, tokens: ServiceAccountTokens, account: str) -> Any:
-    spec = parse_spec(
-        {
-            "provider": "aws-test",
-            "identity": {"serviceAccountName": account, "aws": {"roleArn": ROLE}},
-        }
-    )
+    aws = {"roleArn": ROLE}
+    spec = {"provider": "aws-test", "identity": {"serviceAccountName": account, "aws": aws}}
+    return await cloud_verdict(clouds, tokens, spec)
+
+
+async def cloud_verdict(clouds: Clouds, tokens: ServiceAccountTokens, spec: dict[str, Any]) -> Any:
     pool = ClientPool(EgressPolicy(), proxies={})
+    endpoints = CloudEndpoints(
+        aws_sts=clouds.sts_url, gcp_sts=clouds.google_url, gcp_iam_credentials=clouds.google_url
+    )
     try:
-        defaults = Defaults(clouds=CloudEndpoints(aws_sts=clouds.sts_url))
-        return await validate(spec, NoSecrets(), pool, defaults, tokens=tokens)
+        defaults = Defaults(clouds=endpoints)
+        return await validate(parse_spec(spec), NoSecrets(), pool, defaults, tokens=tokens)
     finally:
         await pool.aclose()
 
@@ -374,3 +401,34 @@ async def test_no_service_account_mints_nothing(
     result = await aws_verdict(clouds, minting, f"absent-{pysecrets.token_hex(2)}")
     assert result.reason is Reason.SERVICE_ACCOUNT_NOT_FOUND
     assert len(clouds.sts.seen) == before
+
+
+async def test_google_sts_and_impersonation_with_a_token_the_api_server_minted(
+    cluster: ControlPlane,
+    clouds: Clouds,
+    namespace: str,
+    aws_provider: str,
+    minting: ServiceAccountTokens,
+) -> None:
+    subject = f"system:serviceaccount:{namespace}:agent"
+    provider = clouds.google.providers[POOL]
+    clouds.google.impersonators[GSA] = {provider.principal(subject)}
+    service_account(cluster, namespace, "agent")
+    before = len(clouds.google.seen)
+    identity = {"audience": POOL, "serviceAccountEmail": GSA}
+    spec = {"provider": "gcp-test", "identity": {"serviceAccountName": "agent", "gcp": identity}}
+    result = await cloud_verdict(clouds, minting, spec)
+    assert result.reason is Reason.VALIDATED, result.message
+    exchange, impersonation = list(clouds.google.seen)[before:]
+    claims = provider.issuer.verify(exchange.body["subject_token"], {POOL})
+    assert (claims["iss"], claims["sub"]) == (cluster.server, subject)
+    federated = impersonation.headers["authorization"].removeprefix("Bearer ")
+    assert clouds.google.federated[federated] == provider.principal(subject)
+    [ctx] = GOT
+    assert ctx.bearer_token is not None
+    assert clouds.google.issued[ctx.bearer_token.token] == GSA
+    # Another ServiceAccount of the namespace is not the one the service account trusts.
+    service_account(cluster, namespace, "bystander")
+    spec["identity"]["serviceAccountName"] = "bystander"  # type: ignore[index]
+    result = await cloud_verdict(clouds, minting, spec)
+    assert (result.reason, result.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "PERMISSION_DENIED")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from llmconn import logs
-from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE, CloudEndpoints
+from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE, GCP_SCOPE, CloudEndpoints
 from llmconn.credentials import AwsCredentials
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
@@ -26,7 +26,7 @@ from llmconn.redact import MARKER
 from llmconn.spec import AwsIdentity
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData, TokenRefused
-from servers import aws_sts, azure_dialect, entra
+from servers import aws_sts, azure_dialect, entra, google_sts
 from servers.oidc import Issuer, TrustedIssuer
 from servers.serve import serve
 
@@ -36,6 +36,15 @@ SUBJECT = f"system:serviceaccount:{NS}:{SA}"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "11111111-2222-3333-4444-555555555555"
 ROLE = "arn:aws:iam::123456789012:role/agent"
+POOL = (
+    "//iam.googleapis.com/projects/123456789/locations/global/"
+    "workloadIdentityPools/cluster/providers/k8s"
+)
+PRINCIPAL = (
+    "principal://iam.googleapis.com/projects/123456789/locations/global/"
+    f"workloadIdentityPools/cluster/subject/{SUBJECT}"
+)
+GSA = "vertex-caller@my-proj.iam.gserviceaccount.com"
 
 
 class NoSecrets:
@@ -68,6 +77,7 @@ class World:
     tokens: Tokens
     sts: aws_sts.StsState
     entra: entra.EntraState
+    google: google_sts.GoogleState
     azure: azure_dialect.AzureState
     azure_url: str
     clouds: CloudEndpoints
@@ -91,19 +101,29 @@ async def world() -> AsyncIterator[World]:
         directory.add_tenant(TENANT, "contoso.onmicrosoft.com")
         directory.add_app(TENANT, CLIENT, entra.FederatedCredential(issuer_url, SUBJECT))
         azure_app = azure_dialect.make_app(entra=directory, role_holders={CLIENT})
+        google = google_sts.GoogleState()
+        google.add_provider(google_sts.PoolProvider(POOL, trusted))
+        google.impersonators[GSA] = {PRINCIPAL}
         with (
             serve(aws_sts.make_app(sts)) as sts_url,
             serve(entra.make_app(directory)) as entra_url,
             serve(azure_app) as azure_url,
+            serve(google_sts.make_app(google)) as google_url,
         ):
             made = World(
                 issuer=issuer,
                 tokens=Tokens(issuer),
                 sts=sts,
                 entra=directory,
+                google=google,
                 azure=azure_app.state.dialect,
                 azure_url=azure_url,
-                clouds=CloudEndpoints(aws_sts=sts_url, azure_authority_host=entra_url),
+                clouds=CloudEndpoints(
+                    aws_sts=sts_url,
+                    azure_authority_host=entra_url,
+                    gcp_sts=google_url,
+                    gcp_iam_credentials=google_url,
+                ),
                 pool=ClientPool(EgressPolicy(), proxies={}),
             )
             yield made
@@ -411,3 +431,103 @@ def test_the_sts_endpoint_follows_region_and_partition() -> None:
     # The administrator's endpoint (a VPC endpoint, say) wins over the region.
     vpce = CloudEndpoints(aws_sts="https://vpce-1.sts.us-east-1.vpce.amazonaws.com")
     assert url(ROLE, vpce, stsRegion="eu-west-1") == vpce.aws_sts + "/"
+
+
+# --- Google: STS, then optionally IAM Credentials ---------------------------------------------
+
+
+@pytest.fixture
+def gcp_provider() -> Iterator[str]:
+    """Provider "gcp-test": takes identity.gcp and keeps the context it was handed (vertex-ai
+    arrives with its own change)."""
+
+    async def probe(ctx: ProbeContext) -> ProbeOutcome:
+        GOT.append(ctx)
+        return ok("The token arrived.")
+
+    GOT.clear()
+    with registry.temporary() as providers:
+        providers.provider(
+            "gcp-test", default_endpoint="http://127.0.0.1:9", title="T", identities=("gcp",)
+        )(probe)
+        yield "gcp-test"
+
+
+def gcp_spec(**gcp: str) -> dict[str, Any]:
+    return {
+        "provider": "gcp-test",
+        "identity": {"serviceAccountName": SA, "gcp": {"audience": POOL, **gcp}},
+    }
+
+
+async def test_google_sts_token_reaches_the_probe(world: World, gcp_provider: str) -> None:
+    verdict = await run(world, gcp_spec())
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    [(_, audience, minted)] = world.tokens.minted
+    assert audience == POOL  # the provider's full name: one of its default audiences
+    [asked] = list(world.google.seen)
+    assert asked.path == "/v1/token"
+    assert asked.body["audience"] == POOL
+    assert asked.body["subject_token"] == minted
+    assert asked.body["subject_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    assert asked.body["scope"] == GCP_SCOPE
+    [ctx] = GOT
+    assert ctx.bearer_token is not None
+    assert world.google.federated[ctx.bearer_token.token] == PRINCIPAL
+
+
+async def test_google_impersonation_hands_over_the_service_accounts_token(
+    world: World, gcp_provider: str
+) -> None:
+    verdict = await run(world, gcp_spec(serviceAccountEmail=GSA))
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    _, impersonation = list(world.google.seen)
+    federated = impersonation.headers["authorization"].removeprefix("Bearer ")
+    assert world.google.federated[federated] == PRINCIPAL
+    assert impersonation.path == f"/v1/projects/-/serviceAccounts/{GSA}:generateAccessToken"
+    assert impersonation.body == {"scope": [GCP_SCOPE], "lifetime": "600s"}
+    [ctx] = GOT
+    assert ctx.bearer_token is not None
+    assert world.google.issued[ctx.bearer_token.token] == GSA
+    assert federated not in repr(verdict) and ctx.bearer_token.token not in repr(verdict)
+
+
+async def test_google_refuses_an_untrusted_subject(world: World, gcp_provider: str) -> None:
+    provider = google_sts.PoolProvider(
+        POOL, TrustedIssuer(world.issuer.url), subjects=frozenset({"system:serviceaccount:x:y"})
+    )
+    world.google.add_provider(provider)
+    verdict = await run(world, gcp_spec())
+    assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert verdict.code == "unauthorized_client"
+    assert "Google STS token exchange" in verdict.message
+    assert "attribute condition" in verdict.message and SUBJECT in verdict.message
+    assert not GOT
+
+
+async def test_google_refuses_a_wrong_audience(world: World, gcp_provider: str) -> None:
+    provider = google_sts.PoolProvider(
+        POOL, TrustedIssuer(world.issuer.url), allowed_audiences=frozenset({"sigstore"})
+    )
+    world.google.add_provider(provider)
+    verdict = await run(world, gcp_spec())
+    assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "invalid_grant")
+    assert "audience" in verdict.message
+
+
+async def test_google_refuses_an_unknown_provider(world: World, gcp_provider: str) -> None:
+    world.google.providers.clear()
+    verdict = await run(world, gcp_spec())
+    assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "invalid_target")
+
+
+async def test_impersonation_without_the_workload_identity_user_role(
+    world: World, gcp_provider: str
+) -> None:
+    world.google.impersonators.clear()
+    verdict = await run(world, gcp_spec(serviceAccountEmail=GSA))
+    assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert (verdict.code, verdict.http_status) == ("PERMISSION_DENIED", 403)
+    assert "IAM Credentials generateAccessToken" in verdict.message
+    assert "roles/iam.workloadIdentityUser" in verdict.message and GSA in verdict.message
+    assert not GOT
