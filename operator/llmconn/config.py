@@ -177,7 +177,8 @@ def parser() -> argparse.ArgumentParser:
         "--missing-secret-grace",
         type=_duration,
         default=_env("missing-secret-grace", "2m"),
-        help="how long a missing Secret is waited for before Stalled (default 2m)",
+        help="how long a missing Secret or ServiceAccount is waited for before Stalled "
+        "(default 2m)",
     )
     p.add_argument(
         "--egress-deny",

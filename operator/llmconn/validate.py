@@ -10,7 +10,11 @@ Decisions worth knowing:
 - Secret values are stripped of surrounding whitespace (`echo key | base64` adds a newline);
   a value with control characters cannot go in a header and is InvalidConfiguration.
 - Errors while reading Secrets propagate: they are the operator's trouble (API down), not
-  the connection's, and must not be written into its status.
+  the connection's, and must not be written into its status. So do errors while minting a
+  spec.identity token, except the answers about the connection (`llmconn.identity`).
+- spec.identity: the minted token and the cloud's credentials are held by this call only,
+  redacted from logs while it runs and from the verdict; the exchange and the probe share
+  the timeout.
 """
 
 from __future__ import annotations

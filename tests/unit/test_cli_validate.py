@@ -395,6 +395,10 @@ RUN_ARGV = [
     "--log-level=debug",
     "--log-format=json",
     "--secret-label-selector=llmconn.dev/watch=true",
+    "--aws-sts-endpoint=https://sts.eu-west-1.amazonaws.com",
+    "--azure-authority-host=https://login.microsoftonline.us",
+    "--gcp-sts-endpoint=https://sts.p.googleapis.com",
+    "--gcp-iam-credentials-endpoint=https://iamcredentials.p.googleapis.com",
 ]
 
 
