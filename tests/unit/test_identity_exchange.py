@@ -27,6 +27,7 @@ from llmconn.spec import AwsIdentity
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData, TokenRefused
 from servers import aws_sts, azure_dialect, entra, google_sts
+from servers.misbehaving import RawServer, hang
 from servers.oidc import Issuer, TrustedIssuer
 from servers.serve import serve
 
@@ -313,6 +314,20 @@ async def test_the_exchange_is_held_to_the_egress_policy(world: World) -> None:
     assert verdict.reason is Reason.EGRESS_DENIED
     assert "Exchanging the ServiceAccount's token at" in verdict.message
     assert not world.entra.seen  # nothing was sent
+
+
+async def test_the_exchange_and_the_probe_share_the_timeout(world: World) -> None:
+    """A token endpoint that never answers ends the validation at spec.validation.timeout,
+    named as the exchange's Timeout (not the endpoint's), and the probe never runs."""
+    async with RawServer(hang()) as stuck:
+        world.clouds = CloudEndpoints(azure_authority_host=stuck.url)
+        spec = azure_spec(world.azure_url)
+        spec["validation"] = {"timeout": "1s"}
+        verdict = await run(world, spec)
+    assert verdict.reason is Reason.TIMEOUT, verdict.message
+    assert verdict.message.startswith(f"Exchanging the ServiceAccount's token at {stuck.url}")
+    assert "within 1s" in verdict.message
+    assert not world.azure.seen
 
 
 async def test_the_exchange_never_takes_the_connections_tls_settings(world: World) -> None:
