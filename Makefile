@@ -191,9 +191,36 @@ run: $(VENV_STAMP) ## run the operator against KUBECONFIG (default: the local cl
 	@if [ -z "$${KUBECONFIG:-}" ]; then $(MAKE) crds; fi
 	KUBECONFIG=$${KUBECONFIG:-$(KUBECONFIG_LOCAL)} $(VENV)/bin/llmconn run -A $(RUN_ARGS)
 
+# The peers and the plots need the bench extra; --peer blackbox needs blackbox_exporter too.
 BENCH_ARGS ?=
-bench: $(VENV_STAMP) binaries ## benchmark on its own control plane; BENCH_ARGS="--connections 10000"
+BENCH_STAMP := $(VENV)/.bench-installed
+bench: $(BENCH_STAMP) binaries $(if $(findstring blackbox,$(BENCH_ARGS)),blackbox-exporter) ## benchmark on its own control plane; BENCH_ARGS="--connections 10000 --peer naive-kopf"
 	@$(PY) tests/bench/bench.py $(BENCH_ARGS)
+
+$(BENCH_STAMP): $(VENV_STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@
+
+# Prometheus' blackbox_exporter, a peer for `make bench --peer blackbox`, from a wrapper module
+# (tests/blackbox) like etcd's, with the version flag of its release build. Not part of
+# `binaries`: no test needs it.
+BLACKBOX_MODULE := tests/blackbox
+
+.PHONY: blackbox-exporter
+blackbox-exporter: $(BIN)/blackbox_exporter ## build Prometheus' blackbox_exporter (tests/blackbox) into .local/bin, for `make bench`'s --peer blackbox
+
+$(BIN)/blackbox_exporter: $(BLACKBOX_MODULE)/go.mod $(BLACKBOX_MODULE)/go.sum
+	@mkdir -p $(BIN) $(LOCAL)/logs
+	@echo "building blackbox_exporter from Go modules..."
+	@cd $(BLACKBOX_MODULE) && \
+	version=$$($(GO_ENV) go list -m -f '{{.Version}}' github.com/prometheus/blackbox_exporter) && \
+	start=$$SECONDS; \
+	$(GO_ENV) go build -trimpath \
+		-ldflags "-s -w -X github.com/prometheus/common/version.Version=$${version#v}" \
+		-o $(abspath $@) github.com/prometheus/blackbox_exporter; \
+	took=$$((SECONDS - start)); \
+	echo "built blackbox_exporter $$version in $${took}s"; \
+	echo "$$(date -u +%FT%TZ) blackbox_exporter $$version $${took}s" >> $(abspath $(LOCAL))/logs/build.log
 
 clean: cluster-down ## stop everything and remove .local state (keeps the built binaries)
 	rm -rf $(LOCAL)/controlplane $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/kubeconfig \

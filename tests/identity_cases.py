@@ -1,5 +1,6 @@
 """spec.identity manifests that the CRD (tests/e2e/test_crd.py) and the spec model
-(tests/unit/test_identity_spec.py) must both refuse, naming the field, or both accept."""
+(tests/unit/test_identity_spec.py) must both refuse, naming the field, or both accept: one
+connection per cloud, of the provider that takes it (bedrock, azure-openai, vertex-ai)."""
 
 from __future__ import annotations
 
@@ -26,10 +27,30 @@ AZURE: dict[str, Any] = {
 }
 
 
+BEDROCK: dict[str, Any] = {
+    "provider": "bedrock",
+    "bedrock": {"region": "us-east-1"},
+    "identity": {"serviceAccountName": "agent", "aws": {"roleArn": ROLE}},
+}
+VERTEX: dict[str, Any] = {
+    "provider": "vertex-ai",
+    "vertexAI": {"project": "my-proj", "location": "us-central1"},
+    "identity": {"serviceAccountName": "agent", "gcp": {"audience": POOL}},
+}
+# The connection of the provider that takes each cloud.
+BY_CLOUD = {"aws": BEDROCK, "azure": AZURE, "gcp": VERTEX}
+
+
 def azure(**identity: Any) -> dict[str, Any]:
     """The Azure connection with its identity block changed (None removes a key)."""
     merged = {**AZURE_IDENTITY, **identity}
     return {**AZURE, "identity": {k: v for k, v in merged.items() if v is not None}}
+
+
+def with_cloud(block: str, value: dict[str, Any]) -> dict[str, Any]:
+    """The connection of the provider that takes `block`, with that block set to `value`."""
+    base = BY_CLOUD[block]
+    return {**base, "identity": {"serviceAccountName": "agent", block: value}}
 
 
 # (test id, spec, texts the refusal must contain). The CRD and the model word some refusals
@@ -66,14 +87,29 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["identity.azure is only allowed with provider azure-openai"],
     ),
     (
-        "identity-aws-nowhere-yet",
+        "identity-aws-on-openai",
         {"provider": "openai", "identity": {"serviceAccountName": "a", "aws": {"roleArn": ROLE}}},
-        ["no provider takes identity.aws in this version"],
+        ["identity.aws is only allowed with provider bedrock"],
     ),
     (
-        "identity-gcp-nowhere-yet",
-        {"provider": "openai", "identity": {"serviceAccountName": "a", "gcp": {"audience": POOL}}},
-        ["no provider takes identity.gcp in this version"],
+        "identity-gcp-on-gemini",
+        {"provider": "gemini", "identity": {"serviceAccountName": "a", "gcp": {"audience": POOL}}},
+        ["identity.gcp is only allowed with provider vertex-ai"],
+    ),
+    (
+        "identity-azure-on-bedrock",
+        {**BEDROCK, "identity": AZURE_IDENTITY},
+        ["identity.azure is only allowed with provider azure-openai"],
+    ),
+    (
+        "identity-and-aws-credentials",
+        {**BEDROCK, "awsCredentialsSecretRef": {"name": "aws"}},
+        ["identity and awsCredentialsSecretRef are mutually exclusive"],
+    ),
+    (
+        "identity-and-vertex-key",
+        {**VERTEX, "apiKeySecretRef": {"name": "vertex", "key": "key.json"}},
+        ["identity and apiKeySecretRef are mutually exclusive"],
     ),
     (
         "identity-azure-client-not-guid",
@@ -105,6 +141,15 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
 # Accepted by both as written (and stored so by the API server).
 VALID: list[tuple[str, dict[str, Any]]] = [
     ("identity-azure", AZURE),
+    ("identity-aws-bedrock", BEDROCK),
+    ("identity-gcp-vertex-ai", VERTEX),
+    (
+        "identity-gcp-impersonating",
+        with_cloud(
+            "gcp",
+            {"audience": POOL, "serviceAccountEmail": "agent@my-proj.iam.gserviceaccount.com"},
+        ),
+    ),
     (
         "identity-azure-tenant-domain",
         azure(azure={"tenantId": "contoso.onmicrosoft.com", "clientId": CLIENT.upper()}),
@@ -120,8 +165,8 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ),
 ]
 
-# Field-level rules of the clouds no provider takes yet (aws, gcp): the blocks themselves.
-# (block, value, accepted)
+# Field-level rules of each cloud block, set on the connection of the provider that takes it
+# (`with_cloud`). (block, value, accepted)
 CLOUD_BLOCKS: list[tuple[str, dict[str, Any], bool]] = [
     ("aws", {"roleArn": ROLE}, True),
     ("aws", {"roleArn": "arn:aws:iam::123456789012:role/path/to/agent+x=y,z.@-"}, True),

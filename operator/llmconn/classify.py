@@ -72,7 +72,8 @@ def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
     leaf = next(
         (leaf for kind in _PRIORITY for leaf in leaves if isinstance(leaf, kind)), leaves[0]
     )
-    parts = urlsplit(ctx.endpoint)
+    # A request elsewhere (a token service) names its own host.
+    parts = urlsplit(ctx.found.elsewhere or ctx.endpoint)
     host = parts.hostname or "the endpoint"
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -85,9 +86,12 @@ def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
         return leaf.outcome
     if isinstance(leaf, RedirectRefused):
         fix = "" if leaf.too_many else " Set spec.endpoint to the provider's real API base URL."
+        who = "The endpoint"
+        if ctx.found.elsewhere:
+            who, fix = f"The token service at {host}", ""
         return ProbeOutcome(
             Reason.UNEXPECTED_RESPONSE,
-            f"The endpoint redirected {leaf.detail}.{fix}",
+            f"{who} redirected {leaf.detail}.{fix}",
             http_status=leaf.status,
         )
     if isinstance(leaf, UnreadableAnswer):
@@ -98,15 +102,18 @@ def classify_exception(exc: Exception, ctx: ProbeContext) -> ProbeOutcome:
             http_status=leaf.status,
         )
     if isinstance(leaf, EgressDenied):
+        refused, fix = "the endpoint", "Use another endpoint, or ask"
+        if ctx.found.elsewhere:
+            refused, fix = f"the token service at {host}", "Ask"
         return ProbeOutcome(
             Reason.EGRESS_DENIED,
-            f"The operator's egress policy refused the endpoint: {leaf.why}. Nothing was "
-            "sent. Use another endpoint, or ask the operator's administrator.",
+            f"The operator's egress policy refused {refused}: {leaf.why}. Nothing was sent. "
+            f"{fix} the operator's administrator.",
         )
     if isinstance(leaf, DNSLookupError):
+        check = "the token service's URL" if ctx.found.elsewhere else "spec.endpoint's host name"
         return ProbeOutcome(
-            Reason.DNS_FAILURE,
-            f"The lookup of {leaf.host} failed ({leaf.detail}). Check spec.endpoint's host name.",
+            Reason.DNS_FAILURE, f"The lookup of {leaf.host} failed ({leaf.detail}). Check {check}."
         )
     if isinstance(leaf, TimeoutError | httpx2.TimeoutException | httpcore2.TimeoutException):
         return _timed_out(phase, host, port, budget)

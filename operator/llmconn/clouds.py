@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import enum
 import re
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
+from llmconn.oauth import CLOUD_PLATFORM, google_error, post_form, token_answer
 from llmconn.spec import AwsIdentity, AzureIdentity, GcpIdentity, IdentitySpec
 
 AWS_AUDIENCE = "sts.amazonaws.com"
 AZURE_AUDIENCE = "api://AzureADTokenExchange"
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
-GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # The shortest sessions the clouds grant: the credentials serve one validation.
 AWS_SESSION_SECONDS = 900  # DurationSeconds' minimum
 GCP_LIFETIME = "600s"
@@ -175,11 +175,10 @@ async def aws(
     transport: ProbeTransport, token: str, identity: AwsIdentity, endpoints: CloudEndpoints
 ) -> AwsCredentials:
     """STS AssumeRoleWithWebIdentity -> temporary credentials for SigV4."""
-    reply = await transport.fetch(
-        "POST",
+    reply = await post_form(
+        transport,
         endpoints.aws_url(identity),
-        headers={"User-Agent": USER_AGENT, "Accept": "text/xml"},
-        form={
+        {
             "Action": "AssumeRoleWithWebIdentity",
             "Version": "2011-06-15",
             "RoleArn": identity.role_arn,
@@ -187,6 +186,7 @@ async def aws(
             "WebIdentityToken": token,
             "DurationSeconds": str(AWS_SESSION_SECONDS),
         },
+        accept="text/xml",
     )
     root = _xml(reply)
     if reply.status != 200:
@@ -250,11 +250,10 @@ async def azure(
     transport: ProbeTransport, token: str, identity: AzureIdentity, endpoints: CloudEndpoints
 ) -> BearerToken:
     """Entra ID client credentials with the ServiceAccount token as the client assertion."""
-    reply = await transport.fetch(
-        "POST",
+    reply = await post_form(
+        transport,
         endpoints.azure_url(identity),
-        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-        form={
+        {
             "client_id": identity.client_id,
             "scope": AZURE_SCOPE,
             "client_assertion_type": _JWT_BEARER,
@@ -273,14 +272,13 @@ async def gcp(
 ) -> BearerToken:
     """Google STS token exchange; then, with a service account to impersonate, its access
     token from IAM Credentials."""
-    reply = await transport.fetch(
-        "POST",
+    reply = await post_form(
+        transport,
         endpoints.gcp_url(),
-        headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
-        form={
+        {
             "grant_type": _STS_GRANT,
             "audience": identity.audience,
-            "scope": GCP_SCOPE,
+            "scope": CLOUD_PLATFORM,
             "requested_token_type": _ACCESS_TOKEN,
             "subject_token": token,
             "subject_token_type": _JWT,
@@ -297,20 +295,20 @@ async def gcp(
             "Accept": "application/json",
             "Authorization": f"Bearer {federated.token}",
         },
-        json_body={"scope": [GCP_SCOPE], "lifetime": GCP_LIFETIME},
+        json_body={"scope": [CLOUD_PLATFORM], "lifetime": GCP_LIFETIME},
     )
-    body = _json(reply)
     if reply.status != 200:
-        raise _google_error(reply, body)
+        raise _google_error(reply)
+    body = reply.json()
     access = body.get("accessToken") if isinstance(body, dict) else None
     if not isinstance(access, str) or not access:
         raise _unexpected(Step.GCP_IMPERSONATION, reply, "no accessToken in it")
     return BearerToken(access)
 
 
-def _google_error(reply: Reply, body: Any) -> ExchangeRefused:
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
+def _google_error(reply: Reply) -> ExchangeRefused:
+    error = google_error(reply)
+    if error is None:
         step = Step.GCP_IMPERSONATION
         return _by_status(step, reply) or _unexpected(step, reply, "no error object in it")
     code = str(error.get("status") or error.get("code") or "") or None
@@ -330,15 +328,15 @@ def _google_error(reply: Reply, body: Any) -> ExchangeRefused:
 
 def _oauth_token(step: Step, reply: Reply) -> BearerToken:
     """An OAuth token endpoint's answer (RFC 6749 5.1 and 5.2; Entra adds error_codes)."""
-    body = _json(reply)
+    answer = token_answer(reply, time.time())
     if reply.status != 200:
-        if not isinstance(body, dict) or not isinstance(body.get("error"), str):
+        if answer.error is None:
             raise _by_status(step, reply) or _unexpected(step, reply, "no OAuth error in it")
-        codes = body.get("error_codes")
-        code = str(body["error"])
+        codes = answer.body.get("error_codes")
+        code = answer.error
         if isinstance(codes, list) and codes and isinstance(codes[0], int):
             code = f"AADSTS{codes[0]}"  # Entra's own code says more than invalid_client
-        said = _clean(str(body.get("error_description") or ""))
+        said = _clean(answer.description or "")
         said = said.removeprefix(f"{code}: ")  # the answer names the code already
         raise ExchangeRefused(
             step,
@@ -348,15 +346,9 @@ def _oauth_token(step: Step, reply: Reply) -> BearerToken:
             code=code,
             retry_after=_retry_after(reply),
         )
-    token = body.get("access_token") if isinstance(body, dict) else None
-    if not isinstance(token, str) or not token:
+    if answer.token is None:
         raise _unexpected(step, reply, "no access_token in it")
-    return BearerToken(token)
-
-
-def _json(reply: Reply) -> Any:
-    body = reply.json()
-    return body if isinstance(body, dict) else None
+    return answer.token
 
 
 def _failure(status: int) -> Failure:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
@@ -32,7 +32,13 @@ USER_AGENT = "llmconn/0.1"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # Response headers worth keeping, by provider dialect: request ids first hit wins.
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "apim-request-id", "x-dashscope-request-id")
+REQUEST_ID_HEADERS = (
+    "x-request-id",
+    "request-id",
+    "apim-request-id",
+    "x-dashscope-request-id",
+    "x-amzn-requestid",
+)
 HEADROOM_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 EXTRA_DETAIL_HEADERS = {"x-ms-region": "region"}
 
@@ -48,6 +54,11 @@ _TRACED = {
     "http2.send_request_headers": Phase.REQUEST,
     "http2.receive_response_headers": Phase.RESPONSE,
 }
+
+
+# Signs a request as it goes out (AWS SigV4): the request's own URL, headers and body are
+# what is signed, so a redirected request is signed again for its new URL.
+Signer = Callable[[httpx2.Request], None]
 
 
 class Recorder(PhaseRecorder, Protocol):
@@ -147,13 +158,13 @@ class ProbeTransport(httpx2.AsyncBaseTransport):
         headers: Mapping[str, str],
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
-        form: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        sign: Signer | None = None,
     ) -> Reply:
-        """Send a request and read its answer, following same-origin redirects (bounded).
-        `form` is sent form-encoded (the body of OAuth and AWS query requests)."""
+        """Send a request and read its answer, following same-origin redirects (bounded)."""
         origin = _origin(url)
         for _hop in range(MAX_REDIRECTS + 1):
-            reply = await self._read(method, url, headers, json_body, params, form)
+            reply = await self._read(method, url, headers, json_body, params, content, sign)
             location = reply.headers.get("location")
             if reply.status not in _REDIRECTS or not location:
                 return reply
@@ -172,7 +183,7 @@ class ProbeTransport(httpx2.AsyncBaseTransport):
                 )
             url, params = target, None
             if status == 303:
-                method, json_body, form = "GET", None, None
+                method, json_body, content = "GET", None, None
         raise RedirectRefused(reply.status, f"more than {MAX_REDIRECTS} times", too_many=True)
 
     async def _read(
@@ -182,11 +193,14 @@ class ProbeTransport(httpx2.AsyncBaseTransport):
         headers: Mapping[str, str],
         json_body: Any,
         params: Mapping[str, str] | None,
-        form: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        sign: Signer | None = None,
     ) -> Reply:
         request = self.client.build_request(
-            method, url, headers=headers, json=json_body, params=params, data=form
+            method, url, headers=headers, json=json_body, params=params, content=content
         )
+        if sign is not None:
+            sign(request)
         response = await self.handle_async_request(request)
         try:
             body = await response.aread()

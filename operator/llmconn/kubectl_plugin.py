@@ -44,13 +44,16 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "InvalidAPIKey": (
         "The provider rejected the credentials: 401, invalid_api_key, authentication_error, "
-        "Gemini API_KEY_INVALID, or an MCP 401.",
+        "Gemini API_KEY_INVALID, xAI's 400 for a wrong key, AWS UnrecognizedClientException "
+        "or InvalidSignatureException, an MCP 401, or a service-account key that Google's "
+        "token service refuses (invalid_grant).",
         "Put a valid key in the Secret and key the message names. For DashScope and Azure, "
         "also check that the endpoint is the key's region or resource.",
     ),
     "PermissionDenied": (
-        "The credentials are valid but not allowed: 403, permission_error, or Gemini "
-        "FAILED_PRECONDITION.",
+        "The credentials are valid but not allowed: 403, permission_error, Gemini "
+        "FAILED_PRECONDITION, or on Vertex AI a missing aiplatform.endpoints.predict, a "
+        "disabled API or billing.",
         "Check the key's project, region, scopes or the server's access rules.",
     ),
     "ModelNotFound": (
@@ -61,9 +64,12 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "ModelRetired": (
         "The provider has retired the model: requests naming it fail. Seen where the "
-        "provider says so for free (Anthropic's model lookup).",
-        "Move spec.model to a current model. Deprecated models still validate, with a "
-        "Deprecated condition that counts the days to retirement.",
+        "provider says so for free (Anthropic's model lookup, OpenAI's shutdown_date passed, "
+        "Azure's deprecation.inference passed for the model a deployment serves, or Azure's "
+        "410).",
+        "Move spec.model to a current model (Azure: the deployment to a current model "
+        "version). Deprecated models still validate, with a Deprecated condition that counts "
+        "the days to retirement.",
     ),
     "QuotaExceeded": (
         'Out of credits or quota: insufficient_quota, 402, "credit balance", DashScope '

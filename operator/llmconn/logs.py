@@ -34,11 +34,13 @@ RAW_LOGGERS = (
     "httpx",
     "mcp",
     "aiohttp",
+    "botocore",  # logs SigV4's canonical request at debug level, security token included
 )
 
 # "Authorization: Bearer x", "'x-api-key': 'x'", "(b'api-key', b'x')", "Bearer x", "Basic x".
 _CREDENTIAL_HEADER = re.compile(
-    r"(?i)\b(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key|cookie)"
+    r"(?i)\b(authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key|cookie"
+    r"|x-amz-security-token)"
     r"""(["']?\s*[:=,]\s*(?-i:b)?["']?\s*)(?:(?:bearer|basic)\s+)?[^\s"',;)}\]]+"""
 )
 _TOKEN = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}")

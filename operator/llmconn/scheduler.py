@@ -4,6 +4,10 @@ A heap of (due time, key) instead of a task or timer per connection: 10,000 conn
 10,000 heap entries and a handful of tasks, and the pool bounds probes in flight. Re-scheduling
 a key supersedes its older entry (lazy deletion), so the heap never needs searching.
 
+Two heaps, in fact: keys asked for `now` (new facts: a new or changed connection, a rotated
+Secret, a request) go ahead of every planned key, however overdue the planned ones are. A
+backlog of periodic validations delays periodic validations, never a user's change.
+
 Keys belong to groups (the operator's: namespaces), and one group holds at most `group_limit`
 workers: a due key whose group is at its limit waits aside, keeping its place in time, and the
 next due key of another group runs. So one tenant's slow endpoints never hold every worker.
@@ -21,6 +25,9 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+_Entry = tuple[float, int, K]  # (due, sequence, key): the sequence breaks ties, marks a plan
+
+URGENT, PLANNED = 0, 1  # the heaps, in the order they are served
 
 
 class Scheduler(Generic[K]):
@@ -37,7 +44,7 @@ class Scheduler(Generic[K]):
     ) -> None:
         self._work = work
         self._clock = clock
-        self._heap: list[tuple[float, int, K]] = []
+        self._heaps: tuple[list[_Entry[K]], list[_Entry[K]]] = ([], [])  # URGENT, PLANNED
         self._due: dict[K, tuple[float, int]] = {}  # the live entry of each key
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -52,16 +59,18 @@ class Scheduler(Generic[K]):
         self._floor = floor  # the earliest time a key may run (a Retry-After, say)
         self._group_limit = group_limit or concurrency
         self._group_running: Counter[Hashable] = Counter()
-        # Due keys whose group was at its limit, with their heap entries, by group.
-        self._held: dict[Hashable, list[tuple[float, int, K]]] = {}
+        # Due keys whose group was at its limit, by group: heaps of (rank, heap entry).
+        self._held: dict[Hashable, list[tuple[int, float, int, K]]] = {}
 
     # --- scheduling ----------------------------------------------------------------
-    def at(self, key: K, due: float) -> None:
-        """Run `key` at monotonic time `due`, replacing any earlier plan for it."""
+    def at(self, key: K, due: float, *, urgent: bool = False) -> None:
+        """Run `key` at monotonic time `due`, replacing any earlier plan for it; an `urgent`
+        key goes ahead of every planned one once due."""
         entry = (due, next(self._seq))
         self._due[key] = entry
-        heapq.heappush(self._heap, (*entry, key))
-        if self._heap[0][2] == key:
+        heap = self._heaps[URGENT if urgent else PLANNED]
+        heapq.heappush(heap, (*entry, key))
+        if heap[0][2] == key:
             self._wake.set()
 
     def now(self, key: K) -> None:
@@ -70,12 +79,13 @@ class Scheduler(Generic[K]):
         if key in self._running:
             self._again.add(key)
             return
-        self.at(key, max(self._clock(), self._floor(key)))
+        self.at(key, max(self._clock(), self._floor(key)), urgent=True)
 
     def clear(self) -> None:
         """Forget every plan (running validations finish)."""
         self._due.clear()
-        self._heap.clear()
+        for heap in self._heaps:
+            heap.clear()
         self._again.clear()
         self._held.clear()
 
@@ -137,39 +147,46 @@ class Scheduler(Generic[K]):
 
     async def _next_due(self) -> K:
         while True:
-            while self._heap:
-                due, seq, key = self._heap[0]
-                if self._due.get(key) != (due, seq):
-                    heapq.heappop(self._heap)  # superseded or cancelled
-                    continue
-                delay = due - self._clock()
-                if delay <= 0 and key in self._running:
-                    # Due while its last run goes on: once more when that ends. (A plan still
-                    # in the future stays a plan: it is not pulled forward.)
-                    heapq.heappop(self._heap)
-                    del self._due[key]
-                    self._again.add(key)
-                    continue
-                if delay <= 0 and self._group_running[group := self._group(key)] >= (
-                    self._group_limit
-                ):
-                    # Its group has all the workers it may have: aside until one ends.
-                    self._held.setdefault(group, []).append(heapq.heappop(self._heap))
-                    continue
-                if delay <= 0:
-                    heapq.heappop(self._heap)
-                    del self._due[key]
-                    if self._on_lag is not None:
-                        self._on_lag(-delay)
-                    return key
-                break
+            key = self._pick()
+            if key is not None:
+                return key
             self._wake.clear()
-            timeout = (self._heap[0][0] - self._clock()) if self._heap else None
+            heads = [heap[0][0] for heap in self._heaps if heap]
+            timeout = (min(heads) - self._clock()) if heads else None
             # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation that
             # arrives as the event is set (the loop would then wait forever at shutdown).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
+
+    def _pick(self) -> K | None:
+        """The next key to run now, urgent ones first; None if none may run yet."""
+        now = self._clock()
+        for rank, heap in enumerate(self._heaps):
+            while heap:
+                due, seq, key = heap[0]
+                if self._due.get(key) != (due, seq):
+                    heapq.heappop(heap)  # superseded or cancelled
+                    continue
+                if due > now:
+                    break
+                heapq.heappop(heap)
+                if key in self._running:
+                    # Due while its last run goes on: once more when that ends. (A plan still
+                    # in the future stays a plan: it is not pulled forward.)
+                    del self._due[key]
+                    self._again.add(key)
+                    continue
+                group = self._group(key)
+                if self._group_running[group] >= self._group_limit:
+                    # Its group has all the workers it may have: aside until one ends.
+                    heapq.heappush(self._held.setdefault(group, []), (rank, due, seq, key))
+                    continue
+                del self._due[key]
+                if self._on_lag is not None:
+                    self._on_lag(now - due)
+                return key
+        return None
 
     async def _run_one(self, key: K) -> None:
         try:
@@ -180,10 +197,22 @@ class Scheduler(Generic[K]):
             self._group_running[group] -= 1
             if not self._group_running[group]:
                 del self._group_running[group]
-            for entry in self._held.pop(group, ()):
-                heapq.heappush(self._heap, entry)  # superseded ones are dropped as usual
+            self._release_held(group)
             self._wake.set()
             self._slots.release()
             if key in self._again:
                 self._again.discard(key)
                 self.at(key, max(self._clock(), self._floor(key)))
+
+    def _release_held(self, group: Hashable) -> None:
+        """One worker of `group` ended: its earliest live held key goes back to the heap. Only
+        one: putting them all back would move each one aside again at once, which costs the
+        whole backlog on every validation (10,000 keys in one namespace: most of the CPU)."""
+        held = self._held.get(group)
+        while held:
+            rank, due, seq, key = heapq.heappop(held)
+            if self._due.get(key) == (due, seq):  # else superseded or cancelled: dropped
+                heapq.heappush(self._heaps[rank], (due, seq, key))
+                break
+        if not held:
+            self._held.pop(group, None)

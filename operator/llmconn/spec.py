@@ -36,7 +36,15 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # Headers that carry credentials: never in plain `headers`, always in `headersFromSecret`.
 CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "proxy-authorization"}
+    {
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "x-amz-security-token",
+        "cookie",
+        "proxy-authorization",
+    }
 )
 # Headers the HTTP client owns (framing, routing, the connection itself): a spec that set
 # them could smuggle a second request or reach another virtual host.
@@ -59,10 +67,18 @@ HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
 # the CRD, and again by the API client.
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+# An AWS Region code (us-east-1, eu-central-2, us-gov-west-1, ap-southeast-5): it goes into a
+# host name, so nothing else is let through.
+AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"
 # The longest probe a connection may ask for: one tenant's slow endpoints hold workers.
 MAX_TIMEOUT = 60.0
 # A model or deployment goes into URL paths: "." and ".." segments would climb them.
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
+# Google Cloud project IDs (or a project number, which the APIs take too). The location goes
+# into a host name (https://{location}-aiplatform.googleapis.com): letters, digits and one
+# hyphen at most, nothing that could end or change the host.
+GCP_PROJECT_PATTERN = r"^([a-z][-a-z0-9]{4,28}[a-z0-9]|[0-9]{1,20})$"
+GCP_LOCATION_PATTERN = r"^[a-z]+(-[a-z]+[0-9]+)?$"
 
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=64)]
 
@@ -122,6 +138,11 @@ class ProviderRules(Protocol):
     @property
     def auth_header(self) -> str:
         """The request header apiKeySecretRef fills, lower case."""
+        ...
+
+    @property
+    def aws_sigv4(self) -> bool:
+        """Whether it signs with AWS credentials (awsCredentialsSecretRef)."""
         ...
 
     @property
@@ -206,15 +227,71 @@ class McpSpec(_Strict):
     transport: McpTransport = McpTransport.STREAMABLE_HTTP
 
 
-# The provider-specific blocks of the spec, by field name: a provider accepts only those it
-# declares.
-BLOCKS: dict[str, type[_Strict]] = {"azure": AzureSpec, "mcp": McpSpec}
+class BedrockSpec(_Strict):
+    region: Annotated[str, StringConstraints(max_length=32, pattern=AWS_REGION_PATTERN)]
+
+
+class AwsCredentialsRef(_Strict):
+    """AWS access keys in one Secret. The default key names are the AWS SDKs' environment
+    variables, so the Secret an agent takes with `envFrom` works here as it is."""
+
+    name: SecretName
+    access_key_id_key: SecretKey = Field(default="AWS_ACCESS_KEY_ID", alias="accessKeyIdKey")
+    secret_access_key_key: SecretKey = Field(
+        default="AWS_SECRET_ACCESS_KEY", alias="secretAccessKeyKey"
+    )
+    session_token_key: SecretKey | None = Field(default=None, alias="sessionTokenKey")
+
+    @property
+    def refs(self) -> list[SecretKeyRef]:
+        """The Secret keys read: access key id, secret access key, session token if named."""
+        keys = [self.access_key_id_key, self.secret_access_key_key, self.session_token_key]
+        return [SecretKeyRef(name=self.name, key=key) for key in keys if key is not None]
+
+
+class VertexPublisher(StrEnum):
+    GOOGLE = "google"  # Gemini
+    ANTHROPIC = "anthropic"  # Claude
+
+
+def _gcp_project(value: str) -> str:
+    if not re.fullmatch(GCP_PROJECT_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a Google Cloud project: give its ID (6 to 30 lower-case "
+            "letters, digits and hyphens, starting with a letter, not ending with a hyphen) "
+            "or its number"
+        )
+    return value
+
+
+def _gcp_location(value: str) -> str:
+    if not re.fullmatch(GCP_LOCATION_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a Vertex AI location: a region such as us-central1 or "
+            "europe-west4, the multi-regions us or eu, or global"
+        )
+    return value
+
+
+class VertexAISpec(_Strict):
+    project: Annotated[str, StringConstraints(max_length=64), AfterValidator(_gcp_project)]
+    location: Annotated[str, StringConstraints(max_length=63), AfterValidator(_gcp_location)]
+    publisher: VertexPublisher = VertexPublisher.GOOGLE
+
+
+# The provider-specific blocks of the spec, by their name in a manifest: a provider accepts
+# only those it declares.
+BLOCKS: dict[str, type[_Strict]] = {
+    "azure": AzureSpec,
+    "mcp": McpSpec,
+    "bedrock": BedrockSpec,
+    "vertexAI": VertexAISpec,
+}
 
 # --- spec.identity: a ServiceAccount's token exchanged at a cloud, instead of a key --------
 
 # A role in any AWS partition (aws, aws-cn, aws-us-gov, ...), with an optional path.
 ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[-A-Za-z0-9_+=,.@/]+$"
-AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"
 # An Entra tenant: its GUID or one of its domain names (the token endpoint takes both).
 TENANT_PATTERN = (
     r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$"
@@ -381,6 +458,9 @@ class LLMConnectionSpec(_Strict):
     endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
     model: PathName | None = None
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
+    aws_credentials_secret_ref: AwsCredentialsRef | None = Field(
+        default=None, alias="awsCredentialsSecretRef"
+    )
     identity: IdentitySpec | None = None
     headers: dict[str, str] = Field(default_factory=dict, max_length=32)
     headers_from_secret: list[SecretHeader] = Field(
@@ -388,6 +468,8 @@ class LLMConnectionSpec(_Strict):
     )
     azure: AzureSpec | None = None
     mcp: McpSpec | None = None
+    bedrock: BedrockSpec | None = None
+    vertex_ai: VertexAISpec | None = Field(default=None, alias="vertexAI")
     suspend: bool = False
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
     tls: TLSSpec = Field(default_factory=TLSSpec)
@@ -434,9 +516,10 @@ class LLMConnectionSpec(_Strict):
         providers = _declared(info)
         rules = providers[self.provider]
         for block in BLOCKS:
-            if block in rules.required_blocks and getattr(self, block) is None:
-                raise ValueError(f"{_block_needs(block)} is required for provider {self.provider}")
-            if getattr(self, block) is not None and block not in rules.blocks:
+            given = self.block(block) is not None
+            if block in rules.required_blocks and not given:
+                raise ValueError(f"{_block_needs(block)} required for provider {self.provider}")
+            if given and block not in rules.blocks:
                 allowed = " or ".join(sorted(n for n, r in providers.items() if block in r.blocks))
                 raise ValueError(f"the {block} block is only allowed with provider {allowed}")
         if rules.default_endpoint is None and self.endpoint is None:
@@ -446,9 +529,16 @@ class LLMConnectionSpec(_Strict):
             if name.lower() in seen:
                 raise ValueError(f"header {name!r} is given twice (names ignore case)")
             seen.add(name.lower())
-        if self.api_key_secret_ref is not None and rules.auth_header in seen:
+        aws = self.aws_credentials_secret_ref
+        if aws is not None and not rules.aws_sigv4:
+            allowed = " or ".join(sorted(n for n, r in providers.items() if r.aws_sigv4))
+            raise ValueError(f"awsCredentialsSecretRef is only allowed with provider {allowed}")
+        if aws is not None and self.api_key_secret_ref is not None:
+            raise ValueError("apiKeySecretRef and awsCredentialsSecretRef: use one of the two")
+        filled = "apiKeySecretRef" if aws is None else "awsCredentialsSecretRef"
+        if (self.api_key_secret_ref or aws) is not None and rules.auth_header in seen:
             raise ValueError(
-                f"headersFromSecret sets {rules.auth_header!r}, the header apiKeySecretRef "
+                f"headersFromSecret sets {rules.auth_header!r}, the header {filled} "
                 f"fills for provider {self.provider}: use one of the two"
             )
         if self.identity is not None:
@@ -459,6 +549,8 @@ class LLMConnectionSpec(_Strict):
         assert self.identity is not None
         if self.api_key_secret_ref is not None:
             raise ValueError("identity and apiKeySecretRef are mutually exclusive: use one")
+        if self.aws_credentials_secret_ref is not None:
+            raise ValueError("identity and awsCredentialsSecretRef are mutually exclusive: use one")
         cloud = self.identity.cloud
         if cloud not in providers[self.provider].identities:
             allowed = sorted(n for n, r in providers.items() if cloud in r.identities)
@@ -473,6 +565,12 @@ class LLMConnectionSpec(_Strict):
                 "fill: use one of the two"
             )
 
+    def block(self, name: str) -> _Strict | None:
+        """A provider-specific block by its name in the manifest (a key of BLOCKS)."""
+        field = next(n for n, f in type(self).model_fields.items() if (f.alias or n) == name)
+        value: _Strict | None = getattr(self, field)
+        return value
+
     # Derived facts, in one place.
     @property
     def default_validation_type(self) -> ValidationType:
@@ -484,6 +582,8 @@ class LLMConnectionSpec(_Strict):
     def secret_refs(self) -> list[SecretKeyRef]:
         """Every Secret key the probe reads, API key first."""
         refs = [self.api_key_secret_ref] if self.api_key_secret_ref else []
+        if self.aws_credentials_secret_ref:
+            refs += self.aws_credentials_secret_ref.refs
         refs += [h.secret_key_ref for h in self.headers_from_secret]
         if self.tls.ca_bundle_secret_ref:
             refs.append(self.tls.ca_bundle_secret_ref)
@@ -491,10 +591,12 @@ class LLMConnectionSpec(_Strict):
 
 
 def _block_needs(block: str) -> str:
-    """What a required block must hold, for messages: "azure.deployment"."""
+    """What a required block must hold, for messages: "azure.deployment is"."""
     fields = BLOCKS[block].model_fields
-    required = [field.alias or name for name, field in fields.items() if field.is_required()]
-    return f"{block}.{required[0]}" if required else f"the {block} block"
+    required = [f"{block}.{f.alias or n}" for n, f in fields.items() if f.is_required()]
+    if not required:
+        return f"the {block} block is"
+    return " and ".join(required) + (" are" if len(required) > 1 else " is")
 
 
 def parse(raw: Mapping[str, Any], providers: Mapping[str, ProviderRules]) -> LLMConnectionSpec:

@@ -12,9 +12,10 @@ Decisions worth knowing:
 - Errors while reading Secrets propagate: they are the operator's trouble (API down), not
   the connection's, and must not be written into its status. So do errors while minting a
   spec.identity token, except the answers about the connection (`llmconn.identity`).
-- spec.identity: the minted token and the cloud's credentials are held by this call only,
-  redacted from logs while it runs and from the verdict; the exchange and the probe share
-  the timeout.
+- Every secret a validation holds (a Secret's value, the token minted for spec.identity, the
+  credentials a cloud exchanged it for) is registered once (`_Held`): kept by this call
+  only, redacted from logs while it runs and from the verdict. The exchange and the probe
+  share the timeout.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -75,10 +76,10 @@ async def validate(
     tokens of spec.identity (the operator's; None where there is no cluster)."""
     settings = effective(spec, defaults)
     info = registry.get(spec.provider)
-    endpoint = info.base_url(spec.endpoint)
-    # Tokens and credentials of this validation besides the Secrets': redacted from the
-    # verdict and from every log record while it runs, and dropped when it ends.
-    hidden: list[str] = []
+    endpoint = info.base_url(spec.endpoint, spec)
+    # Every secret value this validation holds: redacted from the verdict, and from log
+    # records until it ends (the probe adds what it makes to ctx.found.secrets).
+    held = _Held()
 
     def finish(
         outcome: ProbeOutcome,
@@ -87,7 +88,8 @@ async def validate(
         latency_ms: int | None = None,
         found: Findings | None = None,
     ) -> Verdict:
-        redact = Redactor([*(used.credentials if used is not None else ()), *hidden])
+        secrets = [*held.values, *(ctx.found.secrets if ctx is not None else ())]
+        redact = Redactor(secrets)
         details = dict(outcome.details)
         found = ctx.found if ctx is not None else found
         if found is not None:
@@ -115,28 +117,22 @@ async def validate(
     if (refused := _refuse_config(spec, settings, defaults, info.inference)) is not None:
         return finish(refused)
 
-    used = await _read_secrets(spec, secrets)
-    if used.failure is not None:
-        return finish(used.failure, used)
+    with held:
+        used = await _read_secrets(spec, secrets, key_secrets=info.key_secrets)
+        held.add(used.credentials)
+        if used.failure is not None:
+            return finish(used.failure, used)
 
-    minted: identity.Minted | None = None
-    if spec.identity is not None:
-        got = await identity.mint(spec.identity, tokens)
-        if isinstance(got, ProbeOutcome):
-            return finish(got, used)
-        minted = got
-        hidden.append(minted.token)
-
-    tls = TLSOptions(ca_bundle=used.ca_bundle, insecure_skip_verify=spec.tls.insecure_skip_verify)
-    # Log records name no secret of this probe, whoever writes them (see llmconn.logs).
-    with logs.in_use(used.credentials), contextlib.ExitStack() as held:
-        held.enter_context(logs.in_use(hidden))
         found, creds, deadline = Findings(), None, None
-        if spec.identity is not None and minted is not None:
+        if spec.identity is not None:
+            minted = await identity.mint(spec.identity, tokens)
+            if isinstance(minted, ProbeOutcome):
+                return finish(minted, used)
+            held.add([minted.token])
             # One budget for the token exchange and the probe.
             deadline = asyncio.get_running_loop().time() + settings.timeout
             async with pool.lease() as plain:  # the system's trust roots: the cloud's
-                got_creds, found = await identity.exchange(
+                got, found = await identity.exchange(
                     plain,
                     info,
                     spec.identity,
@@ -146,11 +142,15 @@ async def validate(
                     timeout=settings.timeout,
                     validation_type=settings.type,
                 )
-            if isinstance(got_creds, ProbeOutcome):
-                return finish(got_creds, used, found=found)
-            creds = got_creds
-            hidden.extend(creds.secrets())
-            held.enter_context(logs.in_use(creds.secrets()))
+            if isinstance(got, ProbeOutcome):
+                return finish(got, used, found=found)
+            creds = got
+            held.add(creds.secrets())
+        aws = creds if isinstance(creds, AwsCredentials) else used.aws_credentials
+
+        tls = TLSOptions(
+            ca_bundle=used.ca_bundle, insecure_skip_verify=spec.tls.insecure_skip_verify
+        )
         try:
             async with pool.lease(tls) as client:
                 ctx = ProbeContext(
@@ -165,8 +165,12 @@ async def validate(
                     headers={**spec.headers, **used.headers},
                     azure=spec.azure,
                     mcp=spec.mcp,
-                    aws_credentials=creds if isinstance(creds, AwsCredentials) else None,
+                    bedrock=spec.bedrock,
+                    aws_credentials=aws,
+                    aws_credentials_ref=spec.aws_credentials_secret_ref,
+                    vertex_ai=spec.vertex_ai,
                     bearer_token=creds if isinstance(creds, BearerToken) else None,
+                    identity=spec.identity,
                     found=Findings(details=dict(found.details)),
                 )
                 outcome, latency_ms = await _run(ctx, deadline)
@@ -179,7 +183,7 @@ async def validate(
                 ),
                 used,
             )
-    return finish(outcome, used, ctx, latency_ms)
+        return finish(outcome, used, ctx, latency_ms)
 
 
 # --- before the probe ------------------------------------------------------------------
@@ -205,6 +209,28 @@ def _refuse_config(
     return None
 
 
+class _Held:
+    """The secret values one validation holds, whatever gave them: its Secrets, the token
+    minted for spec.identity, the credentials the cloud exchanged it for. Each is hidden from
+    every log record from when it is added until the validation ends (`with`), and the
+    verdict is redacted of all of them: one registration for every source."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._stack = contextlib.ExitStack()
+
+    def add(self, values: Iterable[str]) -> None:
+        new = [v for v in values if v]
+        self.values.extend(new)
+        self._stack.enter_context(logs.in_use(new))
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stack.close()
+
+
 @dataclass
 class _UsedSecrets:
     observed: tuple[ObservedSecret, ...] = ()
@@ -212,11 +238,20 @@ class _UsedSecrets:
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     ca_bundle: bytes | None = None
+    aws: dict[str, str] = field(default_factory=dict)  # the AwsCredentials field -> value
+    key_secrets: tuple[str, ...] | None = None  # the secret parts of a credentials file
+
+    @property
+    def aws_credentials(self) -> AwsCredentials | None:
+        return AwsCredentials(**self.aws) if self.aws else None
 
     @property
     def credentials(self) -> list[str]:
-        """The values to redact: the CA bundle is public trust material, not a credential."""
-        return [v for v in (self.api_key, *self.headers.values()) if v]
+        """The values to redact: the CA bundle is public trust material, not a credential;
+        every part of AWS credentials is (the access key id included); of a credentials file
+        only its secret parts are."""
+        key = self.key_secrets if self.key_secrets is not None else (self.api_key,)
+        return [v for v in (*key, *self.headers.values(), *self.aws.values()) if v]
 
 
 @dataclass(frozen=True)
@@ -225,19 +260,29 @@ class _Ref:
     ref: SecretKeyRef
     header: str | None = None  # the request header it fills, for headersFromSecret
     ca_bundle: bool = False
+    aws: str | None = None  # the AwsCredentials field it fills, for awsCredentialsSecretRef
 
 
 def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
     """Every Secret key the probe reads, with the spec field that names it."""
     if spec.api_key_secret_ref:
         yield _Ref("spec.apiKeySecretRef", spec.api_key_secret_ref)
+    if (aws := spec.aws_credentials_secret_ref) is not None:
+        fields = ("access_key_id", "secret_access_key", "session_token")
+        for ref, name in zip(aws.refs, fields, strict=False):
+            yield _Ref("spec.awsCredentialsSecretRef", ref, aws=name)
     for i, header in enumerate(spec.headers_from_secret):
         yield _Ref(f"spec.headersFromSecret[{i}]", header.secret_key_ref, header=header.name)
     if spec.tls.ca_bundle_secret_ref:
         yield _Ref("spec.tls.caBundleSecretRef", spec.tls.ca_bundle_secret_ref, ca_bundle=True)
 
 
-async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedSecrets:
+async def _read_secrets(
+    spec: LLMConnectionSpec,
+    source: SecretSource,
+    *,
+    key_secrets: Callable[[str], Sequence[str]] | None = None,
+) -> _UsedSecrets:
     found: dict[str, SecretData | None] = {}
     observed: list[ObservedSecret] = []
     values: list[tuple[_Ref, bytes]] = []
@@ -272,19 +317,38 @@ async def _read_secrets(spec: LLMConnectionSpec, source: SecretSource) -> _UsedS
         if use.ca_bundle:
             used.ca_bundle = value
             continue
-        text = _header_text(value)
+        key_file = key_secrets is not None and use.header is None and use.aws is None
+        text = _file_text(value) if key_file else _header_text(value)
         if text is None:
+            cannot = (
+                "is empty or not UTF-8 text"
+                if key_file
+                else "is empty or holds characters that cannot go in an HTTP header (control "
+                "characters, non-ASCII)"
+            )
             used.failure = ProbeOutcome(
                 Reason.INVALID_CONFIGURATION,
-                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) is empty or holds "
-                "characters that cannot go in an HTTP header (control characters, non-ASCII).",
+                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) {cannot}.",
             )
             return used
-        if use.header is None:
+        if use.aws is not None:
+            used.aws[use.aws] = text
+        elif use.header is None:
             used.api_key = text
+            if key_secrets is not None:
+                used.key_secrets = tuple(key_secrets(text))
         else:
             used.headers[use.header] = text
     return used
+
+
+def _file_text(value: bytes) -> str | None:
+    """A credentials file (JSON, several lines) or a plain key: UTF-8 text, no NUL."""
+    try:
+        text = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    return text if text and "\x00" not in text else None
 
 
 def _header_text(value: bytes) -> str | None:

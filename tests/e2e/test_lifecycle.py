@@ -1,6 +1,7 @@
-"""Model lifecycle end to end: a provider announces a model's shutdown; the connection stays
-Ready, says Deprecated with the days left, posts one Warning Event, and the retirement gauge
-is scraped from the operator's metrics."""
+"""Model lifecycle end to end: a provider announces a model's retirement (OpenAI's
+`shutdown_date`; Azure's model list, for the model a deployment serves); the connection stays
+Ready, says Deprecated with the days left, posts one Warning Event, and the retirement gauge is
+scraped from the operator's metrics."""
 
 from __future__ import annotations
 
@@ -9,16 +10,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opkit import Api, OperatorProcess, condition, manifest, secret, wait_for
 
 from controlplane.cluster import ControlPlane
+from servers import azure_dialect
 from servers.serve import serve
 
 KEY = "sk-lifecycle-0123456789abcdef"
 SHUTDOWN = "2027-03-01"  # after today's date in these tests' world; a past one is ModelRetired
 
 
-def app() -> Any:
+def openai_app() -> Any:
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
     from starlette.routing import Route
@@ -37,21 +40,37 @@ def app() -> Any:
     return Starlette(routes=[Route("/v1/models", model), Route("/v1/models/{m:path}", model)])
 
 
+# provider -> (app, key, spec without the endpoint, path after the URL, the announced date)
+CASES: dict[str, tuple[Any, str, dict[str, Any], str, str]] = {
+    "openai": (openai_app, KEY, {"provider": "openai", "model": "gpt-4o"}, "/v1", SHUTDOWN),
+    # The deployment serves a model its resource lists as deprecating; Azure's model list tells
+    # only for the model a completion showed (Inference).
+    "azure-openai": (
+        azure_dialect.make_app,
+        azure_dialect.API_KEY,
+        {
+            "provider": "azure-openai",
+            "azure": {"deployment": "gpt-4o-old"},
+            "validation": {"type": "Inference"},
+        },
+        "",
+        "2029-03-01T00:00:00Z",
+    ),
+}
+
+
+@pytest.mark.parametrize("provider", list(CASES))
 def test_a_deprecated_model_is_ready_with_a_warning_and_a_gauge(
-    cluster: ControlPlane, namespace: str, tmp_path: Path
+    cluster: ControlPlane, namespace: str, tmp_path: Path, provider: str
 ) -> None:
-    with serve(app()) as url:
-        spec = {
-            "provider": "openai",
-            "endpoint": url + "/v1",
-            "model": "gpt-4o",
-            "apiKeySecretRef": {"name": "creds"},
-        }
+    make_app, key, base, path, announced = CASES[provider]
+    with serve(make_app()) as url:
+        spec = {**base, "endpoint": url + path, "apiKeySecretRef": {"name": "creds"}}
         cluster.kubectl(
             "apply",
             "-f",
             "-",
-            input=secret(namespace, "creds", {"apiKey": KEY})
+            input=secret(namespace, "creds", {"apiKey": key})
             + "\n---\n"
             + manifest(namespace, "old", spec),
         )
@@ -78,19 +97,30 @@ def test_a_deprecated_model_is_ready_with_a_warning_and_a_gauge(
                 "-o",
                 'jsonpath={.status.conditions[?(@.type=="Deprecated")].message}',
             ).stdout
-            assert SHUTDOWN in shown
+            assert announced in shown
+            retires = cluster.kubectl(
+                "get",
+                "llmconnection",
+                "old",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.status.modelLifecycle.retiresAt}",
+            ).stdout
+            assert retires == announced
             events = wait_for(
                 "the ModelDeprecated Event",
                 lambda: [e for e in api.events(namespace) if e["reason"] == "ModelDeprecated"],
             )
             assert len(events) == 1 and events[0]["type"] == "Warning"
-            when = dt.datetime.fromisoformat(SHUTDOWN).replace(tzinfo=dt.UTC).timestamp()
+            when = dt.datetime.fromisoformat(announced.replace("Z", "+00:00"))
+            when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
             series = (
                 f'llmconn_model_retirement_timestamp_seconds{{name="old",namespace="{namespace}"}}'
             )
             metrics = wait_for("the gauge", lambda: series in op.metrics() and op.metrics())
             line = next(x for x in metrics.splitlines() if x.startswith(series))
-            assert float(line.split()[-1]) == when
-            assert json.dumps(status).count(KEY) == 0
+            assert float(line.split()[-1]) == when.timestamp()
+            assert json.dumps(status).count(key) == 0
         finally:
             op.stop()

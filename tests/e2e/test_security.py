@@ -261,7 +261,7 @@ def test_the_debug_log_names_no_credential_in_any_form(
             headers={"x-request-id": said[:200], "www-authenticate": f'Bearer error="{said}"'},
         )
 
-    canaries = {f"k{i}": f"canary{i}-" + pysecrets.token_urlsafe(24) for i in range(8)}
+    canaries = {f"k{i}": f"canary{i}-" + pysecrets.token_urlsafe(24) for i in range(13)}
     app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "DELETE"])])
     with serve(app) as url:
         ref = {"name": "creds"}
@@ -283,6 +283,26 @@ def test_the_debug_log_names_no_credential_in_any_form(
                     {"name": "Proxy-Authorization", "secretKeyRef": {**ref, "key": "k7"}},
                 ],
             },
+            # AWS access keys sign every request (the access key id and the session token
+            # go out in headers, the secret access key never does), a Bedrock API key is a
+            # bearer token, and xAI's key is checked on its own path first.
+            "bedrock-sigv4": {
+                "provider": "bedrock",
+                "bedrock": {"region": "us-east-1"},
+                "model": "m",
+                "awsCredentialsSecretRef": {
+                    **ref,
+                    "accessKeyIdKey": "k8",
+                    "secretAccessKeyKey": "k9",
+                    "sessionTokenKey": "k10",
+                },
+            },
+            "bedrock-key": {
+                "provider": "bedrock",
+                "bedrock": {"region": "us-east-1"},
+                "apiKeySecretRef": {**ref, "key": "k11"},
+            },
+            "xai": {"provider": "xai", "apiKeySecretRef": {**ref, "key": "k12"}},
         }
         docs = [secret(namespace, "creds", canaries)]
         for name, spec in specs.items():

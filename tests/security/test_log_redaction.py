@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from llmconn import logs
+from llmconn.credentials import AwsCredentials
 
 KEY = "sk-canary-4f1c9a7e2b8d6053aa"
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.operator-token-canary.c2lnbmF0dXJl"
@@ -80,6 +81,7 @@ def test_keys_no_longer_in_use_are_forgotten_but_protected_ones_are_not(
         "(b'api-key', b'unknown-key-material-42')",
         "Cookie=session-unknown-key-material-42",
         "proxy-authorization: Basic dXNlcjpwYXNzd29yZA==",
+        "{'X-Amz-Security-Token': 'unknown-key-material-42//session'}",
     ],
 )
 def test_credential_shaped_text_is_redacted_even_when_the_value_is_unknown(
@@ -90,3 +92,28 @@ def test_credential_shaped_text_is_redacted_even_when_the_value_is_unknown(
     assert logs.MARKER in out
     for secret in ("abc.def.ghi", "unknown-key-material", "dXNlcjpwYXNzd29yZA"):
         assert secret not in out
+
+
+AWS = AwsCredentials(
+    access_key_id="AKIACANARY0123456789",
+    secret_access_key="canary/Secret+Access/Key0123456789abcdefgh",
+    session_token="IQoJb3JpZ2luX2VjCANARY//////////session-token-canary-0123",
+)
+
+
+def test_every_part_of_aws_credentials_in_use_is_redacted(captured: io.StringIO) -> None:
+    log = logging.getLogger("llmconn.test")
+    with logs.in_use(AWS.secrets()):
+        log.warning("Credential=%s/20261130/us-east-1/bedrock/aws4_request", AWS.access_key_id)
+        log.warning("secret %s token %s", AWS.secret_access_key, AWS.session_token)
+    out = captured.getvalue()
+    assert out.count(logs.MARKER) >= 3
+    for value in AWS.secrets():
+        assert value[:12] not in out and value[-12:] not in out
+    assert "AKIACANA" not in repr(AWS) and "canary" not in repr(AWS)
+
+
+def test_botocore_never_logs_its_canonical_request(captured: io.StringIO) -> None:
+    # botocore.auth logs the canonical request, security token included, at debug level.
+    logging.getLogger("botocore.auth").debug("CanonicalRequest:\nx-amz-security-token:%s", "t")
+    assert captured.getvalue() == ""

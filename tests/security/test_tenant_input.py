@@ -219,3 +219,22 @@ def test_what_a_user_legitimately_writes_is_still_accepted() -> None:
         }
     )
     assert json.loads(spec.model_dump_json(by_alias=True))["validation"]["timeout"] == "1m"
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "evil.example/#",  # https://evil.example/#-aiplatform.googleapis.com
+        "x@evil.example",
+        "127.0.0.1",
+        "us-central1.evil",
+        "US-CENTRAL1",
+        "us-central1-",
+        "",
+    ],
+)
+def test_a_vertex_ai_location_cannot_change_the_host_it_names(location: str) -> None:
+    message = refused(
+        {"provider": "vertex-ai", "vertexAI": {"project": "my-project", "location": location}}
+    )
+    assert message.startswith("vertexAI.location"), message

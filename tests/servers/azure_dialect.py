@@ -2,15 +2,16 @@
 
 Serves POST /openai/deployments/{deployment}/chat/completions?api-version=... and the newer
 POST /openai/v1/chat/completions (deployment as `model`). It checks a request in Azure's
-layers: the `api-key` at the gateway (401 "Access denied due to invalid subscription
-key..."), the api-version (missing: 404 Resource not found; unknown: 400), the deployment
+layers: the `api-key` (on /openai/v1 also a Bearer token) at the gateway (401 "Access denied
+due to invalid subscription key..."), the api-version (missing: 404 Resource not found; unknown: 400), the deployment
 (404 DeploymentNotFound), then the body in the model service (400 invalid_request_error).
 Every answer carries `apim-request-id`, `x-ms-region` and `x-ratelimit-remaining-*`;
 answers from a deployment carry `x-ms-deployment-name`. `state.generated` counts completions
 actually generated, i.e. tokens spent. `state.behaviour` selects a failure to play.
 
-Also GET /openai/models?api-version=... and GET /openai/v1/models (the resource's models, with
-`lifecycle_status` and `deprecation`), and POST /openai/v1/responses (deployment as `model`).
+Also GET /openai/models?api-version=... (the resource's models, with `lifecycle_status` and
+`deprecation`), GET /openai/v1/models (the same models, without either), and POST
+/openai/v1/responses (deployment as `model`).
 
 With an Entra ID token endpoint (`entra`), the gateway also takes `Authorization: Bearer`
 with an access token it issued for https://cognitiveservices.azure.com: an invalid one is
@@ -20,13 +21,24 @@ principal without a data-plane role (`role_holders`, by client ID) is 401 Permis
 
 Sources: Azure OpenAI data-plane REST reference 2024-10-21 ("Models - List": `data` of
 models with `status`, `capabilities`, `lifecycle_status`, `deprecation.fine_tune` and
-`deprecation.inference` as Unix times); Microsoft's spillover traffic management guide
-(`x-ms-deployment-name` names the deployment that served a request). Not confirmed from a
-primary source, and so played both ways here: whether Azure checks the deployment before the
-body (the default order below) or the body first (`behaviour` "body_first", where an empty
-`messages` list is refused before routing, without `x-ms-deployment-name`, even for a
-deployment that does not exist); the 400 OperationNotSupported wording for a deployment whose
-model does not chat (as users report it).
+`deprecation.inference` as Unix times), and its spec (azure-rest-api-specs,
+`specification/cognitiveservices/data-plane/AzureOpenAI/authoring/stable/2024-10-21/
+azureopenai.json`: `Model` requires `lifecycle_status` and `deprecation`; `Deprecation`
+requires `inference`, "the end date of inference support of this model"; `LifeCycleStatus` is
+`preview` or `generally-available`, an extensible enum); the /openai/v1 spec
+(`specification/ai/data-plane/OpenAI.v1/azure-v1-v1-generated.yaml`: GET /models answers
+`OpenAI.ListModelsResponse` of `OpenAI.Model`, id, created, object, owned_by); Microsoft's
+spillover traffic management guide (`x-ms-deployment-name` names the deployment that served a
+request); the management plane's `ModelLifecycleStatus` (arm-cognitiveservices: inference calls
+to deployments of a retired model "will return 410 errors"). Not confirmed from a primary
+source, and so played both ways here: whether Azure checks the deployment before the body (the
+default order below) or the body first (`behaviour` "body_first", where an empty `messages`
+list is refused before routing, without `x-ms-deployment-name`, even for a deployment that
+does not exist). Not confirmed, and played one way: the 400 OperationNotSupported wording for
+a deployment whose model does not chat (as users report it); the body of the 410; the data
+plane's `lifecycle_status` for a deprecating model (`deprecating`, the management plane's
+`Deprecating` in the data plane's spelling); that a completion's `model` is spelled as the
+list's `id`; `owned_by` on the v1 list.
 """
 
 from __future__ import annotations
@@ -51,28 +63,43 @@ DEPLOYMENTS = {
     "o3-mini": ("o3-mini-2025-01-31", "reasoning"),
     "embeddings": ("text-embedding-3-small", "embedding"),
     "o1-pro": ("o1-pro-2025-03-19", "responses"),
+    "gpt-4o-old": ("gpt-4o-2024-05-13", "chat"),  # its model is deprecating
+    "gpt-35-legacy": ("gpt-35-turbo-0125", "chat"),  # its model's inference support has ended
+    "gpt-35-gone": ("gpt-35-turbo-0301", "retired"),  # Azure retired it: 410
 }
-# GET /openai/models: what the resource can use ("Models - List").
+# GET /openai/models: what the resource can use ("Models - List"). Every model has an end of
+# inference support: at launch a "not sooner than" date (Microsoft's model retirement policy:
+# a year out for GA models), so a date ahead is not a deprecation.
 MODELS = [
     {
         "id": "gpt-4o-2024-08-06",
         "status": "succeeded",
         "lifecycle_status": "generally-available",
-        "deprecation": {"inference": 1781913600},
+        "deprecation": {"fine_tune": 1877472000, "inference": 1877472000},  # 2029-06-30
         "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
         "created_at": 1722902400,
         "object": "model",
     },
     {
+        "id": "gpt-4o-2024-05-13",
+        "status": "succeeded",
+        "lifecycle_status": "deprecating",  # not confirmed (module doc)
+        "deprecation": {"inference": 1867017600},  # 2029-03-01
+        "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
+        "created_at": 1715558400,
+        "object": "model",
+    },
+    {
         "id": "gpt-35-turbo-0125",
         "status": "succeeded",
-        "lifecycle_status": "deprecated",
-        "deprecation": {"fine_tune": 1767225600, "inference": 1767225600},
+        "lifecycle_status": "generally-available",
+        "deprecation": {"fine_tune": 1749168000, "inference": 1767225600},  # 2026-01-01
         "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
         "created_at": 1706745600,
         "object": "model",
     },
 ]
+
 
 BEHAVIOURS = frozenset(
     {
@@ -145,6 +172,17 @@ def make_app(
     async def record(request: Request) -> Any:
         return (await state.record(request)).body
 
+    def key(request: Request) -> str | None:
+        # The /openai/v1 surface also takes the key as a Bearer token: Microsoft's "API version
+        # lifecycle" guide calls it with the plain OpenAI client (api_key, base_url
+        # .../openai/v1/), which sends `Authorization: Bearer` (openai
+        # `lib/_client_auth.py`). The dated surface takes `api-key` (openai `lib/azure.py`).
+        if request.url.path.startswith("/openai/v1/"):
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and token:
+                return token
+        return request.headers.get("api-key")
+
     def gateway(request: Request) -> Response | None:
         bearer = request.headers.get("authorization", "")
         if state.entra is not None and bearer[:7].lower() == "bearer ":
@@ -166,7 +204,7 @@ def make_app(
                         "message": "Principal does not have access to API/Operation.",
                     },
                 )
-        elif request.headers.get("api-key") != state.api_key:
+        elif key(request) != state.api_key:
             return error(
                 401,
                 {
@@ -238,6 +276,8 @@ def make_app(
             )
         model, kind = state.deployments[deployment]
         served = {"x-ms-deployment-name": deployment}
+        if kind == "retired":
+            return retired(model, served)
         if kind in ("embedding", "responses"):
             return error(
                 400,
@@ -280,6 +320,12 @@ def make_app(
             headers=headers(served),
         )
 
+    def retired(model: str, served: dict[str, str]) -> Response:
+        # The status is the management plane's word; this body is not confirmed.
+        return error(
+            410, {"code": "410", "message": f"The model {model} has been retired."}, served
+        )
+
     async def deployment_chat(request: Request) -> Response:
         body = await record(request)
         if refused := gateway(request):
@@ -310,6 +356,12 @@ def make_app(
             return error(404, {"code": "404", "message": "Resource not found"})
         if not v1 and version not in state.api_versions:
             return error(400, {"code": "BadRequest", "message": "API version not supported"})
+        if v1:  # OpenAI.Model: no lifecycle_status, no deprecation
+            data = [
+                {"id": m["id"], "created": m["created_at"], "object": "model", "owned_by": "system"}
+                for m in MODELS
+            ]
+            return JSONResponse({"object": "list", "data": data}, headers=headers())
         return JSONResponse({"data": MODELS, "object": "list"}, headers=headers())
 
     async def v1_responses(request: Request) -> Response:
@@ -329,6 +381,8 @@ def make_app(
             )
         model, kind = state.deployments[deployment]
         served = {"x-ms-deployment-name": deployment}
+        if kind == "retired":
+            return retired(model, served)
         if kind == "embedding":
             return error(
                 400,

@@ -15,10 +15,16 @@ longer be supported"; ThinkingLevel is MINIMAL, LOW, MEDIUM or HIGH, sent by the
 names): Gemini 3.5 and later refuse `thinkingBudget`, Gemini 3 models refuse both fields at
 once, and 2.x models refuse `thinkingLevel`. The wording of those 400s is ours: not
 confirmed from a primary source.
+
+Request fields are read under both spellings, `thinkingBudget` and `thinking_budget`: the
+API parses proto3 JSON, whose parsers accept the lowerCamelCase name and the proto field name
+alike (the protobuf JSON mapping), and google-genai sends the inside of `thinkingConfig` in
+snake case (`models.py`, `_GenerateContentConfig_to_mldev` copies `thinking_config` as it is).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,9 +262,9 @@ def make_app(
                 "INVALID_ARGUMENT",
                 "* GenerateContentRequest.contents: contents is not specified",
             )
-        config = body.get("generationConfig") or {}
-        thinking = config.get("thinkingConfig") or {}
-        budget = thinking.get("thinkingBudget")
+        config = _field(body, "generationConfig") or {}
+        thinking = _field(config, "thinkingConfig") or {}
+        budget = _field(thinking, "thinkingBudget")
         refused = _thinking_refused(name, thinking)
         if refused is not None:
             return _error(400, "INVALID_ARGUMENT", refused)
@@ -293,6 +299,15 @@ def make_app(
     return app
 
 
+def _field(message: Any, name: str) -> Any:
+    """A proto3 JSON field under its lowerCamelCase name or its proto (snake_case) name."""
+    if not isinstance(message, dict):
+        return None
+    if name in message:
+        return message[name]
+    return message.get(re.sub(r"[A-Z]", lambda upper: "_" + upper[0].lower(), name))
+
+
 def _thinking_refused(name: str, thinking: dict[str, Any]) -> str | None:
     """Why a model refuses this thinkingConfig (see the module doc), or None."""
     version = name.removeprefix("gemini-").split("-")[0]
@@ -300,13 +315,17 @@ def _thinking_refused(name: str, thinking: dict[str, Any]) -> str | None:
         generation = float(version)
     except ValueError:
         return None
-    budget, level = "thinkingBudget" in thinking, "thinkingLevel" in thinking
+    level_value = _field(thinking, "thinkingLevel")
+    budget = _field(thinking, "thinkingBudget") is not None
+    level = level_value is not None
     if generation >= 3.5 and budget:
         return "thinking_budget is not supported for this model. Use thinking_level instead."
     if generation >= 3 and budget and level:
         return "Only one of thinking_budget and thinking_level can be set."
     if generation < 3 and level:
         return "Thinking level is not supported for this model."
-    if level and thinking["thinkingLevel"] not in ("MINIMAL", "LOW", "MEDIUM", "HIGH"):
-        return f"Invalid value at 'generation_config.thinking_config.thinking_level' ({thinking['thinkingLevel']})"
+    if level and level_value not in ("MINIMAL", "LOW", "MEDIUM", "HIGH"):
+        return (
+            f"Invalid value at 'generation_config.thinking_config.thinking_level' ({level_value})"
+        )
     return None

@@ -8,6 +8,7 @@ paths get Go's plain-text "404 page not found". `state.behaviour` selects a fail
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,19 +161,29 @@ def make_app(
             return fail(404, f'model "{name}" not found, try pulling it first')
         if "embed" in full:
             return fail(400, f'"{name}" does not support generate')
-        if body.get("stream", True) is not False:
-            return PlainTextResponse('{"response":"O","done":false}\n', status_code=200)
         state.generated += 1
-        done = {
-            "model": full,
-            "created_at": "2026-01-01T00:00:00Z",
-            "done": True,
-            "done_reason": "stop",
-            "eval_count": 2,
-        }
-        if request.url.path == "/api/chat":
-            return JSONResponse({**done, "message": {"role": "assistant", "content": "OK"}})
-        return JSONResponse({**done, "response": "OK"})
+        chat = request.url.path == "/api/chat"
+
+        def part(text: str, **last: Any) -> dict[str, Any]:
+            said = {"message": {"role": "assistant", "content": text}} if chat else {}
+            return {
+                "model": full,
+                "created_at": "2026-01-01T00:00:00Z",
+                **(said or {"response": text}),
+                "done": bool(last),
+                **last,
+            }
+
+        done = {"done_reason": "stop", "eval_count": 2}
+        if body.get("stream", True) is not False:
+            # Streaming is the default: one JSON object a line, the last with done true and
+            # the counts (Ollama's docs/api.md; ollama `_client.py` reads it line by line).
+            lines = [part("O"), part("K"), part("", **done)]
+            return Response(
+                "".join(json.dumps(line) + "\n" for line in lines),
+                media_type="application/x-ndjson",
+            )
+        return JSONResponse(part("OK", **done))
 
     async def not_found(request: Request) -> Response:
         await gate(request)

@@ -1,7 +1,8 @@
 """A loopback server speaking the OpenAI dialect and the variants of providers that copy it.
 
 `make_app(dialect)` builds a Starlette app serving GET /models, GET /models/{id}, POST
-/chat/completions (plus DeepSeek's GET /user/balance and OpenRouter's GET /key) under a path
+/chat/completions (plus DeepSeek's GET /user/balance, OpenRouter's GET /key and xAI's GET
+/api-key) under a path
 prefix. What it answers is a `Dialect`, read on every request, so a test swaps it between calls:
 which keys are accepted, which models are listed or only served (DeepSeek aliases), which
 canned failure answers instead (`behaviour`: no quota, rate limit, HTML, ...), in which
@@ -32,6 +33,14 @@ Sources, where an answer is more than the common OpenAI shape:
 - OpenRouter: API reference "Get current API key" (`limit`, `limit_remaining`, `usage`,
   `is_free_tier`; `expires_at` as reported, not confirmed here) and "Model variants"
   (`:nitro`, `:floor`, `:exacto`, `:online`, `:free` route a listed model).
+- xAI: REST API reference "API key" (GET /v1/api-key: `redacted_api_key`, `acls`,
+  `api_key_blocked`, `api_key_disabled`, `team_blocked`, ...; 400 for an invalid key) and
+  "Debugging Errors" (400 for an incorrect API key, 403 for a blocked key or team, 404 for a
+  model that does not exist). The error body `{"code": ..., "error": ...}` and its wording
+  ("Incorrect API key provided: xa***yz. You can obtain an API key from
+  https://console.x.ai.", "... has either used all available credits or reached its monthly
+  spending limit ...") are as the openai SDK shows them in user reports, not confirmed from a
+  primary source.
 - LiteLLM proxy: `litellm/exceptions.py` BudgetExceededError ("Budget has been exceeded!
   Current cost: ..., Max budget: ...", status 429 in current releases) surfaced by the proxy as
   error type `budget_exceeded`; older proxies sent it with HTTP 400.
@@ -58,8 +67,18 @@ if not __package__:  # run as a file (make demo, make bench): `servers` is not i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from servers.recording import DialectState
 
-FLAVOURS = ("openai", "vllm", "deepseek", "dashscope", "mistral", "groq", "openrouter", "together")
-ROUTES = frozenset({"models", "model", "chat", "balance", "key"})
+FLAVOURS = (
+    "openai",
+    "vllm",
+    "deepseek",
+    "dashscope",
+    "mistral",
+    "groq",
+    "openrouter",
+    "together",
+    "xai",
+)
+ROUTES = frozenset({"models", "model", "chat", "balance", "key", "api_key"})
 FAULTS = (
     "no_quota",  # the flavour's out-of-credit answer (429 insufficient_quota, 402, Arrearage)
     "quota_legacy",  # older OpenAI body: 429 with code null and type insufficient_quota
@@ -78,7 +97,9 @@ FAULTS = (
 RETRY_AFTER_SECONDS = 20
 # Flavours that send x-request-id and x-ratelimit-* headers (DashScope and Mistral put the id
 # in error bodies instead).
-_REQUEST_ID_HEADER = frozenset({"openai", "vllm", "deepseek", "groq", "openrouter", "together"})
+_REQUEST_ID_HEADER = frozenset(
+    {"openai", "vllm", "deepseek", "groq", "openrouter", "together", "xai"}
+)
 _HEADROOM = frozenset({"openai", "groq", "openrouter", "together"})
 _OPENAI_REASONING = ("o1", "o3", "o4", "gpt-5")
 
@@ -106,6 +127,9 @@ class Dialect(DialectState):
     unauthorized: str = "flavour"  # Mistral's 401 body: "flavour", "detail" or "empty"
     budget_status: int = 400  # LiteLLM's budget_exceeded status
     shutdown: dict[str, str] = field(default_factory=dict)  # model -> OpenAI shutdown_date
+    # xAI GET /api-key: flags set to True (api_key_blocked, api_key_disabled, team_blocked)
+    key_flags: frozenset[str] = frozenset()
+    acls: tuple[str, ...] = ("api-key:model:*", "api-key:endpoint:*")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +148,7 @@ def make_app(dialect: Dialect | None = None, *, prefix: str = "/v1") -> Starlett
         Route("/chat/completions", _endpoint("chat", _chat), methods=["POST"]),
         Route("/user/balance", _endpoint("balance", _balance), methods=["GET"]),
         Route("/key", _endpoint("key", _key), methods=["GET"]),
+        Route("/api-key", _endpoint("api_key", _api_key), methods=["GET"]),
         Route("/responses", _endpoint("chat", _respond), methods=["POST"]),
     ]
     prefix = prefix.rstrip("/")
@@ -186,6 +211,14 @@ def _refuse_key(dialect: Dialect, request: Request) -> Response | None:
             body = {"error": "Unauthorized"}
         case "groq":
             body = _openai_body("Invalid API Key", "invalid_request_error", "invalid_api_key")
+        case "xai":  # a wrong key is a 400 at xAI; 401 is a missing Authorization header
+            text = (
+                f"Incorrect API key provided: {key[:2]}***{key[-2:]}. You can obtain an API "
+                "key from https://console.x.ai."
+            )
+            if not key:
+                return _send(dialect, 401, _xai_body("Unauthenticated", "Missing API key."))
+            return _send(dialect, 400, _xai_body("Client specified an invalid argument", text))
         case _:
             body = _openai_body(
                 f"Incorrect API key provided: {masked}. You can find your API key at "
@@ -406,6 +439,28 @@ async def _key(dialect: Dialect, request: Request, body: Any) -> Response:
     return _send(dialect, 200, {"data": data})
 
 
+async def _api_key(dialect: Dialect, request: Request, body: Any) -> Response:
+    if dialect.flavour != "xai":
+        return await _no_route(request, HTTPException(404))
+    key = request.headers.get("authorization", "").partition(" ")[2]
+    # xAI REST API reference, "API key": the key's description, its ACLs and block flags.
+    data = {
+        "redacted_api_key": f"{key[:4]}...{key[-4:]}",
+        "user_id": "59fbe5f2-040b-46d5-8325-868bb8f23eb2",
+        "name": "llmconn",
+        "create_time": "2026-01-01T12:55:18.139305Z",
+        "modify_time": "2026-08-28T17:20:12.343321Z",
+        "modified_by": "3d38b4dc-4eb7-4785-ae26-c3fa8997ffc7",
+        "team_id": "5ea6f6bd-7815-4b8a-9135-28b2d7ba6722",
+        "acls": list(dialect.acls),
+        "api_key_id": "ae1e1841-4326-4b36-a8a9-8a1a7237db11",
+        "team_blocked": "team_blocked" in dialect.key_flags,
+        "api_key_blocked": "api_key_blocked" in dialect.key_flags,
+        "api_key_disabled": "api_key_disabled" in dialect.key_flags,
+    }
+    return _send(dialect, 200, data)
+
+
 async def _no_route(request: Request, exc: Exception) -> Response:
     dialect: Dialect = request.app.state.dialect
     if dialect.flavour in ("vllm", "mistral"):  # FastAPI servers
@@ -432,6 +487,11 @@ def _openai_body(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
+def _xai_body(code: str, error: str) -> dict[str, Any]:
+    # xAI: a gRPC status description in "code", the message in "error" (a string).
+    return {"code": code, "error": error}
+
+
 def _dashscope_body(code: str, message: str, rid: str) -> dict[str, Any]:
     # DashScope's compatible mode: an OpenAI-shaped error with its own codes, request id in body.
     return {
@@ -455,6 +515,13 @@ def _no_quota(dialect: Dialect, rid: str) -> Response:
                 "https://openrouter.ai/settings/credits and add more credits"
             )
             return _send(dialect, 402, {"error": {"code": 402, "message": text}})
+        case "xai":
+            text = (
+                "Your team 5ea6f6bd-7815-4b8a-9135-28b2d7ba6722 has either used all available "
+                "credits or reached its monthly spending limit. To continue making API "
+                "requests, please purchase more credits or raise your spending limit."
+            )
+            return _send(dialect, 403, _xai_body("The caller does not have permission", text))
         case _:
             body = _openai_body(_QUOTA_TEXT, "insufficient_quota", "insufficient_quota")
             return _send(dialect, 429, body)
@@ -513,6 +580,9 @@ def _no_model(dialect: Dialect, model: str, *, chat: bool) -> Response:
                 400,
                 {"error": {"code": 400, "message": f"{model} is not a valid model ID"}},
             )
+        case "xai":
+            text = f"The model {model} does not exist or your team does not have access to it."
+            return _send(dialect, 404, _xai_body("Some requested entity was not found", text))
     text = f"The model `{model}` does not exist or you do not have access to it."
     return _send(dialect, 404, _openai_body(text, "invalid_request_error", "model_not_found"))
 

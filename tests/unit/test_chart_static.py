@@ -838,6 +838,16 @@ def test_dockerfile_matches_the_chart() -> None:
     ]
 
 
+def test_the_image_installs_with_the_base_images_pip() -> None:
+    # The venv is made without pip. With /opt/llmconn/bin already on PATH, the `python -m pip`
+    # that installs into it would start the venv's own python and fail: "No module named pip".
+    final = (ROOT / "operator" / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    pip = final.index("python -m pip --python /opt/llmconn/bin/python install")
+    on_path = [m.start() for m in re.finditer(r"PATH=/opt/llmconn/bin", final)]
+    assert on_path and min(on_path) > pip
+    assert re.search(r"^ENV PATH=/opt/llmconn/bin:\$PATH$", final, flags=re.M)
+
+
 # -- alerts and dashboard -----------------------------------------------------------------
 
 

@@ -178,6 +178,27 @@ def test_any_answer_gets_a_reason_and_never_the_key(
         assert math.isfinite(outcome.retry_after) and outcome.retry_after >= 0
 
 
+ECHOED_KEY = "sk-proj4ab7Zq9" + "x1y2" * 5  # letters and digits: every form differs
+
+
+@pytest.mark.parametrize("form", forms(ECHOED_KEY), ids=range(len(forms(ECHOED_KEY))))
+@pytest.mark.parametrize("field", ["message", "code"])
+def test_every_echoed_form_of_the_key_is_redacted(
+    http: httpx2.AsyncClient, form: str, field: str
+) -> None:
+    # The property above draws keys that hypothesis shrinks towards "sk-000...", whose
+    # upper-cased form is itself: here each form is sure to be tried.
+    body = json.dumps({"error": {field: f"Incorrect API key provided: {form}."}}).encode()
+    reply = Reply(401, httpx2.Headers(), body, "https://api.example.test/v1/models")
+    outcome = classify_error(_context(http, ECHOED_KEY), reply, "the model list")
+
+    redact = Redactor([ECHOED_KEY])
+    stored = f"{redact.text(outcome.message)} {redact.optional(outcome.code) or ''}"
+    assert form.casefold() in f"{outcome.message} {outcome.code}".casefold()  # it was echoed
+    for each in forms(ECHOED_KEY):
+        assert each.casefold() not in stored.casefold(), each
+
+
 @example(status=200, headers=[], body=b"[" * 5000, key="sk-" + "a" * 20)  # deep nesting
 @example(status=429, headers=[(b"retry-after", b"\xb2")], body=b"{}", key="sk-" + "b" * 20)
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -434,3 +434,64 @@ def test_run_help_is_the_operators(capsys: pytest.CaptureFixture[str]) -> None:
         main(["run", "--help"])
     assert shown.value.code == 0
     assert "llmconn run" in capsys.readouterr().out
+
+
+# --- static cloud credentials, offline ----------------------------------------------------
+
+
+def test_static_cloud_credentials_validate_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from servers.bedrock_dialect import HAIKU, BedrockState
+    from servers.bedrock_dialect import make_app as bedrock_app
+
+    key_id, secret_key = "AKIAOFFLINE000000001", "offline/secret-access-key-0123456789abcd"
+    api_key, xai_key = "ABSK-offline-bedrock-api-key-0123456789", "xai-offline-key-0123456789ab"
+    state = BedrockState(access_keys={key_id: (secret_key, None)}, api_keys=frozenset({api_key}))
+    xai = Dialect(flavour="xai", keys=frozenset({xai_key}), models=("grok-4",))
+
+    def doc(kind: str, name: str, body: dict[str, Any]) -> str:
+        api = "v1" if kind == "Secret" else "llmconn.dev/v1alpha1"
+        return json.dumps({"apiVersion": api, "kind": kind, "metadata": {"name": name}, **body})
+
+    with serve(bedrock_app(state)) as aws, serve(make_app(xai)) as url:
+        bedrock = {"provider": "bedrock", "endpoint": aws, "bedrock": {"region": "us-east-1"}}
+        path = write(
+            tmp_path,
+            doc(
+                "Secret",
+                "aws",
+                {"stringData": {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret_key}},
+            ),
+            doc("Secret", "bedrock-key", {"stringData": {"apiKey": api_key}}),
+            doc("Secret", "xai", {"stringData": {"apiKey": xai_key}}),
+            doc(
+                "LLMConnection",
+                "sigv4",
+                {"spec": {**bedrock, "model": HAIKU, "awsCredentialsSecretRef": {"name": "aws"}}},
+            ),
+            doc(
+                "LLMConnection",
+                "bearer",
+                {"spec": {**bedrock, "apiKeySecretRef": {"name": "bedrock-key"}}},
+            ),
+            doc(
+                "LLMConnection",
+                "grok",
+                {
+                    "spec": {
+                        "provider": "xai",
+                        "endpoint": url + "/v1",
+                        "model": "grok-4",
+                        "apiKeySecretRef": {"name": "xai"},
+                    }
+                },
+            ),
+        )
+        code, items, err = run_json(capsys, "-f", path)
+    assert code == 0, items
+    assert [item["status"]["reason"] for item in items] == ["Validated"] * 3
+    printed = json.dumps(items) + err
+    assert not [s for s in (key_id, secret_key, api_key, xai_key) if s in printed]
+    schemes = {seen.headers["authorization"].split()[0] for seen in state.seen}
+    assert schemes == {"AWS4-HMAC-SHA256", "Bearer"}

@@ -52,6 +52,19 @@ def test_the_provider_blocks_rules_are_the_registrys() -> None:
     assert about_blocks == expected
 
 
+def test_the_aws_credentials_rule_names_the_providers_that_sign() -> None:
+    signing = [name for name in registry.names() if registry.get(name).aws_sigv4]
+    assert signing, "no provider signs with AWS credentials"
+    listed = ", ".join(f"'{name}'" for name in signing)
+    allowed = (
+        f"self.provider in [{listed}]" if len(signing) > 1 else f"self.provider == '{signing[0]}'"
+    )
+    rules = [
+        r for r in spec_rules() if r.startswith("!has(self.awsCredentialsSecretRef) || self.p")
+    ]
+    assert rules == [f"!has(self.awsCredentialsSecretRef) || {allowed}"]
+
+
 def test_the_auth_header_expression_is_the_registrys() -> None:
     expected = "".join(
         f"self.provider == '{name}' ? '{registry.get(name).auth.header}' : "

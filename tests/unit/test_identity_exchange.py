@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from llmconn import logs
-from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE, GCP_SCOPE, CloudEndpoints
+from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE, CloudEndpoints
 from llmconn.credentials import AwsCredentials
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
+from llmconn.oauth import CLOUD_PLATFORM
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
 from llmconn.reasons import Reason, Result
@@ -485,7 +486,7 @@ async def test_google_sts_token_reaches_the_probe(world: World, gcp_provider: st
     assert asked.body["audience"] == POOL
     assert asked.body["subject_token"] == minted
     assert asked.body["subject_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
-    assert asked.body["scope"] == GCP_SCOPE
+    assert asked.body["scope"] == CLOUD_PLATFORM
     [ctx] = GOT
     assert ctx.bearer_token is not None
     assert world.google.federated[ctx.bearer_token.token] == PRINCIPAL
@@ -500,7 +501,7 @@ async def test_google_impersonation_hands_over_the_service_accounts_token(
     federated = impersonation.headers["authorization"].removeprefix("Bearer ")
     assert world.google.federated[federated] == PRINCIPAL
     assert impersonation.path == f"/v1/projects/-/serviceAccounts/{GSA}:generateAccessToken"
-    assert impersonation.body == {"scope": [GCP_SCOPE], "lifetime": "600s"}
+    assert impersonation.body == {"scope": [CLOUD_PLATFORM], "lifetime": "600s"}
     [ctx] = GOT
     assert ctx.bearer_token is not None
     assert world.google.issued[ctx.bearer_token.token] == GSA

@@ -44,7 +44,7 @@ def test_the_model_refuses_what_the_crd_refuses(spec: dict[str, Any], expected: 
 def test_the_model_accepts_what_the_crd_accepts(spec: dict[str, Any]) -> None:
     parsed = parse_spec(spec)
     assert parsed.identity is not None
-    assert parsed.identity.cloud == "azure"
+    assert identity_cases.BY_CLOUD[parsed.identity.cloud]["provider"] == parsed.provider
     assert parsed.identity.service_account_name == "agent"
     assert parsed.api_key_secret_ref is None
 
@@ -54,9 +54,12 @@ def test_cloud_blocks_fields(block: str, value: dict[str, Any], accepted: bool) 
     model = CLOUDS[block]
     if accepted:
         model.model_validate(value)
+        parse_spec(identity_cases.with_cloud(block, value))
     else:
         with pytest.raises(ValidationError):
             model.model_validate(value)
+        with pytest.raises(ValidationError, match=f"identity.{block}|{block}"):
+            parse_spec(identity_cases.with_cloud(block, value))
 
 
 def test_crd_patterns_are_the_models() -> None:

@@ -6,7 +6,10 @@ TYPE_CHECKING too: read from the source with `ast`, not from what happened to be
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Mapping, Set
 from pathlib import Path
 
@@ -179,3 +182,21 @@ def test_the_probes_package_imports_every_provider_module() -> None:
     }
     imported = {m for m in graph()[PROBES] if m.startswith(PROBES + ".")} - {f"{PROBES}.base"}
     assert providers == imported, "list every provider module in llmconn/probes/__init__.py"
+
+
+# The test extra's SDKs (and what they bring) are for tests: the operator never loads them.
+TEST_ONLY = ("openai", "anthropic", "google", "ollama", "httpx", "requests", "hypothesis", "pytest")
+
+
+def test_the_operator_loads_no_test_only_package() -> None:
+    # A fresh interpreter, so what this test session imported does not count.
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {sorted(m for m in modules() if m != 'llmconn.__main__')!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(run.stdout))
+    assert "llmconn" in loaded
+    assert loaded.isdisjoint(TEST_ONLY), sorted(loaded & set(TEST_ONLY))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from llmconn.probes import registry
+from llmconn.probes import azure_openai, registry
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.reasons import Reason
 from llmconn.spec import AzureSpec, SecretKeyRef, ValidationType
@@ -180,7 +181,7 @@ async def test_anthropic_model_count_marks_more_pages() -> None:
         ("gemini", INFER, "POST", "/v1beta/models/gemini-2.5-flash:generateContent"),
         ("azure-openai", CONN, "GET", "/openai/models"),
         ("azure-openai", MODEL, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
-        ("azure-openai", INFER, "POST", "/openai/deployments/gpt-4o-prod/chat/completions"),
+        # Azure's Inference then reads the served model's lifecycle from the (free) model list.
         ("ollama", CONN, "GET", "/api/tags"),
         ("ollama", MODEL, "POST", "/api/show"),
         ("ollama", INFER, "POST", "/api/generate"),
@@ -449,7 +450,7 @@ async def test_azure_reasoning_deployment_retries_with_max_completion_tokens(
 ) -> None:
     result = await probe(srv, "azure-openai", INFER, model="o3-mini")
     assert result.outcome.reason is Reason.VALIDATED
-    bodies = [s.body for s in srv["azure-openai"].state.seen]
+    bodies = [s.body for s in srv["azure-openai"].state.seen if s.method == "POST"]
     assert [("max_tokens" in b, b.get("max_completion_tokens")) for b in bodies] == [
         (True, None),
         (False, 16),
@@ -555,6 +556,129 @@ async def test_azure_responses_only_deployment_answers_through_responses(
     (sent,) = [s for s in srv["azure-openai"].state.seen if s.path.endswith("/responses")]
     assert sent.path == "/openai/v1/responses"
     assert sent.body["model"] == "o1-pro" and sent.body["max_output_tokens"] == 16
+
+
+# --- Azure: the served model's lifecycle, from the resource's model list (issue 10) --------
+
+
+async def test_azure_inference_looks_the_served_model_up_in_the_list(
+    srv: dict[str, Server],
+) -> None:
+    result = await probe(srv, "azure-openai", INFER)
+    assert result.outcome.reason is Reason.VALIDATED, result.outcome.message
+    seen = srv["azure-openai"].state.seen
+    assert [(s.method, s.path, s.query) for s in seen] == [
+        ("POST", "/openai/deployments/gpt-4o-prod/chat/completions", "api-version=2024-10-21"),
+        ("GET", "/openai/models", "api-version=2024-10-21"),
+    ]
+    # Generally available, with the end of inference support every model has: not deprecated.
+    assert result.outcome.lifecycle is None
+    assert "deprecated" not in result.outcome.message
+
+
+@pytest.mark.parametrize("suffix", ["", "/openai/v1"])
+async def test_azure_deprecating_model_validates_with_its_end_of_inference(
+    srv: dict[str, Server], suffix: str
+) -> None:
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + suffix,
+        INFER,
+        model="gpt-4o-old",
+        key=azure_dialect.API_KEY,
+    )
+    outcome = result.outcome
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert outcome.lifecycle is not None
+    assert (outcome.lifecycle.stage, outcome.lifecycle.retires_at) == (
+        "deprecated",
+        "2029-03-01T00:00:00Z",
+    )
+    assert "deprecated; its inference support ends on 2029-03-01T00:00:00Z" in outcome.message
+    # The /openai/v1 list has no lifecycle fields: both surfaces read the classic list.
+    listed = srv["azure-openai"].state.seen[-1]
+    assert (listed.method, listed.path, listed.query) == (
+        "GET",
+        "/openai/models",
+        "api-version=2024-10-21",
+    )
+
+
+@pytest.mark.parametrize("suffix", ["", "/openai/v1"])
+async def test_azure_model_past_its_end_of_inference_is_model_retired(
+    srv: dict[str, Server], suffix: str
+) -> None:
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + suffix,
+        INFER,
+        model="gpt-35-legacy",
+        key=azure_dialect.API_KEY,
+    )
+    outcome = result.outcome
+    assert outcome.reason is Reason.MODEL_RETIRED, outcome.message
+    assert outcome.lifecycle is not None
+    assert (outcome.lifecycle.stage, outcome.lifecycle.retires_at) == (
+        "retired",
+        "2026-01-01T00:00:00Z",
+    )
+    assert "gpt-35-turbo-0125" in outcome.message and "spec.azure.deployment" in outcome.message
+    assert outcome.details == {"servedModel": "gpt-35-turbo-0125"}
+
+
+async def test_azure_model_check_reads_lifecycle_only_when_a_completion_showed_the_model(
+    srv: dict[str, Server],
+) -> None:
+    free = await probe(srv, "azure-openai", MODEL, model="gpt-4o-old")
+    assert free.outcome.reason is Reason.VALIDATED and free.outcome.lifecycle is None
+    assert [s.method for s in srv["azure-openai"].state.seen] == ["POST"]
+    proven = await probe(srv, "azure-openai", MODEL, behaviour="body_first", model="gpt-4o-old")
+    assert proven.outcome.reason is Reason.VALIDATED, proven.outcome.message
+    assert proven.outcome.lifecycle is not None
+    assert proven.outcome.lifecycle.stage == "deprecated"
+
+
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_azure_retired_deployment_answering_410_is_model_retired(
+    srv: dict[str, Server], vtype: ValidationType
+) -> None:
+    result = await probe(srv, "azure-openai", vtype, model="gpt-35-gone")
+    outcome = result.outcome
+    assert outcome.reason is Reason.MODEL_RETIRED, outcome.message
+    assert outcome.http_status == 410
+    assert outcome.lifecycle is not None and outcome.lifecycle.stage == "retired"
+    assert "spec.azure.deployment" in outcome.message
+
+
+NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
+AHEAD, PASSED = int(NOW.timestamp()) + 86400, int(NOW.timestamp()) - 86400
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"lifecycle_status": "generally-available", "deprecation": {"inference": AHEAD}}, None),
+        ({"lifecycle_status": "preview", "deprecation": {"inference": AHEAD}}, None),
+        ({"lifecycle_status": "Deprecating", "deprecation": {}}, ("deprecated", None)),
+        ({"lifecycle_status": "deprecated", "deprecation": {"inference": AHEAD}}, "deprecated"),
+        (
+            {"lifecycle_status": "generally-available", "deprecation": {"inference": PASSED}},
+            "retired",
+        ),
+        ({"deprecation": {"inference": True}}, None),
+        ({"deprecation": {"inference": 10**20}, "lifecycle_status": "generally-available"}, None),
+        ({"deprecation": "2026-01-01"}, None),
+        ({}, None),
+    ],
+)
+def test_azure_lifecycle_of_a_list_entry(entry: dict[str, Any], expected: Any) -> None:
+    life = azure_openai.lifecycle(entry, NOW)
+    if expected is None:
+        assert life is None
+    elif isinstance(expected, tuple):
+        assert life is not None and (life.stage, life.retires_at) == expected
+    else:
+        assert life is not None and life.stage == expected and life.retires_at is not None
 
 
 async def test_azure_records_request_id_region_and_headroom(srv: dict[str, Server]) -> None:

@@ -24,7 +24,9 @@ from llmconn import triggers as tr
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
 from llmconn.kube import Conflict, NotFound
+from llmconn.memory import digest
 from llmconn.metrics import Metrics
+from llmconn.probes import parse_spec
 from llmconn.reasons import Reason
 from llmconn.reconciler import Conn, Reconciler
 from llmconn.status import rfc3339
@@ -480,6 +482,27 @@ def test_secret_changed() -> None:
     assert not tr.secret_changed("a", "a", observed_rv_matches=False)
     assert not tr.secret_changed(None, "b", observed_rv_matches=True)  # restart, same version
     assert tr.secret_changed(None, "b", observed_rv_matches=False)
+
+
+def test_the_secret_digest_covers_the_used_keys_only() -> None:
+    # What decides whether a Secret change re-validates: the values this connection reads.
+    conn = parse_spec(
+        spec(
+            apiKeySecretRef={"name": "s", "key": "apiKey"},
+            headersFromSecret=[{"name": "X-Org", "secretKeyRef": {"name": "s", "key": "org"}}],
+        )
+    )
+    base = {"apiKey": b"k1", "org": b"o1", "unused": b"u1"}
+
+    def of(data: dict[str, bytes] | None, secret: str = "s") -> str:
+        return digest(conn, secret, None if data is None else SecretData(data))
+
+    assert of(base) == of({**base, "unused": b"u2"})  # a key it does not read
+    assert of(base) != of({**base, "apiKey": b"k2"})
+    assert of(base) != of({**base, "org": b"o2"})
+    assert of({**base, "apiKey": b""}) != of({k: v for k, v in base.items() if k != "apiKey"})
+    assert of(None) != of(base)  # a deleted Secret
+    assert of(base, "other") == of(None, "other")  # a Secret it does not reference
 
 
 async def test_liveness_follows_the_scheduler(world) -> None:

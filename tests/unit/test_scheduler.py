@@ -194,3 +194,64 @@ async def test_a_held_key_that_is_cancelled_or_replanned_runs_once_at_its_new_ti
     assert len(s) == 1 and s.queue_depth == 0  # a3 at its new time, nothing else
     clock.now = now + 3600
     assert s.queue_depth == 1
+
+
+async def test_a_backlog_in_one_group_is_set_aside_once_not_once_per_validation():
+    # 2,000 keys of one namespace are due and its limit is one worker. Each key must be looked
+    # at a bounded number of times (set aside once, taken back once), not once more every time
+    # a worker of its group ends: that was quadratic, most of the operator's CPU at 10,000.
+    n = 2000
+    looked_at = 0
+    done = asyncio.Event()
+    ran: list[int] = []
+
+    def group(key: int) -> str:
+        nonlocal looked_at
+        looked_at += 1
+        return "ns"
+
+    async def work(key: int) -> None:
+        ran.append(key)
+        if len(ran) == n:
+            done.set()
+
+    clock = Clock()
+    s: Scheduler[int] = Scheduler(work, concurrency=8, group=group, group_limit=1, clock=clock)
+    for i in range(n):
+        s.at(i, clock.now - n + i)
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(done.wait(), 30)
+    task.cancel()
+    assert ran == list(range(n))  # in due order, each once
+    assert looked_at <= 6 * n, looked_at
+
+
+async def test_a_key_asked_for_now_goes_ahead_of_an_overdue_backlog():
+    # One worker, 50 periodic keys overdue by up to a minute, and "new" asked for now (a new
+    # or changed connection): it runs second, right after the validation already running,
+    # not after the backlog. Planned keys keep their order among themselves.
+    ran: list[str] = []
+    first_running = asyncio.Event()
+    release = asyncio.Event()
+    done = asyncio.Event()
+
+    async def work(key: str) -> None:
+        ran.append(key)
+        if len(ran) == 1:
+            first_running.set()
+            await release.wait()
+        if len(ran) == 52:
+            done.set()
+
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(work, concurrency=1, clock=clock)
+    for i in range(51):
+        s.at(f"p{i:02}", clock.now - 60 + i)
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(first_running.wait(), 5)
+    s.now("new")
+    release.set()
+    await asyncio.wait_for(done.wait(), 5)
+    task.cancel()
+    assert ran[:3] == ["p00", "new", "p01"]
+    assert ran[2:] == [f"p{i:02}" for i in range(1, 51)]

@@ -16,6 +16,7 @@ from typing import Any
 from llmconn.probes import (  # noqa: F401  (each registers itself on import)
     anthropic,
     azure_openai,
+    bedrock,
     dashscope,
     deepseek,
     gemini,
@@ -27,6 +28,8 @@ from llmconn.probes import (  # noqa: F401  (each registers itself on import)
     openai_compatible,
     openrouter,
     together,
+    vertex_ai,
+    xai,
 )
 from llmconn.probes.base import registry
 from llmconn.spec import LLMConnectionSpec, parse

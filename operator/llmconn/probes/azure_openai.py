@@ -30,11 +30,30 @@ asked through POST /openai/v1/responses (`max_output_tokens` 16).
 An endpoint ending in /openai/v1 is Azure's newer surface: GET {endpoint}/models, POST
 {endpoint}/chat/completions and {endpoint}/responses with the deployment as `model` and no
 api-version.
+
+Lifecycle, wherever a completion showed which model the deployment serves (Inference, and
+Model when the free check could not count): the answer's `model` is looked up, by exact id
+(case aside), in the resource's model list, which is free. That list's `Model` object
+(azure-rest-api-specs, data-plane authoring 2024-10-21 `azureopenai.json`) has
+`lifecycle_status` and `deprecation.inference`, "the end date of inference support of this
+model" in Unix seconds; the /openai/v1 list has neither (its `OpenAI.Model` is id, created,
+object, owned_by), so that surface reads the classic list of the same resource. A date passed
+is ModelRetired. A date ahead alone is not a deprecation: every model has one (the field is
+required, and Microsoft's retirement policy sets a "not sooner than" date at launch, a year out
+for GA models), so the model is deprecated only while `lifecycle_status` says so. Not
+confirmed: that the answer's `model` is spelled as the list's id (no match: no lifecycle), and
+the data plane's word for a deprecating model (the documented values are `preview` and
+`generally-available`; `deprecating` and `deprecated` are the management plane's, in the data
+plane's spelling). Model's free check sees no model, so it reports no lifecycle. A 410 is
+ModelRetired: the management plane's `ModelLifecycleStatus` says inference calls to
+deployments of a retired model "will return 410 errors".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -44,10 +63,17 @@ from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.probes.openai_style import respond, responses_only
 from llmconn.reasons import Reason
 from llmconn.spec import AzureSpec, ValidationType
+from llmconn.verdict import Lifecycle
 
 MAX_TOKENS = 16
 PROMPT = "Reply with the single word OK."
 _CHOICES = has("choices", list)
+_LISTED = has("data", list)
+# The classic list's api-version on the /openai/v1 surface, where spec.azure.apiVersion is not
+# used: the GA version whose reference documents the lifecycle fields.
+LIST_API_VERSION = "2024-10-21"
+# lifecycle_status values that announce a retirement (see the module doc: not confirmed).
+DEPRECATING = frozenset({"deprecating", "deprecated"})
 
 
 @registry.provider(
@@ -75,13 +101,8 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
 
 async def _list_models(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
     """The resource's model list: key, endpoint and api-version, for free."""
-    if _v1(ctx):
-        reply = await ctx.request("GET", "/models")
-    else:
-        reply = await ctx.request(
-            "GET", "/openai/models", params={"api-version": azure.api_version}
-        )
-    body = _read(ctx, reply, "the model list", fits=has("data", list), expected="a `data` list")
+    reply = await (ctx.request("GET", "/models") if _v1(ctx) else _classic_list(ctx, azure))
+    body = _read(ctx, reply, "the model list", fits=_LISTED, expected="a `data` list")
     count = str(len(body["data"]))
     return ok(
         f"The key is valid for {urlsplit(ctx.endpoint).hostname}; the resource can use "
@@ -135,17 +156,84 @@ async def _complete(ctx: ProbeContext, azure: AzureSpec, *, proof: bool = False)
         body = _read(ctx, reply, what)
     served = body.get("model")
     details = {"servedModel": served[:128]} if isinstance(served, str) else {}
+    life = await _served_lifecycle(ctx, azure, served[:128]) if isinstance(served, str) else None
     why = (
         " Azure did not show that the deployment itself refused the free check (no "
         "x-ms-deployment-name), so one real completion proved it."
         if proof
         else ""
     )
-    return ok(
-        f"Deployment {deployment} answered a {MAX_TOKENS}-token test {api}.{why}",
-        reply,
-        **details,
+    said = f"Deployment {deployment} answered a {MAX_TOKENS}-token test {api}.{_aside(life)}"
+    return dataclasses.replace(ok(said + why, reply, **details), lifecycle=life)
+
+
+async def _classic_list(ctx: ProbeContext, azure: AzureSpec) -> Reply:
+    """GET /openai/models?api-version=...: the list with `lifecycle_status` and `deprecation`,
+    of the same resource on the /openai/v1 surface too."""
+    if _v1(ctx):
+        url = ctx.endpoint.rstrip("/").removesuffix("/v1") + "/models"
+        return await ctx.request("GET", url, params={"api-version": LIST_API_VERSION})
+    return await ctx.request("GET", "/openai/models", params={"api-version": azure.api_version})
+
+
+async def _served_lifecycle(ctx: ProbeContext, azure: AzureSpec, served: str) -> Lifecycle | None:
+    """The lifecycle of the model the deployment served, from the resource's model list;
+    ModelRetired once its end of inference support has passed."""
+    reply = await _classic_list(ctx, azure)
+    body = _read(ctx, reply, "the model list", fits=_LISTED, expected="a `data` list")
+    entry = next(
+        (
+            item
+            for item in body["data"]
+            if isinstance(item, dict) and str(item.get("id")).lower() == served.lower()
+        ),
+        None,
     )
+    life = lifecycle(entry, dt.datetime.now(dt.UTC)) if entry is not None else None
+    if life is not None and life.stage == "retired":
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.MODEL_RETIRED,
+                f"Deployment {azure.deployment} serves {served}, whose inference support ended "
+                f"on {life.retires_at} (the resource's model list): Azure retires a model region "
+                "by region, and then requests to the deployment fail. Move the deployment to a "
+                "current model version, or spec.azure.deployment to one that serves it.",
+                http_status=reply.status,
+                details={"servedModel": served},
+                lifecycle=life,
+            )
+        )
+    return life
+
+
+def lifecycle(model: Mapping[str, Any], now: dt.datetime) -> Lifecycle | None:
+    """Where an entry of the resource's model list is in its life: retired once
+    `deprecation.inference` has passed, deprecated while `lifecycle_status` says so, else
+    None (a date ahead alone is every model's, see the module doc)."""
+    deprecation = model.get("deprecation")
+    end = _utc(deprecation.get("inference") if isinstance(deprecation, Mapping) else None)
+    shown = end.strftime("%Y-%m-%dT%H:%M:%SZ") if end is not None else None
+    if end is not None and end <= now:
+        return Lifecycle(stage="retired", retires_at=shown)
+    if str(model.get("lifecycle_status") or "").lower() in DEPRECATING:
+        return Lifecycle(stage="deprecated", retires_at=shown)
+    return None
+
+
+def _utc(seconds: Any) -> dt.datetime | None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _aside(life: Lifecycle | None) -> str:
+    if life is None:
+        return ""
+    when = f"; its inference support ends on {life.retires_at}" if life.retires_at else ""
+    return f" Azure lists its model as deprecated{when}: plan the move to a current version."
 
 
 def _chat_refused(reply: Reply) -> bool:
@@ -240,6 +328,16 @@ def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
             Reason.INVALID_API_KEY,
             f"Azure rejected the API key for {host} (HTTP 401){said}; {ctx.key_hint}, "
             "and check that spec.endpoint is the resource the key belongs to.",
+        )
+    if reply.status == 410 and what != "the model list":  # a deployment call
+        return ProbeOutcome(
+            Reason.MODEL_RETIRED,
+            f"Azure answered {what} with HTTP 410 Gone{said}: the deployment's model is "
+            "retired. Move the deployment to a current model version, or spec.azure.deployment "
+            "to one that serves it.",
+            http_status=410,
+            code=code,
+            lifecycle=Lifecycle(stage="retired"),
         )
     if reply.status == 404 and code == "DeploymentNotFound":
         return out(

@@ -17,7 +17,7 @@ classification of exceptions live once, in the caller (`llmconn.validate`,
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -26,11 +26,24 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from llmconn import logs
 from llmconn.credentials import AwsCredentials, BearerToken
-from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
+from llmconn.exchange import USER_AGENT, ProbeTransport, Reply, Signer
 from llmconn.http import Phase
 from llmconn.reasons import Reason
-from llmconn.spec import BLOCKS, CLOUDS, AzureSpec, McpSpec, SecretKeyRef, ValidationType
+from llmconn.spec import (
+    BLOCKS,
+    CLOUDS,
+    AwsCredentialsRef,
+    AzureSpec,
+    BedrockSpec,
+    IdentitySpec,
+    LLMConnectionSpec,
+    McpSpec,
+    SecretKeyRef,
+    ValidationType,
+    VertexAISpec,
+)
 from llmconn.verdict import Lifecycle
 
 
@@ -49,6 +62,8 @@ class Auth(StrEnum):
 
 
 ProbeFn = Callable[["ProbeContext"], Awaitable["ProbeOutcome"]]
+# The default endpoint of a provider whose host depends on the spec (bedrock: the region's).
+EndpointFor = Callable[[LLMConnectionSpec], str]
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,14 @@ class ProviderInfo:
     inference: bool = True  # whether Inference validation is possible
     blocks: frozenset[str] = frozenset()  # provider-specific spec blocks it accepts
     required_blocks: frozenset[str] = frozenset()  # ... and those it requires
+    aws_sigv4: bool = False  # signs with AWS credentials (awsCredentialsSecretRef) instead
+    # The default endpoint computed from the spec; `default_endpoint` then shows its form.
+    endpoint_for: EndpointFor | None = None
+    # When set, apiKeySecretRef may hold a credentials file (a service-account JSON key,
+    # several lines), handed to the probe as text, and this names its secret parts (what
+    # is redacted: not the whole file, whose account name and URLs messages may show).
+    # Else the key must be a value fit for a header, and is secret whole.
+    key_secrets: Callable[[str], Sequence[str]] | None = None
     # The clouds (spec.identity blocks) whose exchanged credentials it takes instead of a key.
     identities: frozenset[str] = frozenset()
 
@@ -74,9 +97,11 @@ class ProviderInfo:
     def auth_header(self) -> str:
         return self.auth.header
 
-    def base_url(self, endpoint: str | None) -> str:
+    def base_url(self, endpoint: str | None, spec: LLMConnectionSpec | None = None) -> str:
         """The URL probes build on: spec.endpoint, else the default; no trailing slash. An
         endpoint that is only a host gets the API's path: both forms the SDKs take work."""
+        if not endpoint and self.endpoint_for is not None and spec is not None:
+            return self.endpoint_for(spec).rstrip("/")
         url = (endpoint or self.default_endpoint or "").rstrip("/")
         if endpoint and self.api_path and not urlsplit(url).path:
             url += self.api_path
@@ -100,6 +125,9 @@ class Registry:
         inference: bool = True,
         accepts: Iterable[str] = (),
         requires: Iterable[str] = (),
+        aws_sigv4: bool = False,
+        endpoint_for: EndpointFor | None = None,
+        key_secrets: Callable[[str], Sequence[str]] | None = None,
         identities: Iterable[str] = (),
     ) -> Callable[[ProbeFn], ProbeFn]:
         """Register the decorated probe under `name`, with what the provider needs: spec
@@ -118,6 +146,9 @@ class Registry:
                     inference=inference,
                     blocks=frozenset(accepts) | frozenset(requires),
                     required_blocks=frozenset(requires),
+                    aws_sigv4=aws_sigv4,
+                    endpoint_for=endpoint_for,
+                    key_secrets=key_secrets,
                     identities=frozenset(identities),
                 )
             )
@@ -190,6 +221,12 @@ class Findings:
     request_id: str | None = None  # from a header, or a body where the provider puts it
     details: dict[str, str] = field(default_factory=dict)  # headroom headers, probe facts
     step: str | None = None  # the protocol step running (MCP: initialize, tools/list)
+    # The URL of the request running when it is not to the endpoint (a token service), so
+    # that a network failure names that host.
+    elsewhere: str | None = None
+    # Secrets the probe made or unpacked (an access token it minted): redacted from the
+    # verdict, and from log records while the probe holds them (`ProbeContext.holding`).
+    secrets: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -207,15 +244,28 @@ class ProbeContext:
     headers: Mapping[str, str] = field(default_factory=dict)  # plain + from Secrets
     azure: AzureSpec | None = None
     mcp: McpSpec | None = None
+    bedrock: BedrockSpec | None = None
+    vertex_ai: VertexAISpec | None = None
     # Cloud credentials where the provider signs or takes a token instead of api_key.
     aws_credentials: AwsCredentials | None = None
+    aws_credentials_ref: AwsCredentialsRef | None = None  # where they came from, if a Secret
     bearer_token: BearerToken | None = None
+    # The workload identity the credentials above were exchanged for (spec.identity).
+    identity: IdentitySpec | None = None
     found: Findings = field(default_factory=Findings)
 
     @property
     def transport(self) -> ProbeTransport:
         """The shared client for this probe: phases, request ids and headroom into `found`."""
         return ProbeTransport(self.http, self.found)
+
+    @contextlib.contextmanager
+    def holding(self, *values: str) -> Iterator[None]:
+        """Secrets the probe made (a minted token, a signed assertion) or unpacked from a
+        Secret: no log record shows them while the block runs, and the verdict never does."""
+        self.found.secrets.extend(v for v in values if v)
+        with logs.in_use(values):
+            yield
 
     def auth_headers(self) -> dict[str, str]:
         if self.bearer_token is not None:  # from spec.identity: in place of the key's header
@@ -240,16 +290,25 @@ class ProbeContext:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        sign: Signer | None = None,
     ) -> Reply:
         """Send one request the provider's way (its auth header, the spec's headers) and read
-        the answer; same-origin redirects are followed, others refused (llmconn.exchange)."""
+        the answer; same-origin redirects are followed, others refused (llmconn.exchange).
+        `content` is a body sent as given; `sign` signs each request as it goes out."""
         sent = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         sent.update(self.headers)
         sent.update(self.auth_headers())
         sent.update(headers or {})
         url = self.url(path)
         return await self.transport.fetch(
-            method, url, headers=sent, json_body=json_body, params=params
+            method,
+            url,
+            headers=sent,
+            json_body=json_body,
+            params=params,
+            content=content,
+            sign=sign,
         )
 
     def required_model(self) -> str:
@@ -267,6 +326,14 @@ class ProbeContext:
     @property
     def key_hint(self) -> str:
         """Where the user fixes a rejected key: 'key apiKey of Secret x'."""
+        if self.identity is not None or self.bearer_token is not None:
+            return "check the connection's identity and its token exchange"
+        if (aws := self.aws_credentials_ref) is not None:
+            keys = f"{aws.access_key_id_key} and {aws.secret_access_key_key}"
+            if aws.session_token_key:
+                keys = f"{aws.access_key_id_key}, {aws.secret_access_key_key} and "
+                keys += aws.session_token_key
+            return f"update keys {keys} of Secret {aws.name}"
         if self.api_key_ref is None:
             return "set spec.apiKeySecretRef to a Secret holding a valid key"
         return f"update key {self.api_key_ref.key} of Secret {self.api_key_ref.name}"

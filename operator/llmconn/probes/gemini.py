@@ -28,13 +28,14 @@ mode refuse a budget of 0, and are tried with the smallest budget they accept.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 from llmconn.exchange import Reply
+from llmconn.oauth import google_error
 from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
-from llmconn.probes.errors import classify_error, has, rate_limited, read_json
+from llmconn.probes.errors import Classify, classify_error, has, rate_limited, read_json
 from llmconn.reasons import Reason
 from llmconn.spec import ValidationType
 
@@ -46,6 +47,8 @@ _GENERATION = re.compile(r"gemini-(\d+(?:\.\d+)?)")
 PROMPT = "Reply with the single word OK."
 _DELAY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)s$")  # google.protobuf.Duration in JSON: "21.5s"
 _DEPLETED_WORDS = ("prepayment", "credits are depleted", "credit balance")
+
+Send = Callable[[dict[str, Any]], Awaitable[Reply]]  # posts one GenerateContentRequest
 
 
 @registry.provider(
@@ -95,16 +98,33 @@ async def _get_model(ctx: ProbeContext, model: str) -> ProbeOutcome:
 
 async def _generate(ctx: ProbeContext, model: str) -> ProbeOutcome:
     path = "/" + quote(resource_name(model), safe="/") + ":generateContent"
+
+    async def send(body: dict[str, Any]) -> Reply:
+        return await ctx.request("POST", path, json_body=body)
+
+    return await generate(ctx, model, send, _classify)
+
+
+async def generate(ctx: ProbeContext, model: str, send: Send, classify: Classify) -> ProbeOutcome:
+    """One generation of at most MAX_OUTPUT_TOKENS, thinking kept small (module doc); `send`
+    posts a GenerateContentRequest where this API takes it (Vertex AI has the same one)."""
     styles: list[dict[str, Any]] = [{"thinkingBudget": 0}, {"thinkingLevel": THINKING_LEVEL}]
     if _generation_of(model) >= 3:
         styles.reverse()
-    reply = await ctx.request("POST", path, json_body=_generation(styles[0]))
+    reply = await send(_generation(styles[0]))
     if reply.status == 400 and _needs_thinking(reply):
         budget: dict[str, Any] = {"thinkingBudget": MIN_THINKING_BUDGET}
         # A thinking-only model refuses budget 0; anything else refuses the style itself.
         retry = budget if "only works in thinking mode" in _error_message(reply) else styles[1]
-        reply = await ctx.request("POST", path, json_body=_generation(retry))
-    body = _read(ctx, reply, f"model {model}", _is_generation, "`candidates`")
+        reply = await send(_generation(retry))
+    body = read_json(
+        ctx,
+        reply,
+        f"model {model}",
+        fits=_is_generation,
+        expected="`candidates`",
+        classify=classify,
+    )
     served = body.get("modelVersion")
     details = {"servedModel": served[:128]} if isinstance(served, str) else {}
     return ok(
@@ -139,13 +159,13 @@ def _generation_of(model: str) -> float:
 
 
 def _error_message(reply: Reply) -> str:
-    error = _error(reply)
+    error = google_error(reply)
     return str(error.get("message") or "") if error is not None else ""
 
 
 def _needs_thinking(reply: Reply) -> bool:
     """'Budget 0 is invalid. This model only works in thinking mode.'"""
-    error = _error(reply)
+    error = google_error(reply)
     return (
         error is not None
         and error.get("status") == "INVALID_ARGUMENT"
@@ -153,14 +173,8 @@ def _needs_thinking(reply: Reply) -> bool:
     )
 
 
-def _error(reply: Reply) -> dict[str, Any] | None:
-    body = reply.json()
-    error = body.get("error") if isinstance(body, dict) else None
-    return error if isinstance(error, dict) else None
-
-
 def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
-    error = _error(reply)
+    error = google_error(reply)
     if error is None:
         return classify_error(ctx, reply, what)
     status = str(error.get("status") or "")
@@ -194,13 +208,21 @@ def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
             "free tier is offered.",
         )
     if reply.status == 429 or status == "RESOURCE_EXHAUSTED":
-        return _exhausted(reply, status, message, details)
+        return exhausted(reply, status, message, details)
     return classify_error(ctx, reply, what)
 
 
-def _exhausted(
-    reply: Reply, status: str, message: str, details: list[dict[str, Any]]
+def exhausted(
+    reply: Reply,
+    status: str,
+    message: str,
+    details: list[dict[str, Any]],
+    *,
+    who: str = "Gemini is rate limiting this key",
+    fix: str = "Enable billing or buy credits for the key's project, or pick a model its tier "
+    "includes.",
 ) -> ProbeOutcome:
+    """A 429 RESOURCE_EXHAUSTED: RateLimited unless waiting cannot help (module doc)."""
     violations = [
         v
         for d in details
@@ -216,17 +238,16 @@ def _exhausted(
         return ProbeOutcome(
             Reason.QUOTA_EXCEEDED,
             f"The project has no quota left for this{named} (HTTP {reply.status} {status})"
-            f"{said}. Enable billing or buy credits for the key's project, or pick a model "
-            "its tier includes.",
+            f"{said}. {fix}",
             http_status=reply.status,
             code=status or None,
         )
     return rate_limited(
         reply.headers,
-        f"Gemini is rate limiting this key{named} (HTTP {reply.status} {status}){said}.",
+        f"{who}{named} (HTTP {reply.status} {status}){said}.",
         http_status=reply.status,
         code=status or None,
-        wait=_retry_delay(details),
+        wait=retry_delay(details),
     )
 
 
@@ -236,7 +257,8 @@ def _sent_credentials(ctx: ProbeContext) -> bool:
     return bool(ctx.api_key) or not names.isdisjoint({"x-goog-api-key", "authorization"})
 
 
-def _retry_delay(details: list[dict[str, Any]]) -> float | None:
+def retry_delay(details: list[dict[str, Any]]) -> float | None:
+    """Seconds from a RetryInfo detail ("21.5s"), if there is one."""
     for detail in details:
         if str(detail.get("@type", "")).endswith("RetryInfo"):
             match = _DELAY.match(str(detail.get("retryDelay") or ""))
