@@ -31,8 +31,8 @@ import itertools
 import secrets
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
@@ -224,7 +224,23 @@ def make_app(state: StsState | None = None) -> Starlette:
     return app
 
 
-def credentials_of(state: StsState, access_key_id: str) -> dict[str, Any] | None:
-    """The session STS issued under this key, for tests to compare with what a probe got."""
-    issued = state.issued.get(access_key_id)
-    return None if issued is None else issued.__dict__
+class SessionKeys(Mapping[str, tuple[str, str | None]]):
+    """The sessions this STS issued, as an AWS service knows them: access key id -> (secret
+    access key, session token), until they expire. Given to a loopback service as the keys it
+    accepts (bedrock_dialect.BedrockState.access_keys), it verifies a signature made with
+    what STS issued, and only with its session token, as AWS does for temporary credentials."""
+
+    def __init__(self, state: StsState) -> None:
+        self._state = state
+
+    def __getitem__(self, access_key_id: str) -> tuple[str, str | None]:
+        issued = self._state.issued[access_key_id]
+        if issued.expires <= time.time():
+            raise KeyError(access_key_id)
+        return issued.secret_access_key, issued.session_token
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([k for k in list(self._state.issued) if k in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

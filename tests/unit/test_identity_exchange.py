@@ -1,17 +1,21 @@
 """spec.identity through validate(), without a cluster: a loopback issuer stands in for the API
 server (its discovery documents and JWKS; tokens shaped as TokenRequest mints them), and the
-loopback clouds verify those tokens as the real ones do (tests/servers/aws_sts.py, entra.py).
-The same chain on the real control plane, with tokens the API server mints, is
-tests/e2e/test_identity.py.
+loopback clouds verify those tokens as the real ones do (tests/servers/aws_sts.py, entra.py,
+google_sts.py). The providers are the real ones against their loopback servers, which accept
+exactly what the clouds issued: bedrock (SigV4 with STS's session), azure-openai (Entra's
+token), vertex-ai (Google's token). The same chain on the real control plane, with tokens the
+API server mints, is tests/e2e/test_identity.py.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import ChainMap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 import pytest
 
 from llmconn import logs
@@ -21,13 +25,14 @@ from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
 from llmconn.oauth import CLOUD_PLATFORM
 from llmconn.probes import parse_spec, registry
+from llmconn.probes.aws import signer
 from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
 from llmconn.reasons import Reason, Result
 from llmconn.redact import MARKER
 from llmconn.spec import AwsIdentity
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData, TokenRefused
-from servers import aws_sts, azure_dialect, entra, google_sts
+from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.misbehaving import RawServer, hang
 from servers.oidc import Issuer, TrustedIssuer
 from servers.serve import serve
@@ -82,6 +87,10 @@ class World:
     google: google_sts.GoogleState
     azure: azure_dialect.AzureState
     azure_url: str
+    bedrock: bedrock_dialect.BedrockState
+    bedrock_url: str
+    vertex: vertex_dialect.VertexState
+    vertex_url: str
     clouds: CloudEndpoints
     pool: ClientPool
 
@@ -106,11 +115,17 @@ async def world() -> AsyncIterator[World]:
         google = google_sts.GoogleState()
         google.add_provider(google_sts.PoolProvider(POOL, trusted))
         google.impersonators[GSA] = {PRINCIPAL}
+        # Bedrock knows the sessions STS issued; Vertex AI the tokens Google issued, the
+        # impersonated service account's and (direct resource access) the federated ones.
+        bedrock = bedrock_dialect.BedrockState(access_keys=aws_sts.SessionKeys(sts))
+        vertex_app = vertex_dialect.make_app(issued=ChainMap(google.issued, google.federated))
         with (
             serve(aws_sts.make_app(sts)) as sts_url,
             serve(entra.make_app(directory)) as entra_url,
             serve(azure_app) as azure_url,
             serve(google_sts.make_app(google)) as google_url,
+            serve(bedrock_dialect.make_app(bedrock)) as bedrock_url,
+            serve(vertex_app) as vertex_url,
         ):
             made = World(
                 issuer=issuer,
@@ -120,6 +135,10 @@ async def world() -> AsyncIterator[World]:
                 google=google,
                 azure=azure_app.state.dialect,
                 azure_url=azure_url,
+                bedrock=bedrock,
+                bedrock_url=bedrock_url,
+                vertex=vertex_app.state.dialect,
+                vertex_url=vertex_url,
                 clouds=CloudEndpoints(
                     aws_sts=sts_url,
                     azure_authority_host=entra_url,
@@ -144,37 +163,24 @@ def azure_spec(url: str, **azure: str) -> dict[str, Any]:
     }
 
 
-# --- a provider that takes AWS credentials (bedrock arrives with its own branch) ---------------
-
-GOT: list[ProbeContext] = []
-SEEN_REDACTED: list[str] = []
-
-
-@pytest.fixture
-def aws_provider() -> Iterator[str]:
-    """Provider "aws-test": takes identity.aws, keeps the context it was handed, and checks
-    that the credentials are redacted from logs while it runs."""
-
-    async def probe(ctx: ProbeContext) -> ProbeOutcome:
-        GOT.append(ctx)
-        assert ctx.aws_credentials is not None
-        SEEN_REDACTED.append(logs.redact(" ".join(ctx.aws_credentials.secrets())))
-        logging.getLogger("aws-test").warning("signing with %s", ctx.aws_credentials.secrets())
-        return ok("The credentials arrived.")
-
-    GOT.clear()
-    SEEN_REDACTED.clear()
-    with registry.temporary() as providers:
-        providers.provider(
-            "aws-test", default_endpoint="http://127.0.0.1:9", title="T", identities=("aws",)
-        )(probe)
-        yield "aws-test"
-
-
-def aws_spec(**aws: str) -> dict[str, Any]:
+def aws_spec(world: World, **aws: str) -> dict[str, Any]:
     return {
-        "provider": "aws-test",
+        "provider": "bedrock",
+        "endpoint": world.bedrock_url,
+        "bedrock": {"region": "us-east-1"},
+        "model": bedrock_dialect.HAIKU,
+        "validation": {"type": "Inference"},  # Converse too: the runtime's signature
         "identity": {"serviceAccountName": SA, "aws": {"roleArn": ROLE, **aws}},
+    }
+
+
+def gcp_spec(world: World, **gcp: str) -> dict[str, Any]:
+    return {
+        "provider": "vertex-ai",
+        "endpoint": world.vertex_url,
+        "vertexAI": {"project": vertex_dialect.PROJECT, "location": "us-central1"},
+        "model": "gemini-2.5-flash",
+        "identity": {"serviceAccountName": SA, "gcp": {"audience": POOL, **gcp}},
     }
 
 
@@ -349,14 +355,16 @@ async def test_without_a_cluster_identity_needs_one(world: World) -> None:
     assert not world.entra.seen
 
 
-# --- AWS: STS, credentials handed to the probe -----------------------------------------------
+# --- AWS: STS, then Bedrock signed with the session ------------------------------------------
 
 
-async def test_aws_sts_credentials_reach_the_probe_and_nothing_else(
-    world: World, aws_provider: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.handler.addFilter(logs.RedactingFilter())  # as logs.guard() does for the operator
-    verdict = await run(world, aws_spec())
+def signed_by(seen: Any) -> str:
+    """The access key id a SigV4 Authorization header names."""
+    return str(seen.headers["authorization"]).split("Credential=", 1)[1].split("/", 1)[0]
+
+
+async def test_bedrock_signs_with_the_session_sts_issued(world: World) -> None:
+    verdict = await run(world, aws_spec(world))
     assert verdict.reason is Reason.VALIDATED, verdict.message
     [(_, audience, minted)] = world.tokens.minted
     assert audience == AWS_AUDIENCE
@@ -366,38 +374,101 @@ async def test_aws_sts_credentials_reach_the_probe_and_nothing_else(
     assert asked.body["WebIdentityToken"] == minted
     assert asked.body["DurationSeconds"] == "900"
     assert "authorization" not in asked.headers  # the web identity token is the credential
-    # The probe got exactly the session STS issued to this ServiceAccount for this role.
-    [ctx] = GOT
-    creds = ctx.aws_credentials
-    assert isinstance(creds, AwsCredentials)
-    issued = world.sts.issued[creds.access_key_id]
+    # Both planes were signed with exactly the session STS issued to this ServiceAccount for
+    # this role, its session token sent along (the server verified each signature).
+    calls = list(world.bedrock.seen)
+    assert [c.path.rsplit("/", 1)[-1] for c in calls][-1] == "converse"
+    [key_id] = {signed_by(c) for c in calls}
+    issued = world.sts.issued[key_id]
     assert (issued.role, issued.subject) == (ROLE, SUBJECT)
-    assert creds.secret_access_key == issued.secret_access_key
-    assert creds.session_token == issued.session_token
-    assert ctx.bearer_token is None and ctx.api_key is None
-    # While the probe ran, every credential was redacted from logs; after, none is held.
+    assert {c.headers["x-amz-security-token"] for c in calls} == {issued.session_token}
+    # Nothing of it is in the verdict, and nothing is held once the validation is over.
+    text = repr(verdict)
+    for secret in (minted, issued.secret_access_key, issued.session_token):
+        assert secret not in text
+        assert logs.redact(secret) == secret
+    assert "exchangeMs" in verdict.details
+
+
+async def test_the_session_token_is_part_of_the_credentials(world: World) -> None:
+    """What makes the loopback Bedrock accept STS's keys: the key id and secret alone, signed
+    without the session token, are refused as AWS refuses them."""
+    verdict = await run(world, aws_spec(world))
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    [key_id] = {signed_by(c) for c in world.bedrock.seen}
+    issued = world.sts.issued[key_id]
+    bare = AwsCredentials(key_id, issued.secret_access_key)
+    sign = await signer(bare, "us-east-1", "bedrock")
+    async with httpx2.AsyncClient() as client:
+        request = client.build_request("GET", f"{world.bedrock_url}/foundation-models")
+        sign(request)
+        answer = await client.send(request)
+    assert answer.status_code == 403
+    assert answer.headers["x-amzn-errortype"].startswith("UnrecognizedClientException")
+
+
+async def test_a_role_without_invoke_permission_is_permission_denied(world: World) -> None:
+    world.bedrock.invoke_denied = frozenset({bedrock_dialect.HAIKU})
+    verdict = await run(world, aws_spec(world))
+    assert (verdict.reason, verdict.code) == (Reason.PERMISSION_DENIED, "AccessDeniedException")
+    assert "bedrock:InvokeModel" in verdict.message
+
+
+# The exchanged credentials are hidden from log records while the validation holds them: a
+# probe that logs them is the only way to see that from inside, so this one provider is the
+# test's own.
+SEEN_REDACTED: list[str] = []
+
+
+@pytest.fixture
+def logging_provider() -> Iterator[str]:
+    """Provider "aws-logging": takes identity.aws and logs the credentials it was handed."""
+
+    async def probe(ctx: ProbeContext) -> ProbeOutcome:
+        assert ctx.aws_credentials is not None
+        SEEN_REDACTED.append(logs.redact(" ".join(ctx.aws_credentials.secrets())))
+        logging.getLogger("aws-logging").warning("signing with %s", ctx.aws_credentials.secrets())
+        return ok("The credentials arrived.")
+
+    SEEN_REDACTED.clear()
+    with registry.temporary() as providers:
+        providers.provider(
+            "aws-logging", default_endpoint="http://127.0.0.1:9", title="T", identities=("aws",)
+        )(probe)
+        yield "aws-logging"
+
+
+async def test_sts_credentials_are_redacted_from_logs_while_held(
+    world: World, logging_provider: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.handler.addFilter(logs.RedactingFilter())  # as logs.guard() does for the operator
+    spec = {
+        "provider": logging_provider,
+        "identity": {"serviceAccountName": SA, "aws": {"roleArn": ROLE}},
+    }
+    verdict = await run(world, spec)
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    [issued] = world.sts.issued.values()
     assert [" ".join([MARKER] * 3)] == SEEN_REDACTED
-    assert creds.secret_access_key not in caplog.text and MARKER in caplog.text
-    assert logs.redact(creds.secret_access_key) == creds.secret_access_key
-    assert logs.redact(minted) == minted
-    assert creds.secret_access_key not in repr(verdict) and minted not in repr(verdict)
+    assert issued.secret_access_key not in caplog.text and MARKER in caplog.text
+    assert logs.redact(issued.secret_access_key) == issued.secret_access_key  # released
 
 
-async def test_aws_untrusted_subject_is_access_denied(world: World, aws_provider: str) -> None:
+async def test_aws_untrusted_subject_is_access_denied(world: World) -> None:
     world.sts.add_role(ROLE, world.issuer.url, f"system:serviceaccount:{NS}:someone-else")
-    verdict = await run(world, aws_spec())
+    verdict = await run(world, aws_spec(world))
     assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
     assert (verdict.code, verdict.http_status) == ("AccessDenied", 403)
     assert "AWS STS AssumeRoleWithWebIdentity" in verdict.message
     assert ROLE in verdict.message and SUBJECT in verdict.message
     assert "request id" in verdict.message
-    assert not GOT
+    assert not world.bedrock.seen
 
 
-async def test_aws_wrong_audience(world: World, aws_provider: str) -> None:
+async def test_aws_wrong_audience(world: World) -> None:
     """The IAM OIDC provider lists other client IDs than sts.amazonaws.com."""
     world.sts.trust(TrustedIssuer(world.issuer.url), {"sigstore"})
-    verdict = await run(world, aws_spec())
+    verdict = await run(world, aws_spec(world))
     assert (verdict.reason, verdict.code) == (
         Reason.IDENTITY_EXCHANGE_FAILED,
         "InvalidIdentityToken",
@@ -405,9 +476,9 @@ async def test_aws_wrong_audience(world: World, aws_provider: str) -> None:
     assert "Incorrect token audience" in verdict.message
 
 
-async def test_aws_unknown_issuer(world: World, aws_provider: str) -> None:
+async def test_aws_unknown_issuer(world: World) -> None:
     world.sts.issuers.clear()
-    verdict = await run(world, aws_spec())
+    verdict = await run(world, aws_spec(world))
     assert (verdict.reason, verdict.code) == (
         Reason.IDENTITY_EXCHANGE_FAILED,
         "InvalidIdentityToken",
@@ -425,12 +496,12 @@ async def test_aws_unknown_issuer(world: World, aws_provider: str) -> None:
     ],
 )
 async def test_sts_trouble_is_not_the_connections_fault(
-    world: World, aws_provider: str, behaviour: str, reason: Reason
+    world: World, behaviour: str, reason: Reason
 ) -> None:
     world.sts.reset(behaviour)
-    verdict = await run(world, aws_spec())
+    verdict = await run(world, aws_spec(world))
     assert verdict.reason is reason, verdict.message
-    assert not GOT
+    assert not world.bedrock.seen
 
 
 def test_the_sts_endpoint_follows_region_and_partition() -> None:
@@ -452,32 +523,8 @@ def test_the_sts_endpoint_follows_region_and_partition() -> None:
 # --- Google: STS, then optionally IAM Credentials ---------------------------------------------
 
 
-@pytest.fixture
-def gcp_provider() -> Iterator[str]:
-    """Provider "gcp-test": takes identity.gcp and keeps the context it was handed (vertex-ai
-    arrives with its own change)."""
-
-    async def probe(ctx: ProbeContext) -> ProbeOutcome:
-        GOT.append(ctx)
-        return ok("The token arrived.")
-
-    GOT.clear()
-    with registry.temporary() as providers:
-        providers.provider(
-            "gcp-test", default_endpoint="http://127.0.0.1:9", title="T", identities=("gcp",)
-        )(probe)
-        yield "gcp-test"
-
-
-def gcp_spec(**gcp: str) -> dict[str, Any]:
-    return {
-        "provider": "gcp-test",
-        "identity": {"serviceAccountName": SA, "gcp": {"audience": POOL, **gcp}},
-    }
-
-
-async def test_google_sts_token_reaches_the_probe(world: World, gcp_provider: str) -> None:
-    verdict = await run(world, gcp_spec())
+async def test_vertex_ai_gets_google_sts_federated_token(world: World) -> None:
+    verdict = await run(world, gcp_spec(world))
     assert verdict.reason is Reason.VALIDATED, verdict.message
     [(_, audience, minted)] = world.tokens.minted
     assert audience == POOL  # the provider's full name: one of its default audiences
@@ -487,63 +534,72 @@ async def test_google_sts_token_reaches_the_probe(world: World, gcp_provider: st
     assert asked.body["subject_token"] == minted
     assert asked.body["subject_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
     assert asked.body["scope"] == CLOUD_PLATFORM
-    [ctx] = GOT
-    assert ctx.bearer_token is not None
-    assert world.google.federated[ctx.bearer_token.token] == PRINCIPAL
+    # Without a service account to impersonate, Vertex AI got the federated token itself.
+    [call] = list(world.vertex.seen)
+    assert call.path.endswith(":countTokens")
+    bearer = call.headers["authorization"].removeprefix("Bearer ")
+    assert world.google.federated[bearer] == PRINCIPAL
+    assert bearer not in repr(verdict) and minted not in repr(verdict)
+    assert verdict.message.startswith("The workload identity may call")
 
 
-async def test_google_impersonation_hands_over_the_service_accounts_token(
-    world: World, gcp_provider: str
-) -> None:
-    verdict = await run(world, gcp_spec(serviceAccountEmail=GSA))
+async def test_vertex_ai_gets_the_impersonated_service_accounts_token(world: World) -> None:
+    verdict = await run(world, gcp_spec(world, serviceAccountEmail=GSA))
     assert verdict.reason is Reason.VALIDATED, verdict.message
     _, impersonation = list(world.google.seen)
     federated = impersonation.headers["authorization"].removeprefix("Bearer ")
     assert world.google.federated[federated] == PRINCIPAL
     assert impersonation.path == f"/v1/projects/-/serviceAccounts/{GSA}:generateAccessToken"
     assert impersonation.body == {"scope": [CLOUD_PLATFORM], "lifetime": "600s"}
-    [ctx] = GOT
-    assert ctx.bearer_token is not None
-    assert world.google.issued[ctx.bearer_token.token] == GSA
-    assert federated not in repr(verdict) and ctx.bearer_token.token not in repr(verdict)
+    [call] = list(world.vertex.seen)
+    bearer = call.headers["authorization"].removeprefix("Bearer ")
+    assert world.google.issued[bearer] == GSA
+    assert f"Service account {GSA}" in verdict.message
+    assert federated not in repr(verdict) and bearer not in repr(verdict)
 
 
-async def test_google_refuses_an_untrusted_subject(world: World, gcp_provider: str) -> None:
+async def test_a_service_account_without_predict_is_permission_denied(world: World) -> None:
+    world.vertex.granted.clear()
+    verdict = await run(world, gcp_spec(world, serviceAccountEmail=GSA))
+    assert (verdict.reason, verdict.code) == (Reason.PERMISSION_DENIED, "PERMISSION_DENIED")
+    assert f"Service account {GSA}" in verdict.message
+    assert "aiplatform.endpoints.predict" in verdict.message
+
+
+async def test_google_refuses_an_untrusted_subject(world: World) -> None:
     provider = google_sts.PoolProvider(
         POOL, TrustedIssuer(world.issuer.url), subjects=frozenset({"system:serviceaccount:x:y"})
     )
     world.google.add_provider(provider)
-    verdict = await run(world, gcp_spec())
+    verdict = await run(world, gcp_spec(world))
     assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
     assert verdict.code == "unauthorized_client"
     assert "Google STS token exchange" in verdict.message
     assert "attribute condition" in verdict.message and SUBJECT in verdict.message
-    assert not GOT
+    assert not world.vertex.seen
 
 
-async def test_google_refuses_a_wrong_audience(world: World, gcp_provider: str) -> None:
+async def test_google_refuses_a_wrong_audience(world: World) -> None:
     provider = google_sts.PoolProvider(
         POOL, TrustedIssuer(world.issuer.url), allowed_audiences=frozenset({"sigstore"})
     )
     world.google.add_provider(provider)
-    verdict = await run(world, gcp_spec())
+    verdict = await run(world, gcp_spec(world))
     assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "invalid_grant")
     assert "audience" in verdict.message
 
 
-async def test_google_refuses_an_unknown_provider(world: World, gcp_provider: str) -> None:
+async def test_google_refuses_an_unknown_provider(world: World) -> None:
     world.google.providers.clear()
-    verdict = await run(world, gcp_spec())
+    verdict = await run(world, gcp_spec(world))
     assert (verdict.reason, verdict.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "invalid_target")
 
 
-async def test_impersonation_without_the_workload_identity_user_role(
-    world: World, gcp_provider: str
-) -> None:
+async def test_impersonation_without_the_workload_identity_user_role(world: World) -> None:
     world.google.impersonators.clear()
-    verdict = await run(world, gcp_spec(serviceAccountEmail=GSA))
+    verdict = await run(world, gcp_spec(world, serviceAccountEmail=GSA))
     assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
     assert (verdict.code, verdict.http_status) == ("PERMISSION_DENIED", 403)
     assert "IAM Credentials generateAccessToken" in verdict.message
     assert "roles/iam.workloadIdentityUser" in verdict.message and GSA in verdict.message
-    assert not GOT
+    assert not world.vertex.seen
