@@ -1,15 +1,18 @@
 """spec.identity on the real control plane: the API server mints the ServiceAccount tokens
 (TokenRequest) and serves the keys that sign them (/openid/v1/jwks, through its issuer
-discovery document); the loopback clouds verify those tokens as AWS STS and Entra ID do.
+discovery document); the loopback clouds verify those tokens as AWS STS, Entra ID and Google
+STS do, and the loopback providers accept exactly the credentials those clouds issued.
 
-- azure-openai with an Entra identity, end to end through the operator process: Validated
-  with Entra's bearer token at the Azure server, and each failure a user meets: no
-  ServiceAccount (then created: picked up without a watch), a subject or an audience the
-  federated credential does not trust, an identity without a role on the resource.
-- AWS and Google: bedrock and vertex-ai arrive with their own changes; here providers
-  registered for the test take identity.aws and identity.gcp and show the credentials the
-  exchanges handed to the probe (STS's session; Google STS's federated token, and the
-  impersonated service account's token), with tokens the real API server minted.
+Through the operator process, each provider validates as its workload identity:
+- azure-openai with Entra's bearer token, and each failure a user meets: no ServiceAccount
+  (then created: picked up without a watch), a subject or an audience the federated
+  credential does not trust, an identity without a role on the resource;
+- bedrock signed (SigV4) with the session STS issued for the role, its session token along,
+  and a role without invoke permission PermissionDenied;
+- vertex-ai with the impersonated service account's token from IAM Credentials.
+The refusals of STS and Google (an untrusted subject, a provider without the STS audience,
+another ServiceAccount of the namespace) go through validate() in the test's process, with
+tokens the API server minted.
 """
 
 from __future__ import annotations
@@ -31,12 +34,11 @@ from llmconn.clouds import AWS_AUDIENCE, CloudEndpoints
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
 from llmconn.kube import Kube, ServiceAccountTokens
-from llmconn.probes import parse_spec, registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
+from llmconn.probes import parse_spec
 from llmconn.reasons import Reason
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData
-from servers import aws_sts, azure_dialect, entra, google_sts
+from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.oidc import TrustedIssuer
 from servers.serve import serve
 
@@ -75,6 +77,10 @@ class Clouds:
     azure_url: str
     google: google_sts.GoogleState
     google_url: str
+    bedrock: bedrock_dialect.BedrockState
+    bedrock_url: str
+    vertex: vertex_dialect.VertexState
+    vertex_url: str
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +92,17 @@ def clouds(cluster: ControlPlane, issuer: TrustedIssuer) -> Iterator[Clouds]:
     azure_app = azure_dialect.make_app(entra=directory, role_holders={CLIENT, OTHER_AUDIENCE})
     google = google_sts.GoogleState()
     google.add_provider(google_sts.PoolProvider(POOL, issuer))
+    # Bedrock accepts the sessions STS issued (with their session token); Vertex AI the
+    # access tokens IAM Credentials issued.
+    bedrock = bedrock_dialect.BedrockState(access_keys=aws_sts.SessionKeys(sts))
+    vertex_app = vertex_dialect.make_app(issued=google.issued)
     with (
         serve(aws_sts.make_app(sts)) as sts_url,
         serve(entra.make_app(directory)) as entra_url,
         serve(azure_app) as azure_url,
         serve(google_sts.make_app(google)) as google_url,
+        serve(bedrock_dialect.make_app(bedrock)) as bedrock_url,
+        serve(vertex_app) as vertex_url,
     ):
         yield Clouds(
             sts,
@@ -101,6 +113,10 @@ def clouds(cluster: ControlPlane, issuer: TrustedIssuer) -> Iterator[Clouds]:
             azure_url,
             google,
             google_url,
+            bedrock,
+            bedrock_url,
+            vertex_app.state.dialect,
+            vertex_url,
         )
 
 
@@ -140,6 +156,12 @@ def operator(
         GRACE,
         "--azure-authority-host",
         clouds.entra_url,
+        "--aws-sts-endpoint",
+        clouds.sts_url,
+        "--gcp-sts-endpoint",
+        clouds.google_url,
+        "--gcp-iam-credentials-endpoint",
+        clouds.google_url,
         name="identity",
     ).start()
     yield op
@@ -271,35 +293,134 @@ def test_an_identity_without_a_role_is_permission_denied(
     assert condition(status, "Stalled")["status"] == "True"
 
 
-# --- AWS STS and Google STS with tokens the API server mints -----------------------------------
+# --- bedrock and vertex-ai through the operator ----------------------------------------------
 
-GOT: list[ProbeContext] = []
+
+def bedrock(clouds: Clouds, account: str, model: str = bedrock_dialect.HAIKU) -> dict[str, Any]:
+    return {
+        "provider": "bedrock",
+        "endpoint": clouds.bedrock_url,
+        "bedrock": {"region": "us-east-1"},
+        "model": model,
+        "validation": {"type": "Inference"},  # the only type that proves bedrock:InvokeModel
+        "identity": {"serviceAccountName": account, "aws": {"roleArn": ROLE}},
+    }
+
+
+def vertex(clouds: Clouds, account: str, email: str | None = GSA) -> dict[str, Any]:
+    gcp = {"audience": POOL, **({"serviceAccountEmail": email} if email else {})}
+    return {
+        "provider": "vertex-ai",
+        "endpoint": clouds.vertex_url,
+        "vertexAI": {"project": vertex_dialect.PROJECT, "location": "us-central1"},
+        "model": "gemini-2.5-flash",
+        "identity": {"serviceAccountName": account, "gcp": gcp},
+    }
+
+
+def trust_for_role(clouds: Clouds, issuer: str, subject: str) -> None:
+    """The role's trust policy admits this subject too (the module's tests share the role)."""
+    role = clouds.sts.roles.get(ROLE)
+    clouds.sts.add_role(ROLE, issuer, subject, *(role.subjects if role else ()))
+
+
+def may_impersonate(clouds: Clouds, subject: str) -> None:
+    """roles/iam.workloadIdentityUser on GSA for this subject's principal, besides others."""
+    principal = clouds.google.providers[POOL].principal(subject)
+    clouds.google.impersonators[GSA] = {*clouds.google.impersonators.get(GSA, ()), principal}
+
+
+def signed_by(seen: Any) -> str:
+    """The access key id a SigV4 Authorization header names."""
+    return str(seen.headers["authorization"]).split("Credential=", 1)[1].split("/", 1)[0]
+
+
+def nothing_leaked(operator: OperatorProcess, api: Api, ns: str, name: str, *secrets: str) -> None:
+    seen = operator.log() + json.dumps(api.conn(ns, name)) + json.dumps(api.events(ns))
+    for secret in secrets:
+        assert secret not in seen
+        if secret.count(".") == 2:  # a JWT: its signature alone is a giveaway too
+            assert secret.rsplit(".", 1)[1][:24] not in seen
+
+
+def test_bedrock_validates_as_the_workload_identity(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    api, subject = Api(cluster), f"system:serviceaccount:{ns}:bedrock-agent"
+    trust_for_role(clouds, cluster.server, subject)
+    service_account(cluster, ns, "bedrock-agent")
+    apply(cluster, ns, "bedrock-keyless", bedrock(clouds, "bedrock-agent"))
+    status = verdict(api, ns, "bedrock-keyless", "Validated")
+    assert "answered a test Converse" in status["message"]
+    # STS verified a token the API server minted for this ServiceAccount, with STS's audience.
+    [asked] = [s for s in clouds.sts.seen if s.body.get("RoleArn") == ROLE]
+    token = asked.body["WebIdentityToken"]
+    claims = clouds.sts.issuers[cluster.server].verify(token, {AWS_AUDIENCE})
+    assert (claims["iss"], claims["sub"]) == (cluster.server, subject)
+    # Both planes were signed with the session STS issued for it (the server verified each
+    # signature with its secret, and took the session token with it), and with nothing else.
+    calls = list(clouds.bedrock.seen)
+    assert calls and calls[-1].path.endswith("/converse")
+    [key_id] = {signed_by(c) for c in calls}
+    issued = clouds.sts.issued[key_id]
+    assert (issued.role, issued.subject) == (ROLE, subject)
+    assert {c.headers["x-amz-security-token"] for c in calls} == {issued.session_token}
+    nothing_leaked(
+        operator,
+        api,
+        ns,
+        "bedrock-keyless",
+        token,
+        key_id,
+        issued.secret_access_key,
+        issued.session_token,
+    )
+
+
+def test_a_role_without_invoke_permission_is_permission_denied(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    api, subject = Api(cluster), f"system:serviceaccount:{ns}:bedrock-reader"
+    trust_for_role(clouds, cluster.server, subject)
+    clouds.bedrock.invoke_denied = frozenset({bedrock_dialect.NOVA})
+    service_account(cluster, ns, "bedrock-reader")
+    apply(cluster, ns, "bedrock-no-invoke", bedrock(clouds, "bedrock-reader", bedrock_dialect.NOVA))
+    status = verdict(api, ns, "bedrock-no-invoke", "PermissionDenied")
+    assert status["code"] == "AccessDeniedException"
+    assert "bedrock:InvokeModel" in status["message"]
+
+
+def test_vertex_ai_validates_as_the_impersonated_service_account(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess
+) -> None:
+    api, subject = Api(cluster), f"system:serviceaccount:{ns}:vertex-agent"
+    provider = clouds.google.providers[POOL]
+    may_impersonate(clouds, subject)
+    service_account(cluster, ns, "vertex-agent")
+    apply(cluster, ns, "vertex-keyless", vertex(clouds, "vertex-agent"))
+    status = verdict(api, ns, "vertex-keyless", "Validated")
+    assert f"Service account {GSA}" in status["message"]
+    exchange, impersonation = [s for s in clouds.google.seen][-2:]
+    claims = provider.issuer.verify(exchange.body["subject_token"], {POOL})
+    assert (claims["iss"], claims["sub"]) == (cluster.server, subject)
+    federated = impersonation.headers["authorization"].removeprefix("Bearer ")
+    assert clouds.google.federated[federated] == provider.principal(subject)
+    # Vertex AI was called with the impersonated service account's token, and no other.
+    calls = list(clouds.vertex.seen)
+    assert calls and {c.headers["authorization"][7:] for c in calls} <= set(clouds.google.issued)
+    bearer = calls[-1].headers["authorization"][7:]
+    assert clouds.google.issued[bearer] == GSA
+    nothing_leaked(
+        operator, api, ns, "vertex-keyless", exchange.body["subject_token"], federated, bearer
+    )
+
+
+# --- the clouds' refusals, with tokens the API server mints -----------------------------------
 
 
 class NoSecrets:
     async def get(self, name: str) -> SecretData | None:
         return None
-
-
-@pytest.fixture
-def aws_provider() -> Iterator[str]:
-    """Providers that take identity.aws and identity.gcp and keep what they were handed
-    (bedrock and vertex-ai come with their own changes; their probes use these)."""
-
-    async def probe(ctx: ProbeContext) -> ProbeOutcome:
-        GOT.append(ctx)
-        return ok("The credentials arrived.")
-
-    GOT.clear()
-    with registry.temporary() as providers:
-        for cloud in ("aws", "gcp"):
-            providers.provider(
-                f"{cloud}-test",
-                default_endpoint="http://127.0.0.1:9",
-                title="T",
-                identities=(cloud,),
-            )(probe)
-        yield "aws-test"
 
 
 @pytest.fixture
@@ -311,12 +432,6 @@ async def minting(cluster: ControlPlane, namespace: str) -> AsyncIterator[Servic
     )
     yield ServiceAccountTokens(kube, namespace)
     await kube.aclose()
-
-
-async def aws_verdict(clouds: Clouds, tokens: ServiceAccountTokens, account: str) -> Any:
-    aws = {"roleArn": ROLE}
-    spec = {"provider": "aws-test", "identity": {"serviceAccountName": account, "aws": aws}}
-    return await cloud_verdict(clouds, tokens, spec)
 
 
 async def cloud_verdict(clouds: Clouds, tokens: ServiceAccountTokens, spec: dict[str, Any]) -> Any:
@@ -331,48 +446,17 @@ async def cloud_verdict(clouds: Clouds, tokens: ServiceAccountTokens, spec: dict
         await pool.aclose()
 
 
-async def test_aws_sts_exchanges_a_token_the_api_server_minted(
-    cluster: ControlPlane,
-    clouds: Clouds,
-    namespace: str,
-    aws_provider: str,
-    minting: ServiceAccountTokens,
-) -> None:
-    subject = f"system:serviceaccount:{namespace}:agent"
-    clouds.sts.add_role(ROLE, cluster.server, subject)
-    service_account(cluster, namespace, "agent")
-    before = len(clouds.sts.seen)
-    result = await aws_verdict(clouds, minting, "agent")
-    assert result.reason is Reason.VALIDATED, result.message
-    [asked] = list(clouds.sts.seen)[before:]
-    token = asked.body["WebIdentityToken"]
-    claims = clouds.sts.issuers[cluster.server].verify(token, {AWS_AUDIENCE})
-    assert (claims["iss"], claims["sub"]) == (cluster.server, subject)
-    [ctx] = GOT
-    creds = ctx.aws_credentials
-    assert creds is not None
-    issued = clouds.sts.issued[creds.access_key_id]
-    assert (issued.role, issued.subject) == (ROLE, subject)
-    assert (creds.secret_access_key, creds.session_token) == (
-        issued.secret_access_key,
-        issued.session_token,
-    )
-
-
 async def test_aws_sts_refuses_an_untrusted_subject(
-    cluster: ControlPlane,
-    clouds: Clouds,
-    namespace: str,
-    aws_provider: str,
-    minting: ServiceAccountTokens,
+    cluster: ControlPlane, clouds: Clouds, namespace: str, minting: ServiceAccountTokens
 ) -> None:
-    clouds.sts.add_role(ROLE, cluster.server, f"system:serviceaccount:{namespace}:agent")
+    trust_for_role(clouds, cluster.server, f"system:serviceaccount:{namespace}:agent")
     service_account(cluster, namespace, "stranger")
-    result = await aws_verdict(clouds, minting, "stranger")
+    before = len(clouds.bedrock.seen)
+    result = await cloud_verdict(clouds, minting, bedrock(clouds, "stranger"))
     assert result.reason is Reason.IDENTITY_EXCHANGE_FAILED
     assert (result.code, result.http_status) == ("AccessDenied", 403)
     assert f"system:serviceaccount:{namespace}:stranger" in result.message
-    assert not GOT
+    assert len(clouds.bedrock.seen) == before  # Bedrock was never called
 
 
 async def test_aws_sts_refuses_a_provider_without_the_sts_audience(
@@ -380,14 +464,13 @@ async def test_aws_sts_refuses_a_provider_without_the_sts_audience(
     clouds: Clouds,
     issuer: TrustedIssuer,
     namespace: str,
-    aws_provider: str,
     minting: ServiceAccountTokens,
 ) -> None:
-    clouds.sts.add_role(ROLE, cluster.server, f"system:serviceaccount:{namespace}:agent")
+    trust_for_role(clouds, cluster.server, f"system:serviceaccount:{namespace}:agent")
     service_account(cluster, namespace, "agent")
     clouds.sts.trust(issuer, {"sigstore"})
     try:
-        result = await aws_verdict(clouds, minting, "agent")
+        result = await cloud_verdict(clouds, minting, bedrock(clouds, "agent"))
     finally:
         clouds.sts.trust(issuer)
     assert (result.reason, result.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "InvalidIdentityToken")
@@ -395,40 +478,25 @@ async def test_aws_sts_refuses_a_provider_without_the_sts_audience(
 
 
 async def test_no_service_account_mints_nothing(
-    clouds: Clouds, aws_provider: str, minting: ServiceAccountTokens
+    clouds: Clouds, minting: ServiceAccountTokens
 ) -> None:
     before = len(clouds.sts.seen)
-    result = await aws_verdict(clouds, minting, f"absent-{pysecrets.token_hex(2)}")
+    result = await cloud_verdict(
+        clouds, minting, bedrock(clouds, f"absent-{pysecrets.token_hex(2)}")
+    )
     assert result.reason is Reason.SERVICE_ACCOUNT_NOT_FOUND
     assert len(clouds.sts.seen) == before
 
 
-async def test_google_sts_and_impersonation_with_a_token_the_api_server_minted(
-    cluster: ControlPlane,
-    clouds: Clouds,
-    namespace: str,
-    aws_provider: str,
-    minting: ServiceAccountTokens,
+async def test_another_service_account_may_not_impersonate(
+    cluster: ControlPlane, clouds: Clouds, namespace: str, minting: ServiceAccountTokens
 ) -> None:
-    subject = f"system:serviceaccount:{namespace}:agent"
-    provider = clouds.google.providers[POOL]
-    clouds.google.impersonators[GSA] = {provider.principal(subject)}
-    service_account(cluster, namespace, "agent")
-    before = len(clouds.google.seen)
-    identity = {"audience": POOL, "serviceAccountEmail": GSA}
-    spec = {"provider": "gcp-test", "identity": {"serviceAccountName": "agent", "gcp": identity}}
-    result = await cloud_verdict(clouds, minting, spec)
-    assert result.reason is Reason.VALIDATED, result.message
-    exchange, impersonation = list(clouds.google.seen)[before:]
-    claims = provider.issuer.verify(exchange.body["subject_token"], {POOL})
-    assert (claims["iss"], claims["sub"]) == (cluster.server, subject)
-    federated = impersonation.headers["authorization"].removeprefix("Bearer ")
-    assert clouds.google.federated[federated] == provider.principal(subject)
-    [ctx] = GOT
-    assert ctx.bearer_token is not None
-    assert clouds.google.issued[ctx.bearer_token.token] == GSA
-    # Another ServiceAccount of the namespace is not the one the service account trusts.
+    """The service account trusts one ServiceAccount of the namespace; another one gets
+    Google STS's federated token, and IAM Credentials refuses it the impersonation."""
+    may_impersonate(clouds, f"system:serviceaccount:{namespace}:agent")
     service_account(cluster, namespace, "bystander")
-    spec["identity"]["serviceAccountName"] = "bystander"  # type: ignore[index]
-    result = await cloud_verdict(clouds, minting, spec)
+    before = len(clouds.vertex.seen)
+    result = await cloud_verdict(clouds, minting, vertex(clouds, "bystander"))
     assert (result.reason, result.code) == (Reason.IDENTITY_EXCHANGE_FAILED, "PERMISSION_DENIED")
+    assert "IAM Credentials generateAccessToken" in result.message
+    assert len(clouds.vertex.seen) == before
