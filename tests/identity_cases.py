@@ -34,7 +34,7 @@ BEDROCK: dict[str, Any] = {
 }
 VERTEX: dict[str, Any] = {
     "provider": "vertex-ai",
-    "vertexAI": {"project": "my-proj", "location": "us-central1"},
+    "vertexAI": {"project": "my-proj", "location": "us-central1", "publisher": "google"},
     "identity": {"serviceAccountName": "agent", "gcp": {"audience": POOL}},
 }
 # The connection of the provider that takes each cloud.
