@@ -6,10 +6,11 @@ both): the spec knows no provider, providers register into `probes.base` and nev
 the `probes` package, and nothing before the last line knows Kubernetes.
 
 1. reasons, redact, egress, spec, scheduler, peering, credentials (import nothing of llmconn)
-2. logs, http, exchange, verdict, lifecycle, status, metrics, triggers, secretcache, memory
-3. probes.base (what a probe is and declares; the registry)
-4. probes.* (the shared probe parts and one module per provider)
-5. probes (imports every provider: the complete registry, and parse_spec against it)
-6. classify, validate, oneshot (the validation core, and `llmconn validate`'s engine)
-7. kube, secretwatch, writer, reconciler, config, handlers, runner, cli, kubectl_plugin, __main__
+2. logs, http, exchange, oauth (what log records and requests go through)
+3. clouds, verdict, lifecycle, status, metrics, triggers, secretcache, memory
+4. probes.base (what a probe is and declares; the registry)
+5. probes.* (the shared probe parts and one module per provider)
+6. probes (imports every provider: the complete registry, and parse_spec against it)
+7. classify, identity, validate, oneshot (the validation core, and `llmconn validate`'s engine)
+8. kube, secretwatch, writer, reconciler, config, handlers, runner, cli, kubectl_plugin, __main__
 """

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from llmconn import logs
 from llmconn.egress import EgressPolicy
-from llmconn.oneshot import InputError, Outcome, exit_code, load, validate_all
+from llmconn.oneshot import NEEDS_CLUSTER, InputError, Outcome, exit_code, load, validate_all
 from llmconn.spec import parse_duration
 from llmconn.verdict import Defaults
 
@@ -148,6 +148,12 @@ def _validate(args: argparse.Namespace) -> int:
         return USAGE_ERROR
     for skipped in manifests.skipped:
         print(f"llmconn validate: skipping {skipped}", file=sys.stderr)
+    for conn in manifests.connections:
+        if conn.spec.identity is not None and not conn.spec.suspend:
+            print(
+                f"llmconn validate: {conn.namespace}/{conn.name} ({conn.source}): {NEEDS_CLUSTER}",
+                file=sys.stderr,
+            )
     defaults = Defaults(
         timeout=args.default_timeout,
         inference_min_interval=None if args.no_inference else Defaults().inference_min_interval,
@@ -174,7 +180,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _as_json(outcome: Outcome) -> dict[str, object]:
     conn = outcome.connection
-    return {"name": conn.name, "namespace": conn.namespace, "status": outcome.status}
+    shown: dict[str, object] = {"name": conn.name, "namespace": conn.namespace}
+    if outcome.note is not None:
+        shown["notValidated"] = outcome.note
+    return {**shown, "status": outcome.status}
 
 
 def table(outcomes: Sequence[Outcome]) -> str:
@@ -194,7 +203,7 @@ def table(outcomes: Sequence[Outcome]) -> str:
                 str(status.get("result", "-")),
                 str(status.get("reason") or ready.get("reason", "-")),
                 f"{latency}ms" if latency is not None else "-",
-                str(status.get("message") or ready.get("message", "")),
+                o.note or str(status.get("message") or ready.get("message", "")),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]

@@ -13,7 +13,9 @@ import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+from llmconn.clouds import CloudEndpoints
 from llmconn.egress import EgressPolicy
 from llmconn.peering import Shard
 from llmconn.spec import parse_duration
@@ -175,7 +177,8 @@ def parser() -> argparse.ArgumentParser:
         "--missing-secret-grace",
         type=_duration,
         default=_env("missing-secret-grace", "2m"),
-        help="how long a missing Secret is waited for before Stalled (default 2m)",
+        help="how long a missing Secret or ServiceAccount is waited for before Stalled "
+        "(default 2m)",
     )
     p.add_argument(
         "--egress-deny",
@@ -246,7 +249,41 @@ def parser() -> argparse.ArgumentParser:
         "referenced Secrets are still read when validated, but their changes are not seen "
         "until the next validation",
     )
+    clouds = CloudEndpoints()
+    p.add_argument(
+        "--aws-sts-endpoint",
+        default=_env("aws-sts-endpoint") or None,
+        help="where spec.identity.aws tokens are exchanged, for every connection: a VPC, FIPS "
+        "or private endpoint of STS (default: sts.amazonaws.com, or the STS of the "
+        "connection's stsRegion)",
+    )
+    p.add_argument(
+        "--azure-authority-host",
+        default=_env("azure-authority-host") or clouds.azure_authority_host,
+        help="the Entra ID authority spec.identity.azure tokens are exchanged at, e.g. "
+        f"https://login.microsoftonline.us for Azure Government (default "
+        f"{clouds.azure_authority_host})",
+    )
+    p.add_argument(
+        "--gcp-sts-endpoint",
+        default=_env("gcp-sts-endpoint") or clouds.gcp_sts,
+        help=f"Google's STS for spec.identity.gcp (default {clouds.gcp_sts})",
+    )
+    p.add_argument(
+        "--gcp-iam-credentials-endpoint",
+        default=_env("gcp-iam-credentials-endpoint") or clouds.gcp_iam_credentials,
+        help="IAM Credentials, for spec.identity.gcp.serviceAccountEmail (default "
+        f"{clouds.gcp_iam_credentials})",
+    )
     return p
+
+
+def _endpoint(p: argparse.ArgumentParser, option: str, value: str) -> str:
+    """An exchange endpoint: an absolute http or https URL, without query or fragment."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        p.error(f"{option} must be an absolute http or https URL without a query: {value!r}")
+    return value.rstrip("/")
 
 
 def from_args(argv: Sequence[str]) -> Config:
@@ -283,6 +320,16 @@ def from_args(argv: Sequence[str]) -> Config:
             "peering_lifetime",
         )
     }
+    clouds = CloudEndpoints(
+        aws_sts=_endpoint(p, "--aws-sts-endpoint", args.aws_sts_endpoint)
+        if args.aws_sts_endpoint
+        else None,
+        azure_authority_host=_endpoint(p, "--azure-authority-host", args.azure_authority_host),
+        gcp_sts=_endpoint(p, "--gcp-sts-endpoint", args.gcp_sts_endpoint),
+        gcp_iam_credentials=_endpoint(
+            p, "--gcp-iam-credentials-endpoint", args.gcp_iam_credentials_endpoint
+        ),
+    )
     try:
         egress = EgressPolicy.from_strings(
             deny=_merged(_env("egress-deny"), args.egress_deny),
@@ -303,6 +350,7 @@ def from_args(argv: Sequence[str]) -> Config:
             if args.no_inference
             else durations["inference_min_interval"],
             missing_secret_grace=durations["missing_secret_grace"],
+            clouds=clouds,
         ),
         egress=egress,
         metrics_port=args.metrics_port,

@@ -22,11 +22,13 @@ import httpx2
 import kopf
 
 from llmconn import logs
-from llmconn.verdict import SecretData
+from llmconn.verdict import SecretData, TokenRefused
 
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "llmconn.dev", "v1alpha1", "llmconnections"
+# The shortest token TokenRequest grants (10 minutes): it serves one validation.
+TOKEN_SECONDS = 600
 # Metadata-only representations of a list and of a watch event's object.
 META_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 META_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
@@ -269,6 +271,27 @@ class Kube:
         response.raise_for_status()
         return secret_data(response.json())
 
+    async def service_account_token(self, namespace: str, name: str, audience: str) -> str | None:
+        """Mint a token for a ServiceAccount (TokenRequest, the `token` subresource), with one
+        audience, valid TOKEN_SECONDS; None when the ServiceAccount does not exist. Nothing is
+        stored by the API server, and nothing here keeps it."""
+        url = object_path(namespace, "serviceaccounts", name) + "/token"
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"audiences": [audience], "expirationSeconds": TOKEN_SECONDS},
+        }
+        response = await self._call("POST", url, json=body)
+        if response.status_code == 404:
+            return None
+        if response.status_code in (400, 403, 422):
+            raise TokenRefused(response.status_code, _status_message(response))
+        response.raise_for_status()
+        token = (response.json().get("status") or {}).get("token")
+        if not isinstance(token, str) or not token:
+            raise httpx2.DecodingError("a TokenRequest answered without a token")
+        return token
+
     async def post_event(
         self,
         obj: dict[str, Any],
@@ -316,6 +339,27 @@ class Kube:
                 log.warning("could not post event %s: HTTP %s", reason, response.status_code)
         except httpx2.HTTPError as exc:
             log.warning("could not post event %s: %s", reason, type(exc).__name__)
+
+
+class ServiceAccountTokens:
+    """A `TokenSource` for one namespace: the connection's own."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self._kube = kube
+        self._namespace = namespace
+
+    async def token(self, service_account: str, audience: str) -> str | None:
+        return await self._kube.service_account_token(self._namespace, service_account, audience)
+
+
+def _status_message(response: httpx2.Response) -> str:
+    """The message of an API server's Status answer ("... is forbidden: User ... cannot
+    create resource ..."), or its reason phrase."""
+    try:
+        message = response.json().get("message")
+    except ValueError:
+        message = None
+    return str(message or response.reason_phrase or response.status_code)[:512]
 
 
 def secret_data(body: dict[str, Any]) -> SecretData:

@@ -126,6 +126,24 @@ REASONS: dict[str, tuple[str, str]] = {
         "The Secret exists but lacks the key. The message lists the keys it has.",
         "Add the key, or fix the key in the reference.",
     ),
+    "ServiceAccountNotFound": (
+        "The ServiceAccount spec.identity names does not exist in the connection's namespace.",
+        "Create the ServiceAccount. Stalled turns True only after --missing-secret-grace "
+        "(default 2m), as for Secrets. The operator cannot watch ServiceAccounts: it asks "
+        "again every 10 s during the grace period, then at the interval (or when asked: "
+        "kubectl llmconn validate).",
+    ),
+    "IdentityExchangeFailed": (
+        "The cloud refused the ServiceAccount's token (trust policy, audience, subject, "
+        "unknown client or role), or the API server refused to mint one. The message names "
+        "the step (AWS STS AssumeRoleWithWebIdentity, Entra ID token request, Google STS token "
+        "exchange, IAM Credentials generateAccessToken, or TokenRequest) and code holds the "
+        "cloud's error code (AccessDenied, InvalidIdentityToken, AADSTS700213, invalid_grant, "
+        "...).",
+        "Fix the trust on the cloud's side as the message says (it names the token's issuer "
+        "and subject), or give the operator create on serviceaccounts/token (the chart's "
+        "identity.enabled). See Identity.",
+    ),
     "EgressDenied": (
         "The operator's egress policy refused the endpoint, and nothing was sent.",
         "Use another endpoint, or ask the operator's administrator (see Security).",

@@ -53,11 +53,20 @@ class Manifests:
     skipped: list[str] = field(default_factory=list)  # "Deployment default/web (file, doc 3)"
 
 
+# What `llmconn validate` says of a connection with spec.identity, which it does not probe.
+NEEDS_CLUSTER = (
+    "not validated: spec.identity needs a cluster (the operator mints a token for the "
+    "ServiceAccount there and exchanges it at the cloud); apply it to a cluster and read "
+    "its status, or validate a static-key form here"
+)
+
+
 @dataclass(frozen=True)
 class Outcome:
     connection: Connection
-    verdict: Verdict | None  # None: suspended, not validated
+    verdict: Verdict | None  # None: suspended or needing a cluster, not validated
     status: dict[str, Any]  # what the operator would write after this validation
+    note: str | None = None  # why it was not validated, when it was not suspended
 
 
 class MemorySecrets:
@@ -230,6 +239,8 @@ async def validate_all(
         nonlocal done
         if conn.spec.suspend:
             outcome = Outcome(conn, None, status_mod.suspended_status(None, conn.generation, now()))
+        elif conn.spec.identity is not None:
+            outcome = Outcome(conn, None, {}, note=NEEDS_CLUSTER)
         else:
             async with limit:
                 source = MemorySecrets(manifests.secrets, conn.namespace)
@@ -255,6 +266,7 @@ async def validate_all(
 
 
 def exit_code(outcomes: Sequence[Outcome]) -> int:
-    """0 when every validated connection succeeded, else 1 (suspended ones do not count)."""
+    """0 when every validated connection succeeded, else 1 (suspended ones and those that
+    need a cluster do not count)."""
     failed = any(o.verdict is not None and o.verdict.result.value != "success" for o in outcomes)
     return 1 if failed else 0

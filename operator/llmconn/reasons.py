@@ -25,6 +25,8 @@ class Reason(StrEnum):
     INVALID_CONFIGURATION = "InvalidConfiguration"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_KEY_NOT_FOUND = "SecretKeyNotFound"
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+    IDENTITY_EXCHANGE_FAILED = "IdentityExchangeFailed"
     EGRESS_DENIED = "EgressDenied"
 
 
@@ -57,11 +59,15 @@ STALLING: frozenset[Reason] = frozenset(
         Reason.QUOTA_EXCEEDED,
         Reason.INVALID_CONFIGURATION,
         Reason.EGRESS_DENIED,
+        Reason.IDENTITY_EXCHANGE_FAILED,
     }
 )
 MISSING_SECRET: frozenset[Reason] = frozenset(
     {Reason.SECRET_NOT_FOUND, Reason.SECRET_KEY_NOT_FOUND}
 )
+# Referenced objects that often arrive a moment after the connection (from External Secrets,
+# Sealed Secrets, a Helm chart's later templates): Stalled only after the grace period.
+MISSING_REFERENCE: frozenset[Reason] = MISSING_SECRET | {Reason.SERVICE_ACCOUNT_NOT_FOUND}
 
 
 def result_of(reason: Reason) -> Result:

@@ -22,8 +22,8 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, Protocol
 
 import httpx2
 import pydantic
@@ -31,18 +31,26 @@ import pydantic
 from llmconn import status as st
 from llmconn import triggers as tr
 from llmconn.http import ClientPool
-from llmconn.kube import Conflict, Gone, Kube, NotFound
+from llmconn.kube import Conflict, Gone, Kube, NotFound, ServiceAccountTokens
 from llmconn.lifecycle import retirement_timestamp
 from llmconn.memory import Conn, Key, Unwritten, digest, first_error, invalid_verdict, observed_rv
 from llmconn.metrics import Metrics
 from llmconn.peering import Shard
 from llmconn.probes import parse_spec
-from llmconn.reasons import MISSING_SECRET
+from llmconn.reasons import MISSING_REFERENCE, Reason
 from llmconn.scheduler import Scheduler
 from llmconn.secretcache import RecordingSecrets, SecretCache
 from llmconn.spec import LLMConnectionSpec, ValidationType
 from llmconn.validate import validate
-from llmconn.verdict import Defaults, Effective, SecretData, SecretSource, Verdict, effective
+from llmconn.verdict import (
+    Defaults,
+    Effective,
+    SecretData,
+    SecretSource,
+    TokenSource,
+    Verdict,
+    effective,
+)
 from llmconn.writer import StatusWriter
 
 log = logging.getLogger("llmconn")
@@ -55,8 +63,23 @@ PENDING_AFTER = 0.0
 RETRY_API = 10.0  # seconds before retrying a validation whose Kubernetes call failed
 MAX_WRITE_BACKOFF = 300.0  # a kept verdict's write is retried at most this far apart
 SWEEP_EVERY = 600.0  # seconds between checks that every connection in memory still exists
+# A missing ServiceAccount is asked for this often during the grace: the operator may mint
+# tokens but not watch ServiceAccounts, so nothing tells it when one appears.
+SERVICE_ACCOUNT_POLL = 10.0
 
-Validator = Callable[[LLMConnectionSpec, SecretSource, ClientPool, Defaults], Awaitable[Verdict]]
+
+class Validator(Protocol):
+    """`llmconn.validate.validate`, or a stand-in in tests."""
+
+    def __call__(
+        self,
+        spec: LLMConnectionSpec,
+        secrets: SecretSource,
+        pool: ClientPool,
+        defaults: Defaults,
+        *,
+        tokens: TokenSource | None = None,
+    ) -> Awaitable[Verdict]: ...
 
 
 class Reconciler:
@@ -188,10 +211,12 @@ class Reconciler:
         interval = verdict.validation.interval
         floor = tr.retry_floor(verdict.retry_after, interval)
         conn.not_before = time.monotonic() + floor if floor else 0.0
-        grace_left = None
-        if verdict.reason in MISSING_SECRET:
+        grace_left = poll = None
+        if verdict.reason in MISSING_REFERENCE:
             grace_left = conn.generation_since + self.defaults.missing_secret_grace - time.time()
-        wait = tr.next_wait(interval=interval, retry_after=floor, grace_left=grace_left)
+        if verdict.reason is Reason.SERVICE_ACCOUNT_NOT_FOUND:
+            poll = SERVICE_ACCOUNT_POLL  # no watch reports its creation
+        wait = tr.next_wait(interval=interval, retry_after=floor, grace_left=grace_left, poll=poll)
         if wait is not None:
             self.scheduler.at(conn.key, time.monotonic() + wait)
 
@@ -353,7 +378,8 @@ class Reconciler:
     async def _verdict(self, conn: Conn, source: RecordingSecrets) -> Verdict:
         if conn.spec is None:
             return invalid_verdict(conn, self._effective(conn), _now)
-        return await self.validator(conn.spec, source, self.pool, self.defaults)
+        tokens = ServiceAccountTokens(self.kube, conn.namespace)
+        return await self.validator(conn.spec, source, self.pool, self.defaults, tokens=tokens)
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:

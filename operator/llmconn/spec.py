@@ -145,6 +145,11 @@ class ProviderRules(Protocol):
         """Whether it signs with AWS credentials (awsCredentialsSecretRef)."""
         ...
 
+    @property
+    def identities(self) -> frozenset[str]:
+        """The identity clouds (CLOUDS) whose credentials it takes."""
+        ...
+
 
 _PROVIDERS = "providers"  # the validation context's key for the declarations
 
@@ -283,6 +288,136 @@ BLOCKS: dict[str, type[_Strict]] = {
     "vertexAI": VertexAISpec,
 }
 
+# --- spec.identity: a ServiceAccount's token exchanged at a cloud, instead of a key --------
+
+# A role in any AWS partition (aws, aws-cn, aws-us-gov, ...), with an optional path.
+ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[-A-Za-z0-9_+=,.@/]+$"
+# An Entra tenant: its GUID or one of its domain names (the token endpoint takes both).
+TENANT_PATTERN = (
+    r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$"
+)
+GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+# A workload identity pool provider's full canonical resource name (Google STS's audience).
+GCP_AUDIENCE_PATTERN = (
+    r"^//iam\.googleapis\.com/projects/[0-9]+/locations/global/"
+    r"workloadIdentityPools/[-a-z0-9]+/providers/[-a-z0-9]+$"
+)
+GCP_SERVICE_ACCOUNT_PATTERN = r"^[a-z0-9][-a-z0-9]{0,62}@[-a-z0-9.]+\.gserviceaccount\.com$"
+
+
+def _pattern(pattern: str, what: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"{value!r} is not {what}"[:300])
+        return value
+
+    return AfterValidator(check)
+
+
+class AwsIdentity(_Strict):
+    """STS AssumeRoleWithWebIdentity of this role (its trust policy names the ServiceAccount)."""
+
+    role_arn: Annotated[
+        str,
+        StringConstraints(max_length=2048),
+        _pattern(ROLE_ARN_PATTERN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)"),
+    ] = Field(alias="roleArn")
+    sts_region: (
+        Annotated[
+            str, StringConstraints(max_length=32), _pattern(AWS_REGION_PATTERN, "an AWS region")
+        ]
+        | None
+    ) = Field(default=None, alias="stsRegion")
+
+    @property
+    def partition(self) -> str:
+        return self.role_arn.split(":", 2)[1]
+
+    @model_validator(mode="after")
+    def _region_outside_aws(self) -> AwsIdentity:
+        if self.partition != "aws" and self.sts_region is None:
+            raise ValueError(
+                f"stsRegion is required for a role in partition {self.partition} (it has no "
+                "global STS endpoint)"
+            )
+        return self
+
+
+class AzureIdentity(_Strict):
+    """An Entra ID app registration or user-assigned managed identity that trusts the
+    ServiceAccount (a federated identity credential)."""
+
+    tenant_id: Annotated[
+        str,
+        StringConstraints(max_length=253),
+        _pattern(TENANT_PATTERN, "an Entra tenant ID (a GUID or a domain name)"),
+    ] = Field(alias="tenantId")
+    client_id: Annotated[str, _pattern(GUID_PATTERN, "a client ID (a GUID)")] = Field(
+        alias="clientId"
+    )
+
+
+class GcpIdentity(_Strict):
+    """A workload identity pool provider that trusts the cluster's issuer; optionally a
+    service account to impersonate."""
+
+    audience: Annotated[
+        str,
+        StringConstraints(max_length=512),
+        _pattern(
+            GCP_AUDIENCE_PATTERN,
+            "a workload identity pool provider (//iam.googleapis.com/projects/NUMBER/"
+            "locations/global/workloadIdentityPools/POOL/providers/PROVIDER)",
+        ),
+    ]
+    service_account_email: (
+        Annotated[
+            str,
+            StringConstraints(max_length=254),
+            _pattern(
+                GCP_SERVICE_ACCOUNT_PATTERN,
+                "a service account email (name@project.iam.gserviceaccount.com)",
+            ),
+        ]
+        | None
+    ) = Field(default=None, alias="serviceAccountEmail")
+
+
+# The clouds an identity may be exchanged at, by block name: a provider accepts those it
+# declares (`ProviderRules.identities`).
+CLOUDS: dict[str, type[_Strict]] = {"aws": AwsIdentity, "azure": AzureIdentity, "gcp": GcpIdentity}
+
+
+def _service_account_name(value: str) -> str:
+    if not re.fullmatch(SECRET_NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a ServiceAccount name: lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit (a ServiceAccount in the connection's "
+            "own namespace)"
+        )
+    return value
+
+
+class IdentitySpec(_Strict):
+    service_account_name: Annotated[
+        str, StringConstraints(max_length=253), AfterValidator(_service_account_name)
+    ] = Field(alias="serviceAccountName")
+    aws: AwsIdentity | None = None
+    azure: AzureIdentity | None = None
+    gcp: GcpIdentity | None = None
+
+    @model_validator(mode="after")
+    def _one_cloud(self) -> IdentitySpec:
+        given = [name for name in CLOUDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("identity needs exactly one of aws, azure or gcp")
+        return self
+
+    @property
+    def cloud(self) -> str:
+        """The block given: aws, azure or gcp."""
+        return next(name for name in CLOUDS if getattr(self, name) is not None)
+
 
 class ValidationSpec(_Strict):
     type: ValidationType | None = None
@@ -326,6 +461,7 @@ class LLMConnectionSpec(_Strict):
     aws_credentials_secret_ref: AwsCredentialsRef | None = Field(
         default=None, alias="awsCredentialsSecretRef"
     )
+    identity: IdentitySpec | None = None
     headers: dict[str, str] = Field(default_factory=dict, max_length=32)
     headers_from_secret: list[SecretHeader] = Field(
         default_factory=list, alias="headersFromSecret", max_length=16
@@ -405,7 +541,29 @@ class LLMConnectionSpec(_Strict):
                 f"headersFromSecret sets {rules.auth_header!r}, the header {filled} "
                 f"fills for provider {self.provider}: use one of the two"
             )
+        if self.identity is not None:
+            self._identity_rules(providers, seen)
         return self
+
+    def _identity_rules(self, providers: Mapping[str, ProviderRules], headers: set[str]) -> None:
+        assert self.identity is not None
+        if self.api_key_secret_ref is not None:
+            raise ValueError("identity and apiKeySecretRef are mutually exclusive: use one")
+        if self.aws_credentials_secret_ref is not None:
+            raise ValueError("identity and awsCredentialsSecretRef are mutually exclusive: use one")
+        cloud = self.identity.cloud
+        if cloud not in providers[self.provider].identities:
+            allowed = sorted(n for n, r in providers.items() if cloud in r.identities)
+            raise ValueError(
+                f"identity.{cloud} is only allowed with provider {' or '.join(allowed)}"
+                if allowed
+                else f"no provider takes identity.{cloud} in this version"
+            )
+        if "authorization" in headers:
+            raise ValueError(
+                "headersFromSecret sets 'authorization', which the identity's credentials "
+                "fill: use one of the two"
+            )
 
     def block(self, name: str) -> _Strict | None:
         """A provider-specific block by its name in the manifest (a key of BLOCKS)."""

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llmconn.lifecycle import deprecation_message, model_lifecycle
-from llmconn.reasons import MISSING_SECRET, STALLING, TRANSIENT, Reason, Result
+from llmconn.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result
 from llmconn.verdict import Verdict
 
 READY, STALLED, RECONCILING, DEPRECATED = "Ready", "Stalled", "Reconciling", "Deprecated"
@@ -262,7 +262,7 @@ def next_status(
         ready = ("False", reason.value, verdict.message)
     new_conditions = [_condition(prev_ready, READY, *ready, generation, now)]
 
-    stalled = reason in STALLING or (reason in MISSING_SECRET and secret_grace_over)
+    stalled = reason in STALLING or (reason in MISSING_REFERENCE and secret_grace_over)
     if stalled:
         new_conditions.append(
             _condition(

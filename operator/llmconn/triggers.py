@@ -178,16 +178,21 @@ def next_wait(
     interval: float,
     retry_after: float | None,
     grace_left: float | None,
+    poll: float | None = None,
     uniform: Callable[[float, float], float] = random.uniform,
 ) -> float | None:
     """Seconds until the next periodic validation after one that finished: the jittered
-    interval, at least the Retry-After floor, and at most the rest of a missing Secret's
-    grace (so Stalled is raised on time). None: no periodic validation."""
+    interval, at least the Retry-After floor, and at most the rest of a missing object's
+    grace (so Stalled is raised on time). A missing object that no watch reports (a
+    ServiceAccount) is asked for again every `poll` seconds during its grace. None: no
+    periodic validation."""
     wait = interval * uniform(1 - JITTER, 1 + JITTER) if interval else None
     if retry_after:
         wait = max(wait or 0.0, retry_after)
     if grace_left is not None and grace_left > 0:
         wait = min(wait, grace_left + 0.5) if wait else grace_left + 0.5
+        if poll:
+            wait = max(min(wait, poll), retry_after or 0.0)
     return wait
 
 

@@ -10,25 +10,31 @@ Decisions worth knowing:
 - Secret values are stripped of surrounding whitespace (`echo key | base64` adds a newline);
   a value with control characters cannot go in a header and is InvalidConfiguration.
 - Errors while reading Secrets propagate: they are the operator's trouble (API down), not
-  the connection's, and must not be written into its status.
+  the connection's, and must not be written into its status. So do errors while minting a
+  spec.identity token, except the answers about the connection (`llmconn.identity`).
+- Every secret a validation holds (a Secret's value, the token minted for spec.identity, the
+  credentials a cloud exchanged it for) is registered once (`_Held`): kept by this call
+  only, redacted from logs while it runs and from the verdict. The exchange and the probe
+  share the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from llmconn import logs
+from llmconn import identity, logs
 from llmconn.classify import classify_exception
-from llmconn.credentials import AwsCredentials
+from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.http import ClientPool, InvalidCABundle, Phase, TLSOptions
 from llmconn.probes import registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome
 from llmconn.reasons import Reason
 from llmconn.redact import Redactor
 from llmconn.spec import LLMConnectionSpec, SecretKeyRef, ValidationType
@@ -38,6 +44,7 @@ from llmconn.verdict import (
     ObservedSecret,
     SecretData,
     SecretSource,
+    TokenSource,
     Verdict,
     effective,
 )
@@ -61,27 +68,33 @@ async def validate(
     pool: ClientPool,
     defaults: Defaults,
     *,
+    tokens: TokenSource | None = None,
     now: Callable[[], dt.datetime] = _utcnow,
 ) -> Verdict:
     """Validate one connection. Never raises for anything the connection or its provider
-    does; see the module docstring for what propagates."""
+    does; see the module docstring for what propagates. `tokens` mints the ServiceAccount
+    tokens of spec.identity (the operator's; None where there is no cluster)."""
     settings = effective(spec, defaults)
     info = registry.get(spec.provider)
     endpoint = info.base_url(spec.endpoint, spec)
+    # Every secret value this validation holds: redacted from the verdict, and from log
+    # records until it ends (the probe adds what it makes to ctx.found.secrets).
+    held = _Held()
 
     def finish(
         outcome: ProbeOutcome,
         used: _UsedSecrets | None = None,
         ctx: ProbeContext | None = None,
         latency_ms: int | None = None,
+        found: Findings | None = None,
     ) -> Verdict:
-        secrets = [*(used.credentials if used is not None else ())]
-        secrets += ctx.found.secrets if ctx is not None else ()
+        secrets = [*held.values, *(ctx.found.secrets if ctx is not None else ())]
         redact = Redactor(secrets)
         details = dict(outcome.details)
-        if ctx is not None:
+        found = ctx.found if ctx is not None else found
+        if found is not None:
             # The probe's own facts first: status keeps only the first entries.
-            merged = {**_phase_details(ctx.found.phase_ms), **ctx.found.details, **details}
+            merged = {**_phase_details(found.phase_ms), **found.details, **details}
             details = {k: merged[k] for k in dict.fromkeys([*details, *merged])}
         return Verdict(
             reason=outcome.reason,
@@ -94,7 +107,7 @@ async def validate(
             http_status=outcome.http_status,
             code=redact.optional(outcome.code[:MAX_TEXT] if outcome.code else outcome.code),
             latency_ms=latency_ms,
-            request_id=redact.optional(ctx.found.request_id if ctx is not None else None),
+            request_id=redact.optional(found.request_id if found is not None else None),
             details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
@@ -104,13 +117,40 @@ async def validate(
     if (refused := _refuse_config(spec, settings, defaults, info.inference)) is not None:
         return finish(refused)
 
-    used = await _read_secrets(spec, secrets, key_secrets=info.key_secrets)
-    if used.failure is not None:
-        return finish(used.failure, used)
+    with held:
+        used = await _read_secrets(spec, secrets, key_secrets=info.key_secrets)
+        held.add(used.credentials)
+        if used.failure is not None:
+            return finish(used.failure, used)
 
-    tls = TLSOptions(ca_bundle=used.ca_bundle, insecure_skip_verify=spec.tls.insecure_skip_verify)
-    # Log records name no secret of this probe, whoever writes them (see llmconn.logs).
-    with logs.in_use(used.credentials):
+        found, creds, deadline = Findings(), None, None
+        if spec.identity is not None:
+            minted = await identity.mint(spec.identity, tokens)
+            if isinstance(minted, ProbeOutcome):
+                return finish(minted, used)
+            held.add([minted.token])
+            # One budget for the token exchange and the probe.
+            deadline = asyncio.get_running_loop().time() + settings.timeout
+            async with pool.lease() as plain:  # the system's trust roots: the cloud's
+                got, found = await identity.exchange(
+                    plain,
+                    info,
+                    spec.identity,
+                    minted,
+                    defaults.clouds,
+                    deadline=deadline,
+                    timeout=settings.timeout,
+                    validation_type=settings.type,
+                )
+            if isinstance(got, ProbeOutcome):
+                return finish(got, used, found=found)
+            creds = got
+            held.add(creds.secrets())
+        aws = creds if isinstance(creds, AwsCredentials) else used.aws_credentials
+
+        tls = TLSOptions(
+            ca_bundle=used.ca_bundle, insecure_skip_verify=spec.tls.insecure_skip_verify
+        )
         try:
             async with pool.lease(tls) as client:
                 ctx = ProbeContext(
@@ -126,11 +166,14 @@ async def validate(
                     azure=spec.azure,
                     mcp=spec.mcp,
                     bedrock=spec.bedrock,
-                    aws_credentials=used.aws_credentials,
+                    aws_credentials=aws,
                     aws_credentials_ref=spec.aws_credentials_secret_ref,
                     vertex_ai=spec.vertex_ai,
+                    bearer_token=creds if isinstance(creds, BearerToken) else None,
+                    identity=spec.identity,
+                    found=Findings(details=dict(found.details)),
                 )
-                outcome, latency_ms = await _run(ctx, settings)
+                outcome, latency_ms = await _run(ctx, deadline)
         except InvalidCABundle as exc:  # raised only while making the client: no probe ran
             ref = spec.tls.ca_bundle_secret_ref
             where = f"key {ref.key} of Secret {ref.name}" if ref else "the CA bundle"
@@ -140,7 +183,7 @@ async def validate(
                 ),
                 used,
             )
-    return finish(outcome, used, ctx, latency_ms)
+        return finish(outcome, used, ctx, latency_ms)
 
 
 # --- before the probe ------------------------------------------------------------------
@@ -164,6 +207,28 @@ def _refuse_config(
             "use spec.validation.type Model or Connectivity.",
         )
     return None
+
+
+class _Held:
+    """The secret values one validation holds, whatever gave them: its Secrets, the token
+    minted for spec.identity, the credentials the cloud exchanged it for. Each is hidden from
+    every log record from when it is added until the validation ends (`with`), and the
+    verdict is redacted of all of them: one registration for every source."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._stack = contextlib.ExitStack()
+
+    def add(self, values: Iterable[str]) -> None:
+        new = [v for v in values if v]
+        self.values.extend(new)
+        self._stack.enter_context(logs.in_use(new))
+
+    def __enter__(self) -> _Held:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stack.close()
 
 
 @dataclass
@@ -299,10 +364,13 @@ def _header_text(value: bytes) -> str | None:
 # --- the probe -------------------------------------------------------------------------
 
 
-async def _run(ctx: ProbeContext, settings: Effective) -> tuple[ProbeOutcome, int]:
+async def _run(ctx: ProbeContext, deadline: float | None) -> tuple[ProbeOutcome, int]:
+    """The probe, by `deadline` (the loop's time), else within ctx.timeout from now."""
     started = time.perf_counter()
+    if deadline is None:
+        deadline = asyncio.get_running_loop().time() + ctx.timeout
     try:
-        async with asyncio.timeout(settings.timeout):
+        async with asyncio.timeout_at(deadline):
             outcome = await ctx.provider.probe(ctx)
     except Exception as exc:  # classified here, once, for every probe
         outcome = classify_exception(exc, ctx)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmconn.clouds import CloudEndpoints
 from llmconn.reasons import Reason, Result, result_of
 from llmconn.spec import LLMConnectionSpec, ValidationType, format_duration, parse_duration
 
@@ -24,6 +25,8 @@ class Defaults:
     failure_threshold: int = 3
     inference_min_interval: float | None = 3600.0  # None: Inference is forbidden
     missing_secret_grace: float = 120.0
+    # Where ServiceAccount tokens are exchanged for cloud credentials (spec.identity).
+    clouds: CloudEndpoints = field(default_factory=CloudEndpoints)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,26 @@ class SecretSource(Protocol):
 
     async def get(self, name: str) -> SecretData | None:
         """The Secret, or None when it does not exist (after asking the API, not a cache)."""
+        ...
+
+
+class TokenRefused(Exception):
+    """The API server would not mint the token: the operator may not (403, the chart's
+    identity mode is off), or the request is refused (a namespace being deleted)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class TokenSource(Protocol):
+    """ServiceAccount tokens of the connection's own namespace; there is no way to name
+    another. Nothing keeps them: each call mints a new one."""
+
+    async def token(self, service_account: str, audience: str) -> str | None:
+        """A short-lived token for the ServiceAccount with this audience (TokenRequest), or
+        None when the ServiceAccount does not exist. Raises TokenRefused."""
         ...
 
 

@@ -442,6 +442,29 @@ class ControlPlane:
                     raise ControlPlaneError(f"{crd} is not Established: {result.stderr}")
                 time.sleep(0.1)
 
+    def public_issuer_discovery(self) -> None:
+        """Let anyone read the service-account issuer's discovery document and keys
+        (`/.well-known/openid-configuration`, `/openid/v1/jwks`), as a cloud that trusts the
+        cluster reads them: the binding Kubernetes documents for a public issuer."""
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "public-service-account-issuer-discovery"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:service-account-issuer-discovery",
+            },
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Group",
+                    "name": "system:unauthenticated",
+                }
+            ],
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(binding))
+
     def create_namespace(self, hint: str = "test") -> str:
         """Create a namespace with a unique name derived from `hint`; returns the name."""
         base = re.sub(r"[^a-z0-9-]+", "-", hint.lower()).strip("-")[:40].strip("-") or "test"

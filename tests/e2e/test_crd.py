@@ -13,6 +13,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+import identity_cases
 from controlplane.cluster import ControlPlane
 from llmconn.spec import ValidationSpec
 
@@ -187,6 +188,9 @@ def test_every_sample_applies_and_its_secret_refs_resolve(
 
 
 # -- admission: refused ------------------------------------------------------------------
+
+# spec.identity: the same cases refuse the spec model (tests/unit/test_identity_spec.py).
+IDENTITY_INVALID = identity_cases.INVALID
 
 OPENAI = {"provider": "openai"}
 AZURE_URL = "https://demo.openai.azure.com"
@@ -399,6 +403,7 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         {**OPENAI, "headers": {"X-Amz-Security-Token": "t"}},
         ["spec.headers", "credentials"],
     ),
+    *[(name, spec, expected) for name, spec, expected in IDENTITY_INVALID],
 ]
 
 
@@ -475,6 +480,9 @@ VALID: list[tuple[str, dict[str, Any]]] = [
         },
     ),
 ]
+
+
+VALID += identity_cases.VALID
 
 
 @pytest.mark.parametrize(("name", "spec"), VALID, ids=[c[0] for c in VALID])
@@ -651,3 +659,27 @@ def test_printer_columns_before_any_status(cluster: ControlPlane, namespace: str
     # Nothing validated yet: the status columns are blank, not invented.
     for column in ("MODEL", "READY", "RESULT", "REASON", "LATENCY", "LAST VALIDATED"):
         assert values[column] == "", column
+
+
+# -- spec.identity's cloud blocks ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("block", "value", "accepted"),
+    identity_cases.CLOUD_BLOCKS,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(identity_cases.CLOUD_BLOCKS)],
+)
+def test_identity_cloud_block_fields(
+    cluster: ControlPlane, shared_ns: str, block: str, value: dict[str, Any], accepted: bool
+) -> None:
+    """The field rules of each cloud block, as the spec model has them, on the connection of
+    the provider that takes the block."""
+    spec = identity_cases.with_cloud(block, value)
+    result = cluster.kubectl(
+        "apply", "-n", shared_ns, "-f", "-", input=manifest(spec, f"cloud-{block}"), check=False
+    )
+    if accepted:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert f"spec.identity.{block}" in result.stderr, result.stderr

@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chartkit import HELM
 from controlplane.cluster import ControlPlane
+from servers import azure_dialect, entra
 from servers.serve import serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -430,6 +431,171 @@ def test_cluster_wide_chart_rbac_runs_the_operator(
         assert op.stop() == 0
         assert refusals(op.log()) == []
         assert "Traceback" not in op.log()
+    finally:
+        for kind in ("clusterrolebinding", "clusterrole"):
+            cluster.kubectl("delete", kind, release, "--ignore-not-found", check=False)
+
+
+# --- 1b. RBAC of identity mode: minting tokens where the operator watches, and only there ---
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT = "11111111-2222-3333-4444-555555555555"
+
+
+def post_as(cluster: ControlPlane, token: str, path: str, body: Doc) -> int:
+    """HTTP status of a POST with `token`."""
+    req = urllib.request.Request(
+        cluster.server + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    ctx = ssl.create_default_context(cafile=str(cluster.ca_file))
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def mint_as(cluster: ControlPlane, token: str, ns: str, account: str = "agent") -> int:
+    request = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest",
+        "spec": {"audiences": ["api://AzureADTokenExchange"], "expirationSeconds": 600},
+    }
+    return post_as(
+        cluster, token, f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token", request
+    )
+
+
+@pytest.fixture
+def azure_with_entra(cluster: ControlPlane) -> Iterator[tuple[entra.EntraState, str, str]]:
+    """Entra ID trusting ServiceAccounts named agent, and an Azure OpenAI resource taking its
+    tokens; the cluster's issuer readable by them."""
+    cluster.public_issuer_discovery()
+    directory = entra.EntraState(
+        trust_store=ssl.create_default_context(cafile=str(cluster.ca_file))
+    )
+    directory.add_tenant(TENANT)
+    azure = azure_dialect.make_app(entra=directory, role_holders={CLIENT})
+    with serve(entra.make_app(directory)) as entra_url, serve(azure) as azure_url:
+        yield directory, entra_url, azure_url
+
+
+def keyless(url: str) -> Doc:
+    return {
+        "provider": "azure-openai",
+        "endpoint": url,
+        "azure": {"deployment": "gpt-4o-prod"},
+        "identity": {
+            "serviceAccountName": "agent",
+            "azure": {"tenantId": TENANT, "clientId": CLIENT},
+        },
+    }
+
+
+def test_identity_mode_mints_tokens_only_in_the_watched_namespaces(
+    cluster: ControlPlane,
+    helm_env: dict[str, str],
+    azure_with_entra: tuple[entra.EntraState, str, str],
+    api: Api,
+    logs: Path,
+    tmp_path: Path,
+    namespaces: list[str],
+    operators: list[OperatorProcess],
+) -> None:
+    directory, entra_url, azure_url = azure_with_entra
+    rel, watched, plain, other = (
+        cluster.create_namespace(n) for n in ("rel", "minting", "plain", "other")
+    )
+    namespaces += [rel, watched, plain, other]
+    for ns in (watched, plain, other):
+        cluster.kubectl("create", "serviceaccount", "agent", "-n", ns)
+        credential = entra.FederatedCredential(cluster.server, f"system:serviceaccount:{ns}:agent")
+        directory.add_app(TENANT, CLIENT, *directory.apps.get((TENANT, CLIENT), []), credential)
+
+    # Identity mode for one namespace: its Role may mint tokens there, and nothing else on
+    # ServiceAccounts; nowhere else.
+    release = f"llmconn-id-{pysecrets.token_hex(3)}"
+    values = {"watch": {"namespaces": [watched]}, "egress": {"denyLoopback": False}}
+    docs = render_chart(
+        helm_env,
+        release,
+        rel,
+        {**values, "identity": {"enabled": True, "azureAuthorityHost": entra_url}},
+    )
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    user, kubeconfig = install_account(cluster, docs, tmp_path / "with")
+    token = token_of(kubeconfig)
+    assert mint_as(cluster, token, watched) == 201
+    assert mint_as(cluster, token, other) == 403
+    assert get_as(cluster, token, f"/api/v1/namespaces/{watched}/serviceaccounts/agent") == 403
+    assert get_as(cluster, token, f"/api/v1/namespaces/{watched}/serviceaccounts") == 403
+    refused_by_test = audit_denials(cluster, user)  # the mint in `other`, just above
+    op = OperatorProcess(cluster, logs, *chart_args(docs), kubeconfig=kubeconfig, name="id-rbac")
+    operators.append(op.start())
+    apply(cluster, manifest(watched, "keyless", keyless(azure_url)))
+    ready(api, watched, "keyless", "True", "Validated")
+    assert audit_denials(cluster, user) == refused_by_test  # the operator was refused nothing
+
+    # The default chart (identity off) in another namespace: the API server refuses the
+    # TokenRequest, and the connection says what to turn on.
+    plain_release = f"llmconn-plain-{pysecrets.token_hex(3)}"
+    plain_docs = render_chart(
+        helm_env,
+        plain_release,
+        rel,
+        {"watch": {"namespaces": [plain]}, "egress": {"denyLoopback": False},
+         "identity": {"azureAuthorityHost": entra_url}},
+    )  # fmt: skip
+    _, plain_kubeconfig = install_account(cluster, plain_docs, tmp_path / "without")
+    assert mint_as(cluster, token_of(plain_kubeconfig), plain) == 403
+    op2 = OperatorProcess(
+        cluster, logs, *chart_args(plain_docs), kubeconfig=plain_kubeconfig, name="no-id-rbac"
+    )
+    operators.append(op2.start())
+    apply(cluster, manifest(plain, "keyless", keyless(azure_url)))
+    status = ready(api, plain, "keyless", "False", "IdentityExchangeFailed")
+    assert status["code"] == "Forbidden"
+    assert "identity.enabled=true" in status["message"]
+    assert condition(status, "Stalled")["status"] == "True"
+    # Not one token reached a log.
+    for text in (op.log(), op2.log()):
+        for issued in directory.issued:
+            assert issued not in text
+        for seen in directory.seen:
+            assert seen.body["client_assertion"] not in text
+    assert op.stop() == 0 and op2.stop() == 0
+    assert "Traceback" not in op.log() + op2.log()
+    for name in (release, plain_release):  # the roles for people are cluster-wide
+        for role in (f"{name}-view", f"{name}-edit"):
+            cluster.kubectl("delete", "clusterrole", role, "--ignore-not-found", check=False)
+
+
+def test_cluster_wide_identity_mode_mints_in_any_namespace(
+    cluster: ControlPlane,
+    helm_env: dict[str, str],
+    tmp_path: Path,
+    namespaces: list[str],
+) -> None:
+    rel, anywhere = cluster.create_namespace("rel"), cluster.create_namespace("anywhere")
+    namespaces += [rel, anywhere]
+    cluster.kubectl("create", "serviceaccount", "agent", "-n", anywhere)
+    release = f"llmconn-cwid-{pysecrets.token_hex(3)}"
+    try:
+        docs = render_chart(helm_env, release, rel, {"identity": {"enabled": True}})
+        _, kubeconfig = install_account(cluster, docs, tmp_path)
+        token = token_of(kubeconfig)
+        assert mint_as(cluster, token, anywhere) == 201
+        assert get_as(cluster, token, f"/api/v1/namespaces/{anywhere}/serviceaccounts/agent") == 403
+        plain = render_chart(helm_env, release, rel, {})  # the same release, identity off
+        cluster.kubectl(
+            "apply", "-f", "-",
+            input=yaml.safe_dump_all([d for d in plain if d["kind"] == "ClusterRole"]),
+        )  # fmt: skip
+        wait_for("the grant to go", lambda: mint_as(cluster, token, anywhere) == 403)
     finally:
         for kind in ("clusterrolebinding", "clusterrole"):
             cluster.kubectl("delete", kind, release, "--ignore-not-found", check=False)

@@ -93,6 +93,36 @@ async def test_a_bad_secret_name_sends_no_request_even_past_the_crd_and_the_mode
         await client.aclose()
 
 
+async def test_a_bad_service_account_name_mints_nothing_elsewhere() -> None:
+    """spec.identity.serviceAccountName goes into a TokenRequest path: a name that climbs
+    ("../../kube-system/serviceaccounts/admin") is refused before any request, even past
+    the CRD and the spec model."""
+    sent: list[tuple[str, Any]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append((request.url.path, json.loads(request.content)))
+        return httpx2.Response(201, json={"status": {"token": "header.claims.signature"}})
+
+    info = kopf.ConnectionInfo(server="https://127.0.0.1:1", token="t")  # never dialled
+    client = kube_mod.Kube(info)
+    await client.aclose()
+    client._client = httpx2.AsyncClient(
+        transport=httpx2.MockTransport(handler), base_url="https://127.0.0.1:1"
+    )
+    try:
+        for name in ("../../kube-system/serviceaccounts/admin", "agent/token", "Agent", ""):
+            with pytest.raises(kube_mod.InvalidName):
+                await client.service_account_token("team-a", name, "sts.amazonaws.com")
+        assert sent == []
+        tokens = kube_mod.ServiceAccountTokens(client, "team-a")
+        assert await tokens.token("agent", "sts.amazonaws.com") == "header.claims.signature"
+        [(path, body)] = sent
+        assert path == "/api/v1/namespaces/team-a/serviceaccounts/agent/token"
+        assert body["spec"] == {"audiences": ["sts.amazonaws.com"], "expirationSeconds": 600}
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.parametrize(
     "spec, field, words",
     [

@@ -13,6 +13,12 @@ Also GET /openai/models?api-version=... (the resource's models, with `lifecycle_
 `deprecation`), GET /openai/v1/models (the same models, without either), and POST
 /openai/v1/responses (deployment as `model`).
 
+With an Entra ID token endpoint (`entra`), the gateway also takes `Authorization: Bearer`
+with an access token it issued for https://cognitiveservices.azure.com: an invalid one is
+401 "Unauthorized. Access token is missing, invalid, audience is incorrect ...", and a
+principal without a data-plane role (`role_holders`, by client ID) is 401 PermissionDenied
+"Principal does not have access to API/Operation." (both wordings as users report them).
+
 Sources: Azure OpenAI data-plane REST reference 2024-10-21 ("Models - List": `data` of
 models with `status`, `capabilities`, `lifecycle_status`, `deprecation.fine_tune` and
 `deprecation.inference` as Unix times), and its spec (azure-rest-api-specs,
@@ -46,6 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from servers.entra import COGNITIVE_SERVICES, EntraState
 from servers.recording import DialectState
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -113,6 +120,11 @@ class AzureState(DialectState):
     BEHAVIOURS = BEHAVIOURS
 
     api_key: str = API_KEY
+    # Entra ID: the token endpoint whose access tokens are accepted as `Authorization:
+    # Bearer`, and the client IDs that hold a data-plane role (Cognitive Services OpenAI
+    # User) on this resource.
+    entra: EntraState | None = None
+    role_holders: set[str] = field(default_factory=set)
     deployments: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(DEPLOYMENTS))
     api_versions: frozenset[str] = API_VERSIONS
     retry_after: int = 6
@@ -124,8 +136,10 @@ def make_app(
     api_key: str = API_KEY,
     deployments: dict[str, tuple[str, str]] | None = None,
     behaviour: str = "ok",
+    entra: EntraState | None = None,
+    role_holders: set[str] | None = None,
 ) -> Starlette:
-    state = AzureState(api_key=api_key)
+    state = AzureState(api_key=api_key, entra=entra, role_holders=set(role_holders or ()))
     if deployments is not None:
         state.deployments = dict(deployments)
     state.reset(behaviour)
@@ -170,7 +184,27 @@ def make_app(
         return request.headers.get("api-key")
 
     def gateway(request: Request) -> Response | None:
-        if key(request) != state.api_key:
+        bearer = request.headers.get("authorization", "")
+        if state.entra is not None and bearer[:7].lower() == "bearer ":
+            claims = state.entra.access_token_claims(bearer[7:])
+            if claims is None or claims.get("aud") != COGNITIVE_SERVICES:
+                return error(
+                    401,
+                    {
+                        "code": "401",
+                        "message": "Unauthorized. Access token is missing, invalid, audience "
+                        "is incorrect (https://cognitiveservices.azure.com), or have expired.",
+                    },
+                )
+            if claims.get("appid") not in state.role_holders:
+                return error(
+                    401,
+                    {
+                        "code": "PermissionDenied",
+                        "message": "Principal does not have access to API/Operation.",
+                    },
+                )
+        elif key(request) != state.api_key:
             return error(
                 401,
                 {

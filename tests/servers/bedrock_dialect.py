@@ -37,7 +37,7 @@ import hashlib
 import hmac
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -100,8 +100,9 @@ class BedrockState(DialectState):
     BEHAVIOURS = frozenset({"ok", *FAULTS})
 
     region: str = "us-east-1"
-    # access key id -> (secret access key, session token or None for long-term keys)
-    access_keys: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # access key id -> (secret access key, session token or None for long-term keys); also
+    # the sessions a loopback STS issued (aws_sts.SessionKeys)
+    access_keys: Mapping[str, tuple[str, str | None]] = field(default_factory=dict)
     api_keys: frozenset[str] = frozenset()
     models: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {

@@ -14,8 +14,9 @@ It serves, as Google's Vertex AI REST reference names them:
 - express mode: POST /v1/publishers/google/models/{m}:countTokens and :generateContent with
   `x-goog-api-key` (Google's express-mode REST reference), Google models only.
 
-Authentication: `Authorization: Bearer` with a token the loopback token service issued
-(google_token.py) or one in `state.tokens`; an express-mode key in `x-goog-api-key` (or
+Authentication: `Authorization: Bearer` with a token a loopback token service issued
+(google_token.py for a service-account key; google_sts.py for a workload identity) or one in
+`state.tokens`; an express-mode key in `x-goog-api-key` (or
 `?key=`). Errors have Google's shape `{"error": {"code", "message", "status", "details"}}`
 with ErrorInfo reasons from googleapis `google/api/error_reason.proto` (CREDENTIALS_MISSING
 and ACCESS_TOKEN_TYPE_UNSUPPORTED with 401, SERVICE_DISABLED and BILLING_DISABLED with 403
@@ -30,6 +31,7 @@ play; `state.granted` lists the projects the accounts may call models in.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +74,9 @@ _LIST = re.compile(r"^/v1beta1/publishers/(?P<publisher>[^/]+)/models$")
 class VertexState(DialectState):
     BEHAVIOURS = BEHAVIOURS
 
-    issued: dict[str, str] = field(default_factory=dict)  # the token service's tokens
+    # Tokens a token service issued (google_token.py's; Google STS's and IAM Credentials' of
+    # google_sts.py for a workload identity) -> whose they are.
+    issued: Mapping[str, str] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)  # tokens accepted besides those
     express_keys: set[str] = field(default_factory=lambda: {EXPRESS_KEY})
     granted: set[str] = field(default_factory=lambda: {PROJECT})  # predict allowed here
@@ -108,7 +112,7 @@ def _publisher_model(publisher: str, name: str) -> dict[str, Any]:
     }
 
 
-def make_app(behaviour: str = "ok", issued: dict[str, str] | None = None) -> Starlette:
+def make_app(behaviour: str = "ok", issued: Mapping[str, str] | None = None) -> Starlette:
     state = VertexState()
     if issued is not None:
         state.issued = issued  # shared with the token service: what it issues is accepted

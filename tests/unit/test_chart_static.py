@@ -120,10 +120,16 @@ def test_no_rule_grants_more_than_the_operator_uses(render: Any) -> None:
         "llmconnections/status": {"patch"},
         "secrets": {"get", "list", "watch"},
         "events": {"create"},
+        "serviceaccounts/token": {"create"},
         "clusterkopfpeerings": {"get", "list", "watch", "patch"},
         "kopfpeerings": {"get", "list", "watch", "patch"},
     }
-    for values in (None, {"replicaCount": 2}, {"watch": {"namespaces": ["a"]}, "replicaCount": 2}):
+    for values in (
+        None,
+        {"replicaCount": 2},
+        {"watch": {"namespaces": ["a"]}, "replicaCount": 2},
+        {"identity": {"enabled": True}},
+    ):
         docs = render(values)
         bound = {d["roleRef"]["name"] for d in docs if d["kind"].endswith("RoleBinding")}
         assert bound == {FULLNAME}
@@ -191,6 +197,49 @@ def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_wide(rende
         "--namespace=team-b",
     ]
     assert from_args(flags).namespaces == ("team-a", "team-b")
+
+
+# -- identity --------------------------------------------------------------------------
+
+MINT = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+
+
+def test_identity_mode_adds_only_token_minting_where_the_operator_watches(render: Any) -> None:
+    off = render({"watch": {"namespaces": ["team-a"]}})
+    assert MINT not in one(off, "Role", "team-a")["rules"]
+    assert not any(
+        "serviceaccounts" in r
+        for d in render()
+        for rule in d.get("rules", [])
+        for r in rule["resources"]
+    )
+    docs = render({"watch": {"namespaces": ["team-a", "team-b"]}, "identity": {"enabled": True}})
+    for ns in ("team-a", "team-b"):
+        assert one(docs, "Role", ns)["rules"] == [*OPERATOR_RULES, MINT]
+    assert all(MINT not in d.get("rules", []) for d in docs if d["kind"] == "ClusterRole")
+    cluster_wide = render({"identity": {"enabled": True}})
+    assert one(cluster_wide, "ClusterRole", name=FULLNAME)["rules"] == [*OPERATOR_RULES, MINT]
+
+
+def test_identity_endpoints_reach_the_operator(render: Any) -> None:
+    flags = args(
+        render(
+            {
+                "identity": {
+                    "awsStsEndpoint": "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com",
+                    "azureAuthorityHost": "https://login.microsoftonline.us",
+                    "gcpStsEndpoint": "https://sts.p.googleapis.com",
+                    "gcpIamCredentialsEndpoint": "https://iamcredentials.p.googleapis.com",
+                }
+            }
+        )
+    )
+    clouds = from_args(flags).defaults.clouds
+    assert clouds.aws_sts == "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com"
+    assert clouds.azure_authority_host == "https://login.microsoftonline.us"
+    assert clouds.gcp_sts == "https://sts.p.googleapis.com"
+    assert clouds.gcp_iam_credentials == "https://iamcredentials.p.googleapis.com"
+    assert not [a for a in args(render()) if "endpoint" in a or "authority" in a]
 
 
 # -- roles for people ---------------------------------------------------------------------

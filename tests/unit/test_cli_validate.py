@@ -196,6 +196,42 @@ def test_a_suspended_connection_is_not_validated_and_does_not_fail_the_run(
     assert status["conditions"][0]["reason"] == "Suspended"
 
 
+def test_an_identity_connection_is_not_probed_and_says_it_needs_a_cluster(
+    tmp_path: Path, server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """spec.identity: nothing to mint a token with here. The static-key connection beside it
+    is validated as usual; the identity one is listed as not validated, with why."""
+    azure = {
+        "apiVersion": "llmconn.dev/v1alpha1",
+        "kind": "LLMConnection",
+        "metadata": {"name": "keyless"},
+        "spec": {
+            "provider": "azure-openai",
+            "endpoint": server,  # never asked: nothing would be sent there
+            "azure": {"deployment": "gpt-4o"},
+            "identity": {
+                "serviceAccountName": "agent",
+                "azure": {
+                    "tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                    "clientId": "11111111-2222-3333-4444-555555555555",
+                },
+            },
+        },
+    }
+    path = write(tmp_path, connection("keyed", server), secret("creds", KEY), json.dumps(azure))
+    code, items, err = run_json(capsys, "-f", path)
+    assert code == 0  # as for suspended connections: only validated ones count
+    keyed, keyless = items
+    assert keyed["status"]["reason"] == "Validated"
+    assert keyless["status"] == {}
+    assert "spec.identity needs a cluster" in keyless["notValidated"]
+    assert "default/keyless" in err and "spec.identity needs a cluster" in err
+    assert main(["validate", "-f", path]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].split()[:4] == ["keyless", "azure-openai", "-", "-"]
+    assert "not validated: spec.identity needs a cluster" in table[2]
+
+
 def test_no_inference_refuses_inference(
     tmp_path: Path, server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -359,6 +395,10 @@ RUN_ARGV = [
     "--log-level=debug",
     "--log-format=json",
     "--secret-label-selector=llmconn.dev/watch=true",
+    "--aws-sts-endpoint=https://sts.eu-west-1.amazonaws.com",
+    "--azure-authority-host=https://login.microsoftonline.us",
+    "--gcp-sts-endpoint=https://sts.p.googleapis.com",
+    "--gcp-iam-credentials-endpoint=https://iamcredentials.p.googleapis.com",
 ]
 
 

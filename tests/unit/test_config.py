@@ -31,6 +31,10 @@ EVERY_VARIABLE = {
     "LLMCONN_LOG_LEVEL": "debug",
     "LLMCONN_LOG_FORMAT": "json",
     "LLMCONN_SECRET_LABEL_SELECTOR": "llmconn.dev/watch=true",
+    "LLMCONN_AWS_STS_ENDPOINT": "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com/",
+    "LLMCONN_AZURE_AUTHORITY_HOST": "https://login.microsoftonline.us",
+    "LLMCONN_GCP_STS_ENDPOINT": "https://sts.example-psc.p.googleapis.com",
+    "LLMCONN_GCP_IAM_CREDENTIALS_ENDPOINT": "https://iamcredentials.example-psc.p.googleapis.com",
 }
 # Switches, and the one option that excludes another from the table above.
 SWITCHES = {"LLMCONN_ALL_NAMESPACES", "LLMCONN_NO_INFERENCE"}
@@ -70,6 +74,35 @@ def test_every_option_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch)
     assert c.peering_name == "ha-shard-1"
     assert (c.log_level, c.log_format) == ("debug", "json")
     assert c.secret_label_selector == "llmconn.dev/watch=true"
+    clouds = c.defaults.clouds
+    assert clouds.aws_sts == "https://vpce-1.sts.eu-west-1.vpce.amazonaws.com"
+    assert clouds.azure_authority_host == "https://login.microsoftonline.us"
+    assert clouds.gcp_sts == "https://sts.example-psc.p.googleapis.com"
+    assert clouds.gcp_iam_credentials == "https://iamcredentials.example-psc.p.googleapis.com"
+
+
+def test_the_clouds_default_to_their_public_endpoints() -> None:
+    clouds = from_args(["-A"]).defaults.clouds
+    assert clouds.aws_sts is None  # global, or the connection's stsRegion
+    assert clouds.azure_authority_host == "https://login.microsoftonline.com"
+    assert clouds.gcp_sts == "https://sts.googleapis.com"
+    assert clouds.gcp_iam_credentials == "https://iamcredentials.googleapis.com"
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--aws-sts-endpoint=sts.amazonaws.com",
+        "--azure-authority-host=ftp://login.example",
+        "--gcp-sts-endpoint=https://sts.googleapis.com/?x=1",
+    ],
+)
+def test_a_cloud_endpoint_must_be_an_http_url(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        from_args(["-A", flag])
+    assert flag.split("=", 1)[0] in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])

@@ -16,7 +16,7 @@ import yaml
 
 from llmconn.probes import registry
 from llmconn.probes.base import Auth
-from llmconn.spec import BLOCKS
+from llmconn.spec import BLOCKS, CLOUDS
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
 
@@ -74,3 +74,21 @@ def test_the_auth_header_expression_is_the_registrys() -> None:
     expected = f"({expected}'{Auth.BEARER.header}')"
     rule = next(r for r in spec_rules() if "self.provider == " in r and "h.name" in r)
     assert expected in rule.replace("( ", "(").replace(" )", ")")
+
+
+def test_the_identity_rules_are_the_registrys() -> None:
+    """Which provider takes which spec.identity cloud: one rule per cloud, from the
+    providers' `identities` declarations (a cloud no provider takes is refused outright)."""
+    expected = set()
+    for cloud in CLOUDS:
+        allowed = [name for name in registry.names() if cloud in registry.get(name).identities]
+        base = f"!has(self.identity) || !has(self.identity.{cloud})"
+        if not allowed:
+            expected.add(base)
+        elif len(allowed) == 1:
+            expected.add(f"{base} || self.provider == '{allowed[0]}'")
+        else:
+            listed = ", ".join(f"'{name}'" for name in allowed)
+            expected.add(f"{base} || self.provider in [{listed}]")
+    about = {r for r in spec_rules() if any(f"has(self.identity.{c})" in r for c in CLOUDS)}
+    assert about == expected

@@ -31,7 +31,7 @@ from llmconn import config
 from llmconn.metrics import Metrics
 from llmconn.probes import registry
 from llmconn.probes.base import Auth
-from llmconn.reasons import MISSING_SECRET, STALLING, TRANSIENT, Reason, Result, result_of
+from llmconn.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result, result_of
 from llmconn.spec import McpTransport, ValidationType
 
 CRD = yaml.safe_load((ROOT / "crds" / "llmconnections.yaml").read_text())
@@ -131,7 +131,7 @@ def test_reason_row_matches_reasons_module(reason: Reason) -> None:
     assert row["transient"] == ("yes" if reason in TRANSIENT else "")
     if reason in STALLING:
         stalled = "yes"
-    elif reason in MISSING_SECRET:
+    elif reason in MISSING_REFERENCE:
         stalled = "after grace period"
     else:
         stalled = ""

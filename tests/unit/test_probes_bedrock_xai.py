@@ -357,13 +357,14 @@ async def test_a_profile_reports_the_lifecycle_of_its_model_in_the_region(
     assert verdict.lifecycle is not None and verdict.lifecycle.retires_at == "2099-03-01T00:00:00Z"
 
 
-async def test_no_credentials_name_both_ways_to_give_them(
+async def test_no_credentials_name_every_way_to_give_them(
     aws: Any, pool: ClientPool, state: BedrockState
 ) -> None:
     verdict = await run_bedrock(aws, pool, awsCredentialsSecretRef=None)
-    assert "spec.apiKeySecretRef (a Bedrock API key) or spec.awsCredentialsSecretRef" in (
-        verdict.message
-    )
+    assert (
+        "spec.apiKeySecretRef (a Bedrock API key), spec.awsCredentialsSecretRef (AWS access "
+        "keys) or spec.identity.aws"
+    ) in verdict.message
 
 
 async def test_a_model_past_its_end_of_life_is_retired(

@@ -134,7 +134,7 @@ class Provider:
         self.details: dict[str, str] = {}
         self.lifecycle: Lifecycle | None = None
 
-    async def __call__(self, spec, secrets, pool, defaults) -> Verdict:
+    async def __call__(self, spec, secrets, pool, defaults, *, tokens=None) -> Verdict:
         self.calls.append(str(spec.endpoint))
         observed = []
         if spec.api_key_secret_ref is not None:
@@ -507,6 +507,18 @@ def test_next_wait_honours_the_floor_and_the_grace() -> None:
     assert tr.next_wait(interval=300, retry_after=900, grace_left=None, uniform=mid) == 900
     assert tr.next_wait(interval=300, retry_after=None, grace_left=10, uniform=mid) == 10.5
     assert tr.next_wait(interval=0, retry_after=None, grace_left=None) is None
+
+
+def test_next_wait_polls_for_an_unwatched_object_during_its_grace_only() -> None:
+    mid = lambda a, b: (a + b) / 2  # noqa: E731
+    # A missing ServiceAccount: asked for every `poll` seconds while the grace lasts...
+    assert tr.next_wait(interval=300, retry_after=None, grace_left=100, poll=10, uniform=mid) == 10
+    assert tr.next_wait(interval=0, retry_after=None, grace_left=100, poll=10) == 10
+    # ... never past the grace's end, nor before a Retry-After floor ...
+    assert tr.next_wait(interval=300, retry_after=None, grace_left=3, poll=10, uniform=mid) == 3.5
+    assert tr.next_wait(interval=300, retry_after=30, grace_left=100, poll=10, uniform=mid) == 30
+    # ... and at the interval once the grace is over (Stalled by then).
+    assert tr.next_wait(interval=300, retry_after=None, grace_left=-1, poll=10, uniform=mid) == 300
 
 
 def test_secret_changed() -> None:

@@ -104,6 +104,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.identity.enabled }}
+# spec.identity: mint short-lived tokens for the connections' ServiceAccounts (TokenRequest).
+# Nothing else on ServiceAccounts: not even reading them.
+- apiGroups: [""]
+  resources: ["serviceaccounts/token"]
+  verbs: ["create"]
+{{- end }}
 {{- end }}
 
 {{/* The addresses the operator always refuses (llmconn.egress.ALWAYS_DENIED; a test keeps the

@@ -76,6 +76,18 @@ spec:
         - --shard-count={{ .Values.sharding.shards }}
         - --shard-index=pod-ordinal
         {{- end }}
+        {{- with .Values.identity.awsStsEndpoint }}
+        - {{ printf "--aws-sts-endpoint=%s" . | quote }}
+        {{- end }}
+        {{- with .Values.identity.azureAuthorityHost }}
+        - {{ printf "--azure-authority-host=%s" . | quote }}
+        {{- end }}
+        {{- with .Values.identity.gcpStsEndpoint }}
+        - {{ printf "--gcp-sts-endpoint=%s" . | quote }}
+        {{- end }}
+        {{- with .Values.identity.gcpIamCredentialsEndpoint }}
+        - {{ printf "--gcp-iam-credentials-endpoint=%s" . | quote }}
+        {{- end }}
         - --log-level={{ .Values.config.logLevel }}
         - --log-format={{ .Values.config.logFormat }}
         {{- range .Values.extraArgs }}

@@ -18,6 +18,10 @@ says so: a deployment that does not exist is never reported Validated.
 
 POST {endpoint}/openai/deployments/{deployment}/chat/completions?api-version=...
 
+With spec.identity, an Entra ID access token goes as `Authorization: Bearer` instead of the
+`api-key` (ProbeContext.auth_headers); a 401 PermissionDenied then means the identity has no
+role on the resource.
+
 Inference sends one real completion capped at 16 tokens; reasoning deployments refuse
 `max_tokens`, so a 400 naming `max_completion_tokens` is retried once with that cap instead
 (it bounds reasoning tokens too). A deployment whose model only the Responses API serves is
@@ -78,6 +82,7 @@ DEPRECATING = frozenset({"deprecating", "deprecated"})
     auth=Auth.AZURE,
     title="Azure OpenAI",
     requires=("azure",),
+    identities=("azure",),  # Entra ID: a bearer token for Cognitive Services
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     if ctx.azure is None:
@@ -303,6 +308,20 @@ def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
     def out(reason: Reason, text: str) -> ProbeOutcome:
         return ProbeOutcome(reason, text, http_status=reply.status, code=code)
 
+    if reply.status == 401 and ctx.bearer_token is not None:
+        if code == "PermissionDenied":  # "Principal does not have access to API/Operation."
+            return out(
+                Reason.PERMISSION_DENIED,
+                f"Azure accepted the Entra ID token, but the identity may not use {host} "
+                f"(HTTP 401 PermissionDenied){said}. Give the identity (spec.identity.azure."
+                "clientId) a data-plane role on the resource, such as Cognitive Services "
+                "OpenAI User.",
+            )
+        return out(
+            Reason.INVALID_API_KEY,
+            f"Azure rejected the Entra ID token for {host} (HTTP 401){said}; check that "
+            "spec.endpoint is a resource of the identity's tenant.",
+        )
     if reply.status == 401:
         # Azure words it "invalid subscription key or wrong API endpoint": it cannot tell.
         return out(

@@ -33,9 +33,11 @@ from llmconn.http import Phase
 from llmconn.reasons import Reason
 from llmconn.spec import (
     BLOCKS,
+    CLOUDS,
     AwsCredentialsRef,
     AzureSpec,
     BedrockSpec,
+    IdentitySpec,
     LLMConnectionSpec,
     McpSpec,
     SecretKeyRef,
@@ -88,6 +90,8 @@ class ProviderInfo:
     # is redacted: not the whole file, whose account name and URLs messages may show).
     # Else the key must be a value fit for a header, and is secret whole.
     key_secrets: Callable[[str], Sequence[str]] | None = None
+    # The clouds (spec.identity blocks) whose exchanged credentials it takes instead of a key.
+    identities: frozenset[str] = frozenset()
 
     @property
     def auth_header(self) -> str:
@@ -124,9 +128,11 @@ class Registry:
         aws_sigv4: bool = False,
         endpoint_for: EndpointFor | None = None,
         key_secrets: Callable[[str], Sequence[str]] | None = None,
+        identities: Iterable[str] = (),
     ) -> Callable[[ProbeFn], ProbeFn]:
         """Register the decorated probe under `name`, with what the provider needs: spec
-        blocks it `accepts`, and those it `requires` (which it accepts too)."""
+        blocks it `accepts`, and those it `requires` (which it accepts too); the clouds of
+        `spec.identity` whose credentials it takes (`identities`)."""
 
         def register(fn: ProbeFn) -> ProbeFn:
             self.add(
@@ -143,6 +149,7 @@ class Registry:
                     aws_sigv4=aws_sigv4,
                     endpoint_for=endpoint_for,
                     key_secrets=key_secrets,
+                    identities=frozenset(identities),
                 )
             )
             return fn
@@ -154,6 +161,8 @@ class Registry:
             raise ValueError(f"provider {info.name!r} registered twice")
         if not info.blocks <= BLOCKS.keys() or not info.required_blocks <= info.blocks:
             raise ValueError(f"provider {info.name!r}: blocks must be spec blocks it accepts")
+        if not info.identities <= CLOUDS.keys():
+            raise ValueError(f"provider {info.name!r}: identities must be spec.identity clouds")
         self._providers[info.name] = info
 
     def get(self, name: str) -> ProviderInfo:
@@ -241,6 +250,8 @@ class ProbeContext:
     aws_credentials: AwsCredentials | None = None
     aws_credentials_ref: AwsCredentialsRef | None = None  # where they came from, if a Secret
     bearer_token: BearerToken | None = None
+    # The workload identity the credentials above were exchanged for (spec.identity).
+    identity: IdentitySpec | None = None
     found: Findings = field(default_factory=Findings)
 
     @property
@@ -257,6 +268,8 @@ class ProbeContext:
             yield
 
     def auth_headers(self) -> dict[str, str]:
+        if self.bearer_token is not None:  # from spec.identity: in place of the key's header
+            return {"Authorization": f"Bearer {self.bearer_token.token}"}
         if not self.api_key:
             return {}
         if self.provider.auth is Auth.BEARER:
@@ -313,6 +326,8 @@ class ProbeContext:
     @property
     def key_hint(self) -> str:
         """Where the user fixes a rejected key: 'key apiKey of Secret x'."""
+        if self.identity is not None or self.bearer_token is not None:
+            return "check the connection's identity and its token exchange"
         if (aws := self.aws_credentials_ref) is not None:
             keys = f"{aws.access_key_id_key} and {aws.secret_access_key_key}"
             if aws.session_token_key:

@@ -2,7 +2,8 @@
 one tiny `Converse`.
 
 Credentials: a Bedrock API key (`Authorization: Bearer`, from apiKeySecretRef), or AWS
-credentials (`ctx.aws_credentials`, from awsCredentialsSecretRef or a workload identity)
+credentials (`ctx.aws_credentials`, from awsCredentialsSecretRef or spec.identity.aws: the
+session STS issued for the ServiceAccount's token, its session token signed along)
 with which every request is signed (SigV4, service `bedrock` on both planes: the signing name
 in botocore's `bedrock` and `bedrock-runtime` service models). With neither, requests go
 unsigned, for a signing proxy in front; AWS itself refuses them (InvalidAPIKey).
@@ -105,6 +106,7 @@ def endpoint_for(spec: LLMConnectionSpec) -> str:
     requires=("bedrock",),
     aws_sigv4=True,
     endpoint_for=endpoint_for,
+    identities=("aws",),  # STS AssumeRoleWithWebIdentity's session credentials
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     assert ctx.bedrock is not None  # required by the provider's declaration
@@ -320,8 +322,8 @@ def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
         hint = ctx.key_hint
         if ctx.api_key is None and ctx.aws_credentials is None:
             hint = (
-                "set spec.apiKeySecretRef (a Bedrock API key) or spec.awsCredentialsSecretRef "
-                "(AWS access keys)"
+                "set spec.apiKeySecretRef (a Bedrock API key), spec.awsCredentialsSecretRef "
+                "(AWS access keys) or spec.identity.aws (a role for a ServiceAccount)"
             )
         return out(Reason.INVALID_API_KEY, f"AWS rejected the credentials ({tag}){said}; {hint}.")
     if code == "AccessDeniedException" or (code is None and status == 403):

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from llmconn.exchange import Reply
+from llmconn.oauth import google_error
 from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
 from llmconn.probes.errors import Classify, classify_error, has, rate_limited, read_json
 from llmconn.reasons import Reason
@@ -170,13 +171,6 @@ def _needs_thinking(reply: Reply) -> bool:
         and error.get("status") == "INVALID_ARGUMENT"
         and "thinking" in str(error.get("message") or "").lower()
     )
-
-
-def google_error(reply: Reply) -> dict[str, Any] | None:
-    """The `error` object of Google's error shape: code, message, status, details."""
-    body = reply.json()
-    error = body.get("error") if isinstance(body, dict) else None
-    return error if isinstance(error, dict) else None
 
 
 def _classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:

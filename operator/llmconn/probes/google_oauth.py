@@ -33,16 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 from llmconn.credentials import BearerToken, ServiceAccountKey
-from llmconn.exchange import USER_AGENT, Reply
+from llmconn.exchange import Reply
+from llmconn.oauth import CLOUD_PLATFORM, TokenAnswer, post_form, token_answer
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.probes.errors import classify_error, rate_limited
 from llmconn.reasons import Reason
 
-CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 LIFETIME = 3600  # seconds: the longest Google accepts, and google-auth's
 # RFC 6749 section 5.2 error codes that mean the key or its account is refused.
@@ -100,37 +99,21 @@ async def access_token(
     assertion = await asyncio.to_thread(sign, key, scope, now)
     ctx.found.elsewhere = url  # a network failure names the token service (kept if raised)
     with ctx.holding(assertion):
-        reply = await ctx.transport.fetch(
-            "POST",
-            url,
-            headers={
-                "User-Agent": USER_AGENT,
-                "Accept": "application/json",
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
-            content=urlencode({"grant_type": JWT_GRANT, "assertion": assertion}).encode(),
-        )
+        fields = {"grant_type": JWT_GRANT, "assertion": assertion}
+        reply = await post_form(ctx.transport, url, fields)
     ctx.found.elsewhere = None
-    body = reply.json()
-    token = body.get("access_token") if isinstance(body, dict) else None
-    if reply.status == 200 and isinstance(token, str) and token:
-        return BearerToken(token, expires_at=_expiry(body, now))
-    raise ProbeFailure(_refused(ctx, reply, key, body))
+    answer = token_answer(reply, now)
+    if answer.token is not None:
+        return answer.token
+    raise ProbeFailure(_refused(ctx, reply, key, answer))
 
 
-def _expiry(body: dict[str, Any], now: float) -> float | None:
-    expires_in = body.get("expires_in")
-    try:  # some token services send it as a string (google-auth `_parse_expiry`)
-        return now + float(expires_in) if expires_in is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _refused(ctx: ProbeContext, reply: Reply, key: ServiceAccountKey, body: Any) -> ProbeOutcome:
+def _refused(
+    ctx: ProbeContext, reply: Reply, key: ServiceAccountKey, answer: TokenAnswer
+) -> ProbeOutcome:
     host = urlsplit(key.token_uri).hostname
-    code = body.get("error") if isinstance(body, dict) else None
-    said = body.get("error_description") if isinstance(body, dict) else None
-    if not isinstance(code, str):
+    code, said = answer.error, answer.description
+    if code is None:
         if reply.status == 200:
             return ProbeOutcome(
                 Reason.UNEXPECTED_RESPONSE,
@@ -154,7 +137,7 @@ def _refused(ctx: ProbeContext, reply: Reply, key: ServiceAccountKey, body: Any)
             code=outcome.code,
             retry_after=outcome.retry_after,
         )
-    detail = f"{code}: {str(said).rstrip('.')}" if isinstance(said, str) and said else code
+    detail = f"{code}: {said.rstrip('.')}" if said else code
     code = code[:64]
     who = f"service account {key.client_email}"
     if code in _REFUSED_KEY:

@@ -1,8 +1,8 @@
 """Vertex AI probe: Gemini and Anthropic publisher models in a Google Cloud project.
 
 Credentials, first found wins:
-- `ctx.bearer_token`, an access token the operator obtained for the connection's workload
-  identity (whoever filled it);
+- `ctx.bearer_token`, the access token of the connection's workload identity (spec.identity.gcp:
+  Google STS's federated token, or the impersonated service account's);
 - a service-account JSON key in apiKeySecretRef: a JWT signed with it is exchanged at the
   key's `token_uri` for a cloud-platform token, on every validation (`google_oauth`);
 - a Vertex AI express-mode API key in apiKeySecretRef, sent in `x-goog-api-key` (never
@@ -54,9 +54,10 @@ from urllib.parse import quote, urlsplit
 
 from llmconn.credentials import key_file_secrets, service_account_key
 from llmconn.exchange import USER_AGENT, Reply
+from llmconn.oauth import google_error
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
-from llmconn.probes.gemini import exhausted, generate, google_error
+from llmconn.probes.gemini import exhausted, generate
 from llmconn.probes.google_oauth import access_token
 from llmconn.reasons import Reason
 from llmconn.spec import LLMConnectionSpec, ValidationType, VertexAISpec, VertexPublisher
@@ -88,6 +89,7 @@ def default_endpoint(spec: LLMConnectionSpec) -> str:
     title="Google Vertex AI",
     requires=("vertexAI",),
     key_secrets=key_file_secrets,
+    identities=("gcp",),  # Google STS, then IAM Credentials when impersonating
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     vertex = ctx.vertex_ai
@@ -113,7 +115,10 @@ class _Auth:
 async def _credentials(ctx: ProbeContext) -> _Auth:
     if ctx.bearer_token is not None:
         given = ctx.bearer_token.token
-        return _Auth({"Authorization": f"Bearer {given}"}, "the workload identity")
+        gcp = ctx.identity.gcp if ctx.identity is not None else None
+        email = gcp.service_account_email if gcp is not None else None
+        who = f"service account {email} (impersonated)" if email else "the workload identity"
+        return _Auth({"Authorization": f"Bearer {given}"}, who)
     if not ctx.api_key:
         raise ProbeFailure(
             ProbeOutcome(
@@ -359,14 +364,10 @@ def _classify(
             bad_key,
         )
     if reply.status == 401 or status == "UNAUTHENTICATED":
-        fix = (
-            f"{ctx.key_hint}"
-            if ctx.bearer_token is None
-            else "check the connection's identity and its token exchange"
-        )
         return out(
             Reason.INVALID_API_KEY,
-            f"Vertex AI did not accept the credentials of {auth.who} ({tag}){said}; {fix}.",
+            f"Vertex AI did not accept the credentials of {auth.who} ({tag}){said}; "
+            f"{ctx.key_hint}.",
         )
     if "SERVICE_DISABLED" in reasons:
         return out(

@@ -1,0 +1,90 @@
+"""Token services, asked and read in one way for every caller: a form-encoded token request,
+an OAuth 2.0 token endpoint's answer (RFC 6749 sections 5.1 and 5.2), and Google's API error
+object (google.rpc.Status as JSON: `{"error": {"code", "message", "status", "details"}}`).
+
+The callers: the workload identity exchanges (`llmconn.clouds`: AWS STS's Query API, Entra ID,
+Google STS, IAM Credentials) and the probes' own Google credentials (`probes.google_oauth`
+for a service-account key; `probes.gemini` and `probes.vertex_ai` read Google's errors).
+Each decides what an answer means for its user; what the answer says is read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from llmconn.credentials import BearerToken
+from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
+
+# The scope Google's APIs take for everything a project's IAM allows (google-auth's
+# `_CLOUD_PLATFORM_SCOPE`; Vertex AI's client libraries ask for it).
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+
+
+async def post_form(
+    transport: ProbeTransport,
+    url: str,
+    fields: Mapping[str, str],
+    *,
+    accept: str = "application/json",
+) -> Reply:
+    """A token request: `fields` form-encoded in a POST (RFC 6749 section 4.1.3 and on; AWS's
+    Query API takes its parameters so too). No header of the spec goes with it: it is meant
+    for the provider, and a token service is somewhere else."""
+    return await transport.fetch(
+        "POST",
+        url,
+        headers={
+            "User-Agent": USER_AGENT,
+            "Accept": accept,
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        content=urlencode(fields).encode(),
+    )
+
+
+@dataclass(frozen=True, repr=False)
+class TokenAnswer:
+    """A token endpoint's answer, as far as it says anything."""
+
+    token: BearerToken | None  # a 200 with a non-empty `access_token`
+    error: str | None  # section 5.2's `error`, when it is a string
+    description: str | None  # ... and `error_description`, when that is a string
+    body: Mapping[str, Any]  # the JSON object ({} when none), for what a service adds
+
+    def __repr__(self) -> str:
+        return f"TokenAnswer(token={'…' if self.token else None}, error={self.error!r})"
+
+
+def token_answer(reply: Reply, now: float) -> TokenAnswer:
+    """Read an answer of a token endpoint; `now` (epoch seconds) dates `expires_in`."""
+    body = reply.json()
+    body = body if isinstance(body, dict) else {}
+    access = body.get("access_token")
+    token = None
+    if reply.status == 200 and isinstance(access, str) and access:
+        token = BearerToken(access, expires_at=_expiry(body, now))
+    error, description = body.get("error"), body.get("error_description")
+    return TokenAnswer(
+        token=token,
+        error=error if isinstance(error, str) else None,
+        description=description if isinstance(description, str) else None,
+        body=body,
+    )
+
+
+def _expiry(body: Mapping[str, Any], now: float) -> float | None:
+    expires_in = body.get("expires_in")
+    try:  # some token services send it as a string (google-auth `_parse_expiry`)
+        return now + float(expires_in) if expires_in is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def google_error(reply: Reply) -> dict[str, Any] | None:
+    """The `error` object of Google's error shape: code, message, status, details."""
+    body = reply.json()
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else None
