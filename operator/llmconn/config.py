@@ -27,7 +27,7 @@ class Config:
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = False
     concurrency: int = 32
-    namespace_concurrency: int | None = None  # None: a quarter of concurrency
+    namespace_concurrency: int | None = None  # None: see namespace_share
     defaults: Defaults = field(default_factory=Defaults)
     egress: EgressPolicy = field(default_factory=EgressPolicy.from_strings)
     metrics_port: int = 8080
@@ -44,6 +44,17 @@ class Config:
     def namespace_patterns(self) -> bool:
         """Whether -n names patterns (shop-*): Kopf then needs to watch namespaces."""
         return any(ch in ns for ns in self.namespaces for ch in "*?[!")
+
+    @property
+    def namespace_share(self) -> int | None:
+        """Workers one namespace may hold: --namespace-concurrency; else every worker when the
+        operator watches a single namespace (there is no one to share with, and a quarter
+        would cap its throughput for nothing); else None, the reconciler's default share."""
+        if self.namespace_concurrency is not None:
+            return self.namespace_concurrency
+        if not self.all_namespaces and len(self.namespaces) == 1 and not self.namespace_patterns:
+            return self.concurrency
+        return None
 
     @property
     def peering_name(self) -> str | None:

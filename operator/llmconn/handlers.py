@@ -50,7 +50,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         config.defaults,
         metrics,
         concurrency=config.concurrency,
-        namespace_concurrency=config.namespace_concurrency,
+        namespace_concurrency=config.namespace_share,
         shard=config.shard,
         # Re-lists (after a standby, and the periodic check for vanished objects) cover the
         # watched namespaces; with patterns, every namespace (filtered by Kopf's events).

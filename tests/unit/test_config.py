@@ -212,3 +212,22 @@ def test_a_bad_setting_is_a_usage_error(
         from_args(argv)
     assert stopped.value.code == 2
     assert complaint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "share"),
+    [
+        (["-n", "team-a", "--concurrency", "40"], 40),  # one namespace: nobody to share with
+        (["-n", "team-a", "-n", "team-b", "--concurrency", "40"], None),  # a quarter (default)
+        (["-n", "team-*", "--concurrency", "40"], None),  # a pattern may match many
+        (["-A", "--concurrency", "40"], None),
+        (["-n", "team-a", "--concurrency", "40", "--namespace-concurrency", "5"], 5),
+        (["-A", "--namespace-concurrency", "5"], 5),
+    ],
+)
+def test_one_namespace_gets_every_worker_unless_told(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], share: int | None
+) -> None:
+    for name in EVERY_VARIABLE:
+        monkeypatch.delenv(name, raising=False)
+    assert from_args(argv).namespace_share == share
