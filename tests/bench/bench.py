@@ -526,6 +526,19 @@ def run_naive_kopf(
                 if time.monotonic() > deadline:
                     raise RuntimeError("the naive Kopf operator kept its finalizers")
                 time.sleep(0.5)
+            # Its verdicts must be real ones: a peer that cannot read the Secret writes failed
+            # statuses without reaching the provider, and would look cheap.
+            failed = [
+                o["metadata"]["name"]
+                for o in c.get(collection(NAIVE_NS)).json()["items"]
+                if (o.get("status") or {}).get("result") != "success"
+            ]
+            if failed:
+                reason = c.get(f"{collection(NAIVE_NS)}/{failed[0]}").json().get("status") or {}
+                raise RuntimeError(
+                    f"the naive Kopf operator failed {len(failed)} connections, e.g."
+                    f" {failed[0]}: {reason.get('reason')}: {reason.get('message')}"
+                )
 
     m = measure(
         ns=NAIVE_NS,
