@@ -111,7 +111,9 @@ class Api:
     def delete_secret(self, ns: str, name: str) -> None:
         self.client.delete(f"/api/v1/namespaces/{ns}/secrets/{name}").raise_for_status()
 
-    def connection(self, ns: str, name: str, url: str, secret: str = "creds") -> None:
+    def connection(
+        self, ns: str, name: str, url: str, secret: str = "creds", interval: str = "1h"
+    ) -> None:
         body = {
             "apiVersion": "llmconn.dev/v1alpha1",
             "kind": "LLMConnection",
@@ -121,7 +123,7 @@ class Api:
                 "endpoint": url,
                 "model": "gpt-4o",
                 "apiKeySecretRef": {"name": secret, "key": "apiKey"},
-                "validation": {"interval": "1h"},
+                "validation": {"interval": interval},
             },
         }
         path = f"/apis/llmconn.dev/v1alpha1/namespaces/{ns}/llmconnections"

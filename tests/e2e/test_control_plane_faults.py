@@ -50,23 +50,6 @@ def rotate(api: Api, ns: str, key: str) -> float:
     return started
 
 
-def connection(api: Api, ns: str, name: str, url: str, interval: str) -> None:
-    body = {
-        "apiVersion": "llmconn.dev/v1alpha1",
-        "kind": "LLMConnection",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "provider": "openai-compatible",
-            "endpoint": url,
-            "model": "gpt-4o",
-            "apiKeySecretRef": {"name": "creds", "key": "apiKey"},
-            "validation": {"interval": interval},
-        },
-    }
-    path = f"/apis/llmconn.dev/v1alpha1/namespaces/{ns}/llmconnections"
-    api.client.post(path, json=body).raise_for_status()
-
-
 def respec(api: Api, ns: str, name: str, secret: str) -> float:
     """A spec change (a new generation): the connection now reads another Secret."""
     started = time.monotonic()
@@ -131,7 +114,7 @@ def test_a_frozen_etcd_is_survived_and_statuses_are_fresh_afterwards(
     try:
         api.secret(ns, "creds", {"apiKey": GOOD_KEY})
         for name in names:
-            connection(api, ns, name, provider, INTERVAL)
+            api.connection(ns, name, provider, interval=INTERVAL)
         for name in names:
             api.ready(ns, name, "True")
         etcd = plane.pids()["etcd"]
