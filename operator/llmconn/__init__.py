@@ -6,7 +6,7 @@ both): the spec knows no provider, providers register into `probes.base` and nev
 the `probes` package, and nothing before the last line knows Kubernetes.
 
 1. reasons, redact, egress, spec, scheduler, peering, credentials (import nothing of llmconn)
-2. logs, http, exchange, oauth (what log records and requests go through)
+2. logs, http, transport, exchange, oauth (what log records and requests go through)
 3. clouds, verdict, lifecycle, status, metrics, triggers, secretcache, memory
 4. probes.base (what a probe is and declares; the registry)
 5. probes.* (the shared probe parts and one module per provider)

@@ -27,10 +27,27 @@ SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their 
 API_RETRIES = 80  # Kopf's retries of one API request, about a second apart: about a minute
 
 
+class NoEssence(kopf.DiffBaseStorage):
+    """No change detection by Kopf: it serves on.create/update handlers, of which there are
+    none. Kopf would deep-copy every watched object (its status included) on every event to
+    build an essence nothing reads: 5% of the CPU at 10,000 connections. The Reconciler tells
+    changes from the generation and the annotations (triggers.py)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Config = memo.config
     settings.posting.enabled = False  # Kopf would post Events for log lines; ours are ours
+    settings.persistence.diffbase_storage = NoEssence()
     # No CRD/namespace discovery (the chart's RBAC grants none) unless -n names patterns.
     settings.scanning.disabled = not config.namespace_patterns
     settings.watching.server_timeout = 300

@@ -67,6 +67,7 @@ import anyio
 import httpcore2
 import httpx2
 from httpcore2._backends.anyio import AnyIOBackend
+from httpcore2._utils import is_socket_readable  # the pool's idle check, kept as-is
 from httpx2._utils import get_environment_proxies  # httpx's NO_PROXY semantics, kept as-is
 
 from llmconn.egress import EgressPolicy
@@ -195,13 +196,21 @@ class Guard:
 
 
 class _ClosingStream(httpcore2.AsyncNetworkStream):
-    """A TCP stream that is closed when its TLS handshake is cancelled.
+    """A TCP stream (or the TLS stream over it) that is closed when its TLS handshake is
+    cancelled, and that answers the pool's idle check from the socket it keeps.
 
     httpcore closes the socket when a handshake fails with an exception, but not when it is
-    cancelled (a probe's timeout): the socket would stay open until garbage collection."""
+    cancelled (a probe's timeout): the socket would stay open until garbage collection.
 
-    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+    Before each request, httpcore's pool asks every idle keep-alive connection whether its
+    socket is readable (the server closed it). anyio answers that by building the mapping of
+    all the stream's attributes first: with dozens of idle connections, the largest single
+    cost of a probe at 10,000 connections (docs/development.md, "Where the CPU goes"). The
+    raw socket is looked up once here, and polled with httpcore's own check."""
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream, raw: socket.socket | None = None):
         self._inner = inner
+        self._socket = raw if raw is not None else inner.get_extra_info("socket")
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         return await self._inner.read(max_bytes, timeout)
@@ -219,13 +228,16 @@ class _ClosingStream(httpcore2.AsyncNetworkStream):
         timeout: float | None = None,
     ) -> httpcore2.AsyncNetworkStream:
         try:
-            return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+            tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._inner.aclose()
             raise
+        return _ClosingStream(tls, self._socket)
 
     def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable" and self._socket is not None:
+            return is_socket_readable(self._socket)
         return self._inner.get_extra_info(info)
 
 

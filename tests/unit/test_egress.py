@@ -620,3 +620,31 @@ async def test_a_hanging_lookup_marks_the_dns_phase() -> None:
         http_mod.PHASE_RECORDER.reset(token)
     await pool.aclose()
     assert recorder.phase == "dns"
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_keep_alive_connection_the_server_closed_is_not_reused(
+    tls: bool, tmp_path: Path
+) -> None:
+    """The pool's idle check (answered from the socket the stream keeps, not anyio's
+    attribute mapping) sees the server's close, so the next request dials anew instead of
+    failing on a dead connection."""
+    files = make_tls(tmp_path) if tls else None
+
+    async def once(head: Any, writer: asyncio.StreamWriter) -> None:
+        await answer(200, "{}")(head, writer)
+        await writer.drain()
+        # No "Connection: close": the client believes it may keep the connection. The TCP
+        # connection is ended at once, as servers that reap idle connections do (asyncio's
+        # TLS close would wait for the client's close_notify first).
+        writer.transport.abort()
+
+    tls_options = TLSOptions(ca_bundle=files.ca_pem) if files else TLSOptions()
+    async with RawServer(once, tls=files.server_context() if files else None) as server:
+        pool = ClientPool(EgressPolicy(), proxies={})
+        client = pool.client(tls_options)
+        for _ in range(3):
+            assert (await client.get(server.url + "/v1/models")).status_code == 200
+            await asyncio.sleep(0.05)  # the server's FIN arrives
+        await pool.aclose()
+    assert server.connections == 3

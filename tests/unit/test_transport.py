@@ -1,0 +1,240 @@
+"""transport.py: httpx2 requests over aiohttp, against raw loopback servers that answer
+exactly what each test needs (good answers, slow streams, silence, hang-ups)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx2
+import pytest
+
+from llmconn.transport import AiohttpTransport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Server:
+    """A loopback TCP server; counts connections and the most open at once."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.open = 0
+        self.peak = 0
+        self.requests: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await reader.readexactly(length) if length else b""
+        self.requests.append(head + body)
+        return head, body
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Server, str]]]]:
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> tuple[Server, str]:
+        server = Server(handler)
+        srv = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+        servers.append(srv)
+        return server, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+def answer(status: int, body: bytes, *headers: str, reason: str = "OK") -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def client(url: str, limit: int | None = 4, **options: Any) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(base_url=url, transport=AiohttpTransport(None, limit), **options)
+
+
+async def test_a_request_and_its_answer_cross_unchanged(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            _, body = await server.read_request(reader)
+            doc = json.dumps({"got": json.loads(body)}).encode()
+            writer.write(answer(409, doc, "Content-Type: application/json", reason="Conflict"))
+            await writer.drain()
+
+    server, url = await serve(echo)
+    async with client(url, headers={"Authorization": "Bearer t"}) as http:
+        for n in range(3):
+            response = await http.patch(
+                "/apis/x/status?dryRun=All",
+                json={"status": {"n": n}},
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            assert response.status_code == 409 and response.reason_phrase == "Conflict"
+            assert response.json() == {"got": {"status": {"n": n}}}
+    assert server.connections == 1  # kept alive between requests
+    head = server.requests[0].split(b"\r\n\r\n")[0].decode().lower()
+    assert head.startswith("patch /apis/x/status?dryrun=all http/1.1")
+    assert "authorization: bearer t" in head
+    assert "content-type: application/merge-patch+json" in head
+    assert head.count("content-length:") == 1 and head.count("host:") == 1
+
+
+async def test_an_answer_is_decoded_as_httpx2_asked(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def zipped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await server.read_request(reader)
+        assert b"gzip" in head.lower()  # httpx2's Accept-Encoding went out
+        writer.write(answer(200, gzip.compress(b'{"a": 1}'), "Content-Encoding: gzip"))
+        await writer.drain()
+
+    server, url = await serve(zipped)
+    async with client(url) as http:
+        assert (await http.get("/")).json() == {"a": 1}
+
+
+async def test_a_stream_is_read_as_it_arrives(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+    more = asyncio.Event()
+
+    async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b'6\r\n{"a":1\r\n2\r\n}\n\r\n')
+        await writer.drain()
+        await more.wait()
+        writer.write(b'8\r\n{"b":2}\n\r\n0\r\n\r\n')
+        await writer.drain()
+
+    server, url = await serve(watch)
+    async with client(url, limit=None) as http, http.stream("GET", "/watch") as response:
+        lines = response.aiter_lines()
+        assert json.loads(await anext(lines)) == {"a": 1}  # before the server goes on
+        more.set()
+        assert json.loads(await anext(lines)) == {"b": 2}
+
+
+async def test_a_stream_given_up_closes_its_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await server.read_request(reader)
+            if b"/watch" not in head:
+                writer.write(answer(200, b"{}"))
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{}\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(30)
+
+    server, url = await serve(endless)
+    async with client(url, limit=1) as http:
+        async with http.stream("GET", "/watch") as response:
+            await anext(response.aiter_lines())
+        # The half-read stream is not handed to the next request (it would read the stream's
+        # rest as its answer): a new connection serves it.
+        assert (await http.get("/after")).json() == {}
+    assert server.connections == 2
+
+
+async def test_the_bound_on_connections_holds(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_request(reader)
+            await asyncio.sleep(0.05)
+            writer.write(answer(200, b"{}"))
+            await writer.drain()
+
+    server, url = await serve(slow)
+    async with client(url, limit=2) as http:
+        await asyncio.gather(*(http.get(f"/{n}") for n in range(8)))
+    assert server.peak == 2 and len(server.requests) == 8
+
+
+async def test_refused_is_a_connect_error(serve) -> None:  # type: ignore[no-untyped-def]
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    srv.close()
+    await srv.wait_closed()
+    async with client(f"http://127.0.0.1:{port}") as http:
+        with pytest.raises(httpx2.ConnectError):
+            await http.get("/")
+
+
+async def test_a_hang_up_is_a_protocol_error(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+
+    server, url = await serve(hang_up)
+    async with client(url) as http:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await http.get("/")
+
+
+async def test_a_cut_answer_is_a_protocol_error(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial"')
+        await writer.drain()
+
+    server, url = await serve(cut)
+    async with client(url) as http:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await http.get("/")
+
+
+async def test_silence_is_a_read_timeout(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        await asyncio.sleep(30)
+
+    server, url = await serve(silent)
+    async with client(url, timeout=httpx2.Timeout(5.0, read=0.2)) as http:
+        with pytest.raises(httpx2.ReadTimeout):
+            await http.get("/")
+
+
+async def test_no_answer_but_garbage_is_a_protocol_error(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+
+    server, url = await serve(garbage)
+    async with client(url) as http:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await http.get("/")
