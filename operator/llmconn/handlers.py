@@ -62,7 +62,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     reconciler = Reconciler(
-        Kube(max_connections=config.concurrency, instance=memo.identity),
+        Kube(instance=memo.identity),
         ClientPool(config.egress),
         config.defaults,
         metrics,

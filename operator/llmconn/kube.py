@@ -33,6 +33,10 @@ TOKEN_SECONDS = 600
 # Metadata-only representations of a list and of a watch event's object.
 META_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 META_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+# Connections to the API server for requests (each watch holds one more of its own). A status
+# PATCH takes milliseconds, so 16 carry hundreds of writes a second; each open TLS connection
+# costs memory.
+API_CONNECTIONS = 16
 
 
 # Object names (DNS-1123 subdomains) and namespaces (DNS-1123 labels) as the API server
@@ -88,7 +92,7 @@ class Kube:
         self,
         info: kopf.ConnectionInfo | None = None,
         *,
-        max_connections: int = 64,
+        max_connections: int = API_CONNECTIONS,
         instance: str = "llmconn",
     ):
         self._info = info

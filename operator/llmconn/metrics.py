@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from llmconn.reasons import Reason, Result
 
@@ -59,18 +63,8 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        self._ready = Gauge(
-            "llmconn_connection_ready",
-            "Ready condition of each connection, one-hot over status True/False/Unknown.",
-            ["namespace", "name", "provider", "status"],
-            registry=self.registry,
-        )
-        self._last = Gauge(
-            "llmconn_last_validation_timestamp_seconds",
-            "Unix time of each connection's latest validation.",
-            ["namespace", "name", "provider"],
-            registry=self.registry,
-        )
+        self._series = _ConnectionSeries(self)  # ready and last validation, per connection
+        self.registry.register(self._series)
         self._retirement = Gauge(
             "llmconn_model_retirement_timestamp_seconds",
             "Unix time the connection's model retires, where its provider announces it.",
@@ -99,10 +93,10 @@ class Metrics:
             "Connections known to this replica.",
             registry=self.registry,
         )
-        # The provider each connection's series carry, so that forget() and a provider
-        # change remove exactly those series without scanning every label set.
-        self._providers: dict[tuple[str, str], str] = {}
-        self._lock = threading.Lock()  # guards _providers and the per-connection series
+        # Each connection's row: the provider its series carry, its Ready status and the
+        # time of its latest validation (None: not yet known).
+        self._rows: dict[tuple[str, str], _Row] = {}
+        self._lock = threading.Lock()  # guards _rows and the retirement series
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -116,14 +110,11 @@ class Metrics:
     def set_ready(self, namespace: str, name: str, provider: str, status: str) -> None:
         _checked(status, READY_STATUSES, "status")
         with self._lock:
-            provider = self._track(namespace, name, provider)
-            for each in READY_STATUSES:
-                self._ready.labels(namespace, name, provider, each).set(int(each == status))
+            self._row(namespace, name, provider).ready = status
 
     def last_validation(self, namespace: str, name: str, provider: str, timestamp: float) -> None:
         with self._lock:
-            provider = self._track(namespace, name, provider)
-            self._last.labels(namespace, name, provider).set(timestamp)
+            self._row(namespace, name, provider).last = timestamp
 
     def model_retirement(self, namespace: str, name: str, timestamp: float | None) -> None:
         """The model's announced retirement (None: none announced, the series goes)."""
@@ -137,9 +128,7 @@ class Metrics:
 
     def forget(self, namespace: str, name: str) -> None:
         with self._lock:
-            provider = self._providers.pop((namespace, name), None)
-            if provider is not None:
-                self._remove_series(namespace, name, provider)
+            self._rows.pop((namespace, name), None)
             if (namespace, name) in self._retiring:
                 self._retiring.discard((namespace, name))
                 self._retirement.remove(namespace, name)
@@ -178,19 +167,64 @@ class Metrics:
         if thread is not None:
             thread.join()
 
-    def _track(self, namespace: str, name: str, provider: str) -> str:
-        """Record the connection's provider; drop its old series if the provider changed.
-
-        Called with the lock held, so a concurrent forget() cannot resurrect a series.
-        """
+    def _row(self, namespace: str, name: str, provider: str) -> _Row:
+        """The connection's row (with the lock held); a new provider starts a new row, so
+        the series under the old provider label go."""
         provider = _provider_label(provider)
-        old = self._providers.get((namespace, name))
-        self._providers[(namespace, name)] = provider
-        if old is not None and old != provider:
-            self._remove_series(namespace, name, old)
-        return provider
+        row = self._rows.get((namespace, name))
+        if row is None or row.provider != provider:
+            row = self._rows[(namespace, name)] = _Row(provider)
+        return row
 
-    def _remove_series(self, namespace: str, name: str, provider: str) -> None:
-        for status in READY_STATUSES:
-            self._ready.remove(namespace, name, provider, status)
-        self._last.remove(namespace, name, provider)
+    def connection_samples(self) -> list[tuple[str, str, _Row]]:
+        with self._lock:
+            return [(ns, name, replace(row)) for (ns, name), row in self._rows.items()]
+
+
+@dataclass(slots=True)
+class _Row:
+    provider: str
+    ready: str | None = None
+    last: float | None = None
+
+
+class _ConnectionSeries(Collector):
+    """The per-connection series, made at scrape time from one small row per connection.
+
+    A labelled Gauge keeps a child object, a value and a lock per series: four series per
+    connection came to a dozen objects each, which every collection of the garbage collector
+    walked, and four lookups under locks per validation."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[Metric]:
+        ready, last = self._families()
+        for namespace, name, row in self._metrics.connection_samples():
+            if row.ready is not None:
+                for each in READY_STATUSES:
+                    ready.add_metric(
+                        [namespace, name, row.provider, each], float(each == row.ready)
+                    )
+            if row.last is not None:
+                last.add_metric([namespace, name, row.provider], row.last)
+        yield ready
+        yield last
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "llmconn_connection_ready",
+                "Ready condition of each connection, one-hot over status True/False/Unknown.",
+                labels=["namespace", "name", "provider", "status"],
+            ),
+            GaugeMetricFamily(
+                "llmconn_last_validation_timestamp_seconds",
+                "Unix time of each connection's latest validation.",
+                labels=["namespace", "name", "provider"],
+            ),
+        )

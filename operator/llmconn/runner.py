@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import random
 from collections.abc import Sequence
 
@@ -11,6 +12,22 @@ import kopf
 from llmconn import logs
 from llmconn.config import from_args
 from llmconn.peering import own_identity
+
+# The cyclic garbage collector's thresholds (CPython's defaults: 700, 10, 10). The operator's
+# heap is mostly long-lived: some 65 objects per connection (Kopf's memory of the object, the
+# spec, the metrics series, the status), 700,000 at 10,000 connections. With the defaults a
+# full collection walked them all every 5 to 10 seconds, 0.4 to 0.9 s each with the event
+# loop stopped: 5% of a core, and the outliers of the schedule lag and of the reaction time.
+# A young generation ten times larger lets more short-lived cycles die there; a full
+# collection comes after 100 collections of the middle one instead of 10.
+GC_THRESHOLDS = (10_000, 10, 100)
+
+
+def tune_gc() -> None:
+    """What is loaded by now (modules, classes, the registry of probes) lives as long as the
+    process: out of every collection's way. Then the thresholds above."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -28,6 +45,7 @@ def main(argv: Sequence[str]) -> int:
     if config.priority is None:
         config = dataclasses.replace(config, priority=random.randint(1, 2**31))
     identity = own_identity()
+    tune_gc()
     kopf.run(
         clusterwide=config.all_namespaces,
         namespaces=config.namespaces,

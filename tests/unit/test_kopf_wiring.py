@@ -1,11 +1,13 @@
-"""handlers.py's promises about Kopf: event-level handlers only, so Kopf writes nothing to
-the objects and needs no change detection (NoEssence)."""
+"""What `llmconn run` sets up around Kopf: event-level handlers only, so Kopf writes nothing
+to the objects and needs no change detection (NoEssence); the garbage collector's tuning."""
 
 from __future__ import annotations
 
+import gc
+
 import kopf
 
-from llmconn import handlers
+from llmconn import handlers, runner
 from llmconn.kube import GROUP, PLURAL, VERSION
 
 
@@ -28,3 +30,14 @@ def test_no_essence_is_built_or_kept() -> None:
     patch = kopf.Patch()
     storage.store(body=body, patch=patch, essence=kopf.BodyEssence(spec={"a": 1}))
     assert not patch  # nothing written to the object
+
+
+def test_the_collector_is_tuned_for_a_long_lived_heap() -> None:
+    before = gc.get_threshold()
+    try:
+        runner.tune_gc()
+        assert gc.get_threshold() == runner.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # the modules loaded by now are out of its way
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
