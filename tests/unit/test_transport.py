@@ -187,27 +187,24 @@ async def test_refused_is_a_connect_error(serve) -> None:  # type: ignore[no-unt
             await http.get("/")
 
 
-async def test_a_hang_up_is_a_protocol_error(serve) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",  # a hang-up before any answer
+        b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial"',  # a cut answer
+        b"SSH-2.0-OpenSSH\r\n\r\n",  # an answer that is not HTTP
+    ],
+    ids=["hang-up", "cut", "not-http"],
+)
+async def test_a_broken_answer_is_a_protocol_error(serve, sent: bytes) -> None:  # type: ignore[no-untyped-def]
     server: Server
 
-    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
-
-    server, url = await serve(hang_up)
-    async with client(url) as http:
-        with pytest.raises(httpx2.RemoteProtocolError):
-            await http.get("/")
-
-
-async def test_a_cut_answer_is_a_protocol_error(serve) -> None:  # type: ignore[no-untyped-def]
-    server: Server
-
-    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"partial"')
+        writer.write(sent)
         await writer.drain()
 
-    server, url = await serve(cut)
+    server, url = await serve(broken)
     async with client(url) as http:
         with pytest.raises(httpx2.RemoteProtocolError):
             await http.get("/")
@@ -223,18 +220,4 @@ async def test_silence_is_a_read_timeout(serve) -> None:  # type: ignore[no-unty
     server, url = await serve(silent)
     async with client(url, timeout=httpx2.Timeout(5.0, read=0.2)) as http:
         with pytest.raises(httpx2.ReadTimeout):
-            await http.get("/")
-
-
-async def test_no_answer_but_garbage_is_a_protocol_error(serve) -> None:  # type: ignore[no-untyped-def]
-    server: Server
-
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await server.read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-        await writer.drain()
-
-    server, url = await serve(garbage)
-    async with client(url) as http:
-        with pytest.raises(httpx2.RemoteProtocolError):
             await http.get("/")
