@@ -6,7 +6,9 @@ a key supersedes its older entry (lazy deletion), so the heap never needs search
 
 Two heaps, in fact: keys asked for `now` (new facts: a new or changed connection, a rotated
 Secret, a request) go ahead of every planned key, however overdue the planned ones are. A
-backlog of periodic validations delays periodic validations, never a user's change.
+backlog of periodic validations delays periodic validations, never a user's change: planned
+keys may hold all workers but a reserve (an eighth), so an urgent key never waits for one of
+them to end.
 
 Keys belong to groups (the operator's: namespaces), and one group holds at most `group_limit`
 workers: a due key whose group is at its limit waits aside, keeping its place in time, and the
@@ -28,6 +30,11 @@ K = TypeVar("K", bound=Hashable)
 _Entry = tuple[float, int, K]  # (due, sequence, key): the sequence breaks ties, marks a plan
 
 URGENT, PLANNED = 0, 1  # the heaps, in the order they are served
+
+
+def urgent_reserve(concurrency: int) -> int:
+    """Workers planned keys leave to urgent ones: an eighth, none when there is one worker."""
+    return min(max(1, concurrency // 8), concurrency - 1)
 
 
 class Scheduler(Generic[K]):
@@ -59,6 +66,8 @@ class Scheduler(Generic[K]):
         self._floor = floor  # the earliest time a key may run (a Retry-After, say)
         self._group_limit = group_limit or concurrency
         self._group_running: Counter[Hashable] = Counter()
+        self._planned_limit = concurrency - urgent_reserve(concurrency)
+        self._planned_running = 0
         # Due keys whose group was at its limit, by group: heaps of (rank, heap entry).
         self._held: dict[Hashable, list[tuple[int, float, int, K]]] = {}
 
@@ -127,16 +136,18 @@ class Scheduler(Generic[K]):
             await self._active.wait()
             await self._slots.acquire()  # a free worker first, so due keys stay counted
             try:
-                key = await self._next_due()
+                key, rank = await self._next_due()
             except BaseException:
                 self._slots.release()
                 raise
             if not self._active.is_set():  # paused while waiting: keep the key for later
                 self._slots.release()
-                self.at(key, self._clock())
+                self.at(key, self._clock(), urgent=rank == URGENT)
                 continue
             self._group_running[self._group(key)] += 1
-            task = asyncio.create_task(self._run_one(key), name=f"validate {key}")
+            if rank == PLANNED:
+                self._planned_running += 1
+            task = asyncio.create_task(self._run_one(key, rank), name=f"validate {key}")
             self._running[key] = task
 
     async def drain(self, timeout: float) -> None:
@@ -148,13 +159,14 @@ class Scheduler(Generic[K]):
             for task in pending:
                 task.cancel()
 
-    async def _next_due(self) -> K:
+    async def _next_due(self) -> tuple[K, int]:
         while True:
-            key = self._pick()
-            if key is not None:
-                return key
+            picked = self._pick()
+            if picked is not None:
+                return picked
             self._wake.clear()
-            heads = [heap[0][0] for heap in self._heaps if heap]
+            # Planned keys at their limit wait for a worker to end (a wake), not for a time.
+            heads = [heap[0][0] for heap in self._heaps[: self._ranks_open()] if heap]
             timeout = (min(heads) - self._clock()) if heads else None
             # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation that
             # arrives as the event is set (the loop would then wait forever at shutdown).
@@ -162,10 +174,16 @@ class Scheduler(Generic[K]):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
-    def _pick(self) -> K | None:
-        """The next key to run now, urgent ones first; None if none may run yet."""
+    def _ranks_open(self) -> int:
+        """How many heaps may give a key now: both, or the urgent one alone while planned
+        keys hold all the workers they may."""
+        return 2 if self._planned_running < self._planned_limit else 1
+
+    def _pick(self) -> tuple[K, int] | None:
+        """The next key to run now and its heap, urgent ones first; None if none may run
+        yet."""
         now = self._clock()
-        for rank, heap in enumerate(self._heaps):
+        for rank, heap in enumerate(self._heaps[: self._ranks_open()]):
             while heap:
                 due, seq, key = heap[0]
                 if self._due.get(key) != (due, seq):
@@ -188,14 +206,16 @@ class Scheduler(Generic[K]):
                 del self._due[key]
                 if self._on_lag is not None:
                     self._on_lag(now - due)
-                return key
+                return key, rank
         return None
 
-    async def _run_one(self, key: K) -> None:
+    async def _run_one(self, key: K, rank: int) -> None:
         try:
             await self._work(key)
         finally:
             self._running.pop(key, None)
+            if rank == PLANNED:
+                self._planned_running -= 1
             group = self._group(key)
             self._group_running[group] -= 1
             if not self._group_running[group]:

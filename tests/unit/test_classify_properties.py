@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import string
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -33,9 +34,11 @@ HEADER_NAMES = st.sampled_from(
         b"x-ratelimit-remaining-requests",
         b"www-authenticate",
     ]
-) | st.binary(min_size=1, max_size=20).filter(lambda b: b.isalnum())
+) | st.text(string.ascii_letters + string.digits, min_size=1, max_size=20).map(str.encode)
 HEADER_VALUES = (
-    st.binary(max_size=40).filter(lambda b: not any(c in b for c in b"\r\n\x00"))
+    # Any bytes but those that would end a header line (deleted, not filtered: Hypothesis
+    # gives up on a strategy that rejects too many of its draws).
+    st.binary(max_size=40).map(lambda b: b.translate(None, b"\r\n\x00"))
     | st.sampled_from([b"20", b"0.5", b"1e9", b"9" * 400, b"\xb2", b"-3", b"text/html"])
     | st.sampled_from([b"Wed, 21 Oct 2015 07:28:00 GMT", b"Mon, 01 Jan 0001 00:00:00 GMT"])
 )

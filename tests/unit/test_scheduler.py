@@ -255,3 +255,60 @@ async def test_a_key_asked_for_now_goes_ahead_of_an_overdue_backlog():
     task.cancel()
     assert ran[:3] == ["p00", "new", "p01"]
     assert ran[2:] == [f"p{i:02}" for i in range(1, 51)]
+
+
+async def test_planned_keys_leave_a_worker_to_urgent_ones():
+    # Eight workers and a backlog of 20 periodic keys that all block: seven run, the eighth
+    # worker stays free, and a key asked for now starts at once, while all seven still run.
+    running: set[str] = set()
+    peak_planned = 0
+    release = asyncio.Event()
+    seven = asyncio.Event()
+    urgent_started = asyncio.Event()
+
+    async def work(key: str) -> None:
+        nonlocal peak_planned
+        if key == "new":
+            urgent_started.set()
+            return
+        running.add(key)
+        peak_planned = max(peak_planned, len(running))
+        if len(running) == 7:
+            seven.set()
+        await release.wait()
+        running.discard(key)
+
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(work, concurrency=8, clock=clock)
+    for i in range(20):
+        s.at(f"p{i:02}", clock.now - 60 + i)
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(seven.wait(), 5)
+    for _ in range(10):
+        await asyncio.sleep(0)  # room for an eighth planned key, were it allowed to start
+    assert len(running) == 7 and s.in_flight == 7
+    s.now("new")
+    await asyncio.wait_for(urgent_started.wait(), 5)
+    assert len(running) == 7  # none of the backlog had to end first
+    release.set()
+    while s.in_flight or len(s):
+        await asyncio.sleep(0)
+    task.cancel()
+    assert peak_planned == 7
+
+
+async def test_one_worker_serves_planned_keys_too():
+    ran: list[str] = []
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(lambda key: _append(ran, key), concurrency=1, clock=clock)
+    s.at("a", clock.now - 1)
+    s.at("b", clock.now - 2)
+    task = asyncio.create_task(s.run())
+    while len(ran) < 2:
+        await asyncio.sleep(0)
+    task.cancel()
+    assert ran == ["b", "a"]
+
+
+async def _append(ran: list[str], key: str) -> None:
+    ran.append(key)
