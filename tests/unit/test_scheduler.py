@@ -7,6 +7,7 @@ reports (events), never on the passing of time.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from llmconn.scheduler import Scheduler
 
@@ -226,6 +227,18 @@ async def test_a_backlog_in_one_group_is_set_aside_once_not_once_per_validation(
     assert looked_at <= 6 * n, looked_at
 
 
+def overdue_backlog(
+    work: Callable[[str], Awaitable[None]], *, concurrency: int, keys: int
+) -> tuple[Scheduler[str], asyncio.Task[None]]:
+    """A running scheduler with `keys` periodic keys p00, p01, ... overdue by up to a minute,
+    in that order."""
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(work, concurrency=concurrency, clock=clock)
+    for i in range(keys):
+        s.at(f"p{i:02}", clock.now - 60 + i)
+    return s, asyncio.create_task(s.run())
+
+
 async def test_a_key_asked_for_now_goes_ahead_of_an_overdue_backlog():
     # One worker, 50 periodic keys overdue by up to a minute, and "new" asked for now (a new
     # or changed connection): it runs second, right after the validation already running,
@@ -243,11 +256,7 @@ async def test_a_key_asked_for_now_goes_ahead_of_an_overdue_backlog():
         if len(ran) == 52:
             done.set()
 
-    clock = Clock()
-    s: Scheduler[str] = Scheduler(work, concurrency=1, clock=clock)
-    for i in range(51):
-        s.at(f"p{i:02}", clock.now - 60 + i)
-    task = asyncio.create_task(s.run())
+    s, task = overdue_backlog(work, concurrency=1, keys=51)
     await asyncio.wait_for(first_running.wait(), 5)
     s.now("new")
     release.set()
@@ -278,11 +287,7 @@ async def test_planned_keys_leave_a_worker_to_urgent_ones():
         await release.wait()
         running.discard(key)
 
-    clock = Clock()
-    s: Scheduler[str] = Scheduler(work, concurrency=8, clock=clock)
-    for i in range(20):
-        s.at(f"p{i:02}", clock.now - 60 + i)
-    task = asyncio.create_task(s.run())
+    s, task = overdue_backlog(work, concurrency=8, keys=20)
     await asyncio.wait_for(seven.wait(), 5)
     for _ in range(10):
         await asyncio.sleep(0)  # room for an eighth planned key, were it allowed to start
