@@ -120,7 +120,13 @@ class _Stream(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         # aiohttp pools a connection whose answer was read in full, and closes one left in
-        # the middle of an answer (a watch given up).
+        # the middle of an answer (a watch given up). That one is aborted first: a TLS
+        # goodbye would wait for the server's, and a loop ending meanwhile (shutdown, a test)
+        # would leave the socket to the garbage collector.
+        connection = self._response.connection
+        transport = connection.transport if connection is not None else None
+        if transport is not None and not self._response.content.at_eof():
+            transport.abort()
         self._response.release()
 
 
