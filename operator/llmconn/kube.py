@@ -92,11 +92,9 @@ class Kube:
         self,
         info: kopf.ConnectionInfo | None = None,
         *,
-        max_connections: int = API_CONNECTIONS,
         instance: str = "llmconn",
     ):
         self._info = info
-        self._max = max_connections
         self.instance = instance[:128]  # Events' reportingInstance: this replica
         info = info or login()
         self._client = self._make_client(info)
@@ -112,7 +110,7 @@ class Kube:
             # aiohttp's pool and parser under httpx2's client (transport.py): a third of the
             # CPU per request of httpx2's own HTTP/2 or HTTP/1.1 connections. Watches get a
             # client of their own with no bound on connections: each holds one.
-            transport=AiohttpTransport(info.as_ssl_context(), None if streams else self._max),
+            transport=AiohttpTransport(info.as_ssl_context(), None if streams else API_CONNECTIONS),
             headers={**info.as_http_headers(), "User-Agent": "llmconn-operator"},
             timeout=httpx2.Timeout(30.0, connect=10.0),
             trust_env=False,

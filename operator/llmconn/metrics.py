@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -176,9 +176,10 @@ class Metrics:
             row = self._rows[(namespace, name)] = _Row(provider)
         return row
 
-    def connection_samples(self) -> list[tuple[str, str, _Row]]:
+    def connection_samples(self) -> list[tuple[str, str, str, str | None, float | None]]:
+        """Each connection's (namespace, name, provider, ready, last), as of now."""
         with self._lock:
-            return [(ns, name, replace(row)) for (ns, name), row in self._rows.items()]
+            return [(*key, row.provider, row.ready, row.last) for key, row in self._rows.items()]
 
 
 @dataclass(slots=True)
@@ -203,14 +204,12 @@ class _ConnectionSeries(Collector):
 
     def collect(self) -> Iterator[Metric]:
         ready, last = self._families()
-        for namespace, name, row in self._metrics.connection_samples():
-            if row.ready is not None:
+        for namespace, name, provider, status, validated in self._metrics.connection_samples():
+            if status is not None:
                 for each in READY_STATUSES:
-                    ready.add_metric(
-                        [namespace, name, row.provider, each], float(each == row.ready)
-                    )
-            if row.last is not None:
-                last.add_metric([namespace, name, row.provider], row.last)
+                    ready.add_metric([namespace, name, provider, each], float(each == status))
+            if validated is not None:
+                last.add_metric([namespace, name, provider], validated)
         yield ready
         yield last
 

@@ -144,11 +144,7 @@ def _mapped(
         kind = httpx2.PoolTimeout if connecting else httpx2.ReadTimeout
     elif isinstance(exc, aiohttp.ClientConnectorError):
         kind = httpx2.ConnectError
-    elif isinstance(
-        # a hang-up, a cut answer, or an answer that is not HTTP
-        exc,
-        aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientResponseError,
-    ):
+    elif isinstance(exc, _HUNG_UP):
         kind = httpx2.RemoteProtocolError
     elif isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionError):
         kind = httpx2.ReadError if not connecting else httpx2.ConnectError

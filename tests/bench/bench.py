@@ -529,15 +529,15 @@ def run_naive_kopf(
             # Its verdicts must be real ones: a peer that cannot read the Secret writes failed
             # statuses without reaching the provider, and would look cheap.
             failed = [
-                o["metadata"]["name"]
+                o
                 for o in c.get(collection(NAIVE_NS)).json()["items"]
                 if (o.get("status") or {}).get("result") != "success"
             ]
             if failed:
-                reason = c.get(f"{collection(NAIVE_NS)}/{failed[0]}").json().get("status") or {}
+                first, status = failed[0]["metadata"]["name"], failed[0].get("status") or {}
                 raise RuntimeError(
                     f"the naive Kopf operator failed {len(failed)} connections, e.g."
-                    f" {failed[0]}: {reason.get('reason')}: {reason.get('message')}"
+                    f" {first}: {status.get('reason')}: {status.get('message')}"
                 )
 
     m = measure(
