@@ -12,5 +12,5 @@ the `probes` package, and nothing before the last line knows Kubernetes.
 5. probes.* (the shared probe parts and one module per provider)
 6. probes (imports every provider: the complete registry, and parse_spec against it)
 7. classify, identity, validate, oneshot (the validation core, and `llmconn validate`'s engine)
-8. kube, secretwatch, writer, reconciler, config, handlers, runner, cli, kubectl_plugin, __main__
+8. kube, watches, writer, reconciler, config, handlers, runner, cli, kubectl_plugin, __main__
 """

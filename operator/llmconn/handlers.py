@@ -1,53 +1,40 @@
-"""Kopf wiring, and nothing else: connection watch events go to the Reconciler; startup
-builds it and starts the Secret watch (secretwatch.py: metadata only, which Kopf cannot do).
+"""Kopf wiring, and nothing else: startup builds the Reconciler and starts the two watches
+that feed it (watches.py: LLMConnections as whole objects, Secrets as metadata only, which
+Kopf cannot do); cleanup stops them; the liveness probe asks the scheduler.
 
-Only event-level handlers are used, so Kopf writes nothing to the objects (no finalizers, no
-last-handled-configuration annotation, no progress storage): the status PATCH per validation
-is the operator's only write.
+Kopf runs the process (login, logging, liveness, peering) and watches no resource of ours,
+so it writes nothing to the objects (no finalizers, no last-handled-configuration annotation,
+no progress storage): the status PATCH per validation is the operator's only write. Kopf's
+own watch of the connections cost more per event than the rest of a validation's handling
+(watches.py, ConnectionWatch).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any
 
 import kopf
 
 from llmconn.config import Config
 from llmconn.http import ClientPool
-from llmconn.kube import GROUP, PLURAL, VERSION, Kube
+from llmconn.kube import Kube
 from llmconn.metrics import Metrics
 from llmconn.peering import follow, peering_paths
 from llmconn.reconciler import Reconciler
-from llmconn.secretwatch import SecretWatch, reconnect_delay
+from llmconn.watches import ConnectionWatch, SecretWatch, matches, reconnect_delay
 
 log = logging.getLogger("llmconn")
 SHUTDOWN_GRACE = 10.0  # seconds for probes in flight to finish and write their status
 API_RETRIES = 80  # Kopf's retries of one API request, about a second apart: about a minute
 
 
-class NoEssence(kopf.DiffBaseStorage):
-    """No change detection by Kopf: it serves on.create/update handlers, of which there are
-    none. Kopf would deep-copy every watched object (its status included) on every event to
-    build an essence nothing reads: 5% of the CPU at 10,000 connections. The Reconciler tells
-    changes from the generation and the annotations (triggers.py)."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        return kopf.BodyEssence()
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        return None
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config: Config = memo.config
     settings.posting.enabled = False  # Kopf would post Events for log lines; ours are ours
-    settings.persistence.diffbase_storage = NoEssence()
     # No CRD/namespace discovery (the chart's RBAC grants none) unless -n names patterns.
     settings.scanning.disabled = not config.namespace_patterns
     settings.watching.server_timeout = 300
@@ -70,12 +57,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         namespace_concurrency=config.namespace_share,
         shard=config.shard,
         # Re-lists (after a standby, and the periodic check for vanished objects) cover the
-        # watched namespaces; with patterns, every namespace (filtered by Kopf's events).
+        # watched namespaces; with patterns, every namespace, of which the matching count.
         list_namespaces=() if config.namespace_patterns else config.namespaces,
+        in_scope=partial(matches, config.namespaces) if config.namespace_patterns else None,
     )
     memo.reconciler = reconciler
     reconciler.start()
-    memo.secret_watch = SecretWatch(  # Secrets as metadata only; see secretwatch.py
+    memo.secret_watch = SecretWatch(  # Secrets as metadata only; see watches.py
         reconciler.kube,
         reconciler.secret_cache,
         namespaces=config.namespaces,
@@ -83,6 +71,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         label_selector=config.secret_label_selector,
     )
     memo.secret_watch.start()
+    memo.connection_watch = ConnectionWatch(
+        reconciler.kube,
+        reconciler,
+        namespaces=config.namespaces,
+        all_namespaces=config.all_namespaces,
+    )
+    memo.connection_watch.start(after=memo.secret_watch)
     if config.peering_name is not None:
         settings.peering.lifetime = int(config.peering_lifetime)
         paths = peering_paths(config.peering_name, config.namespaces, config.all_namespaces)
@@ -112,6 +107,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         return
     if memo.get("peering") is not None:
         memo.peering.cancel()
+    await memo.connection_watch.stop()
     await memo.secret_watch.stop()
     await reconciler.aclose(SHUTDOWN_GRACE)  # probes in flight write their status first
 
@@ -123,8 +119,3 @@ def scheduler_alive(memo: kopf.Memo, **_: Any) -> bool:
     if reconciler is not None and not reconciler.alive:
         raise kopf.PermanentError("the validation scheduler has stopped")
     return True
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def connection_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.connection_event(event["type"], event["object"])

@@ -1,8 +1,9 @@
-"""The few Kubernetes API calls the operator makes itself: one status PATCH per validation,
-Secret reads, metadata-only lists and watches (secretwatch.py), and Events on transitions.
+"""The Kubernetes API calls the operator makes itself: one status PATCH per validation,
+Secret reads, the lists and watches of watches.py (Secrets as metadata only), and Events on
+transitions.
 
-Kopf watches the connections; these calls are ours so that each validation is exactly one
-write, and so that Secrets are watched without their data. The client
+These calls are ours so that each validation is exactly one write, so that Secrets are
+watched without their data, and so that a watch event costs no more than its parsing. The client
 logs in the way Kopf does (service account in a pod, else $KUBECONFIG) and reuses Kopf's
 TLS and header construction from its ConnectionInfo.
 """
@@ -75,6 +76,12 @@ def segment(value: str, *, namespace: bool = False) -> str:
 def object_path(namespace: str, resource: str, name: str, *, api: str = "/api/v1") -> str:
     """/api/v1/namespaces/NS/RESOURCE/NAME from checked segments only."""
     return f"{api}/namespaces/{segment(namespace, namespace=True)}/{resource}/{segment(name)}"
+
+
+def connections_path(namespace: str | None) -> str:
+    """The LLMConnections of one namespace, or (None) of all."""
+    where = f"/namespaces/{segment(namespace, namespace=True)}" if namespace else ""
+    return f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}"
 
 
 def login() -> kopf.ConnectionInfo:
@@ -182,10 +189,7 @@ class Kube:
         self, namespace: str | None, params: dict[str, str]
     ) -> dict[str, Any]:
         """One page of LLMConnections, of one namespace or (None) of all."""
-        where = f"/namespaces/{segment(namespace, namespace=True)}" if namespace else ""
-        response = await self._call(
-            "GET", f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}", params=params
-        )
+        response = await self._call("GET", connections_path(namespace), params=params)
         if response.status_code == 410:
             raise Gone(PLURAL)
         response.raise_for_status()
@@ -201,9 +205,7 @@ class Kube:
             params: dict[str, str] = {"limit": "500"}
             while True:
                 if metadata_only:
-                    where = f"/namespaces/{segment(namespace, namespace=True)}" if namespace else ""
-                    path = f"/apis/{GROUP}/{VERSION}{where}/{PLURAL}"
-                    page = await self.list_metadata(path, params)
+                    page = await self.list_metadata(connections_path(namespace), params)
                 else:
                     page = await self.list_connections(namespace, params)
                 for obj in page.get("items") or []:
@@ -227,10 +229,14 @@ class Kube:
                     event = json.loads(line)
                     yield {} if event.get("type") == "DELETED" else event.get("object") or {}
 
-    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+    async def list_metadata(
+        self, path: str, params: dict[str, str], *, whole: bool = False
+    ) -> dict[str, Any]:
         """One page of the collection at `path`, as metadata only (PartialObjectMetadataList:
-        no Secret data crosses the wire). Raises Gone for an expired continue token."""
-        response = await self._call("GET", path, params=params, headers={"Accept": META_LIST})
+        no Secret data crosses the wire), or with `whole` as whole objects. Raises Gone for
+        an expired continue token."""
+        headers = {} if whole else {"Accept": META_LIST}
+        response = await self._call("GET", path, params=params, headers=headers)
         if response.status_code == 410:
             raise Gone(path)
         response.raise_for_status()
@@ -238,15 +244,16 @@ class Kube:
         return body
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float
+        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
-        """Watch events of the collection at `path` with metadata-only objects, until the
-        server ends the stream. `read_timeout` bounds the silence between two chunks, so a
-        connection that died without a word is noticed. Raises Gone for a resourceVersion
-        the server no longer has (an ERROR event with code 410 is left to the caller)."""
+        """Watch events of the collection at `path` with metadata-only objects (with `whole`,
+        whole objects), until the server ends the stream. `read_timeout` bounds the silence
+        between two chunks, so a connection that died without a word is noticed. Raises Gone
+        for a resourceVersion the server no longer has (an ERROR event with code 410 is left
+        to the caller)."""
         timeout = httpx2.Timeout(30.0, connect=10.0, read=read_timeout)
         query = {**params, "watch": "true"}
-        headers = {"Accept": META_WATCH}
+        headers = {} if whole else {"Accept": META_WATCH}
         async with self._streams.stream(
             "GET", path, params=query, headers=headers, timeout=timeout
         ) as response:

@@ -104,7 +104,7 @@ async def follow(
             await asyncio.sleep(1.0)
 
     watchers = [asyncio.create_task(watch(path)) for path in paths]
-    paused = False
+    paused: bool | None = None  # not judged yet: `target` starts active
     try:
         while True:
             with contextlib.suppress(TimeoutError):
@@ -114,13 +114,14 @@ async def follow(
             now = dt.datetime.now(dt.UTC)
             pause = any(should_pause(st, identity, priority, now) for st in statuses.values())
             if pause != paused:
-                paused = pause
+                first, paused = paused is None, pause
                 if pause:
                     log.info("standing by: another replica with a higher priority is active")
                     target.pause()
                 else:
                     log.info("active: no replica with a higher priority is alive")
-                    target.resume()
+                    if not first:
+                        target.resume()
     finally:
         for task in watchers:
             task.cancel()

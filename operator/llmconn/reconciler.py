@@ -1,7 +1,7 @@
 """The operator's core: which connection to validate when, and one status write per verdict.
 
-Kopf hands connection watch events to `connection_event` (see handlers.py), and the Secret
-watch (secretwatch.py) hands Secret metadata to `secret_event`; they only update memory and
+The connection watch (watches.py) hands whole objects to `connection_event`, and the Secret
+watch hands Secret metadata to `secret_event`; they only update memory and
 the schedule, and read a referenced Secret whose resourceVersion moved. Validations run from
 the scheduler's bounded pool, call the plain `validate()` core, and write the status in
 exactly one PATCH. The operator's own writes come back as MODIFIED events and change nothing
@@ -22,7 +22,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import httpx2
@@ -94,12 +94,15 @@ class Reconciler:
         namespace_concurrency: int | None = None,
         shard: Shard | None = None,
         list_namespaces: Sequence[str] = (),
+        in_scope: Callable[[str], bool] | None = None,
         validator: Validator = validate,
     ) -> None:
         self.kube = kube
         self.validator = validator
         # Where the connections are, for re-listing them: these namespaces, or () for all.
         self.list_namespaces: Sequence[str | None] = list(list_namespaces)
+        # With -n patterns a list covers every namespace: which of them are watched.
+        self.in_scope = in_scope or (lambda namespace: True)
         self.pool = pool
         self.defaults = defaults
         self.metrics = metrics
@@ -124,6 +127,8 @@ class Reconciler:
 
     # --- watch events (fast: memory and schedule only) --------------------------------
     def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        if not self.scheduler.active:
+            return  # standing by: memory is listed afresh when this replica is active again
         seen = tr.observe(event_type, body)
         conn = self.conns.get(seen.key)
         known = conn.known if conn is not None else None
@@ -167,6 +172,14 @@ class Reconciler:
             conn.unwritten = None
             if not tr.suspended_written(conn.status, conn.generation):
                 self.scheduler.now(seen.key)  # writes the Suspended status once
+
+    def connections_listed(self, namespace: str | None, present: set[Key]) -> None:
+        """A complete list of a namespace (None: of all) held `present`: what memory holds
+        there beyond it was deleted while the watch was away (a list brings no DELETED)."""
+        for key in [k for k in self.conns if namespace is None or k[0] == namespace]:
+            if key not in present:
+                log.info("%s/%s is gone: forgetting it", *key)
+                self._forget(key)
 
     def _secret_changed(self, skey: Key, data: SecretData | None) -> None:
         """A referenced Secret has new data (None: it is gone): re-validate the connections
@@ -437,7 +450,7 @@ class Reconciler:
                 meta = obj.get("metadata") or {}
                 key = (str(meta.get("namespace")), str(meta.get("name")))
                 present.add((key, str(meta.get("uid"))))
-                if full:
+                if full and self.in_scope(key[0]):
                     self.connection_event(None, obj)
         except (httpx2.HTTPError, Gone) as exc:
             log.warning("could not list LLMConnections (%s); next try later", type(exc).__name__)

@@ -1,6 +1,6 @@
 """The Secrets that connections reference: who uses which, their data, and reads after a change.
 
-The Secret watch (secretwatch.py) reports metadata only (`secret_event`, `secrets_listed`);
+The Secret watch (watches.py) reports metadata only (`secret_event`, `secrets_listed`);
 this cache reads (GETs) a Secret only when some connection references it and its
 resourceVersion moved, keeps the data only of referenced Secrets and only at the version the
 watch last reported, and tells its owner (the reconciler) when a referenced Secret's data

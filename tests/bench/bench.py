@@ -90,6 +90,9 @@ def collection(ns: str) -> str:
     return f"/apis/llmconn.dev/v1alpha1/namespaces/{ns}/llmconnections"
 
 
+SAMPLE_LABEL = "bench.llmconn.dev/reaction-sample"
+
+
 def connection(name: str, url: str, interval: str, ns: str = NS) -> dict[str, Any]:
     return {
         "apiVersion": "llmconn.dev/v1alpha1",
@@ -241,13 +244,27 @@ def connection_and_event_writes(writes: dict[str, int]) -> int:
 class Watcher(threading.Thread):
     """Watches a namespace's connections; records when each first gets a status."""
 
-    def __init__(self, client_args: dict[str, Any], resource_version: str, ns: str = NS) -> None:
+    def __init__(
+        self,
+        client_args: dict[str, Any],
+        resource_version: str,
+        ns: str = NS,
+        label_selector: str | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.client_args = client_args
         self.rv = resource_version
         self.path = collection(ns)
+        # Only the objects a user waits for, filtered by the API server, as `kubectl wait`
+        # filters by name: this process is on the operator's two cores, and parsing every
+        # status write of 10,000 connections would delay what it measures.
+        self.label_selector = label_selector
+        self.seen = threading.Condition()
         self.first_status: dict[str, float] = {}  # first verdict (lastValidationTime)
         self.first_any: dict[str, float] = {}  # first status of any kind (Ready=Unknown too)
+        # The verdict's own time (status.lastValidationTime: the probe's end, on the
+        # operator's clock, which is this machine's), to split the reaction in two.
+        self.verdict_at: dict[str, float] = {}
         self.stop_flag = False
 
     def run(self) -> None:
@@ -261,6 +278,8 @@ class Watcher(threading.Thread):
         with httpx2.Client(**self.client_args, timeout=None) as client:
             while not self.stop_flag:
                 params = {"watch": "1", "resourceVersion": self.rv, "allowWatchBookmarks": "true"}
+                if self.label_selector:
+                    params["labelSelector"] = self.label_selector
                 with client.stream("GET", self.path, params=params) as resp:
                     for line in resp.iter_lines():
                         if self.stop_flag:
@@ -274,8 +293,18 @@ class Watcher(threading.Thread):
                         status = obj.get("status") or {}
                         if status.get("conditions"):
                             self.first_any.setdefault(name, time.monotonic())
-                        if status.get("lastValidationTime"):
+                        if stamp := status.get("lastValidationTime"):
                             self.first_status.setdefault(name, time.monotonic())
+                            self.verdict_at.setdefault(name, _epoch(stamp))
+                            with self.seen:
+                                self.seen.notify_all()
+
+    def wait(self, name: str, deadline: float) -> bool:
+        """Until `name` has a verdict (True) or the monotonic `deadline` passes."""
+        with self.seen:
+            return self.seen.wait_for(
+                lambda: name in self.first_status, max(0.0, deadline - time.monotonic())
+            )
 
 
 async def put_secrets(client_args: dict[str, Any], count: int, kib: int, version: int) -> None:
@@ -355,6 +384,11 @@ def measure(
     with httpx2.Client(**client_args) as sync:
         progress(f"creating {args.connections} connections in {ns} (interval {args.interval})")
         docs = [connection(f"c{i:05d}", url, args.interval, ns) for i in range(args.connections)]
+        # Verdicts are counted from a watch: listing 10,000 objects every second would load
+        # the API server and this process (on the operator's two cores) more than the
+        # operator does.
+        counter = Watcher(client_args, sync.get(base).json()["metadata"]["resourceVersion"], ns)
+        counter.start()
         c0 = cp.apiserver_metrics()
         t0 = time.monotonic()
 
@@ -366,22 +400,19 @@ def measure(
         created_in = time.monotonic() - t0
         sampler.mark("created")
 
-        def validated() -> int:
-            items = sync.get(base).json()["items"]
-            return sum(1 for o in items if (o.get("status") or {}).get("lastValidationTime"))
-
         done = 0
         while done < args.connections:
             time.sleep(1)
-            done = validated()
+            done = len(counter.first_status)
             progress(f"{done}/{args.connections} validated")
         all_validated_in = time.monotonic() - t0
+        counter.stop_flag = True
         sampler.mark("all_validated")
         first_writes = writes_by_resource(c0, cp.apiserver_metrics())
 
         # Reaction: new connections, one at a time, with the others present.
         rv = sync.get(base).json()["metadata"]["resourceVersion"]
-        watcher = Watcher(client_args, rv, ns)
+        watcher = Watcher(client_args, rv, ns, label_selector=f"{SAMPLE_LABEL}=true")
         watcher.start()
         try:
             time.sleep(0.5)
@@ -389,19 +420,20 @@ def measure(
             sampler.mark("reaction_start")
             reaction: list[float] = []
             first_any: list[float] = []  # create -> any status (what GitOps gates see first)
+            to_verdict: list[float] = []  # create -> the probe's end (the rest is write + watch)
             names = []
             for i in range(args.samples):
                 name = f"r{i:05d}"
                 names.append(name)
                 sent = time.monotonic()
-                resp = sync.post(base, json=connection(name, url, "1h", ns))
+                doc = connection(name, url, "1h", ns)
+                doc["metadata"]["labels"] = {SAMPLE_LABEL: "true"}
+                resp = sync.post(base, json=doc)
                 resp.raise_for_status()
-                answered = time.monotonic()
-                deadline = sent + 10
-                while name not in watcher.first_status and time.monotonic() < deadline:
-                    time.sleep(0.001)
-                if name in watcher.first_status:
+                answered, answered_wall = time.monotonic(), time.time()
+                if watcher.wait(name, sent + 10):
                     reaction.append((watcher.first_status[name] - answered) * 1000)
+                    to_verdict.append((watcher.verdict_at[name] - answered_wall) * 1000)
                 if name in watcher.first_any:
                     first_any.append((watcher.first_any[name] - answered) * 1000)
                 time.sleep(0.05)
@@ -409,6 +441,7 @@ def measure(
         finally:
             watcher.stop_flag = True
         measured = Measured(created_in, all_validated_in, reaction, first_any, first_writes)
+        measured.extra["reaction_to_verdict"] = to_verdict
         before_window(names)
 
         # Steady state.
@@ -461,6 +494,15 @@ def reaction_summary(values: list[float]) -> dict[str, Any]:
         "p99": round(percentile(values, 99), 1),
         "max": round(max(values), 1) if values else None,
         "mean": round(statistics.fmean(values), 1) if values else None,
+    }
+
+
+def reaction_split(reaction: list[float], to_verdict: list[float]) -> dict[str, Any]:
+    rest = [r - v for r, v in zip(reaction, to_verdict, strict=True)]
+    return {
+        "to_verdict": reaction_summary(to_verdict),
+        "verdict_to_seen": reaction_summary(rest),
+        "samples": [[round(r, 1), round(v, 1)] for r, v in zip(reaction, to_verdict, strict=True)],
     }
 
 
@@ -1028,6 +1070,9 @@ def llmconn_result(m: Measured, args: argparse.Namespace) -> dict[str, Any]:
         "create_seconds": round(m.created_in, 2),
         "all_validated_seconds": round(m.all_validated_in, 2),
         "reaction_ms": reaction_summary(m.reaction),
+        # Where the reaction went: create -> the probe's end (watch event, schedule, probe)
+        # and the probe's end -> seen by a watch (the status write and the watch), per sample.
+        "reaction_split_ms": reaction_split(m.reaction, m.extra.get("reaction_to_verdict", [])),
         "first_status_ms": {
             "samples": len(m.first_any),
             "p50": round(percentile(m.first_any, 50), 1),

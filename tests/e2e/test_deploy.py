@@ -761,11 +761,16 @@ def test_metrics_scraped_while_running(
 # mandatory peering starts paused, says "Pausing the watch-stream" at debug level, and
 # "Resuming operations after the pause" when it finds itself the highest priority.
 PAUSED = (
+    "standing by: another replica with a higher priority is active",
     "Pausing operations in favour of",
     "Pausing all operators",
     "Pausing the watch-stream for llmconnections",
 )
-RESUMED = ("Resuming operations after the pause", "Resuming the watch-stream for llmconnections")
+RESUMED = (
+    "active: no replica with a higher priority is alive",
+    "Resuming operations after the pause",
+    "Resuming the watch-stream for llmconnections",
+)
 
 
 def peering_state(log: str) -> str | None:

@@ -33,7 +33,7 @@ from ownplane import (  # the fixtures are used by name
 
 from controlplane.cluster import ControlPlane
 from llmconn.kube import Kube
-from llmconn.secretwatch import MetadataWatch, SecretWatch
+from llmconn.watches import ListWatch, SecretWatch
 
 # --- the loop in this process, against the real API server --------------------------------
 
@@ -49,10 +49,10 @@ class TeeKube(Kube):
         self.raw: list[str] = []
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float
+        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
         self.watch_params.append(dict(params))
-        async for item in super().watch_metadata(path, params, read_timeout):
+        async for item in super().watch_metadata(path, params, read_timeout, whole=whole):
             self.raw.append(json.dumps(item))
             yield item
 
@@ -78,7 +78,7 @@ async def until(what: str, check: Callable[[], Any], timeout: float = 30) -> Non
         await asyncio.sleep(0.05)
 
 
-async def running(watch: MetadataWatch) -> asyncio.Task[None]:
+async def running(watch: ListWatch) -> asyncio.Task[None]:
     task = asyncio.create_task(watch.run())
     await until("the first list", lambda: watch.counts.lists >= 1)
     return task
@@ -96,7 +96,7 @@ async def test_changes_arrive_as_metadata_without_the_data(plane: ControlPlane, 
     canary = "canary-" + pysecrets.token_hex(16)
     api.secret(ns, "before", {"k": canary})
     kube, seen = TeeKube(plane), Seen()
-    watch = MetadataWatch(
+    watch = ListWatch(
         kube,
         f"/api/v1/namespaces/{ns}/secrets",
         on_event=seen.on_event,
@@ -122,7 +122,7 @@ async def test_bookmarks_move_a_quiet_watch_forward(plane: ControlPlane, api: Ap
     quiet, busy = api.namespace("quiet"), api.namespace("busy")
     kube, seen = TeeKube(plane), Seen()
     # The server sends a bookmark shortly before a watch's timeout when the store has moved.
-    watch = MetadataWatch(
+    watch = ListWatch(
         kube,
         f"/api/v1/namespaces/{quiet}/secrets",
         on_event=seen.on_event,
@@ -155,7 +155,7 @@ async def test_a_compacted_version_is_gone_and_listed_again(plane: ControlPlane,
     await asyncio.to_thread(restart_apiserver, plane)
     api.delete_secret(ns, "b")
     kube, seen = TeeKube(plane), Seen()
-    watch = MetadataWatch(
+    watch = ListWatch(
         kube, f"/api/v1/namespaces/{ns}/secrets", on_event=seen.on_event, on_listed=seen.on_listed
     )
     watch.resource_version = "1"  # resume from a version long gone

@@ -1,5 +1,6 @@
-"""What `llmconn run` sets up around Kopf: event-level handlers only, so Kopf writes nothing
-to the objects and needs no change detection (NoEssence); the garbage collector's tuning."""
+"""What `llmconn run` sets up around Kopf: Kopf watches none of our resources (the
+operator's own watches feed the Reconciler), so it writes nothing to the objects; the
+garbage collector's tuning."""
 
 from __future__ import annotations
 
@@ -11,25 +12,16 @@ from llmconn import handlers, runner
 from llmconn.kube import GROUP, PLURAL, VERSION
 
 
-def test_connections_have_event_handlers_only() -> None:
+def test_kopf_has_no_handlers_for_connections() -> None:
     registry = kopf.get_default_registry()
     resource = kopf.Resource(GROUP, VERSION, PLURAL)
-    assert handlers.connection_event  # registered when handlers.py was imported
-    assert registry._watching.has_handlers(resource=resource)
-    # A create/update/resume handler, daemon or timer would need Kopf's essence, which
-    # NoEssence does not build, and would make Kopf write to the objects.
+    assert handlers.startup  # the module is imported: its handlers are registered
+    # Any resource handler would make Kopf watch the connections a second time; a
+    # create/update handler, daemon or timer would make it write to the objects.
+    assert not registry._watching.has_handlers(resource=resource)
     assert not registry._changing.has_handlers(resource=resource)
     assert not registry._spawning.has_handlers(resource=resource)
-
-
-def test_no_essence_is_built_or_kept() -> None:
-    storage = handlers.NoEssence()
-    body = kopf.Body({"metadata": {"name": "a", "labels": {"x": "y"}}, "spec": {"a": 1}})
-    assert storage.build(body=body) == {}
-    assert storage.fetch(body=body) is None
-    patch = kopf.Patch()
-    storage.store(body=body, patch=patch, essence=kopf.BodyEssence(spec={"a": 1}))
-    assert not patch  # nothing written to the object
+    assert registry._activities.get_all_handlers()  # startup, cleanup, the liveness probe
 
 
 def test_the_collector_is_tuned_for_a_long_lived_heap() -> None:

@@ -1,13 +1,16 @@
-"""Secrets as metadata only: the operator learns that a Secret changed without receiving its
-data, and the Reconciler reads (GETs) only the Secrets that connections reference.
+"""The operator's own list-then-watch loops: LLMConnections as whole objects, and Secrets as
+metadata only, so the operator learns that a Secret changed without receiving its data (the
+Reconciler reads, GETs, only the Secrets that connections reference).
 
 A Secret watch through Kopf would stream the data of every Secret in the watched namespaces
-(Helm keeps each release in a Secret of up to 1 MiB). Kopf has no metadata-only watch, so
-this is a list-then-watch loop of our own over `PartialObjectMetadata`, as cert-manager does
-for its Secret cache, with the robustness of Kopf's own watcher: it lists in pages, then
-watches from the list's resourceVersion with bookmarks and a server timeout, re-watches from
-the last resourceVersion seen when a stream ends or breaks, lists again on 410 Gone (as a
-status code or as an ERROR event), and backs off exponentially with jitter on errors.
+(Helm keeps each release in a Secret of up to 1 MiB), and Kopf has no metadata-only watch.
+Kopf's watch of the connections spent more per event in its own machinery than the rest of
+the event's handling, and every status write the operator makes comes back as an event. So
+both are loops of our own: Secrets over `PartialObjectMetadata`, as cert-manager does for its
+Secret cache, with the robustness of Kopf's own watcher: each lists in pages, then watches
+from the list's resourceVersion with bookmarks and a server timeout, re-watches from the last
+resourceVersion seen when a stream ends or breaks, lists again on 410 Gone (as a status code
+or as an ERROR event), and backs off exponentially with jitter on errors.
 
 An API server that cannot be reached at all (down, restarting) is tried again about every
 second instead: a connection attempt costs a server that is not listening nothing, and a
@@ -16,8 +19,8 @@ A 429 (as a starting server answers while its storage initialises) is retried af
 Retry-After. Neither grows the backoff of the errors a server answers with.
 
 Scope: one cluster-wide watch with -A, one per namespace with -n names. With -n patterns
-(shop-*) the namespaces are followed the way Kopf follows them for the connections, and each
-matching namespace gets its own Secret watch, started when it appears and stopped when it goes.
+(shop-*) the namespaces are followed the way Kopf follows them, and each matching namespace
+gets its own watches, started when it appears and stopped when it goes.
 
 Its length is one adapter's: the API server's list-then-watch protocol (pages, bookmarks,
 410, backoff, scopes) in one place, as Kopf keeps its own watcher in one module.
@@ -40,7 +43,7 @@ import httpx2
 # Kopf's own rule for -n patterns, so that Secrets are watched where connections are.
 from kopf._cogs.structs.references import NamespaceName, match_namespace
 
-from llmconn.kube import Gone
+from llmconn.kube import Gone, connections_path
 
 log = logging.getLogger("llmconn")
 
@@ -54,6 +57,9 @@ BACKOFF_BASE = 0.5  # seconds before the first retry...
 BACKOFF_CAP = 30.0  # ...doubling up to this, while the server answers with errors
 RECONNECT_CAP = 1.0  # seconds between connection attempts while it cannot be reached
 HEALTHY = 1.0  # seconds: an empty stream that the server ends sooner counts as a failure
+# Connections are listed after the Secrets' metadata (this long at most): a first validation's
+# own read of a Secret is then not taken for a change of it, which would validate twice.
+FIRST_LIST_WAIT = 10.0
 
 
 def backoff(attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -90,10 +96,12 @@ class WatchError(Exception):
 class Lister(Protocol):
     """What the loop needs from the API client (Kube)."""
 
-    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]: ...
+    async def list_metadata(
+        self, path: str, params: dict[str, str], *, whole: bool = False
+    ) -> dict[str, Any]: ...
 
     def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float
+        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
     ) -> AsyncIterator[dict[str, Any]]: ...
 
 
@@ -116,12 +124,14 @@ class Counts:
     errors: int = 0
 
 
-class MetadataWatch:
-    """One collection at `path`, listed and then watched until cancelled, as metadata only.
+class ListWatch:
+    """One collection at `path`, listed and then watched until cancelled, as metadata only
+    or (`whole`) as whole objects.
 
-    `on_event(type, metadata)` gets every object of a list as ADDED, then the watch's
-    ADDED, MODIFIED and DELETED events; `on_listed(keys)` follows each complete list with
-    the keys it held, since a list after a gap brings no DELETED events for what went."""
+    `on_event(type, metadata)` (with `whole`: `on_event(type, object)`) gets every object of
+    a list as ADDED, then the watch's ADDED, MODIFIED and DELETED events; `on_listed(keys)`
+    follows each complete list with the keys it held, since a list after a gap brings no
+    DELETED events for what went."""
 
     def __init__(
         self,
@@ -133,6 +143,7 @@ class MetadataWatch:
         label_selector: str | None = None,
         server_timeout: float = SERVER_TIMEOUT,
         page: int = PAGE,
+        whole: bool = False,
     ) -> None:
         self.kube = kube
         self.path = path
@@ -141,6 +152,8 @@ class MetadataWatch:
         self.label_selector = label_selector
         self.server_timeout = server_timeout
         self.page = page
+        self.whole = whole
+        self.listed = asyncio.Event()  # set once a first complete list has been handed on
         self.resource_version: str | None = None  # where the next watch starts; None: list
         self.counts = Counts()
 
@@ -202,11 +215,11 @@ class MetadataWatch:
         params = {**self._params(), "limit": str(self.page)}
         present: set[Key] = set()
         while True:
-            body = await self.kube.list_metadata(self.path, params)
+            body = await self.kube.list_metadata(self.path, params, whole=self.whole)
             for item in body.get("items") or []:
                 meta = item.get("metadata") or {}
                 present.add((meta.get("namespace") or "", meta.get("name") or ""))
-                self.on_event("ADDED", meta)
+                self.on_event("ADDED", item if self.whole else meta)
             listed = body.get("metadata") or {}
             if not listed.get("continue"):
                 break
@@ -214,6 +227,7 @@ class MetadataWatch:
         if not listed.get("resourceVersion"):
             raise WatchError("a list without a resourceVersion")
         self.counts.lists += 1
+        self.listed.set()
         self.on_listed(present)
         self.resource_version = str(listed["resourceVersion"])
 
@@ -229,7 +243,8 @@ class MetadataWatch:
         self.counts.watches += 1
         started, received = time.monotonic(), False
         read_timeout = self.server_timeout + CLIENT_SLACK
-        async for event in self.kube.watch_metadata(self.path, params, read_timeout):
+        events = self.kube.watch_metadata(self.path, params, read_timeout, whole=self.whole)
+        async for event in events:
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 if obj.get("code") == 410:
@@ -243,7 +258,7 @@ class MetadataWatch:
             if kind == "BOOKMARK":
                 self.counts.bookmarks += 1
             elif kind in ("ADDED", "MODIFIED", "DELETED"):
-                self.on_event(kind, meta)
+                self.on_event(kind, obj if self.whole else meta)
         return received or time.monotonic() - started >= HEALTHY
 
 
@@ -257,36 +272,78 @@ def has_patterns(namespaces: Sequence[str]) -> bool:
     return any(ch in ns for ns in namespaces for ch in "*?[!")
 
 
-class SecretWatch:
-    """The Secrets of the watched namespaces, as metadata, into `sink` (the Reconciler)."""
+def matches(patterns: Sequence[str], namespace: str) -> bool:
+    """Whether -n patterns (Kopf's rule: globs, and !negations) take in `namespace`."""
+    return any(match_namespace(NamespaceName(namespace), pattern) for pattern in patterns)
+
+
+class ScopedWatch:
+    """One kind of object in the watched namespaces: one cluster-wide ListWatch with -A, one
+    per namespace with -n names, and with -n patterns one per matching namespace, started
+    when it appears and stopped when it goes (the namespaces themselves are watched).
+
+    `path(namespace)` is the collection's path (None: of all namespaces); `on_event` gets
+    what ListWatch gives; `on_listed(namespace, keys)` follows each complete list of a
+    namespace (None: of all) with the keys it held, and gets an empty set when a followed
+    namespace is gone."""
+
+    what = "objects"  # in task names and logs
 
     def __init__(
         self,
         kube: Lister,
-        sink: Sink,
         *,
+        path: Callable[[str | None], str],
+        on_event: Callable[[str, Meta], None],
+        on_listed: Callable[[str | None, set[Key]], None],
         namespaces: Sequence[str] = (),
         all_namespaces: bool = False,
         label_selector: str | None = None,
         server_timeout: float = SERVER_TIMEOUT,
+        whole: bool = False,
     ) -> None:
         self.kube = kube
-        self.sink = sink
+        self.path = path
+        self.on_event = on_event
+        self.on_listed = on_listed
         self.namespaces = tuple(namespaces)
         self.all_namespaces = all_namespaces
         self.label_selector = label_selector
         self.server_timeout = server_timeout
-        self.watches: dict[str | None, MetadataWatch] = {}  # by namespace; None: all
-        self.namespace_watch: MetadataWatch | None = None  # with -n patterns
+        self.whole = whole
+        self.watches: dict[str | None, ListWatch] = {}  # by namespace; None: all
+        self.namespace_watch: ListWatch | None = None  # with -n patterns
         self._tasks: dict[str | None, asyncio.Task[None]] = {}
         self._namespace_task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
 
-    def start(self) -> None:
+    def start(self, after: ScopedWatch | None = None) -> None:
+        """Start watching; `after`: once that watch has listed (FIRST_LIST_WAIT at most)."""
+        if after is None:
+            self._start()
+        else:
+            self._starting = asyncio.create_task(
+                self._start_after(after), name=f"llmconn {self.what} watch start"
+            )
+
+    async def listed(self) -> None:
+        """Until every watch started so far has handed on its first complete list."""
+        if self.namespace_watch is not None:
+            await self.namespace_watch.listed.wait()
+        await asyncio.gather(*(watch.listed.wait() for watch in list(self.watches.values())))
+
+    async def _start_after(self, other: ScopedWatch) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_LIST_WAIT):  # not wait_for: see scheduler.py
+                await other.listed()
+        self._start()
+
+    def _start(self) -> None:
         if self.all_namespaces:
             self._follow(None)
         elif has_patterns(self.namespaces):
-            self.namespace_watch = MetadataWatch(
+            self.namespace_watch = ListWatch(
                 self.kube,
                 "/api/v1/namespaces",
                 on_event=self._namespace_event,
@@ -301,6 +358,11 @@ class SecretWatch:
                 self._follow(namespace)
 
     async def stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+            self._starting = None
         tasks = [*self._tasks.values(), *self._stopping]
         if self._namespace_task is not None:
             tasks.append(self._namespace_task)
@@ -316,26 +378,22 @@ class SecretWatch:
     def _follow(self, namespace: str | None) -> None:
         if namespace in self.watches:
             return
-        path = (
-            "/api/v1/secrets"
-            if namespace is None
-            else f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets"
-        )
 
         def listed(present: set[Key]) -> None:
-            self.sink.secrets_listed(namespace, present)
+            self.on_listed(namespace, present)
 
-        watch = MetadataWatch(
+        watch = ListWatch(
             self.kube,
-            path,
-            on_event=self.sink.secret_event,
+            self.path(namespace),
+            on_event=self.on_event,
             on_listed=listed,
             label_selector=self.label_selector,
             server_timeout=self.server_timeout,
+            whole=self.whole,
         )
         self.watches[namespace] = watch
         self._tasks[namespace] = asyncio.create_task(
-            watch.run(), name=f"llmconn secret watch {namespace or 'cluster-wide'}"
+            watch.run(), name=f"llmconn {self.what} watch {namespace or 'cluster-wide'}"
         )
 
     def _unfollow(self, namespace: str) -> None:
@@ -345,18 +403,90 @@ class SecretWatch:
             task.cancel()
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)
-            self.sink.secrets_listed(namespace, set())  # its Secrets went with it
+            self.on_listed(namespace, set())  # its objects went with it
 
     def _namespace_event(self, event_type: str, meta: Meta) -> None:
         name = str(meta.get("name") or "")
         if event_type == "DELETED":
             self._unfollow(name)
-        elif name and any(
-            match_namespace(NamespaceName(name), pattern) for pattern in self.namespaces
-        ):
+        elif name and matches(self.namespaces, name):
             self._follow(name)
 
     def _namespaces_listed(self, present: set[Key]) -> None:
         for namespace in [ns for ns in self.watches if ns is not None]:
             if ("", namespace) not in present:
                 self._unfollow(namespace)
+
+
+class SecretWatch(ScopedWatch):
+    """The Secrets of the watched namespaces, as metadata, into `sink` (the Reconciler's
+    Secret cache)."""
+
+    what = "secret"
+
+    def __init__(
+        self,
+        kube: Lister,
+        sink: Sink,
+        *,
+        namespaces: Sequence[str] = (),
+        all_namespaces: bool = False,
+        label_selector: str | None = None,
+        server_timeout: float = SERVER_TIMEOUT,
+    ) -> None:
+        super().__init__(
+            kube,
+            path=secrets_path,
+            on_event=sink.secret_event,
+            on_listed=sink.secrets_listed,
+            namespaces=namespaces,
+            all_namespaces=all_namespaces,
+            label_selector=label_selector,
+            server_timeout=server_timeout,
+        )
+
+
+def secrets_path(namespace: str | None) -> str:
+    if namespace is None:
+        return "/api/v1/secrets"
+    return f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets"
+
+
+class ConnectionSink(Protocol):
+    """Where LLMConnections go (the Reconciler)."""
+
+    def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None: ...
+
+    def connections_listed(self, namespace: str | None, present: set[Key]) -> None: ...
+
+
+class ConnectionWatch(ScopedWatch):
+    """The LLMConnections of the watched namespaces, as whole objects, into `sink`.
+
+    Kopf's watch of them cost more than a third of a millisecond per event in Kopf's own
+    machinery (a worker task per object, its body views, loggers and patch handling), and
+    every status write the operator makes comes back as an event: about a tenth of the
+    CPU at 10,000 connections (docs/development.md, "Where the CPU goes"). This is the same
+    loop as the Secret watch, with whole objects."""
+
+    what = "connection"
+
+    def __init__(
+        self,
+        kube: Lister,
+        sink: ConnectionSink,
+        *,
+        namespaces: Sequence[str] = (),
+        all_namespaces: bool = False,
+        server_timeout: float = SERVER_TIMEOUT,
+    ) -> None:
+        super().__init__(
+            kube,
+            path=connections_path,
+            on_event=sink.connection_event,
+            on_listed=sink.connections_listed,
+            namespaces=namespaces,
+            all_namespaces=all_namespaces,
+            server_timeout=server_timeout,
+            whole=True,
+        )

@@ -15,14 +15,21 @@ import httpx2
 import kopf
 import pytest
 
-from llmconn import secretwatch
+from llmconn import watches
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
 from llmconn.kube import META_LIST, META_WATCH, Gone, Kube
 from llmconn.metrics import Metrics
 from llmconn.reconciler import Reconciler
-from llmconn.secretwatch import MetadataWatch, SecretWatch, backoff, reconnect_delay, retry_after
 from llmconn.verdict import Defaults, SecretData
+from llmconn.watches import (
+    ConnectionWatch,
+    ListWatch,
+    SecretWatch,
+    backoff,
+    reconnect_delay,
+    retry_after,
+)
 
 # --- backoff -----------------------------------------------------------------------------
 
@@ -30,21 +37,21 @@ from llmconn.verdict import Defaults, SecretData
 def test_backoff_doubles_then_caps() -> None:
     top = [backoff(n, rand=lambda: 1.0) for n in range(10)]
     assert top[:4] == [0.5, 1.0, 2.0, 4.0]
-    assert top[-1] == secretwatch.BACKOFF_CAP
+    assert top[-1] == watches.BACKOFF_CAP
     assert all(a <= b for a, b in itertools.pairwise(top))
 
 
 def test_backoff_jitters_over_the_upper_half() -> None:
     for attempt in (0, 3, 50, 10_000):
         low, high = backoff(attempt, rand=lambda: 0.0), backoff(attempt, rand=lambda: 1.0)
-        assert low == high / 2 and 0 < low < high <= secretwatch.BACKOFF_CAP
+        assert low == high / 2 and 0 < low < high <= watches.BACKOFF_CAP
 
 
 def test_reconnects_stay_about_a_second_apart() -> None:
     """A server that is away is tried again within a second however long it has been away,
     so a change made when it is back is not held up by a grown backoff."""
     top = [reconnect_delay(n, rand=lambda: 1.0) for n in range(100)]
-    assert top[:2] == [0.5, 1.0] and max(top) == secretwatch.RECONNECT_CAP == 1.0
+    assert top[:2] == [0.5, 1.0] and max(top) == watches.RECONNECT_CAP == 1.0
     assert min(reconnect_delay(n, rand=lambda: 0.0) for n in range(1, 100)) == 0.5
 
 
@@ -109,7 +116,9 @@ class Script:
         self.done.set()
         await asyncio.Event().wait()
 
-    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+    async def list_metadata(
+        self, path: str, params: dict[str, str], *, whole: bool = False
+    ) -> dict[str, Any]:
         self.list_calls.append(dict(params))
         if not self.lists:
             await self._block()
@@ -119,7 +128,7 @@ class Script:
         return step  # type: ignore[no-any-return]
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float
+        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
         self.watch_calls.append(dict(params))
         assert read_timeout > float(params["timeoutSeconds"])  # the client outwaits the server
@@ -155,7 +164,7 @@ def attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         asked.append(attempt)
         return 0.0
 
-    monkeypatch.setattr(secretwatch, "backoff", fake)
+    monkeypatch.setattr(watches, "backoff", fake)
     return asked
 
 
@@ -168,7 +177,7 @@ def reconnects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         asked.append(attempt)
         return 0.0
 
-    monkeypatch.setattr(secretwatch, "reconnect_delay", fake)
+    monkeypatch.setattr(watches, "reconnect_delay", fake)
     return asked
 
 
@@ -181,13 +190,13 @@ def pauses(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
         asked.append(response.headers.get("retry-after"))
         return 0.0
 
-    monkeypatch.setattr(secretwatch, "retry_after", fake)
+    monkeypatch.setattr(watches, "retry_after", fake)
     return asked
 
 
-async def run(script: Script, **kwargs: Any) -> tuple[MetadataWatch, Recorder]:
+async def run(script: Script, **kwargs: Any) -> tuple[ListWatch, Recorder]:
     rec = Recorder()
-    watch = MetadataWatch(
+    watch = ListWatch(
         script, "/api/v1/secrets", on_event=rec.on_event, on_listed=rec.on_listed, **kwargs
     )
     task = asyncio.create_task(watch.run())
@@ -359,7 +368,7 @@ async def test_a_handler_bug_does_not_end_the_watch(attempts: list[int]) -> None
             raise RuntimeError("bug")
 
     script = Script(lists=[page([meta("a", "5")], "10"), page([meta("a", "5")], "11")], watches=[])
-    watch = MetadataWatch(script, "/p", on_event=boom, on_listed=lambda keys: None)
+    watch = ListWatch(script, "/p", on_event=boom, on_listed=lambda keys: None)
     task = asyncio.create_task(watch.run())
     await asyncio.wait_for(script.done.wait(), 5)
     task.cancel()
@@ -376,13 +385,17 @@ class PathScript(Script):
         super().__init__([], [])
         self.by_path = lists
         self.paths: list[str] = []
+        self.whole: list[bool] = []
 
-    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+    async def list_metadata(
+        self, path: str, params: dict[str, str], *, whole: bool = False
+    ) -> dict[str, Any]:
         self.paths.append(path)
+        self.whole.append(whole)
         return self.by_path.get(path, page([], "1"))
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float
+        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
         await asyncio.Event().wait()
         yield {}
@@ -454,6 +467,90 @@ async def test_patterns_match_as_kopf_matches() -> None:
     await watch.stop()
 
 
+class ConnectionSink:
+    def __init__(self) -> None:
+        self.objects: list[tuple[str | None, dict[str, Any]]] = []
+        self.listed: list[tuple[str | None, set[tuple[str, str]]]] = []
+
+    def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        self.objects.append((event_type, body))
+
+    def connections_listed(self, namespace: str | None, present: set[tuple[str, str]]) -> None:
+        self.listed.append((namespace, present))
+
+
+async def test_connections_are_listed_and_watched_as_whole_objects() -> None:
+    path = "/apis/llmconn.dev/v1alpha1/namespaces/a/llmconnections"
+    whole = {"metadata": meta("c", "1", "a"), "spec": {"provider": "openai"}}
+    api, sink = (
+        PathScript({path: {"metadata": {"resourceVersion": "2"}, "items": [whole]}}),
+        (ConnectionSink()),
+    )
+    watch = ConnectionWatch(api, sink, namespaces=["a", "b"])
+    watch.start()
+    await settle()
+    await watch.stop()
+    assert sorted(api.paths) == [path, path.replace("/a/", "/b/")] and api.whole == [True, True]
+    assert sink.objects == [("ADDED", whole)]  # the spec too, not only the metadata
+    assert sorted(sink.listed, key=str) == [("a", {("a", "c")}), ("b", set())]
+
+
+async def test_connections_are_listed_after_the_secrets() -> None:
+    # A first validation's own read of a Secret must not be taken for a change of it.
+    api, order = PathScript({}), []
+    held = asyncio.Event()
+    listing = api.list_metadata
+
+    async def list_metadata(path: str, params: dict[str, str], *, whole: bool = False) -> Any:
+        if not whole:
+            await held.wait()  # the Secrets' list takes a while
+        order.append("connections" if whole else "secrets")
+        return await listing(path, params, whole=whole)
+
+    api.list_metadata = list_metadata  # type: ignore[method-assign]
+    secrets_watch = SecretWatch(api, Sink(), namespaces=["a"])
+    connections = ConnectionWatch(api, ConnectionSink(), namespaces=["a"])
+    secrets_watch.start()
+    connections.start(after=secrets_watch)
+    await settle()
+    assert order == [] and not connections.watches
+    held.set()
+    await settle()
+    assert order == ["secrets", "connections"]
+    await connections.stop()
+    await secrets_watch.stop()
+
+
+async def test_connections_do_not_wait_for_secrets_forever(monkeypatch: Any) -> None:
+    monkeypatch.setattr(watches, "FIRST_LIST_WAIT", 0.01)
+    api = PathScript({})
+    never = asyncio.Event()
+
+    async def stuck(path: str, params: dict[str, str], *, whole: bool = False) -> Any:
+        if not whole:
+            await never.wait()
+        return page([], "1")
+
+    api.list_metadata = stuck  # type: ignore[method-assign]
+    secrets_watch = SecretWatch(api, Sink(), namespaces=["a"])
+    connections = ConnectionWatch(api, ConnectionSink(), namespaces=["a"])
+    secrets_watch.start()
+    connections.start(after=secrets_watch)
+    await asyncio.sleep(0.05)
+    assert set(connections.watches) == {"a"}
+    await connections.stop()
+    await secrets_watch.stop()
+
+
+async def test_cluster_wide_connections_are_one_watch() -> None:
+    api, sink = PathScript({}), ConnectionSink()
+    watch = ConnectionWatch(api, sink, all_namespaces=True)
+    watch.start()
+    await settle()
+    await watch.stop()
+    assert api.paths == ["/apis/llmconn.dev/v1alpha1/llmconnections"]
+
+
 # --- the wire: Kube's list and watch -------------------------------------------------------
 
 
@@ -490,6 +587,24 @@ async def test_list_and_watch_ask_for_metadata_only() -> None:
     assert listing.headers["accept"] == META_LIST and "PartialObjectMetadataList" in META_LIST
     assert watching.headers["accept"] == META_WATCH and "PartialObjectMetadata;" in META_WATCH
     assert watching.url.params["watch"] == "true" and watching.url.params["resourceVersion"] == "1"
+
+
+async def test_whole_objects_are_asked_for_as_plain_json() -> None:
+    seen: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        if request.url.params.get("watch"):
+            return httpx2.Response(200, content=json.dumps(event("ADDED", meta("a", "2"))).encode())
+        return httpx2.Response(200, json=page([meta("a", "1")], "1"))
+
+    kube = MockKube(handler)
+    path = "/apis/llmconn.dev/v1alpha1/llmconnections"
+    await kube.list_metadata(path, {}, whole=True)
+    events = [e async for e in kube.watch_metadata(path, {}, 9, whole=True)]
+    await kube.aclose()
+    assert [e["type"] for e in events] == ["ADDED"]
+    assert all("PartialObjectMetadata" not in r.headers.get("accept", "") for r in seen)
 
 
 @pytest.mark.parametrize("call", ["list", "watch"])
@@ -561,6 +676,24 @@ async def used(r: Reconciler, name: str, secret: str = "creds") -> SecretData | 
     from llmconn.secretcache import RecordingSecrets
 
     return await RecordingSecrets(r.secret_cache, r.conns[("ns", name)]).get(secret)
+
+
+def test_a_list_forgets_what_it_no_longer_holds_in_its_namespace(rec: Any) -> None:
+    rec.connection_event("ADDED", connection("kept"))
+    rec.connection_event("ADDED", connection("gone"))
+    other = connection("elsewhere")
+    other["metadata"]["namespace"] = "other"
+    rec.connection_event("ADDED", other)
+    rec.connections_listed("ns", {("ns", "kept")})  # deleted while the watch was away
+    assert set(rec.conns) == {("ns", "kept"), ("other", "elsewhere")}
+    rec.connections_listed(None, set())  # a cluster-wide list covers every namespace
+    assert rec.conns == {}
+
+
+def test_a_standing_by_replica_ignores_connection_events(rec: Any) -> None:
+    rec.pause()
+    rec.connection_event("ADDED", connection("c"))
+    assert rec.conns == {} and rec.triggered == []  # listed afresh when active again
 
 
 async def test_an_unreferenced_secret_is_never_read(rec: Any) -> None:
