@@ -5,8 +5,8 @@ Kopf cannot do); cleanup stops them; the liveness probe asks the scheduler.
 Kopf runs the process (login, logging, liveness, peering) and watches no resource of ours,
 so it writes nothing to the objects (no finalizers, no last-handled-configuration annotation,
 no progress storage): the status PATCH per validation is the operator's only write. Kopf's
-own watch of the connections cost more per event than the rest of a validation's handling
-(watches.py, ConnectionWatch).
+own watch of the connections cost 8% of the CPU at 10,000 connections (watches.py,
+ConnectionWatch).
 """
 
 from __future__ import annotations
