@@ -2,23 +2,41 @@
 
 Labels are limited to namespace, name, provider, result, reason and status: names come from
 the API server, the rest from closed sets, so no secret value can reach a label.
+
+/metrics serves prometheus_client's text exposition (format 0.0.4, which every Prometheus
+reads; OpenMetrics is not offered), except for the two per-connection
+families (four series per connection): each connection's lines are kept rendered and rendered
+again only when its row changed. prometheus_client formatted all 40,000 series of 10,000
+connections on every scrape, 0.22 s of CPU holding the interpreter from the event loop.
 """
 
 from __future__ import annotations
 
+import gzip
 import re
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from typing import Any, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from llmconn.reasons import Reason, Result
 
 READY_STATUSES = ("True", "False", "Unknown")
+_C = TypeVar("_C", bound=Collector)
 
 # Probes run from milliseconds (loopback) to the whole timeout budget (10s by default).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -49,49 +67,54 @@ class Metrics:
     """The operator's metrics, in their own registry unless one is given."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # Every family (what tests and generate_latest read), and all but the per-connection
+        # ones (what /metrics formats with prometheus_client; those it renders itself).
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self._validations = Counter(
-            "llmconn_validations",
-            "Validations finished, by provider, result and reason.",
-            ["provider", "result", "reason"],
-            registry=self.registry,
+        self._served = CollectorRegistry(auto_describe=True)
+        self._validations = self._register(
+            Counter(
+                "llmconn_validations",
+                "Validations finished, by provider, result and reason.",
+                ["provider", "result", "reason"],
+                registry=None,
+            )
         )
-        self._duration = Histogram(
-            "llmconn_validation_duration_seconds",
-            "Wall time of one validation (probe), by provider.",
-            ["provider"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
+        self._duration = self._register(
+            Histogram(
+                "llmconn_validation_duration_seconds",
+                "Wall time of one validation (probe), by provider.",
+                ["provider"],
+                buckets=DURATION_BUCKETS,
+                registry=None,
+            )
         )
         self._series = _ConnectionSeries(self)  # ready and last validation, per connection
         self.registry.register(self._series)
-        self._retirement = Gauge(
-            "llmconn_model_retirement_timestamp_seconds",
-            "Unix time the connection's model retires, where its provider announces it.",
-            ["namespace", "name"],
-            registry=self.registry,
+        self._retirement = self._register(
+            Gauge(
+                "llmconn_model_retirement_timestamp_seconds",
+                "Unix time the connection's model retires, where its provider announces it.",
+                ["namespace", "name"],
+                registry=None,
+            )
         )
         self._retiring: set[tuple[str, str]] = set()  # connections with a retirement series
-        self._in_flight = Gauge(
-            "llmconn_probes_in_flight",
-            "Validations running now.",
-            registry=self.registry,
+        self._in_flight = self._register(
+            Gauge("llmconn_probes_in_flight", "Validations running now.", registry=None)
         )
-        self._queue = Gauge(
-            "llmconn_queue_depth",
-            "Validations due but not yet started.",
-            registry=self.registry,
+        self._queue = self._register(
+            Gauge("llmconn_queue_depth", "Validations due but not yet started.", registry=None)
         )
-        self._lag = Histogram(
-            "llmconn_schedule_lag_seconds",
-            "How late validations start against their plan (queueing for a free worker).",
-            buckets=LAG_BUCKETS,
-            registry=self.registry,
+        self._lag = self._register(
+            Histogram(
+                "llmconn_schedule_lag_seconds",
+                "How late validations start against their plan (queueing for a free worker).",
+                buckets=LAG_BUCKETS,
+                registry=None,
+            )
         )
-        self._connections = Gauge(
-            "llmconn_connections",
-            "Connections known to this replica.",
-            registry=self.registry,
+        self._connections = self._register(
+            Gauge("llmconn_connections", "Connections known to this replica.", registry=None)
         )
         # Each connection's row: the provider its series carry, its Ready status and the
         # time of its latest validation (None: not yet known).
@@ -99,6 +122,11 @@ class Metrics:
         self._lock = threading.Lock()  # guards _rows and the retirement series
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
+
+    def _register(self, collector: _C) -> _C:
+        self.registry.register(collector)
+        self._served.register(collector)
+        return collector
 
     def validation(self, provider: str, result: str, reason: str, seconds: float) -> None:
         provider = _provider_label(provider)
@@ -147,10 +175,49 @@ class Metrics:
 
     # All interfaces by default: in a pod, Prometheus scrapes through the pod IP.
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104
-        """Expose the registry over HTTP from a daemon thread; port 0 picks a free port."""
+        """Expose the metrics over HTTP from a daemon thread; port 0 picks a free port."""
         if self._server is not None:
             raise RuntimeError("metrics server already running")
-        self._server, self._thread = start_http_server(port, addr, registry=self.registry)
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+        self._server = make_server(addr, port, self._app, Server, handler_class=_Quiet)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def exposition(self) -> bytes:
+        """The text /metrics serves: the same families and samples as generate_latest of
+        `registry`, the per-connection ones from each row's kept lines."""
+        with self._lock:
+            rows = list(self._rows.items())
+        ready, last = [], []
+        for (namespace, name), row in rows:
+            kept = row.kept
+            # Read once: the loop may change the row meanwhile; the next scrape sees that.
+            status, validated = row.ready, row.last
+            if kept is None or kept[0] != status or kept[1] != validated:
+                kept = row.kept = _render(namespace, name, row.provider, status, validated)
+            ready.append(kept[2])
+            last.append(kept[3])
+        families = [generate_latest(self._served).decode()]
+        for family, lines in zip(_ConnectionSeries.families(), (ready, last), strict=True):
+            families.append(f"# HELP {family.name} {family.documentation}\n")
+            families.append(f"# TYPE {family.name} gauge\n")
+            families.extend(lines)
+        return "".join(families).encode()
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/favicon.ico":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b""]
+        body = self.exposition()
+        headers = [("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers)
+        return [body]
 
     @property
     def port(self) -> int | None:
@@ -187,6 +254,41 @@ class _Row:
     provider: str
     ready: str | None = None
     last: float | None = None
+    # (ready, last) as rendered, then their exposition lines: ready's three, last's one.
+    kept: tuple[str | None, float | None, str, str] | None = None
+
+
+def _label(value: str) -> str:
+    """A label value in the text format: backslash, newline and double quote escaped."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _render(
+    namespace: str, name: str, provider: str, ready: str | None, last: float | None
+) -> tuple[str | None, float | None, str, str]:
+    labels = f'namespace="{_label(namespace)}",name="{_label(name)}",provider="{_label(provider)}"'
+    ready_lines = (
+        "".join(
+            f'llmconn_connection_ready{{{labels},status="{each}"}} '
+            f"{floatToGoString(float(each == ready))}\n"
+            for each in READY_STATUSES
+        )
+        if ready is not None
+        else ""
+    )
+    last_line = (
+        f"llmconn_last_validation_timestamp_seconds{{{labels}}} {floatToGoString(last)}\n"
+        if last is not None
+        else ""
+    )
+    return ready, last, ready_lines, last_line
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access log: scrapes every few seconds are not news."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
 
 class _ConnectionSeries(Collector):
@@ -200,10 +302,10 @@ class _ConnectionSeries(Collector):
         self._metrics = metrics
 
     def describe(self) -> Iterator[Metric]:
-        yield from self._families()
+        yield from self.families()
 
     def collect(self) -> Iterator[Metric]:
-        ready, last = self._families()
+        ready, last = self.families()
         for namespace, name, provider, status, validated in self._metrics.connection_samples():
             if status is not None:
                 for each in READY_STATUSES:
@@ -214,7 +316,7 @@ class _ConnectionSeries(Collector):
         yield last
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily(
                 "llmconn_connection_ready",

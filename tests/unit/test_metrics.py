@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import urllib.request
 from collections.abc import Iterator
 
@@ -216,3 +217,77 @@ def test_model_retirement_gauge_is_set_and_removed(metrics: Metrics) -> None:
     metrics.model_retirement("ns", "c", None)  # never announced: harmless
     metrics.forget("ns", "b")
     assert values(metrics, name) == {}
+
+
+# --- what /metrics serves: per-connection lines kept rendered ------------------------------
+
+
+def families(text: str) -> dict[str, tuple[str, str, list[Sample]]]:
+    return {
+        f.name: (f.documentation, f.type, sorted(scrape_family(f), key=repr))
+        for f in text_string_to_metric_families(text)
+    }
+
+
+def scrape_family(family: object) -> list[Sample]:
+    return [(s.name, dict(s.labels), s.value) for s in family.samples]  # type: ignore[attr-defined]
+
+
+def busy(metrics: Metrics) -> None:
+    metrics.validation("openai", "success", "Validated", 0.2)
+    metrics.set_in_flight(2)
+    for i in range(5):
+        metrics.set_ready("ns", f"c{i}", "openai", ("True", "False", "Unknown")[i % 3])
+        metrics.last_validation("ns", f"c{i}", "openai", 1_700_000_000.5 + i)
+    metrics.set_ready("ns", "not-yet", "anthropic", "Unknown")  # no validation time yet
+    metrics.model_retirement("ns", "c1", 1_800_000_000.0)
+
+
+def test_the_exposition_serves_what_prometheus_client_would(metrics: Metrics) -> None:
+    busy(metrics)
+    assert families(metrics.exposition().decode()) == families(
+        generate_latest(metrics.registry).decode()
+    )
+
+
+def test_a_changed_row_is_rendered_again_and_a_forgotten_one_goes(metrics: Metrics) -> None:
+    busy(metrics)
+    metrics.exposition()  # every row's lines are kept now
+    metrics.set_ready("ns", "c0", "openai", "False")
+    metrics.last_validation("ns", "c0", "openai", 1_750_000_000.0)
+    metrics.set_ready("ns", "c1", "gemini", "True")  # another provider: a new row
+    metrics.forget("ns", "c2")
+    served = families(metrics.exposition().decode())
+    assert served == families(generate_latest(metrics.registry).decode())
+    ready = {
+        (s[1]["name"], s[1]["provider"], s[1]["status"]): s[2]
+        for s in served["llmconn_connection_ready"][2]
+    }
+    assert ready[("c0", "openai", "False")] == 1.0 and ready[("c1", "gemini", "True")] == 1.0
+    assert not any(name in ("c2",) for name, _, _ in ready)
+
+
+def test_label_values_are_escaped_in_the_kept_lines(metrics: Metrics) -> None:
+    # Names come from the API server, which allows none of these; the format still holds.
+    metrics.set_ready('n"s', "a\\b\nc", "openai", "True")
+    (served,) = [
+        s
+        for s in families(metrics.exposition().decode())["llmconn_connection_ready"][2]
+        if s[1]["status"] == "True"
+    ]
+    assert served[1]["namespace"] == 'n"s' and served[1]["name"] == "a\\b\nc"
+
+
+def test_served_over_http_with_gzip_when_asked(metrics: Metrics) -> None:
+    busy(metrics)
+    metrics.serve(0, "127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{metrics.port}/metrics"
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request) as resp:
+            assert resp.headers["Content-Encoding"] == "gzip"
+            assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            body = gzip.decompress(resp.read()).decode()
+    finally:
+        metrics.close()
+    assert families(body) == families(generate_latest(metrics.registry).decode())
