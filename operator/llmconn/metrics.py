@@ -263,6 +263,12 @@ def _label(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+def _value(value: float) -> str:
+    """A sample value as prometheus_client writes it (Go's formatting: 1.7e+09, +Inf)."""
+    text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
+    return text
+
+
 def _render(
     namespace: str, name: str, provider: str, ready: str | None, last: float | None
 ) -> tuple[str | None, float | None, str, str]:
@@ -270,14 +276,14 @@ def _render(
     ready_lines = (
         "".join(
             f'llmconn_connection_ready{{{labels},status="{each}"}} '
-            f"{floatToGoString(float(each == ready))}\n"
+            f"{_value(float(each == ready))}\n"
             for each in READY_STATUSES
         )
         if ready is not None
         else ""
     )
     last_line = (
-        f"llmconn_last_validation_timestamp_seconds{{{labels}}} {floatToGoString(last)}\n"
+        f"llmconn_last_validation_timestamp_seconds{{{labels}}} {_value(last)}\n"
         if last is not None
         else ""
     )
