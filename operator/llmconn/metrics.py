@@ -275,8 +275,7 @@ def _render(
     labels = f'namespace="{_label(namespace)}",name="{_label(name)}",provider="{_label(provider)}"'
     ready_lines = (
         "".join(
-            f'llmconn_connection_ready{{{labels},status="{each}"}} '
-            f"{_value(float(each == ready))}\n"
+            f'llmconn_connection_ready{{{labels},status="{each}"}} {_value(float(each == ready))}\n'
             for each in READY_STATUSES
         )
         if ready is not None
