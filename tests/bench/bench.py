@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -767,6 +768,19 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also measure a peer in the same run, after llmconn (repeat for both)",
     )
+    ap.add_argument(
+        "--other-shard-writes",
+        type=int,
+        default=0,
+        help="instead: the CPU shard 0 of 2 spends per status write of shard 1's connections,"
+        " over this many writes (e.g. 6000 with --connections 1000)",
+    )
+    ap.add_argument(
+        "--other-shard-rate",
+        type=float,
+        default=200.0,
+        help="those writes per second (default 200)",
+    )
     ap.add_argument("--out", default=str(ROOT / ".local" / "bench" / "result.json"))
     ap.add_argument(
         "--plots-dir", help="where the PNGs go (default: the directory of --out); e.g. docs/img"
@@ -852,6 +866,12 @@ def main(argv: list[str] | None = None) -> int:
         url = f"http://127.0.0.1:{port}/v1"
         metrics_port = free_port()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        if args.other_shard_writes:
+            result = measure_other_shard(cp, client_args, url, work, procs, env, args)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps(result, indent=2))
+            print(f"\nJSON written to {out}")
+            return 0
         operator = Proc(
             "operator",
             [
@@ -947,6 +967,94 @@ def main(argv: list[str] | None = None) -> int:
         for p in reversed(procs):
             p.stop()
         cp.stop()
+
+
+def measure_other_shard(
+    cp: ControlPlane,
+    client_args: dict[str, Any],
+    url: str,
+    work: Path,
+    procs: list[Proc],
+    env: dict[str, str],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """What a shard spends on the events of connections that are another shard's: the
+    operator runs as shard 0 of 2 over --connections (interval 1h, so it validates nothing
+    in the window), then the benchmark writes the status of shard 1's connections
+    --other-shard-writes times at --other-shard-rate a second, and the operator's CPU in
+    that time, less its idle CPU, is divided by the writes (input to the sharding model)."""
+    operator = Proc(
+        "operator-shard-0-of-2",
+        [
+            *(sys.executable, "-m", "llmconn", "run", "-n", NS, "--shard-count", "2"),
+            *("--shard-index", "0", "--health-port", "0", "--log-level", "warning"),
+        ],
+        work,
+        env,
+    )
+    procs.append(operator)
+    progress(f"creating {args.connections} connections (interval 1h), shard 0 of 2 running")
+    docs = [connection(f"c{i:05d}", url, "1h", NS) for i in range(args.connections)]
+
+    async def create() -> None:
+        async with httpx2.AsyncClient(**client_args, timeout=60) as c:
+            await create_many(c, docs, 32)
+
+    asyncio.run(create())
+    with httpx2.Client(**client_args, timeout=60) as sync:
+        deadline = time.monotonic() + 600
+        while True:
+            items = sync.get(collection(NS)).json()["items"]
+            mine = [o for o in items if shard_of(o) == 0]
+            others = [o["metadata"]["name"] for o in items if shard_of(o) == 1]
+            done = sum(1 for o in mine if (o.get("status") or {}).get("lastValidationTime"))
+            progress(f"shard 0: {done}/{len(mine)} validated")
+            if done == len(mine) or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    time.sleep(10)
+    _, cpu0 = operator.usage()
+    t0 = time.monotonic()
+    time.sleep(30)
+    _, cpu1 = operator.usage()
+    idle = (cpu1 - cpu0) / (time.monotonic() - t0)
+    progress(f"writing {args.other_shard_writes} statuses of shard 1's connections")
+
+    async def writes() -> None:
+        async with httpx2.AsyncClient(**client_args, timeout=60) as c:
+            start = time.monotonic()
+            for i in range(args.other_shard_writes):
+                if (wait := start + i / args.other_shard_rate - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
+                name = others[i % len(others)]
+                r = await c.patch(
+                    f"{collection(NS)}/{name}/status",
+                    json={"status": {"message": f"write {i}"}},
+                    headers={"Content-Type": "application/merge-patch+json"},
+                )
+                r.raise_for_status()
+
+    _, cpu0 = operator.usage()
+    t0 = time.monotonic()
+    asyncio.run(writes())
+    time.sleep(2)  # the last events reach the operator
+    _, cpu1 = operator.usage()
+    elapsed = time.monotonic() - t0
+    spent = cpu1 - cpu0 - idle * elapsed
+    return {
+        "connections": args.connections,
+        "own": len(mine),
+        "other_shard_writes": args.other_shard_writes,
+        "rate_per_second": args.other_shard_rate,
+        "idle_cpu_percent_of_one_core": round(idle * 100, 2),
+        "cpu_percent_while_writing": round((cpu1 - cpu0) / elapsed * 100, 2),
+        "cpu_ms_per_other_shard_event": round(spent / args.other_shard_writes * 1000, 3),
+    }
+
+
+def shard_of(obj: dict[str, Any], count: int = 2) -> int:
+    """The operator's rule (llmconn.peering.Shard): crc32 of the UID modulo the count."""
+    return zlib.crc32(obj["metadata"]["uid"].encode()) % count
 
 
 def measure_restart(
