@@ -5,8 +5,9 @@ Reconciler reads, GETs, only the Secrets that connections reference).
 A Secret watch through Kopf would stream the data of every Secret in the watched namespaces
 (Helm keeps each release in a Secret of up to 1 MiB), and Kopf has no metadata-only watch.
 Kopf's watch of the connections spent about 0.2 ms of CPU per event in its own machinery, and
-every status write the operator makes comes back as an event. So both are loops of our own: Secrets over `PartialObjectMetadata`, as cert-manager does for its
-Secret cache, with the robustness of Kopf's own watcher: each lists in pages, then watches
+every status write the operator makes comes back as an event. So both are loops of our own
+(Secrets over `PartialObjectMetadata`, as cert-manager does for its Secret cache), with the
+robustness of Kopf's own watcher: each lists in pages, then watches
 from the list's resourceVersion with bookmarks and a server timeout, re-watches from the last
 resourceVersion seen when a stream ends or breaks, lists again on 410 Gone (as a status code
 or as an ERROR event), and backs off exponentially with jitter on errors.
