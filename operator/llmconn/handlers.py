@@ -56,8 +56,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         concurrency=config.concurrency,
         namespace_concurrency=config.namespace_share,
         shard=config.shard,
-        # Re-lists (after a standby, and the periodic check for vanished objects) cover the
-        # watched namespaces; with patterns, every namespace, of which the matching count.
+        # The re-list after a standby covers the watched namespaces; with patterns, every
+        # namespace, of which the matching count.
         list_namespaces=() if config.namespace_patterns else config.namespaces,
         in_scope=partial(matches, config.namespaces) if config.namespace_patterns else None,
     )

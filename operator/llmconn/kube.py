@@ -196,18 +196,12 @@ class Kube:
         page: dict[str, Any] = response.json()
         return page
 
-    async def connections(
-        self, namespaces: Sequence[str | None], *, metadata_only: bool = False
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every LLMConnection of these namespaces (none given: of all), page by page, as
-        metadata only when asked."""
+    async def connections(self, namespaces: Sequence[str | None]) -> AsyncIterator[dict[str, Any]]:
+        """Every LLMConnection of these namespaces (none given: of all), page by page."""
         for namespace in namespaces or [None]:
             params: dict[str, str] = {"limit": "500"}
             while True:
-                if metadata_only:
-                    page = await self.list_metadata(connections_path(namespace), params)
-                else:
-                    page = await self.list_connections(namespace, params)
+                page = await self.list_connections(namespace, params)
                 for obj in page.get("items") or []:
                     yield obj
                 token = (page.get("metadata") or {}).get("continue")

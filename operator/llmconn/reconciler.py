@@ -62,7 +62,6 @@ REQUESTED_AT = tr.REQUESTED_AT
 PENDING_AFTER = 0.0
 RETRY_API = 10.0  # seconds before retrying a validation whose Kubernetes call failed
 MAX_WRITE_BACKOFF = 300.0  # a kept verdict's write is retried at most this far apart
-SWEEP_EVERY = 600.0  # seconds between checks that every connection in memory still exists
 # A missing ServiceAccount is asked for this often during the grace: the operator may mint
 # tokens but not watch ServiceAccounts, so nothing tells it when one appears.
 SERVICE_ACCOUNT_POLL = 10.0
@@ -396,11 +395,11 @@ class Reconciler:
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        """Start the scheduler, the gauges and the periodic sweep of vanished objects."""
+        """Start the scheduler and the gauges. (Connections deleted while the watch was away
+        are forgotten by its next complete list: `connections_listed`.)"""
         self._tasks = [
             asyncio.create_task(self.scheduler.run(), name="llmconn scheduler"),
             asyncio.create_task(self._gauges(), name="llmconn gauges"),
-            asyncio.create_task(self._sweep_every(SWEEP_EVERY), name="llmconn sweep"),
         ]
 
     @property
@@ -436,21 +435,21 @@ class Reconciler:
     def resume(self) -> None:
         """This replica is active again: rebuild memory from the API as at startup (with the
         restart spread), then validate."""
-        self._rebuilding = asyncio.ensure_future(self._rebuild(full=True))
+        self._rebuilding = asyncio.ensure_future(self._rebuild())
         self.scheduler.resume()
 
-    async def _rebuild(self, *, full: bool) -> None:
-        """List the connections; with `full`, feed each to memory as a first sight; then
-        forget the ones memory holds that the list does not (a re-list brings no DELETED
-        events). Connections first seen after the list began are left alone."""
+    async def _rebuild(self) -> None:
+        """List the connections and feed each to memory as a first sight; then forget the
+        ones memory holds that the list does not (a re-list brings no DELETED events).
+        Connections first seen after the list began are left alone."""
         began = time.monotonic()
         present: set[tuple[Key, str]] = set()
         try:
-            async for obj in self.kube.connections(self.list_namespaces, metadata_only=not full):
+            async for obj in self.kube.connections(self.list_namespaces):
                 meta = obj.get("metadata") or {}
                 key = (str(meta.get("namespace")), str(meta.get("name")))
                 present.add((key, str(meta.get("uid"))))
-                if full and self.in_scope(key[0]):
+                if self.in_scope(key[0]):
                     self.connection_event(None, obj)
         except (httpx2.HTTPError, Gone) as exc:
             log.warning("could not list LLMConnections (%s); next try later", type(exc).__name__)
@@ -459,12 +458,6 @@ class Reconciler:
             if conn.seen_at < began and (key, conn.uid) not in present:
                 log.info("%s/%s is gone: forgetting it", *key)
                 self._forget(key, conn.uid)
-
-    async def _sweep_every(self, seconds: float) -> None:
-        while True:
-            await asyncio.sleep(seconds)
-            if self.scheduler.active:
-                await self._rebuild(full=False)
 
     async def _gauges(self) -> None:
         while True:

@@ -105,13 +105,9 @@ class FakeKube:
         obj = self.objects.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 
-    async def connections(self, namespaces, *, metadata_only: bool = False):
+    async def connections(self, namespaces):
         for obj in list(self.objects.values()):
-            yield (
-                {"metadata": copy.deepcopy(obj["metadata"])}
-                if metadata_only
-                else copy.deepcopy(obj)
-            )
+            yield copy.deepcopy(obj)
 
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:
         return self.secrets.get((namespace, name))
@@ -277,13 +273,13 @@ async def test_pause_drops_memory_and_resume_rebuilds_it_from_the_api(world) -> 
     await until("the new spec validated", lambda: kube.status("a")["observedGeneration"] == 2)
 
 
-async def test_the_sweep_forgets_objects_a_relist_did_not_report_deleted(world) -> None:
+async def test_a_relist_forgets_objects_it_did_not_report_deleted(world) -> None:
     kube, _provider, rec = world
     rec.connection_event("ADDED", kube.apply("gone", spec()))
     rec.connection_event("ADDED", kube.apply("kept", spec()))
     await settle(rec)
     kube.delete("gone")  # the DELETED event was lost in a 410 re-list
-    await rec._rebuild(full=False)
+    rec.connections_listed(NS, {(NS, "kept")})  # what the watch's complete list held
     assert set(rec.conns) == {(NS, "kept")}
 
 
