@@ -23,7 +23,7 @@ import httpx2
 import kopf
 
 from llmconn import logs
-from llmconn.transport import AiohttpTransport
+from llmconn.transport import AiohttpTransport, client_timeout
 from llmconn.verdict import SecretData, TokenRefused
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ META_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # PATCH takes milliseconds, so 16 carry hundreds of writes a second; each open TLS connection
 # costs memory.
 API_CONNECTIONS = 16
+API_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
+_WIRE_TIMEOUT = client_timeout(API_TIMEOUT.as_dict())
 
 
 # Object names (DNS-1123 subdomains) and namespaces (DNS-1123 labels) as the API server
@@ -103,28 +105,33 @@ class Kube:
     ):
         self._info = info
         self.instance = instance[:128]  # Events' reportingInstance: this replica
-        info = info or login()
-        self._client = self._make_client(info)
-        self._streams = self._make_client(info, streams=True)
+        self._connect(info or login())
 
-    def _make_client(
-        self, info: kopf.ConnectionInfo, *, streams: bool = False
-    ) -> httpx2.AsyncClient:
+    def _connect(self, info: kopf.ConnectionInfo) -> None:
         for value in info.as_http_headers().values():
             logs.protect(value)  # the operator's own token never reaches a log
+        tls = info.as_ssl_context()
+        self._server = info.server.rstrip("/")
+        self._headers = {**info.as_http_headers(), "User-Agent": "llmconn-operator"}
+        # aiohttp's pool and parser under httpx2's client (transport.py): a third of the CPU
+        # per request of httpx2's own HTTP/2 or HTTP/1.1 connections. The status PATCH takes
+        # the same wire without httpx2's client (`_send_json`). Watches get a client of their
+        # own with no bound on connections: each holds one.
+        self._wire = AiohttpTransport(tls, API_CONNECTIONS)
+        self._client = self._make_client(self._wire)
+        self._streams = self._make_client(AiohttpTransport(tls, None))
+
+    def _make_client(self, transport: AiohttpTransport) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(
-            base_url=info.server,
-            # aiohttp's pool and parser under httpx2's client (transport.py): a third of the
-            # CPU per request of httpx2's own HTTP/2 or HTTP/1.1 connections. Watches get a
-            # client of their own with no bound on connections: each holds one.
-            transport=AiohttpTransport(info.as_ssl_context(), None if streams else API_CONNECTIONS),
-            headers={**info.as_http_headers(), "User-Agent": "llmconn-operator"},
-            timeout=httpx2.Timeout(30.0, connect=10.0),
+            base_url=self._server,
+            transport=transport,
+            headers=self._headers,
+            timeout=API_TIMEOUT,
             trust_env=False,
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._client.aclose()  # and the wire under it
         await self._streams.aclose()
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:
@@ -133,15 +140,41 @@ class Kube:
             response = await self._client.request(method, url, **kwargs)
         return response
 
+    async def _send_json(
+        self, method: str, path: str, body: dict[str, Any], content_type: str, *, what: str
+    ) -> dict[str, Any]:
+        """`_call` for a JSON request and answer, straight on the wire: the status PATCH of
+        every validation. Raises as `_call` followed by `raise_for_status` would (NotFound
+        and Conflict for 404 and 409, naming `what`)."""
+        data = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+
+        async def send() -> tuple[int, bytes]:
+            headers = {**self._headers, "Content-Type": content_type, "Accept": "application/json"}
+            return await self._wire.call(
+                method, self._server + path, headers=headers, body=data, timeout=_WIRE_TIMEOUT
+            )
+
+        status, answer = await send()
+        if status == 401 and await self._relogin():
+            status, answer = await send()
+        if status == 404:
+            raise NotFound(what)
+        if status == 409:
+            raise Conflict(what)
+        if status >= 400:
+            request = httpx2.Request(method, self._server + path)
+            response = httpx2.Response(status, content=answer, request=request)
+            response.raise_for_status()  # httpx2's HTTPStatusError, as from `_call`
+        written: dict[str, Any] = json.loads(answer)
+        return written
+
     async def _relogin(self) -> bool:
         """A projected service-account token rotates on disk: log in again (not when the
         credentials were given, as in tests)."""
         if self._info is not None:
             return False
         await self.aclose()
-        info = login()
-        self._client = self._make_client(info)
-        self._streams = self._make_client(info, streams=True)
+        self._connect(login())
         return True
 
     async def patch_status(
@@ -161,19 +194,9 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        response = await self._call(
-            "PATCH",
-            url,
-            json=body,
-            headers={"Content-Type": "application/merge-patch+json"},
+        return await self._send_json(
+            "PATCH", url, body, "application/merge-patch+json", what=f"{namespace}/{name}"
         )
-        if response.status_code == 404:
-            raise NotFound(f"{namespace}/{name}")
-        if response.status_code == 409:
-            raise Conflict(f"{namespace}/{name}")
-        response.raise_for_status()
-        written: dict[str, Any] = response.json()
-        return written
 
     async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The LLMConnection as it is now, or None when there is none."""

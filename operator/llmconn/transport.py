@@ -10,12 +10,16 @@ server with it.
 
 What httpx2 would raise, this raises too: connect, read and timeout errors map to httpx2's
 exception types, so callers and their retries do not know which wire carried the request.
+
+`call` is the same wire without httpx2's client around it, for the one request made per
+validation (the status PATCH): building an httpx2 request and response cost more CPU than
+aiohttp's whole exchange (about 0.13 ms of 0.3 ms per PATCH, measured on loopback).
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx2
@@ -61,16 +65,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        timeouts = request.extensions.get("timeout") or {}
-        connect = timeouts.get("connect")
-        pool = timeouts.get("pool")
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            # aiohttp's `connect` spans the wait for a pooled connection and the connect.
-            connect=None if connect is None and pool is None else (connect or 0) + (pool or 0),
-            sock_connect=connect,
-            sock_read=timeouts.get("read"),
-        )
+        timeout = client_timeout(request.extensions.get("timeout") or {})
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in request.headers.raw
@@ -100,6 +95,33 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             },
         )
 
+    async def call(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes,
+        timeout: aiohttp.ClientTimeout,
+    ) -> tuple[int, bytes]:
+        """One request whose answer is read whole: (status code, body). Errors are httpx2's,
+        as for `handle_async_request`."""
+        connecting = True
+        try:
+            async with self._open().request(
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=timeout,
+                allow_redirects=False,
+                compress=None,
+            ) as response:
+                connecting = False
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _mapped(exc, httpx2.Request(method, url), connecting=connecting) from exc
+
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -128,6 +150,18 @@ class _Stream(httpx2.AsyncByteStream):
         if transport is not None and not self._response.content.at_eof():
             transport.abort()
         self._response.release()
+
+
+def client_timeout(timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for httpx2's (its request extension, or `httpx2.Timeout.as_dict`)."""
+    connect, pool = timeouts.get("connect"), timeouts.get("pool")
+    return aiohttp.ClientTimeout(
+        total=None,
+        # aiohttp's `connect` spans the wait for a pooled connection and the connect.
+        connect=None if connect is None and pool is None else (connect or 0) + (pool or 0),
+        sock_connect=connect,
+        sock_read=timeouts.get("read"),
+    )
 
 
 def _mapped(

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx2
+import kopf
 import pytest
 
-from llmconn.transport import AiohttpTransport
+from llmconn.kube import Conflict, Kube, NotFound
+from llmconn.transport import AiohttpTransport, client_timeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -72,6 +74,30 @@ def answer(status: int, body: bytes, *headers: str, reason: str = "OK") -> bytes
 
 def client(url: str, limit: int | None = 4, **options: Any) -> httpx2.AsyncClient:
     return httpx2.AsyncClient(base_url=url, transport=AiohttpTransport(None, limit), **options)
+
+
+Get = Callable[[str, httpx2.Timeout], Awaitable[Any]]
+
+
+async def _through_client(url: str, timeout: httpx2.Timeout) -> Any:
+    async with client(url, timeout=timeout) as http:
+        return await http.get("/")
+
+
+async def _through_call(url: str, timeout: httpx2.Timeout) -> Any:
+    wire = AiohttpTransport(None, 4)
+    try:
+        return await wire.call(
+            "GET", url + "/", headers={}, body=b"", timeout=client_timeout(timeout.as_dict())
+        )
+    finally:
+        await wire.aclose()
+
+
+# Both ways onto the wire raise the same httpx2 errors.
+both_paths = pytest.mark.parametrize(
+    "get", [_through_client, _through_call], ids=["httpx2-client", "call"]
+)
 
 
 async def test_a_request_and_its_answer_cross_unchanged(serve) -> None:  # type: ignore[no-untyped-def]
@@ -177,14 +203,14 @@ async def test_the_bound_on_connections_holds(serve) -> None:  # type: ignore[no
     assert server.peak == 2 and len(server.requests) == 8
 
 
-async def test_refused_is_a_connect_error(serve) -> None:  # type: ignore[no-untyped-def]
+@both_paths
+async def test_refused_is_a_connect_error(get: Get) -> None:
     srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = srv.sockets[0].getsockname()[1]
     srv.close()
     await srv.wait_closed()
-    async with client(f"http://127.0.0.1:{port}") as http:
-        with pytest.raises(httpx2.ConnectError):
-            await http.get("/")
+    with pytest.raises(httpx2.ConnectError):
+        await get(f"http://127.0.0.1:{port}", httpx2.Timeout(5.0))
 
 
 @pytest.mark.parametrize(
@@ -196,7 +222,8 @@ async def test_refused_is_a_connect_error(serve) -> None:  # type: ignore[no-unt
     ],
     ids=["hang-up", "cut", "not-http"],
 )
-async def test_a_broken_answer_is_a_protocol_error(serve, sent: bytes) -> None:  # type: ignore[no-untyped-def]
+@both_paths
+async def test_a_broken_answer_is_a_protocol_error(serve, sent: bytes, get: Get) -> None:  # type: ignore[no-untyped-def]
     server: Server
 
     async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -205,12 +232,12 @@ async def test_a_broken_answer_is_a_protocol_error(serve, sent: bytes) -> None: 
         await writer.drain()
 
     server, url = await serve(broken)
-    async with client(url) as http:
-        with pytest.raises(httpx2.RemoteProtocolError):
-            await http.get("/")
+    with pytest.raises(httpx2.RemoteProtocolError):
+        await get(url, httpx2.Timeout(5.0))
 
 
-async def test_silence_is_a_read_timeout(serve) -> None:  # type: ignore[no-untyped-def]
+@both_paths
+async def test_silence_is_a_read_timeout(serve, get: Get) -> None:  # type: ignore[no-untyped-def]
     server: Server
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -218,6 +245,86 @@ async def test_silence_is_a_read_timeout(serve) -> None:  # type: ignore[no-unty
         await asyncio.sleep(30)
 
     server, url = await serve(silent)
-    async with client(url, timeout=httpx2.Timeout(5.0, read=0.2)) as http:
-        with pytest.raises(httpx2.ReadTimeout):
-            await http.get("/")
+    with pytest.raises(httpx2.ReadTimeout):
+        await get(url, httpx2.Timeout(5.0, read=0.2))
+
+
+# --- the status PATCH: Kube's request straight on the wire ----------------------------------
+
+
+class Login:
+    """Kube with a token read again on a 401, as a rotated service-account token is."""
+
+    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tokens = iter(["old-token", "new-token"])
+        self.url = url
+        monkeypatch.setattr("llmconn.kube.login", self.login)
+
+    def login(self) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(server=self.url, token=next(self.tokens))
+
+
+def _status(answered: dict[int, bytes], server: Server) -> Handler:
+    async def api(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, body = await server.read_request(reader)
+            code = 401 if b"old-token" in head else int(json.loads(body)["status"]["code"])
+            doc = answered.get(code, b'{"kind": "Status"}')
+            writer.write(answer(code, doc, "Content-Type: application/json", reason="X"))
+            await writer.drain()
+
+    return api
+
+
+async def test_the_status_patch_goes_out_as_httpx2_sent_it(serve, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+    written = {"metadata": {"resourceVersion": "8"}, "status": {"code": 200, "msg": "é"}}
+    server, url = await serve(
+        lambda r, w: _status({200: json.dumps(written).encode()}, server)(r, w)
+    )
+    Login(url + "/prefix/", monkeypatch)  # a server URL with a path, as behind some proxies
+    kube = Kube()  # logs in (the monkeypatched login): the token it read goes out
+    try:
+        got = await kube.patch_status("ns", "c1", {"code": 200, "msg": "é"}, "7")
+    finally:
+        await kube.aclose()
+    assert got == written
+    # The old token was refused once; the operator logged in again and sent the PATCH again.
+    assert len(server.requests) == 2
+    head, _, body = server.requests[1].partition(b"\r\n\r\n")
+    lines = head.decode().lower().split("\r\n")
+    assert lines[0] == (
+        "patch /prefix/apis/llmconn.dev/v1alpha1/namespaces/ns/llmconnections/c1/status http/1.1"
+    )
+    assert "authorization: bearer new-token" in lines
+    assert "content-type: application/merge-patch+json" in lines
+    assert "user-agent: llmconn-operator" in lines
+    assert sum(line.startswith(("host:", "content-length:")) for line in lines) == 2
+    assert json.loads(body) == {
+        "status": {"code": 200, "msg": "é"},
+        "metadata": {"resourceVersion": "7"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "raised"),
+    [
+        (404, NotFound),
+        (409, Conflict),
+        (422, httpx2.HTTPStatusError),
+        (500, httpx2.HTTPStatusError),
+    ],
+)
+async def test_a_refused_status_patch_raises_what_callers_catch(serve, code, raised) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+    server, url = await serve(lambda r, w: _status({}, server)(r, w))
+    kube = Kube(kopf.ConnectionInfo(server=url, token="t"))
+    try:
+        with pytest.raises(raised) as caught:
+            await kube.patch_status("ns", "c1", {"code": code})
+    finally:
+        await kube.aclose()
+    if raised is httpx2.HTTPStatusError:
+        assert caught.value.response.status_code == code  # type: ignore[attr-defined]
+    else:
+        assert str(caught.value) == "ns/c1"
