@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from llmconn.redact import MARKER, Redactor
+from llmconn.redact import MARKER, Redactor, _fold, _forms
 
 MIN_LENGTH = 4  # shorter values are never redacted
 WINDOW = 12  # any run this long of a form is redacted
@@ -388,3 +388,17 @@ def test_a_marker_that_forms_a_secret_with_its_neighbours_is_redacted_again() ->
     assert out == f"left {MARKER} right"
     # A secret inside the marker itself cannot be hidden: the whole text goes.
     assert Redactor(["redacted"]).text("a redacted b") == MARKER
+
+
+def test_a_window_across_two_forms_is_no_secret() -> None:
+    # The forms are searched as one string: what spans the end of one form and the start of
+    # another is in no form, and stays (the third value holds the lowest characters, which
+    # the forms' separator must avoid).
+    secrets = ["abcdefghijklmnop", "QRSTUVWXYZ012345", "\x00\x01" + "k" * 14]
+    forms = {_fold(form) for value in secrets for form in _forms(value) if len(form) >= WINDOW}
+    redact = Redactor(secrets)
+    for first in forms:
+        for second in forms:
+            straddle = first[-6:] + second[:6]
+            if not any(straddle in form for form in forms):
+                assert redact.text(straddle) == straddle
