@@ -10,7 +10,9 @@ TLS and header construction from its ConnectionInfo.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -38,6 +40,11 @@ META_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # PATCH takes milliseconds, so 16 carry hundreds of writes a second; each open TLS connection
 # costs memory.
 API_CONNECTIONS = 16
+# Of those, what periodic validations' status writes leave to urgent ones (a new or changed
+# connection's) and to the other calls: when the API server slows down, periodic writes queue
+# for a connection, and a user's change would wait behind them (as the scheduler keeps
+# workers for urgent keys, this keeps them connections).
+URGENT_CONNECTIONS = 4
 API_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
 _WIRE_TIMEOUT = client_timeout(API_TIMEOUT.as_dict())
 
@@ -105,6 +112,7 @@ class Kube:
     ):
         self._info = info
         self.instance = instance[:128]  # Events' reportingInstance: this replica
+        self._planned_writes = asyncio.Semaphore(API_CONNECTIONS - URGENT_CONNECTIONS)
         self._connect(info or login())
 
     def _connect(self, info: kopf.ConnectionInfo) -> None:
@@ -183,8 +191,11 @@ class Kube:
         name: str,
         status: dict[str, Any],
         resource_version: str | None = None,
+        *,
+        urgent: bool = False,
     ) -> dict[str, Any]:
         """Merge-patch the status subresource in one request; returns the object written.
+        Writes that are not `urgent` hold URGENT_CONNECTIONS of the pool free.
 
         With `resource_version`, the write is conditional on it (Conflict otherwise): a
         verdict about one object never lands on its replacement, nor on a status that
@@ -194,9 +205,10 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        return await self._send_json(
-            "PATCH", url, body, "application/merge-patch+json", what=f"{namespace}/{name}"
-        )
+        async with contextlib.nullcontext() if urgent else self._planned_writes:
+            return await self._send_json(
+                "PATCH", url, body, "application/merge-patch+json", what=f"{namespace}/{name}"
+            )
 
     async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The LLMConnection as it is now, or None when there is none."""

@@ -286,13 +286,15 @@ class Reconciler:
         conn = self.conns.get(key)
         if conn is None:
             return
+        # A new or changed connection's writes go ahead of periodic ones' as its run did.
+        urgent = self.scheduler.urgent(key)
         try:
             if conn.spec is not None and conn.spec.suspend:
-                await self._write_suspended(conn)
+                await self._write_suspended(conn, urgent)
             elif conn.unwritten is not None:
-                await self._write_verdict(conn, conn.unwritten)  # the write failed before
+                await self._write_verdict(conn, conn.unwritten, urgent)  # its write failed before
             else:
-                await self._validate(conn)
+                await self._validate(conn, urgent)
         except NotFound:
             self._forget(key, conn.uid)  # deleted or replaced mid-probe: nothing to write
         except (httpx2.HTTPError, Conflict) as exc:
@@ -316,7 +318,7 @@ class Reconciler:
             log.exception("validation of %s/%s failed unexpectedly", *key)
             self.scheduler.at(key, time.monotonic() + (self._effective(conn).interval or 60.0))
 
-    async def _validate(self, conn: Conn) -> None:
+    async def _validate(self, conn: Conn, urgent: bool) -> None:
         generation, requested_at = conn.generation, conn.requested_at
         source = RecordingSecrets(self.secret_cache, conn)
         started = time.perf_counter()
@@ -333,6 +335,7 @@ class Reconciler:
                             if prev.get("conditions")
                             else {**prev, **st.pending_status(generation, _now())}
                         ),
+                        urgent=urgent,
                     )
             verdict = await probe
         finally:
@@ -340,9 +343,9 @@ class Reconciler:
         if self.conns.get(conn.key) is not conn:
             return  # deleted or replaced while probing
         conn.unwritten = Unwritten(verdict, generation, requested_at, time.perf_counter() - started)
-        await self._write_verdict(conn, conn.unwritten)
+        await self._write_verdict(conn, conn.unwritten, urgent)
 
-    async def _write_verdict(self, conn: Conn, done: Unwritten) -> None:
+    async def _write_verdict(self, conn: Conn, done: Unwritten, urgent: bool) -> None:
         grace_over = time.time() - conn.generation_since >= self.defaults.missing_secret_grace
 
         def compute(prev: dict[str, Any]) -> dict[str, Any] | None:
@@ -356,7 +359,7 @@ class Reconciler:
                 secret_grace_over=grace_over,
             )
 
-        written = await self.writer.write(conn, compute)
+        written = await self.writer.write(conn, compute, urgent=urgent)
         conn.unwritten, conn.write_failures = None, 0
         self._write_kept()
         if written is not None:
@@ -378,10 +381,12 @@ class Reconciler:
             if conn is not None and conn.unwritten is not None and not self.scheduler.running(key):
                 self.scheduler.now(key)
 
-    async def _write_suspended(self, conn: Conn) -> None:
+    async def _write_suspended(self, conn: Conn, urgent: bool) -> None:
         generation = conn.generation
         written = await self.writer.write(
-            conn, lambda prev: {**prev, **st.suspended_status(prev, generation, _now())}
+            conn,
+            lambda prev: {**prev, **st.suspended_status(prev, generation, _now())},
+            urgent=urgent,
         )
         conn.handled_generation = max(conn.handled_generation, generation)
         if written is not None:

@@ -59,6 +59,7 @@ class Scheduler(Generic[K]):
         self._active.set()
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[K, asyncio.Task[None]] = {}
+        self._running_urgent: set[K] = set()  # running keys taken from the urgent heap
         self._again: set[K] = set()  # asked for while running: run once more right after
         self.concurrency = concurrency
         self._on_lag = on_lag  # told how late each validation starts against its plan
@@ -116,6 +117,11 @@ class Scheduler(Generic[K]):
     def running(self, key: K) -> bool:
         return key in self._running
 
+    def urgent(self, key: K) -> bool:
+        """Whether `key` runs now as an urgent key (what it does next should not queue behind
+        planned keys' work either: the operator's status writes)."""
+        return key in self._running_urgent
+
     @property
     def in_flight(self) -> int:
         return len(self._running)
@@ -147,6 +153,8 @@ class Scheduler(Generic[K]):
             self._group_running[self._group(key)] += 1
             if rank == PLANNED:
                 self._planned_running += 1
+            else:
+                self._running_urgent.add(key)
             task = asyncio.create_task(self._run_one(key, rank), name=f"validate {key}")
             self._running[key] = task
 
@@ -216,6 +224,8 @@ class Scheduler(Generic[K]):
             self._running.pop(key, None)
             if rank == PLANNED:
                 self._planned_running -= 1
+            else:
+                self._running_urgent.discard(key)
             group = self._group(key)
             self._group_running[group] -= 1
             if not self._group_running[group]:

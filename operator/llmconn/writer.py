@@ -33,14 +33,19 @@ class StatusWriter:
         self._events: set[asyncio.Future[None]] = set()  # transition Events being posted
 
     async def write(
-        self, conn: Conn, compute: Callable[[dict[str, Any]], dict[str, Any] | None]
+        self,
+        conn: Conn,
+        compute: Callable[[dict[str, Any]], dict[str, Any] | None],
+        *,
+        urgent: bool = False,
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Write the status `compute` makes of the object's status, in one PATCH that holds
         only if the object is still at the resourceVersion that status came from. On a
         conflict (the object moved on: another writer, a newer spec, a replacement) the
         object is read again and the status computed afresh from it; a replaced object
         (another UID) is not this connection's any more. Returns (previous, written), or
-        None when `compute` declined."""
+        None when `compute` declined. An `urgent` write (a new or changed connection's) does
+        not queue behind periodic ones (`Kube.patch_status`)."""
         for _attempt in range(WRITE_ATTEMPTS):
             prev = conn.status
             new = compute(prev)
@@ -48,7 +53,11 @@ class StatusWriter:
                 return None
             try:
                 obj = await self.kube.patch_status(
-                    conn.namespace, conn.name, st.merge_patch(prev, new), conn.resource_version
+                    conn.namespace,
+                    conn.name,
+                    st.merge_patch(prev, new),
+                    conn.resource_version,
+                    urgent=urgent,
                 )
             except Conflict:
                 fresh = await self.kube.get_connection(conn.namespace, conn.name)

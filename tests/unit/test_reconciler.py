@@ -54,6 +54,7 @@ class FakeKube:
         self.secrets: dict[tuple[str, str], SecretData] = {}
         self.rv = itertools.count(100)
         self.writes: list[tuple[str, dict[str, Any]]] = []
+        self.urgent: list[bool] = []  # whether each write was a new or changed connection's
         self.events: list[dict[str, Any]] = []
         self.fail_writes = 0
         self.instance = "replica-a"
@@ -86,7 +87,13 @@ class FakeKube:
 
     # the API the reconciler calls
     async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+        *,
+        urgent: bool = False,
     ) -> dict[str, Any]:
         if self.fail_writes:
             self.fail_writes -= 1
@@ -99,6 +106,7 @@ class FakeKube:
         obj["status"] = merge(obj["status"], status)
         obj["metadata"]["resourceVersion"] = str(next(self.rv))
         self.writes.append((name, copy.deepcopy(status)))
+        self.urgent.append(urgent)
         return copy.deepcopy(obj)
 
     async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -350,11 +358,11 @@ async def test_a_kept_verdict_being_written_when_the_server_returns_is_not_probe
     await until("a validated", lambda: kube.status("a").get("result") == "success")
     gate, held, real = asyncio.Event(), [], kube.patch_status
 
-    async def patch(namespace, name, status, resource_version=None):
+    async def patch(namespace, name, status, resource_version=None, *, urgent=False):
         if name == "a" and not kube.fail_writes and not gate.is_set():
             held.append(name)  # a's second try at its kept verdict waits here
             await gate.wait()
-        return await real(namespace, name, status, resource_version)
+        return await real(namespace, name, status, resource_version, urgent=urgent)
 
     kube.patch_status = patch
     kube.fail_writes = 1
@@ -638,3 +646,19 @@ async def test_a_deprecated_model_warns_once_and_exports_its_retirement(world) -
     retires = dt.datetime(2027, 3, 1, tzinfo=dt.UTC).timestamp()
     series = 'llmconn_model_retirement_timestamp_seconds{name="c",namespace="team"}'
     assert f"{series} {retires:.7e}" in text
+
+
+async def test_a_new_or_changed_connections_writes_are_urgent_periodic_ones_are_not(world) -> None:
+    kube, _provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec(validation={"interval": "1s"})))
+    await until("c validated", lambda: kube.status("c").get("result") == "success")
+    new = len(kube.writes)
+    assert kube.urgent == [True] * new  # Ready=Unknown at first sight, then the verdict
+    await until("a periodic validation", lambda: len(kube.writes) > new)
+    assert kube.urgent[new] is False
+    periodic = len(kube.writes)
+    rec.connection_event(
+        "MODIFIED", kube.apply("c", spec(model="n", validation={"interval": "1s"}))
+    )
+    await until("the change validated", lambda: kube.status("c").get("observedGeneration") == 2)
+    assert kube.urgent[periodic] is True

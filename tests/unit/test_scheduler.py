@@ -317,3 +317,23 @@ async def test_one_worker_serves_planned_keys_too():
 
 async def _append(ran: list[str], key: str) -> None:
     ran.append(key)
+
+
+async def test_a_running_key_tells_whether_it_was_urgent():
+    seen: dict[str, bool] = {}
+    both = asyncio.Event()
+
+    async def work(key: str) -> None:
+        seen[key] = s.urgent(key)
+        if len(seen) == 2:
+            both.set()
+
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(work, concurrency=4, clock=clock)
+    s.at("periodic", clock.now)
+    s.now("changed")
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(both.wait(), 5)
+    task.cancel()
+    assert seen == {"changed": True, "periodic": False}
+    assert not s.urgent("changed")  # once it ended

@@ -13,7 +13,7 @@ import httpx2
 import kopf
 import pytest
 
-from llmconn.kube import Conflict, Kube, NotFound
+from llmconn.kube import API_CONNECTIONS, URGENT_CONNECTIONS, Conflict, Kube, NotFound
 from llmconn.transport import AiohttpTransport, client_timeout
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -328,3 +328,35 @@ async def test_a_refused_status_patch_raises_what_callers_catch(serve, code, rai
         assert caught.value.response.status_code == code  # type: ignore[attr-defined]
     else:
         assert str(caught.value) == "ns/c1"
+
+
+async def test_periodic_status_writes_leave_connections_to_urgent_ones(serve) -> None:  # type: ignore[no-untyped-def]
+    server: Server
+    release = asyncio.Event()
+
+    async def api(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await server.read_request(reader)
+            if b"/planned-" in head:
+                await release.wait()  # an API server that has slowed down
+            writer.write(answer(200, b'{"metadata": {}}', "Content-Type: application/json"))
+            await writer.drain()
+
+    server, url = await serve(api)
+    kube = Kube(kopf.ConnectionInfo(server=url, token="t"))
+    try:
+        planned = [
+            asyncio.create_task(kube.patch_status("ns", f"planned-{n}", {}))
+            for n in range(API_CONNECTIONS * 2)
+        ]
+        while server.open < API_CONNECTIONS - URGENT_CONNECTIONS:
+            await asyncio.sleep(0.01)
+        # Every periodic write that may is stuck at the server; a user's change still goes out.
+        await asyncio.wait_for(kube.patch_status("ns", "urgent", {}, urgent=True), 5)
+        assert server.open == API_CONNECTIONS - URGENT_CONNECTIONS + 1
+        release.set()
+        await asyncio.gather(*planned)
+    finally:
+        release.set()
+        await kube.aclose()
+    assert len(server.requests) == API_CONNECTIONS * 2 + 1

@@ -21,6 +21,7 @@ from llmconn.http import ClientPool
 from llmconn.kube import META_LIST, META_WATCH, Gone, Kube
 from llmconn.metrics import Metrics
 from llmconn.reconciler import Reconciler
+from llmconn.transport import AiohttpTransport
 from llmconn.verdict import Defaults, SecretData
 from llmconn.watches import (
     ConnectionWatch,
@@ -559,11 +560,9 @@ class MockKube(Kube):
         self.handler = handler
         super().__init__(kopf.ConnectionInfo(server="https://k8s.test", token="t"))
 
-    def _make_client(
-        self, info: kopf.ConnectionInfo, *, streams: bool = False
-    ) -> httpx2.AsyncClient:
+    def _make_client(self, transport: AiohttpTransport) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(
-            base_url=info.server, transport=httpx2.MockTransport(self.handler)
+            base_url=self._server, transport=httpx2.MockTransport(self.handler)
         )
 
 
