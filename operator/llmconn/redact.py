@@ -31,7 +31,9 @@ escapes, encryption, a value spread over line breaks in pieces under `WINDOW` ch
 
 Cost: a `Redactor` makes the forms once (about 35 us for a 48-character key: one is built per
 validation); `text` then scans the text once, looking only inside runs of characters that
-occur in some form, and looks each window of such a run up in the forms.
+occur in some form, and looks each window of such a run up in the forms: by a substring search
+of them all when they are short, in an index of their windows when they are long (so a long
+secret costs memory once, not a scan of its forms for every window of a text).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from urllib.parse import quote
 MARKER = "[REDACTED]"
 MIN_LENGTH = 4
 WINDOW = 12
+SEARCHED = 4096  # characters of forms searched as one string; past that, windows are indexed
 _ROUNDS = 3
 # base64 character k holds bits [6k, 6k+6): with `offset` bytes before the value, the first
 # character made only of the value's bits is ceil(8 * offset / 6).
@@ -65,7 +68,12 @@ class Redactor:
         # Every long form in one string, between characters that occur in none: a window of
         # the text (made of form characters only) is found in it only inside one form.
         between = next(char for char in map(chr, itertools.count()) if char not in chars)
-        self._forms = between.join(long)
+        joined = between.join(long)
+        # Where a window of the text is looked up: that string, or for long secrets (whose
+        # forms a substring search would scan once per window) the set of their windows.
+        self._forms: str | set[str] = joined
+        if len(joined) > SEARCHED:
+            self._forms = {f[i : i + WINDOW] for f in long for i in range(len(f) - WINDOW + 1)}
         # Only runs of characters that occur in some form can hold a window: skipping the rest
         # (spaces, most punctuation) keeps the scan of ordinary text in C.
         self._runs = (

@@ -56,6 +56,9 @@ TIMED_PHASES = (Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.RESPONSE)
 # Provider text (messages, codes, details) is cut to this before redaction, so that a
 # megabyte error body costs neither redaction time nor log volume; status.py cuts further.
 MAX_TEXT = 4096
+# A credential longer than this is no key (a service account's JSON file is about 2.4 KB): it
+# is refused before it goes into a request, a header or the redactor of every verdict.
+MAX_CREDENTIAL_BYTES = 16 * 1024
 
 
 def _utcnow() -> dt.datetime:
@@ -317,6 +320,14 @@ async def _read_secrets(
         if use.ca_bundle:
             used.ca_bundle = value
             continue
+        if len(value) > MAX_CREDENTIAL_BYTES:
+            used.failure = ProbeOutcome(
+                Reason.INVALID_CONFIGURATION,
+                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) holds {len(value)}"
+                f" bytes; a key, header value or credentials file is {MAX_CREDENTIAL_BYTES}"
+                " bytes at most.",
+            )
+            return used
         key_file = key_secrets is not None and use.header is None and use.aws is None
         text = _file_text(value) if key_file else _header_text(value)
         if text is None:

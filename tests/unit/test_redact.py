@@ -402,3 +402,15 @@ def test_a_window_across_two_forms_is_no_secret() -> None:
             straddle = first[-6:] + second[:6]
             if not any(straddle in form for form in forms):
                 assert redact.text(straddle) == straddle
+
+
+def test_a_long_secret_is_redacted_as_a_short_one_is() -> None:
+    # Forms longer than the redactor searches as one string are indexed by window instead.
+    value = "".join(string.ascii_letters[(i * 7) % 52] for i in range(2000))
+    redact = Redactor([value])
+    piece = value[900:930]
+    assert redact.text(f"echo {piece} end") == f"echo {MARKER} end"
+    assert redact.text(f"b64 {base64.b64encode(value.encode()).decode()[60:90]} end") == (
+        f"b64 {MARKER} end"
+    )
+    assert redact.text("nothing secret here at all") == "nothing secret here at all"

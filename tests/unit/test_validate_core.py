@@ -268,6 +268,18 @@ async def test_a_secret_value_that_cannot_be_a_header_is_invalid_configuration(
         assert "Key apiKey of Secret creds" in verdict.message
 
 
+async def test_a_secret_value_too_long_for_a_credential_is_refused_before_any_call(
+    pool: ClientPool,
+) -> None:
+    huge = Secrets({"creds": {"apiKey": b"k" * (16 * 1024 + 1)}})
+    verdict = await check("http://127.0.0.1:9", pool, huge)
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert (
+        "Key apiKey of Secret creds" in verdict.message and "16384 bytes at most" in verdict.message
+    )
+    assert "kkkk" not in verdict.message
+
+
 # --- configuration refused before any call ---------------------------------------------------
 
 
