@@ -45,7 +45,8 @@ API_CONNECTIONS = 16
 # validated again, say), the rest wait here, and a new or changed connection's write (urgent)
 # neither queues behind them nor shares the API server with sixteen of them, as the scheduler
 # keeps workers for urgent keys. Measured at 10,000 connections (reaction p99): 0.41-0.93 s
-# with no limit, 0.22-0.27 s with 12, 0.12 s with 6 (docs/development.md).
+# with no limit, 0.22-0.27 s with 12, 0.04-0.12 s with 6; schedule lag p99 then rises from
+# 0.1 s to 2 s, periodic validations waiting their turn (docs/development.md).
 PLANNED_WRITES = 6
 API_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
 _WIRE_TIMEOUT = client_timeout(API_TIMEOUT.as_dict())
