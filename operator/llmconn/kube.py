@@ -1,31 +1,32 @@
-"""The Kubernetes API calls the operator makes itself: one status PATCH per validation,
-Secret reads, the lists and watches of watches.py (Secrets as metadata only), and Events on
+"""The Kubernetes API calls the operator makes itself (Kopf makes the watch of the
+connections): one status PATCH per validation, Secret reads, the list and watch of Secret
+metadata (watches.py), the peering objects' watch, ServiceAccount tokens, and Events on
 transitions.
 
-These calls are ours so that each validation is exactly one write, so that Secrets are
-watched without their data, and so that a watch event costs no more than its parsing. The client
-logs in the way Kopf does (service account in a pod, else $KUBECONFIG) and reuses Kopf's
-TLS and header construction from its ConnectionInfo.
+These calls are ours so that each validation is exactly one write and so that Secrets are
+watched without their data. The client logs in as Kopf does (kube.login: a pod's service
+account, else $KUBECONFIG; handlers.py gives Kopf the same login) and takes Kopf's TLS and
+header construction from its ConnectionInfo.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import datetime as dt
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+import aiohttp
 import httpx2
 import kopf
 
 from llmconn import logs
-from llmconn.transport import AiohttpTransport, client_timeout
+from llmconn.transport import Answer, ApiWire, Streamed, client_timeout
 from llmconn.verdict import SecretData, TokenRefused
 
 log = logging.getLogger(__name__)
@@ -40,16 +41,7 @@ META_WATCH = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 # PATCH takes milliseconds, so 16 carry hundreds of writes a second; each open TLS connection
 # costs memory.
 API_CONNECTIONS = 16
-# Of those, periodic validations' status writes use at most these. One takes milliseconds, so
-# a few carry hundreds a second. When the API server slows down (while a burst of creates is
-# validated again, say), the rest wait here, and a new or changed connection's write (urgent)
-# neither queues behind them nor shares the API server with sixteen of them, as the scheduler
-# keeps workers for urgent keys. Measured at 10,000 connections (reaction p99): 0.41-0.93 s
-# with no limit, 0.22-0.27 s with 12, 0.04-0.12 s with 6; schedule lag p99 then rises from
-# 0.1 s to 2 s, periodic validations waiting their turn (docs/development.md).
-PLANNED_WRITES = 6
-API_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
-_WIRE_TIMEOUT = client_timeout(API_TIMEOUT.as_dict())
+_TIMEOUT = client_timeout({"connect": 10.0, "read": 30.0})
 
 
 # Object names (DNS-1123 subdomains) and namespaces (DNS-1123 labels) as the API server
@@ -107,86 +99,82 @@ def login() -> kopf.ConnectionInfo:
 
 
 class Kube:
+    """The operator's API client: one request path (`_request`: one 401 re-login, one error
+    mapping in `_check`), on one wire (transport.py). Watches take a second wire of their own,
+    with no bound on connections: each holds one."""
+
     def __init__(
         self,
         info: kopf.ConnectionInfo | None = None,
         *,
         instance: str = "llmconn",
+        relogin: bool | None = None,
     ):
-        self._info = info
+        # A projected service-account token rotates on disk: on a 401 log in again, unless
+        # the credentials were given and are fixed (tests).
+        self._may_relogin = info is None if relogin is None else relogin
         self.instance = instance[:128]  # Events' reportingInstance: this replica
-        self._planned_writes = asyncio.Semaphore(PLANNED_WRITES)
         self._connect(info or login())
 
     def _connect(self, info: kopf.ConnectionInfo) -> None:
-        for value in info.as_http_headers().values():
+        headers = info.as_http_headers()
+        for value in headers.values():
             logs.protect(value)  # the operator's own token never reaches a log
         tls = info.as_ssl_context()
         self._server = info.server.rstrip("/")
-        self._headers = {**info.as_http_headers(), "User-Agent": "llmconn-operator"}
-        # aiohttp's pool and parser under httpx2's client (transport.py): a third of the CPU
-        # per request of httpx2's own HTTP/2 or HTTP/1.1 connections. The status PATCH takes
-        # the same wire without httpx2's client (`_send_json`). Watches get a client of their
-        # own with no bound on connections: each holds one.
-        self._wire = AiohttpTransport(tls, API_CONNECTIONS)
-        self._client = self._make_client(self._wire)
-        self._streams = self._make_client(AiohttpTransport(tls, None))
-
-    def _make_client(self, transport: AiohttpTransport) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
-            base_url=self._server,
-            transport=transport,
-            headers=self._headers,
-            timeout=API_TIMEOUT,
-            trust_env=False,
-        )
+        self._headers = {**headers, "User-Agent": "llmconn-operator", "Accept": "application/json"}
+        self._wire = ApiWire(tls, API_CONNECTIONS)
+        self._streams = ApiWire(tls, None)
 
     async def aclose(self) -> None:
-        await self._client.aclose()  # and the wire under it
+        await self._wire.aclose()
         await self._streams.aclose()
 
-    async def _call(self, method: str, url: str, **kwargs: Any) -> httpx2.Response:
-        response = await self._client.request(method, url, **kwargs)
-        if response.status_code == 401 and await self._relogin():
-            response = await self._client.request(method, url, **kwargs)
-        return response
-
-    async def _send_json(
-        self, method: str, path: str, body: dict[str, Any], content_type: str, *, what: str
-    ) -> dict[str, Any]:
-        """`_call` for a JSON request and answer, straight on the wire: the status PATCH of
-        every validation. Raises as `_call` followed by `raise_for_status` would (NotFound
-        and Conflict for 404 and 409, naming `what`)."""
-        data = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
-
-        async def send() -> tuple[int, bytes]:
-            headers = {**self._headers, "Content-Type": content_type, "Accept": "application/json"}
-            return await self._wire.call(
-                method, self._server + path, headers=headers, body=data, timeout=_WIRE_TIMEOUT
-            )
-
-        status, answer = await send()
-        if status == 401 and await self._relogin():
-            status, answer = await send()
-        if status == 404:
-            raise NotFound(what)
-        if status == 409:
-            raise Conflict(what)
-        if status >= 400:
-            request = httpx2.Request(method, self._server + path)
-            response = httpx2.Response(status, content=answer, request=request)
-            response.raise_for_status()  # httpx2's HTTPStatusError, as from `_call`
-        written: dict[str, Any] = json.loads(answer)
-        return written
-
     async def _relogin(self) -> bool:
-        """A projected service-account token rotates on disk: log in again (not when the
-        credentials were given, as in tests)."""
-        if self._info is not None:
+        if not self._may_relogin:
             return False
         await self.aclose()
         self._connect(login())
         return True
+
+    def _url(self, path: str, params: dict[str, str] | None) -> str:
+        return self._server + path + (f"?{urlencode(params)}" if params else "")
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+        accept: str | None = None,
+    ) -> Answer:
+        """One request, its answer read whole; after a 401, once more with fresh credentials."""
+        url = self._url(path, params)
+        data = None
+        if body is not None:
+            data = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+
+        async def send() -> Answer:
+            headers = dict(self._headers)  # read again: a re-login replaces them
+            if data is not None:
+                headers["Content-Type"] = content_type
+            if accept is not None:
+                headers["Accept"] = accept
+            return await self._wire.call(method, url, headers=headers, body=data, timeout=_TIMEOUT)
+
+        answer = await send()
+        if answer.status == 401 and await self._relogin():
+            answer = await send()
+        return answer
+
+    async def _json(self, method: str, path: str, *, what: str, **kwargs: Any) -> dict[str, Any]:
+        """`_request`, checked (`_check`), its JSON answer."""
+        answer = await self._request(method, path, **kwargs)
+        _check(answer.status, answer.headers, answer.body, method, self._url(path, None), what)
+        parsed: dict[str, Any] = json.loads(answer.body)
+        return parsed
 
     async def patch_status(
         self,
@@ -194,11 +182,8 @@ class Kube:
         name: str,
         status: dict[str, Any],
         resource_version: str | None = None,
-        *,
-        urgent: bool = False,
     ) -> dict[str, Any]:
         """Merge-patch the status subresource in one request; returns the object written.
-        Writes that are not `urgent` are PLANNED_WRITES in flight at most.
 
         With `resource_version`, the write is conditional on it (Conflict otherwise): a
         verdict about one object never lands on its replacement, nor on a status that
@@ -208,44 +193,36 @@ class Kube:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        async with contextlib.nullcontext() if urgent else self._planned_writes:
-            return await self._send_json(
-                "PATCH", url, body, "application/merge-patch+json", what=f"{namespace}/{name}"
-            )
+        return await self._json(
+            "PATCH",
+            url,
+            body=body,
+            content_type="application/merge-patch+json",
+            what=f"{namespace}/{name}",
+        )
 
     async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The LLMConnection as it is now, or None when there is none."""
         url = object_path(namespace, PLURAL, name, api=f"/apis/{GROUP}/{VERSION}")
-        response = await self._call("GET", url)
-        if response.status_code == 404:
+        try:
+            return await self._json("GET", url, what=f"{namespace}/{name}")
+        except NotFound:
             return None
-        response.raise_for_status()
-        obj: dict[str, Any] = response.json()
-        return obj
 
-    async def list_connections(
-        self, namespace: str | None, params: dict[str, str]
-    ) -> dict[str, Any]:
-        """One page of LLMConnections, of one namespace or (None) of all."""
-        response = await self._call("GET", connections_path(namespace), params=params)
-        if response.status_code == 410:
-            raise Gone(PLURAL)
-        response.raise_for_status()
-        page: dict[str, Any] = response.json()
-        return page
-
-    async def connections(self, namespaces: Sequence[str | None]) -> AsyncIterator[dict[str, Any]]:
-        """Every LLMConnection of these namespaces (none given: of all), page by page."""
-        for namespace in namespaces or [None]:
-            params: dict[str, str] = {"limit": "500"}
-            while True:
-                page = await self.list_connections(namespace, params)
-                for obj in page.get("items") or []:
-                    yield obj
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
-                params = {"limit": "500", "continue": token}
+    @contextlib.asynccontextmanager
+    async def _stream(
+        self, path: str, params: dict[str, str], timeout: aiohttp.ClientTimeout, accept: str
+    ) -> AsyncIterator[Streamed]:
+        """A watch request whose answer is checked (`_check`) before its lines are read; a 401
+        logs in again for the next one."""
+        url = self._url(path, params)
+        headers = {**self._headers, "Accept": accept}
+        async with self._streams.stream("GET", url, headers=headers, timeout=timeout) as answer:
+            if answer.status >= 400:
+                if answer.status == 401:
+                    await self._relogin()
+                _check(answer.status, answer.headers, await answer.read(), "GET", url, path)
+            yield answer
 
     async def watch(self, path: str, name: str) -> AsyncIterator[dict[str, Any]]:
         """The named object in the collection at `path`, as it is now and after each change
@@ -253,58 +230,38 @@ class Kube:
         # The server ends the watch after timeoutSeconds; a stream silent for longer than
         # that is dead (a half-open connection), and the read timeout says so.
         params = {"watch": "1", "fieldSelector": f"metadata.name={name}", "timeoutSeconds": "60"}
-        timeout = httpx2.Timeout(10.0, read=90.0)
-        async with self._streams.stream("GET", path, params=params, timeout=timeout) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if line:
-                    event = json.loads(line)
-                    yield {} if event.get("type") == "DELETED" else event.get("object") or {}
+        timeout = client_timeout({"connect": 10.0, "read": 90.0})
+        async with self._stream(path, params, timeout, "application/json") as answer:
+            async for line in answer.lines():
+                event = json.loads(line)
+                yield {} if event.get("type") == "DELETED" else event.get("object") or {}
 
-    async def list_metadata(
-        self, path: str, params: dict[str, str], *, whole: bool = False
-    ) -> dict[str, Any]:
+    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         """One page of the collection at `path`, as metadata only (PartialObjectMetadataList:
-        no Secret data crosses the wire), or with `whole` as whole objects. Raises Gone for
-        an expired continue token."""
-        headers = {} if whole else {"Accept": META_LIST}
-        response = await self._call("GET", path, params=params, headers=headers)
-        if response.status_code == 410:
-            raise Gone(path)
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+        no Secret data crosses the wire). Raises Gone for an expired continue token."""
+        return await self._json("GET", path, params=params, accept=META_LIST, what=path)
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
+        self, path: str, params: dict[str, str], read_timeout: float
     ) -> AsyncIterator[dict[str, Any]]:
-        """Watch events of the collection at `path` with metadata-only objects (with `whole`,
-        whole objects), until the server ends the stream. `read_timeout` bounds the silence
-        between two chunks, so a connection that died without a word is noticed. Raises Gone
-        for a resourceVersion the server no longer has (an ERROR event with code 410 is left
-        to the caller)."""
-        timeout = httpx2.Timeout(30.0, connect=10.0, read=read_timeout)
-        query = {**params, "watch": "true"}
-        headers = {} if whole else {"Accept": META_WATCH}
-        async with self._streams.stream(
-            "GET", path, params=query, headers=headers, timeout=timeout
-        ) as response:
-            if response.status_code == 410:
-                raise Gone(path)
-            if response.status_code == 401:
-                await self._relogin()
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if line:
-                    event: dict[str, Any] = json.loads(line)
-                    yield event
+        """Watch events of the collection at `path` with metadata-only objects, until the
+        server ends the stream. `read_timeout` bounds the silence between two chunks, so a
+        connection that died without a word is noticed. Raises Gone for a resourceVersion the
+        server no longer has (an ERROR event with code 410 is left to the caller)."""
+        timeout = client_timeout({"connect": 10.0, "read": read_timeout})
+        async with self._stream(path, {**params, "watch": "true"}, timeout, META_WATCH) as answer:
+            async for line in answer.lines():
+                event: dict[str, Any] = json.loads(line)
+                yield event
 
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:
-        response = await self._call("GET", object_path(namespace, "secrets", name))
-        if response.status_code == 404:
+        try:
+            body = await self._json(
+                "GET", object_path(namespace, "secrets", name), what=f"{namespace}/{name}"
+            )
+        except NotFound:
             return None
-        response.raise_for_status()
-        return secret_data(response.json())
+        return secret_data(body)
 
     async def service_account_token(self, namespace: str, name: str, audience: str) -> str | None:
         """Mint a token for a ServiceAccount (TokenRequest, the `token` subresource), with one
@@ -316,13 +273,13 @@ class Kube:
             "kind": "TokenRequest",
             "spec": {"audiences": [audience], "expirationSeconds": TOKEN_SECONDS},
         }
-        response = await self._call("POST", url, json=body)
-        if response.status_code == 404:
+        answer = await self._request("POST", url, body=body)
+        if answer.status == 404:
             return None
-        if response.status_code in (400, 403, 422):
-            raise TokenRefused(response.status_code, _status_message(response))
-        response.raise_for_status()
-        token = (response.json().get("status") or {}).get("token")
+        if answer.status in (400, 403, 422):
+            raise TokenRefused(answer.status, _status_message(answer))
+        _check(answer.status, answer.headers, answer.body, "POST", self._url(url, None), url)
+        token = (json.loads(answer.body).get("status") or {}).get("token")
         if not isinstance(token, str) or not token:
             raise httpx2.DecodingError("a TokenRequest answered without a token")
         return token
@@ -365,15 +322,30 @@ class Kube:
             "reportingInstance": self.instance,
         }
         try:
-            response = await self._call(
-                "POST",
-                f"/api/v1/namespaces/{segment(namespace, namespace=True)}/events",
-                json=event,
-            )
-            if response.status_code >= 300:
-                log.warning("could not post event %s: HTTP %s", reason, response.status_code)
+            path = f"/api/v1/namespaces/{segment(namespace, namespace=True)}/events"
+            answer = await self._request("POST", path, body=event)
+            if answer.status >= 300:
+                log.warning("could not post event %s: HTTP %s", reason, answer.status)
         except httpx2.HTTPError as exc:
             log.warning("could not post event %s: %s", reason, type(exc).__name__)
+
+
+def _check(
+    status: int, headers: Mapping[str, str], body: bytes, method: str, url: str, what: str
+) -> None:
+    """The one mapping of the API server's refusals: NotFound, Conflict and Gone (naming
+    `what`), else httpx2's HTTPStatusError for anything from 400 on."""
+    if status < 400:
+        return
+    if status == 404:
+        raise NotFound(what)
+    if status == 409:
+        raise Conflict(what)
+    if status == 410:
+        raise Gone(what)
+    request = httpx2.Request(method, url)
+    response = httpx2.Response(status, headers=dict(headers), content=body, request=request)
+    response.raise_for_status()
 
 
 class ServiceAccountTokens:
@@ -387,14 +359,14 @@ class ServiceAccountTokens:
         return await self._kube.service_account_token(self._namespace, service_account, audience)
 
 
-def _status_message(response: httpx2.Response) -> str:
+def _status_message(answer: Answer) -> str:
     """The message of an API server's Status answer ("... is forbidden: User ... cannot
-    create resource ..."), or its reason phrase."""
+    create resource ..."), or its status code."""
     try:
-        message = response.json().get("message")
-    except ValueError:
+        message = json.loads(answer.body).get("message")
+    except (ValueError, AttributeError):
         message = None
-    return str(message or response.reason_phrase or response.status_code)[:512]
+    return str(message or answer.status)[:512]
 
 
 def secret_data(body: dict[str, Any]) -> SecretData:

@@ -1,8 +1,9 @@
 """The operator's core: which connection to validate when, and one status write per verdict.
 
-The connection watch (watches.py) hands whole objects to `connection_event`, and the Secret
-watch hands Secret metadata to `secret_event`; they only update memory and
-the schedule, and read a referenced Secret whose resourceVersion moved. Validations run from
+Kopf's watch of the connections hands each event's object to `connection_event` (through
+handlers.py and the engine), and the Secret watch (watches.py) hands Secret metadata to the
+Secret cache; they only update memory and the schedule, and read a referenced Secret whose
+resourceVersion moved. Validations run from
 the scheduler's bounded pool, call the plain `validate()` core, and write the status in
 exactly one PATCH. The operator's own writes come back as MODIFIED events and change nothing
 here: a validation is triggered by a new generation, a new
@@ -22,7 +23,7 @@ import datetime as dt
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import httpx2
@@ -31,7 +32,7 @@ import pydantic
 from llmconn import status as st
 from llmconn import triggers as tr
 from llmconn.http import ClientPool
-from llmconn.kube import Conflict, Gone, Kube, NotFound, ServiceAccountTokens
+from llmconn.kube import Conflict, Kube, NotFound, ServiceAccountTokens
 from llmconn.lifecycle import retirement_timestamp
 from llmconn.memory import Conn, Key, Unwritten, digest, first_error, invalid_verdict, observed_rv
 from llmconn.metrics import Metrics
@@ -39,7 +40,7 @@ from llmconn.peering import Shard
 from llmconn.probes import parse_spec
 from llmconn.reasons import MISSING_REFERENCE, Reason
 from llmconn.scheduler import Scheduler
-from llmconn.secretcache import RecordingSecrets, SecretCache
+from llmconn.secretcache import SecretCache
 from llmconn.spec import LLMConnectionSpec, ValidationType
 from llmconn.validate import validate
 from llmconn.verdict import (
@@ -92,16 +93,10 @@ class Reconciler:
         concurrency: int = 32,
         namespace_concurrency: int | None = None,
         shard: Shard | None = None,
-        list_namespaces: Sequence[str] = (),
-        in_scope: Callable[[str], bool] | None = None,
         validator: Validator = validate,
     ) -> None:
         self.kube = kube
         self.validator = validator
-        # Where the connections are, for re-listing them: these namespaces, or () for all.
-        self.list_namespaces: Sequence[str | None] = list(list_namespaces)
-        # With -n patterns a list covers every namespace: which of them are watched.
-        self.in_scope = in_scope or (lambda namespace: True)
         self.pool = pool
         self.defaults = defaults
         self.metrics = metrics
@@ -119,15 +114,15 @@ class Reconciler:
             floor=self._floor,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._rebuilding: asyncio.Future[None] | None = None
         # Connections whose verdict waits for a write the API server did not take: written
         # as soon as another write succeeds (it is back), not after their backoff.
         self._kept: set[Key] = set()
 
     # --- watch events (fast: memory and schedule only) --------------------------------
     def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
-        if not self.scheduler.active:
-            return  # standing by: memory is listed afresh when this replica is active again
+        """One watch event (type None: an object of a list, at a start or a resume). While
+        this replica stands by, Kopf's stream is paused and brings none; one that comes as the
+        replica turns goes to memory and the schedule, which waits for `resume`."""
         seen = tr.observe(event_type, body)
         conn = self.conns.get(seen.key)
         known = conn.known if conn is not None else None
@@ -171,14 +166,6 @@ class Reconciler:
             conn.unwritten = None
             if not tr.suspended_written(conn.status, conn.generation):
                 self.scheduler.now(seen.key)  # writes the Suspended status once
-
-    def connections_listed(self, namespace: str | None, present: set[Key]) -> None:
-        """A complete list of a namespace (None: of all) held `present`: what memory holds
-        there beyond it was deleted while the watch was away (a list brings no DELETED)."""
-        for key in [k for k in self.conns if namespace is None or k[0] == namespace]:
-            if key not in present:
-                log.info("%s/%s is gone: forgetting it", *key)
-                self._forget(key)
 
     def _secret_changed(self, skey: Key, data: SecretData | None) -> None:
         """A referenced Secret has new data (None: it is gone): re-validate the connections
@@ -282,12 +269,12 @@ class Reconciler:
             self.metrics.model_retirement(conn.namespace, conn.name, retires)
 
     # --- one validation --------------------------------------------------------------
-    async def _work(self, key: Key) -> None:
+    async def _work(self, key: Key, urgent: bool) -> None:
+        """One run of `key`; `urgent` (a new or changed connection, a request, new Secret
+        data): its status write goes ahead of periodic ones' as its run did."""
         conn = self.conns.get(key)
         if conn is None:
             return
-        # A new or changed connection's writes go ahead of periodic ones' as its run did.
-        urgent = self.scheduler.urgent(key)
         try:
             if conn.spec is not None and conn.spec.suspend:
                 await self._write_suspended(conn, urgent)
@@ -332,7 +319,8 @@ class Reconciler:
                         conn,
                         lambda prev: (
                             None
-                            if prev.get("conditions")
+                            # already judged, here or (a newer spec) by another replica
+                            if prev.get("conditions") or _observed(prev) > generation
                             else {**prev, **st.pending_status(generation, _now())}
                         ),
                         urgent=urgent,
@@ -349,7 +337,7 @@ class Reconciler:
         grace_over = time.time() - conn.generation_since >= self.defaults.missing_secret_grace
 
         def compute(prev: dict[str, Any]) -> dict[str, Any] | None:
-            if int(prev.get("observedGeneration") or 0) > done.generation:
+            if _observed(prev) > done.generation:
                 return None  # another replica has judged a newer spec: never go back
             return st.next_status(
                 prev,
@@ -400,8 +388,8 @@ class Reconciler:
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        """Start the scheduler and the gauges. (Connections deleted while the watch was away
-        are forgotten by its next complete list: `connections_listed`.)"""
+        """Start the scheduler and the gauges. (A connection deleted while the watch was away,
+        of which a new list brings no word, is forgotten when its next write finds it gone.)"""
         self._tasks = [
             asyncio.create_task(self.scheduler.run(), name="llmconn scheduler"),
             asyncio.create_task(self._gauges(), name="llmconn gauges"),
@@ -415,9 +403,8 @@ class Reconciler:
     async def aclose(self, grace: float) -> None:
         """Stop starting validations, let those running write (up to `grace` seconds) and
         their Events go out, then close the clients."""
-        for task in (*self._tasks, self._rebuilding):
-            if task is not None:
-                task.cancel()
+        for task in self._tasks:
+            task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -432,43 +419,38 @@ class Reconciler:
         go stale while another replica works."""
         self.scheduler.pause()
         self.scheduler.clear()
-        if self._rebuilding is not None:
-            self._rebuilding.cancel()
         for key in list(self.conns):
             self._forget(key)
 
     def resume(self) -> None:
-        """This replica is active again: rebuild memory from the API as at startup (with the
-        restart spread), then validate."""
-        self._rebuilding = asyncio.ensure_future(self._rebuild())
+        """This replica is active again. Kopf lists the connections afresh when it resumes
+        its stream, and each comes as a first sight (resuming its schedule from its status)."""
         self.scheduler.resume()
-
-    async def _rebuild(self) -> None:
-        """List the connections and feed each to memory as a first sight; then forget the
-        ones memory holds that the list does not (a re-list brings no DELETED events).
-        Connections first seen after the list began are left alone."""
-        began = time.monotonic()
-        present: set[tuple[Key, str]] = set()
-        try:
-            async for obj in self.kube.connections(self.list_namespaces):
-                meta = obj.get("metadata") or {}
-                key = (str(meta.get("namespace")), str(meta.get("name")))
-                present.add((key, str(meta.get("uid"))))
-                if self.in_scope(key[0]):
-                    self.connection_event(None, obj)
-        except (httpx2.HTTPError, Gone) as exc:
-            log.warning("could not list LLMConnections (%s); next try later", type(exc).__name__)
-            return
-        for key, conn in list(self.conns.items()):
-            if conn.seen_at < began and (key, conn.uid) not in present:
-                log.info("%s/%s is gone: forgetting it", *key)
-                self._forget(key, conn.uid)
 
     async def _gauges(self) -> None:
         while True:
             self.metrics.set_in_flight(self.scheduler.in_flight)
             self.metrics.set_queue_depth(self.scheduler.queue_depth)
             await asyncio.sleep(1.0)
+
+
+class RecordingSecrets:
+    """The Secrets of the connection's namespace, for one probe. What the probe reads is
+    recorded in the connection's memory at once, so a Secret event that arrives during the
+    probe re-validates only if it brings other data than the probe used."""
+
+    def __init__(self, cache: SecretCache, conn: Conn) -> None:
+        self._cache = cache
+        self._conn = conn
+
+    async def get(self, name: str) -> SecretData | None:
+        data = await self._cache.read((self._conn.namespace, name))
+        self._conn.secret_digests[name] = digest(self._conn.spec, name, data)
+        return data
+
+
+def _observed(status: dict[str, Any]) -> int:
+    return int(status.get("observedGeneration") or 0)
 
 
 def _namespace(key: Key) -> str:

@@ -8,7 +8,8 @@ Two heaps, in fact: keys asked for `now` (new facts: a new or changed connection
 Secret, a request) go ahead of every planned key, however overdue the planned ones are. A
 backlog of periodic validations delays periodic validations, never a user's change: planned
 keys may hold all workers but a reserve (an eighth), so an urgent key never waits for one of
-them to end.
+them to end. The work function is told how its key was dispatched (`work(key, urgent)`), so
+what a run does next (its status write) can go ahead of planned keys' work too.
 
 Keys belong to groups (the operator's: namespaces), and one group holds at most `group_limit`
 workers: a due key whose group is at its limit waits aside, keeping its place in time, and the
@@ -40,7 +41,7 @@ def urgent_reserve(concurrency: int) -> int:
 class Scheduler(Generic[K]):
     def __init__(
         self,
-        work: Callable[[K], Awaitable[None]],
+        work: Callable[[K, bool], Awaitable[None]],
         *,
         concurrency: int,
         clock: Callable[[], float] = time.monotonic,
@@ -59,8 +60,9 @@ class Scheduler(Generic[K]):
         self._active.set()
         self._slots = asyncio.Semaphore(concurrency)
         self._running: dict[K, asyncio.Task[None]] = {}
-        self._running_urgent: set[K] = set()  # running keys taken from the urgent heap
-        self._again: set[K] = set()  # asked for while running: run once more right after
+        # Asked for while running: run once more right after, urgent (True) if a user's change
+        # or request asked, planned (False) if its plan fell due.
+        self._again: dict[K, bool] = {}
         self.concurrency = concurrency
         self._on_lag = on_lag  # told how late each validation starts against its plan
         self._group = group
@@ -87,7 +89,7 @@ class Scheduler(Generic[K]):
         """Run as soon as a worker is free and the key's floor allows; if it is running, once
         more when it ends (at its floor then, which that run may have raised)."""
         if key in self._running:
-            self._again.add(key)
+            self._again[key] = True
             return
         self.at(key, max(self._clock(), self._floor(key)), urgent=True)
 
@@ -112,15 +114,10 @@ class Scheduler(Generic[K]):
 
     def cancel(self, key: K) -> None:
         self._due.pop(key, None)
-        self._again.discard(key)
+        self._again.pop(key, None)
 
     def running(self, key: K) -> bool:
         return key in self._running
-
-    def urgent(self, key: K) -> bool:
-        """Whether `key` runs now as an urgent key (what it does next should not queue behind
-        planned keys' work either: the operator's status writes)."""
-        return key in self._running_urgent
 
     @property
     def in_flight(self) -> int:
@@ -153,8 +150,6 @@ class Scheduler(Generic[K]):
             self._group_running[self._group(key)] += 1
             if rank == PLANNED:
                 self._planned_running += 1
-            else:
-                self._running_urgent.add(key)
             task = asyncio.create_task(self._run_one(key, rank), name=f"validate {key}")
             self._running[key] = task
 
@@ -204,7 +199,7 @@ class Scheduler(Generic[K]):
                     # Due while its last run goes on: once more when that ends. (A plan still
                     # in the future stays a plan: it is not pulled forward.)
                     del self._due[key]
-                    self._again.add(key)
+                    self._again[key] = self._again.get(key, False) or rank == URGENT
                     continue
                 group = self._group(key)
                 if self._group_running[group] >= self._group_limit:
@@ -219,13 +214,11 @@ class Scheduler(Generic[K]):
 
     async def _run_one(self, key: K, rank: int) -> None:
         try:
-            await self._work(key)
+            await self._work(key, rank == URGENT)
         finally:
             self._running.pop(key, None)
             if rank == PLANNED:
                 self._planned_running -= 1
-            else:
-                self._running_urgent.discard(key)
             group = self._group(key)
             self._group_running[group] -= 1
             if not self._group_running[group]:
@@ -234,8 +227,10 @@ class Scheduler(Generic[K]):
             self._wake.set()
             self._slots.release()
             if key in self._again:
-                self._again.discard(key)
-                self.at(key, max(self._clock(), self._floor(key)))
+                # A change that arrived during the run goes ahead of the backlog, as it would
+                # have had the key been idle.
+                urgent = self._again.pop(key)
+                self.at(key, max(self._clock(), self._floor(key)), urgent=urgent)
 
     def _release_held(self, group: Hashable) -> None:
         """One worker of `group` ended: its earliest live held key goes back to the heap. Only

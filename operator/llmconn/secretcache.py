@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import httpx2
 
-from llmconn.memory import Conn, digest
 from llmconn.verdict import SecretData
 
 log = logging.getLogger("llmconn")
@@ -148,20 +147,3 @@ class SecretCache:
             and data.resource_version == self.versions.get(skey)
         ):
             self.data[skey] = data
-
-
-class RecordingSecrets:
-    """The connection's namespace only. A Secret missing from the cache is read from the API
-    before it is declared missing (the watches are unordered), and kept only if the watch has
-    reported that very version. What the probe reads is recorded at once, so a Secret event
-    that arrives during the probe re-validates only if it brings other data than the probe
-    used."""
-
-    def __init__(self, cache: SecretCache, conn: Conn) -> None:
-        self._cache = cache
-        self._conn = conn
-
-    async def get(self, name: str) -> SecretData | None:
-        data = await self._cache.read((self._conn.namespace, name))
-        self._conn.secret_digests[name] = digest(self._conn.spec, name, data)
-        return data

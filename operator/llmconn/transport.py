@@ -1,34 +1,29 @@
-"""httpx2 requests carried by aiohttp: the transport of the operator's Kubernetes API client.
+"""The wire of the operator's Kubernetes API client: aiohttp's connection pool and compiled
+HTTP/1.1 parser, with httpx2's exception types.
 
-The operator's own API calls (a status PATCH per validation, Secret reads, watches) keep
-httpx2's client, types and errors; only the wire is aiohttp's: its connection pool keeps idle
-connections in a queue without polling them, and its HTTP/1.1 parser is compiled. Measured on
-a status PATCH to a local kube-apiserver over TLS, this costs about a third of the CPU that
-httpx2's own HTTP/2 connection (the h2 state machine) or HTTP/1.1 pool does (`make bench`;
-docs/development.md, "Where the CPU goes"). aiohttp is already there: Kopf talks to the API
-server with it.
+Measured on a status PATCH to a local kube-apiserver over TLS, aiohttp's exchange costs about a
+third of the CPU of httpx2's own HTTP/2 connection (the h2 state machine) or HTTP/1.1 pool,
+and building httpx2's request and response objects cost more than aiohttp's whole exchange
+(`make bench`; docs/development.md, "Where the CPU goes"). aiohttp is already there: Kopf talks
+to the API server with it. Its pool keeps idle connections in a queue without polling them.
 
-What httpx2 would raise, this raises too: connect, read and timeout errors map to httpx2's
-exception types, so callers and their retries do not know which wire carried the request.
-
-`call` is the same wire without httpx2's client around it, for the one request made per
-validation (the status PATCH): building an httpx2 request and response cost more CPU than
-aiohttp's whole exchange (about 0.13 ms of 0.3 ms per PATCH, measured on loopback).
+Two shapes, one error mapping: `call` reads an answer whole (every request but watches), and
+`stream` gives a watch's lines as they arrive. Connect, read and timeout errors map to httpx2's
+exception types (`_mapped`), so callers and their retries name failures as the probes do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
+from typing import NamedTuple
 
 import aiohttp
 import httpx2
 
-# Headers aiohttp sets itself from the request it sends (a second copy would be a protocol
-# error), and those it must not add: httpx2 already chose them, or the server need not see.
-_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# Headers aiohttp would add that the caller sets itself, or the server need not see.
 _SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-CHUNK = 64 * 1024
 # A hang-up, a cut answer, or an answer that is not HTTP.
 _HUNG_UP = (
     aiohttp.ServerDisconnectedError,
@@ -37,11 +32,62 @@ _HUNG_UP = (
 )
 
 
-class AiohttpTransport(httpx2.AsyncBaseTransport):
-    """One aiohttp session (created on first use, in the running loop) behind httpx2.
+class Answer(NamedTuple):
+    """An answer read whole."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class Streamed:
+    """An answer whose body is read line by line (a watch)."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx2.Request) -> None:
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+        self._response = response
+        self._request = request
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """Each non-empty line as it arrives. (Not aiohttp's readline: it refuses lines over
+        64 KiB, and a Secret's metadata alone can be bigger: annotations take 256 KiB.)"""
+        pending = b""
+        try:
+            async for chunk in self._response.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield line
+            if pending.strip():
+                yield pending
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _mapped(exc, self._request, connecting=False) from exc
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _mapped(exc, self._request, connecting=False) from exc
+
+    def close(self) -> None:
+        # aiohttp pools a connection whose answer was read in full, and closes one left in
+        # the middle of an answer (a watch given up). That one is aborted first: a TLS
+        # goodbye would wait for the server's, and a loop ending meanwhile (shutdown, a test)
+        # would leave the socket to the garbage collector.
+        connection = self._response.connection
+        transport = connection.transport if connection is not None else None
+        if transport is not None and not self._response.content.at_eof():
+            transport.abort()
+        self._response.release()
+
+
+class ApiWire:
+    """One aiohttp session (created on first use, in the running loop).
 
     `max_connections` bounds the open connections (None: no bound, for watches that each
-    hold one); responses are streamed, so a watch is read as its lines arrive."""
+    hold one)."""
 
     def __init__(self, ssl_context: ssl.SSLContext | None, max_connections: int | None) -> None:
         self._ssl = ssl_context
@@ -57,43 +103,11 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                auto_decompress=False,  # httpx2 decodes what its Accept-Encoding asked for
                 skip_auto_headers=_SKIP_AUTO,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 trust_env=False,
             )
         return self._session
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        timeout = client_timeout(request.extensions.get("timeout") or {})
-        headers = [
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in request.headers.raw
-            if name.lower().decode("latin-1") not in _OWN_HEADERS
-        ]
-        body = await request.aread()
-        try:
-            response = await self._open().request(
-                request.method,
-                str(request.url),
-                headers=headers,
-                data=body or None,
-                timeout=timeout,
-                allow_redirects=False,
-                compress=None,
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _mapped(exc, request, connecting=True) from exc
-        return httpx2.Response(
-            response.status,
-            headers=list(response.raw_headers),
-            stream=_Stream(response, request),
-            request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",  # what aiohttp's client speaks
-                "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
-            },
-        )
 
     async def call(
         self,
@@ -101,11 +115,10 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         url: str,
         *,
         headers: Mapping[str, str],
-        body: bytes,
+        body: bytes | None,
         timeout: aiohttp.ClientTimeout,
-    ) -> tuple[int, bytes]:
-        """One request whose answer is read whole: (status code, body). Errors are httpx2's,
-        as for `handle_async_request`."""
+    ) -> Answer:
+        """One request whose answer is read whole."""
         connecting = True
         try:
             async with self._open().request(
@@ -118,9 +131,32 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 compress=None,
             ) as response:
                 connecting = False
-                return response.status, await response.read()
+                return Answer(response.status, response.headers, await response.read())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _mapped(exc, httpx2.Request(method, url), connecting=connecting) from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        timeout: aiohttp.ClientTimeout,
+    ) -> AsyncIterator[Streamed]:
+        """One request whose answer is read as it arrives, closed when the block ends."""
+        request = httpx2.Request(method, url)
+        try:
+            response = await self._open().request(
+                method, url, headers=headers, timeout=timeout, allow_redirects=False
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _mapped(exc, request, connecting=True) from exc
+        streamed = Streamed(response, request)
+        try:
+            yield streamed
+        finally:
+            streamed.close()
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -128,32 +164,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             self._session = None
 
 
-class _Stream(httpx2.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx2.Request) -> None:
-        self._response = response
-        self._request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._response.content.iter_chunked(CHUNK):
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _mapped(exc, self._request, connecting=False) from exc
-
-    async def aclose(self) -> None:
-        # aiohttp pools a connection whose answer was read in full, and closes one left in
-        # the middle of an answer (a watch given up). That one is aborted first: a TLS
-        # goodbye would wait for the server's, and a loop ending meanwhile (shutdown, a test)
-        # would leave the socket to the garbage collector.
-        connection = self._response.connection
-        transport = connection.transport if connection is not None else None
-        if transport is not None and not self._response.content.at_eof():
-            transport.abort()
-        self._response.release()
-
-
 def client_timeout(timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
-    """aiohttp's timeouts for httpx2's (its request extension, or `httpx2.Timeout.as_dict`)."""
+    """aiohttp's timeouts for httpx2's (`httpx2.Timeout.as_dict`)."""
     connect, pool = timeouts.get("connect"), timeouts.get("pool")
     return aiohttp.ClientTimeout(
         total=None,

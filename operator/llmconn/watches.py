@@ -1,16 +1,15 @@
-"""The operator's own list-then-watch loops: LLMConnections as whole objects, and Secrets as
-metadata only, so the operator learns that a Secret changed without receiving its data (the
-Reconciler reads, GETs, only the Secrets that connections reference).
+"""The operator's own list-then-watch loop of Secrets, as metadata only: the operator learns
+that a Secret changed without receiving its data (the Secret cache reads, GETs, only the
+Secrets that connections reference).
 
-A Secret watch through Kopf would stream the data of every Secret in the watched namespaces
-(Helm keeps each release in a Secret of up to 1 MiB), and Kopf has no metadata-only watch.
-Kopf's watch of the connections spent about 0.2 ms of CPU per event in its own machinery, and
-every status write the operator makes comes back as an event. So both are loops of our own
-(Secrets over `PartialObjectMetadata`, as cert-manager does for its Secret cache), with the
-robustness of Kopf's own watcher: each lists in pages, then watches
-from the list's resourceVersion with bookmarks and a server timeout, re-watches from the last
-resourceVersion seen when a stream ends or breaks, lists again on 410 Gone (as a status code
-or as an ERROR event), and backs off exponentially with jitter on errors.
+Kopf watches the connections (handlers.py). A Secret watch through Kopf would stream the data
+of every Secret in the watched namespaces (Helm keeps each release in a Secret of up to
+1 MiB), and Kopf has no metadata-only watch; so this loop watches `PartialObjectMetadata`, as
+cert-manager does for its Secret cache, with the robustness of Kopf's own watcher: it lists in
+pages, then watches from the list's resourceVersion with bookmarks and a server timeout,
+re-watches from the last resourceVersion seen when a stream ends or breaks, lists again on
+410 Gone (as a status code or as an ERROR event), and backs off exponentially with jitter on
+errors.
 
 An API server that cannot be reached at all (down, restarting) is tried again about every
 second instead: a connection attempt costs a server that is not listening nothing, and a
@@ -19,8 +18,8 @@ A 429 (as a starting server answers while its storage initialises) is retried af
 Retry-After. Neither grows the backoff of the errors a server answers with.
 
 Scope: one cluster-wide watch with -A, one per namespace with -n names. With -n patterns
-(shop-*) the namespaces are followed the way Kopf follows them, and each matching namespace
-gets its own watches, started when it appears and stopped when it goes.
+(shop-*) the namespaces are followed by Kopf's documented rule (`matches`), and each matching
+namespace gets its own watch, started when it appears and stopped when it goes.
 
 Its length is one adapter's: the API server's list-then-watch protocol (pages, bookmarks,
 410, backoff, scopes) in one place, as Kopf keeps its own watcher in one module.
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import random
 import time
@@ -40,10 +40,7 @@ from urllib.parse import quote
 
 import httpx2
 
-# Kopf's own rule for -n patterns, so that Secrets are watched where connections are.
-from kopf._cogs.structs.references import NamespaceName, match_namespace
-
-from llmconn.kube import Gone, connections_path
+from llmconn.kube import Gone
 
 log = logging.getLogger("llmconn")
 
@@ -57,8 +54,9 @@ BACKOFF_BASE = 0.5  # seconds before the first retry...
 BACKOFF_CAP = 30.0  # ...doubling up to this, while the server answers with errors
 RECONNECT_CAP = 1.0  # seconds between connection attempts while it cannot be reached
 HEALTHY = 1.0  # seconds: an empty stream that the server ends sooner counts as a failure
-# Connections are listed after the Secrets' metadata (this long at most): a first validation's
-# own read of a Secret is then not taken for a change of it, which would validate twice.
+# Kopf lists the connections once the Secrets' metadata is listed (this long at most, at
+# startup): a first validation's own read of a Secret is then not taken for a change of it,
+# which would validate twice.
 FIRST_LIST_WAIT = 10.0
 
 
@@ -96,12 +94,10 @@ class WatchError(Exception):
 class Lister(Protocol):
     """What the loop needs from the API client (Kube)."""
 
-    async def list_metadata(
-        self, path: str, params: dict[str, str], *, whole: bool = False
-    ) -> dict[str, Any]: ...
+    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]: ...
 
     def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
+        self, path: str, params: dict[str, str], read_timeout: float
     ) -> AsyncIterator[dict[str, Any]]: ...
 
 
@@ -125,10 +121,9 @@ class Counts:
 
 
 class ListWatch:
-    """One collection at `path`, listed and then watched until cancelled, as metadata only
-    or (`whole`) as whole objects.
+    """One collection at `path`, listed and then watched until cancelled, as metadata only.
 
-    `on_event(type, metadata)` (with `whole`: `on_event(type, object)`) gets every object of
+    `on_event(type, metadata)` gets every object of
     a list as ADDED, then the watch's ADDED, MODIFIED and DELETED events; `on_listed(keys)`
     follows each complete list with the keys it held, since a list after a gap brings no
     DELETED events for what went."""
@@ -143,7 +138,6 @@ class ListWatch:
         label_selector: str | None = None,
         server_timeout: float = SERVER_TIMEOUT,
         page: int = PAGE,
-        whole: bool = False,
     ) -> None:
         self.kube = kube
         self.path = path
@@ -152,7 +146,6 @@ class ListWatch:
         self.label_selector = label_selector
         self.server_timeout = server_timeout
         self.page = page
-        self.whole = whole
         self.listed = asyncio.Event()  # set once a first complete list has been handed on
         self.resource_version: str | None = None  # where the next watch starts; None: list
         self.counts = Counts()
@@ -215,11 +208,11 @@ class ListWatch:
         params = {**self._params(), "limit": str(self.page)}
         present: set[Key] = set()
         while True:
-            body = await self.kube.list_metadata(self.path, params, whole=self.whole)
+            body = await self.kube.list_metadata(self.path, params)
             for item in body.get("items") or []:
                 meta = item.get("metadata") or {}
                 present.add((meta.get("namespace") or "", meta.get("name") or ""))
-                self.on_event("ADDED", item if self.whole else meta)
+                self.on_event("ADDED", meta)
             listed = body.get("metadata") or {}
             if not listed.get("continue"):
                 break
@@ -243,7 +236,7 @@ class ListWatch:
         self.counts.watches += 1
         started, received = time.monotonic(), False
         read_timeout = self.server_timeout + CLIENT_SLACK
-        events = self.kube.watch_metadata(self.path, params, read_timeout, whole=self.whole)
+        events = self.kube.watch_metadata(self.path, params, read_timeout)
         async for event in events:
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
@@ -258,7 +251,7 @@ class ListWatch:
             if kind == "BOOKMARK":
                 self.counts.bookmarks += 1
             elif kind in ("ADDED", "MODIFIED", "DELETED"):
-                self.on_event(kind, obj if self.whole else meta)
+                self.on_event(kind, meta)
         return received or time.monotonic() - started >= HEALTHY
 
 
@@ -273,8 +266,25 @@ def has_patterns(namespaces: Sequence[str]) -> bool:
 
 
 def matches(patterns: Sequence[str], namespace: str) -> bool:
-    """Whether -n patterns (Kopf's rule: globs, and !negations) take in `namespace`."""
-    return any(match_namespace(NamespaceName(namespace), pattern) for pattern in patterns)
+    """Whether -n patterns take in `namespace`, by the rule Kopf documents for them (its
+    `kopf run --namespace` reference), so that Secrets are watched where Kopf watches the
+    connections: any pattern matches. A pattern is comma-separated globs; a `!glob` excludes;
+    a first glob that excludes implies a `*` before it; an inclusive glob after the first
+    only takes back a namespace that the first took and a later `!` excluded."""
+    return any(_match_one(namespace, pattern) for pattern in patterns)
+
+
+def _match_one(namespace: str, pattern: str) -> bool:
+    globs = [glob.strip() for glob in pattern.split(",")]
+    if globs[0].startswith("!"):
+        globs.insert(0, "*")
+    first = matched = fnmatch.fnmatchcase(namespace, globs[0])
+    for glob in globs[1:]:
+        if glob.startswith("!"):
+            matched = matched and not fnmatch.fnmatchcase(namespace, glob[1:])
+        else:
+            matched = matched or (first and fnmatch.fnmatchcase(namespace, glob))
+    return matched
 
 
 class ScopedWatch:
@@ -300,7 +310,6 @@ class ScopedWatch:
         all_namespaces: bool = False,
         label_selector: str | None = None,
         server_timeout: float = SERVER_TIMEOUT,
-        whole: bool = False,
     ) -> None:
         self.kube = kube
         self.path = path
@@ -310,22 +319,11 @@ class ScopedWatch:
         self.all_namespaces = all_namespaces
         self.label_selector = label_selector
         self.server_timeout = server_timeout
-        self.whole = whole
         self.watches: dict[str | None, ListWatch] = {}  # by namespace; None: all
         self.namespace_watch: ListWatch | None = None  # with -n patterns
         self._tasks: dict[str | None, asyncio.Task[None]] = {}
         self._namespace_task: asyncio.Task[None] | None = None
-        self._starting: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
-
-    def start(self, after: ScopedWatch | None = None) -> None:
-        """Start watching; `after`: once that watch has listed (FIRST_LIST_WAIT at most)."""
-        if after is None:
-            self._start()
-        else:
-            self._starting = asyncio.create_task(
-                self._start_after(after), name=f"llmconn {self.what} watch start"
-            )
 
     async def listed(self) -> None:
         """Until every watch started so far has handed on its first complete list."""
@@ -333,13 +331,7 @@ class ScopedWatch:
             await self.namespace_watch.listed.wait()
         await asyncio.gather(*(watch.listed.wait() for watch in list(self.watches.values())))
 
-    async def _start_after(self, other: ScopedWatch) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_LIST_WAIT):  # not wait_for: see scheduler.py
-                await other.listed()
-        self._start()
-
-    def _start(self) -> None:
+    def start(self) -> None:
         if self.all_namespaces:
             self._follow(None)
         elif has_patterns(self.namespaces):
@@ -358,11 +350,6 @@ class ScopedWatch:
                 self._follow(namespace)
 
     async def stop(self) -> None:
-        if self._starting is not None:
-            self._starting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._starting
-            self._starting = None
         tasks = [*self._tasks.values(), *self._stopping]
         if self._namespace_task is not None:
             tasks.append(self._namespace_task)
@@ -389,7 +376,6 @@ class ScopedWatch:
             on_listed=listed,
             label_selector=self.label_selector,
             server_timeout=self.server_timeout,
-            whole=self.whole,
         )
         self.watches[namespace] = watch
         self._tasks[namespace] = asyncio.create_task(
@@ -450,43 +436,3 @@ def secrets_path(namespace: str | None) -> str:
     if namespace is None:
         return "/api/v1/secrets"
     return f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets"
-
-
-class ConnectionSink(Protocol):
-    """Where LLMConnections go (the Reconciler)."""
-
-    def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None: ...
-
-    def connections_listed(self, namespace: str | None, present: set[Key]) -> None: ...
-
-
-class ConnectionWatch(ScopedWatch):
-    """The LLMConnections of the watched namespaces, as whole objects, into `sink`.
-
-    Kopf's watch of them spent about 0.2 ms of CPU per event in Kopf's own machinery (a
-    worker task per object, its body views, loggers and patch handling), and every status
-    write the operator makes comes back as an event: 8% of the samples at 10,000 connections,
-    and 40 MiB of memory (docs/development.md, "Where the CPU goes"). This is the same loop
-    as the Secret watch, with whole objects."""
-
-    what = "connection"
-
-    def __init__(
-        self,
-        kube: Lister,
-        sink: ConnectionSink,
-        *,
-        namespaces: Sequence[str] = (),
-        all_namespaces: bool = False,
-        server_timeout: float = SERVER_TIMEOUT,
-    ) -> None:
-        super().__init__(
-            kube,
-            path=connections_path,
-            on_event=sink.connection_event,
-            on_listed=sink.connections_listed,
-            namespaces=namespaces,
-            all_namespaces=all_namespaces,
-            server_timeout=server_timeout,
-            whole=True,
-        )

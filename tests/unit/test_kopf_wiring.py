@@ -1,6 +1,7 @@
-"""What `llmconn run` sets up around Kopf: Kopf watches none of our resources (the
-operator's own watches feed the Reconciler), so it writes nothing to the objects; the
-garbage collector's tuning."""
+"""What `llmconn run` sets up around Kopf: settings under which Kopf writes nothing to the
+objects it watches (no last-handled configuration, no progress, no Events for log lines), a
+paged list, and the garbage collector's tuning. (That Kopf runs the handlers against a real
+API server: tests/e2e/test_kopf_runner.py.)"""
 
 from __future__ import annotations
 
@@ -9,19 +10,45 @@ import gc
 import kopf
 
 from llmconn import handlers, runner
-from llmconn.kube import GROUP, PLURAL, VERSION
+from llmconn.config import Config
+from llmconn.watches import PAGE
 
 
-def test_kopf_has_no_handlers_for_connections() -> None:
-    registry = kopf.get_default_registry()
-    resource = kopf.Resource(GROUP, VERSION, PLURAL)
-    assert handlers.startup  # the module is imported: its handlers are registered
-    # Any resource handler would make Kopf watch the connections a second time; a
-    # create/update handler, daemon or timer would make it write to the objects.
-    assert not registry._watching.has_handlers(resource=resource)
-    assert not registry._changing.has_handlers(resource=resource)
-    assert not registry._spawning.has_handlers(resource=resource)
-    assert registry._activities.get_all_handlers()  # startup, cleanup, the liveness probe
+def body() -> kopf.Body:
+    return kopf.Body(
+        {
+            "apiVersion": "llmconn.dev/v1alpha1",
+            "kind": "LLMConnection",
+            "metadata": {"name": "c", "namespace": "n", "annotations": {"a": "b"}},
+            "spec": {"provider": "openai"},
+        }
+    )
+
+
+def test_kopf_keeps_no_state_on_the_objects() -> None:
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, Config())
+    diffbase, progress = settings.persistence.diffbase_storage, settings.persistence.progress_storage
+    patch = kopf.Patch()
+    # Nothing is read from the object or built from it, and nothing stored goes into a patch.
+    assert diffbase.fetch(body=body()) is None
+    assert diffbase.build(body=body()) == {}
+    diffbase.store(body=body(), patch=patch, essence=diffbase.build(body=body()))
+    progress.store(key=kopf.HandlerId("h"), record={}, body=body(), patch=patch)
+    progress.touch(body=body(), patch=patch, value="x")
+    progress.purge(key=kopf.HandlerId("h"), body=body(), patch=patch)
+    assert progress.fetch(key=kopf.HandlerId("h"), body=body()) is None
+    assert not patch
+    assert settings.posting.enabled is False
+    assert settings.watching.chunk_size == PAGE  # a restart holds one page at a time
+
+
+def test_namespace_discovery_only_for_patterns() -> None:
+    settings = kopf.OperatorSettings()
+    handlers.configure(settings, Config(namespaces=("a",)))
+    assert settings.scanning.disabled  # the chart's RBAC grants no namespace list
+    handlers.configure(settings, Config(namespaces=("shop-*",)))
+    assert not settings.scanning.disabled
 
 
 def test_the_collector_is_tuned_for_a_long_lived_heap() -> None:

@@ -92,8 +92,6 @@ class FakeKube:
         name: str,
         status: dict[str, Any],
         resource_version: str | None = None,
-        *,
-        urgent: bool = False,
     ) -> dict[str, Any]:
         if self.fail_writes:
             self.fail_writes -= 1
@@ -106,16 +104,15 @@ class FakeKube:
         obj["status"] = merge(obj["status"], status)
         obj["metadata"]["resourceVersion"] = str(next(self.rv))
         self.writes.append((name, copy.deepcopy(status)))
-        self.urgent.append(urgent)
         return copy.deepcopy(obj)
 
     async def get_connection(self, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self.objects.get((namespace, name))
         return copy.deepcopy(obj) if obj else None
 
-    async def connections(self, namespaces):
-        for obj in list(self.objects.values()):
-            yield copy.deepcopy(obj)
+    def listing(self) -> list[dict[str, Any]]:
+        """What Kopf's list brings when it (re)starts its stream: every object, as it is."""
+        return [copy.deepcopy(obj) for obj in self.objects.values()]
 
     async def get_secret(self, namespace: str, name: str) -> SecretData | None:
         return self.secrets.get((namespace, name))
@@ -176,6 +173,15 @@ async def world():
     kube, provider = FakeKube(), Provider()
     pool = ClientPool(EgressPolicy(), proxies={})
     rec = Reconciler(kube, pool, Defaults(), Metrics(), validator=provider)  # type: ignore[arg-type]
+    write = rec.writer.write
+
+    async def recording(conn, compute, *, urgent=False):  # type: ignore[no-untyped-def]
+        written = await write(conn, compute, urgent=urgent)
+        if written is not None:
+            kube.urgent.append(urgent)  # how the writer was asked to write it
+        return written
+
+    rec.writer.write = recording  # type: ignore[method-assign]
     rec.start()
     yield kube, provider, rec
     provider.gate = None
@@ -264,7 +270,7 @@ async def test_a_replaced_object_releases_the_old_ones_secrets(world) -> None:
 # --- 3. memory goes stale --------------------------------------------------------------------
 
 
-async def test_pause_drops_memory_and_resume_rebuilds_it_from_the_api(world) -> None:
+async def test_pause_drops_memory_and_kopfs_relist_after_resume_rebuilds_it(world) -> None:
     kube, _provider, rec = world
     for name in ("a", "b"):
         rec.connection_event("ADDED", kube.apply(name, spec(apiKeySecretRef={"name": "k"})))
@@ -273,22 +279,35 @@ async def test_pause_drops_memory_and_resume_rebuilds_it_from_the_api(world) -> 
     rec.pause()
     assert rec.conns == {} and rec.secret_cache.users == {} and len(rec.scheduler) == 0
     kube.delete("b")  # deleted while this replica stood by: no event will say so
-    rec.connection_event("ADDED", kube.apply("a", spec("http://changed.example/v1")))
-    rec.conns.clear()  # (an event that reached a paused replica is no knowledge either)
+    kube.apply("a", spec("http://changed.example/v1"))  # changed meanwhile: no event either
     rec.resume()
-    await until("memory rebuilt", lambda: (NS, "a") in rec.conns)
-    assert (NS, "b") not in rec.conns
+    for obj in kube.listing():  # Kopf lists afresh when it resumes its stream
+        rec.connection_event(None, obj)
     await until("the new spec validated", lambda: kube.status("a")["observedGeneration"] == 2)
+    assert set(rec.conns) == {(NS, "a")}
 
 
-async def test_a_relist_forgets_objects_it_did_not_report_deleted(world) -> None:
-    kube, _provider, rec = world
-    rec.connection_event("ADDED", kube.apply("gone", spec()))
-    rec.connection_event("ADDED", kube.apply("kept", spec()))
-    await settle(rec)
-    kube.delete("gone")  # the DELETED event was lost in a 410 re-list
-    rec.connections_listed(NS, {(NS, "kept")})  # what the watch's complete list held
-    assert set(rec.conns) == {(NS, "kept")}
+async def test_an_event_that_comes_while_standing_by_is_validated_once_active(world) -> None:
+    kube, provider, rec = world
+    rec.pause()
+    # Kopf resumed its stream (and listed) a moment before this replica's follower said so.
+    rec.connection_event(None, kube.apply("early", spec()))
+    await asyncio.sleep(0.05)
+    assert provider.calls == []  # standing by: nothing is validated...
+    rec.resume()
+    await until("validated", lambda: kube.status("early").get("result") == "success")
+
+
+async def test_a_connection_deleted_while_the_watch_was_away_is_forgotten_at_its_write(
+    world,
+) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("gone", spec(validation={"interval": "1s"})))
+    await until("validated", lambda: kube.status("gone").get("result") == "success")
+    kube.delete("gone")  # the DELETED event was lost in a gap; a new list does not say so
+    calls = len(provider.calls)
+    await until("forgotten", lambda: (NS, "gone") not in rec.conns)
+    assert len(provider.calls) == calls + 1  # its next validation found it gone: no more
 
 
 async def test_a_verdict_never_lowers_the_observed_generation(world) -> None:
@@ -358,11 +377,11 @@ async def test_a_kept_verdict_being_written_when_the_server_returns_is_not_probe
     await until("a validated", lambda: kube.status("a").get("result") == "success")
     gate, held, real = asyncio.Event(), [], kube.patch_status
 
-    async def patch(namespace, name, status, resource_version=None, *, urgent=False):
+    async def patch(namespace, name, status, resource_version=None):
         if name == "a" and not kube.fail_writes and not gate.is_set():
             held.append(name)  # a's second try at its kept verdict waits here
             await gate.wait()
-        return await real(namespace, name, status, resource_version, urgent=urgent)
+        return await real(namespace, name, status, resource_version)
 
     kube.patch_status = patch
     kube.fail_writes = 1

@@ -26,7 +26,7 @@ async def test_runs_in_due_order_and_supersedes():
     ran: list[str] = []
     done = asyncio.Event()
 
-    async def work(key: str) -> None:
+    async def work(key: str, urgent: bool = False) -> None:
         ran.append(key)
         if len(ran) == 3:
             done.set()
@@ -49,7 +49,7 @@ async def test_a_plan_in_the_future_waits_for_its_time():
     ran: list[str] = []
     ran_now = asyncio.Event()
 
-    async def work(key: str) -> None:
+    async def work(key: str, urgent: bool = False) -> None:
         ran.append(key)
         ran_now.set()
 
@@ -73,7 +73,7 @@ async def test_concurrency_is_bounded_and_now_while_running_runs_again():
     three_running = asyncio.Event()
     all_done = asyncio.Event()
 
-    async def work(key: int) -> None:
+    async def work(key: int, urgent: bool = False) -> None:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
@@ -105,7 +105,7 @@ async def test_cancel_and_drain():
     started = asyncio.Event()
     gate = asyncio.Event()
 
-    async def work(key: str) -> None:
+    async def work(key: str, urgent: bool = False) -> None:
         started.set()
         await gate.wait()
         ran.append(key)
@@ -131,7 +131,7 @@ async def test_a_group_at_its_limit_does_not_hold_back_another_group():
     fast_ran = asyncio.Event()
     all_started = asyncio.Event()
 
-    async def work(key: tuple[str, int]) -> None:
+    async def work(key: tuple[str, int], urgent: bool = False) -> None:
         started.append(key)
         if len(started) == 9:
             all_started.set()
@@ -166,7 +166,7 @@ async def test_a_held_key_that_is_cancelled_or_replanned_runs_once_at_its_new_ti
     a9_ran = asyncio.Event()
     release = asyncio.Event()
 
-    async def work(key: str) -> None:
+    async def work(key: str, urgent: bool = False) -> None:
         ran.append(key)
         if key == "a1":
             a1_running.set()
@@ -211,7 +211,7 @@ async def test_a_backlog_in_one_group_is_set_aside_once_not_once_per_validation(
         looked_at += 1
         return "ns"
 
-    async def work(key: int) -> None:
+    async def work(key: int, urgent: bool = False) -> None:
         ran.append(key)
         if len(ran) == n:
             done.set()
@@ -228,7 +228,7 @@ async def test_a_backlog_in_one_group_is_set_aside_once_not_once_per_validation(
 
 
 def overdue_backlog(
-    work: Callable[[str], Awaitable[None]], *, concurrency: int, keys: int
+    work: Callable[[str, bool], Awaitable[None]], *, concurrency: int, keys: int
 ) -> tuple[Scheduler[str], asyncio.Task[None]]:
     """A running scheduler with `keys` periodic keys p00, p01, ... overdue by up to a minute,
     in that order."""
@@ -248,7 +248,7 @@ async def test_a_key_asked_for_now_goes_ahead_of_an_overdue_backlog():
     release = asyncio.Event()
     done = asyncio.Event()
 
-    async def work(key: str) -> None:
+    async def work(key: str, urgent: bool = False) -> None:
         ran.append(key)
         if len(ran) == 1:
             first_running.set()
@@ -275,7 +275,7 @@ async def test_planned_keys_leave_a_worker_to_urgent_ones():
     seven = asyncio.Event()
     urgent_started = asyncio.Event()
 
-    async def work(key: str) -> None:
+    async def work(key: str, urgent: bool = False) -> None:
         nonlocal peak_planned
         if key == "new":
             urgent_started.set()
@@ -305,7 +305,7 @@ async def test_planned_keys_leave_a_worker_to_urgent_ones():
 async def test_one_worker_serves_planned_keys_too():
     ran: list[str] = []
     clock = Clock()
-    s: Scheduler[str] = Scheduler(lambda key: _append(ran, key), concurrency=1, clock=clock)
+    s: Scheduler[str] = Scheduler(lambda key, urgent: _append(ran, key), concurrency=1, clock=clock)
     s.at("a", clock.now - 1)
     s.at("b", clock.now - 2)
     task = asyncio.create_task(s.run())
@@ -319,12 +319,12 @@ async def _append(ran: list[str], key: str) -> None:
     ran.append(key)
 
 
-async def test_a_running_key_tells_whether_it_was_urgent():
+async def test_the_work_is_told_whether_its_key_was_urgent():
     seen: dict[str, bool] = {}
     both = asyncio.Event()
 
-    async def work(key: str) -> None:
-        seen[key] = s.urgent(key)
+    async def work(key: str, urgent: bool) -> None:
+        seen[key] = urgent
         if len(seen) == 2:
             both.set()
 
@@ -336,4 +336,35 @@ async def test_a_running_key_tells_whether_it_was_urgent():
     await asyncio.wait_for(both.wait(), 5)
     task.cancel()
     assert seen == {"changed": True, "periodic": False}
-    assert not s.urgent("changed")  # once it ended
+
+
+async def test_a_change_during_its_own_run_goes_ahead_of_the_backlog_urgent():
+    # Two workers, five periodic keys overdue; "k" runs (a user's change) and another change
+    # arrives meanwhile: k runs once more right after, before the backlog, and urgent (its
+    # status write then goes ahead of periodic ones too). It used to wait behind all five.
+    ran: list[tuple[str, bool]] = []
+    k_running, release, done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def work(key: str, urgent: bool) -> None:
+        ran.append((key, urgent))
+        if key == "k" and not k_running.is_set():
+            k_running.set()
+            await release.wait()
+        elif key.startswith("p") and not release.is_set():
+            await release.wait()  # the other worker is busy with the backlog meanwhile
+        if len(ran) == 7:
+            done.set()
+
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(work, concurrency=2, clock=clock)
+    s.now("k")
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(k_running.wait(), 5)
+    for i in range(5):
+        s.at(f"p{i}", clock.now - 60 + i)
+    s.now("k")  # the user changes it again while it runs
+    release.set()
+    await asyncio.wait_for(done.wait(), 5)
+    task.cancel()
+    assert ("k", True) in ran[1:3], ran  # the re-run comes next (beside p0 in flight), urgent
+    assert ran.count(("k", True)) == 2
