@@ -29,13 +29,13 @@ import enum
 import re
 import time
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
 from llmconn.oauth import CLOUD_PLATFORM, google_error, post_form, token_answer
 from llmconn.spec import AwsIdentity, AzureIdentity, GcpIdentity, IdentitySpec
+from llmconn.verdict import CloudEndpoints
 
 AWS_AUDIENCE = "sts.amazonaws.com"
 AZURE_AUDIENCE = "api://AzureADTokenExchange"
@@ -76,50 +76,45 @@ def audience(identity: IdentitySpec) -> str:
     return identity.gcp.audience
 
 
-@dataclass(frozen=True)
-class CloudEndpoints:
-    """Where the exchanges go: the operator's settings (an administrator's, never a
-    connection's, since these endpoints receive the ServiceAccount's token)."""
+def aws_url(endpoints: CloudEndpoints, aws: AwsIdentity) -> str:
+    """STS's endpoint: the operator's setting, else the stsRegion's, else the global one."""
+    if endpoints.aws_sts:
+        return endpoints.aws_sts.rstrip("/") + "/"
+    if aws.sts_region is None:
+        return "https://sts.amazonaws.com/"  # the global endpoint (partition aws only)
+    suffix = AWS_DNS_SUFFIX.get(aws.partition)
+    if suffix is None:
+        raise ExchangeRefused(
+            Step.AWS,
+            Failure.CONFIGURATION,
+            f"partition {aws.partition} has no known STS endpoint: the operator's "
+            "administrator sets one (--aws-sts-endpoint)",
+        )
+    return f"https://sts.{aws.sts_region}.{suffix}/"
 
-    aws_sts: str | None = None  # None: the global endpoint, or the stsRegion's
-    azure_authority_host: str = "https://login.microsoftonline.com"
-    gcp_sts: str = "https://sts.googleapis.com"
-    gcp_iam_credentials: str = "https://iamcredentials.googleapis.com"
 
-    def aws_url(self, aws: AwsIdentity) -> str:
-        if self.aws_sts:
-            return self.aws_sts.rstrip("/") + "/"
-        if aws.sts_region is None:
-            return "https://sts.amazonaws.com/"  # the global endpoint (partition aws only)
-        suffix = AWS_DNS_SUFFIX.get(aws.partition)
-        if suffix is None:
-            raise ExchangeRefused(
-                Step.AWS,
-                Failure.CONFIGURATION,
-                f"partition {aws.partition} has no known STS endpoint: the operator's "
-                "administrator sets one (--aws-sts-endpoint)",
-            )
-        return f"https://sts.{aws.sts_region}.{suffix}/"
+def azure_url(endpoints: CloudEndpoints, azure: AzureIdentity) -> str:
+    tenant = quote(azure.tenant_id, safe="")
+    return f"{endpoints.azure_authority_host.rstrip('/')}/{tenant}/oauth2/v2.0/token"
 
-    def azure_url(self, azure: AzureIdentity) -> str:
-        tenant = quote(azure.tenant_id, safe="")
-        return f"{self.azure_authority_host.rstrip('/')}/{tenant}/oauth2/v2.0/token"
 
-    def gcp_url(self) -> str:
-        return f"{self.gcp_sts.rstrip('/')}/v1/token"
+def gcp_url(endpoints: CloudEndpoints) -> str:
+    return f"{endpoints.gcp_sts.rstrip('/')}/v1/token"
 
-    def gcp_impersonation_url(self, email: str) -> str:
-        account = quote(email, safe="@.")
-        base = self.gcp_iam_credentials.rstrip("/")
-        return f"{base}/v1/projects/-/serviceAccounts/{account}:generateAccessToken"
 
-    def url(self, identity: IdentitySpec) -> str:
-        """The first request's URL, for messages and the exchange's context."""
-        if identity.aws is not None:
-            return self.aws_url(identity.aws)
-        if identity.azure is not None:
-            return self.azure_url(identity.azure)
-        return self.gcp_url()
+def gcp_impersonation_url(endpoints: CloudEndpoints, email: str) -> str:
+    account = quote(email, safe="@.")
+    base = endpoints.gcp_iam_credentials.rstrip("/")
+    return f"{base}/v1/projects/-/serviceAccounts/{account}:generateAccessToken"
+
+
+def first_url(endpoints: CloudEndpoints, identity: IdentitySpec) -> str:
+    """The exchange's first request's URL, for messages and the exchange's context."""
+    if identity.aws is not None:
+        return aws_url(endpoints, identity.aws)
+    if identity.azure is not None:
+        return azure_url(endpoints, identity.azure)
+    return gcp_url(endpoints)
 
 
 class Step(enum.StrEnum):
@@ -177,7 +172,7 @@ async def aws(
     """STS AssumeRoleWithWebIdentity -> temporary credentials for SigV4."""
     reply = await post_form(
         transport,
-        endpoints.aws_url(identity),
+        aws_url(endpoints, identity),
         {
             "Action": "AssumeRoleWithWebIdentity",
             "Version": "2011-06-15",
@@ -252,7 +247,7 @@ async def azure(
     """Entra ID client credentials with the ServiceAccount token as the client assertion."""
     reply = await post_form(
         transport,
-        endpoints.azure_url(identity),
+        azure_url(endpoints, identity),
         {
             "client_id": identity.client_id,
             "scope": AZURE_SCOPE,
@@ -274,7 +269,7 @@ async def gcp(
     token from IAM Credentials."""
     reply = await post_form(
         transport,
-        endpoints.gcp_url(),
+        gcp_url(endpoints),
         {
             "grant_type": _STS_GRANT,
             "audience": identity.audience,
@@ -289,7 +284,7 @@ async def gcp(
         return federated
     reply = await transport.fetch(
         "POST",
-        endpoints.gcp_impersonation_url(identity.service_account_email),
+        gcp_impersonation_url(endpoints, identity.service_account_email),
         headers={
             "User-Agent": USER_AGENT,
             "Accept": "application/json",

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from llmconn.clouds import CloudEndpoints
 from llmconn.egress import EgressPolicy
 from llmconn.peering import Shard
 from llmconn.spec import parse_duration
-from llmconn.verdict import Defaults
+from llmconn.verdict import CloudEndpoints, Defaults
 
 
 @dataclass(frozen=True)

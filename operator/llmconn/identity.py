@@ -27,12 +27,12 @@ import httpx2
 
 from llmconn import clouds
 from llmconn.classify import classify_exception
-from llmconn.clouds import CloudEndpoints, ExchangeRefused, Failure, Step
+from llmconn.clouds import ExchangeRefused, Failure, Step
 from llmconn.credentials import AwsCredentials, BearerToken
 from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome, ProviderInfo
 from llmconn.reasons import Reason
 from llmconn.spec import IdentitySpec, ValidationType
-from llmconn.verdict import TokenRefused, TokenSource
+from llmconn.verdict import CloudEndpoints, TokenRefused, TokenSource
 
 Credentials = AwsCredentials | BearerToken
 
@@ -93,7 +93,7 @@ async def exchange(
     """The cloud's credentials for the minted token (or why not), and what the exchange's
     requests found (phases, and `exchangeMs` in details), by the loop's `deadline`."""
     try:
-        url = endpoints.url(identity)
+        url = clouds.first_url(endpoints, identity)
     except ExchangeRefused as exc:
         return _refused(exc, identity, minted), Findings()
     ctx = ProbeContext(

@@ -11,6 +11,7 @@ header construction from its ConnectionInfo.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
@@ -120,20 +121,30 @@ class Kube:
         headers = info.as_http_headers()
         for value in headers.values():
             logs.protect(value)  # the operator's own token never reaches a log
+        self._headers = {**headers, "User-Agent": "llmconn-operator", "Accept": "application/json"}
+        wire = _wire_identity(info)
+        if getattr(self, "_wire_of", None) == wire:
+            return  # a new token for the same server and TLS: requests in flight go on
+        self._wire_of = wire
         tls = info.as_ssl_context()
         self._server = info.server.rstrip("/")
-        self._headers = {**headers, "User-Agent": "llmconn-operator", "Accept": "application/json"}
+        old = [w for w in (getattr(self, "_wire", None), getattr(self, "_streams", None)) if w]
         self._wire = ApiWire(tls, API_CONNECTIONS)
         self._streams = ApiWire(tls, None)
+        for retired in old:  # what is in flight on them ends on its own
+            task = asyncio.get_running_loop().create_task(_close_later(retired))
+            _RETIRING.add(task)
+            task.add_done_callback(_RETIRING.discard)
 
     async def aclose(self) -> None:
         await self._wire.aclose()
         await self._streams.aclose()
 
     async def _relogin(self) -> bool:
+        """A projected service-account token rotates on disk: log in again. Open requests
+        and watches are not cut: only a changed server or TLS setting takes new wires."""
         if not self._may_relogin:
             return False
-        await self.aclose()
         self._connect(login())
         return True
 
@@ -219,9 +230,10 @@ class Kube:
         headers = {**self._headers, "Accept": accept}
         async with self._streams.stream("GET", url, headers=headers, timeout=timeout) as answer:
             if answer.status >= 400:
+                body = await answer.read()  # before a re-login replaces the credentials
                 if answer.status == 401:
                     await self._relogin()
-                _check(answer.status, answer.headers, await answer.read(), "GET", url, path)
+                _check(answer.status, answer.headers, body, "GET", url, path)
             yield answer
 
     async def watch(self, path: str, name: str) -> AsyncIterator[dict[str, Any]]:
@@ -328,6 +340,29 @@ class Kube:
                 log.warning("could not post event %s: HTTP %s", reason, answer.status)
         except httpx2.HTTPError as exc:
             log.warning("could not post event %s: %s", reason, type(exc).__name__)
+
+
+_RETIRING: set[asyncio.Task[None]] = set()
+RETIRE_AFTER = 120.0  # seconds a replaced wire stays open for what is in flight on it
+
+
+async def _close_later(wire: ApiWire) -> None:
+    await asyncio.sleep(RETIRE_AFTER)
+    await wire.aclose()
+
+
+def _wire_identity(info: kopf.ConnectionInfo) -> tuple[object, ...]:
+    """What a wire is built from: the server and the TLS material, not the token."""
+    return (
+        info.server,
+        info.ca_path,
+        info.ca_data,
+        info.insecure,
+        info.certificate_path,
+        info.certificate_data,
+        info.private_key_path,
+        info.private_key_data,
+    )
 
 
 def _check(

@@ -51,7 +51,7 @@ class Streamed:
 
     async def lines(self) -> AsyncIterator[bytes]:
         """Each non-empty line as it arrives. (Not aiohttp's readline: it refuses lines over
-        64 KiB, and a Secret's metadata alone can be bigger: annotations take 256 KiB.)"""
+        its limit, and one event carries whatever the object holds.)"""
         pending = b""
         try:
             async for chunk in self._response.content.iter_any():
@@ -62,13 +62,14 @@ class Streamed:
                         yield line
             if pending.strip():
                 yield pending
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+            # (aiohttp raises RuntimeError for a connection closed under the reader.)
             raise _mapped(exc, self._request, connecting=False) from exc
 
     async def read(self) -> bytes:
         try:
             return await self._response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             raise _mapped(exc, self._request, connecting=False) from exc
 
     def close(self) -> None:
@@ -177,7 +178,10 @@ def client_timeout(timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeou
 
 
 def _mapped(
-    exc: aiohttp.ClientError | TimeoutError, request: httpx2.Request, *, connecting: bool
+    exc: aiohttp.ClientError | TimeoutError | RuntimeError,
+    request: httpx2.Request,
+    *,
+    connecting: bool,
 ) -> httpx2.TransportError:
     """httpx2's exception for an aiohttp one, or for a timeout."""
     message = str(exc) or type(exc).__name__
@@ -192,7 +196,7 @@ def _mapped(
         kind = httpx2.ConnectError
     elif isinstance(exc, _HUNG_UP):
         kind = httpx2.RemoteProtocolError
-    elif isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionError):
+    elif isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionError | RuntimeError):
         kind = httpx2.ReadError if not connecting else httpx2.ConnectError
     else:
         kind = httpx2.NetworkError

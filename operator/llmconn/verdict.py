@@ -11,9 +11,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmconn.clouds import CloudEndpoints
 from llmconn.reasons import Reason, Result, result_of
 from llmconn.spec import LLMConnectionSpec, ValidationType, format_duration, parse_duration
+
+
+@dataclass(frozen=True)
+class CloudEndpoints:
+    """Where ServiceAccount tokens are exchanged for cloud credentials (clouds.py): the
+    operator's settings (an administrator's, never a connection's, since these endpoints
+    receive the ServiceAccount's token)."""
+
+    aws_sts: str | None = None  # None: the global endpoint, or the stsRegion's
+    azure_authority_host: str = "https://login.microsoftonline.com"
+    gcp_sts: str = "https://sts.googleapis.com"
+    gcp_iam_credentials: str = "https://iamcredentials.googleapis.com"
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ import pytest
 from opkit import Api, OperatorProcess, condition, manifest, wait_for
 
 from controlplane.cluster import ControlPlane
-from llmconn.clouds import AWS_AUDIENCE, CloudEndpoints
+from llmconn.clouds import AWS_AUDIENCE
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
 from llmconn.kube import Kube, ServiceAccountTokens
 from llmconn.probes import parse_spec
 from llmconn.reasons import Reason
 from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData
+from llmconn.verdict import CloudEndpoints, Defaults, SecretData
 from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.oidc import TrustedIssuer
 from servers.serve import serve

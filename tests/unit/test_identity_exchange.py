@@ -18,8 +18,9 @@ from typing import Any
 import httpx2
 import pytest
 
+from llmconn import clouds as llmconn_clouds
 from llmconn import logs
-from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE, CloudEndpoints
+from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE
 from llmconn.credentials import AwsCredentials
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
@@ -31,7 +32,7 @@ from llmconn.reasons import Reason, Result
 from llmconn.redact import MARKER
 from llmconn.spec import AwsIdentity
 from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData, TokenRefused
+from llmconn.verdict import CloudEndpoints, Defaults, SecretData, TokenRefused
 from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.misbehaving import RawServer, hang
 from servers.oidc import Issuer, TrustedIssuer
@@ -507,7 +508,7 @@ async def test_sts_trouble_is_not_the_connections_fault(
 def test_the_sts_endpoint_follows_region_and_partition() -> None:
     def url(arn: str, clouds: CloudEndpoints | None = None, **more: str) -> str:
         identity = AwsIdentity.model_validate({"roleArn": arn, **more})
-        return (clouds or CloudEndpoints()).aws_url(identity)
+        return llmconn_clouds.aws_url(clouds or CloudEndpoints(), identity)
 
     assert url(ROLE) == "https://sts.amazonaws.com/"
     assert url(ROLE, stsRegion="eu-central-1") == "https://sts.eu-central-1.amazonaws.com/"

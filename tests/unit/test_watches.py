@@ -1,15 +1,18 @@
 """The metadata-only Secret watch without a cluster: the loop's decisions (list, bookmark,
-410 Gone, errors and backoff), its scopes, the wire format of its requests, and what the
-Reconciler does with Secret metadata (read only referenced Secrets, never keep a stale read).
-The same paths run against a real API server in tests/e2e/test_secret_watch.py."""
+410 Gone, errors and backoff), its scopes (named namespaces, and -n patterns by Kopf's
+documented rule), the wire format of its requests and how Kube checks their answers (against
+a loopback server), and what the Reconciler does with Secret metadata (read only referenced
+Secrets, never keep a stale read). The same paths run against a real API server in
+tests/e2e/test_secret_watch.py."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx2
 import kopf
@@ -20,17 +23,21 @@ from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool
 from llmconn.kube import META_LIST, META_WATCH, Gone, Kube
 from llmconn.metrics import Metrics
-from llmconn.reconciler import Reconciler
-from llmconn.transport import AiohttpTransport
+from llmconn.reconciler import Reconciler, RecordingSecrets
 from llmconn.verdict import Defaults, SecretData
 from llmconn.watches import (
-    ConnectionWatch,
     ListWatch,
     SecretWatch,
     backoff,
+    has_patterns,
+    matches,
     reconnect_delay,
     retry_after,
 )
+
+# How long a test waits for something that must happen before calling it a hang: only a
+# broken test ever waits this long, and nothing asserts on durations.
+GUARD = 10.0
 
 # --- backoff -----------------------------------------------------------------------------
 
@@ -117,9 +124,7 @@ class Script:
         self.done.set()
         await asyncio.Event().wait()
 
-    async def list_metadata(
-        self, path: str, params: dict[str, str], *, whole: bool = False
-    ) -> dict[str, Any]:
+    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         self.list_calls.append(dict(params))
         if not self.lists:
             await self._block()
@@ -129,7 +134,7 @@ class Script:
         return step  # type: ignore[no-any-return]
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
+        self, path: str, params: dict[str, str], read_timeout: float
     ) -> AsyncIterator[dict[str, Any]]:
         self.watch_calls.append(dict(params))
         assert read_timeout > float(params["timeoutSeconds"])  # the client outwaits the server
@@ -380,23 +385,23 @@ async def test_a_handler_bug_does_not_end_the_watch(attempts: list[int]) -> None
 
 
 class PathScript(Script):
-    """Lists and watches answered per path; watches block."""
+    """Lists and watches answered per path; watches block. A list of a path in `held` waits
+    until its event is set."""
 
     def __init__(self, lists: dict[str, dict[str, Any]]) -> None:
         super().__init__([], [])
         self.by_path = lists
         self.paths: list[str] = []
-        self.whole: list[bool] = []
+        self.held: dict[str, asyncio.Event] = {}
 
-    async def list_metadata(
-        self, path: str, params: dict[str, str], *, whole: bool = False
-    ) -> dict[str, Any]:
+    async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         self.paths.append(path)
-        self.whole.append(whole)
+        if path in self.held:
+            await self.held[path].wait()
         return self.by_path.get(path, page([], "1"))
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
+        self, path: str, params: dict[str, str], read_timeout: float
     ) -> AsyncIterator[dict[str, Any]]:
         await asyncio.Event().wait()
         yield {}
@@ -459,7 +464,7 @@ async def test_patterns_follow_the_matching_namespaces() -> None:
     assert not watch._tasks and not watch._stopping
 
 
-async def test_patterns_match_as_kopf_matches() -> None:
+async def test_a_new_namespace_is_followed_only_if_it_matches() -> None:
     api, sink = PathScript({}), Sink()
     watch = SecretWatch(api, sink, namespaces=["shop-*"])
     for name in ("shop-1", "shopping", "x-shop-1"):
@@ -468,154 +473,421 @@ async def test_patterns_match_as_kopf_matches() -> None:
     await watch.stop()
 
 
-class ConnectionSink:
-    def __init__(self) -> None:
-        self.objects: list[tuple[str | None, dict[str, Any]]] = []
-        self.listed: list[tuple[str | None, set[tuple[str, str]]]] = []
-
-    def connection_event(self, event_type: str | None, body: dict[str, Any]) -> None:
-        self.objects.append((event_type, body))
-
-    def connections_listed(self, namespace: str | None, present: set[tuple[str, str]]) -> None:
-        self.listed.append((namespace, present))
-
-
-async def test_connections_are_listed_and_watched_as_whole_objects() -> None:
-    path = "/apis/llmconn.dev/v1alpha1/namespaces/a/llmconnections"
-    whole = {"metadata": meta("c", "1", "a"), "spec": {"provider": "openai"}}
-    api, sink = (
-        PathScript({path: {"metadata": {"resourceVersion": "2"}, "items": [whole]}}),
-        (ConnectionSink()),
-    )
-    watch = ConnectionWatch(api, sink, namespaces=["a", "b"])
+async def test_listed_waits_for_the_first_list_of_every_watch() -> None:
+    api, sink = PathScript({}), Sink()
+    slow = api.held["/api/v1/namespaces/b/secrets"] = asyncio.Event()
+    watch = SecretWatch(api, sink, namespaces=["a", "b"])
     watch.start()
+    listed = asyncio.create_task(watch.listed())
     await settle()
+    assert [ns for ns, _ in sink.listed] == ["a"] and not listed.done()
+    slow.set()
+    async with asyncio.timeout(GUARD):
+        await listed
+    assert sorted(ns for ns, _ in sink.listed) == ["a", "b"]
     await watch.stop()
-    assert sorted(api.paths) == [path, path.replace("/a/", "/b/")] and api.whole == [True, True]
-    assert sink.objects == [("ADDED", whole)]  # the spec too, not only the metadata
-    assert sorted(sink.listed, key=str) == [("a", {("a", "c")}), ("b", set())]
 
 
-async def test_connections_are_listed_after_the_secrets() -> None:
-    # A first validation's own read of a Secret must not be taken for a change of it.
-    api, order = PathScript({}), []
-    held = asyncio.Event()
-    listing = api.list_metadata
-
-    async def list_metadata(path: str, params: dict[str, str], *, whole: bool = False) -> Any:
-        if not whole:
-            await held.wait()  # the Secrets' list takes a while
-        order.append("connections" if whole else "secrets")
-        return await listing(path, params, whole=whole)
-
-    api.list_metadata = list_metadata  # type: ignore[method-assign]
-    secrets_watch = SecretWatch(api, Sink(), namespaces=["a"])
-    connections = ConnectionWatch(api, ConnectionSink(), namespaces=["a"])
-    secrets_watch.start()
-    connections.start(after=secrets_watch)
-    await settle()
-    assert order == [] and not connections.watches
-    held.set()
-    await settle()
-    assert order == ["secrets", "connections"]
-    await connections.stop()
-    await secrets_watch.stop()
-
-
-async def test_connections_do_not_wait_for_secrets_forever(monkeypatch: Any) -> None:
-    monkeypatch.setattr(watches, "FIRST_LIST_WAIT", 0.01)
-    api = PathScript({})
-    never = asyncio.Event()
-
-    async def stuck(path: str, params: dict[str, str], *, whole: bool = False) -> Any:
-        if not whole:
-            await never.wait()
-        return page([], "1")
-
-    api.list_metadata = stuck  # type: ignore[method-assign]
-    secrets_watch = SecretWatch(api, Sink(), namespaces=["a"])
-    connections = ConnectionWatch(api, ConnectionSink(), namespaces=["a"])
-    secrets_watch.start()
-    connections.start(after=secrets_watch)
-    await asyncio.sleep(0.05)
-    assert set(connections.watches) == {"a"}
-    await connections.stop()
-    await secrets_watch.stop()
-
-
-async def test_cluster_wide_connections_are_one_watch() -> None:
-    api, sink = PathScript({}), ConnectionSink()
-    watch = ConnectionWatch(api, sink, all_namespaces=True)
+async def test_with_patterns_listed_waits_for_the_namespaces_and_then_their_secrets() -> None:
+    namespaces = page([meta("shop-a", "1", ""), meta("other", "2", "")], "3")
+    api, sink = PathScript({"/api/v1/namespaces": namespaces}), Sink()
+    namespaces_slow = api.held["/api/v1/namespaces"] = asyncio.Event()
+    secrets_slow = api.held["/api/v1/namespaces/shop-a/secrets"] = asyncio.Event()
+    watch = SecretWatch(api, sink, namespaces=["shop-*"])
     watch.start()
+    listed = asyncio.create_task(watch.listed())
     await settle()
+    assert not watch.watches and not listed.done()
+    namespaces_slow.set()
+    await settle()
+    assert set(watch.watches) == {"shop-a"} and not listed.done()
+    secrets_slow.set()
+    async with asyncio.timeout(GUARD):
+        await listed
+    assert sink.listed == [("shop-a", set())]
     await watch.stop()
-    assert api.paths == ["/apis/llmconn.dev/v1alpha1/llmconnections"]
+
+
+# The examples of Kopf's documentation of -n patterns (`kopf run --namespace`), and more.
+MYAPP = "myapp-*, !*-pr-*, *pr-123"
+IMPLIED = "!*-pr-*, *pr-123"  # as if "*, !*-pr-*, *pr-123"
+
+
+@pytest.mark.parametrize(
+    ("patterns", "namespace", "taken"),
+    [
+        ([MYAPP], "myapp-test", True),
+        ([MYAPP], "myapp-live", True),
+        ([MYAPP], "myapp-pr-123", True),  # excluded, then taken back
+        ([MYAPP], "myapp-pr-456", False),
+        ([MYAPP], "otherapp-pr-123", False),  # the first glob never took it
+        ([MYAPP], "otherapp-live", False),
+        ([IMPLIED], "myapp-test", True),
+        ([IMPLIED], "myapp-live", True),
+        ([IMPLIED], "myapp-pr-123", True),
+        ([IMPLIED], "anyapp-anything", True),
+        ([IMPLIED], "otherapp-pr-123", True),  # the implied * took it
+        ([IMPLIED], "myapp-pr-456", False),
+        (["myapp-*,!*-pr-*,*-pr-123"], "myapp-pr-123", True),  # spaces or none
+        (["myapp-*,!*-pr-*,*-pr-123"], "otherapp-pr-123", False),
+        (["shop-*"], "shop-1", True),
+        (["shop-*"], "shopping", False),
+        (["shop-*"], "x-shop-1", False),
+        (["shop-*"], "Shop-1", False),  # case counts
+        (["shop-?"], "shop-1", True),
+        (["shop-?"], "shop-12", False),
+        (["!kube-*"], "kube-system", False),
+        (["!kube-*"], "default", True),
+        (["shop-*, !shop-b"], "shop-b", False),
+        (["shop-*, !shop-b"], "other", False),
+        # Several patterns: any of them.
+        (["shop-*", "team-?"], "team-a", True),
+        (["shop-*", "team-?"], "shop-x", True),
+        (["shop-*", "team-?"], "team-ab", False),
+        (["shop-*", "!shop-b"], "shop-b", True),  # shop-* takes it
+        (["shop-*", "!shop-b"], "other", True),  # !shop-b takes it
+        (["myapp-*, !*-pr-*", "*-pr-123"], "otherapp-pr-123", True),
+        (["myapp-*, !*-pr-*", "*-pr-9"], "myapp-pr-123", False),
+        ([], "default", False),
+    ],
+)
+def test_patterns_match_by_kopfs_documented_rule(
+    patterns: list[str], namespace: str, taken: bool
+) -> None:
+    assert matches(patterns, namespace) is taken
+
+
+def test_only_globs_and_negations_are_patterns() -> None:
+    assert has_patterns(["shop-*"]) and has_patterns(["a", "!b"]) and has_patterns(["ns-?"])
+    assert not has_patterns(["a", "b-c"]) and not has_patterns([])
 
 
 # --- the wire: Kube's list and watch -------------------------------------------------------
 
 
-class MockKube(Kube):
-    def __init__(self, handler: Any) -> None:
-        self.handler = handler
-        super().__init__(kopf.ConnectionInfo(server="https://k8s.test", token="t"))
+class Request:
+    def __init__(self, head: bytes) -> None:
+        lines = head.decode().split("\r\n")
+        self.method, target, _ = lines[0].split(" ", 2)
+        self.path, _, query = target.partition("?")
+        self.params = dict(parse_qsl(query))
+        self.headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in lines[1:] if line)
+        }
 
-    def _make_client(self, transport: AiohttpTransport) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(
-            base_url=self._server, transport=httpx2.MockTransport(self.handler)
-        )
+
+Respond = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def test_list_and_watch_ask_for_metadata_only() -> None:
-    seen: list[httpx2.Request] = []
+class Api:
+    """A loopback API server: `respond` answers each request (and may keep the connection
+    for a stream); every request is kept, parsed."""
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        seen.append(request)
-        if request.url.params.get("watch"):
-            lines = [json.dumps(event("ADDED", meta("a", "2"))), json.dumps(error(410))]
-            return httpx2.Response(200, content="\n".join(lines).encode() + b"\n")
-        return httpx2.Response(200, json=page([meta("a", "1")], "1"))
+    def __init__(self, respond: Respond) -> None:
+        self.respond = respond
+        self.requests: list[Request] = []
+        self.changed = asyncio.Condition()
 
-    kube = MockKube(handler)
-    body = await kube.list_metadata("/api/v1/secrets", {"limit": "5"})
-    events = [e async for e in kube.watch_metadata("/api/v1/secrets", {"resourceVersion": "1"}, 9)]
-    await kube.aclose()
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                request = Request(await reader.readuntil(b"\r\n\r\n"))
+                self.requests.append(request)
+                async with self.changed:
+                    self.changed.notify_all()
+                await self.respond(request, reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(GUARD), self.changed:
+            await self.changed.wait_for(condition)
+
+
+Serve = Callable[[Respond], Awaitable[tuple[Api, str]]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[asyncio.Server] = []
+
+    async def start(respond: Respond) -> tuple[Api, str]:
+        api = Api(respond)
+        srv = await asyncio.start_server(api.serve, "127.0.0.1", 0)
+        servers.append(srv)
+        return api, f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+
+    yield start
+    for srv in servers:
+        srv.close()
+
+
+def whole(status: int, doc: Any, *headers: str) -> bytes:
+    body = json.dumps(doc).encode()
+    lines = [f"HTTP/1.1 {status} X", f"Content-Length: {len(body)}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def streamed(events: list[dict[str, Any]], *, end: bool = True) -> bytes:
+    """A watch's answer: one event a line, each in a chunk of its own; `end`: the server
+    ends the stream (its timeoutSeconds)."""
+    out = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for item in events:
+        line = json.dumps(item).encode() + b"\n"
+        out += f"{len(line):x}\r\n".encode() + line + b"\r\n"
+    return out + (b"0\r\n\r\n" if end else b"")
+
+
+async def hang_up(reader: asyncio.StreamReader) -> None:
+    """Until the client closes the connection."""
+    while await reader.read(65536):
+        pass
+    raise ConnectionError("the client hung up")
+
+
+def kube_at(url: str) -> Kube:
+    return Kube(kopf.ConnectionInfo(server=url, token="t"))
+
+
+async def test_list_and_watch_ask_for_metadata_only(serve: Serve) -> None:
+    async def respond(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if request.params.get("watch"):
+            writer.write(streamed([event("ADDED", meta("a", "2")), error(410)]))
+        else:
+            writer.write(whole(200, page([meta("a", "1")], "1")))
+        await writer.drain()
+
+    api, url = await serve(respond)
+    kube = kube_at(url)
+    try:
+        body = await kube.list_metadata("/api/v1/secrets", {"limit": "5"})
+        events = [
+            e async for e in kube.watch_metadata("/api/v1/secrets", {"resourceVersion": "1"}, 9)
+        ]
+    finally:
+        await kube.aclose()
     assert body["items"][0]["metadata"]["name"] == "a"
-    assert [e["type"] for e in events] == ["ADDED", "ERROR"]
-    listing, watching = seen
+    assert [e["type"] for e in events] == ["ADDED", "ERROR"]  # a 410 event is the loop's
+    listing, watching = api.requests
+    assert listing.method == "GET" and listing.path == "/api/v1/secrets"
+    assert listing.params == {"limit": "5"}
     assert listing.headers["accept"] == META_LIST and "PartialObjectMetadataList" in META_LIST
     assert watching.headers["accept"] == META_WATCH and "PartialObjectMetadata;" in META_WATCH
-    assert watching.url.params["watch"] == "true" and watching.url.params["resourceVersion"] == "1"
-
-
-async def test_whole_objects_are_asked_for_as_plain_json() -> None:
-    seen: list[httpx2.Request] = []
-
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        seen.append(request)
-        if request.url.params.get("watch"):
-            return httpx2.Response(200, content=json.dumps(event("ADDED", meta("a", "2"))).encode())
-        return httpx2.Response(200, json=page([meta("a", "1")], "1"))
-
-    kube = MockKube(handler)
-    path = "/apis/llmconn.dev/v1alpha1/llmconnections"
-    await kube.list_metadata(path, {}, whole=True)
-    events = [e async for e in kube.watch_metadata(path, {}, 9, whole=True)]
-    await kube.aclose()
-    assert [e["type"] for e in events] == ["ADDED"]
-    assert all("PartialObjectMetadata" not in r.headers.get("accept", "") for r in seen)
+    assert watching.params == {"watch": "true", "resourceVersion": "1"}
+    assert listing.headers["authorization"] == watching.headers["authorization"] == "Bearer t"
 
 
 @pytest.mark.parametrize("call", ["list", "watch"])
-async def test_http_410_is_gone(call: str) -> None:
-    kube = MockKube(lambda request: httpx2.Response(410, json={"code": 410}))
-    with pytest.raises(Gone):
-        if call == "list":
-            await kube.list_metadata("/api/v1/secrets", {"continue": "old"})
+@pytest.mark.parametrize(
+    ("code", "raised"),
+    [(410, Gone), (403, httpx2.HTTPStatusError), (429, httpx2.HTTPStatusError)],
+)
+async def test_a_refused_list_or_watch_raises_what_the_loop_catches(
+    serve: Serve, call: str, code: int, raised: type[Exception]
+) -> None:
+    async def respond(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(whole(code, {"kind": "Status", "code": code}, "Retry-After: 7"))
+        await writer.drain()
+
+    api, url = await serve(respond)
+    kube = kube_at(url)
+    try:
+        with pytest.raises(raised) as caught:
+            if call == "list":
+                await kube.list_metadata("/api/v1/secrets", {"continue": "old"})
+            else:
+                async for _ in kube.watch_metadata("/api/v1/secrets", {}, 9):
+                    pass
+    finally:
+        await kube.aclose()
+    if isinstance(caught.value, httpx2.HTTPStatusError):
+        assert caught.value.response.status_code == code
+        assert caught.value.response.headers["retry-after"] == "7"
+        assert caught.value.response.json() == {"kind": "Status", "code": code}
+    assert len(api.requests) == 1
+
+
+async def test_the_loop_over_the_wire(
+    serve: Serve, attempts: list[int], pauses: list[str | None]
+) -> None:
+    """The loop on Kube against a server that asks for a pause, lists, streams events (one
+    of them a Secret whose metadata is far over 64 KiB) and a bookmark, and ends the stream."""
+    annotations = {"big": "x" * 200_000}
+    first_list = True
+
+    async def respond(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        nonlocal first_list
+        if not request.params.get("watch"):
+            if first_list:
+                first_list = False
+                writer.write(whole(429, {"kind": "Status"}, "Retry-After: 2"))
+            else:
+                writer.write(whole(200, page([meta("a", "5")], "10")))
+        elif request.params["resourceVersion"] == "10":
+            big = {**meta("b", "11"), "annotations": annotations}
+            bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}
+            writer.write(streamed([event("ADDED", big), bookmark]))
         else:
+            writer.write(streamed([], end=False))  # a quiet stream
+            await writer.drain()
+            await hang_up(reader)
+        await writer.drain()
+
+    api, url = await serve(respond)
+    kube = kube_at(url)
+    seen: list[dict[str, Any]] = []
+    watch = ListWatch(
+        kube, "/api/v1/secrets", on_event=lambda kind, m: seen.append(m), on_listed=lambda k: None
+    )
+    task = asyncio.create_task(watch.run())
+    try:
+        await api.until(lambda: len(api.requests) == 4)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await kube.aclose()
+    assert [(r.params.get("watch"), r.params.get("resourceVersion")) for r in api.requests] == [
+        (None, None),
+        (None, None),
+        ("true", "10"),
+        ("true", "12"),  # from the bookmark
+    ]
+    assert [m["name"] for m in seen] == ["a", "b"]
+    assert seen[1]["annotations"] == annotations
+    assert pauses == ["2"] and attempts == []  # the 429 is a pause, not a failure
+    assert watch.counts.lists == 1 and watch.counts.bookmarks == 1
+
+
+async def test_a_named_watch_gives_the_object_and_nothing_once_deleted(serve: Serve) -> None:
+    obj = {"metadata": meta("p", "1"), "spec": {"x": 1}}
+    changed = {"metadata": meta("p", "2"), "spec": {"x": 2}}
+
+    async def respond(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(
+            streamed(
+                [
+                    {"type": "ADDED", "object": obj},
+                    {"type": "MODIFIED", "object": changed},
+                    {"type": "DELETED", "object": changed},
+                ]
+            )
+        )
+        await writer.drain()
+
+    api, url = await serve(respond)
+    kube = kube_at(url)
+    try:
+        seen = [o async for o in kube.watch("/apis/x/v1/namespaces/ns/things", "p")]
+    finally:
+        await kube.aclose()
+    assert seen == [obj, changed, {}]
+    (request,) = api.requests
+    assert request.path == "/apis/x/v1/namespaces/ns/things"
+    assert request.params["fieldSelector"] == "metadata.name=p"
+    assert request.params["watch"] == "1" and int(request.params["timeoutSeconds"]) > 0
+    assert request.headers["accept"] == "application/json"
+
+
+class Login:
+    """Kube's login, counted: a token read again after a 401, as a rotated one is."""
+
+    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tokens = iter(["old-token", "new-token"])
+        self.url = url
+        self.calls = 0
+        self.done = asyncio.Event()
+        monkeypatch.setattr("llmconn.kube.login", self.login)
+
+    def login(self) -> kopf.ConnectionInfo:
+        self.calls += 1
+        if self.calls > 1:
+            self.done.set()
+        return kopf.ConnectionInfo(server=self.url, token=next(self.tokens))
+
+
+async def test_a_401_on_a_watch_logs_in_again_for_the_next(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def respond(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if request.headers["authorization"] == "Bearer old-token":
+            writer.write(whole(401, {"kind": "Status", "code": 401}))
+        else:
+            writer.write(streamed([event("ADDED", meta("a", "2"))]))
+        await writer.drain()
+
+    api, url = await serve(respond)
+    login = Login(url, monkeypatch)
+    kube = Kube()
+    try:
+        with pytest.raises(httpx2.HTTPStatusError) as caught:
             async for _ in kube.watch_metadata("/api/v1/secrets", {}, 9):
                 pass
-    await kube.aclose()
+        assert caught.value.response.status_code == 401
+        events = [e async for e in kube.watch_metadata("/api/v1/secrets", {}, 9)]
+    finally:
+        await kube.aclose()
+    assert [e["type"] for e in events] == ["ADDED"] and login.calls == 2
+    assert [r.headers["authorization"] for r in api.requests] == [
+        "Bearer old-token",
+        "Bearer new-token",
+    ]
+
+
+async def test_a_401_whose_body_comes_late_is_still_a_401(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    login: Login
+    body = json.dumps({"kind": "Status", "code": 401}).encode()
+
+    async def respond(
+        request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        writer.write(f"HTTP/1.1 401 X\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the body comes after the head
+        writer.write(body)
+        await writer.drain()
+
+    _, url = await serve(respond)
+    login = Login(url, monkeypatch)
+    kube = Kube()
+    try:
+        with pytest.raises(httpx2.HTTPStatusError) as caught:
+            async for _ in kube.watch_metadata("/api/v1/secrets", {}, 9):
+                pass
+    finally:
+        await kube.aclose()
+    assert caught.value.response.status_code == 401
+    assert login.calls == 2  # and the next watch goes out with a fresh token
+
+
+async def test_a_new_token_does_not_cut_the_requests_and_watches_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    login = Login("https://127.0.0.1:9", monkeypatch)
+    kube = Kube()
+    wires = (kube._wire, kube._streams)
+    try:
+        assert await kube._relogin()
+        assert (kube._wire, kube._streams) == wires  # same server and TLS: same wires
+        assert kube._headers["Authorization"] == "Bearer new-token"
+        assert login.calls == 2
+    finally:
+        await kube.aclose()
 
 
 # --- the Reconciler's Secret cache ---------------------------------------------------------
@@ -672,27 +944,7 @@ async def drain(r: Reconciler) -> None:
 
 async def used(r: Reconciler, name: str, secret: str = "creds") -> SecretData | None:
     """What a validation of connection `name` reads (and records)."""
-    from llmconn.secretcache import RecordingSecrets
-
     return await RecordingSecrets(r.secret_cache, r.conns[("ns", name)]).get(secret)
-
-
-def test_a_list_forgets_what_it_no_longer_holds_in_its_namespace(rec: Any) -> None:
-    rec.connection_event("ADDED", connection("kept"))
-    rec.connection_event("ADDED", connection("gone"))
-    other = connection("elsewhere")
-    other["metadata"]["namespace"] = "other"
-    rec.connection_event("ADDED", other)
-    rec.connections_listed("ns", {("ns", "kept")})  # deleted while the watch was away
-    assert set(rec.conns) == {("ns", "kept"), ("other", "elsewhere")}
-    rec.connections_listed(None, set())  # a cluster-wide list covers every namespace
-    assert rec.conns == {}
-
-
-def test_a_standing_by_replica_ignores_connection_events(rec: Any) -> None:
-    rec.pause()
-    rec.connection_event("ADDED", connection("c"))
-    assert rec.conns == {} and rec.triggered == []  # listed afresh when active again
 
 
 async def test_an_unreferenced_secret_is_never_read(rec: Any) -> None:
