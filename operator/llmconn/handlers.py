@@ -8,7 +8,7 @@ storages below keep no last-handled configuration and no progress. The status PA
 validation stays the operator's only write. Kopf's posting of log lines as Events is off.
 
 `llmconn run` (runner.py) starts Kopf with the options; `kopf run -m llmconn.handlers` works
-too, with the options from LLMCONN_* variables.
+too, with the options (the scope of the Secret watch included) from LLMCONN_* variables.
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def configure(settings: kopf.OperatorSettings, config: Config) -> None:
     settings.scanning.disabled = not config.namespace_patterns
     # The list of connections in pages: a restart at 10,000 holds one page at a time.
     settings.watching.chunk_size = PAGE
-    settings.watching.server_timeout = SERVER_TIMEOUT
-    settings.watching.client_timeout = SERVER_TIMEOUT + 30
+    # Whole seconds: Kopf puts the number in the query as it is, and the API server refuses
+    # timeoutSeconds=300.0 (400 Bad Request).
+    settings.watching.server_timeout = int(SERVER_TIMEOUT)
+    settings.watching.client_timeout = int(SERVER_TIMEOUT) + 30
     settings.networking.request_timeout = 60
     # Kopf retries a failed request (a watch too) after each of these delays, then starts
     # it afresh. Its default grows to 21 s, so a change made just after the API server came

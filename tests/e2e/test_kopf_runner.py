@@ -29,6 +29,7 @@ def test_kopf_runs_the_handlers_and_the_verdict_is_written(
     api = Api(cluster)
     for name, value in cluster.env().items():
         monkeypatch.setenv(name, value)  # KUBECONFIG: Kopf and the engine log in from it
+    monkeypatch.setenv("LLMCONN_NAMESPACE", namespace)  # the Secret watch's scope
     monkeypatch.setenv("LLMCONN_METRICS_PORT", "0")
     monkeypatch.setenv("LLMCONN_DEFAULT_INTERVAL", "1h")
     spec = {
@@ -46,7 +47,10 @@ def test_kopf_runs_the_handlers_and_the_verdict_is_written(
             status = api.status(namespace, "c")
             return status if condition(status, "Ready").get("status") == "True" else None
 
-        status = wait_for("the verdict written by the in-process operator", ready)
+        try:
+            status = wait_for("the verdict written by the in-process operator", ready)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{runner.output[-3000:]}") from None
         assert status["reason"] == "Validated"
         obj = api.conn(namespace, "c")
         assert obj is not None

@@ -41,6 +41,8 @@ def test_kopf_keeps_no_state_on_the_objects() -> None:
     assert not patch
     assert settings.posting.enabled is False
     assert settings.watching.chunk_size == PAGE  # a restart holds one page at a time
+    # The API server refuses timeoutSeconds=300.0: Kopf sends the number as it is.
+    assert isinstance(settings.watching.server_timeout, int)
 
 
 def test_namespace_discovery_only_for_patterns() -> None:
