@@ -58,10 +58,11 @@ def _shut_down(reply: Reply, what: str) -> ProbeOutcome | None:
     if reply.status != 404 or err is None or "has been deprecated" not in err.message:
         return None
     said = err.message.rstrip(". ")
+    tag = f"HTTP 404{' ' + err.code if err.code else ''}"
     return ProbeOutcome(
         Reason.MODEL_RETIRED,
-        f"OpenAI answered {what} with HTTP 404{' ' + err.code if err.code else ''}: {said}. The model is shut "
-        "down though it may still be listed. Move spec.model to a current model.",
+        f"OpenAI answered {what} with {tag}: {said}. The model is shut down though it may "
+        "still be listed. Move spec.model to a current model.",
         http_status=404,
         code=err.code,
         lifecycle=Lifecycle(stage="retired"),
