@@ -40,6 +40,15 @@ from llmconn.spec import AwsIdentity, AzureIdentity, GcpIdentity, IdentitySpec
 AWS_AUDIENCE = "sts.amazonaws.com"
 AZURE_AUDIENCE = "api://AzureADTokenExchange"
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+# The national clouds' Entra authorities (azure-identity `AzureAuthorityHosts`) and their own
+# Cognitive Services audiences (Microsoft Learn: "Azure OpenAI in Azure Government";
+# Azure in China's Cognitive Services endpoints): a token for the public audience is refused
+# there.
+AZURE_NATIONAL_SCOPES = {
+    "login.microsoftonline.us": "https://cognitiveservices.azure.us/.default",
+    "login.chinacloudapi.cn": "https://cognitiveservices.azure.cn/.default",
+    "login.partner.microsoftonline.cn": "https://cognitiveservices.azure.cn/.default",
+}
 # The shortest sessions the clouds grant: the credentials serve one validation.
 AWS_SESSION_SECONDS = 900  # DurationSeconds' minimum
 GCP_LIFETIME = "600s"
@@ -104,6 +113,13 @@ class CloudEndpoints:
     def azure_url(self, azure: AzureIdentity) -> str:
         tenant = quote(azure.tenant_id, safe="")
         return f"{self.azure_authority_host.rstrip('/')}/{tenant}/oauth2/v2.0/token"
+
+    @property
+    def azure_scope(self) -> str:
+        """The Cognitive Services scope of the authority's cloud (public unless it is a
+        national cloud's authority)."""
+        host = (urlsplit(self.azure_authority_host).hostname or "").lower()
+        return AZURE_NATIONAL_SCOPES.get(host, AZURE_SCOPE)
 
     def gcp_url(self) -> str:
         return f"{self.gcp_sts.rstrip('/')}/v1/token"
@@ -255,7 +271,7 @@ async def azure(
         endpoints.azure_url(identity),
         {
             "client_id": identity.client_id,
-            "scope": AZURE_SCOPE,
+            "scope": endpoints.azure_scope,
             "client_assertion_type": _JWT_BEARER,
             "client_assertion": token,
             "grant_type": "client_credentials",

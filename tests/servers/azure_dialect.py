@@ -66,7 +66,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servers.entra import COGNITIVE_SERVICES, EntraState
+from servers.entra import EntraState
 from servers.recording import DialectState
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -225,13 +225,13 @@ def make_app(
         bearer = request.headers.get("authorization", "")
         if state.entra is not None and bearer[:7].lower() == "bearer ":
             claims = state.entra.access_token_claims(bearer[7:])
-            if claims is None or claims.get("aud") != COGNITIVE_SERVICES:
+            if claims is None or claims.get("aud") != state.entra.audience:
                 return error(
                     401,
                     {
                         "code": "401",
                         "message": "Unauthorized. Access token is missing, invalid, audience "
-                        "is incorrect (https://cognitiveservices.azure.com), or have expired.",
+                        f"is incorrect ({state.entra.audience}), or have expired.",
                     },
                 )
             if claims.get("appid") not in state.role_holders:
