@@ -344,7 +344,9 @@ def make_app(
                     "status": 400,
                     "innererror": {
                         "code": "ResponsibleAIPolicyViolation",
-                        "content_filter_result": {"jailbreak": {"detected": True, "filtered": True}},
+                        "content_filter_result": {
+                            "jailbreak": {"detected": True, "filtered": True}
+                        },
                     },
                 },
                 served,
