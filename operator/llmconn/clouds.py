@@ -40,6 +40,15 @@ from llmconn.verdict import CloudEndpoints
 AWS_AUDIENCE = "sts.amazonaws.com"
 AZURE_AUDIENCE = "api://AzureADTokenExchange"
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+# The national clouds' Entra authorities (azure-identity `AzureAuthorityHosts`) and their own
+# Cognitive Services audiences (Microsoft Learn: "Azure OpenAI in Azure Government";
+# Azure in China's Cognitive Services endpoints): a token for the public audience is refused
+# there.
+AZURE_NATIONAL_SCOPES = {
+    "login.microsoftonline.us": "https://cognitiveservices.azure.us/.default",
+    "login.chinacloudapi.cn": "https://cognitiveservices.azure.cn/.default",
+    "login.partner.microsoftonline.cn": "https://cognitiveservices.azure.cn/.default",
+}
 # The shortest sessions the clouds grant: the credentials serve one validation.
 AWS_SESSION_SECONDS = 900  # DurationSeconds' minimum
 GCP_LIFETIME = "600s"
@@ -96,6 +105,13 @@ def aws_url(endpoints: CloudEndpoints, aws: AwsIdentity) -> str:
 def azure_url(endpoints: CloudEndpoints, azure: AzureIdentity) -> str:
     tenant = quote(azure.tenant_id, safe="")
     return f"{endpoints.azure_authority_host.rstrip('/')}/{tenant}/oauth2/v2.0/token"
+
+
+def azure_scope(endpoints: CloudEndpoints) -> str:
+    """The Cognitive Services scope of the authority's cloud (public unless it is a national
+    cloud's authority)."""
+    host = (urlsplit(endpoints.azure_authority_host).hostname or "").lower()
+    return AZURE_NATIONAL_SCOPES.get(host, AZURE_SCOPE)
 
 
 def gcp_url(endpoints: CloudEndpoints) -> str:
@@ -250,7 +266,7 @@ async def azure(
         azure_url(endpoints, identity),
         {
             "client_id": identity.client_id,
-            "scope": AZURE_SCOPE,
+            "scope": azure_scope(endpoints),
             "client_assertion_type": _JWT_BEARER,
             "client_assertion": token,
             "grant_type": "client_credentials",

@@ -9,7 +9,9 @@ Through the operator process, each provider validates as its workload identity:
   credential does not trust, an identity without a role on the resource;
 - bedrock signed (SigV4) with the session STS issued for the role, its session token along,
   and a role without invoke permission PermissionDenied;
-- vertex-ai with the impersonated service account's token from IAM Credentials.
+- vertex-ai with the impersonated service account's token from IAM Credentials, and with
+  Google STS's federated token itself (no impersonation: direct resource access), whose
+  own project (the pool's) has the Vertex AI API off.
 The refusals of STS and Google (an untrusted subject, a provider without the STS audience,
 another ServiceAccount of the namespace) go through validate() in the test's process, with
 tokens the API server minted.
@@ -95,7 +97,7 @@ def clouds(cluster: ControlPlane, issuer: TrustedIssuer) -> Iterator[Clouds]:
     # Bedrock accepts the sessions STS issued (with their session token); Vertex AI the
     # access tokens IAM Credentials issued.
     bedrock = bedrock_dialect.BedrockState(access_keys=aws_sts.SessionKeys(sts))
-    vertex_app = vertex_dialect.make_app(issued=google.issued)
+    vertex_app = vertex_dialect.make_app(issued=google.issued, federated=google.federated)
     with (
         serve(aws_sts.make_app(sts)) as sts_url,
         serve(entra.make_app(directory)) as entra_url,
@@ -307,13 +309,16 @@ def bedrock(clouds: Clouds, account: str, model: str = bedrock_dialect.HAIKU) ->
     }
 
 
-def vertex(clouds: Clouds, account: str, email: str | None = GSA) -> dict[str, Any]:
+def vertex(
+    clouds: Clouds, account: str, email: str | None = GSA, vtype: str = "Model"
+) -> dict[str, Any]:
     gcp = {"audience": POOL, **({"serviceAccountEmail": email} if email else {})}
     return {
         "provider": "vertex-ai",
         "endpoint": clouds.vertex_url,
         "vertexAI": {"project": vertex_dialect.PROJECT, "location": "us-central1"},
         "model": "gemini-2.5-flash",
+        "validation": {"type": vtype},
         "identity": {"serviceAccountName": account, "gcp": gcp},
     }
 
@@ -413,6 +418,39 @@ def test_vertex_ai_validates_as_the_impersonated_service_account(
     nothing_leaked(
         operator, api, ns, "vertex-keyless", exchange.body["subject_token"], federated, bearer
     )
+
+
+@pytest.mark.parametrize("vtype", ["Connectivity", "Model"])
+def test_vertex_ai_validates_with_the_federated_token_itself(
+    cluster: ControlPlane, clouds: Clouds, ns: str, operator: OperatorProcess, vtype: str
+) -> None:
+    """No serviceAccountEmail: Vertex AI is called with Google STS's federated token (direct
+    resource access). Its own project is the pool's, whose Vertex AI API is off: the
+    project-less model list (Connectivity) names vertexAI.project to bill instead."""
+    name = f"vertex-direct-{vtype.lower()}"  # a ServiceAccount and connection of its own
+    api, subject = Api(cluster), f"system:serviceaccount:{ns}:{name}"
+    provider = clouds.google.providers[POOL]
+    service_account(cluster, ns, name)
+    before = len(clouds.google.seen)
+    apply(cluster, ns, name, vertex(clouds, name, email=None, vtype=vtype))
+    status = verdict(api, ns, name, "Validated")
+    assert "the workload identity" in status["message"].lower()
+    # One STS exchange for this ServiceAccount, and no impersonation.
+    asked = [s for s in list(clouds.google.seen)[before:] if s.path == "/v1/token"]
+    assert asked and not [
+        s for s in list(clouds.google.seen)[before:] if "generateAccessToken" in s.path
+    ]
+    claims = provider.issuer.verify(asked[-1].body["subject_token"], {POOL})
+    assert (claims["iss"], claims["sub"]) == (cluster.server, subject)
+    # Vertex AI got the federated token, issued to this ServiceAccount's principal.
+    calls = [c for c in clouds.vertex.seen if c.headers.get("authorization", "")[7:]]
+    bearer = calls[-1].headers["authorization"][7:]
+    assert clouds.google.federated[bearer] == provider.principal(subject)
+    if vtype == "Connectivity":
+        assert calls[-1].headers["x-goog-user-project"] == vertex_dialect.PROJECT
+    else:
+        assert calls[-1].path.endswith(":countTokens")
+    nothing_leaked(operator, api, ns, name, asked[-1].body["subject_token"], bearer)
 
 
 # --- the clouds' refusals, with tokens the API server mints -----------------------------------

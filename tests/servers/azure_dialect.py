@@ -39,6 +39,20 @@ a deployment whose model does not chat (as users report it); the body of the 410
 plane's `lifecycle_status` for a deprecating model (`deprecating`, the management plane's
 `Deprecating` in the data plane's spelling); that a completion's `model` is spelled as the
 list's `id`; `owned_by` on the v1 list.
+
+A deployment of a retired model (issue 24): Azure answers it, as users report it, with 404
+`{"code": "404", "message": "Resource not found"}` (BerriAI/litellm#11116: a deployment of
+gpt-35-turbo 0125 after its retirement) or with 400 OperationNotSupported "The chatCompletion
+operation does not work with the specified model, gpt-35-turbo" (BerriAI/litellm#11505), and
+by the management plane's word with 410; `retired`, `retired_400` and `retired_410` play the
+three. The model list may hold one entry per model version under the bare name, each with its
+own `deprecation.inference` (three `gpt-35-turbo` entries in a France Central answer captured
+in public code; not in Microsoft's reference, whose example has distinct ids), and a
+completion may report that bare name: `gpt-35-bare` plays it. The content filter's refusal of
+a prompt is 400 `content_filter` with `innererror.code` ResponsibleAIPolicyViolation
+(Microsoft Learn, Azure OpenAI "Content filtering": "the API call fails" with 400 when the
+prompt is filtered; the body as openai/openai-agents-python#806 captured it); `filtered`
+plays it.
 """
 
 from __future__ import annotations
@@ -52,7 +66,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from servers.entra import COGNITIVE_SERVICES, EntraState
+from servers.entra import EntraState
 from servers.recording import DialectState
 
 API_KEY = "0123456789abcdef0123456789abcdef"
@@ -65,7 +79,12 @@ DEPLOYMENTS = {
     "o1-pro": ("o1-pro-2025-03-19", "responses"),
     "gpt-4o-old": ("gpt-4o-2024-05-13", "chat"),  # its model is deprecating
     "gpt-35-legacy": ("gpt-35-turbo-0125", "chat"),  # its model's inference support has ended
-    "gpt-35-gone": ("gpt-35-turbo-0301", "retired"),  # Azure retired it: 410
+    # Azure retired their models: 404 Resource not found, 400 OperationNotSupported, 410
+    "gpt-35-gone": ("gpt-35-turbo-0301", "retired"),
+    "gpt-35-gone-400": ("gpt-35-turbo", "retired_400"),
+    "gpt-35-gone-410": ("gpt-35-turbo-0301", "retired_410"),
+    "gpt-35-bare": ("gpt-35-turbo", "chat"),  # the completion names the bare model
+    "gpt-4o-filtered": ("gpt-4o-2024-08-06", "filtered"),  # the filter refuses our prompt
 }
 # GET /openai/models: what the resource can use ("Models - List"). Every model has an end of
 # inference support: at launch a "not sooner than" date (Microsoft's model retirement policy:
@@ -94,6 +113,25 @@ MODELS = [
         "status": "succeeded",
         "lifecycle_status": "generally-available",
         "deprecation": {"fine_tune": 1749168000, "inference": 1767225600},  # 2026-01-01
+        "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
+        "created_at": 1706745600,
+        "object": "model",
+    },
+    # One entry per version under the bare name, each with its own date (see the module doc).
+    {
+        "id": "gpt-35-turbo",
+        "status": "succeeded",
+        "lifecycle_status": "generally-available",
+        "deprecation": {"inference": 1740787200},  # 2025-03-01
+        "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
+        "created_at": 1687132800,
+        "object": "model",
+    },
+    {
+        "id": "gpt-35-turbo",
+        "status": "succeeded",
+        "lifecycle_status": "generally-available",
+        "deprecation": {"inference": 1830297600},  # 2028-01-01
         "capabilities": {"chat_completion": True, "completion": False, "embeddings": False},
         "created_at": 1706745600,
         "object": "model",
@@ -187,13 +225,13 @@ def make_app(
         bearer = request.headers.get("authorization", "")
         if state.entra is not None and bearer[:7].lower() == "bearer ":
             claims = state.entra.access_token_claims(bearer[7:])
-            if claims is None or claims.get("aud") != COGNITIVE_SERVICES:
+            if claims is None or claims.get("aud") != state.entra.audience:
                 return error(
                     401,
                     {
                         "code": "401",
                         "message": "Unauthorized. Access token is missing, invalid, audience "
-                        "is incorrect (https://cognitiveservices.azure.com), or have expired.",
+                        f"is incorrect ({state.entra.audience}), or have expired.",
                     },
                 )
             if claims.get("appid") not in state.role_holders:
@@ -276,8 +314,8 @@ def make_app(
             )
         model, kind = state.deployments[deployment]
         served = {"x-ms-deployment-name": deployment}
-        if kind == "retired":
-            return retired(model, served)
+        if kind.startswith("retired"):
+            return retired(kind, model, served, "chatCompletion")
         if kind in ("embedding", "responses"):
             return error(
                 400,
@@ -293,6 +331,26 @@ def make_app(
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return invalid("[] is too short - 'messages'", param="messages", extra=served)
+        if kind == "filtered":
+            # Microsoft Learn, "Content filtering"; the body as openai-agents-python#806 shows.
+            return error(
+                400,
+                {
+                    "message": "The response was filtered due to the prompt triggering Azure "
+                    "OpenAI's content management policy. Please modify your prompt and retry.",
+                    "type": None,
+                    "param": "prompt",
+                    "code": "content_filter",
+                    "status": 400,
+                    "innererror": {
+                        "code": "ResponsibleAIPolicyViolation",
+                        "content_filter_result": {
+                            "jailbreak": {"detected": True, "filtered": True}
+                        },
+                    },
+                },
+                served,
+            )
         if kind == "reasoning" and "max_tokens" in body:
             return invalid(
                 "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
@@ -320,11 +378,27 @@ def make_app(
             headers=headers(served),
         )
 
-    def retired(model: str, served: dict[str, str]) -> Response:
-        # The status is the management plane's word; this body is not confirmed.
-        return error(
-            410, {"code": "410", "message": f"The model {model} has been retired."}, served
-        )
+    def retired(kind: str, model: str, served: dict[str, str], operation: str) -> Response:
+        if kind == "retired_410":
+            # The status is the management plane's word; this body is not confirmed.
+            return error(
+                410, {"code": "410", "message": f"The model {model} has been retired."}, served
+            )
+        if kind == "retired_400":
+            # BerriAI/litellm#11505 (a gpt-35-turbo deployment after the retirement).
+            return error(
+                400,
+                {
+                    "code": "OperationNotSupported",
+                    "message": f"The {operation} operation does not work with the specified "
+                    f"model, {model}. Please choose different model and try again. You can "
+                    "learn more about which models can be used with each operation here: "
+                    "https://go.microsoft.com/fwlink/?linkid=2197993.",
+                },
+                served,
+            )
+        # BerriAI/litellm#11116: the gateway's bare 404, no deployment header.
+        return error(404, {"code": "404", "message": "Resource not found"})
 
     async def deployment_chat(request: Request) -> Response:
         body = await record(request)
@@ -381,8 +455,8 @@ def make_app(
             )
         model, kind = state.deployments[deployment]
         served = {"x-ms-deployment-name": deployment}
-        if kind == "retired":
-            return retired(model, served)
+        if kind.startswith("retired"):
+            return retired(kind, model, served, "responses")
         if kind == "embedding":
             return error(
                 400,

@@ -28,6 +28,30 @@ Sources:
   key, "The provided model identifier is invalid." (ValidationException) for an unknown model,
   "This model version has reached the end of its life." (ResourceNotFoundException) and the
   on-demand refusal of a model served only through inference profiles.
+- End of life (`retired`): the model is gone from ListFoundationModels and GetFoundationModel
+  (Bedrock user guide, "Model lifecycle": after the end-of-life date a model "is no longer
+  available"; gsd-build/gsd-2#5425 quotes the Converse answer), and GetFoundationModel answers
+  it as an unknown id (not confirmed: the ValidationException above). Its system-defined
+  inference profiles still answer GetInferenceProfile (not confirmed either).
+- Legacy models an account has not used lately (`legacy_unused`): Converse answers
+  ResourceNotFoundException "Access denied. This Model is marked by provider as Legacy and you
+  have not been actively using the model in the last 15 days. ..." (as users report it:
+  aws-samples/amazon-bedrock-workshop#386, gsd-build/gsd-2#5425).
+- First-use gates (`gated`): AWS's "Troubleshooting Amazon Bedrock API Error Codes"
+  (https://docs.aws.amazon.com/bedrock/latest/userguide/troubleshooting-api-error-codes.html)
+  lists FTUFormNotFilled (404, "Model use case details have not been submitted for this
+  account") and MPAgreementBeingCreated (403, "Your AWS Marketplace subscription for this model
+  is still being processed"). Whether they come as the error type or as the message of a
+  ResourceNotFoundException and an AccessDeniedException is not confirmed: `gate_style` plays
+  both ("code", "message").
+- Quotas: ServiceQuotaExceededException (400) is "Your request exceeds the service quota for
+  your account. ... You can resubmit your request later." (botocore `bedrock-runtime`
+  service model); a daily token quota is a ThrottlingException "Too many tokens per day,
+  please wait before trying again." (as users report it: minorun365/agent-book#29).
+- Temporary keys whose session ended (`expired`): 403 ExpiredTokenException "The security
+  token included in the request is expired" (AWS "Common Errors").
+- Inference profile ids carry a geography prefix; langchain-aws `MODEL_ID_GEO_PREFIXES`
+  (libs/aws/langchain_aws/utils.py) has eu, us, us-gov, apac, sa, amer, global, jp and au.
 """
 
 from __future__ import annotations
@@ -51,7 +75,7 @@ from servers.recording import DialectState
 
 SERVICE = "bedrock"
 MAX_SKEW = dt.timedelta(minutes=5)
-FAULTS = ("throttled", "quota", "unavailable", "not_ready", "html")
+FAULTS = ("throttled", "tokens_per_day", "quota", "unavailable", "not_ready", "html")
 _AUTH = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<credential>[^,\s]+),\s*"
     r"SignedHeaders=(?P<signed>[^,\s]+),\s*Signature=(?P<signature>[0-9a-f]{64})$"
@@ -111,9 +135,13 @@ class BedrockState(DialectState):
             SONNET_37: model(SONNET_37, inference_types=("INFERENCE_PROFILE",)),
         }
     )
-    profiles: tuple[str, ...] = (f"us.{SONNET_37}", f"global.{HAIKU}")
+    profiles: tuple[str, ...] = (f"us.{SONNET_37}", f"global.{HAIKU}", f"amer.{NOVA}")
     invoke_denied: frozenset[str] = frozenset()  # models the identity may look up, not invoke
-    retired: frozenset[str] = frozenset()  # models past their end of life at the runtime
+    retired: frozenset[str] = frozenset()  # past their end of life: unlisted, refused
+    legacy_unused: frozenset[str] = frozenset()  # Legacy, and not used by this account lately
+    gated: Mapping[str, str] = field(default_factory=dict)  # model -> "ftu" | "marketplace"
+    gate_style: str = "code"  # how a gate answers: its own error type, or words (module doc)
+    expired: frozenset[str] = frozenset()  # access key ids whose session has ended
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
 
@@ -174,6 +202,10 @@ def _verify_sigv4(state: BedrockState, request: Request, body: bytes) -> Respons
     signed = found["signed"].split(";")
     known = state.access_keys.get(key_id)
     token = request.headers.get("x-amz-security-token")
+    if key_id in state.expired:
+        return _error(
+            403, "ExpiredTokenException", "The security token included in the request is expired"
+        )
     if known is None or token != known[1]:
         return _error(
             403,
@@ -265,8 +297,14 @@ def _fault(state: BedrockState) -> Response | None:
         case "throttled":
             text = "Too many requests, please wait before trying again."
             return _error(429, "ThrottlingException", text)
-        case "quota":
-            text = "The request exceeds the account quota for on-demand tokens per minute."
+        case "tokens_per_day":  # minorun365/agent-book#29
+            text = "Too many tokens per day, please wait before trying again."
+            return _error(429, "ThrottlingException", text)
+        case "quota":  # botocore bedrock-runtime: ServiceQuotaExceededException, 400
+            text = (
+                "Your request exceeds the service quota for your account. You can view your "
+                "quotas at Viewing service quotas. You can resubmit your request later."
+            )
             return _error(400, "ServiceQuotaExceededException", text)
         case "unavailable":
             return _error(503, "ServiceUnavailableException", "Service unavailable.")
@@ -286,7 +324,8 @@ def _details(state: BedrockState, model_id: str) -> dict[str, Any]:
 
 
 async def _list(state: BedrockState, request: Request, body: Any) -> Response:
-    summaries = [_details(state, m) for m in state.models]
+    # End-of-life models leave the catalogue (module doc).
+    summaries = [_details(state, m) for m in state.models if m not in state.retired]
     return _ok({"modelSummaries": summaries})
 
 
@@ -297,7 +336,7 @@ def _model_id(identifier: str) -> str:
 
 async def _get_model(state: BedrockState, request: Request, body: Any) -> Response:
     model_id = _model_id(request.path_params["model_id"])
-    if model_id not in state.models:
+    if model_id not in state.models or model_id in state.retired:
         return _error(400, "ValidationException", "The provided model identifier is invalid.")
     return _ok({"modelDetails": _details(state, model_id)})
 
@@ -329,6 +368,13 @@ async def _converse(state: BedrockState, request: Request, body: Any) -> Respons
     target = _model_id(request.path_params["model_id"])
     profile = target in state.profiles
     model_id = target.partition(".")[2] if profile else target
+    if model_id in state.retired:  # gsd-build/gsd-2#5425
+        return _error(
+            404,
+            "ResourceNotFoundException",
+            "This model version has reached the end of its life. Please refer to the AWS "
+            "documentation for more details.",
+        )
     if model_id not in state.models:
         return _error(400, "ValidationException", "The provided model identifier is invalid.")
     if target in state.invoke_denied or model_id in state.invoke_denied:
@@ -340,12 +386,15 @@ async def _converse(state: BedrockState, request: Request, body: Any) -> Respons
             f"bedrock:InvokeModel on resource: {arn} because no identity-based policy allows "
             "the bedrock:InvokeModel action",
         )
-    if model_id in state.retired:
+    if (gate := state.gated.get(model_id)) is not None:
+        return _gate(state, gate)
+    if model_id in state.legacy_unused:  # aws-samples/amazon-bedrock-workshop#386
         return _error(
             404,
             "ResourceNotFoundException",
-            "This model version has reached the end of its life. Please refer to the AWS "
-            "documentation for more details.",
+            "Access denied. This Model is marked by provider as Legacy and you have not been "
+            "actively using the model in the last 15 days. Please upgrade to an active model "
+            "on Amazon Bedrock",
         )
     if not profile and "ON_DEMAND" not in state.models[model_id]["inferenceTypesSupported"]:
         return _error(
@@ -370,6 +419,24 @@ async def _converse(state: BedrockState, request: Request, body: Any) -> Respons
             "metrics": {"latencyMs": 211},
         }
     )
+
+
+def _gate(state: BedrockState, gate: str) -> Response:
+    """A first-use gate, as AWS's troubleshooting page names it (module doc)."""
+    if gate == "ftu":
+        cause = (
+            "Model use case details have not been submitted for this account. Fill out the "
+            "Anthropic use case details form before using the model."
+        )
+        code = "FTUFormNotFilled" if state.gate_style == "code" else "ResourceNotFoundException"
+        return _error(404, code, cause)
+    cause = (
+        "Your account is not authorized to access this model. Your AWS Marketplace "
+        "subscription for this model is still being processed. Please try again after 15 "
+        "minutes."
+    )
+    code = "MPAgreementBeingCreated" if state.gate_style == "code" else "AccessDeniedException"
+    return _error(403, code, cause)
 
 
 def _rid() -> dict[str, str]:

@@ -22,6 +22,13 @@ Sources: Microsoft identity platform documentation, "OAuth 2.0 client credential
 subject, audience), and the AADSTS error code reference for the codes and their wording.
 Entra answers invalid_client with 401 and the other errors with 400 (RFC 6749 section 5.2
 allows either for invalid_client; users report 401).
+
+A directory is one cloud's: `audience` is the Cognitive Services resource its tokens are for,
+and a scope for another cloud's resource is refused (invalid_scope). The national clouds have
+their own authorities and resources (azure-identity `AzureAuthorityHosts`:
+login.microsoftonline.us, login.chinacloudapi.cn; Microsoft Learn, "Azure OpenAI in Azure
+Government": https://cognitiveservices.azure.us); which wording a national Entra uses for the
+refusal is not confirmed.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from servers.recording import DialectState, Seen
 
 EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 COGNITIVE_SERVICES = "https://cognitiveservices.azure.com"
+COGNITIVE_SERVICES_US_GOV = "https://cognitiveservices.azure.us"  # Azure Government
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 BEHAVIOURS = frozenset({"ok", "throttled", "unavailable", "html"})
@@ -70,6 +78,7 @@ class EntraState(DialectState):
     trust_store: ssl.SSLContext | None = None
     signer: Issuer = field(default_factory=lambda: Issuer(kid="entra-loopback-1"))
     issued: list[str] = field(default_factory=list)  # access tokens, for leak checks
+    audience: str = COGNITIVE_SERVICES  # the cloud's Cognitive Services resource (module doc)
     _issuers: dict[str, TrustedIssuer] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -133,7 +142,7 @@ def make_app(state: EntraState | None = None) -> Starlette:
                 "the administrator of the tenant or consented to by any user in the tenant.",
             )
         scope = form.get("scope", "")
-        if scope != f"{COGNITIVE_SERVICES}/.default":
+        if scope != f"{state.audience}/.default":
             return error(
                 400,
                 "invalid_scope",
@@ -199,7 +208,7 @@ def make_app(state: EntraState | None = None) -> Starlette:
         now = int(time.time())
         access = state.signer.sign(
             {
-                "aud": COGNITIVE_SERVICES,
+                "aud": state.audience,
                 "iss": f"https://sts.windows.net/{tenant_id}/",
                 "iat": now,
                 "nbf": now,

@@ -41,6 +41,11 @@ Sources, where an answer is more than the common OpenAI shape:
   https://console.x.ai.", "... has either used all available credits or reached its monthly
   spending limit ...") are as the openai SDK shows them in user reports, not confirmed from a
   primary source.
+- OpenAI, a model shut down but still listed: chat completions answer 404 `model_not_found`
+  "The model `text-davinci-003` has been deprecated, learn more here:
+  https://platform.openai.com/docs/deprecations" (as users report it: langflow-ai/langflow#1337,
+  hkjang/node-red-contrib-openai#7); GET /models and GET /models/{id} still answer, with or
+  without a `shutdown_date`.
 - LiteLLM proxy: `litellm/exceptions.py` BudgetExceededError ("Budget has been exceeded!
   Current cost: ..., Max budget: ...", status 429 in current releases) surfaced by the proxy as
   error type `budget_exceeded`; older proxies sent it with HTTP 400.
@@ -127,6 +132,8 @@ class Dialect(DialectState):
     unauthorized: str = "flavour"  # Mistral's 401 body: "flavour", "detail" or "empty"
     budget_status: int = 400  # LiteLLM's budget_exceeded status
     shutdown: dict[str, str] = field(default_factory=dict)  # model -> OpenAI shutdown_date
+    # Listed models that are shut down: completions answer "has been deprecated" (404)
+    shut_down: tuple[str, ...] = ()
     # xAI GET /api-key: flags set to True (api_key_blocked, api_key_disabled, team_blocked)
     key_flags: frozenset[str] = frozenset()
     acls: tuple[str, ...] = ("api-key:model:*", "api-key:endpoint:*")
@@ -337,6 +344,13 @@ async def _chat(dialect: Dialect, request: Request, body: Any) -> Response:
         return _send(dialect, 400, _openai_body(text, "invalid_request_error", None))
     if model not in dialect.models + dialect.unlisted:
         return _no_model(dialect, model, chat=True)
+    if model in dialect.shut_down:
+        # As users report it (langflow-ai/langflow#1337): a 404 model_not_found that says so.
+        text = (
+            f"The model `{model}` has been deprecated, learn more here: "
+            "https://platform.openai.com/docs/deprecations"
+        )
+        return _send(dialect, 404, _openai_body(text, "invalid_request_error", "model_not_found"))
     if model in dialect.responses_only:
         text = "This model is only supported in v1/responses and not in v1/chat/completions."
         error = _openai_body(text, "invalid_request_error", None)

@@ -26,6 +26,26 @@ not have access to it"), and the IAM refusal ("Permission '...' denied on resour
 may not exist).") with an ErrorInfo IAM_PERMISSION_DENIED carrying `metadata.permission`: its
 exact form is not confirmed from a primary source. `state.behaviour` selects a failure to
 play; `state.granted` lists the projects the accounts may call models in.
+
+Claude's token counter (issue 24): Google's "Count tokens for Claude models"
+(https://docs.cloud.google.com/vertex-ai/generative-ai/docs/partner-models/claude/count-tokens)
+lists the regions that serve count-tokens; its versions differ (us-central1, europe-west4 and
+asia-east1 are in older ones only), and us-east5, europe-west1 and asia-southeast1 are in
+every one: those three count here. Claude answers messages at `global` too (the anthropic
+SDK's Vertex client takes region "global"), but count-tokens there is 404 (BerriAI/litellm
+PR #20348, which counts in another region for that reason).
+
+Billing of the project-less model list (issue 24): a call that names no project is billed to,
+and checked against, a project of the caller's: the `x-goog-user-project` header when sent
+(google-genai `_api_client.py` sends the credentials' quota project there), else the
+credential's own project (a service account's, from its email; a federated token's, the
+workload identity pool's project number). A project whose Vertex AI API is off answers
+SERVICE_DISABLED naming that project (googleapis/python-genai#2173,
+googleapis/python-aiplatform#2557: the error names the credential's project, not the one the
+caller uses); a project the caller may not bill answers USER_PROJECT_DENIED (googleapis
+`google/api/error_reason.proto`: the caller lacks serviceusage.services.use on the user
+project). `state.enabled` and `state.billable` say which projects are which. Calls that name a
+project in their path are billed to it, as before.
 """
 
 from __future__ import annotations
@@ -47,7 +67,12 @@ EXPRESS_KEY = "AQ.Ab8RN6LoopbackExpressKey0123456789abcdefghij"
 GEMINI = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-3.5-flash"]
 CLAUDE = ["claude-sonnet-4-5@20250929", "claude-haiku-4-5@20251001"]
 # Where each publisher's models are served (Claude is in fewer regions than Gemini).
-LOCATIONS = {"google": {"us-central1", "europe-west4", "global"}, "anthropic": {"us-east5"}}
+LOCATIONS = {
+    "google": {"us-central1", "europe-west4", "global"},
+    "anthropic": {"us-east5", "europe-west1", "asia-southeast1", "global"},
+}
+# Where Claude's token counter answers (module doc: the regions every version lists).
+COUNT_REGIONS = {"us-east5", "europe-west1", "asia-southeast1"}
 
 BEHAVIOURS = frozenset(
     {
@@ -78,6 +103,10 @@ class VertexState(DialectState):
     # google_sts.py for a workload identity) -> whose they are.
     issued: Mapping[str, str] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)  # tokens accepted besides those
+    # Google STS's federated tokens -> their principal (direct resource access)
+    federated: Mapping[str, str] = field(default_factory=dict)
+    enabled: set[str] = field(default_factory=lambda: {PROJECT})  # Vertex AI API on
+    billable: set[str] = field(default_factory=lambda: {PROJECT})  # x-goog-user-project ok
     express_keys: set[str] = field(default_factory=lambda: {EXPRESS_KEY})
     granted: set[str] = field(default_factory=lambda: {PROJECT})  # predict allowed here
     counted: int = 0  # countTokens calls (free)
@@ -112,10 +141,28 @@ def _publisher_model(publisher: str, name: str) -> dict[str, Any]:
     }
 
 
-def make_app(behaviour: str = "ok", issued: Mapping[str, str] | None = None) -> Starlette:
+def home_project(state: VertexState, token: str) -> str:
+    """The project a credential belongs to: a service account's (its email's domain), a
+    federated principal's pool project (its number), else the test project."""
+    email = state.issued.get(token, "")
+    if email.endswith(".iam.gserviceaccount.com"):
+        return email.split("@", 1)[1].removesuffix(".iam.gserviceaccount.com")
+    principal = state.federated.get(token, "")
+    if "/projects/" in principal:
+        return principal.split("/projects/", 1)[1].split("/", 1)[0]
+    return PROJECT
+
+
+def make_app(
+    behaviour: str = "ok",
+    issued: Mapping[str, str] | None = None,
+    federated: Mapping[str, str] | None = None,
+) -> Starlette:
     state = VertexState()
     if issued is not None:
         state.issued = issued  # shared with the token service: what it issues is accepted
+    if federated is not None:
+        state.federated = federated  # Google STS's tokens, used without impersonation
     state.reset(behaviour)
 
     def who(request: Request) -> tuple[str | None, Response | None]:
@@ -124,7 +171,7 @@ def make_app(behaviour: str = "ok", issued: Mapping[str, str] | None = None) -> 
         key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
         if auth.startswith("Bearer "):
             token = auth.removeprefix("Bearer ")
-            if token in state.issued or token in state.tokens:
+            if token in state.issued or token in state.tokens or token in state.federated:
                 return "token", None
             return None, _error(
                 401,
@@ -149,23 +196,26 @@ def make_app(behaviour: str = "ok", issued: Mapping[str, str] | None = None) -> 
             [_info("CREDENTIALS_MISSING", service="aiplatform.googleapis.com")],
         )
 
+    def disabled(project: str) -> Response:
+        return _error(
+            403,
+            "PERMISSION_DENIED",
+            f"Vertex AI API has not been used in project {project} before or it is "
+            "disabled. Enable it by visiting https://console.developers.google.com/"
+            f"apis/api/aiplatform.googleapis.com/overview?project={project} then retry.",
+            [
+                _info(
+                    "SERVICE_DISABLED",
+                    consumer=f"projects/{project}",
+                    service="aiplatform.googleapis.com",
+                )
+            ],
+        )
+
     def played(project: str) -> Response | None:
         match state.behaviour:
             case "service_disabled":
-                return _error(
-                    403,
-                    "PERMISSION_DENIED",
-                    f"Vertex AI API has not been used in project {project} before or it is "
-                    "disabled. Enable it by visiting https://console.developers.google.com/"
-                    f"apis/api/aiplatform.googleapis.com/overview?project={project} then retry.",
-                    [
-                        _info(
-                            "SERVICE_DISABLED",
-                            consumer=f"projects/{project}",
-                            service="aiplatform.googleapis.com",
-                        )
-                    ],
-                )
+                return disabled(project)
             case "billing_disabled":
                 return _error(
                     403,
@@ -220,8 +270,31 @@ def make_app(behaviour: str = "ok", issued: Mapping[str, str] | None = None) -> 
                     "other authentication credentials that assert a principal.",
                     [_info("CREDENTIALS_MISSING", service="aiplatform.googleapis.com")],
                 )
-            if refused := played(PROJECT):
+            token = request.headers["authorization"].removeprefix("Bearer ")
+            user_project = request.headers.get("x-goog-user-project")
+            if user_project is not None and user_project not in state.billable:
+                # googleapis error_reason.proto, USER_PROJECT_DENIED.
+                return _error(
+                    403,
+                    "PERMISSION_DENIED",
+                    f"Caller does not have required permission to use project {user_project}. "
+                    "Grant the caller the roles/serviceusage.serviceUsageConsumer role, or a "
+                    "custom role with the serviceusage.services.use permission, by visiting "
+                    "https://console.developers.google.com/iam-admin/iam/project?project="
+                    f"{user_project} and then retry.",
+                    [
+                        _info(
+                            "USER_PROJECT_DENIED",
+                            consumer=f"projects/{user_project}",
+                            service="aiplatform.googleapis.com",
+                        )
+                    ],
+                )
+            billed = user_project or home_project(state, token)
+            if refused := played(billed):
                 return refused
+            if billed not in state.enabled:  # python-genai#2173: names the billed project
+                return disabled(billed)
             names = GEMINI if listing["publisher"] == "google" else CLAUDE
             return JSONResponse(
                 {
@@ -276,6 +349,8 @@ def make_app(behaviour: str = "ok", issued: Mapping[str, str] | None = None) -> 
         if location not in LOCATIONS["anthropic"] or method != "rawPredict":
             return not_found(project, location, "anthropic", model)
         if model == "count-tokens":
+            if location not in COUNT_REGIONS:  # BerriAI/litellm PR #20348: 404 at global
+                return not_found(project, location, "anthropic", model)
             named = body.get("model")
             if named not in CLAUDE:
                 # Anthropic's own error body, passed through (anthropic `_exceptions.py`).

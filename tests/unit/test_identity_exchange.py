@@ -23,7 +23,7 @@ from llmconn import logs
 from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE
 from llmconn.credentials import AwsCredentials
 from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
+from llmconn.http import ClientPool, DNSLookupError
 from llmconn.oauth import CLOUD_PLATFORM
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.aws import signer
@@ -519,6 +519,45 @@ def test_the_sts_endpoint_follows_region_and_partition() -> None:
     # The administrator's endpoint (a VPC endpoint, say) wins over the region.
     vpce = CloudEndpoints(aws_sts="https://vpce-1.sts.us-east-1.vpce.amazonaws.com")
     assert url(ROLE, vpce, stsRegion="eu-west-1") == vpce.aws_sts + "/"
+
+
+GOV_AUTHORITY = "login.microsoftonline.us"  # azure-identity AzureAuthorityHosts.AZURE_GOVERNMENT
+
+
+async def test_the_entra_scope_follows_the_authoritys_cloud(world: World) -> None:
+    """Issue 24: Azure Government's Entra issues tokens for its own Cognitive Services
+    audience (https://cognitiveservices.azure.us) and refuses the public cloud's scope."""
+    directory = entra.EntraState(audience=entra.COGNITIVE_SERVICES_US_GOV)
+    directory.add_tenant(TENANT)
+    directory.add_app(TENANT, CLIENT, entra.FederatedCredential(world.issuer.url, SUBJECT))
+    resource = azure_dialect.make_app(entra=directory, role_holders={CLIENT})
+
+    async def gov_names(host: str, port: int) -> list[str]:
+        if host in (GOV_AUTHORITY, "127.0.0.1", "localhost"):
+            return ["127.0.0.1"]
+        raise DNSLookupError(host, "Name or service not known")
+
+    pool = ClientPool(EgressPolicy(), resolver=gov_names, proxies={})
+    try:
+        with serve(entra.make_app(directory)) as entra_url, serve(resource) as azure_url:
+            port = entra_url.rsplit(":", 1)[1]
+            clouds = CloudEndpoints(azure_authority_host=f"http://{GOV_AUTHORITY}:{port}")
+            assert llmconn_clouds.azure_scope(clouds) == "https://cognitiveservices.azure.us/.default"
+            verdict = await validate(
+                parse_spec(azure_spec(azure_url)),
+                NoSecrets(),
+                pool,
+                Defaults(clouds=clouds),
+                tokens=world.tokens,
+            )
+    finally:
+        await pool.aclose()
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    [asked] = list(directory.seen)
+    assert asked.body["scope"] == "https://cognitiveservices.azure.us/.default"
+    assert llmconn_clouds.azure_scope(CloudEndpoints()) == AZURE_SCOPE
+    china = CloudEndpoints(azure_authority_host="https://login.chinacloudapi.cn")
+    assert llmconn_clouds.azure_scope(china) == "https://cognitiveservices.azure.cn/.default"
 
 
 # --- Google: STS, then optionally IAM Credentials ---------------------------------------------

@@ -81,6 +81,8 @@ def google(servers: Google) -> Google:
     servers.vertex.reset()
     servers.vertex.counted = 0
     servers.vertex.granted = {PROJECT}
+    servers.vertex.enabled = {PROJECT}
+    servers.vertex.billable = {PROJECT}
     servers.vertex.tokens.clear()
     return servers
 
@@ -204,6 +206,35 @@ async def test_connectivity_lists_publisher_models_and_touches_no_project(
     assert f"project {PROJECT}" in verdict.message  # says that Model checks it
 
 
+async def test_connectivity_bills_the_model_list_to_the_spec_project(
+    google: Google, pool: ClientPool
+) -> None:
+    # Issue 24, item 2: a service account of a central project whose Vertex AI API is off;
+    # the project-less list would be billed there without x-goog-user-project.
+    central = google_token.make_account("prober", project="central-project")
+    google.tokens.trust(central)
+    verdict = await check(google, pool, "Connectivity", model=None, secret=google.key_file(central))
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    [call] = google.vertex.seen
+    assert call.headers["x-goog-user-project"] == PROJECT
+    # Where the spec's project has the API off, that is the project named.
+    google.vertex.enabled = set()
+    verdict = await check(google, pool, "Connectivity", model=None, secret=google.key_file(central))
+    assert (verdict.reason, verdict.code) == (Reason.PERMISSION_DENIED, "SERVICE_DISABLED")
+    assert f"project {PROJECT}" in verdict.message and "central-project" not in verdict.message
+
+
+async def test_a_caller_that_may_not_bill_the_project_for_the_list_still_connects(
+    google: Google, pool: ClientPool
+) -> None:
+    # USER_PROJECT_DENIED: the list wants serviceusage.services.use, which the model calls do
+    # not: the credentials were accepted, and the message says what was not checked.
+    google.vertex.billable = set()
+    verdict = await check(google, pool, "Connectivity", model=None)
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert "USER_PROJECT_DENIED" in verdict.message and "Type Model" in verdict.message
+
+
 async def test_inference_generates_with_16_tokens_and_thinking_kept_small(
     google: Google, pool: ClientPool
 ) -> None:
@@ -262,6 +293,31 @@ async def test_a_claude_model_unknown_or_not_served_there_is_model_not_found(
     )
     assert verdict.reason is Reason.MODEL_NOT_FOUND, verdict.message
     assert named in verdict.message
+
+
+@pytest.mark.parametrize("location", ["global", "europe-west1"])
+async def test_claude_tokens_are_counted_where_google_counts_them(
+    google: Google, pool: ClientPool, location: str
+) -> None:
+    # Issue 24, item 1: Claude's counter is not served at `global` (404 there); the model is.
+    verdict = await check(
+        google, pool, "Model", model=CLAUDE, publisher="anthropic", location=location
+    )
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    [call] = google.vertex.seen
+    counted = "us-east5" if location == "global" else location
+    assert call.path == (
+        f"/v1/projects/{PROJECT}/locations/{counted}/publishers/anthropic/models/"
+        "count-tokens:rawPredict"
+    )
+    if location == "global":
+        assert "counted in us-east5" in verdict.message and "not at global" in verdict.message
+    # Inference asks the model where the spec says.
+    verdict = await check(
+        google, pool, "Inference", model=CLAUDE, publisher="anthropic", location=location
+    )
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert f"/locations/{location}/" in google.vertex.seen[-1].path
 
 
 async def test_a_gemini_model_not_in_the_location_is_model_not_found(

@@ -605,9 +605,11 @@ async def test_azure_deprecating_model_validates_with_its_end_of_inference(
 
 
 @pytest.mark.parametrize("suffix", ["", "/openai/v1"])
-async def test_azure_model_past_its_end_of_inference_is_model_retired(
+async def test_azure_a_passed_end_of_inference_on_a_model_that_answered_is_a_warning(
     srv: dict[str, Server], suffix: str
 ) -> None:
+    # Issue 24, item 4: the date is "not sooner than"; a completion that succeeded is never
+    # ModelRetired, and an overdue date is a Deprecated warning.
     result = await run(
         "azure-openai",
         srv["azure-openai"].url + suffix,
@@ -616,14 +618,27 @@ async def test_azure_model_past_its_end_of_inference_is_model_retired(
         key=azure_dialect.API_KEY,
     )
     outcome = result.outcome
-    assert outcome.reason is Reason.MODEL_RETIRED, outcome.message
+    assert outcome.reason is Reason.VALIDATED, outcome.message
     assert outcome.lifecycle is not None
     assert (outcome.lifecycle.stage, outcome.lifecycle.retires_at) == (
-        "retired",
+        "deprecated",
         "2026-01-01T00:00:00Z",
     )
-    assert "gpt-35-turbo-0125" in outcome.message and "spec.azure.deployment" in outcome.message
+    assert "gpt-35-turbo-0125" in outcome.message and "not sooner than" in outcome.message
     assert outcome.details == {"servedModel": "gpt-35-turbo-0125"}
+
+
+async def test_azure_a_bare_model_name_with_several_versions_takes_the_latest_date(
+    srv: dict[str, Server],
+) -> None:
+    # Issue 24, item 4: the list has one entry per version under the bare name, and the
+    # completion names only that: another version's passed date says nothing of this one.
+    result = await probe(srv, "azure-openai", INFER, model="gpt-35-bare")
+    outcome = result.outcome
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert outcome.lifecycle is None
+    assert "2 versions of gpt-35-turbo" in outcome.message
+    assert "2028-01-01" in outcome.message
 
 
 async def test_azure_model_check_reads_lifecycle_only_when_a_completion_showed_the_model(
@@ -639,15 +654,58 @@ async def test_azure_model_check_reads_lifecycle_only_when_a_completion_showed_t
 
 
 @pytest.mark.parametrize("vtype", [MODEL, INFER])
-async def test_azure_retired_deployment_answering_410_is_model_retired(
-    srv: dict[str, Server], vtype: ValidationType
+@pytest.mark.parametrize(
+    ("deployment", "status"),
+    [("gpt-35-gone", 404), ("gpt-35-gone-400", 400), ("gpt-35-gone-410", 410)],
+)
+@pytest.mark.parametrize("suffix", ["", "/openai/v1"])
+async def test_azure_a_deployment_of_a_retired_model_is_model_retired(
+    srv: dict[str, Server], vtype: ValidationType, deployment: str, status: int, suffix: str
 ) -> None:
-    result = await probe(srv, "azure-openai", vtype, model="gpt-35-gone")
+    # Issue 24, item 3: Azure answers a retired model's deployment with 404 Resource not found
+    # or 400 OperationNotSupported (as users report it), or 410 (the management plane's word).
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + suffix,
+        vtype,
+        model=deployment,
+        key=azure_dialect.API_KEY,
+    )
     outcome = result.outcome
     assert outcome.reason is Reason.MODEL_RETIRED, outcome.message
-    assert outcome.http_status == 410
+    assert outcome.http_status == status
     assert outcome.lifecycle is not None and outcome.lifecycle.stage == "retired"
     assert "spec.azure.deployment" in outcome.message
+    assert srv["azure-openai"].state.generated == 0
+
+
+async def test_azure_a_404_is_the_endpoints_when_the_model_list_fails_too(
+    srv: dict[str, Server],
+) -> None:
+    # The deployment's 404 is read as its own only once the list proved the endpoint.
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url + "/openai",
+        MODEL,
+        model="gpt-35-gone",
+        key=azure_dialect.API_KEY,
+    )
+    assert result.outcome.reason is Reason.UNEXPECTED_RESPONSE, result.outcome.message
+    assert "without /openai" in result.outcome.message
+
+
+@pytest.mark.parametrize("vtype", [MODEL, INFER])
+async def test_azure_a_content_filter_refusing_the_test_prompt_proves_the_deployment(
+    srv: dict[str, Server], vtype: ValidationType
+) -> None:
+    # Issue 24, item 9: 400 content_filter (ResponsibleAIPolicyViolation) comes from the
+    # deployment's model after key, deployment and model were accepted.
+    result = await probe(srv, "azure-openai", vtype, model="gpt-4o-filtered")
+    outcome = result.outcome
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    if vtype is INFER:
+        assert outcome.http_status == 400 and "content filter" in outcome.message
+    assert srv["azure-openai"].state.generated == 0
 
 
 NOW = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
@@ -661,9 +719,9 @@ AHEAD, PASSED = int(NOW.timestamp()) + 86400, int(NOW.timestamp()) - 86400
         ({"lifecycle_status": "preview", "deprecation": {"inference": AHEAD}}, None),
         ({"lifecycle_status": "Deprecating", "deprecation": {}}, ("deprecated", None)),
         ({"lifecycle_status": "deprecated", "deprecation": {"inference": AHEAD}}, "deprecated"),
-        (
+        (  # "not sooner than" passed: a warning, never retired (issue 24, item 4)
             {"lifecycle_status": "generally-available", "deprecation": {"inference": PASSED}},
-            "retired",
+            "deprecated",
         ),
         ({"deprecation": {"inference": True}}, None),
         ({"deprecation": {"inference": 10**20}, "lifecycle_status": "generally-available"}, None),

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from llmconn.egress import EgressPolicy
 from llmconn.http import ClientPool, DNSLookupError
 from llmconn.probes import bedrock, parse_spec, registry
-from llmconn.reasons import Reason
+from llmconn.reasons import STALLING, TRANSIENT, Reason
 from llmconn.validate import validate
 from llmconn.verdict import Defaults, SecretData, Verdict
 from servers.bedrock_dialect import HAIKU, NOVA, SONNET_37, BedrockState, make_app, model
@@ -381,6 +381,113 @@ async def test_a_model_past_its_end_of_life_is_retired(
     assert (verdict.reason, verdict.code) == (Reason.MODEL_RETIRED, "ResourceNotFoundException")
 
 
+async def test_a_legacy_model_this_account_has_not_used_lately_is_retired_for_it(
+    aws: Any, pool: ClientPool, state: BedrockState
+) -> None:
+    # Issue 24, item 5: Converse's ResourceNotFoundException says why; it is no typo.
+    state.models[HAIKU] = model(
+        HAIKU, status="LEGACY", legacy="2026-06-01T00:00:00Z", end_of_life="2099-01-15T00:00:00Z"
+    )
+    state.legacy_unused = frozenset({HAIKU})
+    verdict = await run_bedrock(aws, pool, validation={"type": "Inference"})
+    assert verdict.reason is Reason.MODEL_RETIRED, verdict.message
+    assert verdict.code == "ResourceNotFoundException"
+    assert "Legacy" in verdict.message and "Check spec.model" not in verdict.message
+    assert verdict.lifecycle is not None and verdict.lifecycle.stage == "retired"
+    assert verdict.lifecycle.retires_at == "2099-01-15T00:00:00Z"
+
+
+async def test_an_end_of_life_model_is_retired_though_no_lookup_finds_it(
+    aws: Any, pool: ClientPool, state: BedrockState
+) -> None:
+    # Issue 24, item 6: end-of-life models leave the catalogue; Converse says why.
+    state.retired = frozenset({HAIKU})
+    verdict = await run_bedrock(aws, pool, validation={"type": "Inference"})
+    assert (verdict.reason, verdict.code) == (Reason.MODEL_RETIRED, "ResourceNotFoundException")
+    assert state.generated == 0
+    # Model cannot tell an unlisted model from a misspelt one, and says what would.
+    verdict = await run_bedrock(aws, pool)
+    assert verdict.reason is Reason.MODEL_NOT_FOUND
+    assert "end of life" in verdict.message and "type Inference" in verdict.message
+
+
+@pytest.mark.parametrize("vtype", ["Model", "Inference"])
+async def test_a_profile_whose_model_left_the_catalogue_does_not_pass(
+    aws: Any, pool: ClientPool, state: BedrockState, vtype: str
+) -> None:
+    # Issue 24, item 6: the profile answers, its model in this region does not.
+    state.retired = frozenset({SONNET_37})
+    verdict = await run_bedrock(aws, pool, model=f"us.{SONNET_37}", validation={"type": vtype})
+    assert verdict.reason is Reason.MODEL_RETIRED, verdict.message
+    assert state.generated == 0
+
+
+@pytest.mark.parametrize("style", ["code", "message"])
+async def test_the_anthropic_use_case_form_is_permission_denied_naming_it(
+    aws: Any, pool: ClientPool, state: BedrockState, style: str
+) -> None:
+    # Issue 24, item 7: AWS's troubleshooting page, FTUFormNotFilled (404).
+    state.gated, state.gate_style = {HAIKU: "ftu"}, style
+    verdict = await run_bedrock(aws, pool, validation={"type": "Inference"})
+    assert verdict.reason is Reason.PERMISSION_DENIED, verdict.message
+    assert verdict.http_status == 404
+    assert "use case details form" in verdict.message
+
+
+@pytest.mark.parametrize("style", ["code", "message"])
+async def test_a_marketplace_subscription_being_processed_heals_by_itself(
+    aws: Any, pool: ClientPool, state: BedrockState, style: str
+) -> None:
+    # Issue 24, item 7: MPAgreementBeingCreated (403), "try again after 15 minutes".
+    state.gated, state.gate_style = {HAIKU: "marketplace"}, style
+    verdict = await run_bedrock(aws, pool, validation={"type": "Inference"})
+    assert verdict.reason in TRANSIENT and verdict.reason not in STALLING, verdict.message
+    assert verdict.http_status == 403
+    assert verdict.retry_after == 900
+    assert "Marketplace subscription" in verdict.message
+
+
+@pytest.mark.parametrize("prefix", ["amer", "sa", "jp", "au", "us-gov", "mx"])
+async def test_inference_profiles_of_every_geography_are_found(
+    aws: Any, pool: ClientPool, state: BedrockState, prefix: str
+) -> None:
+    # Issue 24, item 8: langchain-aws MODEL_ID_GEO_PREFIXES; and a geography no list has yet
+    # ("mx." here) is found by asking GetInferenceProfile once GetFoundationModel refuses it.
+    profile = f"{prefix}.{NOVA}"
+    state.profiles = (*state.profiles, profile)
+    verdict = await run_bedrock(aws, pool, model=profile, validation={"type": "Inference"})
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert f"/inference-profiles/{profile}" in [seen.path for seen in state.seen]
+    assert state.seen[-1].path == f"/model/{profile}/converse"
+
+
+async def test_a_daily_token_quota_waits_for_the_day_instead_of_stalling(
+    aws: Any, pool: ClientPool, state: BedrockState
+) -> None:
+    # Issue 24, item 11: a ThrottlingException "Too many tokens per day" resets by itself.
+    state.reset("tokens_per_day")
+    verdict = await run_bedrock(aws, pool)
+    assert (verdict.reason, verdict.code) == (Reason.RATE_LIMITED, "ThrottlingException")
+    assert "per day" in verdict.message and "Service Quotas" in verdict.message
+    assert verdict.retry_after == 3600
+
+
+async def test_an_expired_session_token_in_a_secret_says_so(
+    aws: Any, pool: ClientPool, state: BedrockState
+) -> None:
+    state.expired = frozenset({TEMP_KEY_ID})
+    ref = {
+        "name": "temp",
+        "accessKeyIdKey": "id",
+        "secretAccessKeyKey": "secret",
+        "sessionTokenKey": "token",
+    }
+    verdict = await run_bedrock(aws, pool, awsCredentialsSecretRef=ref)
+    assert (verdict.reason, verdict.code) == (Reason.INVALID_API_KEY, "ExpiredTokenException")
+    assert "session token in key token of Secret temp has expired" in verdict.message
+    assert "spec.identity.aws" in verdict.message
+
+
 # --- bedrock: the service's own failures --------------------------------------------------------
 
 
@@ -388,7 +495,8 @@ async def test_a_model_past_its_end_of_life_is_retired(
     "behaviour, reason, code",
     [
         ("throttled", Reason.RATE_LIMITED, "ThrottlingException"),
-        ("quota", Reason.QUOTA_EXCEEDED, "ServiceQuotaExceededException"),
+        # Issue 24, item 11: botocore says "You can resubmit your request later".
+        ("quota", Reason.RATE_LIMITED, "ServiceQuotaExceededException"),
         ("unavailable", Reason.PROVIDER_UNAVAILABLE, "ServiceUnavailableException"),
         ("not_ready", Reason.PROVIDER_UNAVAILABLE, "ModelNotReadyException"),
         ("html", Reason.UNEXPECTED_RESPONSE, None),

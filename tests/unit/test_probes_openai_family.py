@@ -639,3 +639,21 @@ async def test_openai_shutdown_date_is_the_models_lifecycle(live: Live) -> None:
 
     active, _ = await run(live, MODEL, model="o3-mini")
     assert active.reason is Reason.VALIDATED and active.lifecycle is None
+
+
+@pytest.mark.parametrize("provider", ["openai"])
+@pytest.mark.parametrize("shutdown", [None, "2099-02-26"])
+async def test_openai_a_listed_model_that_says_it_is_deprecated_is_retired(
+    live: Live, shutdown: str | None
+) -> None:
+    # Issue 24, item 10: a shut-down model is still listed (and retrievable, with or without
+    # a shutdown_date); only its completion says "has been deprecated" (404 model_not_found).
+    live.use(shut_down=("gpt-4o",), shutdown={"gpt-4o": shutdown} if shutdown else {})
+    outcome, _ = await run(live, INFERENCE, model="gpt-4o")
+    assert outcome.reason is Reason.MODEL_RETIRED, outcome.message
+    assert outcome.http_status == 404 and outcome.code == "model_not_found"
+    assert outcome.lifecycle is not None and outcome.lifecycle.stage == "retired"
+    assert "spec.model" in outcome.message
+    # A model that does not exist is still ModelNotFound.
+    missing, _ = await run(live, INFERENCE, model="gpt-4o-turbo-x")
+    assert missing.reason is Reason.MODEL_NOT_FOUND

@@ -37,16 +37,32 @@ Model when the free check could not count): the answer's `model` is looked up, b
 (azure-rest-api-specs, data-plane authoring 2024-10-21 `azureopenai.json`) has
 `lifecycle_status` and `deprecation.inference`, "the end date of inference support of this
 model" in Unix seconds; the /openai/v1 list has neither (its `OpenAI.Model` is id, created,
-object, owned_by), so that surface reads the classic list of the same resource. A date passed
-is ModelRetired. A date ahead alone is not a deprecation: every model has one (the field is
-required, and Microsoft's retirement policy sets a "not sooner than" date at launch, a year out
-for GA models), so the model is deprecated only while `lifecycle_status` says so. Not
-confirmed: that the answer's `model` is spelled as the list's id (no match: no lifecycle), and
-the data plane's word for a deprecating model (the documented values are `preview` and
-`generally-available`; `deprecating` and `deprecated` are the management plane's, in the data
-plane's spelling). Model's free check sees no model, so it reports no lifecycle. A 410 is
-ModelRetired: the management plane's `ModelLifecycleStatus` says inference calls to
-deployments of a retired model "will return 410 errors".
+object, owned_by), so that surface reads the classic list of the same resource. Every model
+has a date (the field is required, and Microsoft's retirement policy sets a "not sooner than"
+date at launch, a year out for GA models), so a date ahead alone is not a deprecation: the
+model is deprecated while `lifecycle_status` says so, or once the date has passed. A passed
+date on a model that just answered is a warning, never ModelRetired: the date is the earliest
+retirement, not the day it happened. The list may hold one entry per version under a bare
+name, and a completion may report only that name: the entry with the latest date is read
+(another version's passed date says nothing of this deployment's), and the message says so.
+Not confirmed: that the answer's `model` is spelled as the list's id (no match: no
+lifecycle), and the data plane's word for a deprecating model (the documented values are
+`preview` and `generally-available`; `deprecating` and `deprecated` are the management
+plane's, in the data plane's spelling). Model's free check sees no model, so it reports no
+lifecycle.
+
+A deployment of a retired model: the management plane's `ModelLifecycleStatus` says
+inference calls "will return 410 errors"; users report a bare 404 "Resource not found"
+(BerriAI/litellm#11116) and a 400 OperationNotSupported naming a chat model
+(BerriAI/litellm#11505). A 410 is ModelRetired. A 404 other than DeploymentNotFound is the
+deployment's once the free model list (same endpoint, key and api-version) answers: then
+ModelRetired, saying how it was read; if the list fails too, the list's failure is the
+verdict (a wrong endpoint). An OperationNotSupported naming a model that the list says
+chats is ModelRetired; naming one that does not chat, it stays InvalidConfiguration.
+
+A 400 `content_filter` (innererror ResponsibleAIPolicyViolation) on the test completion is
+the deployment's model refusing the prompt: key, deployment and model answered, so it is
+Validated, and says so (Microsoft Learn, "Content filtering").
 """
 
 from __future__ import annotations
@@ -128,7 +144,7 @@ async def _touch(ctx: ProbeContext, azure: AzureSpec) -> ProbeOutcome:
                 reply,
             )
         return await _complete(ctx, azure, proof=True)
-    _read(ctx, reply, what)
+    await _answer(ctx, azure, reply, what)
     return ok(f"The key is valid and deployment {deployment} answered.", reply)
 
 
@@ -141,6 +157,14 @@ async def _complete(ctx: ProbeContext, azure: AzureSpec, *, proof: bool = False)
         body = {"messages": messages, "max_completion_tokens": MAX_TOKENS}
         reply = await _chat(ctx, azure, body)
     api = "completion"
+    if _filtered(reply):
+        return ok(
+            f"Deployment {deployment} answered: its content filter refused the {MAX_TOKENS}-"
+            f"token test prompt (HTTP 400 content_filter{_inner(reply)}), which only the "
+            "deployment's model does, so the key, the deployment and its model are proven "
+            "and nothing was generated.",
+            reply,
+        )
     if _chat_refused(reply):
         # A model only the Responses API serves; a deployment that does not chat at all (an
         # embedding model) is refused there too, and reported as the chat call was.
@@ -149,21 +173,23 @@ async def _complete(ctx: ProbeContext, azure: AzureSpec, *, proof: bool = False)
         try:
             reply = await respond(ctx, deployment, _classify, path=path)
         except ProbeFailure:
-            _read(ctx, chat, what)
+            await _answer(ctx, azure, chat, what)
             raise
         api, body = "response", reply.json()
     else:
-        body = _read(ctx, reply, what)
+        body = await _answer(ctx, azure, reply, what)
     served = body.get("model")
     details = {"servedModel": served[:128]} if isinstance(served, str) else {}
-    life = await _served_lifecycle(ctx, azure, served[:128]) if isinstance(served, str) else None
+    life, aside = (None, "")
+    if isinstance(served, str):
+        life, aside = await _served_lifecycle(ctx, azure, served[:128])
     why = (
         " Azure did not show that the deployment itself refused the free check (no "
         "x-ms-deployment-name), so one real completion proved it."
         if proof
         else ""
     )
-    said = f"Deployment {deployment} answered a {MAX_TOKENS}-token test {api}.{_aside(life)}"
+    said = f"Deployment {deployment} answered a {MAX_TOKENS}-token test {api}.{aside}"
     return dataclasses.replace(ok(said + why, reply, **details), lifecycle=life)
 
 
@@ -176,45 +202,59 @@ async def _classic_list(ctx: ProbeContext, azure: AzureSpec) -> Reply:
     return await ctx.request("GET", "/openai/models", params={"api-version": azure.api_version})
 
 
-async def _served_lifecycle(ctx: ProbeContext, azure: AzureSpec, served: str) -> Lifecycle | None:
-    """The lifecycle of the model the deployment served, from the resource's model list;
-    ModelRetired once its end of inference support has passed."""
-    reply = await _classic_list(ctx, azure)
-    body = _read(ctx, reply, "the model list", fits=_LISTED, expected="a `data` list")
-    entry = next(
-        (
-            item
-            for item in body["data"]
-            if isinstance(item, dict) and str(item.get("id")).lower() == served.lower()
-        ),
-        None,
-    )
+async def _served_lifecycle(
+    ctx: ProbeContext, azure: AzureSpec, served: str
+) -> tuple[Lifecycle | None, str]:
+    """The lifecycle of the model the deployment just served, from the resource's model
+    list, and the words for the message. Never ModelRetired: the model answered."""
+    body = await _model_list(ctx, azure)
+    entries = [
+        item
+        for item in body["data"]
+        if isinstance(item, dict) and str(item.get("id")).lower() == served.lower()
+    ]
+    entry = latest(entries)
     life = lifecycle(entry, dt.datetime.now(dt.UTC)) if entry is not None else None
-    if life is not None and life.stage == "retired":
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.MODEL_RETIRED,
-                f"Deployment {azure.deployment} serves {served}, whose inference support ended "
-                f"on {life.retires_at} (the resource's model list): Azure retires a model region "
-                "by region, and then requests to the deployment fail. Move the deployment to a "
-                "current model version, or spec.azure.deployment to one that serves it.",
-                http_status=reply.status,
-                details={"servedModel": served},
-                lifecycle=life,
-            )
+    aside = _aside(served, life)
+    if len(entries) > 1:
+        end = _utc(_inference_end(entry)) if entry is not None else None
+        shown = f" ({end:%Y-%m-%d})" if end is not None else ""
+        aside += (
+            f" Azure lists {len(entries)} versions of {served} and the answer does not say "
+            f"which one this deployment serves, so the latest end of inference support{shown} "
+            "is read: another version's date says nothing of this one."
         )
-    return life
+    return life, aside
+
+
+async def _model_list(ctx: ProbeContext, azure: AzureSpec) -> Any:
+    reply = await _classic_list(ctx, azure)
+    return _read(ctx, reply, "the model list", fits=_LISTED, expected="a `data` list")
+
+
+def latest(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the list's entries for one name, the one whose inference support ends last (no
+    date counts as latest): the reading that never warns of a version not deployed."""
+    if not entries:
+        return None
+    far = dt.datetime.max.replace(tzinfo=dt.UTC)
+    return max(entries, key=lambda e: _utc(_inference_end(e)) or far)
+
+
+def _inference_end(entry: Mapping[str, Any]) -> Any:
+    deprecation = entry.get("deprecation")
+    return deprecation.get("inference") if isinstance(deprecation, Mapping) else None
 
 
 def lifecycle(model: Mapping[str, Any], now: dt.datetime) -> Lifecycle | None:
-    """Where an entry of the resource's model list is in its life: retired once
-    `deprecation.inference` has passed, deprecated while `lifecycle_status` says so, else
-    None (a date ahead alone is every model's, see the module doc)."""
-    deprecation = model.get("deprecation")
-    end = _utc(deprecation.get("inference") if isinstance(deprecation, Mapping) else None)
+    """Where an entry of the resource's model list is in its life: deprecated while
+    `lifecycle_status` says so or once `deprecation.inference` has passed (a "not sooner
+    than" date: overdue, not retired), else None (a date ahead alone is every model's, see
+    the module doc)."""
+    end = _utc(_inference_end(model))
     shown = end.strftime("%Y-%m-%dT%H:%M:%SZ") if end is not None else None
     if end is not None and end <= now:
-        return Lifecycle(stage="retired", retires_at=shown)
+        return Lifecycle(stage="deprecated", retires_at=shown)
     if str(model.get("lifecycle_status") or "").lower() in DEPRECATING:
         return Lifecycle(stage="deprecated", retires_at=shown)
     return None
@@ -229,11 +269,110 @@ def _utc(seconds: Any) -> dt.datetime | None:
         return None
 
 
-def _aside(life: Lifecycle | None) -> str:
+def _aside(served: str, life: Lifecycle | None) -> str:
     if life is None:
         return ""
-    when = f"; its inference support ends on {life.retires_at}" if life.retires_at else ""
-    return f" Azure lists its model as deprecated{when}: plan the move to a current version."
+    if _passed(life.retires_at):
+        return (
+            f" Azure lists the end of inference support of {served} as {life.retires_at}, a "
+            '"not sooner than" date now passed: it still answers, but Azure may retire it '
+            "any day. Move the deployment to a current model version."
+        )
+    ends = f"; its inference support ends on {life.retires_at}" if life.retires_at else ""
+    return f" Azure lists {served} as deprecated{ends}: plan the move to a current version."
+
+
+def _passed(when: str | None) -> bool:
+    try:
+        moment = dt.datetime.fromisoformat((when or "").replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return moment.tzinfo is not None and moment <= dt.datetime.now(dt.UTC)
+
+
+async def _answer(ctx: ProbeContext, azure: AzureSpec, reply: Reply, what: str) -> Any:
+    """A deployment's answer as `_read` reads it, after the refusals that only the model
+    list can explain (a retired model's 404 or OperationNotSupported)."""
+    if not 200 <= reply.status < 300 and (found := await _refusal(ctx, azure, reply, what)):
+        raise ProbeFailure(found)
+    return _read(ctx, reply, what)
+
+
+async def _refusal(
+    ctx: ProbeContext, azure: AzureSpec, reply: Reply, what: str
+) -> ProbeOutcome | None:
+    """ModelRetired for a deployment call refused as Azure refuses a retired model's, once
+    the free model list has shown that the endpoint, key and api-version are right."""
+    error = _error(reply)
+    code = str(error.get("code")) if error is not None and error.get("code") else None
+    gone = reply.status == 404 and error is not None and code != "DeploymentNotFound"
+    named = _unsupported_model(reply)
+    if not gone and named is None:
+        return None
+    listed = await _classic_list(ctx, azure)
+    if not 200 <= listed.status < 300 or not _LISTED(listed.json()):
+        return None  # the list fails too: the endpoint is wrong, as the refusal is read
+
+    said = f": {_message(reply).rstrip('. ')}" if _message(reply) else ""
+    tag = f"HTTP {reply.status}{' ' + code if code else ''}"
+    if named is not None:
+        chats = [
+            item
+            for item in listed.json()["data"]
+            if isinstance(item, dict)
+            and str(item.get("id")).lower() == named.lower()
+            and isinstance(item.get("capabilities"), Mapping)
+            and item["capabilities"].get("chat_completion") is True
+        ]
+        if not chats:
+            return None  # the model does not chat: InvalidConfiguration, as classified
+        why = (
+            f"Azure refuses {what} as an operation {named} does not support ({tag}){said}, "
+            f"yet its model list says {named} chats: Azure answers a deployment of a "
+            "retired model version this way (as users report it)."
+        )
+    else:
+        why = (
+            f"Azure answered {what} with {tag}{said}, while the model list at the same "
+            "endpoint, with the same key and api-version, answered: the 404 is the "
+            "deployment's, and Azure answers a deployment of a retired model version this "
+            "way (as users report it)."
+        )
+    return ProbeOutcome(
+        Reason.MODEL_RETIRED,
+        f"{why} Move the deployment to a current model version, or spec.azure.deployment "
+        "to one that serves it.",
+        http_status=reply.status,
+        code=code,
+        lifecycle=Lifecycle(stage="retired"),
+    )
+
+
+def _unsupported_model(reply: Reply) -> str | None:
+    """The model a 400 OperationNotSupported names ("... with the specified model, m.")."""
+    error = _error(reply)
+    if reply.status != 400 or error is None or error.get("code") != "OperationNotSupported":
+        return None
+    _, found, rest = _message(reply).partition("the specified model, ")
+    name = rest.split(". ", 1)[0].strip().rstrip(".")
+    return name[:128] if found and name else None
+
+
+def _filtered(reply: Reply) -> bool:
+    """The content filter's refusal of the prompt: 400 content_filter, or its inner code."""
+    error = _error(reply)
+    if reply.status != 400 or error is None:
+        return False
+    inner = error.get("innererror")
+    inner_code = inner.get("code") if isinstance(inner, dict) else None
+    return error.get("code") == "content_filter" or inner_code == "ResponsibleAIPolicyViolation"
+
+
+def _inner(reply: Reply) -> str:
+    error = _error(reply) or {}
+    inner = error.get("innererror")
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return f", {str(code)[:64]}" if code else ""
 
 
 def _chat_refused(reply: Reply) -> bool:

@@ -20,15 +20,33 @@ The steps (Bedrock API Reference, botocore's service models `bedrock/2023-04-20`
 - Connectivity: ListFoundationModels (GET /foundation-models), free.
 - Model: also GetFoundationModel (GET /foundation-models/{id}), or GetInferenceProfile (GET
   /inference-profiles/{id}) for an inference profile (an ARN of one, or an id with a
-  geography prefix such as `us.` or `global.`), then the profile's model in this region
-  (best effort). It proves the model or profile exists in the region, that a foundation
-  model is invocable on demand (`inferenceTypesSupported`), and gives its `modelLifecycle`.
+  geography prefix: langchain-aws `MODEL_ID_GEO_PREFIXES`), then the profile's model in this
+  region. An id GetFoundationModel refuses is asked of GetInferenceProfile before it is
+  called unknown, so a geography no list names yet is found. It proves the model or profile
+  exists in the region, that a foundation model is invocable on demand
+  (`inferenceTypesSupported`), and gives its `modelLifecycle`. End-of-life models leave the
+  catalogue (ListFoundationModels and GetFoundationModel no longer know them; Converse says
+  "This model version has reached the end of its life"): Model cannot tell such an id from a
+  misspelt one and says so, Inference asks Converse anyway and reports which; a profile
+  whose model in this region the catalogue no longer has is ModelRetired. A lookup refused
+  for other reasons (permissions) tells nothing.
   It cannot prove that these credentials may invoke it: IAM authorizes each action on its
   own (bedrock:InvokeModel is not bedrock:GetFoundationModel), and no free call checks
   InvokeModel (CountTokens is free but is its own action, bedrock:CountTokens, for some
   models only). Inference proves it.
 - Inference: also Converse (POST /model/{id}/converse) with `maxTokens: 16`; an answer cut
   at the budget counts.
+
+Refusals that are not what their type says (AWS's "Troubleshooting Amazon Bedrock API Error
+Codes"; botocore's service models): FTUFormNotFilled (404, the Anthropic use-case form not
+submitted) is PermissionDenied naming the form; MPAgreementBeingCreated (403, the Marketplace
+subscription still being processed, "try again after 15 minutes") heals by itself:
+ProviderUnavailable, retried after 15 minutes, never Stalled. A Legacy model the account has
+not used lately is refused with ResourceNotFoundException "marked by provider as Legacy":
+ModelRetired for this account. ServiceQuotaExceededException is "You can resubmit your
+request later" (botocore) and a daily token quota ("Too many tokens per day", a
+ThrottlingException) resets by itself within the day: both RateLimited (could not judge),
+not QuotaExceeded, which waits for a human; the message says where to raise the quota.
 
 One module, past the size of the OpenAI-style flavours: Bedrock shares nothing with them, and
 its two planes, its model forms and its reading of AWS's errors change together.
@@ -42,7 +60,7 @@ from typing import Any
 from urllib.parse import quote
 
 from llmconn.exchange import Reply, Signer
-from llmconn.probes.aws import aws_error, signer
+from llmconn.probes.aws import AwsError, aws_error, signer
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, rate_limited, read_json
 from llmconn.reasons import Reason
@@ -53,8 +71,24 @@ TEST_MAX_TOKENS = 16
 TEST_PROMPT = "Reply with the word OK."
 SIGNING_NAME = "bedrock"
 # Inference profile ids are a model id behind a geography (AWS user guide, "Supported Regions
-# and models for inference profiles").
-PROFILE_PREFIXES = ("us.", "us-gov.", "eu.", "apac.", "jp.", "au.", "ca.", "global.")
+# and models for inference profiles"; langchain-aws `MODEL_ID_GEO_PREFIXES`). Only a first
+# guess: an id GetFoundationModel refuses is asked of GetInferenceProfile too.
+PROFILE_PREFIXES = (
+    "us.",
+    "us-gov.",
+    "eu.",
+    "apac.",
+    "jp.",
+    "au.",
+    "ca.",
+    "sa.",
+    "amer.",
+    "global.",
+)
+# A Marketplace subscription being processed: AWS says to try again after 15 minutes.
+MARKETPLACE_WAIT = 900.0
+# A daily token quota resets within the day: look again in an hour, not every interval.
+DAILY_QUOTA_WAIT = 3600.0
 _PROFILE_ARN = (":inference-profile/", ":application-inference-profile/")
 
 # AWS's refusals of the credentials themselves (AWS "Common Errors"; a Bedrock API key that is
@@ -133,7 +167,9 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
         said = f"The credentials are accepted in {region}; {found['modelCount']} foundation models."
         return ok(said, listing, **found)
 
-    life = await check_model(ctx, sign, model)
+    life = await check_model(
+        ctx, sign, model, listed=_ids(body), inference=vtype is ValidationType.INFERENCE
+    )
     aside = _aside(life)
     if vtype is ValidationType.MODEL:
         said = (
@@ -142,7 +178,7 @@ async def probe(ctx: ProbeContext) -> ProbeOutcome:
         )
         return dataclasses.replace(ok(said, listing, **found), lifecycle=life)
 
-    answer = await converse(ctx, sign, model, region)
+    answer = await converse(ctx, sign, model, region, life)
     said = f"The credentials are accepted in {region}; model {model} answered a test Converse."
     return dataclasses.replace(ok(said + aside, answer, **found), lifecycle=life)
 
@@ -161,31 +197,42 @@ def _segment(value: str) -> str:
     return quote(value, safe="")
 
 
-async def check_model(ctx: ProbeContext, sign: Signer | None, model: str) -> Lifecycle | None:
+def _ids(body: dict[str, Any]) -> frozenset[str]:
+    return frozenset(
+        str(m.get("modelId"))
+        for m in body["modelSummaries"]
+        if isinstance(m, dict) and m.get("modelId")
+    )
+
+
+def _unknown_id(reply: Reply) -> bool:
+    """A lookup's "no such id here": ResourceNotFoundException, or the ValidationException
+    AWS gives an identifier it does not know."""
+    err = aws_error(reply)
+    if err is None:
+        return False
+    words = err.message.lower()
+    return err.code == "ResourceNotFoundException" or (
+        err.code == "ValidationException" and "identifier" in words
+    )
+
+
+async def check_model(
+    ctx: ProbeContext,
+    sign: Signer | None,
+    model: str,
+    *,
+    listed: frozenset[str] = frozenset(),
+    inference: bool = False,
+) -> Lifecycle | None:
     """The model or inference profile exists in the region and can be invoked on demand;
-    returns its lifecycle when it is not simply active."""
+    returns its lifecycle when it is not simply active. `listed` is ListFoundationModels'
+    ids; with `inference`, what the lookups cannot tell is left to Converse."""
     what = f"model {model}"
     if is_profile(model):
         reply = await _get(ctx, sign, "/inference-profiles/" + _segment(model))
-        profile = read_json(
-            ctx,
-            reply,
-            f"inference profile {model}",
-            fits=has("models", list),
-            expected="an inference profile",
-            classify=classify,
-        )
-        ctx.found.details["inferenceProfileType"] = str(profile.get("type"))[:64]
-        status = profile.get("status")
-        if status is not None and status != "ACTIVE":
-            raise ProbeFailure(
-                ProbeOutcome(
-                    Reason.MODEL_NOT_FOUND,
-                    f"Inference profile {model} is {str(status)[:32]}, not ACTIVE.",
-                    http_status=reply.status,
-                )
-            )
-        return await _profile_lifecycle(ctx, sign, model, profile)
+        profile = _read_profile(ctx, model, reply)
+        return await _profile_lifecycle(ctx, sign, model, profile, listed, inference)
     if ":" in model and model.startswith("arn:") and ":foundation-model/" not in model:
         raise ProbeFailure(
             ProbeOutcome(
@@ -196,6 +243,25 @@ async def check_model(ctx: ProbeContext, sign: Signer | None, model: str) -> Lif
             )
         )
     reply = await _get(ctx, sign, "/foundation-models/" + _segment(model))
+    if _unknown_id(reply):
+        # Not a foundation model here: perhaps a profile of a geography no list knows yet.
+        asked = await _get(ctx, sign, "/inference-profiles/" + _segment(model))
+        if asked.status == 200:
+            profile = _read_profile(ctx, model, asked)
+            return await _profile_lifecycle(ctx, sign, model, profile, listed, inference)
+        if inference:
+            return None  # Converse tells an end of life from an unknown id
+        refused = classify(ctx, reply, what)
+        raise ProbeFailure(
+            dataclasses.replace(
+                refused,
+                message=f"{_cap(what)} is neither a foundation model nor an inference "
+                f"profile in {_region(ctx)} (GetFoundationModel: HTTP {reply.status}; "
+                f"GetInferenceProfile: HTTP {asked.status}). Check spec.model and "
+                "spec.bedrock.region. A model past its end of life is no longer listed either: "
+                "type Inference (one Converse call) tells the two apart.",
+            )
+        )
     body = read_json(
         ctx,
         reply,
@@ -207,30 +273,73 @@ async def check_model(ctx: ProbeContext, sign: Signer | None, model: str) -> Lif
     details: dict[str, Any] = body["modelDetails"]
     kinds = details.get("inferenceTypesSupported")
     if isinstance(kinds, list) and kinds and "ON_DEMAND" not in kinds:
-        listed = ", ".join(str(k) for k in kinds)[:64]
+        listed_kinds = ", ".join(str(k) for k in kinds)[:64]
         raise ProbeFailure(
             ProbeOutcome(
                 Reason.INVALID_CONFIGURATION,
-                f"Model {model} cannot be invoked on demand by its id (it supports {listed}). "
-                "Set spec.model to an inference profile that contains it (for example "
-                f"us.{model} or global.{model}) or to a provisioned throughput ARN.",
+                f"Model {model} cannot be invoked on demand by its id (it supports "
+                f"{listed_kinds}). Set spec.model to an inference profile that contains it (for "
+                f"example us.{model} or global.{model}) or to a provisioned throughput ARN.",
                 http_status=reply.status,
             )
         )
     return lifecycle(model, details, reply)
 
 
+def _read_profile(ctx: ProbeContext, model: str, reply: Reply) -> dict[str, Any]:
+    profile: dict[str, Any] = read_json(
+        ctx,
+        reply,
+        f"inference profile {model}",
+        fits=has("models", list),
+        expected="an inference profile",
+        classify=classify,
+    )
+    ctx.found.details["inferenceProfileType"] = str(profile.get("type"))[:64]
+    status = profile.get("status")
+    if status is not None and status != "ACTIVE":
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.MODEL_NOT_FOUND,
+                f"Inference profile {model} is {str(status)[:32]}, not ACTIVE.",
+                http_status=reply.status,
+            )
+        )
+    return profile
+
+
 async def _profile_lifecycle(
-    ctx: ProbeContext, sign: Signer | None, model: str, profile: dict[str, Any]
+    ctx: ProbeContext,
+    sign: Signer | None,
+    model: str,
+    profile: dict[str, Any],
+    listed: frozenset[str],
+    inference: bool,
 ) -> Lifecycle | None:
-    """The lifecycle of the foundation model a profile routes to in this region, best effort:
-    a lookup that fails (the identity may not read foundation models) tells nothing."""
+    """The lifecycle of the foundation model a profile routes to in this region. A lookup
+    refused for its permissions tells nothing; a model the catalogue no longer has (neither
+    GetFoundationModel nor ListFoundationModels knows it) is past its end of life, which
+    Converse confirms where it runs."""
     region = _region(ctx)
     arns = [m.get("modelArn") for m in profile["models"] if isinstance(m, dict)]
     here = [a for a in arns if isinstance(a, str) and f":bedrock:{region}:" in a]
     if not here:
         return None
     reply = await _get(ctx, sign, "/foundation-models/" + _segment(here[0]))
+    member = here[0].rsplit("foundation-model/", 1)[-1]
+    if _unknown_id(reply) and member not in listed and not inference:
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.MODEL_RETIRED,
+                f"Inference profile {model} routes to {member} in {region}, which Bedrock no "
+                f"longer has (GetFoundationModel: HTTP {reply.status}; not in "
+                "ListFoundationModels): models leave the catalogue at their end of life, so "
+                "it is read as retired. Move spec.model to an active model.",
+                http_status=reply.status,
+                code=(aws_error(reply) or AwsError("", "")).code or None,
+                lifecycle=Lifecycle(stage="retired"),
+            )
+        )
     body = reply.json()
     if reply.status != 200 or not isinstance(body, dict):
         return None
@@ -280,8 +389,15 @@ def _aside(life: Lifecycle | None) -> str:
     return f" It is a legacy model{when}: plan the move."
 
 
-async def converse(ctx: ProbeContext, sign: Signer | None, model: str, region: str) -> Reply:
-    """One Converse call with a 16-token budget; the answer must carry `output`."""
+async def converse(
+    ctx: ProbeContext,
+    sign: Signer | None,
+    model: str,
+    region: str,
+    life: Lifecycle | None = None,
+) -> Reply:
+    """One Converse call with a 16-token budget; the answer must carry `output`. `life` is
+    what the lookups found, for a retirement's verdict."""
     base = ctx.endpoint
     if base == control_plane(region):
         base = runtime(region)
@@ -292,14 +408,23 @@ async def converse(ctx: ProbeContext, sign: Signer | None, model: str, region: s
     reply = await ctx.request(
         "POST", f"{base}/model/{_segment(model)}/converse", json_body=request, sign=sign
     )
-    read_json(
-        ctx,
-        reply,
-        f"the test Converse with model {model}",
-        fits=has("output", dict),
-        expected="`output`",
-        classify=classify,
-    )
+    try:
+        read_json(
+            ctx,
+            reply,
+            f"the test Converse with model {model}",
+            fits=has("output", dict),
+            expected="`output`",
+            classify=classify,
+        )
+    except ProbeFailure as failure:
+        found = failure.outcome
+        if found.reason is Reason.MODEL_RETIRED:
+            known = life or Lifecycle(stage="retired")
+            raise ProbeFailure(
+                dataclasses.replace(found, lifecycle=dataclasses.replace(known, stage="retired"))
+            ) from None
+        raise
     ctx.found.details["stopReason"] = str(reply.json().get("stopReason"))[:32]
     return reply
 
@@ -318,6 +443,15 @@ def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
     def out(reason: Reason, text: str) -> ProbeOutcome:
         return ProbeOutcome(reason, text, http_status=status, code=code)
 
+    ref = ctx.aws_credentials_ref
+    if code == "ExpiredTokenException" and ref is not None and ref.session_token_key:
+        return out(
+            Reason.INVALID_API_KEY,
+            f"AWS says the session token in key {ref.session_token_key} of Secret {ref.name} "
+            f"has expired ({tag}){said}. Temporary credentials kept in a Secret stop working "
+            "when their session ends: put fresh ones there, or use long-term keys, or "
+            "spec.identity.aws, which starts a new session at every validation.",
+        )
     if code in _BAD_CREDENTIALS or status == 401 or any(w in words for w in _BAD_KEY_WORDS):
         hint = ctx.key_hint
         if ctx.api_key is None and ctx.aws_credentials is None:
@@ -326,11 +460,38 @@ def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
                 "(AWS access keys) or spec.identity.aws (a role for a ServiceAccount)"
             )
         return out(Reason.INVALID_API_KEY, f"AWS rejected the credentials ({tag}){said}; {hint}.")
+    if code == "FTUFormNotFilled" or "use case details" in words:
+        return out(
+            Reason.PERMISSION_DENIED,
+            f"Bedrock refuses {what} until the account submits the Anthropic use case details "
+            f"form ({tag}){said}. Submit it in the Bedrock console (Model catalog, the "
+            "model's page), once per account or organization; then the model answers.",
+        )
+    if code == "MPAgreementBeingCreated" or "subscription for this model is still" in words:
+        return ProbeOutcome(
+            Reason.PROVIDER_UNAVAILABLE,
+            f"The account's AWS Marketplace subscription for the model is still being "
+            f"processed ({tag}){said}. It completes by itself: checking again in 15 minutes.",
+            http_status=status,
+            code=code,
+            retry_after=MARKETPLACE_WAIT,
+        )
     if code == "AccessDeniedException" or (code is None and status == 403):
         return out(
             Reason.PERMISSION_DENIED,
             f"The credentials are valid but not allowed to do this ({tag}){said}. Check the "
             "identity's IAM permissions for Bedrock in this region, and the model's access.",
+        )
+    if code == "ThrottlingException" and "per day" in words:
+        # A daily quota: it resets by itself, so it is no verdict on the connection.
+        return rate_limited(
+            reply.headers,
+            f"The account has used its Bedrock tokens for the day ({tag}){said}. The quota "
+            'resets within the day; if agents reach it, raise "tokens per day" for the '
+            "model in Service Quotas.",
+            http_status=status,
+            code=code,
+            wait=DAILY_QUOTA_WAIT,
         )
     if code == "ThrottlingException":
         return rate_limited(
@@ -340,15 +501,29 @@ def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
             code=code,
         )
     if code == "ServiceQuotaExceededException":
-        return out(
-            Reason.QUOTA_EXCEEDED,
+        # botocore: "You can resubmit your request later": a quota window, not a verdict.
+        return rate_limited(
+            reply.headers,
             f"The request exceeds a Bedrock service quota of the account ({tag}){said}. "
-            "Raise the quota in Service Quotas.",
+            "If it persists, raise the quota in Service Quotas.",
+            http_status=status,
+            code=code,
         )
     if code in _UNAVAILABLE or status >= 500:
         return out(Reason.PROVIDER_UNAVAILABLE, f"Bedrock is unavailable ({tag}){said}.")
     if code == "ResourceNotFoundException" and "end of its life" in words:
-        return out(Reason.MODEL_RETIRED, f"{_cap(what)} is retired ({tag}){said}.")
+        return out(
+            Reason.MODEL_RETIRED,
+            f"{_cap(what)}: the model is past its end of life ({tag}){said}. Move spec.model "
+            "to an active model.",
+        )
+    if code == "ResourceNotFoundException" and "marked by provider as legacy" in words:
+        return out(
+            Reason.MODEL_RETIRED,
+            f"{_cap(what)}: Bedrock serves this Legacy model only to accounts that used it "
+            f"lately, and this one has not ({tag}){said}. For this account it is retired: "
+            "move spec.model to an active model.",
+        )
     if code == "ResourceNotFoundException":
         return out(
             Reason.MODEL_NOT_FOUND,

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 
 from llmconn.exchange import Reply
 from llmconn.probes.base import ProbeContext, ProbeOutcome, registry
-from llmconn.probes.errors import classify_error
+from llmconn.probes.errors import classify_error, parse_error
 from llmconn.probes.openai_style import TEST_MAX_TOKENS, Flavour, check
 from llmconn.reasons import Reason
+from llmconn.verdict import Lifecycle
 
 # o-series and gpt-5 models think before answering; they refuse max_tokens and any temperature
 # but 1. "low" is the least reasoning_effort every one of them accepts ("minimal" and "none"
@@ -35,6 +36,8 @@ HOST, EU_HOST = "api.openai.com", "eu.api.openai.com"
 
 
 def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
+    if (retired := _shut_down(reply, what)) is not None:
+        return retired
     outcome = classify_error(ctx, reply, what)
     refused = outcome.reason in (Reason.INVALID_API_KEY, Reason.PERMISSION_DENIED)
     if refused and urlsplit(ctx.endpoint).hostname == HOST:
@@ -44,6 +47,26 @@ def classify(ctx: ProbeContext, reply: Reply, what: str) -> ProbeOutcome:
         )
         return dataclasses.replace(outcome, message=outcome.message + hint)
     return outcome
+
+
+def _shut_down(reply: Reply, what: str) -> ProbeOutcome | None:
+    """A model OpenAI has shut down may stay listed and retrievable, with or without a
+    `shutdown_date`; its completion answers 404 model_not_found "The model `m` has been
+    deprecated" (as users report it, e.g. langflow-ai/langflow#1337). Read by those words:
+    the code alone is also every unknown model's."""
+    err = parse_error(reply.json())
+    if reply.status != 404 or err is None or "has been deprecated" not in err.message:
+        return None
+    said = err.message.rstrip(". ")
+    tag = f"HTTP 404{' ' + err.code if err.code else ''}"
+    return ProbeOutcome(
+        Reason.MODEL_RETIRED,
+        f"OpenAI answered {what} with {tag}: {said}. The model is shut down though it may "
+        "still be listed. Move spec.model to a current model.",
+        http_status=404,
+        code=err.code,
+        lifecycle=Lifecycle(stage="retired"),
+    )
 
 
 FLAVOUR = Flavour(retrieve_model=True, completion_fields=completion_fields, classify=classify)

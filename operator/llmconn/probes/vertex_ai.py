@@ -19,8 +19,16 @@ for location `global`, and https://aiplatform.{us,eu}.rep.googleapis.com for the
 What each type calls (paths under the endpoint):
 - Connectivity: GET /v1beta1/publishers/{publisher}/models?pageSize=1, the Model Garden list
   (google-genai lists base models there): the credentials are accepted and the location's host
-  answers. It does not touch the project. Express mode has no such call: it counts the
-  tokens of spec.model instead, and needs one.
+  answers. A call that names no project is billed to, and checked against, a project of the
+  caller's: without `x-goog-user-project`, the credential's own (a service account's, a
+  federated token's pool project), where the API may be off though the project the agent
+  calls is fine (googleapis/python-genai#2173, googleapis/python-aiplatform#2557). So the list
+  names vertexAI.project there, as google-genai sends the credentials' quota project
+  (`_api_client.py`). A refusal about billing a project other than vertexAI.project, or
+  USER_PROJECT_DENIED (the caller may not bill that project: serviceusage.services.use, which
+  calls in the project do not need), is about the list alone: the credentials were accepted,
+  so it validates and says so. Express mode has no such call: it counts the tokens of
+  spec.model instead, and needs one.
 - Model, Gemini: POST /v1/projects/{p}/locations/{l}/publishers/google/models/{m}:countTokens.
   Free, and Google's reference for countTokens requires IAM permission
   `aiplatform.endpoints.predict` (the permission generateContent needs), so a Validated Model
@@ -28,9 +36,12 @@ What each type calls (paths under the endpoint):
 - Model, Anthropic: POST .../publishers/anthropic/models/count-tokens:rawPredict with the
   model in the body (Google's "Count tokens for Claude models": free; the anthropic SDK's
   Vertex client sends count_tokens there). rawPredict needs the same predict permission, and
-  the counter answers for the named model. Not confirmed from a primary source: whether it
-  refuses a model that the project has not enabled in Model Garden, and which locations
-  offer it (Google lists five regions). Inference proves the model itself.
+  the counter answers for the named model. The counter is served in a few regions only
+  (Google's page lists them; its versions differ, and us-east5, europe-west1 and
+  asia-southeast1 are in every one), not at `global`, which answers 404 (BerriAI/litellm
+  PR #20348): a `global` connection counts in us-east5 and says so; Inference asks `global`
+  itself. Not confirmed from a primary source: whether the counter refuses a model that the
+  project has not enabled in Model Garden. Inference proves the model itself.
 - Inference, Gemini: generateContent with maxOutputTokens 16, thinking kept small (the Gemini
   probe's `generate`: Vertex takes the same GenerateContentRequest).
 - Inference, Anthropic: POST .../publishers/anthropic/models/{m}:rawPredict with
@@ -64,6 +75,10 @@ from llmconn.spec import LLMConnectionSpec, ValidationType, VertexAISpec, Vertex
 
 GLOBAL_ENDPOINT = "https://aiplatform.googleapis.com"
 ANTHROPIC_VERSION = "vertex-2023-10-16"
+# Where Claude's token counter is served in every version of Google's list (module doc), and
+# the one a location without a counter of its own (`global`) counts in.
+CLAUDE_COUNT_REGIONS = ("us-east5", "europe-west1", "asia-southeast1")
+CLAUDE_COUNT_FALLBACK = "us-east5"
 MAX_TOKENS = 16
 PROMPT = "Reply with the single word OK."
 _HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")  # an API key: printable ASCII, no spaces
@@ -187,7 +202,14 @@ async def _validate(ctx: ProbeContext, vertex: VertexAISpec, auth: _Auth) -> Pro
 
 async def _list_models(ctx: ProbeContext, vertex: VertexAISpec, auth: _Auth) -> ProbeOutcome:
     path = f"/v1beta1/publishers/{vertex.publisher.value}/models"
-    reply = await _send(ctx, auth, "GET", ctx.url(path), params={"pageSize": "1"})
+    reply = await _send(
+        ctx,
+        auth,
+        "GET",
+        ctx.url(path),
+        params={"pageSize": "1"},
+        headers={"x-goog-user-project": vertex.project},
+    )
     if reply.status == 404:
         return ProbeOutcome(
             Reason.UNEXPECTED_RESPONSE,
@@ -196,12 +218,51 @@ async def _list_models(ctx: ProbeContext, vertex: VertexAISpec, auth: _Auth) -> 
             "or leave it out.",
             http_status=reply.status,
         )
+    host = urlsplit(ctx.endpoint).hostname
+    if (billing := list_billing_refusal(reply, vertex.project)) is not None:
+        reason, consumer = billing
+        return ok(
+            f"Vertex AI at {host} accepted the credentials of {auth.who}. The project-less "
+            f"model list was asked to bill project {vertex.project} (x-goog-user-project) "
+            f"and Google refused it for {consumer} ({reason}): that concerns the list's "
+            "billing, which calls in the project do not need, so it fails nothing. Type "
+            f"Model checks project {vertex.project} and a model.",
+            reply,
+        )
     _read(ctx, reply, auth, vertex, "the model list", has("publisherModels", list))
     return ok(
         f"Vertex AI at {urlsplit(ctx.endpoint).hostname} accepted the credentials of "
         f"{auth.who}. Type Model checks project {vertex.project} and a model.",
         reply,
     )
+
+
+def list_billing_refusal(reply: Reply, project: str) -> tuple[str, str] | None:
+    """(reason, consumer) when the model list's 403 is about billing the call rather than the
+    credentials: SERVICE_DISABLED or BILLING_DISABLED for a project other than `project`, or
+    USER_PROJECT_DENIED for any (see the module doc); else None."""
+    if reply.status != 403:
+        return None
+    error = google_error(reply)
+    details = error.get("details") if error is not None else None
+    for info in details if isinstance(details, list) else []:
+        if not isinstance(info, dict):
+            continue
+        reason = info.get("reason")
+        metadata = info.get("metadata")
+        consumer = metadata.get("consumer") if isinstance(metadata, dict) else None
+        shown = str(consumer)[:128] if consumer else "another project"
+        if reason == "USER_PROJECT_DENIED":
+            return reason, shown
+        if reason in ("SERVICE_DISABLED", "BILLING_DISABLED") and consumer != f"projects/{project}":
+            return str(reason), shown
+    return None
+
+
+def claude_count_location(location: str) -> str:
+    """Where Claude's tokens are counted for a connection at `location`: there, unless it is
+    `global`, where the counter is not served (module doc)."""
+    return CLAUDE_COUNT_FALLBACK if location == "global" else location
 
 
 @dataclass(frozen=True)
@@ -213,8 +274,9 @@ class _Call:
     auth: _Auth
     model: str
 
-    def url(self, method: str, name: str | None = None) -> str:
-        """The URL of `method` on the model (or on `name`: Claude's count-tokens)."""
+    def url(self, method: str, name: str | None = None, location: str | None = None) -> str:
+        """The URL of `method` on the model (or on `name`: Claude's count-tokens), in the
+        spec's location or in `location` (on its host, unless spec.endpoint is given)."""
         model = quote(name or self.model, safe="@")
         publisher = self.vertex.publisher.value
         if self.auth.express:
@@ -222,9 +284,12 @@ class _Call:
             if base == regional_endpoint(self.vertex.location):
                 base = GLOBAL_ENDPOINT  # express mode lives on the global host only
             return f"{base}/v1/publishers/{publisher}/models/{model}:{method}"
-        project, location = self.vertex.project, self.vertex.location
-        return self.ctx.url(
-            f"/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/"
+        project, location = self.vertex.project, location or self.vertex.location
+        base = self.ctx.endpoint
+        if base == regional_endpoint(self.vertex.location):
+            base = regional_endpoint(location)
+        return (
+            f"{base}/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/"
             f"{model}:{method}"
         )
 
@@ -251,7 +316,8 @@ class _Call:
         )
 
     async def count_claude(self) -> ProbeOutcome:
-        url = self.url("rawPredict", name="count-tokens")
+        where = claude_count_location(self.vertex.location)
+        url = self.url("rawPredict", name="count-tokens", location=where)
         body = {
             "anthropic_version": ANTHROPIC_VERSION,
             "model": self.model,
@@ -259,10 +325,16 @@ class _Call:
         }
         reply = await self.post(url, body)
         self.read(reply, has("input_tokens", int))
+        elsewhere = (
+            f" It was counted in {where}: Google serves Claude's token counter in a few "
+            f"regions, not at {self.vertex.location}."
+            if where != self.vertex.location
+            else ""
+        )
         return ok(
-            f"{_cap(self.auth.who)} may call Claude models {self.place}, and the token "
-            f"counter knows {self.model} (no tokens spent; Inference proves the model "
-            "itself).",
+            f"{_cap(self.auth.who)} may call Claude models in project {self.vertex.project}, "
+            f"and the token counter knows {self.model} (no tokens spent; Inference proves the "
+            f"model itself in location {self.vertex.location}).{elsewhere}",
             reply,
         )
 
@@ -312,11 +384,14 @@ async def _send(
     *,
     params: dict[str, str] | None = None,
     json_body: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> Reply:
     """A request with these credentials (not `ctx.request`, whose api_key here may be a
     whole key file) and the spec's headers."""
+    extra = headers or {}
     headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
     headers.update(ctx.headers)
+    headers.update(extra)
     headers.update(auth.headers)
     return await ctx.transport.fetch(
         method, url, headers=headers, json_body=json_body, params=params
