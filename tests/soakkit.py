@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx2
 
-from llmconn.triggers import parse_time
+from llmconn.controller.triggers import parse_time
 
 API = "/apis/llmconn.dev/v1alpha1"
 STORM_SHARE = 0.1  # PATCHes beyond one per validation tolerated: 10% (or the boundary)

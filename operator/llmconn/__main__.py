@@ -2,6 +2,6 @@
 
 import sys
 
-from llmconn.cli import main
+from llmconn.cli.main import main
 
 sys.exit(main())

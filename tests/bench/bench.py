@@ -1061,7 +1061,7 @@ def measure_other_shard(
 
 
 def shard_of(obj: dict[str, Any], count: int = 2) -> int:
-    """The operator's rule (llmconn.peering.Shard): crc32 of the UID modulo the count."""
+    """The operator's rule (llmconn.controller.peering.Shard): crc32 of the UID modulo the count."""
     return zlib.crc32(obj["metadata"]["uid"].encode()) % count
 
 
@@ -1248,7 +1248,7 @@ def _epoch(rfc3339: str) -> float:
 
 
 def _seconds(text: str) -> float:
-    from llmconn.spec import parse_duration
+    from llmconn.model.spec import parse_duration
 
     return parse_duration(text)
 

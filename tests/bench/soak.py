@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from ownplane import kill_apiserver, start_apiserver
 
 from controlplane.cluster import ControlPlane, free_port
-from llmconn.triggers import JITTER
+from llmconn.controller.triggers import JITTER
 from soakkit import Harness, Verdict, status_log, table
 
 SLOW = 2.0  # seconds the provider takes per answer before the operator is killed (fault c)

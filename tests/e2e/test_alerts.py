@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 
 from chartkit import HELM
 from docskit import section
-from llmconn.metrics import LAG_BUCKETS, Metrics
+from llmconn.controller.metrics import LAG_BUCKETS, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "llmconn"

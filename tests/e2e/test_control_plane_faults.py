@@ -31,7 +31,7 @@ from ownplane import (  # the fixtures are used by name
 )
 
 from controlplane.cluster import ControlPlane
-from llmconn.triggers import parse_time
+from llmconn.controller.triggers import parse_time
 
 APISERVER_DOWN = 20.0  # seconds, as in the fault the issue measured on the demo
 ETCD_FROZEN = 30.0

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 import identity_cases
 from controlplane.cluster import ControlPlane
-from llmconn.spec import ValidationSpec
+from llmconn.model.spec import ValidationSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"

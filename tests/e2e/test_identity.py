@@ -32,14 +32,14 @@ import pytest
 from opkit import Api, OperatorProcess, condition, manifest, wait_for
 
 from controlplane.cluster import ControlPlane
-from llmconn.clouds import AWS_AUDIENCE
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
-from llmconn.kube import Kube, ServiceAccountTokens
+from llmconn.controller.kube import Kube, ServiceAccountTokens
+from llmconn.model.reasons import Reason
+from llmconn.model.verdict import CloudEndpoints, Defaults, SecretData
+from llmconn.net.clouds import AWS_AUDIENCE
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool
 from llmconn.probes import parse_spec
-from llmconn.reasons import Reason
-from llmconn.validate import validate
-from llmconn.verdict import CloudEndpoints, Defaults, SecretData
+from llmconn.validation.validate import validate
 from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.oidc import TrustedIssuer
 from servers.serve import serve

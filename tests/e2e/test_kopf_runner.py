@@ -39,7 +39,7 @@ def test_kopf_runs_the_handlers_and_the_verdict_is_written(
         "apiKeySecretRef": {"name": "creds"},
     }
     cluster.kubectl("apply", "-f", "-", input=secret(namespace, "creds", {"apiKey": KEY}))
-    args = ["run", "--standalone", "-n", namespace, "-m", "llmconn.handlers"]
+    args = ["run", "--standalone", "-n", namespace, "-m", "llmconn.controller.handlers"]
     with KopfRunner(args, timeout=60) as runner:
         cluster.kubectl("apply", "-f", "-", input=manifest(namespace, "c", spec))
 

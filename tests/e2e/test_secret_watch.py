@@ -32,8 +32,8 @@ from ownplane import (  # the fixtures are used by name
 )
 
 from controlplane.cluster import ControlPlane
-from llmconn.kube import Kube
-from llmconn.watches import ListWatch, SecretWatch
+from llmconn.controller.kube import Kube
+from llmconn.controller.watches import ListWatch, SecretWatch
 
 # --- the loop in this process, against the real API server --------------------------------
 
@@ -49,10 +49,10 @@ class TeeKube(Kube):
         self.raw: list[str] = []
 
     async def watch_metadata(
-        self, path: str, params: dict[str, str], read_timeout: float, *, whole: bool = False
+        self, path: str, params: dict[str, str], read_timeout: float
     ) -> AsyncIterator[dict[str, Any]]:
         self.watch_params.append(dict(params))
-        async for item in super().watch_metadata(path, params, read_timeout, whole=whole):
+        async for item in super().watch_metadata(path, params, read_timeout):
             self.raw.append(json.dumps(item))
             yield item
 

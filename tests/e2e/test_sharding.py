@@ -25,7 +25,7 @@ from opkit import Api, ControlledProvider, OperatorProcess, condition, manifest,
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.cluster import ControlPlane
-from llmconn.peering import Shard
+from llmconn.controller.peering import Shard
 from servers.serve import serve
 
 KEY = "sk-shards-" + pysecrets.token_hex(12)

@@ -2,7 +2,7 @@
 
 An answer of a few hundred KB that inflates to 300 MiB once took the operator from 41 to
 672 MiB through the MCP SDK. The cap lives in the HTTP layer that every probe's transport goes
-through (`llmconn.http.CappedTransport`). Here every encoding is thrown at a plain probe (the
+through (`llmconn.net.http.CappedTransport`). Here every encoding is thrown at a plain probe (the
 openai provider), at MCP over streamable HTTP and at MCP over legacy SSE, with the one-shot
 `llmconn validate` in a subprocess whose peak RSS (`ru_maxrss` from `os.wait4`) is compared
 with the same run against a small honest answer (without the cap: 674 MiB for the plain
@@ -23,13 +23,13 @@ from typing import Any
 
 import pytest
 
-from llmconn import http as llmconn_http
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
+from llmconn.model.reasons import Reason
+from llmconn.model.verdict import Defaults, SecretData
+from llmconn.net import http as llmconn_http
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool
 from llmconn.probes import parse_spec
-from llmconn.reasons import Reason
-from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData
+from llmconn.validation.validate import validate
 from servers import mcp_server, openai_dialect
 from servers.bombs import (
     BOMB_BYTES,

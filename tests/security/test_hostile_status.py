@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import yaml
 
-from llmconn import status as st
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
+from llmconn.model import status as st
+from llmconn.model.verdict import Defaults, SecretData
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool
 from llmconn.probes import parse_spec
-from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData
+from llmconn.validation.validate import validate
 from servers.misbehaving import RawServer, answer
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
@@ -144,9 +144,9 @@ async def test_a_redirect_to_an_unparsable_url_is_a_named_verdict(location: str)
 
 
 def test_an_invalid_spec_past_an_older_crd_still_yields_a_small_status() -> None:
-    from llmconn.memory import Conn, invalid_verdict
-    from llmconn.spec import ValidationType
-    from llmconn.verdict import Effective
+    from llmconn.controller.memory import Conn, invalid_verdict
+    from llmconn.model.spec import ValidationType
+    from llmconn.model.verdict import Effective
 
     conn = Conn(namespace="t", name="c", uid="u")
     conn.spec_error = "spec.endpoint: String should have at most 2048 characters"

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmconn import logs
-from llmconn.credentials import AwsCredentials
+from llmconn.model import logs
+from llmconn.model.credentials import AwsCredentials
 
 KEY = "sk-canary-4f1c9a7e2b8d6053aa"
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.operator-token-canary.c2lnbmF0dXJl"

@@ -15,7 +15,8 @@ import kopf
 import pydantic
 import pytest
 
-from llmconn import kube as kube_mod
+from llmconn.controller import kube as kube_mod
+from llmconn.controller.wire import Answer
 from llmconn.probes import parse_spec
 
 TRAVERSAL = "../../victim/secrets/topsecret"
@@ -68,6 +69,21 @@ def test_the_api_client_builds_no_path_from_a_bad_name(name: str) -> None:
         kube_mod.object_path(name, "secrets", "ok")
 
 
+class MockWire:
+    """The API client's wire, answered by `handler` (no network)."""
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+
+    async def call(self, method: str, url: str, *, headers: Any, body: Any, timeout: Any) -> Any:
+        request = httpx2.Request(method, url, headers=headers, content=body or b"")
+        response = self.handler(request)
+        return Answer(response.status_code, response.headers, response.content)
+
+    async def aclose(self) -> None:
+        pass
+
+
 async def test_a_bad_secret_name_sends_no_request_even_past_the_crd_and_the_model() -> None:
     sent: list[str] = []
 
@@ -78,9 +94,7 @@ async def test_a_bad_secret_name_sends_no_request_even_past_the_crd_and_the_mode
     info = kopf.ConnectionInfo(server="https://127.0.0.1:1", token="t")  # never dialled
     client = kube_mod.Kube(info)
     await client.aclose()
-    client._client = httpx2.AsyncClient(
-        transport=httpx2.MockTransport(handler), base_url="https://127.0.0.1:1"
-    )
+    client._wire = MockWire(handler)  # type: ignore[assignment]
     try:
         with pytest.raises(kube_mod.InvalidName):
             await client.get_secret("team-a", TRAVERSAL)
@@ -106,9 +120,7 @@ async def test_a_bad_service_account_name_mints_nothing_elsewhere() -> None:
     info = kopf.ConnectionInfo(server="https://127.0.0.1:1", token="t")  # never dialled
     client = kube_mod.Kube(info)
     await client.aclose()
-    client._client = httpx2.AsyncClient(
-        transport=httpx2.MockTransport(handler), base_url="https://127.0.0.1:1"
-    )
+    client._wire = MockWire(handler)  # type: ignore[assignment]
     try:
         for name in ("../../kube-system/serviceaccounts/admin", "agent/token", "Agent", ""):
             with pytest.raises(kube_mod.InvalidName):

@@ -29,8 +29,8 @@ from chartkit import (
     one,
     values_args,
 )
-from llmconn.config import from_args
-from llmconn.egress import ALWAYS_DENIED
+from llmconn.controller.config import from_args
+from llmconn.net.egress import ALWAYS_DENIED
 
 OPERATOR_RULES = [
     {

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.model.redact import Redactor
+from llmconn.model.spec import SecretKeyRef, ValidationType
+from llmconn.net.exchange import Reply
 from llmconn.probes import registry
 from llmconn.probes.base import ProbeContext
 from llmconn.probes.errors import classify_error, retry_after
-from llmconn.reasons import Reason
-from llmconn.redact import Redactor
-from llmconn.spec import SecretKeyRef, ValidationType
 
 HEADER_NAMES = st.sampled_from(
     [

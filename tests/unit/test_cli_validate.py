@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from llmconn.cli import main
+from llmconn.cli.main import main
 from servers.openai_dialect import Dialect, make_app
 from servers.serve import free_port, serve
 
@@ -405,7 +405,8 @@ RUN_ARGV = [
 def test_run_hands_every_argument_to_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
     import kopf
 
-    from llmconn import config, logs
+    from llmconn.controller import config
+    from llmconn.model import logs
 
     # `--inference-min-interval` and `-A` exclude two options above; they get their own run.
     options = {o for a in config.parser()._actions for o in a.option_strings}

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from llmconn import config
-from llmconn.config import from_args
+from llmconn.controller import config
+from llmconn.controller.config import from_args
 
 # One non-default value per option, as its variable.
 EVERY_VARIABLE = {

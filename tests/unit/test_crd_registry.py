@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
+from llmconn.model.spec import BLOCKS, CLOUDS
 from llmconn.probes import registry
 from llmconn.probes.base import Auth
-from llmconn.spec import BLOCKS, CLOUDS
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
 

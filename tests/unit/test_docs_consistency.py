@@ -1,8 +1,8 @@
 """The documentation (README.md and docs/) agrees with the code: each documented list is checked
 against its source of truth, wherever the section lives.
 
-Providers (the probe registry and the CRD's enum), reasons (llmconn.reasons), `llmconn run`
-options (llmconn.config), chart values (values.yaml), metrics (llmconn.metrics), spec and status
+Providers (the probe registry and the CRD's enum), reasons (llmconn.model.reasons), `llmconn run`
+options (llmconn.controller.config), chart values (values.yaml), metrics (llmconn.controller.metrics), spec and status
 fields and printer columns (the CRD), and make targets (the Makefile); every link from one
 document to another (or to a heading) arrives somewhere. No cluster needed.
 """
@@ -27,12 +27,12 @@ from docskit import (
     only_code,
     section,
 )
-from llmconn import config
-from llmconn.metrics import Metrics
+from llmconn.controller import config
+from llmconn.controller.metrics import Metrics
+from llmconn.model.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result, result_of
+from llmconn.model.spec import McpTransport, ValidationType
 from llmconn.probes import registry
 from llmconn.probes.base import Auth
-from llmconn.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result, result_of
-from llmconn.spec import McpTransport, ValidationType
 
 CRD = yaml.safe_load((ROOT / "crds" / "llmconnections.yaml").read_text())
 VALUES = yaml.safe_load((ROOT / "charts" / "llmconn" / "values.yaml").read_text())
@@ -215,7 +215,7 @@ def test_every_run_option_is_documented(run_parser: Any) -> None:
 
 
 def test_documented_environment_variables_are_read(run_parser: Any) -> None:
-    source = (ROOT / "operator" / "llmconn" / "config.py").read_text()
+    source = (ROOT / "operator" / "llmconn" / "controller" / "config.py").read_text()
     rows = option_rows()
     for option in long_options(run_parser):
         name = option.removeprefix("--")

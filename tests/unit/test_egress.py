@@ -13,9 +13,9 @@ import httpcore2
 import httpx2
 import pytest
 
-from llmconn import http as http_mod
-from llmconn.egress import EgressPolicy, Rule, carried_ipv4
-from llmconn.http import ClientPool, DNSLookupError, EgressDenied, TLSOptions
+from llmconn.net import http as http_mod
+from llmconn.net.egress import EgressPolicy, Rule, carried_ipv4
+from llmconn.net.http import ClientPool, DNSLookupError, EgressDenied, TLSOptions
 from servers.misbehaving import RawServer, answer, make_tls
 
 # --- the policy ------------------------------------------------------------------------

@@ -18,21 +18,21 @@ from typing import Any
 import httpx2
 import pytest
 
-from llmconn import clouds as llmconn_clouds
-from llmconn import logs
-from llmconn.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE
-from llmconn.credentials import AwsCredentials
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool, DNSLookupError
-from llmconn.oauth import CLOUD_PLATFORM
+from llmconn.model import logs
+from llmconn.model.credentials import AwsCredentials
+from llmconn.model.reasons import Reason, Result
+from llmconn.model.redact import MARKER
+from llmconn.model.spec import AwsIdentity
+from llmconn.model.verdict import CloudEndpoints, Defaults, SecretData, TokenRefused
+from llmconn.net import clouds as llmconn_clouds
+from llmconn.net.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool, DNSLookupError
+from llmconn.net.oauth import CLOUD_PLATFORM
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.aws import signer
 from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
-from llmconn.reasons import Reason, Result
-from llmconn.redact import MARKER
-from llmconn.spec import AwsIdentity
-from llmconn.validate import validate
-from llmconn.verdict import CloudEndpoints, Defaults, SecretData, TokenRefused
+from llmconn.validation.validate import validate
 from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.misbehaving import RawServer, hang
 from servers.oidc import Issuer, TrustedIssuer
@@ -542,7 +542,9 @@ async def test_the_entra_scope_follows_the_authoritys_cloud(world: World) -> Non
         with serve(entra.make_app(directory)) as entra_url, serve(resource) as azure_url:
             port = entra_url.rsplit(":", 1)[1]
             clouds = CloudEndpoints(azure_authority_host=f"http://{GOV_AUTHORITY}:{port}")
-            assert llmconn_clouds.azure_scope(clouds) == "https://cognitiveservices.azure.us/.default"
+            assert (
+                llmconn_clouds.azure_scope(clouds) == "https://cognitiveservices.azure.us/.default"
+            )
             verdict = await validate(
                 parse_spec(azure_spec(azure_url)),
                 NoSecrets(),

@@ -11,9 +11,9 @@ import yaml
 from pydantic import ValidationError
 
 import identity_cases
-from llmconn import spec as spec_mod
+from llmconn.model import spec as spec_mod
+from llmconn.model.spec import CLOUDS
 from llmconn.probes import parse_spec
-from llmconn.spec import CLOUDS
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
 

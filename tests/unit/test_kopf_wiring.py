@@ -9,9 +9,9 @@ import gc
 
 import kopf
 
-from llmconn import handlers, runner
-from llmconn.config import Config
-from llmconn.watches import PAGE
+from llmconn.controller import handlers, runner
+from llmconn.controller.config import Config
+from llmconn.controller.watches import PAGE
 
 
 def body() -> kopf.Body:
@@ -28,7 +28,10 @@ def body() -> kopf.Body:
 def test_kopf_keeps_no_state_on_the_objects() -> None:
     settings = kopf.OperatorSettings()
     handlers.configure(settings, Config())
-    diffbase, progress = settings.persistence.diffbase_storage, settings.persistence.progress_storage
+    diffbase, progress = (
+        settings.persistence.diffbase_storage,
+        settings.persistence.progress_storage,
+    )
     patch = kopf.Patch()
     # Nothing is read from the object or built from it, and nothing stored goes into a patch.
     assert diffbase.fetch(body=body()) is None

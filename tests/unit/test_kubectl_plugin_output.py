@@ -10,8 +10,8 @@ import re
 import pytest
 
 from docskit import section
-from llmconn import kubectl_plugin as plugin
-from llmconn.reasons import Reason
+from llmconn.cli import kubectl_plugin as plugin
+from llmconn.model.reasons import Reason
 
 
 def documented_reasons() -> dict[str, tuple[str, str]]:

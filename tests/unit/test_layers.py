@@ -96,11 +96,12 @@ def layers() -> dict[str, int]:
 
 
 def layer_of(module: str, table: Mapping[str, int]) -> int | None:
+    """A module's own line, else its folder's (`pkg.*`); a folder's __init__ is its folder's."""
     if module in table:
         return table[module]
-    if module.startswith(PROBES + "."):
-        return table.get(PROBES + ".*")
-    return None
+    if f"{module}.*" in table and modules()[module].name == "__init__.py":
+        return table[f"{module}.*"]
+    return table.get(module.rsplit(".", 1)[0] + ".*")
 
 
 # --- the checker itself ------------------------------------------------------------------
@@ -112,24 +113,33 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     spec = tmp_path / "spec.py"
     spec.write_text("def known():\n    from llmconn.probes import registry\n")
     base = tmp_path / "base.py"
-    base.write_text("from llmconn.spec import LLMConnectionSpec\n")
-    known = {"llmconn.spec", "llmconn.probes", "llmconn.probes.base"}
+    base.write_text("from llmconn.model.spec import LLMConnectionSpec\n")
+    known = {"llmconn.model.spec", "llmconn.probes", "llmconn.probes.base"}
     edges = {
-        "llmconn.spec": imports_of("llmconn.spec", spec, known),
+        "llmconn.model.spec": imports_of("llmconn.model.spec", spec, known),
         "llmconn.probes": {"llmconn.probes.base"},
         "llmconn.probes.base": imports_of("llmconn.probes.base", base, known),
     }
     assert find_cycle(edges) == [
+        "llmconn.model.spec",
         "llmconn.probes",
         "llmconn.probes.base",
-        "llmconn.spec",
-        "llmconn.probes",
+        "llmconn.model.spec",
     ]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_the_docstring_names_layers() -> None:
-    assert layers()["llmconn.spec"] < layers()["llmconn.probes.base"] < layers()[PROBES]
+    table = layers()
+    spec, base = layer_of("llmconn.model.spec", table), layer_of("llmconn.probes.base", table)
+    assert spec is not None and base is not None and spec < base < table[PROBES]
+
+
+def test_the_folders_are_the_layers() -> None:
+    # Every module sits in a folder that is a line of the docstring, or is a line itself.
+    table = layers()
+    loose = [m for m in modules() if m.count(".") == 1 and m not in table and f"{m}.*" not in table]
+    assert not loose, loose
 
 
 # --- the package -------------------------------------------------------------------------
@@ -154,7 +164,7 @@ def test_every_module_imports_only_its_own_layer_and_those_below() -> None:
 
 
 def test_the_spec_knows_no_provider() -> None:
-    assert not {m for m in graph()["llmconn.spec"] if m.startswith(PROBES)}
+    assert not {m for m in graph()["llmconn.model.spec"] if m.startswith(PROBES)}
 
 
 @pytest.mark.parametrize("module", sorted(m for m in modules() if m.startswith(PROBES + ".")))

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmconn.metrics import DURATION_BUCKETS, INVALID_PROVIDER, Metrics
+from llmconn.controller.metrics import DURATION_BUCKETS, INVALID_PROVIDER, Metrics
 
 Sample = tuple[str, dict[str, str], float]
 

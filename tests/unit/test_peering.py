@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llmconn.peering import follow, peering_paths, should_pause
+from llmconn.controller.peering import follow, peering_paths, should_pause
 
 NOW = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.UTC)
 

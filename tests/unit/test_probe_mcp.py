@@ -9,20 +9,20 @@ from collections.abc import AsyncIterator, Iterator
 import httpx2
 import pytest
 
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
-from llmconn.probes import parse_spec, registry
-from llmconn.probes.base import ProbeContext, ProbeOutcome
-from llmconn.reasons import Reason
-from llmconn.spec import (
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import (
     LLMConnectionSpec,
     McpSpec,
     McpTransport,
     SecretKeyRef,
     ValidationType,
 )
-from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData
+from llmconn.model.verdict import Defaults, SecretData
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool
+from llmconn.probes import parse_spec, registry
+from llmconn.probes.base import ProbeContext, ProbeOutcome
+from llmconn.validation.validate import validate
 from servers.mcp_server import TestMCPApp, make_app
 from servers.serve import free_port, serve
 

@@ -18,19 +18,19 @@ import httpx2
 import jwt
 import pytest
 
-from llmconn import logs
-from llmconn.credentials import BearerToken, service_account_key
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool, DNSLookupError
+from llmconn.model import logs
+from llmconn.model.credentials import BearerToken, service_account_key
+from llmconn.model.reasons import Reason, Result
+from llmconn.model.redact import MARKER
+from llmconn.model.spec import SecretKeyRef, ValidationType, VertexAISpec
+from llmconn.model.verdict import Defaults, SecretData, Verdict
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool, DNSLookupError
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import ProbeContext, ProbeFailure
 from llmconn.probes.google_oauth import sign
 from llmconn.probes.vertex_ai import regional_endpoint
-from llmconn.reasons import Reason, Result
-from llmconn.redact import MARKER
-from llmconn.spec import SecretKeyRef, ValidationType, VertexAISpec
-from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData, Verdict
+from llmconn.validation.validate import validate
 from servers import google_token, vertex_dialect
 from servers.serve import serve
 
@@ -694,7 +694,7 @@ def test_signing_refuses_a_key_that_is_not_rsa(account: google_token.ServiceAcco
 def test_llmconn_validate_takes_both_static_forms_offline(
     google: Google, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from llmconn.cli import main
+    from llmconn.cli.main import main
 
     key_file = google.account.key_file(google.token_url.replace(TOKEN_HOST, "127.0.0.1"))
     docs = [
@@ -749,7 +749,7 @@ async def test_a_token_uri_at_the_metadata_address_is_refused_before_any_byte(
 def test_of_a_key_file_only_the_private_parts_are_secret(
     account: google_token.ServiceAccount,
 ) -> None:
-    from llmconn.credentials import key_file_secrets
+    from llmconn.model.credentials import key_file_secrets
 
     text = account.key_file("https://oauth2.googleapis.com/token")
     found = key_file_secrets(text)
@@ -774,6 +774,6 @@ def test_of_a_key_file_only_the_private_parts_are_secret(
 def test_anything_else_is_secret_whole_or_in_every_string_of_its_json(
     text: str, expected: tuple[str, ...]
 ) -> None:
-    from llmconn.credentials import key_file_secrets
+    from llmconn.model.credentials import key_file_secrets
 
     assert key_file_secrets(text) == expected

@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool, DNSLookupError
+from llmconn.model.reasons import STALLING, TRANSIENT, Reason
+from llmconn.model.verdict import Defaults, SecretData, Verdict
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool, DNSLookupError
 from llmconn.probes import bedrock, parse_spec, registry
-from llmconn.reasons import STALLING, TRANSIENT, Reason
-from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData, Verdict
+from llmconn.validation.validate import validate
 from servers.bedrock_dialect import HAIKU, NOVA, SONNET_37, BedrockState, make_app, model
 from servers.openai_dialect import Dialect
 from servers.openai_dialect import make_app as openai_app
@@ -577,7 +577,7 @@ def test_every_aws_secret_key_is_a_reference_that_triggers() -> None:
 
 def test_botocore_is_imported_only_by_a_probe_that_signs() -> None:
     code = (
-        "import sys, llmconn.validate, llmconn.oneshot, llmconn.probes;"
+        "import sys, llmconn.validation.validate, llmconn.cli.oneshot, llmconn.probes;"
         "assert not [m for m in sys.modules if m.startswith('botocore')], 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -12,10 +12,10 @@ import httpx2
 import pytest
 from starlette.applications import Starlette
 
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import SecretKeyRef, ValidationType
 from llmconn.probes import registry
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
-from llmconn.reasons import Reason
-from llmconn.spec import SecretKeyRef, ValidationType
 from servers.openai_dialect import Dialect, make_app
 from servers.serve import serve
 

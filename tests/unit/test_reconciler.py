@@ -20,17 +20,24 @@ import httpx2
 import pytest
 from prometheus_client import generate_latest
 
-from llmconn import triggers as tr
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
-from llmconn.kube import Conflict, NotFound
-from llmconn.memory import digest
-from llmconn.metrics import Metrics
+from llmconn.controller import triggers as tr
+from llmconn.controller.kube import Conflict, NotFound
+from llmconn.controller.memory import digest
+from llmconn.controller.metrics import Metrics
+from llmconn.controller.reconciler import Conn, Reconciler
+from llmconn.model.reasons import Reason
+from llmconn.model.status import rfc3339
+from llmconn.model.verdict import (
+    Defaults,
+    Lifecycle,
+    ObservedSecret,
+    SecretData,
+    Verdict,
+    effective,
+)
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool
 from llmconn.probes import parse_spec
-from llmconn.reasons import Reason
-from llmconn.reconciler import Conn, Reconciler
-from llmconn.status import rfc3339
-from llmconn.verdict import Defaults, Lifecycle, ObservedSecret, SecretData, Verdict, effective
 
 NS = "team"
 
@@ -343,7 +350,7 @@ async def test_a_failure_after_a_success_keeps_no_detail_of_the_success(world) -
 
 async def test_a_failed_write_is_retried_without_probing_again(world, monkeypatch) -> None:
     kube, provider, rec = world
-    monkeypatch.setattr("llmconn.reconciler.RETRY_API", 0.01)
+    monkeypatch.setattr("llmconn.controller.reconciler.RETRY_API", 0.01)
     kube.fail_writes = 3
     rec.connection_event("ADDED", kube.apply("c", spec()))
     await until("written at last", lambda: kube.status("c").get("result") == "success")
@@ -355,7 +362,9 @@ async def test_kept_verdicts_are_written_once_the_api_server_answers_again(
     world, monkeypatch
 ) -> None:
     kube, provider, rec = world
-    monkeypatch.setattr("llmconn.reconciler.RETRY_API", 3600.0)  # no backoff ends in this test
+    monkeypatch.setattr(
+        "llmconn.controller.reconciler.RETRY_API", 3600.0
+    )  # no backoff ends in this test
     rec.connection_event("ADDED", kube.apply("a", spec()))
     await until("a validated", lambda: kube.status("a").get("result") == "success")
     provider.reason = Reason.INVALID_API_KEY
@@ -372,7 +381,9 @@ async def test_a_kept_verdict_being_written_when_the_server_returns_is_not_probe
     world, monkeypatch
 ) -> None:
     kube, provider, rec = world
-    monkeypatch.setattr("llmconn.reconciler.RETRY_API", 0.01)  # a's write is tried again at once
+    monkeypatch.setattr(
+        "llmconn.controller.reconciler.RETRY_API", 0.01
+    )  # a's write is tried again at once
     rec.connection_event("ADDED", kube.apply("a", spec()))
     await until("a validated", lambda: kube.status("a").get("result") == "success")
     gate, held, real = asyncio.Event(), [], kube.patch_status

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from llmconn.redact import MARKER, Redactor, _fold, _forms
+from llmconn.model.redact import MARKER, Redactor, _fold, _forms
 
 MIN_LENGTH = 4  # shorter values are never redacted
 WINDOW = 12  # any run this long of a form is redacted

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from llmconn.scheduler import Scheduler
+from llmconn.controller.scheduler import Scheduler
 
 
 class Clock:

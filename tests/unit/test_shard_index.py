@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from llmconn.config import from_args
-from llmconn.peering import Shard
+from llmconn.controller.config import from_args
+from llmconn.controller.peering import Shard
 
 
 def test_a_number_is_the_shard() -> None:

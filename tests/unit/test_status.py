@@ -6,11 +6,11 @@ import datetime as dt
 
 import pytest
 
-from llmconn import lifecycle
-from llmconn import status as st
-from llmconn.reasons import Reason
-from llmconn.spec import ValidationType
-from llmconn.verdict import Effective, Lifecycle, Verdict
+from llmconn.model import lifecycle
+from llmconn.model import status as st
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import ValidationType
+from llmconn.model.verdict import Effective, Lifecycle, Verdict
 
 T0 = dt.datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=dt.UTC)
 
@@ -159,7 +159,7 @@ def test_suspended_status():
 def with_secrets(v: Verdict, *versions: tuple[str, str]) -> Verdict:
     import dataclasses
 
-    from llmconn.verdict import ObservedSecret
+    from llmconn.model.verdict import ObservedSecret
 
     return dataclasses.replace(
         v, observed_secrets=tuple(ObservedSecret(n, rv) for n, rv in versions)

@@ -17,11 +17,11 @@ import httpx2
 import kopf
 import pytest
 
-from llmconn.kube import Conflict, Gone, Kube, NotFound
-from llmconn.memory import Conn
-from llmconn.metrics import Metrics
-from llmconn.transport import ApiWire, client_timeout
-from llmconn.writer import PLANNED_WRITES, StatusWriter
+from llmconn.controller.kube import Conflict, Gone, Kube, NotFound
+from llmconn.controller.memory import Conn
+from llmconn.controller.metrics import Metrics
+from llmconn.controller.wire import ApiWire, client_timeout
+from llmconn.controller.writer import PLANNED_WRITES, StatusWriter
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -535,7 +535,7 @@ class Login:
         self.tokens = iter(tokens or ("old-token", "new-token"))
         self.url = url
         self.calls = 0
-        monkeypatch.setattr("llmconn.kube.login", self.login)
+        monkeypatch.setattr("llmconn.controller.kube.login", self.login)
 
     def login(self) -> kopf.ConnectionInfo:
         self.calls += 1

@@ -17,15 +17,15 @@ from typing import Any
 
 import pytest
 
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool, DNSLookupError, EgressDenied
+from llmconn.model.reasons import Reason, Result
+from llmconn.model.status import LATEST_PROBE_KEYS, rfc3339, status_fields
+from llmconn.model.verdict import Defaults, SecretData
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool, DNSLookupError, EgressDenied
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok
 from llmconn.probes.errors import classify_error
-from llmconn.reasons import Reason, Result
-from llmconn.status import LATEST_PROBE_KEYS, rfc3339, status_fields
-from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData
+from llmconn.validation.validate import validate
 from servers.misbehaving import (
     Huge,
     RawServer,

@@ -18,14 +18,11 @@ import httpx2
 import kopf
 import pytest
 
-from llmconn import watches
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
-from llmconn.kube import META_LIST, META_WATCH, Gone, Kube
-from llmconn.metrics import Metrics
-from llmconn.reconciler import Reconciler, RecordingSecrets
-from llmconn.verdict import Defaults, SecretData
-from llmconn.watches import (
+from llmconn.controller import watches
+from llmconn.controller.kube import META_LIST, META_WATCH, Gone, Kube
+from llmconn.controller.metrics import Metrics
+from llmconn.controller.reconciler import Reconciler, RecordingSecrets
+from llmconn.controller.watches import (
     ListWatch,
     SecretWatch,
     backoff,
@@ -34,6 +31,9 @@ from llmconn.watches import (
     reconnect_delay,
     retry_after,
 )
+from llmconn.model.verdict import Defaults, SecretData
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool
 
 # How long a test waits for something that must happen before calling it a hang: only a
 # broken test ever waits this long, and nothing asserts on durations.
@@ -808,7 +808,7 @@ class Login:
         self.url = url
         self.calls = 0
         self.done = asyncio.Event()
-        monkeypatch.setattr("llmconn.kube.login", self.login)
+        monkeypatch.setattr("llmconn.controller.kube.login", self.login)
 
     def login(self) -> kopf.ConnectionInfo:
         self.calls += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from llmconn.model.spec import LLMConnectionSpec, parse
 from llmconn.probes import (  # noqa: F401  (each registers itself on import)
     anthropic,
     azure_openai,
@@ -32,7 +33,6 @@ from llmconn.probes import (  # noqa: F401  (each registers itself on import)
     xai,
 )
 from llmconn.probes.base import registry
-from llmconn.spec import LLMConnectionSpec, parse
 
 __all__ = ["parse_spec", "registry"]
 

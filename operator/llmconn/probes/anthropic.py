@@ -22,12 +22,12 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import ValidationType
+from llmconn.model.verdict import Lifecycle
+from llmconn.net.exchange import Reply
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
-from llmconn.reasons import Reason
-from llmconn.spec import ValidationType
-from llmconn.verdict import Lifecycle
 
 API_VERSION = "2026-10-21"
 LIST_LIMIT = "1000"  # the API's largest page: one page counts every model an account has

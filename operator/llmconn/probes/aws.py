@@ -27,8 +27,8 @@ from typing import Any
 
 import httpx2
 
-from llmconn.credentials import AwsCredentials
-from llmconn.exchange import Reply, Signer
+from llmconn.model.credentials import AwsCredentials
+from llmconn.net.exchange import Reply, Signer
 
 _SIGNED = frozenset({"host", "content-type"})
 _ADDED = ("Authorization", "X-Amz-Date", "X-Amz-Security-Token")

@@ -73,13 +73,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import AzureSpec, ValidationType
+from llmconn.model.verdict import Lifecycle
+from llmconn.net.exchange import Reply
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.probes.openai_style import respond, responses_only
-from llmconn.reasons import Reason
-from llmconn.spec import AzureSpec, ValidationType
-from llmconn.verdict import Lifecycle
 
 MAX_TOKENS = 16
 PROMPT = "Reply with the single word OK."

@@ -8,10 +8,10 @@ imports every provider module (as External Secrets' providers register into its 
 
 The context is the probe's inputs, frozen. Its requests go through `ctx.request()` (native
 probes) or an SDK client on `ctx.transport` (MCP); either way the HTTP layer
-(`llmconn.exchange`) adds the phases, request ids and headroom headers to `ctx.found`, the
+(`llmconn.net.exchange`) adds the phases, request ids and headroom headers to `ctx.found`, the
 probe's findings, and refuses off-site redirects. Timeouts, total timing, redaction and the
-classification of exceptions live once, in the caller (`llmconn.validate`,
-`llmconn.classify`), not in probes.
+classification of exceptions live once, in the caller (`llmconn.validation.validate`,
+`llmconn.validation.classify`), not in probes.
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from llmconn import logs
-from llmconn.credentials import AwsCredentials, BearerToken
-from llmconn.exchange import USER_AGENT, ProbeTransport, Reply, Signer
-from llmconn.http import Phase
-from llmconn.reasons import Reason
-from llmconn.spec import (
+from llmconn.model import logs
+from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import (
     BLOCKS,
     CLOUDS,
     AwsCredentialsRef,
@@ -44,7 +42,9 @@ from llmconn.spec import (
     ValidationType,
     VertexAISpec,
 )
-from llmconn.verdict import Lifecycle
+from llmconn.model.verdict import Lifecycle
+from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply, Signer
+from llmconn.net.http import Phase
 
 
 class Auth(StrEnum):
@@ -69,7 +69,7 @@ EndpointFor = Callable[[LLMConnectionSpec], str]
 @dataclass(frozen=True)
 class ProviderInfo:
     """A provider's declaration: its probe, and what it needs of a spec (which the spec model
-    checks, `llmconn.spec.ProviderRules`, and the CRD repeats: a test compares them)."""
+    checks, `llmconn.model.spec.ProviderRules`, and the CRD repeats: a test compares them)."""
 
     name: str
     probe: ProbeFn
@@ -214,7 +214,7 @@ class ProbeFailure(Exception):
 @dataclass
 class Findings:
     """What a probe collects besides its outcome. The HTTP layer writes the network part as it
-    goes (`llmconn.exchange.Recorder`); probes add facts worth keeping if a later step fails."""
+    goes (`llmconn.net.exchange.Recorder`); probes add facts worth keeping if a later step fails."""
 
     phase: Phase = Phase.START  # the network phase running last: it names a timeout
     phase_ms: dict[Phase, float] = field(default_factory=dict)  # time spent in each
@@ -294,7 +294,7 @@ class ProbeContext:
         sign: Signer | None = None,
     ) -> Reply:
         """Send one request the provider's way (its auth header, the spec's headers) and read
-        the answer; same-origin redirects are followed, others refused (llmconn.exchange).
+        the answer; same-origin redirects are followed, others refused (llmconn.net.exchange).
         `content` is a body sent as given; `sign` signs each request as it goes out."""
         sent = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         sent.update(self.headers)

@@ -59,13 +59,13 @@ import datetime as dt
 from typing import Any
 from urllib.parse import quote
 
-from llmconn.exchange import Reply, Signer
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import LLMConnectionSpec, ValidationType
+from llmconn.model.verdict import Lifecycle
+from llmconn.net.exchange import Reply, Signer
 from llmconn.probes.aws import AwsError, aws_error, signer
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, rate_limited, read_json
-from llmconn.reasons import Reason
-from llmconn.spec import LLMConnectionSpec, ValidationType
-from llmconn.verdict import Lifecycle
 
 TEST_MAX_TOKENS = 16
 TEST_PROMPT = "Reply with the word OK."

@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.net.exchange import Reply
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, registry
 from llmconn.probes.errors import classify_error, parse_error, rate_limited
 from llmconn.probes.openai_style import TEST_MAX_TOKENS, Flavour, check
-from llmconn.reasons import Reason
 
 PER_MINUTE = 60.0  # seconds a per-minute allocation takes to refill
 _REGION_HINT = (

@@ -9,9 +9,9 @@ knob to turn reasoning off, so the 16-token budget (which counts the reasoning) 
 
 from __future__ import annotations
 
+from llmconn.model.reasons import Reason
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, registry
 from llmconn.probes.openai_style import Flavour, check
-from llmconn.reasons import Reason
 
 
 async def balance(ctx: ProbeContext) -> dict[str, str]:

@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llmconn.exchange import REQUEST_ID_HEADERS, Reply
+from llmconn.model.reasons import Reason
+from llmconn.net.exchange import REQUEST_ID_HEADERS, Reply
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
-from llmconn.reasons import Reason
 
 Classify = Callable[[ProbeContext, Reply, str], ProbeOutcome]
 

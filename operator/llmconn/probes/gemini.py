@@ -32,12 +32,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
-from llmconn.exchange import Reply
-from llmconn.oauth import google_error
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import ValidationType
+from llmconn.net.exchange import Reply
+from llmconn.net.oauth import google_error
 from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
 from llmconn.probes.errors import Classify, classify_error, has, rate_limited, read_json
-from llmconn.reasons import Reason
-from llmconn.spec import ValidationType
 
 PAGE_SIZE = "1000"  # the API's largest page: one page counts every model
 MAX_OUTPUT_TOKENS = 16

@@ -35,12 +35,12 @@ import asyncio
 import time
 from urllib.parse import urlsplit
 
-from llmconn.credentials import BearerToken, ServiceAccountKey
-from llmconn.exchange import Reply
-from llmconn.oauth import CLOUD_PLATFORM, TokenAnswer, post_form, token_answer
+from llmconn.model.credentials import BearerToken, ServiceAccountKey
+from llmconn.model.reasons import Reason
+from llmconn.net.exchange import Reply
+from llmconn.net.oauth import CLOUD_PLATFORM, TokenAnswer, post_form, token_answer
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.probes.errors import classify_error, rate_limited
-from llmconn.reasons import Reason
 
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 LIFETIME = 3600  # seconds: the longest Google accepts, and google-auth's

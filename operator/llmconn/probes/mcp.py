@@ -32,11 +32,11 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
-from llmconn.exchange import USER_AGENT
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import McpTransport, ValidationType
+from llmconn.net.exchange import USER_AGENT
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.mcp_http import Watch, connect, transport_hint
-from llmconn.reasons import Reason
-from llmconn.spec import McpTransport, ValidationType
 
 MAX_TOOL_PAGES = 10  # tools/list pages followed for toolCount; each page is one request
 _CLIENT_NAME, _, _CLIENT_VERSION = USER_AGENT.partition("/")

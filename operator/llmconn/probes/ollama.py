@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import ValidationType
+from llmconn.net.exchange import Reply
 from llmconn.probes.base import Auth, ProbeContext, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
-from llmconn.reasons import Reason
-from llmconn.spec import ValidationType
 
 NUM_PREDICT = 16
 PROMPT = "Reply with the single word OK."

@@ -11,12 +11,12 @@ import dataclasses
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.model.verdict import Lifecycle
+from llmconn.net.exchange import Reply
 from llmconn.probes.base import ProbeContext, ProbeOutcome, registry
 from llmconn.probes.errors import classify_error, parse_error
 from llmconn.probes.openai_style import TEST_MAX_TOKENS, Flavour, check
-from llmconn.reasons import Reason
-from llmconn.verdict import Lifecycle
 
 # o-series and gpt-5 models think before answering; they refuse max_tokens and any temperature
 # but 1. "low" is the least reasoning_effort every one of them accepts ("minimal" and "none"

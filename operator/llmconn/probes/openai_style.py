@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import ValidationType
+from llmconn.model.verdict import Lifecycle
+from llmconn.net.exchange import Reply
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok
 from llmconn.probes.errors import Classify, classify_error, has, parse_error, read_json
-from llmconn.reasons import Reason
-from llmconn.spec import ValidationType
-from llmconn.verdict import Lifecycle
 
 # Some (reasoning) models refuse budgets under 16 tokens; 16 tokens cost next to nothing.
 TEST_MAX_TOKENS = 16

@@ -63,15 +63,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from llmconn.credentials import key_file_secrets, service_account_key
-from llmconn.exchange import USER_AGENT, Reply
-from llmconn.oauth import google_error
+from llmconn.model.credentials import key_file_secrets, service_account_key
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import LLMConnectionSpec, ValidationType, VertexAISpec, VertexPublisher
+from llmconn.net.exchange import USER_AGENT, Reply
+from llmconn.net.oauth import google_error
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.probes.gemini import exhausted, generate
 from llmconn.probes.google_oauth import access_token
-from llmconn.reasons import Reason
-from llmconn.spec import LLMConnectionSpec, ValidationType, VertexAISpec, VertexPublisher
 
 GLOBAL_ENDPOINT = "https://aiplatform.googleapis.com"
 ANTHROPIC_VERSION = "vertex-2023-10-16"

@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from llmconn.exchange import Reply
+from llmconn.model.reasons import Reason
+from llmconn.net.exchange import Reply
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, registry
 from llmconn.probes.errors import classify_error, has, read_json
 from llmconn.probes.openai_style import Flavour, check
-from llmconn.reasons import Reason
 
 _BLOCKS = (
     ("api_key_blocked", "the key is blocked"),

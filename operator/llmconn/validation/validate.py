@@ -5,13 +5,13 @@ probes share lives here, once: reading Secrets, the Inference guard, the time bu
 latency, the classification of network failures by the phase that failed, and redaction.
 
 Decisions worth knowing:
-- Exceptions out of a probe are classified in one place (`llmconn.classify`): by the phase
-  that failed, so a lookup that never answers is DNSFailure, not a generic Timeout.
+- Exceptions out of a probe are classified in one place (`llmconn.validation.classify`): by the
+  phase that failed, so a lookup that never answers is DNSFailure, not a generic Timeout.
 - Secret values are stripped of surrounding whitespace (`echo key | base64` adds a newline);
   a value with control characters cannot go in a header and is InvalidConfiguration.
 - Errors while reading Secrets propagate: they are the operator's trouble (API down), not
   the connection's, and must not be written into its status. So do errors while minting a
-  spec.identity token, except the answers about the connection (`llmconn.identity`).
+  spec.identity token, except the answers about the connection (`llmconn.validation.identity`).
 - Every secret a validation holds (a Secret's value, the token minted for spec.identity, the
   credentials a cloud exchanged it for) is registered once (`_Held`): kept by this call
   only, redacted from logs while it runs and from the verdict. The exchange and the probe
@@ -29,16 +29,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from llmconn import identity, logs
-from llmconn.classify import classify_exception
-from llmconn.credentials import AwsCredentials, BearerToken
-from llmconn.http import ClientPool, InvalidCABundle, Phase, TLSOptions
-from llmconn.probes import registry
-from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome
-from llmconn.reasons import Reason
-from llmconn.redact import Redactor
-from llmconn.spec import LLMConnectionSpec, SecretKeyRef, ValidationType
-from llmconn.verdict import (
+from llmconn.model import logs
+from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.reasons import Reason
+from llmconn.model.redact import Redactor
+from llmconn.model.spec import LLMConnectionSpec, SecretKeyRef, ValidationType
+from llmconn.model.verdict import (
     Defaults,
     Effective,
     ObservedSecret,
@@ -48,6 +44,11 @@ from llmconn.verdict import (
     Verdict,
     effective,
 )
+from llmconn.net.http import ClientPool, InvalidCABundle, Phase, TLSOptions
+from llmconn.probes import registry
+from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome
+from llmconn.validation import identity
+from llmconn.validation.classify import classify_exception
 
 log = logging.getLogger(__name__)
 

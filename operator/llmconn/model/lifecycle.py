@@ -11,8 +11,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from llmconn.reasons import Reason
-from llmconn.verdict import Verdict
+from llmconn.model.reasons import Reason
+from llmconn.model.verdict import Verdict
 
 MAX_DATE = 64  # modelLifecycle dates, as the provider wrote them
 

@@ -21,13 +21,13 @@ from typing import Any
 import pydantic
 import yaml
 
-from llmconn import status as status_mod
-from llmconn.egress import EgressPolicy
-from llmconn.http import ClientPool
+from llmconn.model import status as status_mod
+from llmconn.model.spec import LLMConnectionSpec
+from llmconn.model.verdict import Defaults, SecretData, Verdict
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.http import ClientPool
 from llmconn.probes import parse_spec
-from llmconn.spec import LLMConnectionSpec
-from llmconn.validate import validate
-from llmconn.verdict import Defaults, SecretData, Verdict
+from llmconn.validation.validate import validate
 
 API_VERSION = "llmconn.dev/v1alpha1"
 DEFAULT_NAMESPACE = "default"

@@ -5,7 +5,7 @@
   answer (including a trickling one) is Timeout.
 - A connection that breaks (reset, closed mid-answer) is ConnectionFailed; an answer that
   is not HTTP at all, a redirect off the endpoint's origin and an answer too large or badly
-  encoded to read (`llmconn.exchange`) are UnexpectedResponse.
+  encoded to read (`llmconn.net.exchange`) are UnexpectedResponse.
 - The `mcp` SDK raises anyio ExceptionGroups: they are unwrapped first, and the most telling
   leaf (a probe's own failure, the egress policy, DNS, a timeout, the network) decides.
 """
@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2
 
-from llmconn.exchange import RedirectRefused, UnreadableAnswer
-from llmconn.http import DNSLookupError, EgressDenied, Phase
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import format_duration
+from llmconn.net.exchange import RedirectRefused, UnreadableAnswer
+from llmconn.net.http import DNSLookupError, EgressDenied, Phase
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
-from llmconn.reasons import Reason
-from llmconn.spec import format_duration
 
 log = logging.getLogger(__name__)
 

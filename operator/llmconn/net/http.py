@@ -8,7 +8,7 @@ hostname checks. So DNS rebinding cannot walk around the policy: the name is res
 per connection, and what was checked is what is dialled.
 
 The backend also marks the network phase (`dns`, then `connect`) on the recorder that the
-probe's transport (`llmconn.exchange`) puts in `PHASE_RECORDER` around each request, so a
+probe's transport (`llmconn.net.exchange`) puts in `PHASE_RECORDER` around each request, so a
 lookup that never answers can be told from a connect that never completes. httpcore's trace
 events mark the later phases.
 
@@ -70,7 +70,7 @@ from httpcore2._backends.anyio import AnyIOBackend
 from httpcore2._utils import is_socket_readable  # the pool's idle check, kept as-is
 from httpx2._utils import get_environment_proxies  # httpx's NO_PROXY semantics, kept as-is
 
-from llmconn.egress import EgressPolicy
+from llmconn.net.egress import EgressPolicy
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 
@@ -121,7 +121,7 @@ class PhaseRecorder(Protocol):
     phase_ms: dict[Phase, float]
 
 
-# Set around each request of a probe (llmconn.exchange), in the task that connects.
+# Set around each request of a probe (llmconn.net.exchange), in the task that connects.
 PHASE_RECORDER: ContextVar[PhaseRecorder | None] = ContextVar("llmconn_phase", default=None)
 
 

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from llmconn.spec import parse_duration
+from llmconn.model.spec import parse_duration
 
 PROG = "kubectl llmconn"
 RESOURCE = "llmconnections.llmconn.dev"
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["check"]:
         # The offline validator as it is: same options, output and exit codes. Imported here,
         # so that the other commands do not load the probes.
-        from llmconn import cli
+        from llmconn.cli import main as cli
 
         return cli.main(["validate", *args_list[1:]])
     args = parser().parse_args(args_list)

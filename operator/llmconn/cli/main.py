@@ -1,7 +1,8 @@
 """The `llmconn` command: `llmconn run` (the operator) and `llmconn validate` (one-shot).
 
-`llmconn run ...` hands all of its arguments to `llmconn.runner`, which owns the operator's
-options; importing it (and Kopf) is left until it is asked for, so `validate` stays light.
+`llmconn run ...` hands all of its arguments to `llmconn.controller.runner`, which owns the
+operator's options; importing it (and Kopf) is left until it is asked for, so `validate`
+stays light.
 
 Exit codes of `validate`: 0 every connection validated, 1 any failed or could not be judged
 (a missing Secret included), 2 the input is unusable or the command line is wrong.
@@ -17,11 +18,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from llmconn import logs
-from llmconn.egress import EgressPolicy
-from llmconn.oneshot import NEEDS_CLUSTER, InputError, Outcome, exit_code, load, validate_all
-from llmconn.spec import parse_duration
-from llmconn.verdict import Defaults
+from llmconn.cli.oneshot import NEEDS_CLUSTER, InputError, Outcome, exit_code, load, validate_all
+from llmconn.model import logs
+from llmconn.model.spec import parse_duration
+from llmconn.model.verdict import Defaults
+from llmconn.net.egress import EgressPolicy
 
 USAGE_ERROR = 2
 
@@ -123,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["run"]:
-        from llmconn import runner  # Kopf and the operator load only for `run`
+        from llmconn.controller import runner  # Kopf and the operator load only for `run`
 
         return runner.main(args_list[1:])
     p = parser()

@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from llmconn.redact import MARKER, Redactor
+from llmconn.model.redact import MARKER, Redactor
 
 # Loggers of the HTTP stacks (probes, the operator's API client, Kopf's) and of the MCP SDK.
 RAW_LOGGERS = (

@@ -1,7 +1,7 @@
 """A ServiceAccount token exchanged for cloud credentials: AWS STS, Entra ID, Google STS.
 
 Each exchange is one or two small documented requests, written here over the probe's own
-transport (`llmconn.exchange`) instead of through the clouds' SDKs (botocore, azure-identity
+transport (`llmconn.net.exchange`) instead of through the clouds' SDKs (botocore, azure-identity
 with MSAL, google-auth): those bring HTTP stacks of their own (urllib3, requests), which
 the operator's egress guard, body cap, phase tracing and redaction do not reach, and
 between them dozens of megabytes of dependencies for three requests. Here every exchange
@@ -31,11 +31,11 @@ import time
 import xml.etree.ElementTree as ET
 from urllib.parse import quote, urlsplit
 
-from llmconn.credentials import AwsCredentials, BearerToken
-from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
-from llmconn.oauth import CLOUD_PLATFORM, google_error, post_form, token_answer
-from llmconn.spec import AwsIdentity, AzureIdentity, GcpIdentity, IdentitySpec
-from llmconn.verdict import CloudEndpoints
+from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.spec import AwsIdentity, AzureIdentity, GcpIdentity, IdentitySpec
+from llmconn.model.verdict import CloudEndpoints
+from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply
+from llmconn.net.oauth import CLOUD_PLATFORM, google_error, post_form, token_answer
 
 AWS_AUDIENCE = "sts.amazonaws.com"
 AZURE_AUDIENCE = "api://AzureADTokenExchange"

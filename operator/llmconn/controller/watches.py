@@ -40,7 +40,7 @@ from urllib.parse import quote
 
 import httpx2
 
-from llmconn.kube import Gone
+from llmconn.controller.kube import Gone
 
 log = logging.getLogger("llmconn")
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import kopf
 
-from llmconn import logs
-from llmconn.config import from_args
-from llmconn.peering import own_identity
+from llmconn.controller.config import from_args
+from llmconn.controller.peering import own_identity
+from llmconn.model import logs
 
 # The cyclic garbage collector's thresholds (CPython's defaults: 700, 10, 10). The operator's
 # heap is mostly long-lived: some 65 objects per connection (Kopf's memory of the object, the
@@ -38,7 +38,7 @@ def main(argv: Sequence[str]) -> int:
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
     )
     logs.guard()
-    import llmconn.handlers  # noqa: F401  (registers the handlers with Kopf)
+    import llmconn.controller.handlers  # noqa: F401  (registers the handlers with Kopf)
 
     # Kopf freezes every operator of a peering when their priorities are equal, and a
     # Deployment cannot give each replica its own: a random one picks the active replica.

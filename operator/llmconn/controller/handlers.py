@@ -7,8 +7,9 @@ finalizer, no progress), it returns nothing (Kopf would store a result in the st
 storages below keep no last-handled configuration and no progress. The status PATCH per
 validation stays the operator's only write. Kopf's posting of log lines as Events is off.
 
-`llmconn run` (runner.py) starts Kopf with the options; `kopf run -m llmconn.handlers` works
-too, with the options (the scope of the Secret watch included) from LLMCONN_* variables.
+`llmconn run` (runner.py) starts Kopf with the options; `kopf run -m
+llmconn.controller.handlers` works too, with the options (the scope of the Secret watch
+included) from LLMCONN_* variables.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from typing import Any, cast
 
 import kopf
 
-from llmconn import logs
-from llmconn.config import Config, from_args
-from llmconn.engine import Engine
-from llmconn.kube import GROUP, PLURAL, VERSION, login
-from llmconn.peering import own_identity
-from llmconn.watches import PAGE, SERVER_TIMEOUT, reconnect_delay
+from llmconn.controller.config import Config, from_args
+from llmconn.controller.engine import Engine
+from llmconn.controller.kube import GROUP, PLURAL, VERSION, login
+from llmconn.controller.peering import own_identity
+from llmconn.controller.watches import PAGE, SERVER_TIMEOUT, reconnect_delay
+from llmconn.model import logs
 
 API_RETRIES = 80  # Kopf's retries of one API request, about a second apart: about a minute
 

@@ -25,14 +25,14 @@ from typing import Any
 
 import httpx2
 
-from llmconn import clouds
-from llmconn.classify import classify_exception
-from llmconn.clouds import ExchangeRefused, Failure, Step
-from llmconn.credentials import AwsCredentials, BearerToken
+from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import IdentitySpec, ValidationType
+from llmconn.model.verdict import CloudEndpoints, TokenRefused, TokenSource
+from llmconn.net import clouds
+from llmconn.net.clouds import ExchangeRefused, Failure, Step
 from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome, ProviderInfo
-from llmconn.reasons import Reason
-from llmconn.spec import IdentitySpec, ValidationType
-from llmconn.verdict import CloudEndpoints, TokenRefused, TokenSource
+from llmconn.validation.classify import classify_exception
 
 Credentials = AwsCredentials | BearerToken
 

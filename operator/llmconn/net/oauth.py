@@ -2,7 +2,7 @@
 an OAuth 2.0 token endpoint's answer (RFC 6749 sections 5.1 and 5.2), and Google's API error
 object (google.rpc.Status as JSON: `{"error": {"code", "message", "status", "details"}}`).
 
-The callers: the workload identity exchanges (`llmconn.clouds`: AWS STS's Query API, Entra ID,
+The callers: the workload identity exchanges (`llmconn.net.clouds`: AWS STS's Query API, Entra ID,
 Google STS, IAM Credentials) and the probes' own Google credentials (`probes.google_oauth`
 for a service-account key; `probes.gemini` and `probes.vertex_ai` read Google's errors).
 Each decides what an answer means for its user; what the answer says is read here.
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from llmconn.credentials import BearerToken
-from llmconn.exchange import USER_AGENT, ProbeTransport, Reply
+from llmconn.model.credentials import BearerToken
+from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply
 
 # The scope Google's APIs take for everything a project's IAM allows (google-auth's
 # `_CLOUD_PLATFORM_SCOPE`; Vertex AI's client libraries ask for it).

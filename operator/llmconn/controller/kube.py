@@ -26,9 +26,9 @@ import aiohttp
 import httpx2
 import kopf
 
-from llmconn import logs
-from llmconn.transport import Answer, ApiWire, Streamed, client_timeout
-from llmconn.verdict import SecretData, TokenRefused
+from llmconn.controller.wire import Answer, ApiWire, Streamed, client_timeout
+from llmconn.model import logs
+from llmconn.model.verdict import SecretData, TokenRefused
 
 log = logging.getLogger(__name__)
 

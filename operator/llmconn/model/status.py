@@ -18,9 +18,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from llmconn.lifecycle import deprecation_message, model_lifecycle
-from llmconn.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result
-from llmconn.verdict import Verdict
+from llmconn.model.lifecycle import deprecation_message, model_lifecycle
+from llmconn.model.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result
+from llmconn.model.verdict import Verdict
 
 READY, STALLED, RECONCILING, DEPRECATED = "Ready", "Stalled", "Reconciling", "Deprecated"
 MODEL_DEPRECATED = "ModelDeprecated"  # the Deprecated condition's reason, and its Event's

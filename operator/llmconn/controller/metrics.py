@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGI
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from llmconn.reasons import Reason, Result
+from llmconn.model.reasons import Reason, Result
 
 READY_STATUSES = ("True", "False", "Unknown")
 _C = TypeVar("_C", bound=Collector)

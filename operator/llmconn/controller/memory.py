@@ -17,10 +17,10 @@ from typing import Any
 
 import pydantic
 
-from llmconn import triggers as tr
-from llmconn.reasons import Reason
-from llmconn.spec import LLMConnectionSpec
-from llmconn.verdict import Effective, SecretData, Verdict
+from llmconn.controller import triggers as tr
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import LLMConnectionSpec
+from llmconn.model.verdict import Effective, SecretData, Verdict
 
 Key = tuple[str, str]  # namespace, name
 

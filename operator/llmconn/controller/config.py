@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from llmconn.egress import EgressPolicy
-from llmconn.peering import Shard
-from llmconn.spec import parse_duration
-from llmconn.verdict import CloudEndpoints, Defaults
+from llmconn.controller.peering import Shard
+from llmconn.model.spec import parse_duration
+from llmconn.model.verdict import CloudEndpoints, Defaults
+from llmconn.net.egress import EgressPolicy
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from llmconn import status as st
-from llmconn.kube import Conflict, Kube, NotFound
-from llmconn.lifecycle import retirement_timestamp
-from llmconn.memory import Conn
-from llmconn.metrics import Metrics
-from llmconn.verdict import Verdict
+from llmconn.controller.kube import Conflict, Kube, NotFound
+from llmconn.controller.memory import Conn
+from llmconn.controller.metrics import Metrics
+from llmconn.model import status as st
+from llmconn.model.lifecycle import retirement_timestamp
+from llmconn.model.verdict import Verdict
 
 log = logging.getLogger("llmconn")
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import httpx2
 
-from llmconn.verdict import SecretData
+from llmconn.model.verdict import SecretData
 
 log = logging.getLogger("llmconn")
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import kopf
 
-from llmconn.config import Config
-from llmconn.http import ClientPool
-from llmconn.kube import Kube
-from llmconn.metrics import Metrics
-from llmconn.peering import follow, peering_paths
-from llmconn.reconciler import Reconciler
-from llmconn.watches import FIRST_LIST_WAIT, SecretWatch
+from llmconn.controller.config import Config
+from llmconn.controller.kube import Kube
+from llmconn.controller.metrics import Metrics
+from llmconn.controller.peering import follow, peering_paths
+from llmconn.controller.reconciler import Reconciler
+from llmconn.controller.watches import FIRST_LIST_WAIT, SecretWatch
+from llmconn.net.http import ClientPool
 
 log = logging.getLogger("llmconn")
 

@@ -29,21 +29,27 @@ from typing import Any, Protocol
 import httpx2
 import pydantic
 
-from llmconn import status as st
-from llmconn import triggers as tr
-from llmconn.http import ClientPool
-from llmconn.kube import Conflict, Kube, NotFound, ServiceAccountTokens
-from llmconn.lifecycle import retirement_timestamp
-from llmconn.memory import Conn, Key, Unwritten, digest, first_error, invalid_verdict, observed_rv
-from llmconn.metrics import Metrics
-from llmconn.peering import Shard
-from llmconn.probes import parse_spec
-from llmconn.reasons import MISSING_REFERENCE, Reason
-from llmconn.scheduler import Scheduler
-from llmconn.secretcache import SecretCache
-from llmconn.spec import LLMConnectionSpec, ValidationType
-from llmconn.validate import validate
-from llmconn.verdict import (
+from llmconn.controller import triggers as tr
+from llmconn.controller.kube import Conflict, Kube, NotFound, ServiceAccountTokens
+from llmconn.controller.memory import (
+    Conn,
+    Key,
+    Unwritten,
+    digest,
+    first_error,
+    invalid_verdict,
+    observed_rv,
+)
+from llmconn.controller.metrics import Metrics
+from llmconn.controller.peering import Shard
+from llmconn.controller.scheduler import Scheduler
+from llmconn.controller.secretcache import SecretCache
+from llmconn.controller.writer import StatusWriter
+from llmconn.model import status as st
+from llmconn.model.lifecycle import retirement_timestamp
+from llmconn.model.reasons import MISSING_REFERENCE, Reason
+from llmconn.model.spec import LLMConnectionSpec, ValidationType
+from llmconn.model.verdict import (
     Defaults,
     Effective,
     SecretData,
@@ -52,7 +58,9 @@ from llmconn.verdict import (
     Verdict,
     effective,
 )
-from llmconn.writer import StatusWriter
+from llmconn.net.http import ClientPool
+from llmconn.probes import parse_spec
+from llmconn.validation.validate import validate
 
 log = logging.getLogger("llmconn")
 
@@ -69,7 +77,7 @@ SERVICE_ACCOUNT_POLL = 10.0
 
 
 class Validator(Protocol):
-    """`llmconn.validate.validate`, or a stand-in in tests."""
+    """`llmconn.validation.validate.validate`, or a stand-in in tests."""
 
     def __call__(
         self,

@@ -1,7 +1,7 @@
 """The verdict of one validation, and what a validation needs from its surroundings.
 
-`llmconn.validate.validate()` produces a `Verdict`; the operator turns it into a status
-patch (`llmconn.status`), the one-shot CLI prints it. Neither side knows the other.
+`llmconn.validation.validate.validate()` produces a `Verdict`; the operator turns it into a status
+patch (`llmconn.model.status`), the one-shot CLI prints it. Neither side knows the other.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from llmconn.reasons import Reason, Result, result_of
-from llmconn.spec import LLMConnectionSpec, ValidationType, format_duration, parse_duration
+from llmconn.model.reasons import Reason, Result, result_of
+from llmconn.model.spec import LLMConnectionSpec, ValidationType, format_duration, parse_duration
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The command-line front ends: `llmconn` (run, validate) and the kubectl plugin."""
