@@ -80,7 +80,7 @@ def test_changes_after_an_apiserver_kill_are_validated_once_it_is_ready(
         time.sleep(APISERVER_DOWN)
         start_apiserver(plane, args)
         # Made once the apiserver is ready again: a Secret rotation (seen through the
-        # operator's own metadata watch) and a spec change (through its connection watch).
+        # operator's own metadata watch) and a spec change (through Kopf's watch of the connections).
         made = {
             "rotated": rotate(api, ns, ROTATED_KEY),
             "changed": respec(api, ns, "changed", "good"),
