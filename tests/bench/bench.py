@@ -1248,7 +1248,7 @@ def _epoch(rfc3339: str) -> float:
 
 
 def _seconds(text: str) -> float:
-    from llmconn.model.spec import parse_duration
+    from llmconn.model.fields import parse_duration
 
     return parse_duration(text)
 

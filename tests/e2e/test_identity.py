@@ -37,7 +37,7 @@ from llmconn.model.reasons import Reason
 from llmconn.model.verdict import CloudEndpoints, Defaults, SecretData
 from llmconn.net.clouds import AWS_AUDIENCE
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
 from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect

@@ -2,7 +2,7 @@
 
 An answer of a few hundred KB that inflates to 300 MiB once took the operator from 41 to
 672 MiB through the MCP SDK. The cap lives in the HTTP layer that every probe's transport goes
-through (`llmconn.net.http.CappedTransport`). Here every encoding is thrown at a plain probe (the
+through (`llmconn.net.bodies.CappedTransport`). Here every encoding is thrown at a plain probe (the
 openai provider), at MCP over streamable HTTP and at MCP over legacy SSE, with the one-shot
 `llmconn validate` in a subprocess whose peak RSS (`ru_maxrss` from `os.wait4`) is compared
 with the same run against a small honest answer (without the cap: 674 MiB for the plain
@@ -25,9 +25,9 @@ import pytest
 
 from llmconn.model.reasons import Reason
 from llmconn.model.verdict import Defaults, SecretData
-from llmconn.net import http as llmconn_http
+from llmconn.net import bodies as llmconn_bodies
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
 from servers import mcp_server, openai_dialect
@@ -198,7 +198,7 @@ def test_httpx_would_decode_br_and_zstd_here(coding: str) -> None:
     from httpx2._decoders import SUPPORTED_DECODERS
 
     assert coding in SUPPORTED_DECODERS
-    assert coding in llmconn_http.ACCEPT_ENCODING
+    assert coding in llmconn_bodies.ACCEPT_ENCODING
 
 
 # --- the verdicts, in process ----------------------------------------------------------------
@@ -247,8 +247,8 @@ async def test_an_encoding_the_operator_cannot_decode_is_never_inflated(
 ) -> None:
     # As on a machine without the library: not asked for, and if sent anyway, left encoded.
     # httpx here could decode it, so only removing the header keeps it from inflating it.
-    monkeypatch.setattr(llmconn_http, "_DECODERS", {"gzip": llmconn_http._gzip})
-    monkeypatch.setattr(llmconn_http, "ACCEPT_ENCODING", "gzip")
+    monkeypatch.setattr(llmconn_bodies, "_DECODERS", {"gzip": llmconn_bodies._gzip})
+    monkeypatch.setattr(llmconn_bodies, "ACCEPT_ENCODING", "gzip")
     with serve(bomb_app(coding, "json")) as base:
         pool = ClientPool(EgressPolicy(), proxies={})
         try:

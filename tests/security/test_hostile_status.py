@@ -19,7 +19,7 @@ import yaml
 from llmconn.model import status as st
 from llmconn.model.verdict import Defaults, SecretData
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
 from servers.misbehaving import RawServer, answer

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason
 from llmconn.model.redact import Redactor
-from llmconn.model.spec import SecretKeyRef, ValidationType
+from llmconn.model.spec import ValidationType
 from llmconn.net.exchange import Reply
 from llmconn.probes import registry
 from llmconn.probes.base import ProbeContext

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from llmconn.model.spec import BLOCKS, CLOUDS
+from llmconn.model.blocks import BLOCKS, CLOUDS
 from llmconn.probes import registry
 from llmconn.probes.base import Auth
 

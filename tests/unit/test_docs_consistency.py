@@ -29,8 +29,9 @@ from docskit import (
 )
 from llmconn.controller import config
 from llmconn.controller.metrics import Metrics
+from llmconn.model.blocks import McpTransport
 from llmconn.model.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result, result_of
-from llmconn.model.spec import McpTransport, ValidationType
+from llmconn.model.spec import ValidationType
 from llmconn.probes import registry
 from llmconn.probes.base import Auth
 

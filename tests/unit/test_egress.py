@@ -13,9 +13,11 @@ import httpcore2
 import httpx2
 import pytest
 
-from llmconn.net import http as http_mod
+from llmconn.net import guard as guard_mod
+from llmconn.net import pool as pool_mod
 from llmconn.net.egress import EgressPolicy, Rule, carried_ipv4
-from llmconn.net.http import ClientPool, DNSLookupError, EgressDenied, TLSOptions
+from llmconn.net.guard import DNSLookupError, EgressDenied
+from llmconn.net.pool import ClientPool, TLSOptions
 from servers.misbehaving import RawServer, answer, make_tls
 
 # --- the policy ------------------------------------------------------------------------
@@ -335,12 +337,12 @@ def dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The hosts the real socket backend was asked to connect to."""
     targets: list[str] = []
 
-    class RecordingBackend(http_mod.AnyIOBackend):
+    class RecordingBackend(httpcore2.AnyIOBackend):
         async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
             targets.append(host)
             return await super().connect_tcp(host, port, *args, **kwargs)
 
-    monkeypatch.setattr(http_mod, "AnyIOBackend", RecordingBackend)
+    monkeypatch.setattr(httpcore2, "AnyIOBackend", RecordingBackend)
     return targets
 
 
@@ -351,11 +353,11 @@ async def test_a_name_is_dialled_at_the_address_that_was_checked(dialled: list[s
     )
     recorder = Recorder()
     async with RawServer(answer(200, "{}")) as server:
-        token = http_mod.PHASE_RECORDER.set(recorder)
+        token = guard_mod.PHASE_RECORDER.set(recorder)
         try:
             reply = await pool.client().get(f"http://api.test:{server.port}/x")
         finally:
-            http_mod.PHASE_RECORDER.reset(token)
+            guard_mod.PHASE_RECORDER.reset(token)
     await pool.aclose()
     assert reply.status_code == 200
     assert calls == ["api.test"]  # resolved once, by us
@@ -399,12 +401,12 @@ def never_dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     broken policy fails the test instead of reaching a non-loopback address)."""
     targets: list[str] = []
 
-    class RefusingBackend(http_mod.AnyIOBackend):
+    class RefusingBackend(httpcore2.AnyIOBackend):
         async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
             targets.append(host)
             raise httpcore2.ConnectError("test: no connection to non-loopback addresses")
 
-    monkeypatch.setattr(http_mod, "AnyIOBackend", RefusingBackend)
+    monkeypatch.setattr(httpcore2, "AnyIOBackend", RefusingBackend)
     return targets
 
 
@@ -540,7 +542,7 @@ def test_socks_proxies_are_refused_at_startup() -> None:
 def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
     monkeypatch.setenv("NO_PROXY", "internal.corp")
-    proxies = http_mod.environment_proxies()
+    proxies = pool_mod.environment_proxies()
     assert proxies["https://"] == "http://proxy.corp:3128"
     assert proxies["all://*internal.corp"] is None
 
@@ -582,15 +584,15 @@ async def test_the_least_recently_used_client_is_closed_when_the_pool_is_full(
 
 def test_a_bad_ca_bundle_is_refused() -> None:
     pool = ClientPool(EgressPolicy(), proxies={})
-    with pytest.raises(http_mod.InvalidCABundle):
+    with pytest.raises(pool_mod.InvalidCABundle):
         pool.client(TLSOptions(ca_bundle=b"-----BEGIN CERTIFICATE-----\nnot base64\n"))
-    with pytest.raises(http_mod.InvalidCABundle):
+    with pytest.raises(pool_mod.InvalidCABundle):
         pool.client(TLSOptions(ca_bundle="é".encode()))
     assert len(pool) == 0
 
 
 async def test_unix_sockets_are_not_offered() -> None:
-    backend = http_mod.GuardedBackend(http_mod.Guard(EgressPolicy()))
+    backend = guard_mod.GuardedBackend(guard_mod.Guard(EgressPolicy()))
     with pytest.raises(httpcore2.ConnectError):
         await backend.connect_unix_socket("/tmp/x.sock")
 
@@ -611,13 +613,13 @@ async def test_a_hanging_lookup_marks_the_dns_phase() -> None:
 
     pool = ClientPool(EgressPolicy(), resolver=never, proxies={})
     recorder = Recorder()
-    token = http_mod.PHASE_RECORDER.set(recorder)
+    token = guard_mod.PHASE_RECORDER.set(recorder)
     try:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.2):
                 await pool.client().get("http://slow-dns.test/")
     finally:
-        http_mod.PHASE_RECORDER.reset(token)
+        guard_mod.PHASE_RECORDER.reset(token)
     await pool.aclose()
     assert recorder.phase == "dns"
 

@@ -19,16 +19,17 @@ import httpx2
 import pytest
 
 from llmconn.model import logs
+from llmconn.model.blocks import AwsIdentity
 from llmconn.model.credentials import AwsCredentials
 from llmconn.model.reasons import Reason, Result
 from llmconn.model.redact import MARKER
-from llmconn.model.spec import AwsIdentity
 from llmconn.model.verdict import CloudEndpoints, Defaults, SecretData, TokenRefused
 from llmconn.net import clouds as llmconn_clouds
 from llmconn.net.clouds import AWS_AUDIENCE, AZURE_AUDIENCE, AZURE_SCOPE
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool, DNSLookupError
+from llmconn.net.guard import DNSLookupError
 from llmconn.net.oauth import CLOUD_PLATFORM
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.aws import signer
 from llmconn.probes.base import ProbeContext, ProbeOutcome, ok

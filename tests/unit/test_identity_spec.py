@@ -11,8 +11,9 @@ import yaml
 from pydantic import ValidationError
 
 import identity_cases
-from llmconn.model import spec as spec_mod
-from llmconn.model.spec import CLOUDS
+from llmconn.model import blocks as blocks_mod
+from llmconn.model import fields as fields_mod
+from llmconn.model.blocks import CLOUDS
 from llmconn.probes import parse_spec
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
@@ -66,13 +67,13 @@ def test_crd_patterns_are_the_models() -> None:
     identity = crd_identity()
     props = {cloud: identity["properties"][cloud]["properties"] for cloud in CLOUDS}
     assert set(identity["properties"]) == {"serviceAccountName", *CLOUDS}
-    assert identity["properties"]["serviceAccountName"]["pattern"] == spec_mod.SECRET_NAME_PATTERN
-    assert props["aws"]["roleArn"]["pattern"] == spec_mod.ROLE_ARN_PATTERN
-    assert props["aws"]["stsRegion"]["pattern"] == spec_mod.AWS_REGION_PATTERN
-    assert props["azure"]["tenantId"]["pattern"] == spec_mod.TENANT_PATTERN
-    assert props["azure"]["clientId"]["pattern"] == spec_mod.GUID_PATTERN
-    assert props["gcp"]["audience"]["pattern"] == spec_mod.GCP_AUDIENCE_PATTERN
-    assert props["gcp"]["serviceAccountEmail"]["pattern"] == spec_mod.GCP_SERVICE_ACCOUNT_PATTERN
+    assert identity["properties"]["serviceAccountName"]["pattern"] == fields_mod.SECRET_NAME_PATTERN
+    assert props["aws"]["roleArn"]["pattern"] == blocks_mod.ROLE_ARN_PATTERN
+    assert props["aws"]["stsRegion"]["pattern"] == fields_mod.AWS_REGION_PATTERN
+    assert props["azure"]["tenantId"]["pattern"] == blocks_mod.TENANT_PATTERN
+    assert props["azure"]["clientId"]["pattern"] == blocks_mod.GUID_PATTERN
+    assert props["gcp"]["audience"]["pattern"] == blocks_mod.GCP_AUDIENCE_PATTERN
+    assert props["gcp"]["serviceAccountEmail"]["pattern"] == blocks_mod.GCP_SERVICE_ACCOUNT_PATTERN
     # Each cloud block's fields are the model's, by alias.
     for cloud, model in CLOUDS.items():
         aliases = {f.alias or n for n, f in model.model_fields.items()}

@@ -9,17 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 import httpx2
 import pytest
 
+from llmconn.model.blocks import McpSpec, McpTransport
+from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import (
-    LLMConnectionSpec,
-    McpSpec,
-    McpTransport,
-    SecretKeyRef,
-    ValidationType,
-)
+from llmconn.model.spec import LLMConnectionSpec, ValidationType
 from llmconn.model.verdict import Defaults, SecretData
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import ProbeContext, ProbeOutcome
 from llmconn.validation.validate import validate

@@ -19,13 +19,16 @@ import jwt
 import pytest
 
 from llmconn.model import logs
+from llmconn.model.blocks import VertexAISpec
 from llmconn.model.credentials import BearerToken, service_account_key
+from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason, Result
 from llmconn.model.redact import MARKER
-from llmconn.model.spec import SecretKeyRef, ValidationType, VertexAISpec
+from llmconn.model.spec import ValidationType
 from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool, DNSLookupError
+from llmconn.net.guard import DNSLookupError
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import ProbeContext, ProbeFailure
 from llmconn.probes.google_oauth import sign

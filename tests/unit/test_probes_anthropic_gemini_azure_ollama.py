@@ -10,8 +10,10 @@ from typing import Any
 import httpx2
 import pytest
 
+from llmconn.model.blocks import AzureSpec
+from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import AzureSpec, SecretKeyRef, ValidationType
+from llmconn.model.spec import ValidationType
 from llmconn.probes import azure_openai, registry
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from servers import anthropic_dialect, azure_dialect, gemini_dialect, ollama_dialect

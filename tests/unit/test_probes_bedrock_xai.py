@@ -22,7 +22,8 @@ from starlette.routing import Route
 from llmconn.model.reasons import STALLING, TRANSIENT, Reason
 from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool, DNSLookupError
+from llmconn.net.guard import DNSLookupError
+from llmconn.net.pool import ClientPool
 from llmconn.probes import bedrock, parse_spec, registry
 from llmconn.validation.validate import validate
 from servers.bedrock_dialect import HAIKU, NOVA, SONNET_37, BedrockState, make_app, model

@@ -12,8 +12,9 @@ import httpx2
 import pytest
 from starlette.applications import Starlette
 
+from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import SecretKeyRef, ValidationType
+from llmconn.model.spec import ValidationType
 from llmconn.probes import registry
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from servers.openai_dialect import Dialect, make_app

@@ -36,7 +36,7 @@ from llmconn.model.verdict import (
     effective,
 )
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 
 NS = "team"

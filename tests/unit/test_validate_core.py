@@ -21,7 +21,8 @@ from llmconn.model.reasons import Reason, Result
 from llmconn.model.status import LATEST_PROBE_KEYS, rfc3339, status_fields
 from llmconn.model.verdict import Defaults, SecretData
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool, DNSLookupError, EgressDenied
+from llmconn.net.guard import DNSLookupError, EgressDenied
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok
 from llmconn.probes.errors import classify_error

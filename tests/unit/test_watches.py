@@ -33,7 +33,7 @@ from llmconn.controller.watches import (
 )
 from llmconn.model.verdict import Defaults, SecretData
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 
 # How long a test waits for something that must happen before calling it a hang: only a
 # broken test ever waits this long, and nothing asserts on durations.

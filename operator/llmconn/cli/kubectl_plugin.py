@@ -26,7 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from llmconn.model.spec import parse_duration
+from llmconn.model.fields import parse_duration
 
 PROG = "kubectl llmconn"
 RESOURCE = "llmconnections.llmconn.dev"

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from llmconn.cli.oneshot import NEEDS_CLUSTER, InputError, Outcome, exit_code, load, validate_all
 from llmconn.model import logs
-from llmconn.model.spec import parse_duration
+from llmconn.model.fields import parse_duration
 from llmconn.model.verdict import Defaults
 from llmconn.net.egress import EgressPolicy
 

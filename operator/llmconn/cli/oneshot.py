@@ -25,7 +25,7 @@ from llmconn.model import status as status_mod
 from llmconn.model.spec import LLMConnectionSpec
 from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
 

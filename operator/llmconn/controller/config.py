@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from llmconn.controller.peering import Shard
-from llmconn.model.spec import parse_duration
+from llmconn.model.fields import parse_duration
 from llmconn.model.verdict import CloudEndpoints, Defaults
 from llmconn.net.egress import EgressPolicy
 

@@ -24,7 +24,7 @@ from llmconn.controller.metrics import Metrics
 from llmconn.controller.peering import follow, peering_paths
 from llmconn.controller.reconciler import Reconciler
 from llmconn.controller.watches import FIRST_LIST_WAIT, SecretWatch
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 
 log = logging.getLogger("llmconn")
 

@@ -7,6 +7,9 @@ These calls are ours so that each validation is exactly one write and so that Se
 watched without their data. The client logs in as Kopf does (kube.login: a pod's service
 account, else $KUBECONFIG; handlers.py gives Kopf the same login) and takes Kopf's TLS and
 header construction from its ConnectionInfo.
+
+Its length: every call the operator makes to the API server, and the one request path and
+error mapping they share, in one client.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from llmconn.model.verdict import (
     Verdict,
     effective,
 )
-from llmconn.net.http import ClientPool
+from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
 

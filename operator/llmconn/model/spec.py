@@ -12,16 +12,12 @@ hands in the registry).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationInfo,
@@ -29,92 +25,34 @@ from pydantic import (
     model_validator,
 )
 
-# Go duration syntax restricted as Flux does; the CRD carries the same pattern.
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-# Headers that carry credentials: never in plain `headers`, always in `headersFromSecret`.
-CREDENTIAL_HEADERS = frozenset(
-    {
-        "authorization",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "x-amz-security-token",
-        "cookie",
-        "proxy-authorization",
-    }
+from llmconn.model.blocks import (
+    BLOCKS,
+    AwsCredentialsRef,
+    AzureSpec,
+    BedrockSpec,
+    IdentitySpec,
+    McpSpec,
+    VertexAISpec,
 )
-# Headers the HTTP client owns (framing, routing, the connection itself): a spec that set
-# them could smuggle a second request or reach another virtual host.
-CONNECTION_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
+from llmconn.model.fields import (
+    CREDENTIAL_HEADERS,
+    MAX_TIMEOUT,
+    Duration,
+    PathName,
+    SecretHeader,
+    SecretKey,
+    SecretKeyRef,
+    _header_name,
+    _Strict,
+    format_duration,
+    parse_duration,
 )
-# An RFC 9110 token: what a header name may be.
-HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-# What the API server accepts as a Secret's name (a DNS-1123 subdomain) and as a key in its
-# data. Names go into API paths: anything else ("../other-ns/secrets/x") is refused here, in
-# the CRD, and again by the API client.
-SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
-# An AWS Region code (us-east-1, eu-central-2, us-gov-west-1, ap-southeast-5): it goes into a
-# host name, so nothing else is let through.
-AWS_REGION_PATTERN = r"^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"
-# The longest probe a connection may ask for: one tenant's slow endpoints hold workers.
-MAX_TIMEOUT = 60.0
-# A model or deployment goes into URL paths: "." and ".." segments would climb them.
-_DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
-# Google Cloud project IDs (or a project number, which the APIs take too). The location goes
-# into a host name (https://{location}-aiplatform.googleapis.com): letters, digits and one
-# hyphen at most, nothing that could end or change the host.
-GCP_PROJECT_PATTERN = r"^([a-z][-a-z0-9]{4,28}[a-z0-9]|[0-9]{1,20})$"
-GCP_LOCATION_PATTERN = r"^[a-z]+(-[a-z]+[0-9]+)?$"
-
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=64)]
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration such as "1m30s"; ValueError for anything outside the grammar."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"invalid duration {text!r}: use a number and unit, e.g. 30s, 5m, 1h30m")
-    return sum(float(num) * _UNIT_SECONDS[unit] for num, unit in _DURATION_PART.findall(text))
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest duration string in the grammar for a number of seconds (5m, 1h30m, 1.5s)."""
-    if seconds <= 0:
-        return "0s"
-    if seconds != int(seconds):
-        ms = round(seconds * 1000)
-        return f"{ms}ms" if ms % 1000 else f"{ms // 1000}s"
-    whole = int(seconds)
-    out = ""
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if whole >= size:
-            out += f"{whole // size}{unit}"
-            whole %= size
-    return out
 
 
 class ValidationType(StrEnum):
     CONNECTIVITY = "Connectivity"
     MODEL = "Model"
     INFERENCE = "Inference"
-
-
-class McpTransport(StrEnum):
-    STREAMABLE_HTTP = "streamable-http"
-    SSE = "sse"
 
 
 class ProviderRules(Protocol):
@@ -161,262 +99,6 @@ def _declared(info: ValidationInfo) -> Mapping[str, ProviderRules]:
         raise TypeError("the spec needs the providers' declarations: use llmconn.probes.parse_spec")
     providers: Mapping[str, ProviderRules] = context[_PROVIDERS]
     return providers
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-
-def _secret_name(value: str) -> str:
-    if not re.fullmatch(SECRET_NAME_PATTERN, value):
-        raise ValueError(
-            f"{value!r} is not a Secret name: lower-case letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit (a Secret in the connection's "
-            "own namespace)"
-        )
-    return value
-
-
-def _secret_key(value: str) -> str:
-    if not re.fullmatch(SECRET_KEY_PATTERN, value):
-        raise ValueError(f"{value!r} is not a Secret key: letters, digits, '-', '_' and '.'")
-    return value
-
-
-def _path_segments(value: str) -> str:
-    if _DOT_SEGMENT.search(value):
-        raise ValueError(f"{value!r} has a '.' or '..' path segment")
-    return value
-
-
-def _header_name(value: str) -> str:
-    if not re.fullmatch(HEADER_NAME_PATTERN, value):
-        raise ValueError(f"{value!r} is not a header name")
-    lower = value.lower()
-    if lower in CONNECTION_HEADERS or (
-        lower.startswith("proxy-") and lower != "proxy-authorization"
-    ):
-        raise ValueError(f"header {value!r} is set by the HTTP client and cannot be given")
-    return value
-
-
-SecretName = Annotated[str, StringConstraints(max_length=253), AfterValidator(_secret_name)]
-SecretKey = Annotated[str, StringConstraints(max_length=253), AfterValidator(_secret_key)]
-HeaderName = Annotated[str, StringConstraints(max_length=256), AfterValidator(_header_name)]
-PathName = Annotated[
-    str, StringConstraints(min_length=1, max_length=256), AfterValidator(_path_segments)
-]
-
-
-class SecretKeyRef(_Strict):
-    name: SecretName
-    key: SecretKey = "apiKey"
-
-
-class SecretHeader(_Strict):
-    name: HeaderName
-    secret_key_ref: SecretKeyRef = Field(alias="secretKeyRef")
-
-
-class AzureSpec(_Strict):
-    deployment: PathName
-    api_version: str = Field(default="2024-10-21", alias="apiVersion")
-
-
-class McpSpec(_Strict):
-    transport: McpTransport = McpTransport.STREAMABLE_HTTP
-
-
-class BedrockSpec(_Strict):
-    region: Annotated[str, StringConstraints(max_length=32, pattern=AWS_REGION_PATTERN)]
-
-
-class AwsCredentialsRef(_Strict):
-    """AWS access keys in one Secret. The default key names are the AWS SDKs' environment
-    variables, so the Secret an agent takes with `envFrom` works here as it is."""
-
-    name: SecretName
-    access_key_id_key: SecretKey = Field(default="AWS_ACCESS_KEY_ID", alias="accessKeyIdKey")
-    secret_access_key_key: SecretKey = Field(
-        default="AWS_SECRET_ACCESS_KEY", alias="secretAccessKeyKey"
-    )
-    session_token_key: SecretKey | None = Field(default=None, alias="sessionTokenKey")
-
-    @property
-    def refs(self) -> list[SecretKeyRef]:
-        """The Secret keys read: access key id, secret access key, session token if named."""
-        keys = [self.access_key_id_key, self.secret_access_key_key, self.session_token_key]
-        return [SecretKeyRef(name=self.name, key=key) for key in keys if key is not None]
-
-
-class VertexPublisher(StrEnum):
-    GOOGLE = "google"  # Gemini
-    ANTHROPIC = "anthropic"  # Claude
-
-
-def _gcp_project(value: str) -> str:
-    if not re.fullmatch(GCP_PROJECT_PATTERN, value):
-        raise ValueError(
-            f"{value!r} is not a Google Cloud project: give its ID (6 to 30 lower-case "
-            "letters, digits and hyphens, starting with a letter, not ending with a hyphen) "
-            "or its number"
-        )
-    return value
-
-
-def _gcp_location(value: str) -> str:
-    if not re.fullmatch(GCP_LOCATION_PATTERN, value):
-        raise ValueError(
-            f"{value!r} is not a Vertex AI location: a region such as us-central1 or "
-            "europe-west4, the multi-regions us or eu, or global"
-        )
-    return value
-
-
-class VertexAISpec(_Strict):
-    project: Annotated[str, StringConstraints(max_length=64), AfterValidator(_gcp_project)]
-    location: Annotated[str, StringConstraints(max_length=63), AfterValidator(_gcp_location)]
-    publisher: VertexPublisher = VertexPublisher.GOOGLE
-
-
-# The provider-specific blocks of the spec, by their name in a manifest: a provider accepts
-# only those it declares.
-BLOCKS: dict[str, type[_Strict]] = {
-    "azure": AzureSpec,
-    "mcp": McpSpec,
-    "bedrock": BedrockSpec,
-    "vertexAI": VertexAISpec,
-}
-
-# --- spec.identity: a ServiceAccount's token exchanged at a cloud, instead of a key --------
-
-# A role in any AWS partition (aws, aws-cn, aws-us-gov, ...), with an optional path.
-ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[-A-Za-z0-9_+=,.@/]+$"
-# An Entra tenant: its GUID or one of its domain names (the token endpoint takes both).
-TENANT_PATTERN = (
-    r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$"
-)
-GUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-# A workload identity pool provider's full canonical resource name (Google STS's audience).
-GCP_AUDIENCE_PATTERN = (
-    r"^//iam\.googleapis\.com/projects/[0-9]+/locations/global/"
-    r"workloadIdentityPools/[-a-z0-9]+/providers/[-a-z0-9]+$"
-)
-GCP_SERVICE_ACCOUNT_PATTERN = r"^[a-z0-9][-a-z0-9]{0,62}@[-a-z0-9.]+\.gserviceaccount\.com$"
-
-
-def _pattern(pattern: str, what: str) -> AfterValidator:
-    def check(value: str) -> str:
-        if not re.fullmatch(pattern, value):
-            raise ValueError(f"{value!r} is not {what}"[:300])
-        return value
-
-    return AfterValidator(check)
-
-
-class AwsIdentity(_Strict):
-    """STS AssumeRoleWithWebIdentity of this role (its trust policy names the ServiceAccount)."""
-
-    role_arn: Annotated[
-        str,
-        StringConstraints(max_length=2048),
-        _pattern(ROLE_ARN_PATTERN, "an IAM role ARN (arn:aws:iam::123456789012:role/name)"),
-    ] = Field(alias="roleArn")
-    sts_region: (
-        Annotated[
-            str, StringConstraints(max_length=32), _pattern(AWS_REGION_PATTERN, "an AWS region")
-        ]
-        | None
-    ) = Field(default=None, alias="stsRegion")
-
-    @property
-    def partition(self) -> str:
-        return self.role_arn.split(":", 2)[1]
-
-    @model_validator(mode="after")
-    def _region_outside_aws(self) -> AwsIdentity:
-        if self.partition != "aws" and self.sts_region is None:
-            raise ValueError(
-                f"stsRegion is required for a role in partition {self.partition} (it has no "
-                "global STS endpoint)"
-            )
-        return self
-
-
-class AzureIdentity(_Strict):
-    """An Entra ID app registration or user-assigned managed identity that trusts the
-    ServiceAccount (a federated identity credential)."""
-
-    tenant_id: Annotated[
-        str,
-        StringConstraints(max_length=253),
-        _pattern(TENANT_PATTERN, "an Entra tenant ID (a GUID or a domain name)"),
-    ] = Field(alias="tenantId")
-    client_id: Annotated[str, _pattern(GUID_PATTERN, "a client ID (a GUID)")] = Field(
-        alias="clientId"
-    )
-
-
-class GcpIdentity(_Strict):
-    """A workload identity pool provider that trusts the cluster's issuer; optionally a
-    service account to impersonate."""
-
-    audience: Annotated[
-        str,
-        StringConstraints(max_length=512),
-        _pattern(
-            GCP_AUDIENCE_PATTERN,
-            "a workload identity pool provider (//iam.googleapis.com/projects/NUMBER/"
-            "locations/global/workloadIdentityPools/POOL/providers/PROVIDER)",
-        ),
-    ]
-    service_account_email: (
-        Annotated[
-            str,
-            StringConstraints(max_length=254),
-            _pattern(
-                GCP_SERVICE_ACCOUNT_PATTERN,
-                "a service account email (name@project.iam.gserviceaccount.com)",
-            ),
-        ]
-        | None
-    ) = Field(default=None, alias="serviceAccountEmail")
-
-
-# The clouds an identity may be exchanged at, by block name: a provider accepts those it
-# declares (`ProviderRules.identities`).
-CLOUDS: dict[str, type[_Strict]] = {"aws": AwsIdentity, "azure": AzureIdentity, "gcp": GcpIdentity}
-
-
-def _service_account_name(value: str) -> str:
-    if not re.fullmatch(SECRET_NAME_PATTERN, value):
-        raise ValueError(
-            f"{value!r} is not a ServiceAccount name: lower-case letters, digits, '-' and '.', "
-            "starting and ending with a letter or digit (a ServiceAccount in the connection's "
-            "own namespace)"
-        )
-    return value
-
-
-class IdentitySpec(_Strict):
-    service_account_name: Annotated[
-        str, StringConstraints(max_length=253), AfterValidator(_service_account_name)
-    ] = Field(alias="serviceAccountName")
-    aws: AwsIdentity | None = None
-    azure: AzureIdentity | None = None
-    gcp: GcpIdentity | None = None
-
-    @model_validator(mode="after")
-    def _one_cloud(self) -> IdentitySpec:
-        given = [name for name in CLOUDS if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError("identity needs exactly one of aws, azure or gcp")
-        return self
-
-    @property
-    def cloud(self) -> str:
-        """The block given: aws, azure or gcp."""
-        return next(name for name in CLOUDS if getattr(self, name) is not None)
 
 
 class ValidationSpec(_Strict):

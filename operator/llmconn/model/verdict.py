@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmconn.model.fields import format_duration, parse_duration
 from llmconn.model.reasons import Reason, Result, result_of
-from llmconn.model.spec import LLMConnectionSpec, ValidationType, format_duration, parse_duration
+from llmconn.model.spec import LLMConnectionSpec, ValidationType
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ a token may go, an answer is read up to 1 MiB, and a timeout is named by its pha
 
 Nothing here keeps a token or a credential: they are returned to the one validation that
 asked, which registers them with the redacting log filter and drops them when it ends.
+
+Its length: three clouds' exchanges, each a request and the reading of that cloud's errors,
+kept side by side because they share one shape (a step, a failure kind, a message).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import time
 import xml.etree.ElementTree as ET
 from urllib.parse import quote, urlsplit
 
+from llmconn.model.blocks import AwsIdentity, AzureIdentity, GcpIdentity, IdentitySpec
 from llmconn.model.credentials import AwsCredentials, BearerToken
-from llmconn.model.spec import AwsIdentity, AzureIdentity, GcpIdentity, IdentitySpec
 from llmconn.model.verdict import CloudEndpoints
 from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply
 from llmconn.net.oauth import CLOUD_PLATFORM, google_error, post_form, token_answer

@@ -26,7 +26,7 @@ Rules are CIDRs (`10.0.0.0/8`), single addresses (`192.0.2.7`) or host patterns
 
 A host pattern matches the host name of the URL; a CIDR matches the address the name
 resolved to. The caller resolves once, checks every address, and connects to the address it
-checked (`llmconn.net.http`), so a name that re-resolves elsewhere cannot walk around the policy.
+checked (`llmconn.net.guard`), so a name that re-resolves elsewhere cannot walk around the policy.
 
 IPv6 addresses that carry an IPv4 address reach that IPv4 address wherever a translator or
 tunnel exists (a dual-stack socket, NAT64 with DNS64, a 6to4 relay), so an IPv6 spelling

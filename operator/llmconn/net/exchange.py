@@ -1,6 +1,6 @@
 """One probe's HTTP: every request it makes, its own or an SDK's, through one transport.
 
-`ProbeTransport` puts the shared, pooled client (`llmconn.net.http`: egress policy, TLS, body
+`ProbeTransport` puts the shared, pooled client (`llmconn.net.pool`: egress policy, TLS, body
 cap) in front of one probe. On every request it marks the network phase and times it
 (httpcore's trace events, and the egress backend's `dns` and `connect` marks through
 `PHASE_RECORDER`), and records the answer's request id and headroom headers, in the probe's
@@ -25,7 +25,8 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx2
 
-from llmconn.net.http import PHASE_RECORDER, Phase, PhaseRecorder, ResponseTooLarge
+from llmconn.net.bodies import ResponseTooLarge
+from llmconn.net.guard import PHASE_RECORDER, Phase, PhaseRecorder
 
 MAX_REDIRECTS = 3
 USER_AGENT = "llmconn/0.1"
@@ -44,7 +45,7 @@ EXTRA_DETAIL_HEADERS = {"x-ms-region": "region"}
 
 # httpcore trace events ("connection.connect_tcp.started", "http11.send_request_headers.
 # complete", ...) by the phase they belong to. The lookup runs inside connect_tcp: the
-# backend marks it (llmconn.net.http).
+# backend marks it (llmconn.net.guard).
 _TRACED = {
     "connection.connect_tcp": Phase.CONNECT,
     "connection.start_tls": Phase.TLS,

@@ -63,6 +63,9 @@ chats is ModelRetired; naming one that does not chat, it stays InvalidConfigurat
 A 400 `content_filter` (innererror ResponsibleAIPolicyViolation) on the test completion is
 the deployment's model refusing the prompt: key, deployment and model answered, so it is
 Validated, and says so (Microsoft Learn, "Content filtering").
+
+One module, past the size of the OpenAI-style flavours: Azure's two API surfaces, its
+deployments, its model list with lifecycle dates and its errors change together.
 """
 
 from __future__ import annotations
@@ -73,8 +76,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from llmconn.model.blocks import AzureSpec
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import AzureSpec, ValidationType
+from llmconn.model.spec import ValidationType
 from llmconn.model.verdict import Lifecycle
 from llmconn.net.exchange import Reply
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry

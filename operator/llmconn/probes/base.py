@@ -27,24 +27,23 @@ from urllib.parse import urlsplit
 import httpx2
 
 from llmconn.model import logs
-from llmconn.model.credentials import AwsCredentials, BearerToken
-from llmconn.model.reasons import Reason
-from llmconn.model.spec import (
+from llmconn.model.blocks import (
     BLOCKS,
     CLOUDS,
     AwsCredentialsRef,
     AzureSpec,
     BedrockSpec,
     IdentitySpec,
-    LLMConnectionSpec,
     McpSpec,
-    SecretKeyRef,
-    ValidationType,
     VertexAISpec,
 )
+from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.fields import SecretKeyRef
+from llmconn.model.reasons import Reason
+from llmconn.model.spec import LLMConnectionSpec, ValidationType
 from llmconn.model.verdict import Lifecycle
 from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply, Signer
-from llmconn.net.http import Phase
+from llmconn.net.guard import Phase
 
 
 class Auth(StrEnum):

@@ -32,8 +32,9 @@ from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
+from llmconn.model.blocks import McpTransport
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import McpTransport, ValidationType
+from llmconn.model.spec import ValidationType
 from llmconn.net.exchange import USER_AGENT
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok, registry
 from llmconn.probes.mcp_http import Watch, connect, transport_hint

@@ -21,7 +21,7 @@ which a server of an older revision may refuse in many ways before the SDK falls
 `initialize`. The step is the method of the request being answered. An HTML page is
 UnexpectedResponse (a web site or login wall in front: transient, as
 for every provider). Network failures are kept exactly as `ctx.http` raised them, for the
-caller to name by phase. The body size cap is ctx.http's (`llmconn.net.http`) and counts per
+caller to name by phase. The body size cap is ctx.http's (`llmconn.net.bodies`) and counts per
 HTTP answer: over legacy SSE the one event stream carries the handshake and every tools/list
 page, 1 MiB in all, so a server that sends small events without end is stopped there or by
 the probe's timeout, whichever comes first.
@@ -48,10 +48,10 @@ import httpx2
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
+from llmconn.model.blocks import McpTransport
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import McpTransport
+from llmconn.net.bodies import ResponseTooLarge
 from llmconn.net.exchange import MAX_REDIRECTS, USER_AGENT
-from llmconn.net.http import ResponseTooLarge
 from llmconn.probes.base import ProbeContext, ProbeOutcome
 from llmconn.probes.errors import rate_limited
 

@@ -53,6 +53,9 @@ UNAUTHENTICATED (a token or key not accepted), PERMISSION_DENIED with reason SER
 (the Vertex AI API is off in the project) or BILLING_DISABLED, IAM_PERMISSION_DENIED (with the
 permission in `metadata.permission`), FAILED_PRECONDITION and NOT_FOUND (the publisher model
 is not served in that location, or the project may not use it).
+
+One module, past the size of the other providers: Vertex AI's two publishers (Google's
+models and Anthropic's), its key forms and its error dialect change together.
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from llmconn.model.blocks import VertexAISpec, VertexPublisher
 from llmconn.model.credentials import key_file_secrets, service_account_key
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import LLMConnectionSpec, ValidationType, VertexAISpec, VertexPublisher
+from llmconn.model.spec import LLMConnectionSpec, ValidationType
 from llmconn.net.exchange import USER_AGENT, Reply
 from llmconn.net.oauth import google_error
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome, ok, registry

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 import httpcore2
 import httpx2
 
+from llmconn.model.fields import format_duration
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import format_duration
 from llmconn.net.exchange import RedirectRefused, UnreadableAnswer
-from llmconn.net.http import DNSLookupError, EgressDenied, Phase
+from llmconn.net.guard import DNSLookupError, EgressDenied, Phase
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,10 @@ from typing import Any
 
 import httpx2
 
+from llmconn.model.blocks import IdentitySpec
 from llmconn.model.credentials import AwsCredentials, BearerToken
 from llmconn.model.reasons import Reason
-from llmconn.model.spec import IdentitySpec, ValidationType
+from llmconn.model.spec import ValidationType
 from llmconn.model.verdict import CloudEndpoints, TokenRefused, TokenSource
 from llmconn.net import clouds
 from llmconn.net.clouds import ExchangeRefused, Failure, Step

@@ -16,6 +16,9 @@ Decisions worth knowing:
   credentials a cloud exchanged it for) is registered once (`_Held`): kept by this call
   only, redacted from logs while it runs and from the verdict. The exchange and the probe
   share the timeout.
+
+Its length: it is the one place where a probe's budget, secrets and failures are handled for
+every provider, as blackbox_exporter's prober handler is; each step is a short function.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from llmconn.model import logs
 from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason
 from llmconn.model.redact import Redactor
-from llmconn.model.spec import LLMConnectionSpec, SecretKeyRef, ValidationType
+from llmconn.model.spec import LLMConnectionSpec, ValidationType
 from llmconn.model.verdict import (
     Defaults,
     Effective,
@@ -44,7 +48,8 @@ from llmconn.model.verdict import (
     Verdict,
     effective,
 )
-from llmconn.net.http import ClientPool, InvalidCABundle, Phase, TLSOptions
+from llmconn.net.guard import Phase
+from llmconn.net.pool import ClientPool, InvalidCABundle, TLSOptions
 from llmconn.probes import registry
 from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome
 from llmconn.validation import identity
