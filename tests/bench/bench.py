@@ -36,6 +36,7 @@ import datetime as dt
 import json
 import os
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -925,7 +926,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshot=lambda: httpx2.get(metrics_url).text,
             before_window=change_unrelated_secrets,
         )
-        result = llmconn_result(m, args)
+        result = {"context": context(argv), **llmconn_result(m, args)}
         if args.restart:
             result["restart"], operator = measure_restart(
                 operator, procs, cp, client_args, metrics_url, args
@@ -975,6 +976,45 @@ def main(argv: list[str] | None = None) -> int:
         for p in reversed(procs):
             p.stop()
         cp.stop()
+
+
+def context(argv: list[str] | None) -> dict[str, Any]:
+    """Where and how the figures were made, carried in the result itself: figures from
+    machines of one kind still differ by CPU model (32% of a core on one, 46.5% on another)."""
+    import platform
+    from importlib.metadata import version
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": "make bench BENCH_ARGS="
+        + shlex.quote(" ".join(sys.argv[1:] if argv is None else argv)),
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "kopf": version("kopf"),
+        "llmconn": version("llmconn"),
+        "kubernetes": kube_version(),
+    }
+
+
+def kube_version() -> str:
+    """The version the local kube-apiserver was built as."""
+    try:
+        run = subprocess.run(
+            [str(ROOT / ".local" / "bin" / "kube-apiserver"), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return run.stdout.strip().removeprefix("Kubernetes ") or "unknown"
 
 
 def measure_other_shard(
@@ -1281,7 +1321,11 @@ def _histogram_quantile(now: str, before: str, family: str, q: float) -> float |
 
 def summary(r: dict[str, Any]) -> str:
     s, o, a, re_ = r["steady_state"], r["operator"], r["apiserver"], r["reaction_ms"]
+    c = r.get("context") or {}
     lines = [
+        f"{c.get('date')} on {c.get('cpu_model')} ({c.get('cores')} cores), Python"
+        f" {c.get('python')}, Kopf {c.get('kopf')}, Kubernetes {c.get('kubernetes')}:"
+        f" {c.get('command')}",
         f"llmconn benchmark: {r['connections']} connections at {r['interval']},"
         f" operator --concurrency {r['operator_concurrency']}"
         + (
