@@ -630,6 +630,28 @@ async def test_azure_a_passed_end_of_inference_on_a_model_that_answered_is_a_war
     assert outcome.details == {"servedModel": "gpt-35-turbo-0125"}
 
 
+async def test_azure_matches_the_served_model_to_the_list_whatever_its_case(
+    srv: dict[str, Server],
+) -> None:
+    # Azure's model ids are case-insensitive (a deployment may report "GPT-4o-..."): the
+    # served model is found in the list all the same, and its lifecycle read.
+    srv["azure-openai"].state.deployments["gpt-4o-upper"] = ("GPT-4o-2024-05-13", "chat")
+    result = await run(
+        "azure-openai",
+        srv["azure-openai"].url,
+        INFER,
+        model="gpt-4o-upper",
+        key=azure_dialect.API_KEY,
+    )
+    outcome = result.outcome
+    assert outcome.reason is Reason.VALIDATED, outcome.message
+    assert outcome.lifecycle is not None
+    assert (outcome.lifecycle.stage, outcome.lifecycle.retires_at) == (
+        "deprecated",
+        "2029-03-01T00:00:00Z",
+    )
+
+
 async def test_azure_a_bare_model_name_with_several_versions_takes_the_latest_date(
     srv: dict[str, Server],
 ) -> None:

@@ -24,7 +24,7 @@ from llmconn.controller import triggers as tr
 from llmconn.controller.kube import Conflict, NotFound
 from llmconn.controller.memory import digest
 from llmconn.controller.metrics import Metrics
-from llmconn.controller.reconciler import Conn, Reconciler
+from llmconn.controller.reconciler import Conn, Reconciler, default_namespace_concurrency
 from llmconn.model.reasons import Reason
 from llmconn.model.status import rfc3339
 from llmconn.model.verdict import (
@@ -423,6 +423,27 @@ async def test_a_request_during_a_rate_limited_probe_waits_for_the_floor(world) 
     provider.reason, provider.retry_after, provider.gate = Reason.VALIDATED, None, None
     rec.connection_event("MODIFIED", kube.apply("c", spec("http://fixed.example/v1")))
     await until("...but a spec fix does not", lambda: len(provider.calls) == 2)
+
+
+async def test_a_days_retry_after_holds_a_connection_back_an_hour_at_most(world) -> None:
+    # The cap is applied where the reconciler plans (not only in triggers.retry_floor): a
+    # provider's Retry-After of ten days plans the next validation and the floor an hour out.
+    kube, provider, rec = world
+    provider.reason, provider.retry_after = Reason.RATE_LIMITED, 10 * 86400.0
+    rec.connection_event("ADDED", kube.apply("c", spec(validation={"interval": "5m"})))
+    await until("the verdict", lambda: kube.status("c").get("reason") == "RateLimited")
+    await settle(rec)
+    now = asyncio.get_running_loop().time()
+    due, _ = rec.scheduler._due[(NS, "c")]
+    assert 3600 - 5 <= due - now <= 3600 + 5
+    assert 3600 - 5 <= rec.conns[(NS, "c")].not_before - now <= 3600 + 5
+
+
+def test_a_namespace_holds_a_quarter_of_the_workers_by_default() -> None:
+    # The documented default share (docs/operations.md): a quarter, at least one.
+    assert [default_namespace_concurrency(n) for n in (1, 2, 4, 8, 32, 64)] == [1, 1, 1, 2, 8, 16]
+    rec = Reconciler(FakeKube(), None, Defaults(), Metrics(), concurrency=32)  # type: ignore[arg-type]
+    assert rec.scheduler._group_limit == 8
 
 
 # --- 8. the missing-Secret grace ---------------------------------------------------------------
