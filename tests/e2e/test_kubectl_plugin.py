@@ -35,7 +35,7 @@ def provider() -> Iterator[tuple[ControlledProvider, str]]:
 
 @pytest.fixture(autouse=True)
 def _reset_provider(provider: tuple[ControlledProvider, str]) -> None:
-    provider[0].mode = "ok"
+    provider[0].mode, provider[0].delay = "ok", 0.0
 
 
 @pytest.fixture
@@ -96,8 +96,9 @@ def test_validate_wait_prints_the_new_verdict(cluster, env, namespace, operator,
     create(cluster, namespace, "vllm", GOOD_KEY, url)
     assert first_verdict(api, namespace, "vllm") == "success"
 
-    # The provider breaks: the verdict printed is the one the request caused, not the old one.
-    p.mode = "unavailable"
+    # The provider breaks, and answers slowly: the old verdict (success) is still there when
+    # kubectl wait starts, so only waiting for the request's own verdict prints the failure.
+    p.mode, p.delay = "unavailable", 2.0
     done = kubectl(cluster, env, "llmconn", "validate", "vllm", "-n", namespace, "--wait")
     assert done.returncode == 1, done.stdout + done.stderr
     header, row = done.stdout.splitlines()
@@ -106,7 +107,7 @@ def test_validate_wait_prints_the_new_verdict(cluster, env, namespace, operator,
     obj = api.conn(namespace, "vllm")
     assert obj["status"]["lastHandledRequestedAt"] == obj["metadata"]["annotations"][REQUESTED_AT]
 
-    p.mode = "ok"
+    p.mode = "ok"  # still slow: the failure just printed is there when kubectl wait starts
     done = kubectl(
         cluster, env, "llmconn", "validate", "vllm", "-n", namespace, "--wait", "-o", "json"
     )
