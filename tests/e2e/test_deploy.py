@@ -378,8 +378,11 @@ def test_namespaced_chart_rbac_runs_the_operator_and_keeps_it_out_of_other_names
     assert events_for(api, w1, "a") == ["ValidationFailed", "Validated"]
     assert events_for(api, w2, "b") == ["Validated"]
 
-    # Outside the watched namespaces: the connection stays unhandled...
-    time.sleep(1)
+    # Outside the watched namespaces: the connection stays unhandled. Evidence that the
+    # operator has moved on past it: a connection created after it, in a watched namespace,
+    # has its verdict already.
+    apply(cluster, manifest(w2, "after-c", spec(url)))
+    ready(api, w2, "after-c", "True", "Validated")
     assert api.status(other, "c") == {}
     # ...and the account could not read the Secret there even if it tried.
     assert get_as(cluster, token, f"/api/v1/namespaces/{other}/secrets/creds") == 403
@@ -925,9 +928,15 @@ def test_peering_a_replica_paused_by_a_higher_priority_one_stops_validating(
     operators.append(high.start())
     wait_for("the first replica to pause", lambda: peering_state(low.log()) == "paused")
     wait_for("the new replica to validate", lambda: high.validations() >= 3)
-    time.sleep(1.5)  # a validation in flight at the pause may still finish
+    # A validation in flight at the pause may still finish: wait until the active replica
+    # has validated every connection again, then count the paused one's from there.
+    mark = high.validations()
+    wait_for("a round by the active replica", lambda: high.validations() >= mark + 3)
     before = low.validations()
-    time.sleep(3)  # three intervals
+    # Evidence of time passing with work to do: three more rounds (1 s intervals), all the
+    # active replica's; the paused one validated nothing meanwhile.
+    mark = high.validations()
+    wait_for("three rounds by the active replica", lambda: high.validations() >= mark + 9)
     assert low.validations() == before
 
 
