@@ -34,7 +34,8 @@ async def post_form(
 ) -> Reply:
     """A token request: `fields` form-encoded in a POST (RFC 6749 section 4.1.3 and on; AWS's
     Query API takes its parameters so too). No header of the spec goes with it: it is meant
-    for the provider, and a token service is somewhere else."""
+    for the provider, and a token service is somewhere else. `headers` are the client's own
+    (HTTP Basic client authentication, RFC 6749 section 2.3.1)."""
     return await transport.fetch(
         "POST",
         url,
@@ -42,6 +43,7 @@ async def post_form(
             "User-Agent": USER_AGENT,
             "Accept": accept,
             "Content-Type": "application/x-www-form-urlencoded",
+            **(headers or {}),
         },
         content=urlencode(fields).encode(),
     )

@@ -300,7 +300,10 @@ async def _client_auth(
             return fields, {}, [secrets.client_secret]
         pair = f"{quote(secrets.client_id, safe='')}:{quote(secrets.client_secret, safe='')}"
         basic = base64.b64encode(pair.encode()).decode()
-        return {}, {"Authorization": f"Basic {basic}"}, [secrets.client_secret, basic]
+        # client_id in the form too (RFC 6749 section 3.2.1 allows it; the SDK's own
+        # authorization server, among others, looks the client up by it).
+        headers = {"Authorization": f"Basic {basic}"}
+        return {"client_id": secrets.client_id}, headers, [secrets.client_secret, basic]
     _needs_jwt_auth(server)
     audience = server.issuer or server.token_url
     if oauth.private_key_jwt is not None:
