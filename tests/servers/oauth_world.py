@@ -223,6 +223,11 @@ class ResourceServer:
         self.mcp: TestMCPApp = make_app()
         self.url = ""
         self.publish_metadata = True
+        # The metadata elsewhere than at the well-known URLs (found through the challenge's
+        # resource_metadata, RFC 9728 section 5), or the well-known URLs redirecting to
+        # another origin.
+        self.metadata_at: str | None = None
+        self.redirect_metadata_to: str | None = None
         self.seen_tokens: list[str] = []
         self._guarded: Any = None
         self._metadata: Any = None
@@ -234,10 +239,12 @@ class ResourceServer:
         verifier = ProviderTokenVerifier(self.authorization.provider)  # type: ignore[arg-type]
 
         def guarded(app: Any, resource: str) -> Any:
-            metadata_url = AnyHttpUrl(
-                f"{url}/.well-known/oauth-protected-resource{resource.removeprefix(url)}"
+            at = self.metadata_at or "/.well-known/oauth-protected-resource"
+            metadata_url = AnyHttpUrl(f"{url}{at}{resource.removeprefix(url)}")
+            required = _ScopeChallenge(
+                RequireAuthMiddleware(app, self.required_scopes, metadata_url),
+                self.required_scopes,
             )
-            required = RequireAuthMiddleware(app, self.required_scopes, metadata_url)
             backend = BearerAuthBackend(verifier, resource_server_url=AnyHttpUrl(resource))
             return AuthenticationMiddleware(required, backend=backend)
 
@@ -257,8 +264,19 @@ class ResourceServer:
             await self.mcp(scope, receive, send)
             return
         path: str = scope["path"]
+        if self.metadata_at and path.startswith(self.metadata_at + "/"):
+            rest = path.removeprefix(self.metadata_at)
+            scope = {**scope, "path": "/.well-known/oauth-protected-resource" + rest}
+            await self._metadata(scope, receive, send)
+            return
+        if path.startswith("/.well-known/") and self.redirect_metadata_to:
+            moved = Response(
+                status_code=302, headers={"location": self.redirect_metadata_to + path}
+            )
+            await moved(scope, receive, send)
+            return
         if path.startswith("/.well-known/"):
-            if not self.publish_metadata:
+            if not self.publish_metadata or self.metadata_at:
                 await JSONResponse({"error": "not found"}, status_code=404)(scope, receive, send)
                 return
             await self._metadata(scope, receive, send)
@@ -268,6 +286,33 @@ class ResourceServer:
             self.seen_tokens.append(headers[b"authorization"].decode("latin-1"))
         prefix = "/v1" if path.startswith("/v1") else "/mcp"
         await self._guarded[prefix](scope, receive, send)
+
+
+class _ScopeChallenge:
+    """The scope the resource needs in its Bearer challenges (RFC 6750 section 3), which the
+    SDK's middleware leaves out."""
+
+    def __init__(self, app: Any, scopes: list[str]) -> None:
+        self.app, self.scopes = app, scopes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self.scopes:
+            await self.app(scope, receive, send)
+            return
+        wanted = f', scope="{" ".join(self.scopes)}"'.encode()
+
+        async def send_with_scope(message: Any) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (401, 403):
+                message = {
+                    **message,
+                    "headers": [
+                        (k, v + wanted if k.lower() == b"www-authenticate" else v)
+                        for k, v in message["headers"]
+                    ],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_scope)
 
 
 async def _models(scope: Any, receive: Any, send: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from starlette.responses import JSONResponse
 
 from llmconn.model.reasons import Reason
 from llmconn.model.verdict import Defaults, SecretData, Verdict
@@ -315,6 +316,7 @@ async def test_a_missing_scope_after_a_fresh_token_is_permission_denied(world, p
     assert verdict.reason is Reason.PERMISSION_DENIED
     assert verdict.code == "insufficient_scope"
     assert "mcp:tools" in verdict.details["oauthScopes"]
+    assert "It needs scope mcp:admin" in verdict.message  # the server's scope challenge
     assert_no_leak(verdict, world)
 
 
@@ -329,6 +331,44 @@ async def test_no_protected_resource_metadata_names_the_urls_tried(world, pool) 
     assert f"{url}/.well-known/oauth-protected-resource/mcp (HTTP 404)" in verdict.message
     assert f"{url}/.well-known/oauth-protected-resource (HTTP 404)" in verdict.message
     assert "spec.oauth.issuer" in verdict.message
+
+
+async def test_resource_metadata_named_only_by_the_challenge_is_found(world, pool) -> None:
+    # RFC 9728 section 5: no metadata at the well-known URLs; the 401's resource_metadata
+    # names where it is.
+    hidden = ResourceServer(world.authz)
+    hidden.metadata_at = "/meta"
+    with serve(hidden) as url:
+        hidden.bind(url)
+        verdict = await run(pool, spec(url + "/mcp", CC), cc_secrets())
+
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert verdict.details["oauthResourceMetadata"] == url + "/meta/mcp"
+    assert_no_leak(verdict, world)
+
+
+async def test_an_off_origin_redirect_during_discovery_is_refused(world, pool) -> None:
+    asked: list[str] = []
+
+    async def elsewhere(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            asked.append(scope["path"])
+        await JSONResponse({"resource": "x", "authorization_servers": []})(scope, receive, send)
+
+    moving = ResourceServer(world.authz)
+    with serve(elsewhere) as other, serve(moving) as url:
+        moving.bind(url)
+        moving.redirect_metadata_to = other
+        before = len(world.authz.requests)
+        verdict = await run(pool, spec(url + "/mcp", CC), cc_secrets())
+
+    assert verdict.reason is Reason.UNEXPECTED_RESPONSE
+    assert verdict.http_status == 302
+    assert (
+        f"The Protected Resource Metadata at {url}/.well-known/oauth-protected-resource/mcp "
+        "redirected (HTTP 302) to another host"
+    ) in verdict.message
+    assert asked == [] and len(world.authz.requests) == before  # nothing went anywhere
 
 
 async def test_no_authorization_server_metadata_names_the_urls_tried(world, pool) -> None:

@@ -6,7 +6,9 @@ policy, same-origin redirects only, the 1 MiB body cap, phase tracing), each ste
 
 1. Protected Resource Metadata (RFC 9728), unless spec.oauth names the `issuer` or the
    `tokenURL`: the well-known URLs of the endpoint (path-aware first, then the root; the
-   `mcp` SDK's own `build_protected_resource_metadata_discovery_urls`). Its `resource` must
+   `mcp` SDK's own `build_protected_resource_metadata_discovery_urls`), else the
+   `resource_metadata` of the Bearer challenge an unauthenticated GET of the endpoint meets
+   (RFC 9728 section 5). A redirect off a URL's origin is refused. Its `resource` must
    be the endpoint or a parent of it (RFC 9728 section 3.3, as the SDK checks), and it names
    the authorization server.
 2. The authorization server's metadata (RFC 8414, or OpenID discovery; the SDK's
@@ -45,6 +47,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -63,7 +66,7 @@ from pydantic import ValidationError
 from llmconn.model.blocks import ClientAuthMethod, OAuthSpec, SigningAlgorithm
 from llmconn.model.credentials import BearerToken
 from llmconn.model.reasons import Reason
-from llmconn.net.exchange import USER_AGENT, Reply
+from llmconn.net.exchange import USER_AGENT, RedirectRefused, Reply
 from llmconn.net.oauth import TokenAnswer, post_form, token_answer
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.probes.errors import rate_limited
@@ -72,6 +75,8 @@ GRANT = "client_credentials"
 JWT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 300  # seconds: the assertion serves one token request
 _SHOWN = 200  # characters of server text (a description, a URL) in a message
+# resource_metadata of a Bearer challenge (RFC 9728 section 5.1), quoted or a token
+_RESOURCE_METADATA = re.compile(r'\bresource_metadata=(?:"([^"]{1,2048})"|([^\s",]{1,2048}))')
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -160,12 +165,23 @@ async def authorize(ctx: ProbeContext) -> Granted:
 # --- discovery ----------------------------------------------------------------------------
 
 
-async def _get(ctx: ProbeContext, url: str) -> Reply:
-    """An unauthenticated metadata request: no header of the spec, no credentials."""
+async def _get(ctx: ProbeContext, url: str, what: str) -> Reply:
+    """An unauthenticated metadata request: no header of the spec, no credentials. A redirect
+    off the URL's origin is refused (the transport sends nothing there): named as `what`'s."""
     ctx.found.elsewhere = url
-    reply = await ctx.transport.fetch(
-        "GET", url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"}
-    )
+    try:
+        reply = await ctx.transport.fetch(
+            "GET", url, headers={"User-Agent": USER_AGENT, "Accept": "application/json"}
+        )
+    except RedirectRefused as exc:
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.UNEXPECTED_RESPONSE,
+                f"{what} at {_shown(url)} redirected {exc.detail}: discovery follows no "
+                "redirect off the URL's origin, and nothing was asked there.",
+                http_status=exc.status,
+            )
+        ) from None
     ctx.found.elsewhere = None
     return reply
 
@@ -186,37 +202,18 @@ def _unavailable(reply: Reply, what: str) -> ProbeOutcome | None:
 
 
 async def _resource_metadata(ctx: ProbeContext) -> ProtectedResourceMetadata:
+    """The well-known URLs first; when none has it, the `resource_metadata` of the Bearer
+    challenge an unauthenticated request to the endpoint meets (RFC 9728 section 5)."""
     tried: list[str] = []
     for url in build_protected_resource_metadata_discovery_urls(None, ctx.endpoint):
-        reply = await _get(ctx, url)
-        if (trouble := _unavailable(reply, "The Protected Resource Metadata")) is not None:
-            raise ProbeFailure(trouble)
-        if reply.status != 200:
-            tried.append(f"{url} (HTTP {reply.status})")
-            continue
-        try:
-            prm = ProtectedResourceMetadata.model_validate_json(reply.content)
-        except ValidationError as exc:
-            raise ProbeFailure(
-                ProbeOutcome(
-                    Reason.UNEXPECTED_RESPONSE,
-                    f"The Protected Resource Metadata at {url} is not RFC 9728 metadata with "
-                    f"an authorization server ({_first_error(exc)}).",
-                    http_status=reply.status,
-                )
-            ) from None
-        ctx.found.details["oauthResourceMetadata"] = url
-        resource = resource_url_from_server_url(ctx.endpoint)
-        if not check_resource_allowed(resource, str(prm.resource)):
-            raise ProbeFailure(
-                ProbeOutcome(
-                    Reason.INVALID_CONFIGURATION,
-                    f"The Protected Resource Metadata at {url} is for resource "
-                    f"{_shown(str(prm.resource))}, not {resource} (RFC 9728 section 3.3): no "
-                    "credentials were sent. Check spec.endpoint.",
-                )
-            )
-        return prm
+        if (prm := await _read_resource_metadata(ctx, url, tried)) is not None:
+            return prm
+    asked = [t.split(" (", 1)[0] for t in tried]
+    challenged = await _challenged(ctx, tried)
+    if challenged is not None and _shown(challenged) not in asked:
+        prm = await _read_resource_metadata(ctx, challenged, tried)
+        if prm is not None:
+            return prm
     raise ProbeFailure(
         ProbeOutcome(
             Reason.INVALID_CONFIGURATION,
@@ -228,10 +225,70 @@ async def _resource_metadata(ctx: ProbeContext) -> ProtectedResourceMetadata:
     )
 
 
+async def _challenged(ctx: ProbeContext, tried: list[str]) -> str | None:
+    """The `resource_metadata` URL of the endpoint's Bearer challenge (an unauthenticated
+    GET), or None, with what the endpoint answered added to `tried`."""
+    reply = await _get(ctx, ctx.endpoint, "The endpoint")
+    url = resource_metadata_of(reply.headers.get("www-authenticate", ""))
+    if url is None:
+        tried.append(
+            f"the challenge of GET {ctx.endpoint} (HTTP {reply.status}, no resource_metadata)"
+        )
+    return url
+
+
+def resource_metadata_of(challenge: str) -> str | None:
+    """The `resource_metadata` URL of a Bearer challenge (RFC 9728 section 5.1), if it is an
+    http(s) URL."""
+    if "bearer" not in challenge.lower():
+        return None
+    match = _RESOURCE_METADATA.search(challenge)
+    if match is None:
+        return None
+    url = match.group(1) or match.group(2)
+    return url if _http(url) else None
+
+
+async def _read_resource_metadata(
+    ctx: ProbeContext, url: str, tried: list[str]
+) -> ProtectedResourceMetadata | None:
+    """The metadata at `url`, None when it is not there (added to `tried`); raises
+    ProbeFailure for metadata that is wrong or not this endpoint's."""
+    reply = await _get(ctx, url, "The Protected Resource Metadata")
+    if (trouble := _unavailable(reply, "The Protected Resource Metadata")) is not None:
+        raise ProbeFailure(trouble)
+    if reply.status != 200:
+        tried.append(f"{_shown(url)} (HTTP {reply.status})")
+        return None
+    try:
+        prm = ProtectedResourceMetadata.model_validate_json(reply.content)
+    except ValidationError as exc:
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.UNEXPECTED_RESPONSE,
+                f"The Protected Resource Metadata at {_shown(url)} is not RFC 9728 metadata "
+                f"with an authorization server ({_first_error(exc)}).",
+                http_status=reply.status,
+            )
+        ) from None
+    ctx.found.details["oauthResourceMetadata"] = _shown(url)
+    resource = resource_url_from_server_url(ctx.endpoint)
+    if not check_resource_allowed(resource, str(prm.resource)):
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.INVALID_CONFIGURATION,
+                f"The Protected Resource Metadata at {_shown(url)} is for resource "
+                f"{_shown(str(prm.resource))}, not {resource} (RFC 9728 section 3.3): no "
+                "credentials were sent. Check spec.endpoint.",
+            )
+        )
+    return prm
+
+
 async def _server_metadata(ctx: ProbeContext, issuer: str) -> _Server:
     tried: list[str] = []
     for url in build_oauth_authorization_server_metadata_discovery_urls(issuer, ctx.endpoint):
-        reply = await _get(ctx, url)
+        reply = await _get(ctx, url, "The authorization server's metadata")
         if (trouble := _unavailable(reply, "The authorization server's metadata")) is not None:
             raise ProbeFailure(trouble)
         if reply.status != 200:
