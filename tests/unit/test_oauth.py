@@ -424,3 +424,37 @@ async def test_the_client_id_secret_and_key_are_read_as_every_key(world, pool) -
 
     verdict = await run(pool, spec(world.mcp, CC), Secrets({"mcp-client": {"clientId": "a"}}))
     assert verdict.reason is Reason.SECRET_KEY_NOT_FOUND
+
+
+# --- a connection without spec.oauth meets an OAuth challenge -----------------------------
+
+
+async def test_without_spec_oauth_the_challenge_says_which_form_would_work(world, pool) -> None:
+    before = len(world.authz.requests)
+    verdict = await run(pool, parse_spec({"provider": "mcp", "endpoint": world.mcp}))
+
+    assert verdict.reason is Reason.INVALID_API_KEY
+    assert f"Its authorization server {world.authz.issuer} grants client credentials" in (
+        verdict.message
+    )
+    assert "client_secret_basic, client_secret_post, private_key_jwt" in verdict.message
+    assert "set spec.oauth.clientCredentials" in verdict.message
+    assert "spec.oauth.privateKeyJWT" in verdict.message
+    assert "spec.oauth.serviceAccount" in verdict.message
+    assert "spec.oauth.scopes from mcp:tools" in verdict.message
+    assert len(world.authz.requests) == before  # metadata only: no token asked for
+
+
+async def test_an_authorization_server_without_client_credentials_is_said(pool) -> None:
+    interactive = AuthorizationServer(grants=["authorization_code"], auth_methods=["none"])
+    rs = ResourceServer(interactive)
+    with serve(interactive.app()) as authz_url, serve(rs) as url:
+        interactive.bind(authz_url)
+        rs.bind(url)
+        verdict = await run(pool, parse_spec({"provider": "mcp", "endpoint": url + "/mcp"}))
+
+    assert verdict.reason is Reason.INVALID_API_KEY
+    assert "grants no client credentials (grant_types_supported: authorization_code)" in (
+        verdict.message
+    )
+    assert "spec.oauth.clientCredentials" not in verdict.message

@@ -327,7 +327,8 @@ class Watch:
                 " The server uses OAuth"
                 + (f" (protected resource metadata at {where})" if where else "")
                 + (f" and asks for scope {found['scope']}" if found.get("scope") else "")
-                + ": put an access token for it in the Secret."
+                + ": put an access token for it in the Secret, or have the operator get one "
+                "(spec.oauth)."
             )
         if self.ctx.oauth is not None:
             wants = f" It asks for scope {found['scope']}." if found.get("scope") else ""

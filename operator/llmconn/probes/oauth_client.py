@@ -659,3 +659,79 @@ def _first_error(exc: ValidationError) -> str:
         return "invalid"
     where = ".".join(str(p) for p in errors[0]["loc"]) or "the document"
     return f"{where}: {errors[0]['msg']}"[:_SHOWN]
+
+
+# --- advice for a connection without spec.oauth -------------------------------------------
+
+ADVICE_BUDGET = 5.0  # seconds at most for the two metadata documents behind the advice
+
+
+async def advise(ctx: ProbeContext, outcome: ProbeOutcome) -> ProbeOutcome:
+    """A connection without spec.oauth refused with an OAuth challenge (HTTP 401 with
+    `resource_metadata`, in the outcome's details as `resourceMetadata`): the outcome, its
+    message saying which spec.oauth form would work, from the server's Protected Resource
+    Metadata and its authorization server's metadata (grant types, token endpoint client
+    authentication methods). Sends no credentials; on any trouble the outcome as it was."""
+    where = outcome.details.get("resourceMetadata")
+    if ctx.oauth is not None or not ctx.provider.oauth or outcome.http_status != 401:
+        return outcome
+    if where is None or not _http(where):
+        return outcome
+    elsewhere = ctx.found.elsewhere
+    try:
+        async with asyncio.timeout(min(ADVICE_BUDGET, ctx.timeout)):
+            said = await _advice(ctx, where)
+    except Exception:  # advice only: the verdict stands without it
+        said = None
+    finally:
+        ctx.found.elsewhere = elsewhere
+    if said is None:
+        return outcome
+    return dataclasses.replace(outcome, message=f"{outcome.message} {said}")
+
+
+async def _advice(ctx: ProbeContext, where: str) -> str | None:
+    reply = await _get(ctx, where, "The Protected Resource Metadata")
+    if reply.status != 200:
+        return None
+    try:
+        prm = ProtectedResourceMetadata.model_validate_json(reply.content)
+    except ValidationError:
+        return None
+    if not check_resource_allowed(resource_url_from_server_url(ctx.endpoint), str(prm.resource)):
+        return None
+    issuer = str(prm.authorization_servers[0])
+    try:
+        server = await _server_metadata(ctx, issuer)
+    except ProbeFailure:
+        return None
+    who = f"Its authorization server {_shown(issuer)}"
+    grants = server.grants
+    if grants is not None and GRANT not in grants:
+        return (
+            f"{who} grants no client credentials (grant_types_supported: {_listed(grants)}): "
+            "spec.oauth cannot get a token from it; put an access token in the Secret."
+        )
+    methods = server.auth_methods
+    offered = (
+        f" (token_endpoint_auth_methods_supported: {_listed(methods)})"
+        if methods is not None
+        else " (client_secret_basic, as it lists no methods)"
+    )
+    forms = []
+    if methods is None or {m.value for m in ClientAuthMethod} & set(methods):
+        forms.append("spec.oauth.clientCredentials (a client id and secret in a Secret)")
+    if methods is not None and "private_key_jwt" in methods:
+        forms.append(
+            "spec.oauth.privateKeyJWT (a client registered with a public key) or "
+            "spec.oauth.serviceAccount (a client that trusts the cluster's ServiceAccount "
+            "tokens)"
+        )
+    if not forms:
+        return f"{who} takes no client authentication spec.oauth has{offered}."
+    scopes = (
+        f", with spec.oauth.scopes from {_listed(prm.scopes_supported)}"
+        if (prm.scopes_supported)
+        else ""
+    )
+    return f"{who} grants client credentials{offered}: set {', or '.join(forms)}{scopes}."

@@ -420,7 +420,11 @@ async def _run(ctx: ProbeContext, deadline: float | None) -> tuple[ProbeOutcome,
                 outcome = await ctx.provider.probe(ctx)
     except Exception as exc:  # classified here, once, for every probe
         outcome = classify_exception(exc, ctx)
-    return outcome, round((time.perf_counter() - started) * 1000)
+    latency_ms = round((time.perf_counter() - started) * 1000)
+    if ctx.oauth is None and outcome.reason is Reason.INVALID_API_KEY:
+        # An OAuth challenge: which spec.oauth form would work (bounded on its own).
+        outcome = await oauth_client.advise(ctx, outcome)
+    return outcome, latency_ms
 
 
 def _phase_details(phase_ms: Mapping[Phase, float]) -> dict[str, str]:
