@@ -79,6 +79,9 @@ def world() -> Iterator[World]:
         rs.bind(stack.enter_context(serve(rs)))
         strict.bind(stack.enter_context(serve(strict)))
         authz.provider.clients[CLIENT] = Client(CLIENT, SCOPES, secret=FIRST)
+        authz.provider.clients["interactive"] = Client(
+            "interactive", SCOPES, secret=FIRST, may_use_client_credentials=False
+        )
         public = KEY.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -207,6 +210,13 @@ def _failures(world: World) -> list[tuple[str, dict[str, Any], str, str | None, 
             ["Secret wrong-client", "clientSecret", world.authz.issuer],
         ),
         (
+            "unauthorized",
+            oauth_spec(world.mcp, clientCredentials={"secretName": "interactive-client"}),
+            "InvalidAPIKey",
+            "unauthorized_client",
+            ["Secret interactive-client", "client interactive"],
+        ),
+        (
             "scope",
             oauth_spec(world.mcp, scopes=["mcp:tools", "admin:all"]),
             "PermissionDenied",
@@ -237,7 +247,15 @@ def _failures(world: World) -> list[tuple[str, dict[str, Any], str, str | None, 
     ]
 
 
-FAILURES = ["discovery", "client", "scope", "fresh-token-refused", "scope-challenge", "resource"]
+FAILURES = [
+    "discovery",
+    "client",
+    "unauthorized",
+    "scope",
+    "fresh-token-refused",
+    "scope-challenge",
+    "resource",
+]
 
 
 @pytest.mark.parametrize("case", FAILURES)
@@ -251,6 +269,7 @@ def test_each_failure_is_named(
         cluster,
         client_secret(ns, ROTATED),
         client_secret(ns, WRONG, "wrong-client"),
+        secret(ns, "interactive-client", {"clientId": "interactive", "clientSecret": FIRST}),
         manifest(ns, f"fails-{name}", spec),
     )
     status = verdict(api, ns, f"fails-{name}", reason)

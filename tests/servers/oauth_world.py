@@ -65,6 +65,7 @@ class Client:
     public_key: str | None = None  # for private_key_jwt with a key
     issuer: TrustedIssuer | None = None  # for private_key_jwt with a ServiceAccount token
     subject: str | None = None  # the ServiceAccount token's sub it must carry
+    may_use_client_credentials: bool = True  # else unauthorized_client (RFC 6749 5.2)
 
 
 @dataclass
@@ -138,6 +139,8 @@ class AuthorizationServer:
             client = await self._authenticate(request, form)
         except AuthenticationError as exc:
             return _error(401, "invalid_client", exc.message)
+        if not client.may_use_client_credentials:
+            return _error(400, "unauthorized_client", "client credentials grant not allowed")
         asked = set(form.get("scope", "").split())
         if not asked <= client.scopes:
             refused = " ".join(sorted(asked - client.scopes))
