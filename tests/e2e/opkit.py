@@ -176,19 +176,28 @@ def secret(namespace: str, name: str, data: dict[str, str]) -> str:
 
 
 def secret_parts(key: str) -> list[str]:
-    """Every 12-character piece of a test key's random part (after its last "-"): redaction
+    """Every 12-character piece of a test key's random part (after its last "-", or the whole
+    value when that is shorter: a token, a JWT's signature, a line of a PEM key): redaction
     removes any run of 12 or more characters of a secret, so none may appear anywhere."""
-    tail = key.rsplit("-", 1)[1]
+    tail = key.rsplit("-", 1)[-1]
+    if len(tail) < 12:
+        tail = key
     return [tail[i : i + 12] for i in range(len(tail) - 11)]
 
 
 def leaked(keys: Sequence[str], text: str) -> list[str]:
-    """The keys of which `text` holds the whole or a piece (named by their prefix only)."""
+    """The keys of which `text` holds the whole or a piece (named by their prefix, or their
+    first four characters, only)."""
     return [
-        key.rsplit("-", 1)[0] + "-..."
+        _named(key)
         for key in keys
         if key in text or any(part in text for part in secret_parts(key))
     ]
+
+
+def _named(key: str) -> str:
+    head = key.rsplit("-", 1)[0] if "-" in key else ""
+    return (head if 0 < len(head) <= 16 and head != key else key[:4]) + "-..."
 
 
 def pid_alive(pid: int) -> bool:

@@ -177,6 +177,14 @@ def test_every_sample_applies_and_its_secret_refs_resolve(
                 {"name": aws["name"], "key": aws["accessKeyIdKey"]},
                 {"name": aws["name"], "key": aws["secretAccessKeyKey"]},
             ]
+        oauth = spec.get("oauth", {})
+        if (cc := oauth.get("clientCredentials")) is not None:
+            refs += [
+                {"name": cc["secretName"], "key": cc["clientIdKey"]},
+                {"name": cc["secretName"], "key": cc["clientSecretKey"]},
+            ]
+        if (pk := oauth.get("privateKeyJWT")) is not None:
+            refs.append({"name": pk["secretName"], "key": pk["privateKeyKey"]})
         for ref in refs:
             assert ref["name"] in secrets, (item["metadata"]["name"], ref)
             assert ref.get("key", "apiKey") in secrets[ref["name"]]["data"], ref
@@ -194,6 +202,45 @@ IDENTITY_INVALID = identity_cases.INVALID
 
 OPENAI = {"provider": "openai"}
 AZURE_URL = "https://demo.openai.azure.com"
+
+MCP = {"provider": "mcp", "endpoint": "https://mcp.demo.example/mcp"}
+CLIENT = {"clientCredentials": {"secretName": "mcp-oauth-client"}}
+# spec.oauth: the same rules refuse the spec model (tests/unit/test_oauth.py).
+OAUTH_INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
+    ("oauth-no-form", {**MCP, "oauth": {"scopes": ["a"]}}, ["spec.oauth", "exactly one of"]),
+    (
+        "oauth-two-forms",
+        {
+            **MCP,
+            "oauth": {
+                **CLIENT,
+                "serviceAccount": {"serviceAccountName": "agent"},
+            },
+        },
+        ["spec.oauth", "exactly one of"],
+    ),
+    ("oauth-openai", {**OPENAI, "oauth": CLIENT}, ["spec.oauth", "only allowed with provider"]),
+    (
+        "oauth-and-key",
+        {**MCP, "oauth": CLIENT, "apiKeySecretRef": {"name": "k"}},
+        ["spec.oauth", "mutually exclusive"],
+    ),
+    (
+        "oauth-secret-name",
+        {**MCP, "oauth": {"clientCredentials": {"secretName": "ns/other"}}},
+        ["spec.oauth.clientCredentials.secretName", "should match"],
+    ),
+    (
+        "oauth-scope-with-space",
+        {**MCP, "oauth": {**CLIENT, "scopes": ["a b"]}},
+        ["spec.oauth.scopes[0]", "should match"],
+    ),
+    (
+        "oauth-token-url",
+        {**MCP, "oauth": {**CLIENT, "tokenURL": "ftp://auth.example/token"}},
+        ["spec.oauth.tokenURL", "http or https"],
+    ),
+]
 
 INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
     ("no-spec", None, ["spec: Required value"]),
@@ -404,6 +451,7 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         ["spec.headers", "credentials"],
     ),
     *[(name, spec, expected) for name, spec, expected in IDENTITY_INVALID],
+    *OAUTH_INVALID,
 ]
 
 

@@ -22,6 +22,8 @@ from urllib.parse import quote
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from opkit import Api, ControlledProvider, OperatorProcess, condition, manifest, secret, wait_for
 
 from controlplane.cluster import ControlPlane
@@ -261,8 +263,30 @@ def test_the_debug_log_names_no_credential_in_any_form(
             headers={"x-request-id": said[:200], "www-authenticate": f'Bearer error="{said}"'},
         )
 
-    canaries = {f"k{i}": f"canary{i}-" + pysecrets.token_urlsafe(24) for i in range(13)}
-    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "DELETE"])])
+    forms_sent: list[dict[str, str]] = []
+
+    async def token_echo(request: Any) -> Any:
+        # The worst authorization server: the client's credentials back in its error.
+        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+        forms_sent.append(form)
+        said = json.dumps({"authorization": request.headers.get("authorization"), **form})
+        return JSONResponse(
+            {"error": "invalid_client", "error_description": said},
+            status_code=401,
+            headers={"www-authenticate": f'Basic realm="{said[:200]}"'},
+        )
+
+    canaries = {f"k{i}": f"canary{i}-" + pysecrets.token_urlsafe(24) for i in range(15)}
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    app = Starlette(
+        routes=[
+            Route("/token", token_echo, methods=["POST"]),
+            Route("/{path:path}", echo, methods=["GET", "POST", "DELETE"]),
+        ]
+    )
     with serve(app) as url:
         ref = {"name": "creds"}
         specs = {
@@ -303,8 +327,35 @@ def test_the_debug_log_names_no_credential_in_any_form(
                 "apiKeySecretRef": {**ref, "key": "k11"},
             },
             "xai": {"provider": "xai", "apiKeySecretRef": {**ref, "key": "k12"}},
+            # spec.oauth: the client secret as HTTP Basic and in the form, and a client
+            # assertion signed with a private key, all to a token endpoint that echoes them.
+            "oauth-basic": {
+                "provider": "mcp",
+                "oauth": {
+                    "clientCredentials": {"secretName": "creds", "clientSecretKey": "k13"},
+                    "tokenURL": url + "/token",
+                },
+            },
+            "oauth-post": {
+                "provider": "openai-compatible",
+                "oauth": {
+                    "clientCredentials": {
+                        "secretName": "creds",
+                        "clientSecretKey": "k14",
+                        "authMethod": "client_secret_post",
+                    },
+                    "tokenURL": url + "/token",
+                },
+            },
+            "oauth-key": {
+                "provider": "mcp",
+                "oauth": {
+                    "privateKeyJWT": {"clientId": "probe", "secretName": "creds"},
+                    "tokenURL": url + "/token",
+                },
+            },
         }
-        docs = [secret(namespace, "creds", canaries)]
+        docs = [secret(namespace, "creds", {**canaries, "clientId": "probe", "privateKey": pem})]
         for name, spec in specs.items():
             endpoint = url + ("/mcp" if spec["provider"] == "mcp" else "/v1")
             docs.append(manifest(namespace, name, {"endpoint": endpoint, **spec}))
@@ -320,6 +371,14 @@ def test_the_debug_log_names_no_credential_in_any_form(
             op.stop()
     log = op.log()
     assert "DEBUG" in log  # the debug level was on
+    assertions = [f["client_assertion"] for f in forms_sent if "client_assertion" in f]
+    assert assertions and any("client_secret" in f for f in forms_sent)  # every form was sent
+    pem_lines = [line for line in pem.splitlines() if not line.startswith("-----")]
+    signatures = [a.rsplit(".", 1)[1] for a in assertions]
+    basic = base64.b64encode(f"probe:{canaries['k13']}".encode()).decode()
+    for value in [*pem_lines, *signatures, basic]:
+        for piece in (value[len(value) // 2 - 8 :][:16], value[-16:]):
+            assert piece not in log and piece not in statuses + events, "a key, assertion or Basic"
     for value in [*canaries.values(), cluster.token]:
         for form in forms(value):
             assert form not in log, f"a form of a credential is in the operator's log: {form[:6]}…"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from llmconn.model import logs
-from llmconn.model.credentials import AwsCredentials
+from llmconn.model.credentials import AwsCredentials, OAuthClientSecrets
 
 KEY = "sk-canary-4f1c9a7e2b8d6053aa"
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.operator-token-canary.c2lnbmF0dXJl"
@@ -117,3 +117,36 @@ def test_botocore_never_logs_its_canonical_request(captured: io.StringIO) -> Non
     # botocore.auth logs the canonical request, security token included, at debug level.
     logging.getLogger("botocore.auth").debug("CanonicalRequest:\nx-amz-security-token:%s", "t")
     assert captured.getvalue() == ""
+
+
+OAUTH = OAuthClientSecrets(
+    client_id="llmconn-probe",
+    client_secret="cs-canary-9d2e4b7a1f3c5e8d",
+    private_key=(
+        "-----BEGIN PRIVATE KEY-----\n"
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCanaryKeyLine1\n"
+        "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789canaryKeyLine2+/AbCdEfGhIjKl\n"
+        "-----END PRIVATE KEY-----\n"
+    ),
+)
+
+
+def test_spec_oauth_secrets_in_use_are_redacted_in_every_form(captured: io.StringIO) -> None:
+    """The client secret (alone, in a form body, as HTTP Basic with the client id), the
+    private key whole, joined and line by line; the client id is no secret."""
+    log = logging.getLogger("llmconn.test")
+    assert OAUTH.client_secret is not None and OAUTH.private_key is not None
+    basic = base64.b64encode(f"{OAUTH.client_id}:{OAUTH.client_secret}".encode()).decode()
+    with logs.in_use([*OAUTH.secrets(), basic]):
+        log.warning("form grant_type=client_credentials&client_secret=%s", OAUTH.client_secret)
+        log.warning("Authorization: Basic %s", basic)
+        log.warning("key %s", OAUTH.private_key)
+        for line in OAUTH.private_key.splitlines()[1:3]:
+            log.warning("a line %s", line)
+        log.warning("client %s", OAUTH.client_id)
+    out = captured.getvalue()
+    assert out.count(logs.MARKER) >= 5
+    assert "cs-canary-9d2e" not in out and "4b7a1f3c5e8d" not in out
+    assert "canaryKeyLine" not in out and basic[:16] not in out
+    assert "client llmconn-probe" in out
+    assert "cs-canary" not in repr(OAUTH) and "canaryKeyLine" not in repr(OAUTH)

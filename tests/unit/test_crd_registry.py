@@ -92,3 +92,15 @@ def test_the_identity_rules_are_the_registrys() -> None:
             expected.add(f"{base} || self.provider in [{listed}]")
     about = {r for r in spec_rules() if any(f"has(self.identity.{c})" in r for c in CLOUDS)}
     assert about == expected
+
+
+def test_the_oauth_rule_names_the_providers_that_take_a_token() -> None:
+    """spec.oauth is admitted for the providers that declare `oauth`, and no other."""
+    taking = [name for name in registry.names() if registry.get(name).oauth]
+    assert taking, "no provider takes an OAuth access token"
+    listed = ", ".join(f"'{name}'" for name in taking)
+    allowed = (
+        f"self.provider in [{listed}]" if len(taking) > 1 else f"self.provider == '{taking[0]}'"
+    )
+    rules = [r for r in spec_rules() if r.startswith("!has(self.oauth) || self.provider")]
+    assert rules == [f"!has(self.oauth) || {allowed}"]

@@ -1,12 +1,14 @@
-"""The provider-specific blocks of the spec (azure, mcp, bedrock, vertexAI) and spec.identity
-(a ServiceAccount's token exchanged at a cloud). A provider accepts only the blocks and clouds
-it declares (`BLOCKS`, `CLOUDS`; the check is in spec.py)."""
+"""The provider-specific blocks of the spec (azure, mcp, bedrock, vertexAI), spec.identity
+(a ServiceAccount's token exchanged at a cloud) and spec.oauth (an OAuth 2.1 client of the
+server's authorization server). A provider accepts only the blocks and clouds it declares
+(`BLOCKS`, `CLOUDS`), and spec.oauth only if it declares `oauth` (the checks are in spec.py)."""
 
 from __future__ import annotations
 
 import re
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -232,3 +234,127 @@ class IdentitySpec(_Strict):
     def cloud(self) -> str:
         """The block given: aws, azure or gcp."""
         return next(name for name in CLOUDS if getattr(self, name) is not None)
+
+
+# --- spec.oauth: an access token from the server's authorization server ------------------
+
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_PATTERN = r"^[\x21\x23-\x5b\x5d-\x7e]+$"
+# A client id as OAuth servers issue them: printable ASCII without spaces (RFC 6749 A.1 allows
+# any VSCHAR; spaces and controls would not survive a form or a JWT claim unchanged).
+CLIENT_ID_PATTERN = r"^[\x21-\x7e]+$"
+
+
+def _oauth_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or "#" in value:
+        raise ValueError(f"{value[:200]!r} is not an absolute http or https URL without a fragment")
+    return value
+
+
+OAuthURL = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_oauth_url)]
+Scope = Annotated[str, StringConstraints(max_length=256), _pattern(SCOPE_PATTERN, "an OAuth scope")]
+ClientId = Annotated[
+    str, StringConstraints(max_length=256), _pattern(CLIENT_ID_PATTERN, "an OAuth client id")
+]
+
+
+class ClientAuthMethod(StrEnum):
+    """How a client secret goes to the token endpoint (RFC 6749 section 2.3.1)."""
+
+    BASIC = "client_secret_basic"
+    POST = "client_secret_post"
+
+
+class SigningAlgorithm(StrEnum):
+    """JWS algorithms for a private_key_jwt client assertion (RFC 7518)."""
+
+    RS256 = "RS256"
+    PS256 = "PS256"
+    ES256 = "ES256"
+
+
+class OAuthClientCredentials(_Strict):
+    """client_id and client_secret from one Secret of the connection's namespace."""
+
+    secret_name: SecretName = Field(alias="secretName")
+    client_id_key: SecretKey = Field(default="clientId", alias="clientIdKey")
+    client_secret_key: SecretKey = Field(default="clientSecret", alias="clientSecretKey")
+    # None: client_secret_basic when the server's metadata allows it, else client_secret_post.
+    auth_method: ClientAuthMethod | None = Field(default=None, alias="authMethod")
+
+    @property
+    def refs(self) -> list[SecretKeyRef]:
+        return [
+            SecretKeyRef(name=self.secret_name, key=self.client_id_key),
+            SecretKeyRef(name=self.secret_name, key=self.client_secret_key),
+        ]
+
+
+class OAuthPrivateKeyJWT(_Strict):
+    """A client assertion (RFC 7523 section 2.2) signed with a private key from a Secret."""
+
+    client_id: ClientId = Field(alias="clientId")
+    secret_name: SecretName = Field(alias="secretName")
+    private_key_key: SecretKey = Field(default="privateKey", alias="privateKeyKey")
+    key_id: Annotated[str, StringConstraints(max_length=256)] | None = Field(
+        default=None, alias="keyId"
+    )
+    algorithm: SigningAlgorithm = SigningAlgorithm.RS256
+
+    @property
+    def refs(self) -> list[SecretKeyRef]:
+        return [SecretKeyRef(name=self.secret_name, key=self.private_key_key)]
+
+
+class OAuthServiceAccount(_Strict):
+    """The ServiceAccount's own token (TokenRequest) as the client assertion, for an
+    authorization server that federates with the cluster's issuer."""
+
+    service_account_name: Annotated[
+        str, StringConstraints(max_length=253), AfterValidator(_service_account_name)
+    ] = Field(alias="serviceAccountName")
+    client_id: ClientId | None = Field(default=None, alias="clientId")
+    # The minted token's audience; default the authorization server's issuer.
+    audience: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+
+
+# The three forms, by their name in a manifest.
+OAUTH_FORMS = ("clientCredentials", "privateKeyJWT", "serviceAccount")
+
+
+class OAuthSpec(_Strict):
+    client_credentials: OAuthClientCredentials | None = Field(
+        default=None, alias="clientCredentials"
+    )
+    private_key_jwt: OAuthPrivateKeyJWT | None = Field(default=None, alias="privateKeyJWT")
+    service_account: OAuthServiceAccount | None = Field(default=None, alias="serviceAccount")
+    scopes: list[Scope] = Field(default_factory=list, max_length=32)
+    resource: OAuthURL | None = None  # RFC 8707; default the server's URL
+    token_url: OAuthURL | None = Field(default=None, alias="tokenURL")
+    issuer: OAuthURL | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> OAuthSpec:
+        given = [self.client_credentials, self.private_key_jwt, self.service_account]
+        if sum(form is not None for form in given) != 1:
+            raise ValueError(
+                "oauth needs exactly one of clientCredentials, privateKeyJWT or serviceAccount"
+            )
+        return self
+
+    @property
+    def form(self) -> str:
+        """The form given, by its manifest name."""
+        if self.client_credentials is not None:
+            return "clientCredentials"
+        return "privateKeyJWT" if self.private_key_jwt is not None else "serviceAccount"
+
+    @property
+    def refs(self) -> list[SecretKeyRef]:
+        """The Secret keys the form reads (none for serviceAccount)."""
+        if self.client_credentials is not None:
+            return self.client_credentials.refs
+        if self.private_key_jwt is not None:
+            return self.private_key_jwt.refs
+        return []

@@ -45,6 +45,29 @@ class BearerToken:
 
 
 @dataclass(frozen=True, repr=False)
+class OAuthClientSecrets:
+    """What spec.oauth reads from its Secret: a client id and secret (clientCredentials), or
+    a private key in PEM (privateKeyJWT). The client id is no secret: messages name it."""
+
+    client_id: str | None = None
+    client_secret: str | None = None
+    private_key: str | None = None
+
+    def __repr__(self) -> str:
+        return f"OAuthClientSecrets(client_id={self.client_id!r})"
+
+    def secrets(self) -> tuple[str, ...]:
+        """The client secret; the private key whole and its base64 lines (as for a
+        service-account key: a text may hold one line of it)."""
+        found = [self.client_secret] if self.client_secret else []
+        if self.private_key:
+            lines = [line.strip() for line in self.private_key.splitlines()]
+            lines = [line for line in lines if len(line) >= 16 and not line.startswith("-----")]
+            found += [self.private_key, "".join(lines), *lines]
+        return tuple(v for v in found if v)
+
+
+@dataclass(frozen=True, repr=False)
 class ServiceAccountKey:
     """A Google Cloud service-account key file (JSON, `"type": "service_account"`): the
     fields that sign a JWT and say where to exchange it for an access token."""

@@ -32,6 +32,7 @@ from llmconn.model.blocks import (
     BedrockSpec,
     IdentitySpec,
     McpSpec,
+    OAuthSpec,
     VertexAISpec,
 )
 from llmconn.model.fields import (
@@ -86,6 +87,11 @@ class ProviderRules(Protocol):
     @property
     def identities(self) -> frozenset[str]:
         """The identity clouds (CLOUDS) whose credentials it takes."""
+        ...
+
+    @property
+    def oauth(self) -> bool:
+        """Whether it takes an OAuth access token (spec.oauth) as its bearer token."""
         ...
 
 
@@ -144,6 +150,7 @@ class LLMConnectionSpec(_Strict):
         default=None, alias="awsCredentialsSecretRef"
     )
     identity: IdentitySpec | None = None
+    oauth: OAuthSpec | None = None
     headers: dict[str, str] = Field(default_factory=dict, max_length=32)
     headers_from_secret: list[SecretHeader] = Field(
         default_factory=list, alias="headersFromSecret", max_length=16
@@ -225,7 +232,26 @@ class LLMConnectionSpec(_Strict):
             )
         if self.identity is not None:
             self._identity_rules(providers, seen)
+        if self.oauth is not None:
+            self._oauth_rules(providers, seen)
         return self
+
+    def _oauth_rules(self, providers: Mapping[str, ProviderRules], headers: set[str]) -> None:
+        if not providers[self.provider].oauth:
+            allowed = " or ".join(sorted(n for n, r in providers.items() if r.oauth))
+            raise ValueError(f"oauth is only allowed with provider {allowed}")
+        for other, given in (
+            ("apiKeySecretRef", self.api_key_secret_ref),
+            ("awsCredentialsSecretRef", self.aws_credentials_secret_ref),
+            ("identity", self.identity),
+        ):
+            if given is not None:
+                raise ValueError(f"oauth and {other} are mutually exclusive: use one")
+        if "authorization" in headers:
+            raise ValueError(
+                "headersFromSecret sets 'authorization', which the OAuth access token fills: "
+                "use one of the two"
+            )
 
     def _identity_rules(self, providers: Mapping[str, ProviderRules], headers: set[str]) -> None:
         assert self.identity is not None
@@ -266,6 +292,8 @@ class LLMConnectionSpec(_Strict):
         refs = [self.api_key_secret_ref] if self.api_key_secret_ref else []
         if self.aws_credentials_secret_ref:
             refs += self.aws_credentials_secret_ref.refs
+        if self.oauth is not None:
+            refs += self.oauth.refs
         refs += [h.secret_key_ref for h in self.headers_from_secret]
         if self.tls.ca_bundle_secret_ref:
             refs.append(self.tls.ca_bundle_secret_ref)

@@ -2,9 +2,10 @@
 an OAuth 2.0 token endpoint's answer (RFC 6749 sections 5.1 and 5.2), and Google's API error
 object (google.rpc.Status as JSON: `{"error": {"code", "message", "status", "details"}}`).
 
-The callers: the workload identity exchanges (`llmconn.net.clouds`: AWS STS's Query API, Entra ID,
-Google STS, IAM Credentials) and the probes' own Google credentials (`probes.google_oauth`
-for a service-account key; `probes.gemini` and `probes.vertex_ai` read Google's errors).
+The callers: spec.oauth's token requests (`probes.oauth_client`), the workload identity
+exchanges (`llmconn.net.clouds`: AWS STS's Query API, Entra ID, Google STS, IAM Credentials)
+and the probes' own Google credentials (`probes.google_oauth` for a service-account key;
+`probes.gemini` and `probes.vertex_ai` read Google's errors).
 Each decides what an answer means for its user; what the answer says is read here.
 """
 
@@ -29,10 +30,12 @@ async def post_form(
     fields: Mapping[str, str],
     *,
     accept: str = "application/json",
+    headers: Mapping[str, str] | None = None,
 ) -> Reply:
     """A token request: `fields` form-encoded in a POST (RFC 6749 section 4.1.3 and on; AWS's
     Query API takes its parameters so too). No header of the spec goes with it: it is meant
-    for the provider, and a token service is somewhere else."""
+    for the provider, and a token service is somewhere else. `headers` are the client's own
+    (HTTP Basic client authentication, RFC 6749 section 2.3.1)."""
     return await transport.fetch(
         "POST",
         url,
@@ -40,6 +43,7 @@ async def post_form(
             "User-Agent": USER_AGENT,
             "Accept": accept,
             "Content-Type": "application/x-www-form-urlencoded",
+            **(headers or {}),
         },
         content=urlencode(fields).encode(),
     )

@@ -35,9 +35,10 @@ from llmconn.model.blocks import (
     BedrockSpec,
     IdentitySpec,
     McpSpec,
+    OAuthSpec,
     VertexAISpec,
 )
-from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.credentials import AwsCredentials, BearerToken, OAuthClientSecrets
 from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason
 from llmconn.model.spec import LLMConnectionSpec, ValidationType
@@ -91,6 +92,8 @@ class ProviderInfo:
     key_secrets: Callable[[str], Sequence[str]] | None = None
     # The clouds (spec.identity blocks) whose exchanged credentials it takes instead of a key.
     identities: frozenset[str] = frozenset()
+    # Whether it takes an OAuth access token (spec.oauth) as `Authorization: Bearer`.
+    oauth: bool = False
 
     @property
     def auth_header(self) -> str:
@@ -128,6 +131,7 @@ class Registry:
         endpoint_for: EndpointFor | None = None,
         key_secrets: Callable[[str], Sequence[str]] | None = None,
         identities: Iterable[str] = (),
+        oauth: bool = False,
     ) -> Callable[[ProbeFn], ProbeFn]:
         """Register the decorated probe under `name`, with what the provider needs: spec
         blocks it `accepts`, and those it `requires` (which it accepts too); the clouds of
@@ -149,6 +153,7 @@ class Registry:
                     endpoint_for=endpoint_for,
                     key_secrets=key_secrets,
                     identities=frozenset(identities),
+                    oauth=oauth,
                 )
             )
             return fn
@@ -160,6 +165,8 @@ class Registry:
             raise ValueError(f"provider {info.name!r} registered twice")
         if not info.blocks <= BLOCKS.keys() or not info.required_blocks <= info.blocks:
             raise ValueError(f"provider {info.name!r}: blocks must be spec blocks it accepts")
+        if info.oauth and info.auth is not Auth.BEARER:
+            raise ValueError(f"provider {info.name!r}: an OAuth token goes in Authorization")
         if not info.identities <= CLOUDS.keys():
             raise ValueError(f"provider {info.name!r}: identities must be spec.identity clouds")
         self._providers[info.name] = info
@@ -251,6 +258,12 @@ class ProbeContext:
     bearer_token: BearerToken | None = None
     # The workload identity the credentials above were exchanged for (spec.identity).
     identity: IdentitySpec | None = None
+    # spec.oauth, what its Secret holds, and (serviceAccount) a ServiceAccount token minted
+    # for an audience: raises ProbeFailure when there is none. The access token, once
+    # granted, is `bearer_token` (`llmconn.probes.oauth_client`).
+    oauth: OAuthSpec | None = None
+    oauth_secrets: OAuthClientSecrets | None = None
+    mint: Callable[[str], Awaitable[str]] | None = None
     found: Findings = field(default_factory=Findings)
 
     @property
@@ -325,6 +338,13 @@ class ProbeContext:
     @property
     def key_hint(self) -> str:
         """Where the user fixes a rejected key: 'key apiKey of Secret x'."""
+        if self.oauth is not None:
+            issuer = self.found.details.get("oauthIssuer") or "its authorization server"
+            return (
+                f"the access token was fresh from {issuer}: check that the server takes that "
+                "issuer's tokens for this resource (spec.oauth.resource) and scopes "
+                "(spec.oauth.scopes)"
+            )
         if self.identity is not None or self.bearer_token is not None:
             return "check the connection's identity and its token exchange"
         if (aws := self.aws_credentials_ref) is not None:

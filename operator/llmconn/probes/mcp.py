@@ -53,6 +53,7 @@ _SHOWN = re.compile(r"[^\x20-\x7e]")
     title="Model Context Protocol server",
     inference=False,
     accepts=("mcp",),
+    oauth=True,
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     transport = ctx.mcp.transport if ctx.mcp is not None else McpTransport.STREAMABLE_HTTP

@@ -327,9 +327,16 @@ class Watch:
                 " The server uses OAuth"
                 + (f" (protected resource metadata at {where})" if where else "")
                 + (f" and asks for scope {found['scope']}" if found.get("scope") else "")
-                + ": put an access token for it in the Secret."
+                + ": put an access token for it in the Secret, or have the operator get one "
+                "(spec.oauth)."
             )
-        if self.ctx.api_key:
+        if self.ctx.oauth is not None:
+            wants = f" It asks for scope {found['scope']}." if found.get("scope") else ""
+            message = (
+                f"The MCP server refused the access token ({said}) during {step}; "
+                f"{self.ctx.key_hint}.{wants}"
+            )
+        elif self.ctx.api_key or self.ctx.bearer_token is not None:
             message = (
                 f"The MCP server rejected the bearer token ({said}) during {step}; "
                 f"{self.ctx.key_hint}.{oauth}"

@@ -15,6 +15,7 @@ FLAVOUR = Flavour()
     "openai-compatible",
     default_endpoint=None,
     title="OpenAI-compatible server (vLLM, LM Studio, LiteLLM, Ollama /v1, gateways)",
+    oauth=True,
 )
 async def probe(ctx: ProbeContext) -> ProbeOutcome:
     return await check(ctx, FLAVOUR)

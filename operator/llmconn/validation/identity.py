@@ -20,6 +20,7 @@ import binascii
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from llmconn.model.spec import ValidationType
 from llmconn.model.verdict import CloudEndpoints, TokenRefused, TokenSource
 from llmconn.net import clouds
 from llmconn.net.clouds import ExchangeRefused, Failure, Step
-from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome, ProviderInfo
+from llmconn.probes.base import Findings, ProbeContext, ProbeFailure, ProbeOutcome, ProviderInfo
 from llmconn.validation.classify import classify_exception
 
 Credentials = AwsCredentials | BearerToken
@@ -52,15 +53,28 @@ class Minted:
 
 async def mint(identity: IdentitySpec, tokens: TokenSource | None) -> Minted | ProbeOutcome:
     """The ServiceAccount's token for the identity's cloud, or why there is none."""
-    name = identity.service_account_name
+    return await mint_for(
+        identity.service_account_name,
+        clouds.audience(identity),
+        tokens,
+        "spec.identity",
+        "exchanges it at the cloud",
+    )
+
+
+async def mint_for(
+    name: str, audience: str, tokens: TokenSource | None, field: str, then: str
+) -> Minted | ProbeOutcome:
+    """A token of ServiceAccount `name` for `audience` (TokenRequest), or why there is none;
+    `field` names the spec field, `then` what the operator does with the token."""
     if tokens is None:
         return ProbeOutcome(
             Reason.INVALID_CONFIGURATION,
-            "spec.identity needs a cluster: the operator mints a token for ServiceAccount "
-            f"{name} there (TokenRequest) and exchanges it at the cloud.",
+            f"{field} needs a cluster: the operator mints a token for ServiceAccount "
+            f"{name} there (TokenRequest) and {then}.",
         )
     try:
-        token = await tokens.token(name, clouds.audience(identity))
+        token = await tokens.token(name, audience)
     except TokenRefused as exc:
         return ProbeOutcome(
             Reason.IDENTITY_EXCHANGE_FAILED,
@@ -73,11 +87,30 @@ async def mint(identity: IdentitySpec, tokens: TokenSource | None) -> Minted | P
     if token is None:
         return ProbeOutcome(
             Reason.SERVICE_ACCOUNT_NOT_FOUND,
-            f"ServiceAccount {name} (spec.identity.serviceAccountName) does not exist in the "
+            f"ServiceAccount {name} ({field}.serviceAccountName) does not exist in the "
             "connection's namespace.",
         )
     claims = _claims(token)
     return Minted(token, str(claims.get("iss") or "?"), str(claims.get("sub") or "?"))
+
+
+def oauth_minter(name: str, tokens: TokenSource | None) -> Callable[[str], Awaitable[str]]:
+    """spec.oauth.serviceAccount's minter: a token for the authorization server's audience,
+    asked for once discovery knows it; raises ProbeFailure when there is none."""
+
+    async def minted(audience: str) -> str:
+        got = await mint_for(
+            name,
+            audience,
+            tokens,
+            "spec.oauth.serviceAccount",
+            "sends it to the authorization server as the client assertion",
+        )
+        if isinstance(got, ProbeOutcome):
+            raise ProbeFailure(got)
+        return got.token
+
+    return minted
 
 
 async def exchange(

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from llmconn.model import logs
-from llmconn.model.credentials import AwsCredentials, BearerToken
+from llmconn.model.credentials import AwsCredentials, BearerToken, OAuthClientSecrets
 from llmconn.model.fields import SecretKeyRef
 from llmconn.model.reasons import Reason
 from llmconn.model.redact import Redactor
@@ -50,7 +50,7 @@ from llmconn.model.verdict import (
 )
 from llmconn.net.guard import Phase
 from llmconn.net.pool import ClientPool, InvalidCABundle, TLSOptions
-from llmconn.probes import registry
+from llmconn.probes import oauth_client, registry
 from llmconn.probes.base import Findings, ProbeContext, ProbeOutcome
 from llmconn.validation import identity
 from llmconn.validation.classify import classify_exception
@@ -180,6 +180,15 @@ async def validate(
                     vertex_ai=spec.vertex_ai,
                     bearer_token=creds if isinstance(creds, BearerToken) else None,
                     identity=spec.identity,
+                    oauth=spec.oauth,
+                    oauth_secrets=used.oauth_secrets,
+                    mint=(
+                        identity.oauth_minter(
+                            spec.oauth.service_account.service_account_name, tokens
+                        )
+                        if spec.oauth is not None and spec.oauth.service_account is not None
+                        else None
+                    ),
                     found=Findings(details=dict(found.details)),
                 )
                 outcome, latency_ms = await _run(ctx, deadline)
@@ -249,6 +258,11 @@ class _UsedSecrets:
     ca_bundle: bytes | None = None
     aws: dict[str, str] = field(default_factory=dict)  # the AwsCredentials field -> value
     key_secrets: tuple[str, ...] | None = None  # the secret parts of a credentials file
+    oauth: dict[str, str] = field(default_factory=dict)  # OAuthClientSecrets field -> value
+
+    @property
+    def oauth_secrets(self) -> OAuthClientSecrets | None:
+        return OAuthClientSecrets(**self.oauth) if self.oauth else None
 
     @property
     def aws_credentials(self) -> AwsCredentials | None:
@@ -260,7 +274,8 @@ class _UsedSecrets:
         every part of AWS credentials is (the access key id included); of a credentials file
         only its secret parts are."""
         key = self.key_secrets if self.key_secrets is not None else (self.api_key,)
-        return [v for v in (*key, *self.headers.values(), *self.aws.values()) if v]
+        oauth = self.oauth_secrets.secrets() if self.oauth_secrets is not None else ()
+        return [v for v in (*key, *self.headers.values(), *self.aws.values(), *oauth) if v]
 
 
 @dataclass(frozen=True)
@@ -270,6 +285,7 @@ class _Ref:
     header: str | None = None  # the request header it fills, for headersFromSecret
     ca_bundle: bool = False
     aws: str | None = None  # the AwsCredentials field it fills, for awsCredentialsSecretRef
+    oauth: str | None = None  # the OAuthClientSecrets field it fills, for spec.oauth
 
 
 def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
@@ -280,6 +296,13 @@ def _refs(spec: LLMConnectionSpec) -> Iterator[_Ref]:
         fields = ("access_key_id", "secret_access_key", "session_token")
         for ref, name in zip(aws.refs, fields, strict=False):
             yield _Ref("spec.awsCredentialsSecretRef", ref, aws=name)
+    if spec.oauth is not None and (cc := spec.oauth.client_credentials) is not None:
+        where = "spec.oauth.clientCredentials"
+        id_ref, secret_ref = cc.refs
+        yield _Ref(where, id_ref, oauth="client_id")
+        yield _Ref(where, secret_ref, oauth="client_secret")
+    if spec.oauth is not None and (pk := spec.oauth.private_key_jwt) is not None:
+        yield _Ref("spec.oauth.privateKeyJWT", pk.refs[0], oauth="private_key")
     for i, header in enumerate(spec.headers_from_secret):
         yield _Ref(f"spec.headersFromSecret[{i}]", header.secret_key_ref, header=header.name)
     if spec.tls.ca_bundle_secret_ref:
@@ -334,7 +357,8 @@ async def _read_secrets(
                 " bytes at most.",
             )
             return used
-        key_file = key_secrets is not None and use.header is None and use.aws is None
+        plain = use.header is None and use.aws is None and use.oauth is None
+        key_file = (key_secrets is not None and plain) or use.oauth == "private_key"
         text = _file_text(value) if key_file else _header_text(value)
         if text is None:
             cannot = (
@@ -348,7 +372,9 @@ async def _read_secrets(
                 f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) {cannot}.",
             )
             return used
-        if use.aws is not None:
+        if use.oauth is not None:
+            used.oauth[use.oauth] = text
+        elif use.aws is not None:
             used.aws[use.aws] = text
         elif use.header is None:
             used.api_key = text
@@ -388,10 +414,17 @@ async def _run(ctx: ProbeContext, deadline: float | None) -> tuple[ProbeOutcome,
         deadline = asyncio.get_running_loop().time() + ctx.timeout
     try:
         async with asyncio.timeout_at(deadline):
-            outcome = await ctx.provider.probe(ctx)
+            if ctx.oauth is not None:  # the access token first, then the probe with it
+                outcome = await oauth_client.probe(ctx)
+            else:
+                outcome = await ctx.provider.probe(ctx)
     except Exception as exc:  # classified here, once, for every probe
         outcome = classify_exception(exc, ctx)
-    return outcome, round((time.perf_counter() - started) * 1000)
+    latency_ms = round((time.perf_counter() - started) * 1000)
+    if ctx.oauth is None and outcome.reason is Reason.INVALID_API_KEY:
+        # An OAuth challenge: which spec.oauth form would work (bounded on its own).
+        outcome = await oauth_client.advise(ctx, outcome)
+    return outcome, latency_ms
 
 
 def _phase_details(phase_ms: Mapping[Phase, float]) -> dict[str, str]:

@@ -1,0 +1,460 @@
+"""spec.oauth end to end through `validate()`: an MCP server and a gateway behind the `mcp`
+SDK's own server-side auth on loopback (servers/oauth_world.py), for each form and each
+failure the verdict must name. Secrets come from a fake Secret source and ServiceAccount
+tokens from a loopback issuer (the operator's e2e test mints real ones)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from starlette.responses import JSONResponse
+
+from llmconn.model.reasons import Reason
+from llmconn.model.verdict import Defaults, SecretData, Verdict
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.pool import ClientPool
+from llmconn.probes import parse_spec
+from llmconn.validation.validate import validate
+from servers.oauth_world import AuthorizationServer, Client, ResourceServer
+from servers.oidc import Issuer, TrustedIssuer
+from servers.serve import serve
+
+SECRET = "cs-7a1f0e9b3c5d2a8e"
+POST_SECRET = "cs-post-4b6e8d0f2a1c"
+NAMESPACE, ACCOUNT = "team-a", "agent"
+
+
+def pem(key: Any) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def public_pem(key: Any) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+@dataclass
+class World:
+    authz: AuthorizationServer
+    rs: ResourceServer
+    cluster: Issuer
+
+    @property
+    def mcp(self) -> str:
+        return self.rs.url + "/mcp"
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    authz = AuthorizationServer()
+    rs = ResourceServer(authz)
+    cluster = Issuer()
+    with contextlib.ExitStack() as stack:
+        authz.bind(stack.enter_context(serve(authz.app())))
+        rs.bind(stack.enter_context(serve(rs)))
+        cluster.url = stack.enter_context(serve(cluster.app()))
+        scopes = {"mcp:tools", "models:read"}
+        clients = authz.provider.clients
+        clients["cc-basic"] = Client("cc-basic", scopes, secret=SECRET)
+        clients["cc-post"] = Client(
+            "cc-post", scopes, secret=POST_SECRET, method="client_secret_post"
+        )
+        clients["pk-rsa"] = Client(
+            "pk-rsa", scopes, method="private_key_jwt", public_key=public_pem(RSA_KEY)
+        )
+        clients["pk-ec"] = Client(
+            "pk-ec", scopes, method="private_key_jwt", public_key=public_pem(EC_KEY)
+        )
+        clients["sa-client"] = Client(
+            "sa-client",
+            scopes,
+            method="private_key_jwt",
+            issuer=TrustedIssuer(cluster.url),
+            subject=f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}",
+        )
+        yield World(authz, rs, cluster)
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ClientPool]:
+    pool = ClientPool(EgressPolicy(), proxies={})
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+class Secrets:
+    def __init__(self, data: dict[str, dict[str, str]]) -> None:
+        self.data = data
+
+    async def get(self, name: str) -> SecretData | None:
+        found = self.data.get(name)
+        if found is None:
+            return None
+        return SecretData({k: v.encode() for k, v in found.items()}, resource_version="7")
+
+
+class Tokens:
+    """TokenRequest, as the loopback cluster's issuer would answer it."""
+
+    def __init__(self, cluster: Issuer, subject_name: str = ACCOUNT) -> None:
+        self.cluster = cluster
+        self.name = subject_name
+        self.audiences: list[str] = []
+        self.minted: list[str] = []
+
+    async def token(self, service_account: str, audience: str) -> str | None:
+        if service_account != ACCOUNT:
+            return None
+        self.audiences.append(audience)
+        token = self.cluster.service_account_token(NAMESPACE, self.name, audience)
+        self.minted.append(token)
+        return token
+
+
+def cc_secrets(client_id: str = "cc-basic", secret: str = SECRET) -> Secrets:
+    return Secrets({"mcp-client": {"clientId": client_id, "clientSecret": secret}})
+
+
+def spec(endpoint: str, oauth: dict[str, Any], provider: str = "mcp", **more: Any) -> Any:
+    return parse_spec({"provider": provider, "endpoint": endpoint, "oauth": oauth, **more})
+
+
+CC = {"clientCredentials": {"secretName": "mcp-client"}, "scopes": ["mcp:tools"]}
+
+
+async def run(
+    pool: ClientPool, raw: Any, secrets: Secrets | None = None, tokens: Tokens | None = None
+) -> Verdict:
+    return await validate(raw, secrets or Secrets({}), pool, Defaults(timeout=10), tokens=tokens)
+
+
+def assert_no_leak(verdict: Verdict, world: World, *more: str) -> None:
+    shown = json.dumps([verdict.message, verdict.code, dict(verdict.details), verdict.request_id])
+    for value in [*world.authz.provider.issued, SECRET, POST_SECRET, *more]:
+        assert value not in shown
+    assert "BEGIN" not in shown and "PRIVATE" not in shown
+
+
+# --- each form, end to end --------------------------------------------------------------
+
+
+async def test_client_credentials_basic_validates_the_mcp_server_with_the_chain_in_details(
+    world, pool
+) -> None:
+    before = len(world.authz.requests)
+    raw = spec(world.mcp, CC, validation={"type": "Model"})  # the session and tools/list
+    verdict = await run(pool, raw, cc_secrets())
+
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    details = dict(verdict.details)
+    assert details["oauthResourceMetadata"] == (
+        f"{world.rs.url}/.well-known/oauth-protected-resource/mcp"
+    )
+    assert details["oauthIssuer"] == world.authz.issuer
+    assert details["oauthScopes"] == "mcp:tools"
+    assert details["oauthTokenLifetime"] == "600s"
+    assert details["oauthResource"] == world.mcp
+    assert details["toolCount"] == "2"
+    assert f"Access token from {world.authz.issuer} (scopes mcp:tools, valid 600 s)" in (
+        verdict.message
+    )
+    # Basic authentication (the metadata offers both; Basic is RFC 8414's default), the
+    # scope as given and the resource indicator, and the token on the MCP requests.
+    form = world.authz.requests[before]
+    assert "client_secret" not in form and form["client_id"] == "cc-basic"
+    assert form["scope"] == "mcp:tools" and form["resource"] == world.mcp
+    assert f"Bearer {world.authz.provider.issued[-1]}" in world.rs.seen_tokens
+    assert_no_leak(verdict, world)
+
+
+async def test_client_credentials_post_when_asked(world, pool) -> None:
+    oauth = {
+        "clientCredentials": {"secretName": "mcp-client", "authMethod": "client_secret_post"},
+        "scopes": ["mcp:tools"],
+    }
+    before = len(world.authz.requests)
+    verdict = await run(pool, spec(world.mcp, oauth), cc_secrets("cc-post", POST_SECRET))
+
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert world.authz.requests[before]["client_id"] == "cc-post"
+    assert_no_leak(verdict, world)
+
+
+@pytest.mark.parametrize(
+    ("client", "key", "algorithm"), [("pk-rsa", RSA_KEY, "RS256"), ("pk-ec", EC_KEY, "ES256")]
+)
+async def test_private_key_jwt_validates(world, pool, client, key, algorithm) -> None:
+    oauth = {
+        "privateKeyJWT": {"clientId": client, "secretName": "mcp-key", "algorithm": algorithm},
+        "scopes": ["mcp:tools"],
+    }
+    before = len(world.authz.requests)
+    verdict = await run(
+        pool, spec(world.mcp, oauth), Secrets({"mcp-key": {"privateKey": pem(key)}})
+    )
+
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assertion = world.authz.requests[before]["client_assertion"]
+    assert_no_leak(verdict, world, assertion)
+
+
+async def test_service_account_token_is_the_client_assertion(world, pool) -> None:
+    tokens = Tokens(world.cluster)
+    oauth = {
+        "serviceAccount": {"serviceAccountName": ACCOUNT, "clientId": "sa-client"},
+        "scopes": ["mcp:tools"],
+    }
+    verdict = await run(pool, spec(world.mcp, oauth), tokens=tokens)
+
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert tokens.audiences == [world.authz.issuer]  # minted for the issuer found
+    assert_no_leak(verdict, world, *tokens.minted)
+
+
+async def test_gateway_model_list_with_the_same_chain(world, pool) -> None:
+    oauth = {**CC, "scopes": ["models:read"]}
+    raw = spec(world.rs.url + "/v1", oauth, provider="openai-compatible", model="gpt-gateway")
+    verdict = await run(pool, raw, cc_secrets())
+
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert verdict.details["oauthResourceMetadata"].endswith("/oauth-protected-resource/v1")
+    assert verdict.details["oauthScopes"] == "models:read"
+    assert_no_leak(verdict, world)
+
+
+# --- failures, each named ---------------------------------------------------------------
+
+
+async def test_a_wrong_client_secret_is_invalid_api_key_naming_the_secret(world, pool) -> None:
+    verdict = await run(pool, spec(world.mcp, CC), cc_secrets(secret="cs-wrong-000111222"))
+
+    assert verdict.reason is Reason.INVALID_API_KEY
+    assert verdict.code == "invalid_client"
+    assert "Secret mcp-client" in verdict.message and "clientSecret" in verdict.message
+    assert world.authz.issuer in verdict.message
+    assert verdict.observed_secrets[0].name == "mcp-client"  # rotating it revalidates
+    assert_no_leak(verdict, world, "cs-wrong-000111222")
+
+
+async def test_a_key_the_client_is_not_registered_with_is_invalid_api_key(world, pool) -> None:
+    oauth = {"privateKeyJWT": {"clientId": "pk-rsa", "secretName": "mcp-key"}}
+    verdict = await run(
+        pool, spec(world.mcp, oauth), Secrets({"mcp-key": {"privateKey": pem(OTHER_KEY)}})
+    )
+
+    assert verdict.reason is Reason.INVALID_API_KEY
+    assert "key privateKey of Secret mcp-key" in verdict.message
+    assert_no_leak(verdict, world)
+
+
+async def test_a_refused_service_account_token_names_its_subject(world, pool) -> None:
+    tokens = Tokens(world.cluster, subject_name="someone-else")
+    oauth = {"serviceAccount": {"serviceAccountName": ACCOUNT, "clientId": "sa-client"}}
+    verdict = await run(pool, spec(world.mcp, oauth), tokens=tokens)
+
+    assert verdict.reason is Reason.IDENTITY_EXCHANGE_FAILED
+    assert f"subject system:serviceaccount:{NAMESPACE}:someone-else" in verdict.message
+    assert_no_leak(verdict, world, *tokens.minted)
+
+
+async def test_a_scope_the_client_may_not_have_is_named(world, pool) -> None:
+    oauth = {**CC, "scopes": ["mcp:tools", "admin:all"]}
+    verdict = await run(pool, spec(world.mcp, oauth), cc_secrets())
+
+    assert verdict.reason is Reason.PERMISSION_DENIED
+    assert verdict.code == "invalid_scope"
+    assert "mcp:tools admin:all" in verdict.message
+
+
+async def test_a_refused_resource_indicator_is_named(world, pool) -> None:
+    oauth = {**CC, "resource": "https://elsewhere.example/mcp", "issuer": world.authz.issuer}
+    verdict = await run(pool, spec(world.mcp, oauth), cc_secrets())
+
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert verdict.code == "invalid_target"
+    assert "https://elsewhere.example/mcp" in verdict.message
+
+
+async def test_a_token_for_another_resource_is_refused_by_the_mcp_server(world, pool) -> None:
+    # The authorization server grants a token for the gateway; the MCP server refuses it.
+    oauth = {**CC, "resource": world.rs.url + "/v1", "issuer": world.authz.issuer}
+    verdict = await run(pool, spec(world.mcp, oauth), cc_secrets())
+
+    assert verdict.reason is Reason.INVALID_API_KEY
+    assert verdict.code == "invalid_token"
+    assert "fresh from " + world.authz.issuer in verdict.message
+    assert_no_leak(verdict, world)
+
+
+async def test_a_missing_scope_after_a_fresh_token_is_permission_denied(world, pool) -> None:
+    strict = ResourceServer(world.authz, required_scopes=["mcp:admin"])
+    with serve(strict) as url:
+        strict.bind(url)
+        verdict = await run(pool, spec(url + "/mcp", CC), cc_secrets())
+
+    assert verdict.reason is Reason.PERMISSION_DENIED
+    assert verdict.code == "insufficient_scope"
+    assert "mcp:tools" in verdict.details["oauthScopes"]
+    assert "It needs scope mcp:admin" in verdict.message  # the server's scope challenge
+    assert_no_leak(verdict, world)
+
+
+async def test_no_protected_resource_metadata_names_the_urls_tried(world, pool) -> None:
+    bare = ResourceServer(world.authz)
+    bare.publish_metadata = False
+    with serve(bare) as url:
+        bare.bind(url)
+        verdict = await run(pool, spec(url + "/mcp", CC), cc_secrets())
+
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert f"{url}/.well-known/oauth-protected-resource/mcp (HTTP 404)" in verdict.message
+    assert f"{url}/.well-known/oauth-protected-resource (HTTP 404)" in verdict.message
+    assert "spec.oauth.issuer" in verdict.message
+
+
+async def test_resource_metadata_named_only_by_the_challenge_is_found(world, pool) -> None:
+    # RFC 9728 section 5: no metadata at the well-known URLs; the 401's resource_metadata
+    # names where it is.
+    hidden = ResourceServer(world.authz)
+    hidden.metadata_at = "/meta"
+    with serve(hidden) as url:
+        hidden.bind(url)
+        verdict = await run(pool, spec(url + "/mcp", CC), cc_secrets())
+
+    assert verdict.reason is Reason.VALIDATED, verdict.message
+    assert verdict.details["oauthResourceMetadata"] == url + "/meta/mcp"
+    assert_no_leak(verdict, world)
+
+
+async def test_an_off_origin_redirect_during_discovery_is_refused(world, pool) -> None:
+    asked: list[str] = []
+
+    async def elsewhere(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            asked.append(scope["path"])
+        await JSONResponse({"resource": "x", "authorization_servers": []})(scope, receive, send)
+
+    moving = ResourceServer(world.authz)
+    with serve(elsewhere) as other, serve(moving) as url:
+        moving.bind(url)
+        moving.redirect_metadata_to = other
+        before = len(world.authz.requests)
+        verdict = await run(pool, spec(url + "/mcp", CC), cc_secrets())
+
+    assert verdict.reason is Reason.UNEXPECTED_RESPONSE
+    assert verdict.http_status == 302
+    assert (
+        f"The Protected Resource Metadata at {url}/.well-known/oauth-protected-resource/mcp "
+        "redirected (HTTP 302) to another host"
+    ) in verdict.message
+    assert asked == [] and len(world.authz.requests) == before  # nothing went anywhere
+
+
+async def test_no_authorization_server_metadata_names_the_urls_tried(world, pool) -> None:
+    oauth = {**CC, "issuer": world.rs.url + "/nowhere"}
+    verdict = await run(pool, spec(world.mcp, oauth), cc_secrets())
+
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert f"{world.rs.url}/.well-known/oauth-authorization-server/nowhere" in verdict.message
+    assert "spec.oauth.tokenURL" in verdict.message
+
+
+async def test_a_token_url_the_egress_policy_refuses_sends_nothing(world) -> None:
+    pool = ClientPool(EgressPolicy.from_strings(deny=["127.0.0.9/32"]), proxies={})
+    try:
+        oauth = {**CC, "tokenURL": "http://127.0.0.9:9/token"}
+        verdict = await run(pool, spec(world.mcp, oauth), cc_secrets())
+    finally:
+        await pool.aclose()
+
+    assert verdict.reason is Reason.EGRESS_DENIED
+    assert "token service at 127.0.0.9" in verdict.message
+
+
+async def test_an_issuer_that_metadata_does_not_name_is_refused(world, pool) -> None:
+    # The metadata at the root names the root issuer; asked for another, nothing is sent.
+    oauth = {**CC, "issuer": world.authz.url + "/tenant"}
+    before = len(world.authz.requests)
+    verdict = await run(pool, spec(world.mcp, oauth), cc_secrets())
+
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert len(world.authz.requests) == before
+
+
+async def test_spec_oauth_needs_exactly_one_form_and_a_provider_that_takes_it() -> None:
+    with pytest.raises(ValueError, match="exactly one of clientCredentials"):
+        spec("https://mcp.example/mcp", {"scopes": ["a"]})
+    with pytest.raises(ValueError, match="oauth is only allowed with provider mcp or"):
+        parse_spec({"provider": "openai", "oauth": {"clientCredentials": {"secretName": "x"}}})
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        spec(
+            "https://mcp.example/mcp",
+            {"clientCredentials": {"secretName": "x"}},
+            apiKeySecretRef={"name": "k"},
+        )
+
+
+async def test_the_client_id_secret_and_key_are_read_as_every_key(world, pool) -> None:
+    big = Secrets({"mcp-key": {"privateKey": "x" * (17 * 1024)}})
+    oauth = {"privateKeyJWT": {"clientId": "pk-rsa", "secretName": "mcp-key"}}
+    verdict = await run(pool, spec(world.mcp, oauth), big)
+    assert verdict.reason is Reason.INVALID_CONFIGURATION
+    assert "16384 bytes at most" in verdict.message
+
+    verdict = await run(pool, spec(world.mcp, CC), Secrets({"mcp-client": {"clientId": "a"}}))
+    assert verdict.reason is Reason.SECRET_KEY_NOT_FOUND
+
+
+# --- a connection without spec.oauth meets an OAuth challenge -----------------------------
+
+
+async def test_without_spec_oauth_the_challenge_says_which_form_would_work(world, pool) -> None:
+    before = len(world.authz.requests)
+    verdict = await run(pool, parse_spec({"provider": "mcp", "endpoint": world.mcp}))
+
+    assert verdict.reason is Reason.INVALID_API_KEY
+    assert f"Its authorization server {world.authz.issuer} grants client credentials" in (
+        verdict.message
+    )
+    assert "client_secret_basic, client_secret_post, private_key_jwt" in verdict.message
+    assert "set spec.oauth.clientCredentials" in verdict.message
+    assert "spec.oauth.privateKeyJWT" in verdict.message
+    assert "spec.oauth.serviceAccount" in verdict.message
+    assert "spec.oauth.scopes from mcp:tools" in verdict.message
+    assert len(world.authz.requests) == before  # metadata only: no token asked for
+
+
+async def test_an_authorization_server_without_client_credentials_is_said(pool) -> None:
+    interactive = AuthorizationServer(grants=["authorization_code"], auth_methods=["none"])
+    rs = ResourceServer(interactive)
+    with serve(interactive.app()) as authz_url, serve(rs) as url:
+        interactive.bind(authz_url)
+        rs.bind(url)
+        verdict = await run(pool, parse_spec({"provider": "mcp", "endpoint": url + "/mcp"}))
+
+    assert verdict.reason is Reason.INVALID_API_KEY
+    assert "grants no client credentials (grant_types_supported: authorization_code)" in (
+        verdict.message
+    )
+    assert "spec.oauth.clientCredentials" not in verdict.message
