@@ -248,7 +248,10 @@ class Reconciler:
             conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(seen.spec), None, None
         except (pydantic.ValidationError, ValueError) as exc:
             conn.spec, conn.spec_error = None, first_error(exc)
-            conn.spec_invalid = dict(seen.spec)
+            # What its status names, not the whole spec (which may be 128 KiB of headers).
+            conn.spec_invalid = {
+                k: seen.spec[k] for k in ("provider", "endpoint", "model") if k in seen.spec
+            }
         for name in conn.secret_names:
             self.secret_cache.use((conn.namespace, name), conn.key)
         conn.secret_digests.clear()

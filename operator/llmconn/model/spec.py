@@ -47,6 +47,7 @@ from llmconn.model.fields import (
     format_duration,
     parse_duration,
 )
+from llmconn.model.limits import MAX_HEADER_BYTES, too_large
 
 
 class ValidationType(StrEnum):
@@ -183,6 +184,11 @@ class LLMConnectionSpec(_Strict):
     @field_validator("headers")
     @classmethod
     def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        size = sum(len(name.encode()) + len(text.encode()) for name, text in value.items())
+        if size > MAX_HEADER_BYTES:
+            raise ValueError(
+                too_large("spec.headers", size, MAX_HEADER_BYTES, why=", names and values together")
+            )
         for name in value:
             if name.lower() in CREDENTIAL_HEADERS:
                 raise ValueError(

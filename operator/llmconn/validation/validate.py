@@ -35,6 +35,13 @@ from urllib.parse import urlsplit, urlunsplit
 from llmconn.model import logs
 from llmconn.model.credentials import AwsCredentials, BearerToken
 from llmconn.model.fields import SecretKeyRef
+from llmconn.model.limits import (
+    MAX_CA_BUNDLE_BYTES,
+    MAX_CA_CERTIFICATES,
+    MAX_CONNECTION_SECRET_BYTES,
+    MAX_CREDENTIAL_BYTES,
+    too_large,
+)
 from llmconn.model.reasons import Reason
 from llmconn.model.redact import Redactor
 from llmconn.model.spec import LLMConnectionSpec, ValidationType
@@ -62,9 +69,6 @@ TIMED_PHASES = (Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.RESPONSE)
 # Provider text (messages, codes, details) is cut to this before redaction, so that a
 # megabyte error body costs neither redaction time nor log volume; status.py cuts further.
 MAX_TEXT = 4096
-# A credential longer than this is no key (a service account's JSON file is about 2.4 KB): it
-# is refused before it goes into a request, a header or the redactor of every verdict.
-MAX_CREDENTIAL_BYTES = 16 * 1024
 
 
 def _utcnow() -> dt.datetime:
@@ -322,18 +326,41 @@ async def _read_secrets(
     used = _UsedSecrets(observed=tuple(observed), failure=failure)
     if failure is not None:
         return used
+    # Sizes first, before any value is decoded, parsed or handed to the redactor.
+    total = 0
+    for use, value in values:
+        field = f"Key {use.ref.key} of Secret {use.ref.name} ({use.where})"
+        if use.ca_bundle:
+            certificates = value.count(b"-----BEGIN ")
+            if len(value) > MAX_CA_BUNDLE_BYTES:
+                used.failure = _too_large(field, len(value), MAX_CA_BUNDLE_BYTES)
+            elif certificates > MAX_CA_CERTIFICATES:
+                used.failure = _too_large(
+                    field, certificates, MAX_CA_CERTIFICATES, "PEM blocks", " in a CA bundle"
+                )
+        elif len(value) > MAX_CREDENTIAL_BYTES:
+            used.failure = _too_large(
+                field,
+                len(value),
+                MAX_CREDENTIAL_BYTES,
+                why=" for a key, header value or credentials file",
+            )
+        else:
+            total += len(value)
+        if used.failure is not None:
+            return used
+    if total > MAX_CONNECTION_SECRET_BYTES:
+        used.failure = _too_large(
+            "The Secret values this connection uses",
+            total,
+            MAX_CONNECTION_SECRET_BYTES,
+            why=" for all of them together",
+        )
+        return used
     for use, value in values:
         if use.ca_bundle:
             used.ca_bundle = value
             continue
-        if len(value) > MAX_CREDENTIAL_BYTES:
-            used.failure = ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) holds {len(value)}"
-                f" bytes; a key, header value or credentials file is {MAX_CREDENTIAL_BYTES}"
-                " bytes at most.",
-            )
-            return used
         key_file = key_secrets is not None and use.header is None and use.aws is None
         text = _file_text(value) if key_file else _header_text(value)
         if text is None:
@@ -357,6 +384,12 @@ async def _read_secrets(
         else:
             used.headers[use.header] = text
     return used
+
+
+def _too_large(
+    field: str, size: int, limit: int, unit: str = "bytes", why: str = ""
+) -> ProbeOutcome:
+    return ProbeOutcome(Reason.INVALID_CONFIGURATION, too_large(field, size, limit, unit, why))
 
 
 def _file_text(value: bytes) -> str | None:
