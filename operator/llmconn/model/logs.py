@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from llmconn.model.redact import MARKER, Redactor
+from llmconn.model.text import printable
 
 # Loggers of the HTTP stacks (probes, the operator's API client, Kopf's) and of the MCP SDK.
 RAW_LOGGERS = (
@@ -95,10 +96,11 @@ def protect(value: str) -> None:
     _LIVE.protect(value.removeprefix("Bearer ").strip())
 
 
-def redact(text: str) -> str:
+def redact(text: str, *, lines: bool = False) -> str:
+    """Redacted and printable: one line, unless `lines` (a traceback) keeps its line breaks."""
     text = _LIVE.redactor.text(text)
     text = _CREDENTIAL_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text)
-    return _TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text)
+    return printable(_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text), lines=lines)
 
 
 class RedactingFilter(logging.Filter):
@@ -114,11 +116,11 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = redact(message), None
         if record.exc_info:
             text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info, record.exc_text = None, redact(text)
+            record.exc_info, record.exc_text = None, redact(text, lines=True)
         elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = redact(record.exc_text, lines=True)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = redact(record.stack_info, lines=True)
         record._llmconn_redacted = True
         return True
 

@@ -38,7 +38,7 @@ from llmconn.model.fields import (
     CREDENTIAL_HEADERS,
     MAX_TIMEOUT,
     Duration,
-    PathName,
+    ModelName,
     SecretHeader,
     SecretKey,
     SecretKeyRef,
@@ -139,7 +139,7 @@ class TLSSpec(_Strict):
 class LLMConnectionSpec(_Strict):
     provider: str
     endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    model: PathName | None = None
+    model: ModelName | None = None
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
     aws_credentials_secret_ref: AwsCredentialsRef | None = Field(
         default=None, alias="awsCredentialsSecretRef"

@@ -45,6 +45,7 @@ from llmconn.model.limits import (
 from llmconn.model.reasons import Reason
 from llmconn.model.redact import Redactor
 from llmconn.model.spec import LLMConnectionSpec, ValidationType
+from llmconn.model.text import printable
 from llmconn.model.verdict import (
     Defaults,
     Effective,
@@ -109,19 +110,25 @@ async def validate(
             # The probe's own facts first: status keeps only the first entries.
             merged = {**_phase_details(found.phase_ms), **found.details, **details}
             details = {k: merged[k] for k in dict.fromkeys([*details, *merged])}
+
+        def shown(text: str) -> str:  # redacted, then printable (text.py)
+            return printable(redact.text(text[:MAX_TEXT]))
+
         return Verdict(
             reason=outcome.reason,
-            message=redact.text(outcome.message[:MAX_TEXT]),
+            message=shown(outcome.message),
             provider=spec.provider,
             endpoint=_without_credentials(endpoint),
             model=spec.model or (spec.azure.deployment if spec.azure else None),
             validation=settings,
             finished_at=now(),
             http_status=outcome.http_status,
-            code=redact.optional(outcome.code[:MAX_TEXT] if outcome.code else outcome.code),
+            code=shown(outcome.code) if outcome.code is not None else None,
             latency_ms=latency_ms,
-            request_id=redact.optional(found.request_id if found is not None else None),
-            details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
+            request_id=shown(found.request_id)
+            if found is not None and found.request_id is not None
+            else None,
+            details={shown(k): shown(v) for k, v in details.items()},
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
             lifecycle=outcome.lifecycle,
