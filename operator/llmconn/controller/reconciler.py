@@ -58,7 +58,7 @@ from llmconn.model.verdict import (
     Verdict,
     effective,
 )
-from llmconn.net.pool import ClientPool
+from llmconn.net.pool import TENANT, ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
 
@@ -395,6 +395,7 @@ class Reconciler:
         if conn.spec is None:
             return invalid_verdict(conn, self._effective(conn), _now)
         tokens = ServiceAccountTokens(self.kube, conn.namespace)
+        TENANT.set(conn.namespace)  # this task's own context: its TLS clients count for it
         return await self.validator(conn.spec, source, self.pool, self.defaults, tokens=tokens)
 
     # --- lifecycle -------------------------------------------------------------------
