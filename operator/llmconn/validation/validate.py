@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from llmconn.model import logs
+from llmconn.model import logs, redact
 from llmconn.model.credentials import AwsCredentials, BearerToken
 from llmconn.model.fields import SecretKeyRef
 from llmconn.model.limits import (
@@ -139,6 +139,7 @@ async def validate(
 
     with held:
         used = await _read_secrets(spec, secrets, key_secrets=info.key_secrets)
+        await _prepare_redaction(used.credentials)
         held.add(used.credentials)
         if used.failure is not None:
             return finish(used.failure, used)
@@ -227,6 +228,17 @@ def _refuse_config(
             "use spec.validation.type Model or Connectivity.",
         )
     return None
+
+
+# Values longer than this have their redaction forms made in a worker thread (once per value:
+# redact.part caches them), not on the event loop.
+OFF_LOOP_CHARS = 1024
+
+
+async def _prepare_redaction(values: Iterable[str]) -> None:
+    large = [v for v in values if len(v) > OFF_LOOP_CHARS and not redact.cached(v)]
+    if large:
+        await asyncio.to_thread(lambda: [redact.part(v) for v in large])
 
 
 class _Held:
