@@ -63,6 +63,8 @@ def refused(cluster: ControlPlane, ns: str, spec: dict[str, Any]) -> str:
         ({"validation": {"timeout": "1m0.5s"}}, "timeout must be at most 60s"),
         ({"endpoint": "https://api.example.com/v1?x=#"}, "must not have a query"),
         ({"model": "../../../admin/secret"}, "model must not have a '.' or '..'"),
+        ({"model": "gpt-4o\x1b]52;c;ZXZpbA==\x07\x1b[2J"}, "spec.model"),  # OSC 52, clear
+        ({"model": "gpt-4o\u202e"}, "spec.model"),
         ({"headers": {"Host": "internal.example"}}, "set by the HTTP client"),
         ({"headers": {"Cookie": "a=b"}}, "must not carry credentials"),
         ({"headers": {"X-A": "1", "x-a": "2"}}, "given twice"),

@@ -345,3 +345,15 @@ def test_every_document_is_linked_from_the_readme() -> None:
     for path in documents():
         if path.parent.name == "docs":
             assert f"](docs/{path.name}" in readme, path.name
+
+
+def test_tenant_limits_table_is_the_limits_module() -> None:
+    from llmconn.model import limits
+
+    rows = {only_code(row["limit"]): row for row in first_table(section("Tenant limits"))}
+    assert sorted(rows) == sorted(limit.name for limit in limits.LIMITS)
+    for limit in limits.LIMITS:
+        row = rows[limit.name]
+        assert row["default"] == f"{limit.value} {limit.unit}", limit.name
+        assert row["applies to"] == limit.what, limit.name
+        assert row["who can change it"] == limit.who, limit.name

@@ -567,8 +567,8 @@ async def test_the_least_recently_used_client_is_closed_when_the_pool_is_full(
     tmp_path: Path,
 ) -> None:
     ca_pem = make_tls(tmp_path).ca_pem
-    pool = ClientPool(EgressPolicy(), max_clients=2, proxies={})
-    first = pool.client()
+    pool = ClientPool(EgressPolicy(), max_clients=1, proxies={})
+    first = pool.client()  # the default client: never evicted
     second = pool.client(TLSOptions(insecure_skip_verify=True))
     async with pool.lease(TLSOptions(insecure_skip_verify=True)) as leased:
         assert leased is second

@@ -276,7 +276,8 @@ async def test_a_secret_value_too_long_for_a_credential_is_refused_before_any_ca
     verdict = await check("http://127.0.0.1:9", pool, huge)
     assert verdict.reason is Reason.INVALID_CONFIGURATION
     assert (
-        "Key apiKey of Secret creds" in verdict.message and "16384 bytes at most" in verdict.message
+        "Key apiKey of Secret creds" in verdict.message
+        and "the limit is 16384 bytes" in verdict.message
     )
     assert "kkkk" not in verdict.message
 

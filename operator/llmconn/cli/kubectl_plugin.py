@@ -263,8 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
 
 
+def shown(text: str, *, lines: bool = False) -> str:
+    """`text` with every character a terminal would not print as it is (controls, ESC and
+    CSI sequences' starts, bidi and zero-width characters) escaped, as Python escapes them
+    (`lines` keeps line breaks): what the operator stored came from tenants and providers."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or (lines and c == "\n") else c.encode("unicode_escape").decode()
+        for c in text
+    )
+
+
 def _fail(message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    print(f"{PROG}: {shown(message)}", file=sys.stderr)
     return UNUSABLE
 
 
@@ -285,7 +297,7 @@ def validate(kubectl: Kubectl, name: str, wait: bool, timeout: str, output: str)
     )
     kubectl.run("annotate", RESOURCE, name, "--overwrite", f"{REQUESTED_AT}={value}")
     if not wait:
-        print(f"validation of {where} requested ({REQUESTED_AT}={value})")
+        print(shown(f"validation of {where} requested ({REQUESTED_AT}={value})"))
         return OK
     try:
         kubectl.run(
@@ -340,6 +352,7 @@ def verdict_table(name: str, status: dict[str, Any]) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]], indent: str = "") -> str:
+    rows = [[shown(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "".join(
         indent
@@ -363,7 +376,7 @@ def explain(kubectl: Kubectl, name: str) -> int:
     out += verdict_lines(meta, spec, status)
     out += secret_lines(kubectl, namespace, status)
     out += event_lines(kubectl, namespace, name, str(meta.get("uid", "")))
-    print("\n".join(out))
+    print("\n".join(shown(line, lines=True) for line in out))
     return OK
 
 

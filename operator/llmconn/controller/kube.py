@@ -31,6 +31,7 @@ import kopf
 
 from llmconn.controller.wire import Answer, ApiWire, Streamed, client_timeout
 from llmconn.model import logs
+from llmconn.model.text import printable
 from llmconn.model.verdict import SecretData, TokenRefused
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,7 @@ class Kube:
             },
             "type": type_,
             "reason": reason,
-            "message": message[:1024],
+            "message": printable(message[:1024]),
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,

@@ -43,7 +43,7 @@ class Conn:
     generation: int = 0
     resource_version: str | None = None  # of the object as last seen or written
     spec: LLMConnectionSpec | None = None
-    spec_invalid: dict[str, Any] | None = None  # the raw spec, kept only when it is invalid
+    spec_invalid: dict[str, Any] | None = None  # what status names of an invalid spec
     spec_error: str | None = None
     requested_at: str | None = None
     status: dict[str, Any] = field(default_factory=dict)  # as last seen or written

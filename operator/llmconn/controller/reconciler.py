@@ -58,7 +58,7 @@ from llmconn.model.verdict import (
     Verdict,
     effective,
 )
-from llmconn.net.pool import ClientPool
+from llmconn.net.pool import TENANT, ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
 
@@ -248,7 +248,10 @@ class Reconciler:
             conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(seen.spec), None, None
         except (pydantic.ValidationError, ValueError) as exc:
             conn.spec, conn.spec_error = None, first_error(exc)
-            conn.spec_invalid = dict(seen.spec)
+            # What its status names, not the whole spec (which may be 128 KiB of headers).
+            conn.spec_invalid = {
+                k: seen.spec[k] for k in ("provider", "endpoint", "model") if k in seen.spec
+            }
         for name in conn.secret_names:
             self.secret_cache.use((conn.namespace, name), conn.key)
         conn.secret_digests.clear()
@@ -392,6 +395,7 @@ class Reconciler:
         if conn.spec is None:
             return invalid_verdict(conn, self._effective(conn), _now)
         tokens = ServiceAccountTokens(self.kube, conn.namespace)
+        TENANT.set(conn.namespace)  # this task's own context: its TLS clients count for it
         return await self.validator(conn.spec, source, self.pool, self.defaults, tokens=tokens)
 
     # --- lifecycle -------------------------------------------------------------------

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from llmconn.model.limits import MAX_JSON_DEPTH, json_depth
+
 
 @dataclass(frozen=True, repr=False)
 class AwsCredentials:
@@ -96,6 +98,8 @@ def service_account_key(text: str) -> ServiceAccountKey | None:
     message never holds a value from the file."""
     if not text.lstrip().startswith("{"):
         return None
+    if json_depth(text) > MAX_JSON_DEPTH:  # json.loads would recurse (and raise) that deep
+        raise ValueError(f"it nests deeper than {MAX_JSON_DEPTH} levels of JSON")
     try:
         data = json.loads(text)
     except ValueError:
@@ -126,6 +130,8 @@ def key_file_secrets(text: str) -> tuple[str, ...]:
     try:
         key = service_account_key(text)
     except ValueError:
+        if json_depth(text) > MAX_JSON_DEPTH:
+            return (text,)
         try:
             return tuple(_strings(json.loads(text))) or (text,)
         except ValueError:

@@ -47,6 +47,10 @@ CONNECTION_HEADERS = frozenset(
 )
 # An RFC 9110 token: what a header name may be.
 HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+# What models are named with (gpt-4o, ft:gpt-4o:org::id, claude-sonnet-4-5@20250929,
+# anthropic.claude-3-5-haiku-20241022-v1:0, hf.co/org/model:Q4_K_M, an ARN): no spaces, no
+# quotes, no control characters. The CRD's spec.model has the same pattern.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9._:@/+=~-]+$"
 # What the API server accepts as a Secret's name (a DNS-1123 subdomain) and as a key in its
 # data. Names go into API paths: anything else ("../other-ns/secrets/x") is refused here, in
 # the CRD, and again by the API client.
@@ -117,6 +121,15 @@ def _path_segments(value: str) -> str:
     return value
 
 
+def _model_name(value: str) -> str:
+    if not re.fullmatch(MODEL_NAME_PATTERN, value):
+        raise ValueError(
+            "a model name is letters, digits and . _ : @ / + = ~ - (no spaces or control "
+            "characters)"
+        )
+    return _path_segments(value)
+
+
 def _header_name(value: str) -> str:
     if not re.fullmatch(HEADER_NAME_PATTERN, value):
         raise ValueError(f"{value!r} is not a header name")
@@ -133,6 +146,9 @@ SecretKey = Annotated[str, StringConstraints(max_length=253), AfterValidator(_se
 HeaderName = Annotated[str, StringConstraints(max_length=256), AfterValidator(_header_name)]
 PathName = Annotated[
     str, StringConstraints(min_length=1, max_length=256), AfterValidator(_path_segments)
+]
+ModelName = Annotated[
+    str, StringConstraints(min_length=1, max_length=256), AfterValidator(_model_name)
 ]
 
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import Any
 
-from llmconn.model.redact import MARKER, Redactor
+from llmconn.model.redact import MARKER, Redactor, part
+from llmconn.model.text import printable
 
 # Loggers of the HTTP stacks (probes, the operator's API client, Kopf's) and of the MCP SDK.
 RAW_LOGGERS = (
@@ -47,32 +50,48 @@ _TOKEN = re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{6,}")
 
 
 class _Live:
-    """The secret values in use right now, counted (two probes may share a key)."""
+    """The secret values in use right now, counted (two probes may share a key), each with
+    its forms made once (`redact.part`): a change of what is in use rebuilds no forms."""
 
     def __init__(self) -> None:
         self._values: Counter[str] = Counter()
+        self._parts: dict[str, Any] = {}  # value -> its redact.part
         self._permanent: set[str] = set()
         self._redactor: Redactor | None = Redactor(())
+        self._lock = threading.Lock()
 
     def add(self, values: Iterable[str]) -> None:
-        self._values.update(v for v in values if v)
-        self._redactor = None
+        values = [v for v in values if v]
+        made = {v: part(v) for v in values if v not in self._parts}  # cached: a lookup
+        with self._lock:
+            self._values.update(values)
+            self._parts.update((v, p) for v, p in made.items() if p is not None)
+            self._redactor = None
 
     def remove(self, values: Iterable[str]) -> None:
-        self._values.subtract(v for v in values if v)
-        self._values = +self._values  # drop the ones no longer in use
-        self._redactor = None
+        with self._lock:
+            self._values.subtract(v for v in values if v)
+            self._values = +self._values  # drop the ones no longer in use
+            for value in [v for v in self._parts if v not in self._values]:
+                if value not in self._permanent:
+                    del self._parts[value]
+            self._redactor = None
 
     def protect(self, value: str) -> None:
         if value and value not in self._permanent:
-            self._permanent.add(value)
-            self._redactor = None
+            made = part(value)
+            with self._lock:
+                self._permanent.add(value)
+                if made is not None:
+                    self._parts[value] = made
+                self._redactor = None
 
     @property
     def redactor(self) -> Redactor:
         redactor = self._redactor
-        if redactor is None:  # rebuilt only when a record needs it after a change
-            redactor = self._redactor = Redactor([*self._values, *self._permanent])
+        if redactor is None:  # a list of the parts, remade only after a change
+            with self._lock:
+                redactor = self._redactor = Redactor((), parts=list(self._parts.values()))
         return redactor
 
 
@@ -95,10 +114,11 @@ def protect(value: str) -> None:
     _LIVE.protect(value.removeprefix("Bearer ").strip())
 
 
-def redact(text: str) -> str:
+def redact(text: str, *, lines: bool = False) -> str:
+    """Redacted and printable: one line, unless `lines` (a traceback) keeps its line breaks."""
     text = _LIVE.redactor.text(text)
     text = _CREDENTIAL_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text)
-    return _TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text)
+    return printable(_TOKEN.sub(lambda m: f"{m.group(1)}{m.group(2)}{MARKER}", text), lines=lines)
 
 
 class RedactingFilter(logging.Filter):
@@ -114,11 +134,11 @@ class RedactingFilter(logging.Filter):
         record.msg, record.args = redact(message), None
         if record.exc_info:
             text = logging.Formatter().formatException(record.exc_info)
-            record.exc_info, record.exc_text = None, redact(text)
+            record.exc_info, record.exc_text = None, redact(text, lines=True)
         elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = redact(record.exc_text, lines=True)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = redact(record.stack_info, lines=True)
         record._llmconn_redacted = True
         return True
 

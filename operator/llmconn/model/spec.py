@@ -39,7 +39,7 @@ from llmconn.model.fields import (
     CREDENTIAL_HEADERS,
     MAX_TIMEOUT,
     Duration,
-    PathName,
+    ModelName,
     SecretHeader,
     SecretKey,
     SecretKeyRef,
@@ -48,6 +48,7 @@ from llmconn.model.fields import (
     format_duration,
     parse_duration,
 )
+from llmconn.model.limits import MAX_HEADER_BYTES, too_large
 
 
 class ValidationType(StrEnum):
@@ -144,7 +145,7 @@ class TLSSpec(_Strict):
 class LLMConnectionSpec(_Strict):
     provider: str
     endpoint: Annotated[str, StringConstraints(max_length=2048)] | None = None
-    model: PathName | None = None
+    model: ModelName | None = None
     api_key_secret_ref: SecretKeyRef | None = Field(default=None, alias="apiKeySecretRef")
     aws_credentials_secret_ref: AwsCredentialsRef | None = Field(
         default=None, alias="awsCredentialsSecretRef"
@@ -190,6 +191,11 @@ class LLMConnectionSpec(_Strict):
     @field_validator("headers")
     @classmethod
     def _plain_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        size = sum(len(name.encode()) + len(text.encode()) for name, text in value.items())
+        if size > MAX_HEADER_BYTES:
+            raise ValueError(
+                too_large("spec.headers", size, MAX_HEADER_BYTES, why=", names and values together")
+            )
         for name in value:
             if name.lower() in CREDENTIAL_HEADERS:
                 raise ValueError(

@@ -20,6 +20,7 @@ from typing import Any
 
 from llmconn.model.lifecycle import deprecation_message, model_lifecycle
 from llmconn.model.reasons import MISSING_REFERENCE, STALLING, TRANSIENT, Reason, Result
+from llmconn.model.text import printable
 from llmconn.model.verdict import Verdict
 
 READY, STALLED, RECONCILING, DEPRECATED = "Ready", "Stalled", "Reconciling", "Deprecated"
@@ -64,7 +65,11 @@ def rfc3339(moment: dt.datetime) -> str:
 
 
 def _cut(text: str | None, limit: int) -> str | None:
-    if text is None or len(text) <= limit:
+    """Printable (`text.printable`) and at most `limit` characters."""
+    if text is None:
+        return text
+    text = printable(text[: limit + 1])
+    if len(text) <= limit:
         return text
     return text[: limit - 1] + "\u2026"
 

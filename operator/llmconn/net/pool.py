@@ -8,7 +8,9 @@ guard's proxy rule is in `guard.py`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import hashlib
 import ssl
 from collections import OrderedDict
@@ -62,19 +64,32 @@ def environment_proxies() -> dict[str, str | None]:
     return seams.environment_proxies()
 
 
+# The tenant (the connection's namespace) a validation runs for, set by the operator around
+# each validation: TLS clients of one tenant count against its own share of the pool.
+TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("llmconn_tenant", default=None)
+
+_DEFAULT_KEY = TLSOptions().key
+
+
 class ClientPool:
     """Long-lived `httpx2.AsyncClient`s keyed by TLS settings, least recently used first out.
 
     Most connections share the default TLS settings and so one client and its keep-alive
-    connections. Use `lease()` around a probe: a client evicted while leased is closed only
-    when its last lease ends.
+    connections: that client is never evicted (every tenant and the identity exchange use
+    it). A client for other settings (a CA bundle, insecureSkipVerify) is built off the event
+    loop (loading trust roots is CPU work), once per digest of its settings even when many
+    validations ask at once, and one tenant (`TENANT`) holds at most `max_tenant_clients` of
+    them: past that its own least recently used one goes, never another tenant's. Use
+    `lease()` around a probe: a client evicted while leased is closed only when its last
+    lease ends.
     """
 
     def __init__(
         self,
         egress: EgressPolicy,
         *,
-        max_clients: int = 32,
+        max_clients: int = 32,  # besides the default client
+        max_tenant_clients: int = 4,
         max_connections: int = 200,
         max_keepalive_connections: int = 50,
         keepalive_expiry: float = 30.0,
@@ -83,6 +98,7 @@ class ClientPool:
     ) -> None:
         self.guard = Guard(egress, resolver)
         self._max_clients = max_clients
+        self._max_tenant_clients = max_tenant_clients
         self._limits = httpx2.Limits(
             max_connections=max_connections,
             max_keepalive_connections=max_keepalive_connections,
@@ -92,29 +108,82 @@ class ClientPool:
         for pattern, url in self._proxies.items():
             if url is not None and not url.startswith(("http://", "https://")):
                 raise ValueError(f"proxy {url!r} for {pattern}: only http and https proxies")
+        self._default: httpx2.AsyncClient | None = None
         self._clients: OrderedDict[tuple[str, bool], httpx2.AsyncClient] = OrderedDict()
+        self._tenants: dict[tuple[str, bool], set[str | None]] = {}  # who uses each client
+        self._building: dict[tuple[str, bool], asyncio.Future[httpx2.AsyncClient]] = {}
         self._leases: dict[int, int] = {}
         self._retired: list[httpx2.AsyncClient] = []
 
     def __len__(self) -> int:
-        return len(self._clients)
+        return len(self._clients) + (self._default is not None)
 
     def client(self, tls: TLSOptions = TLSOptions()) -> httpx2.AsyncClient:
-        """The client for these TLS settings (raises InvalidCABundle)."""
-        key = tls.key
-        if (existing := self._clients.get(key)) is not None:
-            self._clients.move_to_end(key)
+        """The client for these TLS settings, built here (raises InvalidCABundle). Probes
+        use `lease()`, which builds off the event loop."""
+        if tls.key == _DEFAULT_KEY:
+            return self._default_client()
+        if (existing := self._clients.get(tls.key)) is not None:
+            self._use(tls.key)
             return existing
-        client = self._build(tls)
+        return self._keep(tls.key, self._build(tls.ssl_context()))
+
+    async def _client(self, tls: TLSOptions) -> httpx2.AsyncClient:
+        key = tls.key
+        if key == _DEFAULT_KEY:
+            return self._default_client()
+        if (existing := self._clients.get(key)) is not None:
+            self._use(key)
+            return existing
+        building = self._building.get(key)
+        if building is None:  # the first to ask builds; the others wait for it
+            building = self._building[key] = asyncio.ensure_future(self._build_off_loop(tls))
+            building.add_done_callback(lambda _: self._building.pop(key, None))
+        client = await asyncio.shield(building)
+        if (existing := self._clients.get(key)) is not None:
+            self._use(key)
+            return existing
+        return self._keep(key, client)
+
+    async def _build_off_loop(self, tls: TLSOptions) -> httpx2.AsyncClient:
+        return self._build(await asyncio.to_thread(tls.ssl_context))
+
+    def _default_client(self) -> httpx2.AsyncClient:
+        if self._default is None:
+            self._default = self._build(TLSOptions().ssl_context())
+        return self._default
+
+    def _use(self, key: tuple[str, bool]) -> None:
+        self._clients.move_to_end(key)
+        self._tenants.setdefault(key, set()).add(TENANT.get())
+        self._evict_for(TENANT.get())
+
+    def _keep(self, key: tuple[str, bool], client: httpx2.AsyncClient) -> httpx2.AsyncClient:
         self._clients[key] = client
+        self._use(key)
         while len(self._clients) > self._max_clients:
-            _, evicted = self._clients.popitem(last=False)
-            self._retired.append(evicted)
+            self._retire(next(iter(self._clients)))
         return client
+
+    def _evict_for(self, tenant: str | None) -> None:
+        """Past its share, the tenant's least recently used clients go (those only it uses);
+        a client another tenant also uses only stops counting against this one."""
+        if tenant is None:
+            return
+        mine = [k for k in self._clients if tenant in self._tenants.get(k, ())]
+        for key in mine[: max(0, len(mine) - self._max_tenant_clients)]:
+            users = self._tenants[key]
+            users.discard(tenant)
+            if not users:
+                self._retire(key)
+
+    def _retire(self, key: tuple[str, bool]) -> None:
+        self._retired.append(self._clients.pop(key))
+        self._tenants.pop(key, None)
 
     @contextlib.asynccontextmanager
     async def lease(self, tls: TLSOptions = TLSOptions()) -> AsyncIterator[httpx2.AsyncClient]:
-        client = self.client(tls)
+        client = await self._client(tls)
         self._leases[id(client)] = self._leases.get(id(client), 0) + 1
         try:
             yield client
@@ -128,7 +197,11 @@ class ClientPool:
 
     async def aclose(self) -> None:
         clients = [*self._clients.values(), *self._retired]
+        if self._default is not None:
+            clients.append(self._default)
+            self._default = None
         self._clients.clear()
+        self._tenants.clear()
         self._retired.clear()
         for client in clients:
             await client.aclose()
@@ -139,8 +212,7 @@ class ClientPool:
         for client in idle:
             await client.aclose()
 
-    def _build(self, tls: TLSOptions) -> httpx2.AsyncClient:
-        ctx = tls.ssl_context()
+    def _build(self, ctx: ssl.SSLContext) -> httpx2.AsyncClient:
         mounts: dict[str, httpx2.AsyncBaseTransport | None] = {
             pattern: None
             if url is None

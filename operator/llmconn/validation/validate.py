@@ -32,12 +32,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from llmconn.model import logs
+from llmconn.model import logs, redact
 from llmconn.model.credentials import AwsCredentials, BearerToken, OAuthClientSecrets
 from llmconn.model.fields import SecretKeyRef
+from llmconn.model.limits import (
+    MAX_CA_BUNDLE_BYTES,
+    MAX_CA_CERTIFICATES,
+    MAX_CONNECTION_SECRET_BYTES,
+    MAX_CREDENTIAL_BYTES,
+    too_large,
+)
 from llmconn.model.reasons import Reason
 from llmconn.model.redact import Redactor
 from llmconn.model.spec import LLMConnectionSpec, ValidationType
+from llmconn.model.text import printable
 from llmconn.model.verdict import (
     Defaults,
     Effective,
@@ -62,9 +70,6 @@ TIMED_PHASES = (Phase.DNS, Phase.CONNECT, Phase.TLS, Phase.RESPONSE)
 # Provider text (messages, codes, details) is cut to this before redaction, so that a
 # megabyte error body costs neither redaction time nor log volume; status.py cuts further.
 MAX_TEXT = 4096
-# A credential longer than this is no key (a service account's JSON file is about 2.4 KB): it
-# is refused before it goes into a request, a header or the redactor of every verdict.
-MAX_CREDENTIAL_BYTES = 16 * 1024
 
 
 def _utcnow() -> dt.datetime:
@@ -105,19 +110,25 @@ async def validate(
             # The probe's own facts first: status keeps only the first entries.
             merged = {**_phase_details(found.phase_ms), **found.details, **details}
             details = {k: merged[k] for k in dict.fromkeys([*details, *merged])}
+
+        def shown(text: str) -> str:  # redacted, then printable (text.py)
+            return printable(redact.text(text[:MAX_TEXT]))
+
         return Verdict(
             reason=outcome.reason,
-            message=redact.text(outcome.message[:MAX_TEXT]),
+            message=shown(outcome.message),
             provider=spec.provider,
             endpoint=_without_credentials(endpoint),
             model=spec.model or (spec.azure.deployment if spec.azure else None),
             validation=settings,
             finished_at=now(),
             http_status=outcome.http_status,
-            code=redact.optional(outcome.code[:MAX_TEXT] if outcome.code else outcome.code),
+            code=shown(outcome.code) if outcome.code is not None else None,
             latency_ms=latency_ms,
-            request_id=redact.optional(found.request_id if found is not None else None),
-            details=redact.mapping({k[:MAX_TEXT]: v[:MAX_TEXT] for k, v in details.items()}),
+            request_id=shown(found.request_id)
+            if found is not None and found.request_id is not None
+            else None,
+            details={shown(k): shown(v) for k, v in details.items()},
             retry_after=outcome.retry_after,
             observed_secrets=used.observed if used is not None else (),
             lifecycle=outcome.lifecycle,
@@ -128,6 +139,7 @@ async def validate(
 
     with held:
         used = await _read_secrets(spec, secrets, key_secrets=info.key_secrets)
+        await _prepare_redaction(used.credentials)
         held.add(used.credentials)
         if used.failure is not None:
             return finish(used.failure, used)
@@ -225,6 +237,17 @@ def _refuse_config(
             "use spec.validation.type Model or Connectivity.",
         )
     return None
+
+
+# Values longer than this have their redaction forms made in a worker thread (once per value:
+# redact.part caches them), not on the event loop.
+OFF_LOOP_CHARS = 1024
+
+
+async def _prepare_redaction(values: Iterable[str]) -> None:
+    large = [v for v in values if len(v) > OFF_LOOP_CHARS and not redact.cached(v)]
+    if large:
+        await asyncio.to_thread(lambda: [redact.part(v) for v in large])
 
 
 class _Held:
@@ -345,18 +368,41 @@ async def _read_secrets(
     used = _UsedSecrets(observed=tuple(observed), failure=failure)
     if failure is not None:
         return used
+    # Sizes first, before any value is decoded, parsed or handed to the redactor.
+    total = 0
+    for use, value in values:
+        field = f"Key {use.ref.key} of Secret {use.ref.name} ({use.where})"
+        if use.ca_bundle:
+            certificates = value.count(b"-----BEGIN ")
+            if len(value) > MAX_CA_BUNDLE_BYTES:
+                used.failure = _too_large(field, len(value), MAX_CA_BUNDLE_BYTES)
+            elif certificates > MAX_CA_CERTIFICATES:
+                used.failure = _too_large(
+                    field, certificates, MAX_CA_CERTIFICATES, "PEM blocks", " in a CA bundle"
+                )
+        elif len(value) > MAX_CREDENTIAL_BYTES:
+            used.failure = _too_large(
+                field,
+                len(value),
+                MAX_CREDENTIAL_BYTES,
+                why=" for a key, header value or credentials file",
+            )
+        else:
+            total += len(value)
+        if used.failure is not None:
+            return used
+    if total > MAX_CONNECTION_SECRET_BYTES:
+        used.failure = _too_large(
+            "The Secret values this connection uses",
+            total,
+            MAX_CONNECTION_SECRET_BYTES,
+            why=" for all of them together",
+        )
+        return used
     for use, value in values:
         if use.ca_bundle:
             used.ca_bundle = value
             continue
-        if len(value) > MAX_CREDENTIAL_BYTES:
-            used.failure = ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                f"Key {use.ref.key} of Secret {use.ref.name} ({use.where}) holds {len(value)}"
-                f" bytes; a key, header value or credentials file is {MAX_CREDENTIAL_BYTES}"
-                " bytes at most.",
-            )
-            return used
         plain = use.header is None and use.aws is None and use.oauth is None
         key_file = (key_secrets is not None and plain) or use.oauth == "private_key"
         text = _file_text(value) if key_file else _header_text(value)
@@ -383,6 +429,12 @@ async def _read_secrets(
         else:
             used.headers[use.header] = text
     return used
+
+
+def _too_large(
+    field: str, size: int, limit: int, unit: str = "bytes", why: str = ""
+) -> ProbeOutcome:
+    return ProbeOutcome(Reason.INVALID_CONFIGURATION, too_large(field, size, limit, unit, why))
 
 
 def _file_text(value: bytes) -> str | None:

@@ -1,0 +1,113 @@
+"""TLS per tenant cannot evict the shared client (issue 23, item 3).
+
+The issue's case: 33 connections with distinct CA bundles each built a TLS client on the event
+loop, and the pool of 32 evicted the default client that every tenant and the identity
+exchange share. Here one tenant brings 40 distinct bundles: the default client and another
+tenant's client stay, the tenant holds at most its share, and no bundle is loaded on the loop.
+(The bundles' size and certificate count are bounded too: tests/security/test_tenant_limits.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from llmconn.net import pool as pool_mod
+from llmconn.net.egress import EgressPolicy
+from llmconn.net.pool import TENANT, ClientPool, TLSOptions
+
+
+def ca_bundle(i: int) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"tenant CA {i}")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def bundles() -> list[bytes]:
+    return [ca_bundle(i) for i in range(41)]
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[ClientPool]:
+    clients = ClientPool(EgressPolicy(), proxies={})
+    yield clients
+    await clients.aclose()
+
+
+async def lease_as(pool: ClientPool, tenant: str, tls: TLSOptions) -> object:
+    async def run() -> object:
+        TENANT.set(tenant)
+        async with pool.lease(tls) as client:
+            return client
+
+    return await asyncio.create_task(run())  # the task's own context: TENANT stays there
+
+
+async def test_one_tenants_bundles_never_evict_the_default_or_another_tenants_client(
+    pool: ClientPool, bundles: list[bytes]
+) -> None:
+    default = await lease_as(pool, "victim", TLSOptions())
+    victim = await lease_as(pool, "victim", TLSOptions(ca_bundle=bundles[0]))
+    attacker = [await lease_as(pool, "attacker", TLSOptions(ca_bundle=b)) for b in bundles[1:]]
+    assert await lease_as(pool, "victim", TLSOptions()) is default
+    assert not default.is_closed  # type: ignore[attr-defined]
+    assert await lease_as(pool, "victim", TLSOptions(ca_bundle=bundles[0])) is victim
+    assert not victim.is_closed  # type: ignore[attr-defined]
+    # The attacker keeps at most its share: the rest were closed as it went.
+    open_ = [c for c in attacker if not c.is_closed]  # type: ignore[attr-defined]
+    assert len(open_) <= 4
+    assert len(pool) <= 1 + 1 + 4
+
+
+async def test_a_ca_bundle_is_loaded_off_the_event_loop(
+    pool: ClientPool, bundles: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[threading.Thread] = []
+    real = pool_mod.TLSOptions.ssl_context
+
+    def recording(self: TLSOptions) -> object:
+        threads.append(threading.current_thread())
+        return real(self)
+
+    monkeypatch.setattr(pool_mod.TLSOptions, "ssl_context", recording)
+    async with pool.lease(TLSOptions(ca_bundle=bundles[0])):
+        pass
+    assert threads and threading.main_thread() not in threads
+
+
+async def test_many_validations_with_one_new_bundle_build_one_client(
+    pool: ClientPool, bundles: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[bytes | None] = []
+    real = pool_mod.TLSOptions.ssl_context
+
+    def recording(self: TLSOptions) -> object:
+        built.append(self.ca_bundle)
+        return real(self)
+
+    monkeypatch.setattr(pool_mod.TLSOptions, "ssl_context", recording)
+    tls = TLSOptions(ca_bundle=bundles[1])
+    clients = await asyncio.gather(*(lease_as(pool, "t", tls) for _ in range(10)))
+    assert len({id(c) for c in clients}) == 1
+    assert built == [bundles[1]]
