@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from llmconn.model.limits import MAX_CREDENTIAL_BYTES
 from llmconn.model.reasons import Reason, Result
 from llmconn.model.status import LATEST_PROBE_KEYS, rfc3339, status_fields
 from llmconn.model.verdict import Defaults, SecretData
@@ -108,13 +109,16 @@ def spec_for(endpoint: str, **extra: Any) -> Any:
         "provider": "checker",
         "endpoint": endpoint,
         "apiKeySecretRef": {"name": "creds"},
-        "validation": {"timeout": "500ms"},
+        # Generous, so that no test that expects an answer fails on a loaded machine; tests of
+        # the time budget give a short one themselves (SHORT).
+        "validation": {"timeout": "30s"},
     }
     raw.update(extra)
     return parse_spec(raw)
 
 
 DEFAULTS = Defaults()
+SHORT = {"timeout": "500ms"}  # for tests that wait out the budget
 NOW = dt.datetime(2026, 11, 22, 10, 30, 0, 123456, tzinfo=dt.UTC)
 
 
@@ -153,7 +157,7 @@ async def test_a_good_answer_validates_with_latency_phases_and_observed_secrets(
     assert status["validation"] == {
         "type": "Connectivity",
         "interval": "5m",
-        "timeout": "500ms",
+        "timeout": "30s",
         "failureThreshold": 3,
     }
     assert "code" not in status and "model" not in status  # None stays out
@@ -282,6 +286,33 @@ async def test_a_secret_value_too_long_for_a_credential_is_refused_before_any_ca
     assert "kkkk" not in verdict.message
 
 
+@pytest.mark.parametrize("where", ["apiKeySecretRef", "headersFromSecret"])
+async def test_the_credential_cap_is_16_kib_exactly_for_keys_and_secret_headers(
+    pool: ClientPool, where: str
+) -> None:
+    # The documented cap (docs/security.md): 16,384 bytes pass, one more is refused before
+    # any request, for a key and for a header value from a Secret alike.
+    extra: dict[str, Any] = {}
+    if where == "headersFromSecret":
+        extra["headersFromSecret"] = [
+            {"name": "X-Gateway-Token", "secretKeyRef": {"name": "gw", "key": "token"}}
+        ]
+    for size, refused in ((MAX_CREDENTIAL_BYTES, False), (MAX_CREDENTIAL_BYTES + 1, True)):
+        value = b"k" * size
+        data = {"creds": {"apiKey": b"sk-small" if where == "headersFromSecret" else value}}
+        if where == "headersFromSecret":
+            data["gw"] = {"token": value}
+        async with RawServer(answer(200, OK_BODY)) as server:
+            verdict = await check(server.url, pool, Secrets(data), **extra)
+        if refused:
+            assert verdict.reason is Reason.INVALID_CONFIGURATION, verdict.message
+            assert "the limit is 16384 bytes" in verdict.message
+            assert server.connections == 0
+        else:
+            assert "16384 bytes" not in verdict.message, verdict.message
+            assert server.connections == 1
+
+
 # --- configuration refused before any call ---------------------------------------------------
 
 
@@ -316,7 +347,7 @@ async def test_inference_on_a_provider_without_it_is_refused(pool: ClientPool) -
 
 async def test_a_server_that_never_answers_is_a_timeout(pool: ClientPool) -> None:
     async with RawServer(hang()) as server:
-        verdict = await check(server.url, pool)
+        verdict = await check(server.url, pool, validation=SHORT)
     assert verdict.reason is Reason.TIMEOUT
     assert "within 500ms" in verdict.message
     assert isinstance(verdict.latency_ms, int)
@@ -324,7 +355,7 @@ async def test_a_server_that_never_answers_is_a_timeout(pool: ClientPool) -> Non
 
 async def test_a_trickling_answer_is_a_timeout(pool: ClientPool) -> None:
     async with RawServer(trickle(every=0.05)) as server:
-        verdict = await check(server.url, pool)
+        verdict = await check(server.url, pool, validation=SHORT)
     assert verdict.reason is Reason.TIMEOUT
     assert (
         verdict.message
@@ -334,7 +365,7 @@ async def test_a_trickling_answer_is_a_timeout(pool: ClientPool) -> None:
 
 async def test_a_tls_handshake_that_never_completes_is_a_tls_error(pool: ClientPool) -> None:
     async with RawServer(hang()) as server:  # plain TCP: the ClientHello is never answered
-        verdict = await check(server.url.replace("http://", "https://"), pool)
+        verdict = await check(server.url.replace("http://", "https://"), pool, validation=SHORT)
     assert verdict.reason is Reason.TLS_ERROR
     assert "handshake" in verdict.message and "within 500ms" in verdict.message
 
@@ -345,7 +376,7 @@ async def test_a_lookup_that_never_answers_is_a_dns_failure() -> None:
         return []
 
     pool = ClientPool(EgressPolicy(), resolver=never, proxies={})
-    verdict = await check("http://api.slow-dns.test", pool)
+    verdict = await check("http://api.slow-dns.test", pool, validation=SHORT)
     await pool.aclose()
     assert verdict.reason is Reason.DNS_FAILURE
     assert verdict.message == "The lookup of api.slow-dns.test did not answer within 500ms."
