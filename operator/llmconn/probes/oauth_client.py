@@ -38,6 +38,10 @@ Nothing is kept: the client secret, the assertion and the token are held (`ctx.h
 redacted from logs while in use, and from the verdict) and dropped when the probe ends. The
 verdict's details name the metadata's URL, the issuer, the scopes granted and the token's
 lifetime, never the token.
+
+Its length is one chain's: discovery, the authorization server's metadata, three ways to
+authenticate the client and the reading of each step's failures belong together, since each
+failure's reason names the step before it.
 """
 
 from __future__ import annotations
