@@ -210,7 +210,7 @@ cluster-up: $(VENV_STAMP) $(CONTROL_PLANE) ## start etcd + kube-apiserver in the
 	@$(CLUSTER) up --dir $(LOCAL)
 
 node-up: $(VENV_STAMP) $(CONTROL_PLANE) node-binaries image ## cluster-up with a node: containerd, kubelet, kube-controller-manager, kube-scheduler, the images imported
-	@$(CLUSTER) up --node --dir $(LOCAL)
+	@$(CLUSTER) up --node --dir $(LOCAL) --image $(IMAGES)/pause.tar --image $(IMAGES)/llmconn.tar
 
 cluster-down: ## stop the control plane, its node, and every process recorded in .local/run/*.pid
 	@if [ -x $(PY) ]; then $(CLUSTER) down --dir $(LOCAL); \

@@ -1,0 +1,211 @@
+"""The front door, run for real: what a cluster admin does first, on a real node.
+
+The image built from operator/Dockerfile by `make image`, `helm install` of charts/llmconn,
+`kubectl rollout status`, a Pod the kubelet started Running and Ready, a Secret and an
+LLMConnection against a loopback provider turned Ready=True by that Pod, a wrong key turned
+InvalidAPIKey, `kubectl logs` without a key, and `helm uninstall` leaving the CRD and the
+connections. Nothing the node's processes did went anywhere but loopback.
+
+The chart is installed as users get it: values a user could set (the image `make image`
+built, loopback providers allowed, free ports) and the node's plumbing from the Helm
+post-renderer (node_postrender.py) only.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from nodekit import API_FORWARD_PORT, Forwarder, Helm, NetWatch, pods, rollout, wait
+from opkit import Api, ControlledProvider, condition, leaked, manifest, secret
+
+from controlplane.cluster import ControlPlane, free_port
+from controlplane.node import NODE_NAME
+from node.images import CHART_VERSION, OPERATOR_REPOSITORY
+from servers.serve import serve
+
+RELEASE = "llmconn"
+NAMESPACE = "llmconn-system"
+SELECTOR = f"app.kubernetes.io/name=llmconn,app.kubernetes.io/instance={RELEASE}"
+ACCOUNT = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+GOOD_KEY = "sk-good-" + pysecrets.token_hex(12)
+BAD_KEY = "sk-bad-" + pysecrets.token_hex(12)
+CRD = "llmconnections.llmconn.dev"
+
+Doc = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[str]:
+    p = ControlledProvider(keys={GOOD_KEY})
+    with serve(p.app()) as url:
+        yield url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def api_forwarder(node_cluster: ControlPlane) -> Iterator[Forwarder]:
+    port = urlparse(node_cluster.server).port
+    assert port is not None
+    forwarder = Forwarder(API_FORWARD_PORT, port)
+    yield forwarder
+    forwarder.close()
+
+
+@pytest.fixture(scope="module")
+def netwatch(node_cluster: ControlPlane) -> Iterator[NetWatch]:
+    with NetWatch(node_cluster) as watch:
+        yield watch
+
+
+@pytest.fixture(scope="module")
+def helm(
+    node_cluster: ControlPlane,
+    helm_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    api_forwarder: Forwarder,
+    netwatch: NetWatch,
+) -> Helm:
+    return Helm(node_cluster, helm_env, tmp_path_factory.mktemp("front-door-helm"))
+
+
+def values() -> Doc:
+    return {
+        # What `make image` built, never pulled: no registry has it.
+        "image": {"repository": OPERATOR_REPOSITORY, "pullPolicy": "Never"},
+        # The test's providers are on loopback, which in the host's network is the machine's.
+        "egress": {"denyLoopback": False},
+        "metrics": {"port": free_port()},
+        "health": {"port": free_port()},
+        "config": {"logLevel": "debug"},
+    }
+
+
+def status_writers(plane: ControlPlane, namespace: str, name: str) -> list[tuple[str, str]]:
+    """(user, pod) of each successful status write to one connection."""
+    found = []
+    for event in plane.audit_events():
+        ref = event.get("objectRef", {})
+        if (
+            ref.get("namespace") == namespace
+            and ref.get("name") == name
+            and ref.get("resource") == "llmconnections"
+            and ref.get("subresource") == "status"
+            and 200 <= event.get("responseStatus", {}).get("code", 0) < 300
+        ):
+            user = event.get("user", {})
+            pod = (user.get("extra") or {}).get("authentication.kubernetes.io/pod-name", [""])[0]
+            found.append((user.get("username", ""), pod))
+    return found
+
+
+def test_helm_install_runs_the_image_and_its_pod_validates_connections(
+    node_cluster: ControlPlane, helm: Helm, provider: str, netwatch: NetWatch
+) -> None:
+    plane = node_cluster
+    api = Api(plane)
+    assert plane.kubectl("get", "crd", CRD, check=False).returncode != 0  # helm brings it
+
+    helm.install("install", RELEASE, NAMESPACE, values())
+    plane.wait_established(CRD)
+    assert "successfully rolled out" in rollout(plane, NAMESPACE, "deployment", RELEASE)
+
+    (pod,) = pods(plane, NAMESPACE, SELECTOR)
+    pod_name = pod["metadata"]["name"]
+    assert pod["spec"]["nodeName"] == NODE_NAME
+    assert pod["status"]["phase"] == "Running"
+    (status,) = pod["status"]["containerStatuses"]
+    assert status["ready"] is True
+    assert status["restartCount"] == 0
+    assert status["image"].endswith(f"{OPERATOR_REPOSITORY}:{CHART_VERSION}")
+    assert condition(pod["status"], "Ready")["status"] == "True"
+    # ServiceAccount admission gave it its token; the image's user and no capabilities.
+    assert any(v["name"].startswith("kube-api-access-") for v in pod["spec"]["volumes"])
+    assert pod["spec"]["serviceAccountName"] == RELEASE
+    state = plane.kubectl(
+        "exec",
+        "-n",
+        NAMESPACE,
+        pod_name,
+        "--",
+        "python",
+        "-c",
+        "import os; print(os.getuid(), os.getgid(), open('/proc/self/status').read())",
+    ).stdout
+    assert state.split()[:2] == ["65532", "65532"]
+    assert "CapEff:\t0000000000000000" in state
+    assert "Seccomp:\t2" in state
+
+    ns = plane.create_namespace("agents")
+    spec = {
+        "provider": "openai-compatible",
+        "endpoint": provider,
+        "model": "gpt-4o",
+        "apiKeySecretRef": {"name": "creds", "key": "apiKey"},
+    }
+    bad_spec = {**spec, "apiKeySecretRef": {"name": "wrong-creds", "key": "apiKey"}}
+    plane.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input="\n---\n".join(
+            [
+                secret(ns, "creds", {"apiKey": GOOD_KEY}),
+                secret(ns, "wrong-creds", {"apiKey": BAD_KEY}),
+                manifest(ns, "chat", spec),
+                manifest(ns, "wrong", bad_spec),
+            ]
+        ),
+    )
+
+    def verdict(name: str, ready: str, reason: str) -> Doc | None:
+        status = api.status(ns, name)
+        ok = condition(status, "Ready").get("status") == ready and status.get("reason") == reason
+        return status if ok else None
+
+    good = wait("chat Ready=True", lambda: verdict("chat", "True", "Validated"), timeout=60)
+    assert good["result"] == "success"
+    bad = wait("wrong InvalidAPIKey", lambda: verdict("wrong", "False", "InvalidAPIKey"), 60)
+    assert bad["result"] == "failed"
+    # Written by the Pod, under the chart's ServiceAccount: its token names the pod.
+    for name in ("chat", "wrong"):
+        writers = status_writers(plane, ns, name)
+        assert writers and set(writers) == {(ACCOUNT, pod_name)}, writers
+
+    logs = plane.kubectl("logs", "-n", NAMESPACE, pod_name).stdout
+    lines = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert lines, logs[-2000:]
+    assert f"{ns}/chat" in logs and f"{ns}/wrong" in logs
+    assert leaked((GOOD_KEY, BAD_KEY), logs) == []
+    assert "Traceback" not in logs
+
+    # Uninstall removes the operator and leaves the CRD, the connections and the Secrets.
+    helm.run("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait")
+    wait("the operator pod gone", lambda: pods(plane, NAMESPACE, SELECTOR) == [])
+    assert plane.kubectl("get", "crd", CRD, check=False).returncode == 0
+    left = plane.kubectl("get", "llmconnections,secrets", "-n", ns, "-o", "name").stdout.split()
+    assert sorted(left) == sorted(
+        [
+            "llmconnection.llmconn.dev/chat",
+            "llmconnection.llmconn.dev/wrong",
+            "secret/creds",
+            "secret/wrong-creds",
+        ]
+    )
+    assert condition(api.status(ns, "chat"), "Ready")["status"] == "True"
+    plane.kubectl("delete", "llmconnections", "--all", "-n", ns)
+
+
+def test_the_node_dialled_nothing_but_loopback(
+    netwatch: NetWatch, node_cluster: ControlPlane
+) -> None:
+    """The kubelet's serving, probes and logs, containerd's streams, the pods: the machine's
+    own non-loopback address (the node's InternalIP) was never dialled."""
+    netwatch.sample()
+    assert netwatch.off_loopback == set()
+    # The watch saw the cluster's loopback traffic: the kubelet's and the operator pod's.
+    assert netwatch.samples > 10
+    assert {"kubelet", "llmconn"} <= {process for process, _ in netwatch.loopback}
