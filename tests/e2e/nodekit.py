@@ -278,3 +278,129 @@ def wait(what: str, fn: Any, timeout: float = 120.0, every: float = 0.2) -> Any:
             return last
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+
+
+# --- a provider that holds its answers -----------------------------------------------------
+
+
+class GatedProvider:
+    """An OpenAI-style provider (GET /v1/models and /v1/models/{id}) whose answers wait while `held` is set,
+    so a test knows probes are in flight; records each answered request's model and time."""
+
+    def __init__(self, keys: set[str], models: list[str]) -> None:
+        self.keys = set(keys)
+        self.models = list(models)
+        self.held = threading.Event()
+        self.waiting = 0
+        self.answered: list[tuple[float, str]] = []
+
+    def app(self) -> Any:
+        import asyncio
+
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def model(request: Any) -> Any:
+            self.waiting += 1
+            try:
+                while self.held.is_set():
+                    await asyncio.sleep(0.05)
+            finally:
+                self.waiting -= 1
+            name = request.path_params.get("model")
+            self.answered.append((time.time(), name or ""))
+            if request.headers.get("authorization", "").removeprefix("Bearer ") not in self.keys:
+                body = {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_api_key",
+                    }
+                }
+                return JSONResponse(body, status_code=401)
+            if name is None:
+                data = [{"id": m, "object": "model", "owned_by": "test"} for m in self.models]
+                return JSONResponse({"object": "list", "data": data})
+            if name not in self.models:
+                body = {
+                    "error": {
+                        "message": f"The model `{name}` does not exist.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "model_not_found",
+                    }
+                }
+                return JSONResponse(body, status_code=404)
+            return JSONResponse({"id": name, "object": "model", "owned_by": "test"})
+
+        return Starlette(
+            routes=[Route("/v1/models", model), Route("/v1/models/{model:path}", model)]
+        )
+
+
+class PodWatch:
+    """`kubectl get pods --watch` in a thread: every state each pod of a selector was seen in,
+    including the last one before it was deleted."""
+
+    def __init__(self, plane: ControlPlane, namespace: str, selector: str) -> None:
+        self.seen: dict[str, list[dict[str, Any]]] = {}
+        self.proc = subprocess.Popen(
+            [
+                str(plane.bin_dir / "kubectl"),
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                selector,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=plane.env(),
+        )
+        self.thread = threading.Thread(target=self._read, daemon=True, name="podwatch")
+        self.thread.start()
+
+    def _read(self) -> None:
+        import json
+
+        decoder = json.JSONDecoder()
+        buffer = ""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            buffer += line
+            while buffer.strip():
+                try:
+                    event, end = decoder.raw_decode(buffer.lstrip())
+                except ValueError:
+                    break
+                buffer = buffer.lstrip()[end:]
+                pod = event.get("object", {})
+                name = pod.get("metadata", {}).get("name", "")
+                self.seen.setdefault(name, []).append(pod)
+
+    def last(self, name: str) -> dict[str, Any]:
+        return self.seen.get(name, [{}])[-1]
+
+    def terminations(self, name: str) -> list[dict[str, Any]]:
+        """The `terminated` states reported for the pod's containers."""
+        return [
+            status["state"]["terminated"]
+            for pod in self.seen.get(name, [])
+            for status in pod.get("status", {}).get("containerStatuses") or []
+            if "terminated" in status.get("state", {})
+        ]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.thread.join(timeout=5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()

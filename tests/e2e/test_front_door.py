@@ -20,8 +20,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from nodekit import API_FORWARD_PORT, Forwarder, Helm, NetWatch, pods, rollout, wait
-from opkit import Api, ControlledProvider, condition, leaked, manifest, secret
+from nodekit import (
+    API_FORWARD_PORT,
+    Forwarder,
+    GatedProvider,
+    Helm,
+    NetWatch,
+    PodWatch,
+    pods,
+    rollout,
+    wait,
+)
+from opkit import Api, condition, leaked, manifest, secret
 
 from controlplane.cluster import ControlPlane, free_port
 from controlplane.node import NODE_NAME
@@ -40,10 +50,10 @@ Doc = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def provider() -> Iterator[str]:
-    p = ControlledProvider(keys={GOOD_KEY})
+def provider() -> Iterator[tuple[GatedProvider, str]]:
+    p = GatedProvider(keys={GOOD_KEY}, models=["gpt-4o"])
     with serve(p.app()) as url:
-        yield url + "/v1"
+        yield p, url + "/v1"
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +113,18 @@ def status_writers(plane: ControlPlane, namespace: str, name: str) -> list[tuple
 
 
 def test_helm_install_runs_the_image_and_its_pod_validates_connections(
-    node_cluster: ControlPlane, helm: Helm, provider: str, netwatch: NetWatch
+    node_cluster: ControlPlane,
+    helm: Helm,
+    provider: tuple[GatedProvider, str],
+    netwatch: NetWatch,
 ) -> None:
     plane = node_cluster
     api = Api(plane)
+    gate, url = provider
     assert plane.kubectl("get", "crd", CRD, check=False).returncode != 0  # helm brings it
 
-    helm.install("install", RELEASE, NAMESPACE, values())
+    chosen = values()
+    helm.install("install", RELEASE, NAMESPACE, chosen)
     plane.wait_established(CRD)
     assert "successfully rolled out" in rollout(plane, NAMESPACE, "deployment", RELEASE)
 
@@ -142,7 +157,7 @@ def test_helm_install_runs_the_image_and_its_pod_validates_connections(
     ns = plane.create_namespace("agents")
     spec = {
         "provider": "openai-compatible",
-        "endpoint": provider,
+        "endpoint": url,
         "model": "gpt-4o",
         "apiKeySecretRef": {"name": "creds", "key": "apiKey"},
     }
@@ -182,18 +197,73 @@ def test_helm_install_runs_the_image_and_its_pod_validates_connections(
     assert leaked((GOOD_KEY, BAD_KEY), logs) == []
     assert "Traceback" not in logs
 
+    # An upgrade while probes are in flight. The provider holds its answers, validations are
+    # requested, and the upgrade replaces the pod (the chart's Recreate: the old one stops
+    # first). The old pod gets SIGTERM with its probes in flight; once it has, the answers
+    # come, and it writes every verdict and exits by itself within its grace period.
+    names = ["chat", "wrong", *(f"more-{i}" for i in range(4))]
+    plane.kubectl(
+        "apply", "-f", "-", input="\n---\n".join(manifest(ns, n, spec) for n in names[2:])
+    )
+    for name in names[2:]:
+        wait(f"{name} Ready=True", lambda n=name: verdict(n, "True", "Validated"), timeout=60)
+    gate.held.set()
+    pod_watch = PodWatch(plane, NAMESPACE, SELECTOR)
+    try:
+        request = f"upgrade-{pysecrets.token_hex(3)}"
+        for name in names:
+            plane.kubectl(
+                "annotate",
+                "-n",
+                ns,
+                f"llmconnection/{name}",
+                f"llmconn.dev/validate-requested-at={request}",
+            )
+        wait("every requested probe in flight", lambda: gate.waiting == len(names))
+        helm.install("upgrade", RELEASE, NAMESPACE, {**chosen, "podAnnotations": {"upgraded": "1"}})
+        wait(
+            "the old pod stopping",
+            lambda: plane.kubectl(
+                "get",
+                "pod",
+                pod_name,
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+                check=False,
+            ).stdout.strip(),
+        )
+        assert gate.waiting == len(names)  # SIGTERM came while every probe was in flight
+    finally:
+        gate.held.clear()
+    try:
+        rollout(plane, NAMESPACE, "deployment", RELEASE)
+        for name in names:
+            wait(
+                f"{name}'s requested verdict",
+                lambda n=name: api.status(ns, n).get("lastHandledRequestedAt") == request,
+            )
+        # Written by the old pod, which then exited by itself (0), not killed at the end of
+        # its grace period (137).
+        for name in names:
+            assert status_writers(plane, ns, name)[-1] == (ACCOUNT, pod_name)
+        wait("the old pod's exit", lambda: pod_watch.terminations(pod_name))
+        assert [t["exitCode"] for t in pod_watch.terminations(pod_name)][-1:] == [0]
+    finally:
+        pod_watch.close()
+    assert condition(api.status(ns, "chat"), "Ready")["status"] == "True"
+    assert api.status(ns, "wrong")["reason"] == "InvalidAPIKey"
+    (new_pod,) = pods(plane, NAMESPACE, SELECTOR)
+    assert new_pod["metadata"]["name"] != pod_name
+
     # Uninstall removes the operator and leaves the CRD, the connections and the Secrets.
     helm.run("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait")
     wait("the operator pod gone", lambda: pods(plane, NAMESPACE, SELECTOR) == [])
     assert plane.kubectl("get", "crd", CRD, check=False).returncode == 0
     left = plane.kubectl("get", "llmconnections,secrets", "-n", ns, "-o", "name").stdout.split()
     assert sorted(left) == sorted(
-        [
-            "llmconnection.llmconn.dev/chat",
-            "llmconnection.llmconn.dev/wrong",
-            "secret/creds",
-            "secret/wrong-creds",
-        ]
+        [*(f"llmconnection.llmconn.dev/{n}" for n in names), "secret/creds", "secret/wrong-creds"]
     )
     assert condition(api.status(ns, "chat"), "Ready")["status"] == "True"
     plane.kubectl("delete", "llmconnections", "--all", "-n", ns)
