@@ -257,6 +257,27 @@ class Helm:
         )
 
 
+def status_writers(plane: ControlPlane, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    """(user, pod name, pod uid) of each successful status write to one connection, in order:
+    a ServiceAccount token bound to a pod names the pod (the audit log's user.extra)."""
+    found = []
+    for event in plane.audit_events():
+        ref = event.get("objectRef", {})
+        if (
+            ref.get("namespace") == namespace
+            and ref.get("name") == name
+            and ref.get("resource") == "llmconnections"
+            and ref.get("subresource") == "status"
+            and 200 <= event.get("responseStatus", {}).get("code", 0) < 300
+        ):
+            user = event.get("user", {})
+            extra = user.get("extra") or {}
+            pod = extra.get("authentication.kubernetes.io/pod-name", [""])[0]
+            uid = extra.get("authentication.kubernetes.io/pod-uid", [""])[0]
+            found.append((user.get("username", ""), pod, uid))
+    return found
+
+
 def rollout(plane: ControlPlane, namespace: str, kind: str, name: str) -> str:
     return plane.kubectl(
         "rollout", "status", f"{kind}/{name}", "-n", namespace, "--timeout=180s", timeout=200

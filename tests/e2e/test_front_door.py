@@ -29,6 +29,7 @@ from nodekit import (
     PodWatch,
     pods,
     rollout,
+    status_writers,
     wait,
 )
 from opkit import Api, condition, leaked, manifest, secret
@@ -92,24 +93,6 @@ def values() -> Doc:
         "health": {"port": free_port()},
         "config": {"logLevel": "debug"},
     }
-
-
-def status_writers(plane: ControlPlane, namespace: str, name: str) -> list[tuple[str, str]]:
-    """(user, pod) of each successful status write to one connection."""
-    found = []
-    for event in plane.audit_events():
-        ref = event.get("objectRef", {})
-        if (
-            ref.get("namespace") == namespace
-            and ref.get("name") == name
-            and ref.get("resource") == "llmconnections"
-            and ref.get("subresource") == "status"
-            and 200 <= event.get("responseStatus", {}).get("code", 0) < 300
-        ):
-            user = event.get("user", {})
-            pod = (user.get("extra") or {}).get("authentication.kubernetes.io/pod-name", [""])[0]
-            found.append((user.get("username", ""), pod))
-    return found
 
 
 def test_helm_install_runs_the_image_and_its_pod_validates_connections(
@@ -187,7 +170,7 @@ def test_helm_install_runs_the_image_and_its_pod_validates_connections(
     assert bad["result"] == "failed"
     # Written by the Pod, under the chart's ServiceAccount: its token names the pod.
     for name in ("chat", "wrong"):
-        writers = status_writers(plane, ns, name)
+        writers = [(user, pod) for user, pod, _ in status_writers(plane, ns, name)]
         assert writers and set(writers) == {(ACCOUNT, pod_name)}, writers
 
     logs = plane.kubectl("logs", "-n", NAMESPACE, pod_name).stdout
@@ -247,7 +230,7 @@ def test_helm_install_runs_the_image_and_its_pod_validates_connections(
         # Written by the old pod, which then exited by itself (0), not killed at the end of
         # its grace period (137).
         for name in names:
-            assert status_writers(plane, ns, name)[-1] == (ACCOUNT, pod_name)
+            assert status_writers(plane, ns, name)[-1][:2] == (ACCOUNT, pod_name)
         wait("the old pod's exit", lambda: pod_watch.terminations(pod_name))
         assert [t["exitCode"] for t in pod_watch.terminations(pod_name)][-1:] == [0]
     finally:
