@@ -119,6 +119,13 @@ class Node:
                 "packages (see .ci/run)"
             )
         self.stop()  # a crashed run's leftovers
+        others = [str(h / n) for h in _hierarchies() for n in CGROUP_NAMES if (h / n).exists()]
+        if others:
+            raise NodeError(
+                f"{others[0]} exists: another node runs on this machine (one at a time: they "
+                "would share these cgroups), or a crashed one left it; stop it with `make "
+                "cluster-down` in its clone"
+            )
         shutil.rmtree(self.dir, ignore_errors=True)
         for folder in (self.dir, self.pki, self.pod_logs, self.kubelet_dir):
             folder.mkdir(parents=True, exist_ok=True)

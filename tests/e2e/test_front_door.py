@@ -47,6 +47,8 @@ GOOD_KEY = "sk-good-" + pysecrets.token_hex(12)
 BAD_KEY = "sk-bad-" + pysecrets.token_hex(12)
 CRD = "llmconnections.llmconn.dev"
 
+pytestmark = pytest.mark.node
+
 Doc = dict[str, Any]
 
 

@@ -55,6 +55,8 @@ MIN_GAP = (1 - JITTER) * INTERVAL - 1
 # ...nor farther apart than its latest plan plus one interval.
 MAX_GAP = (1 + JITTER) * INTERVAL + INTERVAL
 
+pytestmark = pytest.mark.node
+
 Doc = dict[str, Any]
 
 
