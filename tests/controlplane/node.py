@@ -590,6 +590,57 @@ class Node:
         self.state_file.chmod(0o600)
 
 
+# -- what the machine looks like ----------------------------------------------------------
+
+
+def machine_state(node_dir: Path) -> dict[str, list[str]]:
+    """What a node could leave behind on the machine, to compare before and after one ran:
+    mounts under its directory or of container runtimes, cgroups of pods and containers, the
+    kernel settings the kubelet wants, network namespaces, netfilter rules, the paths used
+    outside its directory, and processes that still name its directory."""
+    runtime_mounts = ("/run/containerd", "/var/lib/kubelet", "/run/netns", "/var/run/netns")
+    state: dict[str, list[str]] = {
+        "mounts": sorted(
+            m
+            for m in _mount_points()
+            if m.startswith(f"{node_dir}/") or m == str(node_dir) or m.startswith(runtime_mounts)
+        ),
+        "cgroups": sorted(
+            str(group)
+            for hierarchy in _hierarchies()
+            for group in hierarchy.iterdir()
+            if group.is_dir()
+            and (group.name in CGROUP_NAMES or group.name.startswith(("libpod", "buildah")))
+        ),
+        "sysctls": [f"{key}={_read_sysctl(key)}" for key in KUBELET_SYSCTLS],
+        "netns": sorted(str(p) for d in NETNS_DIRS if d.is_dir() for p in d.iterdir()),
+        "paths": [str(p) for p in OUTSIDE_PATHS if p.exists()],
+        "processes": sorted(
+            f"{proc.name} {cmdline[:200]!r}"
+            for proc in Path("/proc").iterdir()
+            if proc.name.isdigit()
+            and proc.name != str(os.getpid())
+            and str(node_dir).encode() in (cmdline := _cmdline(proc))
+        ),
+    }
+    for tool in ("iptables-save", "ip6tables-save"):
+        if shutil.which(tool):
+            result = subprocess.run([tool], capture_output=True, text=True, check=False)
+            state[tool] = [
+                line
+                for line in result.stdout.splitlines()
+                if line and not line.startswith("#") and not line.startswith(":")
+            ]
+    return state
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 # -- helpers ------------------------------------------------------------------------------
 
 

@@ -73,9 +73,12 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
     missing = [str(image) for image in IMAGES if not image.exists()]
     if missing:
         pytest.fail(f"missing {', '.join(missing)}: run `make image` first", pytrace=False)
+    from controlplane.node import machine_state
+
     plane = ControlPlane(
         tmp_path_factory.mktemp("node-plane"), BIN_DIR, audit=True, node=True, images=IMAGES
     )
+    before = machine_state(plane.root_dir)
     try:
         plane.start()
     except MissingBinariesError as error:
@@ -84,3 +87,10 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPl
         yield plane  # without the CRDs: `helm install` brings them
     finally:
         plane.stop()
+    # The node left nothing behind: no mount, cgroup, kernel setting, netns, netfilter rule,
+    # path or process that was not there before it started.
+    after = machine_state(plane.root_dir)
+    assert {
+        k: sorted(set(after[k]) - set(before[k])) for k in after if set(after[k]) - set(before[k])
+    } == {}
+    assert after["sysctls"] == before["sysctls"]
