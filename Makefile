@@ -300,7 +300,7 @@ SOAK_ARGS ?=
 soak: $(VENV_STAMP) $(CONTROL_PLANE) ## faults under load on its own control plane (minutes); SOAK_ARGS="--faults cd"
 	@$(PY) tests/bench/soak.py $(SOAK_ARGS)
 
-clean: cluster-down ## stop everything and remove .local state (keeps the built binaries)
+clean: cluster-down ## stop everything and remove .local state (keeps the built binaries and images)
 	rm -rf $(LOCAL)/controlplane $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/kubeconfig \
-		$(LOCAL)/kubectl-cache
+		$(LOCAL)/kubectl-cache $(LOCAL)/node $(LOCAL)/podman
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis
