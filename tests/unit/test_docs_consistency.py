@@ -177,7 +177,7 @@ def test_printer_columns_match_the_kubectl_examples() -> None:
     wide = default + [c["name"].upper() for c in columns if c.get("priority")]
     headers = [
         re.split(r"\s{2,}", line.strip())
-        for block in code_blocks(section("A first connection"))
+        for block in code_blocks(section("Reading a verdict with kubectl"))
         for line in block.splitlines()
         if line.startswith("NAME ")
     ]
