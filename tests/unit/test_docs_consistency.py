@@ -315,6 +315,21 @@ def test_every_make_target_is_documented() -> None:
     assert sorted(documented) == sorted(targets)
 
 
+FIGURES_CONTEXT = ["date", "CPU model, cores", "Python, Kopf", "command"]
+
+
+def test_every_figure_names_its_context() -> None:
+    """Each measured figure says when, on what and with what it was made, or that the run did
+    not record it: never an empty cell."""
+    rows = first_table(section("Figures"))
+    assert rows
+    for row in rows:
+        assert list(row)[-len(FIGURES_CONTEXT) :] == FIGURES_CONTEXT
+        for column in FIGURES_CONTEXT:
+            assert row[column].strip(), (row["measurement"], column)
+        assert re.search(r"\d{4}-\d{2}-\d{2}|not recorded|estimate", row["date"]), row["date"]
+
+
 def test_local_quickstart_is_exactly_two_commands() -> None:
     first_block = code_blocks(section("Local quickstart"))[0]
     assert first_block.split("\n")[:-1] == ["make demo", "make test"]
