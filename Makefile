@@ -26,7 +26,7 @@ ETCD_MODULE := tests/controlplane/etcd
 # (outside the repo) so they survive between runs on the same machine.
 GO_ENV := GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
 
-.PHONY: help venv binaries control-plane node-binaries image cluster-up node-up cluster-down \
+.PHONY: help release-check venv binaries control-plane node-binaries image cluster-up node-up cluster-down \
 	cluster-status crds test lint format demo run bench clean helm kstatus-check chart-sync \
 	flux-cel-check argocd-lua promtool
 
@@ -121,7 +121,7 @@ $(IMAGES)/base.tar:
 	echo "made the base image in $${took}s"; \
 	echo "$$(date -u +%FT%TZ) base-image $${took}s" >> $(abspath $(LOCAL))/logs/build.log
 
-$(IMAGES)/llmconn.tar: $(IMAGES)/base.tar $(OPERATOR_SOURCES) tests/node/images.py $(VENV_STAMP)
+$(IMAGES)/llmconn.tar: $(IMAGES)/base.tar $(OPERATOR_SOURCES) charts/llmconn/Chart.yaml tests/node/images.py $(VENV_STAMP)
 	@mkdir -p $(LOCAL)/logs
 	@echo "building the operator's image from operator/Dockerfile (log: $(LOCAL)/logs/image.log)..."
 	@start=$$SECONDS; \
@@ -236,6 +236,9 @@ test: $(VENV_STAMP) binaries $(if $(NODE_MACHINE)$(CI),image) ## run the whole t
 	$(VENV)/bin/pytest -p no:cacheprovider || status=$$?; \
 	$(MAKE) lint || status=$$?; \
 	exit $$status
+
+release-check: $(VENV_STAMP) ## check that pyproject.toml, the chart's version and appVersion, the changelog's newest release and the documented image tag name one version
+	@$(PY) tests/releasekit.py
 
 lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
