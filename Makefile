@@ -26,8 +26,9 @@ ETCD_MODULE := tests/controlplane/etcd
 # (outside the repo) so they survive between runs on the same machine.
 GO_ENV := GOTOOLCHAIN=local GOFLAGS=-mod=readonly CGO_ENABLED=0
 
-.PHONY: help venv binaries cluster-up cluster-down cluster-status crds test lint format \
-	demo run bench clean helm kstatus-check chart-sync flux-cel-check argocd-lua promtool
+.PHONY: help release-check venv binaries control-plane node-binaries image cluster-up node-up cluster-down \
+	cluster-status crds test lint format demo run bench clean helm kstatus-check chart-sync \
+	flux-cel-check argocd-lua promtool
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -44,13 +45,21 @@ $(VENV_STAMP): pyproject.toml
 
 # -- control plane binaries --------------------------------------------------------------
 
-binaries: $(BIN)/kube-apiserver $(BIN)/kubectl $(BIN)/etcd helm kstatus-check flux-cel-check argocd-lua promtool ## build kube-apiserver, kubectl, etcd, helm and the GitOps and alert test tools into .local/bin
+CONTROL_PLANE := $(BIN)/kube-apiserver $(BIN)/kubectl $(BIN)/etcd
+NODE := $(BIN)/kubelet $(BIN)/kube-controller-manager $(BIN)/kube-scheduler
 
-# Both from one wrapper module, so client and server are the same Kubernetes version. The
-# -X flags are the version variables Kubernetes' own build sets (else it says v0.0.0-master).
-$(BIN)/kube-apiserver $(BIN)/kubectl &: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum
+binaries: $(CONTROL_PLANE) node-binaries helm kstatus-check flux-cel-check argocd-lua promtool ## build everything `make test` runs into .local/bin: the control plane, the test node, helm and the GitOps and alert test tools
+
+control-plane: $(CONTROL_PLANE) ## build kube-apiserver, kubectl and etcd (all `make demo` needs) into .local/bin
+
+node-binaries: $(NODE) $(BIN)/pause ## build the test node's kubelet, kube-controller-manager, kube-scheduler and pause into .local/bin
+
+# All five from one wrapper module, so client, server and node are the same Kubernetes
+# version. The -X flags are the version variables Kubernetes' own build sets (else it says
+# v0.0.0-master). $(1): the commands; each build's time goes to .local/logs/build.log.
+define kube_build
 	@mkdir -p $(BIN) $(LOCAL)/logs
-	@echo "building kube-apiserver and kubectl from Go modules (first run takes several minutes)..."
+	@echo "building $(1) from Go modules (first run takes several minutes)..."
 	@cd $(KUBE_MODULE) && \
 	version=$$($(GO_ENV) go list -m -f '{{.Version}}' k8s.io/kubernetes) && \
 	major=$${version#v}; major=$${major%%.*}; \
@@ -61,11 +70,18 @@ $(BIN)/kube-apiserver $(BIN)/kubectl &: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.
 	done; \
 	start=$$SECONDS; \
 	$(GO_ENV) go build -trimpath -ldflags "$$ldflags" -o $(abspath $(BIN))/ \
-		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; \
+		$(foreach cmd,$(1),k8s.io/kubernetes/cmd/$(cmd)); \
 	took=$$((SECONDS - start)); \
-	echo "built kube-apiserver and kubectl $$version in $${took}s"; \
-	echo "$$(date -u +%FT%TZ) kube-apiserver+kubectl $$version $${took}s" >> $(abspath $(LOCAL))/logs/build.log
-	@touch $(BIN)/kube-apiserver $(BIN)/kubectl
+	echo "built $(1) $$version in $${took}s"; \
+	echo "$$(date -u +%FT%TZ) $(subst $(eval) ,+,$(1)) $$version $${took}s" >> $(abspath $(LOCAL))/logs/build.log
+	@touch $(foreach cmd,$(1),$(BIN)/$(cmd))
+endef
+
+$(BIN)/kube-apiserver $(BIN)/kubectl &: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum
+	$(call kube_build,kube-apiserver kubectl)
+
+$(NODE) &: $(KUBE_MODULE)/go.mod $(KUBE_MODULE)/go.sum
+	$(call kube_build,kubelet kube-controller-manager kube-scheduler)
 
 $(BIN)/etcd: $(ETCD_MODULE)/go.mod $(ETCD_MODULE)/go.sum
 	@mkdir -p $(BIN) $(LOCAL)/logs
@@ -76,6 +92,47 @@ $(BIN)/etcd: $(ETCD_MODULE)/go.mod $(ETCD_MODULE)/go.sum
 	took=$$((SECONDS - start)); \
 	echo "built etcd in $${took}s"; \
 	echo "$$(date -u +%FT%TZ) etcd $${took}s" >> $(abspath $(LOCAL))/logs/build.log
+
+# The node's sandbox program: the project's own, static, in a module of its own.
+PAUSE_MODULE := tests/node/pause
+
+$(BIN)/pause: $(PAUSE_MODULE)/go.mod $(PAUSE_MODULE)/main.go
+	@mkdir -p $(BIN)
+	@cd $(PAUSE_MODULE) && $(GO_ENV) go build -trimpath -ldflags "-s -w" -o $(abspath $@) .
+
+# -- images for the test node ------------------------------------------------------------
+
+# No registry: the operator's image is operator/Dockerfile built unchanged by podman on a
+# Debian base made with Debian's own mmdebstrap; the sandbox image holds only the pause
+# binary. Both are archives the node imports into its containerd when it starts.
+IMAGES := $(LOCAL)/images
+BASE_PACKAGES := python3,python3-venv,python3-pip,python-is-python3,ca-certificates
+OPERATOR_SOURCES := operator/Dockerfile pyproject.toml README.md $(shell find operator/llmconn -type f -not -name '*.pyc' 2>/dev/null)
+
+image: $(IMAGES)/llmconn.tar $(IMAGES)/pause.tar ## build the operator's image from operator/Dockerfile (podman, on an mmdebstrap base) and the node's sandbox image into .local/images
+
+$(IMAGES)/base.tar:
+	@mkdir -p $(IMAGES) $(LOCAL)/logs
+	@echo "making the Debian base image with mmdebstrap (minutes)..."
+	@start=$$SECONDS; \
+	mmdebstrap --quiet --format=tar --variant=minbase --include=$(BASE_PACKAGES) bookworm $@.partial; \
+	mv $@.partial $@; \
+	took=$$((SECONDS - start)); \
+	echo "made the base image in $${took}s"; \
+	echo "$$(date -u +%FT%TZ) base-image $${took}s" >> $(abspath $(LOCAL))/logs/build.log
+
+$(IMAGES)/llmconn.tar: $(IMAGES)/base.tar $(OPERATOR_SOURCES) charts/llmconn/Chart.yaml tests/node/images.py $(VENV_STAMP)
+	@mkdir -p $(LOCAL)/logs
+	@echo "building the operator's image from operator/Dockerfile (log: $(LOCAL)/logs/image.log)..."
+	@start=$$SECONDS; \
+	$(PY) tests/node/images.py operator --base $(IMAGES)/base.tar --out $@ \
+		> $(LOCAL)/logs/image.log 2>&1 || { tail -n 40 $(LOCAL)/logs/image.log; exit 1; }; \
+	took=$$((SECONDS - start)); \
+	tail -n 1 $(LOCAL)/logs/image.log; \
+	echo "$$(date -u +%FT%TZ) operator-image $${took}s" >> $(abspath $(LOCAL))/logs/build.log
+
+$(IMAGES)/pause.tar: $(BIN)/pause tests/node/images.py $(VENV_STAMP)
+	@$(PY) tests/node/images.py pause --binary $(BIN)/pause --out $@
 
 # -- chart and GitOps test tools --------------------------------------------------------
 
@@ -149,10 +206,13 @@ chart-sync: ## copy the canonical CRD into the chart (a test fails when they dif
 
 # -- local control plane -----------------------------------------------------------------
 
-cluster-up: $(VENV_STAMP) binaries ## start etcd + kube-apiserver in the background (idempotent)
+cluster-up: $(VENV_STAMP) $(CONTROL_PLANE) ## start etcd + kube-apiserver in the background (idempotent)
 	@$(CLUSTER) up --dir $(LOCAL)
 
-cluster-down: ## stop the control plane and every process recorded in .local/run/*.pid
+node-up: $(VENV_STAMP) $(CONTROL_PLANE) node-binaries image ## cluster-up with a node: containerd, kubelet, kube-controller-manager, kube-scheduler, the images imported
+	@$(CLUSTER) up --node --dir $(LOCAL) --image $(IMAGES)/pause.tar --image $(IMAGES)/llmconn.tar
+
+cluster-down: ## stop the control plane, its node, and every process recorded in .local/run/*.pid
 	@if [ -x $(PY) ]; then $(CLUSTER) down --dir $(LOCAL); \
 	else echo "no $(VENV): nothing was started"; fi
 
@@ -166,12 +226,19 @@ crds: cluster-up ## install the LLMConnection CRD into the local cluster
 
 # -- quality -----------------------------------------------------------------------------
 
-# Both halves always run, so one CI log shows test and lint results together.
-test: $(VENV_STAMP) binaries ## run the whole test suite, then lint
+# Both halves always run, so one CI log shows test and lint results together. The image is
+# built where the test node can run (root, with mmdebstrap and podman), and always in CI,
+# where the front-door tests may not skip.
+NODE_MACHINE := $(shell [ "$$(id -u)" = 0 ] && command -v mmdebstrap >/dev/null && \
+	command -v podman >/dev/null && echo yes)
+test: $(VENV_STAMP) binaries $(if $(NODE_MACHINE)$(CI),image) ## run the whole test suite, then lint
 	@status=0; \
 	$(VENV)/bin/pytest -p no:cacheprovider || status=$$?; \
 	$(MAKE) lint || status=$$?; \
 	exit $$status
+
+release-check: $(VENV_STAMP) ## check that pyproject.toml, the chart's version and appVersion, the changelog's newest release and the documented image tag name one version
+	@$(PY) tests/releasekit.py
 
 lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy
 	$(VENV)/bin/ruff check .
@@ -198,7 +265,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # whenever it is installed: in .venv it would add to llmconn's memory and start-up too.
 PEER_VENV := $(LOCAL)/peer-venv
 PEER_STAMP := $(PEER_VENV)/.installed
-bench: $(BENCH_STAMP) binaries $(if $(findstring blackbox,$(BENCH_ARGS)),blackbox-exporter) $(if $(findstring naive-kopf,$(BENCH_ARGS)),$(PEER_STAMP)) ## benchmark on its own control plane; BENCH_ARGS="--connections 10000 --peer naive-kopf"
+bench: $(BENCH_STAMP) $(CONTROL_PLANE) $(if $(findstring blackbox,$(BENCH_ARGS)),blackbox-exporter) $(if $(findstring naive-kopf,$(BENCH_ARGS)),$(PEER_STAMP)) ## benchmark on its own control plane; BENCH_ARGS="--connections 10000 --peer naive-kopf"
 	@$(PY) tests/bench/bench.py $(BENCH_ARGS)
 
 $(BENCH_STAMP): $(VENV_STAMP)
@@ -233,10 +300,10 @@ $(BIN)/blackbox_exporter: $(BLACKBOX_MODULE)/go.mod $(BLACKBOX_MODULE)/go.sum
 
 SOAK_ARGS ?=
 .PHONY: soak
-soak: $(VENV_STAMP) binaries ## faults under load on its own control plane (minutes); SOAK_ARGS="--faults cd"
+soak: $(VENV_STAMP) $(CONTROL_PLANE) ## faults under load on its own control plane (minutes); SOAK_ARGS="--faults cd"
 	@$(PY) tests/bench/soak.py $(SOAK_ARGS)
 
-clean: cluster-down ## stop everything and remove .local state (keeps the built binaries)
+clean: cluster-down ## stop everything and remove .local state (keeps the built binaries and images)
 	rm -rf $(LOCAL)/controlplane $(LOCAL)/logs $(LOCAL)/run $(LOCAL)/kubeconfig \
-		$(LOCAL)/kubectl-cache
+		$(LOCAL)/kubectl-cache $(LOCAL)/node $(LOCAL)/podman
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis

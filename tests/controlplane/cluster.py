@@ -1,19 +1,23 @@
 """Start and stop a local Kubernetes control plane (etcd + kube-apiserver) for tests and the demo.
 
 It runs the way controller-runtime's envtest does: etcd and kube-apiserver on free loopback
-ports, no controller-manager, no nodes. The apiserver makes its own serving certificate in its
+ports, no controller-manager, no nodes; or, with `node=True` (`up --node`), with one real
+node: containerd, kubelet, kube-controller-manager and kube-scheduler (see node.py). The apiserver makes its own serving certificate in its
 cert dir (the kubeconfig trusts exactly that), an admin bearer token from a token file is in
 `system:masters`, RBAC is on, and a service-account key pair lets `kubectl create token` work.
 
 Layout under the root dir (`.local` for `make cluster-up`, a temp dir for the test session):
 
-    bin/                    kube-apiserver, kubectl, etcd (built by `make binaries`)
+    bin/                    kube-apiserver, kubectl, etcd (built by `make control-plane`); the
+                            node's kubelet, kube-controller-manager, kube-scheduler
     controlplane/           this cluster's state; wiped on every start
+    node/                   the node's state, when it has one (node.py)
     logs/etcd.log, logs/kube-apiserver.log
     run/*.pid               every process to stop on `down` (the demo adds its own)
     kubeconfig
 
-Command line: `python tests/controlplane/cluster.py up|down|status --dir .local`.
+Command line: `python tests/controlplane/cluster.py up|down|status --dir .local`; `up --node
+--image ARCHIVE...` starts the node too, with those image archives imported.
 """
 
 from __future__ import annotations
@@ -37,9 +41,12 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from controlplane.node import Node
 
 BINARIES = ("etcd", "kube-apiserver", "kubectl")
 START_TIMEOUT = 120.0  # seconds; a cold apiserver on 2 busy cores needs far less
@@ -83,10 +90,18 @@ class ControlPlane:
     """One etcd and one kube-apiserver, with their files under `root_dir`."""
 
     def __init__(
-        self, root_dir: Path | str, bin_dir: Path | str | None = None, *, audit: bool = False
+        self,
+        root_dir: Path | str,
+        bin_dir: Path | str | None = None,
+        *,
+        audit: bool = False,
+        node: bool = False,
+        images: Sequence[Path | str] = (),
     ) -> None:
         self.root_dir = Path(root_dir).absolute()
         self.audit = audit
+        self.with_node = node
+        self.images = [Path(image).absolute() for image in images]
         self.bin_dir = Path(bin_dir).absolute() if bin_dir else self.root_dir / "bin"
         self.state_dir = self.root_dir / "controlplane"
         self.run_dir = self.root_dir / "run"
@@ -149,11 +164,13 @@ class ControlPlane:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> bool:
-        """Start etcd and kube-apiserver unless already healthy; True when started now.
+        """Start etcd and kube-apiserver (and the node) unless already healthy; True when
+        started now.
 
-        Returns only once /readyz answers and the kubeconfig is written.
+        Returns only once /readyz answers and the kubeconfig is written; with the node, once
+        the node is Ready and kube-controller-manager has made the default ServiceAccount.
         """
-        if self.healthy():
+        if self.healthy() and (not self.with_node or "kubelet" in self.pids()):
             self._write_kubeconfig()  # in case it was removed; the cluster is the same
             return False
         self.stop()  # leftovers of a half-dead cluster: start clean
@@ -164,14 +181,24 @@ class ControlPlane:
         try:
             etcd_url = self._start_etcd()
             self._start_apiserver(etcd_url)
+            self._write_kubeconfig()
+            if self.with_node:
+                self.node().start()
         except BaseException:
             self.stop()
             raise
-        self._write_kubeconfig()
         return True
 
+    def node(self) -> Node:
+        """The node of this control plane (whether it runs or not)."""
+        from controlplane.node import Node
+
+        return Node(self, self.images)
+
     def stop(self) -> None:
-        """Stop every process recorded in run/: others first, then the apiserver, then etcd."""
+        """Stop the node (leaving nothing of it behind), then every process recorded in run/:
+        others first, then the apiserver, then etcd."""
+        self.node().stop()
         pids = self.pids()
         last = ("kube-apiserver", "etcd")
         waves = [[pid for name, pid in pids.items() if name not in last]]
@@ -191,11 +218,15 @@ class ControlPlane:
             )
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
+        return self._spawn_command(name, [str(self.bin_dir / name), *args])
+
+    def _spawn_command(self, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        """Start `argv` in the background, logging to logs/NAME.log, recorded as run/NAME.pid."""
         with open(self.log_dir / f"{name}.log", "wb") as log:
             # A session of its own: the processes outlive `make cluster-up` and a Ctrl-C in
             # the terminal that started them; `down` signals the whole group.
             proc = subprocess.Popen(
-                [str(self.bin_dir / name), *args],
+                list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -235,8 +266,13 @@ class ControlPlane:
         port = free_port()
         server = f"https://127.0.0.1:{port}"
         token = secrets.token_urlsafe(32)
+        node_flags, node_tokens = self.node().prepare() if self.with_node else ([], [])
         tokens_file = self.state_dir / "tokens.csv"
-        tokens_file.write_text(f"{token},admin,admin-uid,system:masters\n")
+        tokens_file.write_text(
+            "".join(
+                f"{line}\n" for line in [f"{token},admin,admin-uid,system:masters", *node_tokens]
+            )
+        )
         tokens_file.chmod(0o600)
         sa_key = self.state_dir / "service-account.key"
         sa_key.write_bytes(_rsa_private_key_pem())
@@ -256,14 +292,15 @@ class ControlPlane:
                 f"--secure-port={port}",
                 f"--cert-dir={self.cert_dir}",
                 f"--token-auth-file={tokens_file}",
-                "--authorization-mode=RBAC",
+                *(node_flags or ["--authorization-mode=RBAC"]),
                 f"--service-account-issuer={server}",
                 f"--service-account-key-file={sa_key}",
                 f"--service-account-signing-key-file={sa_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
-                # No controller-manager makes default ServiceAccounts, so pods would be refused.
-                "--disable-admission-plugins=ServiceAccount",
+                # No controller-manager makes default ServiceAccounts, so pods would be refused
+                # (the node turns it on: it has one, and its pods need their tokens).
+                *([] if self.with_node else ["--disable-admission-plugins=ServiceAccount"]),
                 # Endpoints for 127.0.0.1 are invalid; the reconciler would only log errors.
                 "--endpoint-reconciler-type=none",
             ],
@@ -569,8 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--dir", default=".local", help="root dir for state, logs and pids")
     parser.add_argument("--bin-dir", default=None, help="where the binaries are (DIR/bin)")
+    parser.add_argument("--node", action="store_true", help="up: with a node (see node.py)")
+    parser.add_argument(
+        "--image", action="append", default=[], help="up --node: an image archive to import"
+    )
     args = parser.parse_args(argv)
-    plane = ControlPlane(args.dir, args.bin_dir)
+    plane = ControlPlane(args.dir, args.bin_dir, node=args.node, images=args.image)
 
     if args.command == "down":
         names = sorted(plane.pids())
@@ -602,4 +643,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # As a script its own folder is on the path, not tests/: run the `controlplane.cluster`
+    # that node.py imports too, so that both share one ControlPlaneError.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from controlplane.cluster import main as package_main
+
+    sys.exit(package_main())

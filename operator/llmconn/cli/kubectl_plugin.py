@@ -118,9 +118,10 @@ REASONS: dict[str, tuple[str, str]] = {
     ),
     "SecretNotFound": (
         "The referenced Secret does not exist in the connection's namespace.",
-        "Create the Secret. Stalled turns True only after --missing-secret-grace (default 2m) "
-        "since creation or the last spec change, because Secrets often arrive a moment later "
-        "from External Secrets, Sealed Secrets or Vault.",
+        "Create the Secret. Stalled turns True only after --missing-secret-grace (default 2m), "
+        "counted from when the operator process first saw the connection's current generation "
+        "(a restart or a replica taking over starts it again), because Secrets often arrive a "
+        "moment later from External Secrets, Sealed Secrets or Vault.",
     ),
     "SecretKeyNotFound": (
         "The Secret exists but lacks the key. The message lists the keys it has.",

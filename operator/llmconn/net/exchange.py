@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -29,7 +30,10 @@ from llmconn.net.bodies import ResponseTooLarge
 from llmconn.net.guard import PHASE_RECORDER, Phase, PhaseRecorder
 
 MAX_REDIRECTS = 3
-USER_AGENT = "llmconn/0.1"
+try:
+    USER_AGENT = f"llmconn/{version('llmconn')}"
+except PackageNotFoundError:  # run from a source tree that was never installed
+    USER_AGENT = "llmconn"
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 # Response headers worth keeping, by provider dialect: request ids first hit wins.
