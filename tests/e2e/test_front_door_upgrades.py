@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from llmconn.triggers import JITTER
 from nodekit import (
     API_FORWARD_PORT,
     Forwarder,
@@ -42,7 +43,6 @@ from nodekit import (
 from opkit import Api, condition, manifest, secret
 
 from controlplane.cluster import ControlPlane
-from llmconn.triggers import JITTER
 from node.images import OPERATOR_REPOSITORY
 from servers.serve import serve
 
