@@ -111,7 +111,7 @@ def test_default_is_cluster_wide_with_least_privilege(render: Any) -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
     assert "--all-namespaces" in args(docs)
-    assert not [a for a in args(docs) if a.startswith(("--namespace", "--peering"))]
+    assert not [a for a in args(docs) if a.startswith(("--namespace=", "--peering"))]
 
 
 def test_no_rule_grants_more_than_the_operator_uses(render: Any) -> None:
@@ -192,7 +192,7 @@ def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_wide(rende
         ]
     flags = args(docs)
     assert "--all-namespaces" not in flags
-    assert [a for a in flags if a.startswith("--namespace")] == [
+    assert [a for a in flags if a.startswith("--namespace=")] == [
         "--namespace=team-a",
         "--namespace=team-b",
     ]

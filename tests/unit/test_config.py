@@ -19,6 +19,9 @@ EVERY_VARIABLE = {
     "LLMCONN_DEFAULT_FAILURE_THRESHOLD": "5",
     "LLMCONN_INFERENCE_MIN_INTERVAL": "2h",
     "LLMCONN_MISSING_SECRET_GRACE": "30s",
+    "LLMCONN_MIN_INTERVAL": "15s",
+    "LLMCONN_NAMESPACE_WRITE_RATE": "2.5",
+    "LLMCONN_NAMESPACE_WRITE_BURST": "20",
     "LLMCONN_EGRESS_DENY": "10.0.0.0/8,*.internal",
     "LLMCONN_EGRESS_ALLOW": "192.0.2.0/24",
     "LLMCONN_METRICS_PORT": "9090",
@@ -64,6 +67,8 @@ def test_every_option_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch)
     assert c.defaults.failure_threshold == 5
     assert c.defaults.inference_min_interval == 7200
     assert c.defaults.missing_secret_grace == 30
+    assert c.defaults.min_interval == 15
+    assert (c.write_rate, c.write_burst) == (2.5, 20)
     assert c.egress.check("db.internal", "192.0.2.7") is not None
     assert c.egress.check("x", "10.1.2.3") is not None
     assert c.egress.check("x", "192.0.2.7") is None
@@ -231,3 +236,24 @@ def test_one_namespace_gets_every_worker_unless_told(
     for name in EVERY_VARIABLE:
         monkeypatch.delenv(name, raising=False)
     assert from_args(argv).namespace_share == share
+
+
+def test_budgets_default_to_a_floor_and_five_writes_a_second() -> None:
+    c = from_args(["-A"])
+    assert c.defaults.min_interval == 5
+    assert (c.write_rate, c.write_burst) == (5, 100)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--namespace-write-rate=-1",
+        "--namespace-write-rate=nan",
+        "--namespace-write-rate=inf",
+        "--namespace-write-burst=0",
+    ],
+)
+def test_a_budget_must_be_a_sane_number(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        from_args(["-A", flag])
+    assert flag.split("=", 1)[0] in capsys.readouterr().err

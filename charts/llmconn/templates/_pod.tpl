@@ -51,6 +51,9 @@ spec:
         - --inference-min-interval={{ .Values.config.inferenceMinInterval }}
         {{- end }}
         - --missing-secret-grace={{ .Values.config.missingSecretGrace }}
+        - --min-interval={{ .Values.config.minInterval }}
+        - --namespace-write-rate={{ .Values.config.namespaceWriteRate }}
+        - --namespace-write-burst={{ .Values.config.namespaceWriteBurst }}
         {{- if .Values.egress.denyLoopback }}
         - --egress-deny=127.0.0.0/8
         - --egress-deny=::1/128

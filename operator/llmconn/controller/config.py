@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from llmconn.controller.budget import DEFAULT_WRITE_BURST, DEFAULT_WRITE_RATE
 from llmconn.controller.peering import Shard
 from llmconn.model.fields import parse_duration
 from llmconn.model.verdict import CloudEndpoints, Defaults
@@ -38,6 +39,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "plain"
     secret_label_selector: str | None = None  # narrows the Secret watch
+    write_rate: float = DEFAULT_WRITE_RATE  # status writes a second per namespace; 0: no budget
+    write_burst: int = DEFAULT_WRITE_BURST  # status writes at once per namespace
 
     @property
     def namespace_patterns(self) -> bool:
@@ -184,6 +187,30 @@ def parser() -> argparse.ArgumentParser:
         help="forbid Inference validations (they spend tokens)",
     )
     p.add_argument(
+        "--min-interval",
+        type=_duration,
+        default=_env("min-interval", "5s"),
+        help="floor on every connection's validation.interval (0 stays 0: no periodic "
+        "re-validation); a tenant's interval of 1s cannot make the operator probe and write "
+        "every second (default 5s)",
+    )
+    p.add_argument(
+        "--namespace-write-rate",
+        type=float,
+        default=_env("namespace-write-rate") or f"{DEFAULT_WRITE_RATE:g}",
+        help="status writes a second one namespace may make, sustained; writes past it wait "
+        f"(never dropped), a new or changed connection's first; 0: no budget (default "
+        f"{DEFAULT_WRITE_RATE:g})",
+    )
+    p.add_argument(
+        "--namespace-write-burst",
+        type=int,
+        default=_env("namespace-write-burst") or str(DEFAULT_WRITE_BURST),
+        help="status writes one namespace may make at once before --namespace-write-rate "
+        f"applies, so that creating many connections is not slowed (default "
+        f"{DEFAULT_WRITE_BURST})",
+    )
+    p.add_argument(
         "--missing-secret-grace",
         type=_duration,
         default=_env("missing-secret-grace", "2m"),
@@ -318,6 +345,10 @@ def from_args(argv: Sequence[str]) -> Config:
         p.error("--concurrency must be at least 1")
     if args.namespace_concurrency is not None and args.namespace_concurrency < 1:
         p.error("--namespace-concurrency must be at least 1")
+    if not 0 <= args.namespace_write_rate < float("inf"):  # NaN too
+        p.error("--namespace-write-rate must be a number, 0 or more")
+    if args.namespace_write_burst < 1:
+        p.error("--namespace-write-burst must be at least 1")
     durations = {
         k: _duration(v) if isinstance(v, str) else v
         for k, v in vars(args).items()
@@ -328,6 +359,7 @@ def from_args(argv: Sequence[str]) -> Config:
             "inference_min_interval",
             "missing_secret_grace",
             "peering_lifetime",
+            "min_interval",
         )
     }
     clouds = CloudEndpoints(
@@ -360,6 +392,7 @@ def from_args(argv: Sequence[str]) -> Config:
             if args.no_inference
             else durations["inference_min_interval"],
             missing_secret_grace=durations["missing_secret_grace"],
+            min_interval=durations["min_interval"],
             clouds=clouds,
         ),
         egress=egress,
@@ -372,6 +405,8 @@ def from_args(argv: Sequence[str]) -> Config:
         log_level=args.log_level,
         log_format=args.log_format,
         secret_label_selector=args.secret_label_selector,
+        write_rate=args.namespace_write_rate,
+        write_burst=args.namespace_write_burst,
     )
 
 

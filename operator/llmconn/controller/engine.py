@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from llmconn.controller.budget import WriteBudget
 from llmconn.controller.config import Config
 from llmconn.controller.kube import Kube
 from llmconn.controller.metrics import Metrics
@@ -47,6 +48,7 @@ class Engine:
             concurrency=config.concurrency,
             namespace_concurrency=config.namespace_share,
             shard=config.shard,
+            write_budget=WriteBudget(config.write_rate, config.write_burst),
         )
         self.secret_watch = SecretWatch(
             self.kube,

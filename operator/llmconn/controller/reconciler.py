@@ -30,6 +30,7 @@ import httpx2
 import pydantic
 
 from llmconn.controller import triggers as tr
+from llmconn.controller.budget import WriteBudget
 from llmconn.controller.kube import Conflict, Kube, NotFound, ServiceAccountTokens
 from llmconn.controller.memory import (
     Conn,
@@ -102,6 +103,7 @@ class Reconciler:
         namespace_concurrency: int | None = None,
         shard: Shard | None = None,
         validator: Validator = validate,
+        write_budget: WriteBudget | None = None,
     ) -> None:
         self.kube = kube
         self.validator = validator
@@ -111,7 +113,7 @@ class Reconciler:
         self.shard = shard or Shard()
         self.conns: dict[Key, Conn] = {}
         self.secret_cache = SecretCache(kube, self._secret_changed)
-        self.writer = StatusWriter(kube, metrics)
+        self.writer = StatusWriter(kube, metrics, write_budget)
         self.scheduler: Scheduler[Key] = Scheduler(
             self._work,
             concurrency=concurrency,
@@ -263,6 +265,7 @@ class Reconciler:
             return
         del self.conns[key]
         self.scheduler.cancel(key)
+        self.writer.forget(key)
         for name in conn.secret_names:
             self.secret_cache.unuse((conn.namespace, name), key)
         self.metrics.forget(*key)
