@@ -552,6 +552,50 @@ def test_network_policy_allows_dns_and_providers_except_the_always_denied(render
     assert "ports" not in providers  # in-cluster model servers listen where they like
 
 
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def test_network_policy_can_limit_ingress_to_prometheus_on_the_metrics_port(render: Any) -> None:
+    policy = one(
+        render(
+            {
+                "networkPolicy": {
+                    "enabled": True,
+                    "ingress": {"enabled": True, "metricsFrom": [PROMETHEUS]},
+                }
+            }
+        ),
+        "NetworkPolicy",
+    )
+    assert policy["spec"]["policyTypes"] == ["Egress", "Ingress"]
+    # The metrics port from Prometheus only; the health port from no one but the kubelet
+    # (the node's traffic is always allowed); nothing else.
+    assert policy["spec"]["ingress"] == [
+        {"from": [PROMETHEUS], "ports": [{"protocol": "TCP", "port": 8080}]}
+    ]
+
+
+def test_network_policy_ingress_with_no_peers_admits_no_one(render: Any) -> None:
+    policy = one(
+        render({"networkPolicy": {"enabled": True, "ingress": {"enabled": True}}}),
+        "NetworkPolicy",
+    )
+    assert policy["spec"]["policyTypes"] == ["Egress", "Ingress"]
+    assert not policy["spec"]["ingress"]
+
+
+def test_listen_address_reaches_the_operator(render: Any) -> None:
+    assert "--listen-address=0.0.0.0" in args(render())
+    assert from_args(args(render({"config": {"listenAddress": "::"}}))).listen_address == "::"
+    docs = render({"config": {"listenAddress": "podIP"}})
+    assert "--listen-address=$(POD_IP)" in args(docs)
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
 def test_network_policy_excepts_private_networks_with_deny_private_networks(
     render: Any,
 ) -> None:

@@ -26,6 +26,7 @@ EVERY_VARIABLE = {
     "LLMCONN_EGRESS_ALLOW": "192.0.2.0/24",
     "LLMCONN_METRICS_PORT": "9090",
     "LLMCONN_HEALTH_PORT": "9091",
+    "LLMCONN_LISTEN_ADDRESS": "::1",
     "LLMCONN_PEERING": "ha",
     "LLMCONN_PEERING_LIFETIME": "20s",
     "LLMCONN_PRIORITY": "42",
@@ -74,6 +75,8 @@ def test_every_option_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch)
     assert c.egress.check("x", "192.0.2.7") is None
     assert c.egress.check("x", "198.51.100.7") is not None  # not in the allow list
     assert (c.metrics_port, c.health_port) == (9090, 9091)
+    assert c.listen_address == "::1"
+    assert c.health_endpoint == "http://[::1]:9091/healthz"
     assert (c.peering, c.peering_lifetime, c.priority) == ("ha", 20, 42)
     assert (c.shard.index, c.shard.count) == (1, 3)
     assert c.peering_name == "ha-shard-1"
@@ -254,6 +257,34 @@ def test_budgets_default_to_a_floor_and_five_writes_a_second() -> None:
     ],
 )
 def test_a_budget_must_be_a_sane_number(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        from_args(["-A", flag])
+    assert flag.split("=", 1)[0] in capsys.readouterr().err
+
+
+def test_the_ports_listen_on_every_ipv4_interface_unless_told() -> None:
+    c = from_args(["-A"])
+    assert c.listen_address == "0.0.0.0"
+    assert c.health_endpoint == "http://0.0.0.0:8081/healthz"
+    assert from_args(["-A", "--listen-address=127.0.0.1"]).health_endpoint == (
+        "http://127.0.0.1:8081/healthz"
+    )
+    assert from_args(["-A", "--health-port=0"]).health_endpoint is None
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--listen-address=localhost",
+        "--listen-address=0.0.0.0:80",
+        "--priority=4294967296",
+        "--peering-lifetime=2h",
+        "--peering-lifetime=0s",
+    ],
+)
+def test_listen_address_priority_and_lifetime_are_checked(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
         from_args(["-A", flag])
     assert flag.split("=", 1)[0] in capsys.readouterr().err

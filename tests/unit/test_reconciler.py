@@ -295,6 +295,24 @@ async def test_pause_drops_memory_and_kopfs_relist_after_resume_rebuilds_it(worl
     assert set(rec.conns) == {(NS, "a")}
 
 
+async def test_a_namespace_that_stands_by_forgets_and_holds_its_own_connections_only(
+    world,
+) -> None:
+    kube, _provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("c validated", lambda: kube.status("c").get("result") == "success")
+    rec.pause("elsewhere")  # another namespace's peering object says stand by
+    assert ("team", "c") in rec.conns
+    rec.pause("team")
+    assert ("team", "c") not in rec.conns
+    assert rec.scheduler.active  # the operator as a whole goes on
+    # An event that reaches it as it turns waits for the namespace to resume.
+    rec.connection_event("ADDED", kube.apply("d", spec()))
+    assert ("team", "d") in rec.conns
+    rec.resume("team")
+    await until("d validated", lambda: kube.status("d").get("result") == "success")
+
+
 async def test_an_event_that_comes_while_standing_by_is_validated_once_active(world) -> None:
     kube, provider, rec = world
     rec.pause()

@@ -10,13 +10,14 @@ names).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from llmconn.controller.budget import DEFAULT_WRITE_BURST, DEFAULT_WRITE_RATE
-from llmconn.controller.peering import Shard
+from llmconn.controller.peering import MAX_LIFETIME, MAX_PRIORITY, Shard
 from llmconn.model.fields import parse_duration
 from llmconn.model.verdict import CloudEndpoints, Defaults
 from llmconn.net.egress import EgressPolicy
@@ -32,6 +33,7 @@ class Config:
     egress: EgressPolicy = field(default_factory=EgressPolicy.from_strings)
     metrics_port: int = 8080
     health_port: int = 8081
+    listen_address: str = "0.0.0.0"  # noqa: S104  (the metrics and health ports'; in a pod, the pod IP)
     peering: str | None = None
     priority: int | None = None  # peering priority; None: a random one (see runner)
     peering_lifetime: float = 60.0  # seconds a silent replica counts as alive
@@ -57,6 +59,14 @@ class Config:
         if not self.all_namespaces and len(self.namespaces) == 1 and not self.namespace_patterns:
             return self.concurrency
         return None
+
+    @property
+    def health_endpoint(self) -> str | None:
+        """Kopf's liveness endpoint URL on --listen-address, or None when turned off."""
+        if not self.health_port:
+            return None
+        host = f"[{self.listen_address}]" if ":" in self.listen_address else self.listen_address
+        return f"http://{host}:{self.health_port}/healthz"
 
     @property
     def peering_name(self) -> str | None:
@@ -243,6 +253,13 @@ def parser() -> argparse.ArgumentParser:
         help="liveness endpoint port, GET /healthz; 0 to turn off (default 8081)",
     )
     p.add_argument(
+        "--listen-address",
+        default=_env("listen-address", "0.0.0.0"),  # noqa: S104
+        help="the address the metrics and health ports listen on: 0.0.0.0 (every IPv4 "
+        "interface, the pod IP included), :: (every interface), 127.0.0.1, or one address "
+        "(default 0.0.0.0)",
+    )
+    p.add_argument(
         "--peering",
         default=_env("peering"),
         help="Kopf peering name for active/standby replicas (default: standalone)",
@@ -323,6 +340,14 @@ def _endpoint(p: argparse.ArgumentParser, option: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def _address(p: argparse.ArgumentParser, value: str) -> str:
+    """--listen-address: an IPv4 or IPv6 address (not a name: it is bound, not resolved)."""
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        p.error(f"--listen-address must be an IP address, not {value!r}")
+
+
 def from_args(argv: Sequence[str]) -> Config:
     p = parser()
     args = p.parse_args(list(argv))
@@ -345,6 +370,9 @@ def from_args(argv: Sequence[str]) -> Config:
         p.error("--concurrency must be at least 1")
     if args.namespace_concurrency is not None and args.namespace_concurrency < 1:
         p.error("--namespace-concurrency must be at least 1")
+    if args.priority is not None and not -MAX_PRIORITY <= args.priority <= MAX_PRIORITY:
+        p.error(f"--priority must be within +-{MAX_PRIORITY} (2**31)")
+    listen = _address(p, args.listen_address)
     if not 0 <= args.namespace_write_rate < float("inf"):  # NaN too
         p.error("--namespace-write-rate must be a number, 0 or more")
     if args.namespace_write_burst < 1:
@@ -362,6 +390,8 @@ def from_args(argv: Sequence[str]) -> Config:
             "min_interval",
         )
     }
+    if not 0 < durations["peering_lifetime"] <= MAX_LIFETIME:
+        p.error(f"--peering-lifetime must be more than 0 and at most {MAX_LIFETIME:.0f}s")
     clouds = CloudEndpoints(
         aws_sts=_endpoint(p, "--aws-sts-endpoint", args.aws_sts_endpoint)
         if args.aws_sts_endpoint
@@ -398,6 +428,7 @@ def from_args(argv: Sequence[str]) -> Config:
         egress=egress,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
+        listen_address=listen,
         peering=args.peering,
         peering_lifetime=durations["peering_lifetime"],
         priority=args.priority,

@@ -429,18 +429,27 @@ class Reconciler:
         await self.pool.aclose()
         await self.kube.aclose()
 
-    def pause(self) -> None:
-        """This replica stands by: stop validating and drop what memory holds, which would
-        go stale while another replica works."""
+    def pause(self, namespace: str | None = None) -> None:
+        """This replica stands by (for `namespace` alone, in namespaced mode, where each
+        namespace's peering object decides for it): stop validating and drop what memory
+        holds, which would go stale while another replica works."""
+        if namespace is not None:
+            self.scheduler.pause_group(namespace)
+            for key in [key for key in self.conns if key[0] == namespace]:
+                self._forget(key)
+            return
         self.scheduler.pause()
         self.scheduler.clear()
         for key in list(self.conns):
             self._forget(key)
 
-    def resume(self) -> None:
+    def resume(self, namespace: str | None = None) -> None:
         """This replica is active again. Kopf lists the connections afresh when it resumes
         its stream, and each comes as a first sight (resuming its schedule from its status)."""
-        self.scheduler.resume()
+        if namespace is not None:
+            self.scheduler.resume_group(namespace)
+        else:
+            self.scheduler.resume()
 
     async def _gauges(self) -> None:
         while True:
