@@ -83,7 +83,10 @@ class OperatorProcess:
         self.health_port = free_port()
         self.args: Sequence[str] = args or ("-A",)
         self.log_path = log_dir / f"{name}-{self.metrics_port}.log"
-        self.env = {**cluster.env(), **(env or {})}
+        # The tests' connections validate every second, the CRD's least interval: the
+        # operator's floor (--min-interval, 5s by default) is lowered to it unless a test
+        # sets its own.
+        self.env = {"LLMCONN_MIN_INTERVAL": "1s", **cluster.env(), **(env or {})}
         if kubeconfig is not None:
             self.env["KUBECONFIG"] = str(kubeconfig)
         self.proc: subprocess.Popen[bytes] | None = None

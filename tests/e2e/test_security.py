@@ -7,14 +7,22 @@
 - The operator at debug level, with canary keys in every credential position and a provider
   that echoes every request header, logs none of them in any encoding, nor its own token.
 - One namespace's slow endpoints do not delay another namespace's validation.
+- A namespace of flapping connections writes a bounded number of Events and, past its
+  write budget, waits for it, while another namespace's new connection is written at once.
+- A tenant's KopfPeering (namespaced mode) with a huge priority pauses its own namespace at
+  most, and one with an absurd lifetime pauses nothing and ends nothing.
+- The metrics and health ports listen on --listen-address only.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
+import math
 import secrets as pysecrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -434,3 +442,133 @@ def test_a_slow_namespace_does_not_delay_another(
     finally:
         cluster.delete_namespace(slow)
         cluster.delete_namespace(fast)
+
+
+# --- budgets for what lands in the API server ---------------------------------------------
+
+
+class Flip(set):  # type: ignore[type-arg]
+    """A provider's key set that takes every other request's key: 200, 401, 200, ..."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def __contains__(self, key: object) -> bool:
+        self.asked += 1
+        return self.asked % 2 == 0
+
+
+def flapping(ns: str, url: str, count: int) -> list[str]:
+    spec = {
+        "provider": "openai-compatible",
+        "endpoint": url + "/v1",
+        "apiKeySecretRef": {"name": "creds"},
+        "validation": {"interval": "1s", "failureThreshold": 1},
+    }
+    return [
+        secret(ns, "creds", {"apiKey": "sk-flap"}),
+        *(manifest(ns, f"flap-{i}", spec) for i in range(count)),
+    ]
+
+
+def audit_writes(
+    cluster: ControlPlane, ns: str, resource: str, subresource: str | None
+) -> list[float]:
+    """When each successful write of `resource` in `ns` was received (seconds since epoch)."""
+    times = []
+    for event in cluster.audit_events():
+        ref = event.get("objectRef", {})
+        if (
+            ref.get("namespace") == ns
+            and ref.get("resource") == resource
+            and (subresource is None or ref.get("subresource", "") == subresource)
+            and event.get("verb") in ("create", "update", "patch")
+            and 200 <= event.get("responseStatus", {}).get("code", 0) < 300
+        ):
+            stamp = str(event["requestReceivedTimestamp"]).replace("Z", "+00:00")
+            times.append(dt.datetime.fromisoformat(stamp).timestamp())
+    return sorted(times)
+
+
+def test_flapping_connections_post_a_bounded_number_of_events(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    """30 connections at 1s against a provider that alternates 200 and 401 posted an Event per
+    transition; now each connection posts two at once, then one a minute."""
+    noisy = cluster.create_namespace("flap-events")
+    provider = ControlledProvider(keys=set())
+    provider.keys = Flip()
+    try:
+        with serve(provider.app()) as url:
+            op = OperatorProcess(
+                cluster, tmp_path, "-n", noisy, env={"LLMCONN_NAMESPACE_WRITE_RATE": "0"}
+            )
+            op.start()
+            try:
+                started = time.time()
+                apply(cluster, *flapping(noisy, url, 10))
+                wait_for("many validations", lambda: op.validations() >= 200, timeout=120)
+                elapsed = time.time() - started
+                metrics = op.metrics()
+            finally:
+                op.stop()
+        writes = audit_writes(cluster, noisy, "events", None)
+        # Two at once and one a minute per connection, the summaries at shutdown included.
+        assert len(writes) <= 10 * (2 + math.ceil(elapsed / 60) + 1)
+        assert f'llmconn_events_held_total{{namespace="{noisy}"}}' in metrics  # it did flap
+    finally:
+        cluster.delete_namespace(noisy)
+
+
+def test_a_namespace_past_its_write_budget_waits_and_another_is_not_slowed(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    noisy, victim = cluster.create_namespace("flap-writes"), cluster.create_namespace("victim")
+    provider = ControlledProvider(keys={"sk-victim"})
+    flap = ControlledProvider(keys=set())
+    flap.keys = Flip()
+    try:
+        with serve(flap.app()) as flap_url, serve(provider.app()) as url:
+            op = OperatorProcess(
+                cluster,
+                tmp_path,
+                "-n",
+                f"{noisy},{victim}",
+                env={"LLMCONN_NAMESPACE_WRITE_RATE": "2", "LLMCONN_NAMESPACE_WRITE_BURST": "5"},
+            )
+            op.start()
+            api = Api(cluster)
+            try:
+                apply(cluster, *flapping(noisy, flap_url, 10))
+                wait_for("the budget to bite", lambda: op.validations() >= 40, timeout=60)
+                # The victim's new connection is judged (and not delayed by any budget).
+                spec = {
+                    "provider": "openai-compatible",
+                    "endpoint": url + "/v1",
+                    "apiKeySecretRef": {"name": "creds"},
+                }
+                apply(cluster, secret(victim, "creds", {"apiKey": "sk-victim"}))
+                apply(cluster, manifest(victim, "quick", spec))
+                wait_for("the victim's verdict", lambda: api.status(victim, "quick").get("result"))
+                # A user's change in the noisy namespace is judged too: delayed, never dropped.
+                changed = json.loads(flapping(noisy, flap_url, 1)[1])
+                changed["spec"]["model"] = "gpt-other"
+                apply(cluster, json.dumps(changed))
+                wait_for(
+                    "the noisy namespace's change judged",
+                    lambda: api.status(noisy, "flap-0").get("observedGeneration") == 2,
+                    timeout=60,
+                )
+                metrics = op.metrics()
+            finally:
+                op.stop()
+        # What the API server took from the noisy namespace: the burst, then 2 a second.
+        writes = audit_writes(cluster, noisy, "llmconnections", "status")
+        assert len(writes) > 5
+        assert len(writes) <= 5 + 2 * (writes[-1] - writes[0]) + 2
+        assert f'llmconn_status_writes_delayed_total{{namespace="{noisy}"}}' in metrics
+        assert f'llmconn_status_writes_delayed_total{{namespace="{victim}"}}' not in metrics
+    finally:
+        cluster.delete_namespace(noisy)
+        cluster.delete_namespace(victim)

@@ -111,7 +111,7 @@ def test_default_is_cluster_wide_with_least_privilege(render: Any) -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
     assert "--all-namespaces" in args(docs)
-    assert not [a for a in args(docs) if a.startswith(("--namespace", "--peering"))]
+    assert not [a for a in args(docs) if a.startswith(("--namespace=", "--peering"))]
 
 
 def test_no_rule_grants_more_than_the_operator_uses(render: Any) -> None:
@@ -192,7 +192,7 @@ def test_namespaced_mode_has_a_role_per_namespace_and_nothing_cluster_wide(rende
         ]
     flags = args(docs)
     assert "--all-namespaces" not in flags
-    assert [a for a in flags if a.startswith("--namespace")] == [
+    assert [a for a in flags if a.startswith("--namespace=")] == [
         "--namespace=team-a",
         "--namespace=team-b",
     ]
@@ -550,6 +550,50 @@ def test_network_policy_allows_dns_and_providers_except_the_always_denied(render
         "::/0": {n for n in always if ":" in n},
     }
     assert "ports" not in providers  # in-cluster model servers listen where they like
+
+
+PROMETHEUS = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+}
+
+
+def test_network_policy_can_limit_ingress_to_prometheus_on_the_metrics_port(render: Any) -> None:
+    policy = one(
+        render(
+            {
+                "networkPolicy": {
+                    "enabled": True,
+                    "ingress": {"enabled": True, "metricsFrom": [PROMETHEUS]},
+                }
+            }
+        ),
+        "NetworkPolicy",
+    )
+    assert policy["spec"]["policyTypes"] == ["Egress", "Ingress"]
+    # The metrics port from Prometheus only; the health port from no one but the kubelet
+    # (the node's traffic is always allowed); nothing else.
+    assert policy["spec"]["ingress"] == [
+        {"from": [PROMETHEUS], "ports": [{"protocol": "TCP", "port": 8080}]}
+    ]
+
+
+def test_network_policy_ingress_with_no_peers_admits_no_one(render: Any) -> None:
+    policy = one(
+        render({"networkPolicy": {"enabled": True, "ingress": {"enabled": True}}}),
+        "NetworkPolicy",
+    )
+    assert policy["spec"]["policyTypes"] == ["Egress", "Ingress"]
+    assert not policy["spec"]["ingress"]
+
+
+def test_listen_address_reaches_the_operator(render: Any) -> None:
+    assert "--listen-address=0.0.0.0" in args(render())
+    assert from_args(args(render({"config": {"listenAddress": "::"}}))).listen_address == "::"
+    docs = render({"config": {"listenAddress": "podIP"}})
+    assert "--listen-address=$(POD_IP)" in args(docs)
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
 
 
 def test_network_policy_excepts_private_networks_with_deny_private_networks(

@@ -19,10 +19,14 @@ EVERY_VARIABLE = {
     "LLMCONN_DEFAULT_FAILURE_THRESHOLD": "5",
     "LLMCONN_INFERENCE_MIN_INTERVAL": "2h",
     "LLMCONN_MISSING_SECRET_GRACE": "30s",
+    "LLMCONN_MIN_INTERVAL": "15s",
+    "LLMCONN_NAMESPACE_WRITE_RATE": "2.5",
+    "LLMCONN_NAMESPACE_WRITE_BURST": "20",
     "LLMCONN_EGRESS_DENY": "10.0.0.0/8,*.internal",
     "LLMCONN_EGRESS_ALLOW": "192.0.2.0/24",
     "LLMCONN_METRICS_PORT": "9090",
     "LLMCONN_HEALTH_PORT": "9091",
+    "LLMCONN_LISTEN_ADDRESS": "::1",
     "LLMCONN_PEERING": "ha",
     "LLMCONN_PEERING_LIFETIME": "20s",
     "LLMCONN_PRIORITY": "42",
@@ -64,11 +68,15 @@ def test_every_option_is_read_from_its_variable(monkeypatch: pytest.MonkeyPatch)
     assert c.defaults.failure_threshold == 5
     assert c.defaults.inference_min_interval == 7200
     assert c.defaults.missing_secret_grace == 30
+    assert c.defaults.min_interval == 15
+    assert (c.write_rate, c.write_burst) == (2.5, 20)
     assert c.egress.check("db.internal", "192.0.2.7") is not None
     assert c.egress.check("x", "10.1.2.3") is not None
     assert c.egress.check("x", "192.0.2.7") is None
     assert c.egress.check("x", "198.51.100.7") is not None  # not in the allow list
     assert (c.metrics_port, c.health_port) == (9090, 9091)
+    assert c.listen_address == "::1"
+    assert c.health_endpoint == "http://[::1]:9091/healthz"
     assert (c.peering, c.peering_lifetime, c.priority) == ("ha", 20, 42)
     assert (c.shard.index, c.shard.count) == (1, 3)
     assert c.peering_name == "ha-shard-1"
@@ -231,3 +239,52 @@ def test_one_namespace_gets_every_worker_unless_told(
     for name in EVERY_VARIABLE:
         monkeypatch.delenv(name, raising=False)
     assert from_args(argv).namespace_share == share
+
+
+def test_budgets_default_to_a_floor_and_five_writes_a_second() -> None:
+    c = from_args(["-A"])
+    assert c.defaults.min_interval == 5
+    assert (c.write_rate, c.write_burst) == (5, 100)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--namespace-write-rate=-1",
+        "--namespace-write-rate=nan",
+        "--namespace-write-rate=inf",
+        "--namespace-write-burst=0",
+    ],
+)
+def test_a_budget_must_be_a_sane_number(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        from_args(["-A", flag])
+    assert flag.split("=", 1)[0] in capsys.readouterr().err
+
+
+def test_the_ports_listen_on_every_ipv4_interface_unless_told() -> None:
+    c = from_args(["-A"])
+    assert c.listen_address == "0.0.0.0"
+    assert c.health_endpoint == "http://0.0.0.0:8081/healthz"
+    assert from_args(["-A", "--listen-address=127.0.0.1"]).health_endpoint == (
+        "http://127.0.0.1:8081/healthz"
+    )
+    assert from_args(["-A", "--health-port=0"]).health_endpoint is None
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--listen-address=localhost",
+        "--listen-address=0.0.0.0:80",
+        "--priority=4294967296",
+        "--peering-lifetime=2h",
+        "--peering-lifetime=0s",
+    ],
+)
+def test_listen_address_priority_and_lifetime_are_checked(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        from_args(["-A", flag])
+    assert flag.split("=", 1)[0] in capsys.readouterr().err

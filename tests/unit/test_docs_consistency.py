@@ -286,6 +286,9 @@ def exposed_metrics() -> dict[str, tuple[str, set[str]]]:
     metrics.last_validation("ns", "conn", "openai", 1.0)
     metrics.model_retirement("ns", "conn", 1.0)
     metrics.schedule_lag(0.1)
+    metrics.write_delayed("ns", 0.1)
+    metrics.event_posted("Warning")
+    metrics.event_held("ns")
     found: dict[str, tuple[str, set[str]]] = {}
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

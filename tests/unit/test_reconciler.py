@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from llmconn.controller import triggers as tr
+from llmconn.controller.budget import WriteBudget
 from llmconn.controller.kube import Conflict, NotFound
 from llmconn.controller.memory import digest
 from llmconn.controller.metrics import Metrics
@@ -294,6 +295,24 @@ async def test_pause_drops_memory_and_kopfs_relist_after_resume_rebuilds_it(worl
     assert set(rec.conns) == {(NS, "a")}
 
 
+async def test_a_namespace_that_stands_by_forgets_and_holds_its_own_connections_only(
+    world,
+) -> None:
+    kube, _provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("c validated", lambda: kube.status("c").get("result") == "success")
+    rec.pause("elsewhere")  # another namespace's peering object says stand by
+    assert ("team", "c") in rec.conns
+    rec.pause("team")
+    assert ("team", "c") not in rec.conns
+    assert rec.scheduler.active  # the operator as a whole goes on
+    # An event that reaches it as it turns waits for the namespace to resume.
+    rec.connection_event("ADDED", kube.apply("d", spec()))
+    assert ("team", "d") in rec.conns
+    rec.resume("team")
+    await until("d validated", lambda: kube.status("d").get("result") == "success")
+
+
 async def test_an_event_that_comes_while_standing_by_is_validated_once_active(world) -> None:
     kube, provider, rec = world
     rec.pause()
@@ -472,6 +491,96 @@ async def test_alternating_transient_reasons_post_one_warning(world) -> None:
         await until(f"verdict {i}", lambda r=reason: kube.status("c").get("reason") == r.value)
     warnings = [e for e in kube.events if e["type"] == "Warning"]
     assert len(warnings) == 1
+
+
+async def flap(kube: FakeKube, provider: Provider, rec: Reconciler, name: str, times: int) -> None:
+    """Ready, not Ready, Ready... `times` verdicts, each written before the next request."""
+    for i in range(times):
+        reason = Reason.INVALID_API_KEY if i % 2 == 0 else Reason.VALIDATED
+        provider.reason = reason
+        rec.connection_event("MODIFIED", kube.annotate(name, **{tr.REQUESTED_AT: f"f{i}"}))
+        await until(f"verdict {i}", lambda r=reason: kube.status(name).get("reason") == r.value)
+
+
+async def test_a_flapping_connection_posts_its_burst_then_holds_the_rest_for_one_summary(
+    world,
+) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec(validation={"failureThreshold": 1})))
+    await until("c Ready", lambda: ready(kube.status("c")).get("status") == "True")
+    await flap(kube, provider, rec, "c", 9)  # ends not Ready
+    await settle(rec)
+    # Validated, then the first ValidationFailed: the burst; eight more changes are held.
+    assert [e["reason"] for e in kube.events] == ["Validated", "ValidationFailed"]
+    await rec.writer.flush(1.0)  # what shutdown does; otherwise when the minute is over
+    assert len(kube.events) == 3
+    summary = kube.events[-1]
+    assert (summary["type"], summary["reason"]) == ("Warning", "ValidationFailed")
+    assert summary["message"].startswith("8 changes in ")
+    assert "4 to Ready; 4 to not Ready (InvalidAPIKey x4)" in summary["message"]
+    assert summary["message"].endswith("latest: InvalidAPIKey: said InvalidAPIKey")
+    assert 'llmconn_events_held_total{namespace="team"} 8.0' in metrics_text(rec)
+
+
+async def test_held_events_are_told_when_the_budget_refills(world, monkeypatch) -> None:
+    kube, provider, rec = world
+    monkeypatch.setattr("llmconn.controller.writer.EVENT_EVERY", 0.2)
+    rec.connection_event("ADDED", kube.apply("c", spec(validation={"failureThreshold": 1})))
+    await until("c Ready", lambda: ready(kube.status("c")).get("status") == "True")
+    await flap(kube, provider, rec, "c", 4)
+    summary = await until(
+        "the summary", lambda: next((e for e in kube.events if "changes in" in e["message"]), None)
+    )
+    assert summary["reason"] in ("Validated", "ValidationFailed")
+
+
+async def test_a_forgotten_connections_held_events_are_not_told(world) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec(validation={"failureThreshold": 1})))
+    await until("c Ready", lambda: ready(kube.status("c")).get("status") == "True")
+    await flap(kube, provider, rec, "c", 4)
+    await settle(rec)
+    rec.connection_event("DELETED", kube.delete("c"))
+    await rec.writer.flush(1.0)
+    assert len(kube.events) == 2
+
+
+def metrics_text(rec: Reconciler) -> str:
+    return generate_latest(rec.metrics.registry).decode()
+
+
+async def test_a_namespace_over_its_write_budget_waits_and_loses_no_verdict() -> None:
+    kube, provider = FakeKube(), Provider()
+    pool = ClientPool(EgressPolicy(), proxies={})
+    budget = WriteBudget(rate=50, burst=3)
+    rec = Reconciler(
+        kube,
+        pool,
+        Defaults(),
+        Metrics(),
+        validator=provider,  # type: ignore[arg-type]
+        write_budget=budget,
+    )
+    rec.start()
+    try:
+        for i in range(8):
+            rec.connection_event("ADDED", kube.apply(f"c{i}", spec()))
+        for i in range(8):
+            await until(f"c{i} judged", lambda i=i: kube.status(f"c{i}").get("result") == "success")
+        text = metrics_text(rec)
+        assert 'llmconn_status_writes_delayed_total{namespace="team"}' in text
+        assert "llmconn_status_write_delay_seconds_count" in text
+    finally:
+        await rec.aclose(1.0)
+
+
+def test_the_operators_floor_raises_a_short_interval_and_leaves_zero_alone() -> None:
+    floor = Defaults(min_interval=5.0)
+    assert effective(parse_spec(spec(validation={"interval": "1s"})), floor).interval == 5.0
+    assert effective(parse_spec(spec(validation={"interval": "1m"})), floor).interval == 60.0
+    assert effective(parse_spec(spec(validation={"interval": "0s"})), floor).interval == 0.0
+    inference = spec(validation={"interval": "1s", "type": "Inference"})
+    assert effective(parse_spec(inference), floor).interval == 3600.0
 
 
 # --- the pure decisions --------------------------------------------------------------------------

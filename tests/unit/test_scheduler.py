@@ -368,3 +368,30 @@ async def test_a_change_during_its_own_run_goes_ahead_of_the_backlog_urgent():
     task.cancel()
     assert ("k", True) in ran[1:3], ran  # the re-run comes next (beside p0 in flight), urgent
     assert ran.count(("k", True)) == 2
+
+
+async def test_a_paused_group_waits_aside_while_the_others_run_and_goes_on_when_resumed():
+    # Namespaced peering: a namespace whose own peering object says another replica is
+    # active stands by; the other namespaces' keys go on.
+    ran: list[str] = []
+    ran_any = asyncio.Event()
+
+    async def work(key: str, urgent: bool = False) -> None:
+        ran.append(key)
+        ran_any.set()
+
+    clock = Clock()
+    s: Scheduler[str] = Scheduler(work, concurrency=4, group=lambda key: key[0], clock=clock)
+    s.pause_group("t")
+    s.now("t1")
+    s.now("v1")
+    task = asyncio.create_task(s.run())
+    await asyncio.wait_for(ran_any.wait(), 5)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert ran == ["v1"]  # t1 is due, and waits aside
+    ran_any.clear()
+    s.resume_group("t")
+    await asyncio.wait_for(ran_any.wait(), 5)
+    task.cancel()
+    assert ran == ["v1", "t1"]

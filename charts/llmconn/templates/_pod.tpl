@@ -51,6 +51,9 @@ spec:
         - --inference-min-interval={{ .Values.config.inferenceMinInterval }}
         {{- end }}
         - --missing-secret-grace={{ .Values.config.missingSecretGrace }}
+        - --min-interval={{ .Values.config.minInterval }}
+        - --namespace-write-rate={{ .Values.config.namespaceWriteRate }}
+        - --namespace-write-burst={{ .Values.config.namespaceWriteBurst }}
         {{- if .Values.egress.denyLoopback }}
         - --egress-deny=127.0.0.0/8
         - --egress-deny=::1/128
@@ -68,6 +71,11 @@ spec:
         {{- end }}
         - --metrics-port={{ if .Values.metrics.enabled }}{{ .Values.metrics.port }}{{ else }}0{{ end }}
         - --health-port={{ .Values.health.port }}
+        {{- if eq .Values.config.listenAddress "podIP" }}
+        - --listen-address=$(POD_IP)
+        {{- else }}
+        - {{ printf "--listen-address=%s" .Values.config.listenAddress | quote }}
+        {{- end }}
         {{- if include "llmconn.peering" . }}
         - --peering={{ include "llmconn.peeringName" . }}
         {{- end }}
@@ -99,6 +107,13 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: metadata.name
+        {{- if eq .Values.config.listenAddress "podIP" }}
+        # The address the metrics and health ports listen on (--listen-address).
+        - name: POD_IP
+          valueFrom:
+            fieldRef:
+              fieldPath: status.podIP
+        {{- end }}
         - name: PYTHONDONTWRITEBYTECODE
           value: "1"
         - name: HOME

@@ -10,12 +10,14 @@ names).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from llmconn.controller.peering import Shard
+from llmconn.controller.budget import DEFAULT_WRITE_BURST, DEFAULT_WRITE_RATE
+from llmconn.controller.peering import MAX_LIFETIME, MAX_PRIORITY, Shard
 from llmconn.model.fields import parse_duration
 from llmconn.model.verdict import CloudEndpoints, Defaults
 from llmconn.net.egress import EgressPolicy
@@ -31,6 +33,7 @@ class Config:
     egress: EgressPolicy = field(default_factory=EgressPolicy.from_strings)
     metrics_port: int = 8080
     health_port: int = 8081
+    listen_address: str = "0.0.0.0"  # noqa: S104  (the metrics and health ports'; in a pod, the pod IP)
     peering: str | None = None
     priority: int | None = None  # peering priority; None: a random one (see runner)
     peering_lifetime: float = 60.0  # seconds a silent replica counts as alive
@@ -38,6 +41,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "plain"
     secret_label_selector: str | None = None  # narrows the Secret watch
+    write_rate: float = DEFAULT_WRITE_RATE  # status writes a second per namespace; 0: no budget
+    write_burst: int = DEFAULT_WRITE_BURST  # status writes at once per namespace
 
     @property
     def namespace_patterns(self) -> bool:
@@ -54,6 +59,14 @@ class Config:
         if not self.all_namespaces and len(self.namespaces) == 1 and not self.namespace_patterns:
             return self.concurrency
         return None
+
+    @property
+    def health_endpoint(self) -> str | None:
+        """Kopf's liveness endpoint URL on --listen-address, or None when turned off."""
+        if not self.health_port:
+            return None
+        host = f"[{self.listen_address}]" if ":" in self.listen_address else self.listen_address
+        return f"http://{host}:{self.health_port}/healthz"
 
     @property
     def peering_name(self) -> str | None:
@@ -184,6 +197,30 @@ def parser() -> argparse.ArgumentParser:
         help="forbid Inference validations (they spend tokens)",
     )
     p.add_argument(
+        "--min-interval",
+        type=_duration,
+        default=_env("min-interval", "5s"),
+        help="floor on every connection's validation.interval (0 stays 0: no periodic "
+        "re-validation); a tenant's interval of 1s cannot make the operator probe and write "
+        "every second (default 5s)",
+    )
+    p.add_argument(
+        "--namespace-write-rate",
+        type=float,
+        default=_env("namespace-write-rate") or f"{DEFAULT_WRITE_RATE:g}",
+        help="status writes a second one namespace may make, sustained; writes past it wait "
+        f"(never dropped), a new or changed connection's first; 0: no budget (default "
+        f"{DEFAULT_WRITE_RATE:g})",
+    )
+    p.add_argument(
+        "--namespace-write-burst",
+        type=int,
+        default=_env("namespace-write-burst") or str(DEFAULT_WRITE_BURST),
+        help="status writes one namespace may make at once before --namespace-write-rate "
+        f"applies, so that creating many connections is not slowed (default "
+        f"{DEFAULT_WRITE_BURST})",
+    )
+    p.add_argument(
         "--missing-secret-grace",
         type=_duration,
         default=_env("missing-secret-grace", "2m"),
@@ -214,6 +251,13 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=_env("health-port") or "8081",
         help="liveness endpoint port, GET /healthz; 0 to turn off (default 8081)",
+    )
+    p.add_argument(
+        "--listen-address",
+        default=_env("listen-address", "0.0.0.0"),  # noqa: S104
+        help="the address the metrics and health ports listen on: 0.0.0.0 (every IPv4 "
+        "interface, the pod IP included), :: (every interface), 127.0.0.1, or one address "
+        "(default 0.0.0.0)",
     )
     p.add_argument(
         "--peering",
@@ -296,6 +340,14 @@ def _endpoint(p: argparse.ArgumentParser, option: str, value: str) -> str:
     return value.rstrip("/")
 
 
+def _address(p: argparse.ArgumentParser, value: str) -> str:
+    """--listen-address: an IPv4 or IPv6 address (not a name: it is bound, not resolved)."""
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        p.error(f"--listen-address must be an IP address, not {value!r}")
+
+
 def from_args(argv: Sequence[str]) -> Config:
     p = parser()
     args = p.parse_args(list(argv))
@@ -318,6 +370,13 @@ def from_args(argv: Sequence[str]) -> Config:
         p.error("--concurrency must be at least 1")
     if args.namespace_concurrency is not None and args.namespace_concurrency < 1:
         p.error("--namespace-concurrency must be at least 1")
+    if args.priority is not None and not -MAX_PRIORITY <= args.priority <= MAX_PRIORITY:
+        p.error(f"--priority must be within +-{MAX_PRIORITY} (2**31)")
+    listen = _address(p, args.listen_address)
+    if not 0 <= args.namespace_write_rate < float("inf"):  # NaN too
+        p.error("--namespace-write-rate must be a number, 0 or more")
+    if args.namespace_write_burst < 1:
+        p.error("--namespace-write-burst must be at least 1")
     durations = {
         k: _duration(v) if isinstance(v, str) else v
         for k, v in vars(args).items()
@@ -328,8 +387,11 @@ def from_args(argv: Sequence[str]) -> Config:
             "inference_min_interval",
             "missing_secret_grace",
             "peering_lifetime",
+            "min_interval",
         )
     }
+    if not 0 < durations["peering_lifetime"] <= MAX_LIFETIME:
+        p.error(f"--peering-lifetime must be more than 0 and at most {MAX_LIFETIME:.0f}s")
     clouds = CloudEndpoints(
         aws_sts=_endpoint(p, "--aws-sts-endpoint", args.aws_sts_endpoint)
         if args.aws_sts_endpoint
@@ -360,11 +422,13 @@ def from_args(argv: Sequence[str]) -> Config:
             if args.no_inference
             else durations["inference_min_interval"],
             missing_secret_grace=durations["missing_secret_grace"],
+            min_interval=durations["min_interval"],
             clouds=clouds,
         ),
         egress=egress,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
+        listen_address=listen,
         peering=args.peering,
         peering_lifetime=durations["peering_lifetime"],
         priority=args.priority,
@@ -372,6 +436,8 @@ def from_args(argv: Sequence[str]) -> Config:
         log_level=args.log_level,
         log_format=args.log_format,
         secret_label_selector=args.secret_label_selector,
+        write_rate=args.namespace_write_rate,
+        write_burst=args.namespace_write_burst,
     )
 
 

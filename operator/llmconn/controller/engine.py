@@ -18,10 +18,11 @@ from typing import Any
 
 import kopf
 
+from llmconn.controller.budget import WriteBudget
 from llmconn.controller.config import Config
 from llmconn.controller.kube import Kube
 from llmconn.controller.metrics import Metrics
-from llmconn.controller.peering import follow, peering_paths
+from llmconn.controller.peering import follow, peering_scopes
 from llmconn.controller.reconciler import Reconciler
 from llmconn.controller.watches import FIRST_LIST_WAIT, SecretWatch
 from llmconn.net.pool import ClientPool
@@ -47,6 +48,7 @@ class Engine:
             concurrency=config.concurrency,
             namespace_concurrency=config.namespace_share,
             shard=config.shard,
+            write_budget=WriteBudget(config.write_rate, config.write_burst),
         )
         self.secret_watch = SecretWatch(
             self.kube,
@@ -63,7 +65,7 @@ class Engine:
         startup handlers, so a first validation's read of a Secret is not taken for a change
         of it."""
         if self.config.metrics_port:
-            self.metrics.serve(self.config.metrics_port)
+            self.metrics.serve(self.config.metrics_port, self.config.listen_address)
         self.reconciler.start()
         self.secret_watch.start()
         with contextlib.suppress(TimeoutError):
@@ -71,7 +73,7 @@ class Engine:
                 await self.secret_watch.listed()
         name = self.config.peering_name
         if name is not None:
-            paths = peering_paths(name, self.config.namespaces, self.config.all_namespaces)
+            paths = peering_scopes(self.config.namespaces, self.config.all_namespaces)
             self._peering = asyncio.create_task(
                 follow(self.kube, paths, name, self.identity, self.config.priority or 0, self),
                 name="llmconn peering",
@@ -86,13 +88,14 @@ class Engine:
     def connection_event(self, event_type: str | None, obj: dict[str, Any]) -> None:
         self.reconciler.connection_event(event_type, obj)
 
-    def pause(self) -> None:
-        """Another replica is active: stop validating and forget (Kopf pauses its stream)."""
-        self.reconciler.pause()
+    def pause(self, namespace: str | None = None) -> None:
+        """Another replica is active (for `namespace` alone, in namespaced mode): stop
+        validating and forget (Kopf pauses its stream)."""
+        self.reconciler.pause(namespace)
 
-    def resume(self) -> None:
+    def resume(self, namespace: str | None = None) -> None:
         """This replica is active again (Kopf lists the connections afresh)."""
-        self.reconciler.resume()
+        self.reconciler.resume(namespace)
 
     @property
     def alive(self) -> bool:

@@ -36,6 +36,52 @@ class Unwritten:
 
 
 @dataclass
+class HeldEvents:
+    """Events not posted while a connection's Event budget was spent (a flapping connection),
+    told in one summary Event when the budget allows: how many and the latest."""
+
+    since: float  # monotonic: when the first was held
+    ready: int = 0  # transitions to Ready
+    not_ready: int = 0  # transitions away from Ready, or to another failure
+    other: int = 0  # other Events (a model's deprecation)
+    reasons: dict[str, int] = field(default_factory=dict)  # failure reasons, by count
+    latest: tuple[str, str, str] | None = None  # (type, reason, message) of the latest
+
+    def add(self, type_: str, reason: str, message: str, failure: str | None) -> None:
+        if reason == "Validated":
+            self.ready += 1
+        elif type_ == "Warning" and reason == "ValidationFailed":
+            self.not_ready += 1
+        else:
+            self.other += 1
+        if failure is not None:
+            self.reasons[failure] = self.reasons.get(failure, 0) + 1
+        if self.latest is None or reason in ("Validated", "ValidationFailed"):
+            self.latest = (type_, reason, message)
+
+    def summary(self, seconds: float) -> tuple[str, str, str]:
+        """The one Event that tells them: the latest transition's type and reason, and a
+        message that counts what happened and ends with the latest message."""
+        assert self.latest is not None
+        type_, reason, message = self.latest
+        parts = []
+        if self.ready:
+            parts.append(f"{self.ready} to Ready")
+        if self.not_ready:
+            failures = ", ".join(f"{name} x{count}" for name, count in sorted(self.reasons.items()))
+            parts.append(f"{self.not_ready} to not Ready ({failures})")
+        if self.other:
+            parts.append(f"{self.other} other")
+        total = self.ready + self.not_ready + self.other
+        return (
+            type_,
+            reason,
+            f"{total} changes in {seconds:.0f}s, told in one Event ({'; '.join(parts)}); "
+            f"latest: {message}",
+        )
+
+
+@dataclass
 class Conn:
     namespace: str
     name: str
@@ -56,6 +102,10 @@ class Conn:
     unwritten: Unwritten | None = None
     write_failures: int = 0
     last_warning: float | None = None  # monotonic: the last Warning Event posted
+    # Its Event budget (writer.py): tokens left, refilled one per EVENT_EVERY, as of when.
+    event_tokens: float | None = None  # None: full
+    event_stamp: float = 0.0  # monotonic
+    held: HeldEvents | None = None  # what happened since, to be told in one Event
 
     @property
     def key(self) -> Key:

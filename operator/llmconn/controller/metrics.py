@@ -116,6 +116,40 @@ class Metrics:
         self._connections = self._register(
             Gauge("llmconn_connections", "Connections known to this replica.", registry=None)
         )
+        # What the budgets for the API server delay (controller/budget.py, writer.py).
+        self._writes_delayed = self._register(
+            Counter(
+                "llmconn_status_writes_delayed",
+                "Status writes that waited for their namespace's write budget, by namespace.",
+                ["namespace"],
+                registry=None,
+            )
+        )
+        self._write_delay = self._register(
+            Histogram(
+                "llmconn_status_write_delay_seconds",
+                "How long a delayed status write waited for its namespace's write budget.",
+                buckets=LAG_BUCKETS,
+                registry=None,
+            )
+        )
+        self._events_posted = self._register(
+            Counter(
+                "llmconn_events_posted",
+                "Events the operator posted, by type (Normal, Warning).",
+                ["type"],
+                registry=None,
+            )
+        )
+        self._events_held = self._register(
+            Counter(
+                "llmconn_events_held",
+                "Events held by a connection's Event budget and told in a later summary "
+                "Event instead, by namespace.",
+                ["namespace"],
+                registry=None,
+            )
+        )
         # Each connection's row: the provider its series carry, its Ready status and the
         # time of its latest validation (None: not yet known).
         self._rows: dict[tuple[str, str], _Row] = {}
@@ -172,6 +206,16 @@ class Metrics:
 
     def set_connections(self, n: int) -> None:
         self._connections.set(n)
+
+    def write_delayed(self, namespace: str, seconds: float) -> None:
+        self._writes_delayed.labels(namespace).inc()
+        self._write_delay.observe(seconds)
+
+    def event_posted(self, type_: str) -> None:
+        self._events_posted.labels(_checked(type_, ("Normal", "Warning"), "event type")).inc()
+
+    def event_held(self, namespace: str) -> None:
+        self._events_held.labels(namespace).inc()
 
     # All interfaces by default: in a pod, Prometheus scrapes through the pod IP.
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104

@@ -17,9 +17,11 @@ import os
 import secrets
 import socket
 import zlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from llmconn.model.text import printable
 
 log = logging.getLogger("llmconn")
 
@@ -44,19 +46,60 @@ def own_identity() -> str:
     )
 
 
-def should_pause(status: Mapping[str, Any], identity: str, priority: int, now: dt.datetime) -> bool:
-    """Kopf's rule: pause while any other live peer has a higher or the same priority."""
+# What a peer of the operator's own can say. Anything past these is no replica of this
+# operator (Kopf's peering objects in namespaced mode live in the tenants' namespaces): it is
+# ignored, with a log line, instead of pausing the operator for ever or breaking the follower
+# (a lifetime of 10**18 seconds is past what a datetime can add).
+MAX_PRIORITY = 2**31  # --priority, and the random one runner.py picks, are within +-this
+MAX_LIFETIME = 3600.0  # seconds: --peering-lifetime is at most this
+
+
+def judge_peer(info: Any, now: dt.datetime) -> tuple[bool, int] | str:
+    """A peer's entry: (alive, priority), or why it is ignored."""
+    if not isinstance(info, Mapping):
+        return "not a mapping"
+    try:
+        lastseen = dt.datetime.fromisoformat(str(info.get("lastseen")))
+        if lastseen.tzinfo is None:
+            lastseen = lastseen.replace(tzinfo=dt.UTC)
+        lifetime = info.get("lifetime", 60)
+        priority = info.get("priority", 0)
+        if isinstance(lifetime, bool) or isinstance(priority, bool):
+            return "not a number"
+        lifetime, priority = float(lifetime), int(priority)
+    except (TypeError, ValueError, OverflowError):
+        return "unreadable"
+    if not 0 <= lifetime <= MAX_LIFETIME:  # NaN too
+        return f"lifetime out of range (0 to {MAX_LIFETIME:.0f}s)"
+    if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        return f"priority out of range (+-{MAX_PRIORITY})"
+    try:
+        if lastseen - now > dt.timedelta(seconds=MAX_LIFETIME):
+            return "last seen in the future"
+        alive = lastseen + dt.timedelta(seconds=lifetime) > now
+    except OverflowError:
+        return "unreadable"
+    return alive, priority
+
+
+def should_pause(
+    status: Mapping[str, Any],
+    identity: str,
+    priority: int,
+    now: dt.datetime,
+    ignored: Callable[[str, str], None] | None = None,
+) -> bool:
+    """Kopf's rule: pause while any other live peer has a higher or the same priority.
+    Peers whose entry is absurd are ignored (`ignored(peer, why)` is told)."""
     for peer, info in status.items():
-        if peer == identity or not isinstance(info, Mapping):
+        if peer == identity:
             continue
-        try:
-            lastseen = dt.datetime.fromisoformat(str(info.get("lastseen")))
-            if lastseen.tzinfo is None:
-                lastseen = lastseen.replace(tzinfo=dt.UTC)
-            alive = lastseen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
-            other = int(info.get("priority", 0))
-        except (TypeError, ValueError):
+        judged = judge_peer(info, now)
+        if isinstance(judged, str):
+            if ignored is not None:
+                ignored(str(peer), judged)
             continue
+        alive, other = judged
         if alive and other >= priority:
             return True
     return False
@@ -67,61 +110,108 @@ class _Watcher(Protocol):
 
 
 class _Pausable(Protocol):
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
+    def pause(self, namespace: str | None = None) -> None: ...
+    def resume(self, namespace: str | None = None) -> None: ...
 
 
 def peering_paths(name: str, namespaces: Sequence[str], clusterwide: bool) -> list[str]:
     """The collections holding this peering's objects (Kopf keeps one per namespace)."""
+    return list(peering_scopes(namespaces, clusterwide).values())
+
+
+def peering_scopes(namespaces: Sequence[str], clusterwide: bool) -> dict[str | None, str]:
+    """What each peering collection decides for: the whole operator (None) in cluster-wide
+    mode, else each namespace for itself, as Kopf pauses each namespace's watch by its own
+    namespace's peering object."""
     if clusterwide:
-        return ["/apis/kopf.dev/v1/clusterkopfpeerings"]
-    return [f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings" for ns in namespaces]
+        return {None: "/apis/kopf.dev/v1/clusterkopfpeerings"}
+    return {ns: f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings" for ns in namespaces}
 
 
 async def follow(
     kube: _Watcher,
-    paths: Sequence[str],
+    paths: Sequence[str] | Mapping[str | None, str],
     name: str,
     identity: str,
     priority: int,
     target: _Pausable,
 ) -> None:
-    """Pause `target` while Kopf's peering says another replica is the active one.
+    """Pause `target` while Kopf's peering says another replica is the active one: the whole
+    of it for a cluster-wide peering (or a plain list of paths), each namespace by its own
+    peering object in namespaced mode (`paths` by namespace, as `peering_scopes` makes them),
+    so a tenant's peering object pauses its own namespace at most.
 
     The peering objects are watched, so a replica stands by as soon as a higher priority
-    appears; they are judged again every second too, since peers expire by time alone."""
+    appears; they are judged again every second too, since peers expire by time alone. Peers
+    with absurd entries are ignored, said once each; nothing a peering object holds ends
+    this task."""
+    # By scope, the collections whose objects decide for it.
+    scopes: dict[str | None, list[str]] = (
+        {scope: [path] for scope, path in paths.items()}
+        if isinstance(paths, Mapping)
+        else {None: list(paths)}
+    )
     statuses: dict[str, Mapping[str, Any]] = {}
     changed = asyncio.Event()
+    told: set[tuple[str, str, str]] = set()  # (path, peer, why) said already
 
     async def watch(path: str) -> None:
         while True:
             try:
                 async for obj in kube.watch(path, name):
-                    statuses[path] = obj.get("status") or {}
+                    status = obj.get("status")
+                    statuses[path] = status if isinstance(status, Mapping) else {}
                     changed.set()
             except Exception as exc:  # a broken watch changes nothing; start it again
                 log.debug("peering watch of %s ended: %s", path, type(exc).__name__)
             await asyncio.sleep(1.0)
 
-    watchers = [asyncio.create_task(watch(path)) for path in paths]
-    paused: bool | None = None  # not judged yet: `target` starts active
+    def judged(path: str, now: dt.datetime) -> bool:
+        def ignored(peer: str, why: str) -> None:
+            if (path, peer, why) not in told and len(told) < 1000:
+                told.add((path, peer, why))
+                log.warning(
+                    "ignoring the peer %r in the peering at %s: %s",
+                    printable(peer[:64]),
+                    path,
+                    why,
+                )
+
+        return should_pause(statuses.get(path) or {}, identity, priority, now, ignored)
+
+    watchers = [asyncio.create_task(watch(p)) for each in scopes.values() for p in each]
+    paused: dict[str | None, bool] = {}  # not judged yet: `target` starts active
     try:
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CHECK_EVERY):  # not wait_for: see scheduler.py
                     await changed.wait()
             changed.clear()
-            now = dt.datetime.now(dt.UTC)
-            pause = any(should_pause(st, identity, priority, now) for st in statuses.values())
-            if pause != paused:
-                first, paused = paused is None, pause
-                if pause:
-                    log.info("standing by: another replica with a higher priority is active")
-                    target.pause()
-                else:
-                    log.info("active: no replica with a higher priority is alive")
-                    if not first:
-                        target.resume()
+            try:
+                now = dt.datetime.now(dt.UTC)
+                for scope, each in scopes.items():
+                    _apply(target, scope, any(judged(p, now) for p in each), paused)
+            except Exception:  # never: but the follower must outlive any object it reads
+                log.exception("judging the peering failed; judging again in a second")
     finally:
         for task in watchers:
             task.cancel()
+
+
+def _apply(
+    target: _Pausable, scope: str | None, pause: bool, paused: dict[str | None, bool]
+) -> None:
+    """Pause or resume `target` (for `scope`) when the verdict changed; the first verdict
+    only pauses (the target starts active)."""
+    before = paused.get(scope)
+    if pause == before:
+        return
+    paused[scope] = pause
+    where = "" if scope is None else f" in namespace {scope}"
+    if pause:
+        log.info("standing by%s: another replica with a higher priority is active", where)
+        target.pause() if scope is None else target.pause(scope)
+    else:
+        log.info("active%s: no replica with a higher priority is alive", where)
+        if before is not None:
+            target.resume() if scope is None else target.resume(scope)

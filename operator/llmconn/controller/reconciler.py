@@ -30,6 +30,7 @@ import httpx2
 import pydantic
 
 from llmconn.controller import triggers as tr
+from llmconn.controller.budget import WriteBudget
 from llmconn.controller.kube import Conflict, Kube, NotFound, ServiceAccountTokens
 from llmconn.controller.memory import (
     Conn,
@@ -102,6 +103,7 @@ class Reconciler:
         namespace_concurrency: int | None = None,
         shard: Shard | None = None,
         validator: Validator = validate,
+        write_budget: WriteBudget | None = None,
     ) -> None:
         self.kube = kube
         self.validator = validator
@@ -111,7 +113,7 @@ class Reconciler:
         self.shard = shard or Shard()
         self.conns: dict[Key, Conn] = {}
         self.secret_cache = SecretCache(kube, self._secret_changed)
-        self.writer = StatusWriter(kube, metrics)
+        self.writer = StatusWriter(kube, metrics, write_budget)
         self.scheduler: Scheduler[Key] = Scheduler(
             self._work,
             concurrency=concurrency,
@@ -263,6 +265,7 @@ class Reconciler:
             return
         del self.conns[key]
         self.scheduler.cancel(key)
+        self.writer.forget(key)
         for name in conn.secret_names:
             self.secret_cache.unuse((conn.namespace, name), key)
         self.metrics.forget(*key)
@@ -426,18 +429,27 @@ class Reconciler:
         await self.pool.aclose()
         await self.kube.aclose()
 
-    def pause(self) -> None:
-        """This replica stands by: stop validating and drop what memory holds, which would
-        go stale while another replica works."""
+    def pause(self, namespace: str | None = None) -> None:
+        """This replica stands by (for `namespace` alone, in namespaced mode, where each
+        namespace's peering object decides for it): stop validating and drop what memory
+        holds, which would go stale while another replica works."""
+        if namespace is not None:
+            self.scheduler.pause_group(namespace)
+            for key in [key for key in self.conns if key[0] == namespace]:
+                self._forget(key)
+            return
         self.scheduler.pause()
         self.scheduler.clear()
         for key in list(self.conns):
             self._forget(key)
 
-    def resume(self) -> None:
+    def resume(self, namespace: str | None = None) -> None:
         """This replica is active again. Kopf lists the connections afresh when it resumes
         its stream, and each comes as a first sight (resuming its schedule from its status)."""
-        self.scheduler.resume()
+        if namespace is not None:
+            self.scheduler.resume_group(namespace)
+        else:
+            self.scheduler.resume()
 
     async def _gauges(self) -> None:
         while True:

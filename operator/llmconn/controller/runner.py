@@ -53,9 +53,7 @@ def main(argv: Sequence[str]) -> int:
         peering_name=config.peering_name,
         priority=config.priority,
         identity=identity,  # type: ignore[arg-type]  # Kopf's Identity is a NewType of str
-        liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz"
-        if config.health_port
-        else None,
+        liveness_endpoint=config.health_endpoint,
         memo=kopf.Memo(config=config, identity=identity),
     )
     return 0

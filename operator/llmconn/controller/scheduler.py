@@ -71,8 +71,9 @@ class Scheduler(Generic[K]):
         self._group_running: Counter[Hashable] = Counter()
         self._planned_limit = concurrency - urgent_reserve(concurrency)
         self._planned_running = 0
-        # Due keys whose group was at its limit, by group: heaps of (rank, heap entry).
+        # Due keys whose group was at its limit or paused, by group: heaps of (rank, heap entry).
         self._held: dict[Hashable, list[tuple[int, float, int, K]]] = {}
+        self._paused_groups: set[Hashable] = set()
 
     # --- scheduling ----------------------------------------------------------------
     def at(self, key: K, due: float, *, urgent: bool = False) -> None:
@@ -107,6 +108,18 @@ class Scheduler(Generic[K]):
 
     def resume(self) -> None:
         self._active.set()
+
+    def pause_group(self, group: Hashable) -> None:
+        """Stop starting `group`'s keys (its due ones wait aside); those running finish."""
+        self._paused_groups.add(group)
+
+    def resume_group(self, group: Hashable) -> None:
+        """Start `group`'s keys again, the ones that fell due meanwhile first."""
+        self._paused_groups.discard(group)
+        for rank, due, seq, key in self._held.pop(group, []):
+            if self._due.get(key) == (due, seq):
+                heapq.heappush(self._heaps[rank], (due, seq, key))
+        self._wake.set()
 
     @property
     def active(self) -> bool:
@@ -202,8 +215,9 @@ class Scheduler(Generic[K]):
                     self._again[key] = self._again.get(key, False) or rank == URGENT
                     continue
                 group = self._group(key)
-                if self._group_running[group] >= self._group_limit:
-                    # Its group has all the workers it may have: aside until one ends.
+                if self._group_running[group] >= self._group_limit or group in self._paused_groups:
+                    # Its group has all the workers it may have, or stands by: aside until
+                    # one ends, or it resumes.
                     heapq.heappush(self._held.setdefault(group, []), (rank, due, seq, key))
                     continue
                 del self._due[key]
@@ -236,6 +250,8 @@ class Scheduler(Generic[K]):
         """One worker of `group` ended: its earliest live held key goes back to the heap. Only
         one: putting them all back would move each one aside again at once, which costs the
         whole backlog on every validation (10,000 keys in one namespace: most of the CPU)."""
+        if group in self._paused_groups:
+            return
         held = self._held.get(group)
         while held:
             rank, due, seq, key = heapq.heappop(held)

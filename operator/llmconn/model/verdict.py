@@ -37,6 +37,9 @@ class Defaults:
     failure_threshold: int = 3
     inference_min_interval: float | None = 3600.0  # None: Inference is forbidden
     missing_secret_grace: float = 120.0
+    # Floor on a periodic interval (the operator's --min-interval; 0: none). An interval of 0
+    # (no periodic re-validation) stays 0.
+    min_interval: float = 0.0
     # Where ServiceAccount tokens are exchanged for cloud credentials (spec.identity).
     clouds: CloudEndpoints = field(default_factory=CloudEndpoints)
 
@@ -63,6 +66,8 @@ def effective(spec: LLMConnectionSpec, defaults: Defaults) -> Effective:
     v = spec.validation
     vtype = v.type or spec.default_validation_type
     interval = parse_duration(v.interval) if v.interval is not None else defaults.interval
+    if interval and defaults.min_interval:
+        interval = max(interval, defaults.min_interval)
     if vtype is ValidationType.INFERENCE and interval and defaults.inference_min_interval:
         interval = max(interval, defaults.inference_min_interval)
     return Effective(
