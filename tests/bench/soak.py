@@ -82,6 +82,10 @@ class Operator:
             NS,
             "--concurrency",
             str(self.concurrency),
+            # One namespace holds every connection: no per-namespace write budget (the
+            # default 5/s is for tenants; this namespace writes 33 a second by design).
+            "--namespace-write-rate",
+            "0",
             "--metrics-port",
             str(self.metrics_port),
             "--health-port",

@@ -84,9 +84,15 @@ class OperatorProcess:
         self.args: Sequence[str] = args or ("-A",)
         self.log_path = log_dir / f"{name}-{self.metrics_port}.log"
         # The tests' connections validate every second, the CRD's least interval: the
-        # operator's floor (--min-interval, 5s by default) is lowered to it unless a test
-        # sets its own.
-        self.env = {"LLMCONN_MIN_INTERVAL": "1s", **cluster.env(), **(env or {})}
+        # operator's floor (--min-interval, 5s by default) is lowered to it, and each test
+        # namespace's status writes are not budgeted (the soak's 50 connections every 3 s
+        # write 17 a second), unless a test sets its own (the budget's own tests do).
+        self.env = {
+            "LLMCONN_MIN_INTERVAL": "1s",
+            "LLMCONN_NAMESPACE_WRITE_RATE": "0",
+            **cluster.env(),
+            **(env or {}),
+        }
         if kubeconfig is not None:
             self.env["KUBECONFIG"] = str(kubeconfig)
         self.proc: subprocess.Popen[bytes] | None = None
