@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
-from llmconn.triggers import JITTER
 from nodekit import (
     API_FORWARD_PORT,
     Forwarder,
@@ -43,6 +42,7 @@ from nodekit import (
 from opkit import Api, condition, manifest, secret
 
 from controlplane.cluster import ControlPlane
+from llmconn.controller.triggers import JITTER
 from node.images import OPERATOR_REPOSITORY
 from servers.serve import serve
 
