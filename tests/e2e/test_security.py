@@ -615,8 +615,10 @@ def test_a_peering_object_kopf_cannot_read_is_repaired_before_kopf_reads_it(
     ns = cluster.create_namespace("peer-absurd")
     provider = ControlledProvider(keys={"sk-victim"})
     args = ("-n", ns, "--peering", "ha", "--priority", "5")
+    forever = {"forever": peer_entry(9, 10**18)}
     try:
-        apply(cluster, peering_object(ns), secret(ns, "creds", {"apiKey": "sk-victim"}))
+        # Written while no operator runs: the startup removes it before Kopf reads it.
+        apply(cluster, peering_object(ns, forever), secret(ns, "creds", {"apiKey": "sk-victim"}))
         with serve(provider.app()) as url:
             spec = {
                 "provider": "openai-compatible",
@@ -627,7 +629,11 @@ def test_a_peering_object_kopf_cannot_read_is_repaired_before_kopf_reads_it(
             first.start()
             try:
                 wait_for("the operator active", lambda: "active" in first.log(), timeout=30)
-                apply(cluster, peering_object(ns, {"forever": peer_entry(9, 10**18)}))
+                apply(cluster, manifest(ns, "before", spec))
+                api = Api(cluster)
+                wait_for("a verdict", lambda: api.status(ns, "before").get("result"))
+                # Written while it runs: Kopf may stop it; the follower removes the entry.
+                apply(cluster, peering_object(ns, forever))
                 wait_for(
                     "the entry read",
                     lambda: (
@@ -641,7 +647,6 @@ def test_a_peering_object_kopf_cannot_read_is_repaired_before_kopf_reads_it(
             # Whatever became of that process (Kopf stops it), the next one starts and works.
             second = OperatorProcess(cluster, tmp_path, *args, name="second")
             second.start()
-            api = Api(cluster)
             try:
                 apply(cluster, manifest(ns, "after", spec))
                 status = wait_for("a verdict", lambda: api.status(ns, "after").get("result"))
