@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from llmconn.model.limits import MAX_PEER_LIFETIME_SECONDS, MAX_PEER_PRIORITY
 from llmconn.model.text import printable
 
 log = logging.getLogger("llmconn")
@@ -51,8 +52,8 @@ def own_identity() -> str:
 # operator (Kopf's peering objects in namespaced mode live in the tenants' namespaces): it is
 # ignored, with a log line, instead of pausing the operator for ever or breaking the follower
 # (a lifetime of 10**18 seconds is past what a datetime can add).
-MAX_PRIORITY = 2**31  # --priority, and the random one runner.py picks, are within +-this
-MAX_LIFETIME = 3600.0  # seconds: --peering-lifetime is at most this
+MAX_PRIORITY = MAX_PEER_PRIORITY  # --priority, and runner.py's random one, are within +-this
+MAX_LIFETIME = float(MAX_PEER_LIFETIME_SECONDS)  # --peering-lifetime is at most this
 
 
 def judge_peer(info: Any, now: dt.datetime) -> tuple[bool, int] | str:
