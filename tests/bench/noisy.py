@@ -36,6 +36,7 @@ import datetime as dt
 import json
 import math
 import secrets
+import shlex
 import signal
 import sys
 import tempfile
@@ -436,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         writes = noisy_writes(cp, started, ended)
         writes["worst_events_per_connection_minute"] = events_per_connection_minute(client)
         result = {
-            "context": context(argv),
+            "context": {
+                **context(argv),
+                "command": "make soak SOAK_ARGS="
+                + shlex.quote(shlex.join(["--noisy-neighbour", *(argv or sys.argv[1:])])),
+            },
             "seconds": round(ended - started, 1),
             "peer_priority": args.peer_priority,
             "health_worst_seconds": round(max(health.latencies, default=math.inf), 3),
