@@ -19,6 +19,10 @@ its 10% jitter) plus --allowance seconds (30); no status older than the one befo
 duplicate Events; no write storm (status PATCHes per validation during the recovery); the
 operator did not exit on its own and answers /healthz. It prints a table, writes JSON
 (default .local/bench/soak.json) and exits 1 when a check failed.
+
+With --noisy-neighbour it runs tests/bench/noisy.py instead (its own options follow): one
+namespace runs issue 23's attacks while another measures /healthz, its new connections'
+verdicts, the operator's RSS and the Events and writes per second.
 """
 
 from __future__ import annotations
@@ -393,6 +397,11 @@ class Soak:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--noisy-neighbour" in argv:  # one namespace attacks, another measures (noisy.py)
+        import noisy
+
+        return noisy.main([a for a in argv if a != "--noisy-neighbour"])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--connections", type=int, default=1000)
     ap.add_argument("--interval", default="30s", help="their validation interval (default 30s)")

@@ -572,3 +572,145 @@ def test_a_namespace_past_its_write_budget_waits_and_another_is_not_slowed(
     finally:
         cluster.delete_namespace(noisy)
         cluster.delete_namespace(victim)
+
+
+# --- peering in namespaced mode ---------------------------------------------------------------
+
+
+def peering_object(ns: str, status: dict[str, Any] | None = None) -> str:
+    obj: dict[str, Any] = {
+        "apiVersion": "kopf.dev/v1",
+        "kind": "KopfPeering",
+        "metadata": {"name": "ha", "namespace": ns},
+    }
+    if status is not None:
+        obj["status"] = status
+    return json.dumps(obj)
+
+
+def peer_entry(priority: int, lifetime: int = 60) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC).isoformat()
+    return {"priority": priority, "lifetime": lifetime, "lastseen": now}
+
+
+@pytest.fixture
+def peering_crds(cluster: ControlPlane) -> ControlPlane:
+    crds = REPO / "charts" / "llmconn" / "crds" / "kopf-peering.yaml"
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    cluster.wait_established("clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+    return cluster
+
+
+def validated_at(api: Api, ns: str, name: str) -> str | None:
+    return api.status(ns, name).get("lastValidationTime")
+
+
+def test_a_peering_object_kopf_cannot_read_is_repaired_before_kopf_reads_it(
+    peering_crds: ControlPlane, tmp_path: Path
+) -> None:
+    """Kopf stops the whole operator on a peering entry it cannot read (a lifetime of 10**18
+    seconds), and again at every start: the operator's startup removes such entries before
+    Kopf watches anything, and its own follower never dies of them."""
+    cluster = peering_crds
+    ns = cluster.create_namespace("peer-absurd")
+    provider = ControlledProvider(keys={"sk-victim"})
+    args = ("-n", ns, "--peering", "ha", "--priority", "5")
+    forever = {"forever": peer_entry(9, 10**18)}
+    try:
+        # Written while no operator runs: the startup removes it before Kopf reads it.
+        apply(cluster, peering_object(ns, forever), secret(ns, "creds", {"apiKey": "sk-victim"}))
+        with serve(provider.app()) as url:
+            spec = {
+                "provider": "openai-compatible",
+                "endpoint": url + "/v1",
+                "apiKeySecretRef": {"name": "creds"},
+            }
+            first = OperatorProcess(cluster, tmp_path, *args, name="first")
+            first.start()
+            try:
+                wait_for("the operator active", lambda: "active" in first.log(), timeout=30)
+                apply(cluster, manifest(ns, "before", spec))
+                api = Api(cluster)
+                wait_for("a verdict", lambda: api.status(ns, "before").get("result"))
+                # Written while it runs: Kopf may stop it; the follower removes the entry.
+                apply(cluster, peering_object(ns, forever))
+                wait_for(
+                    "the entry read",
+                    lambda: (
+                        "'forever'" in first.log()
+                        or (first.proc is not None and first.proc.poll() is not None)
+                    ),
+                    timeout=30,
+                )
+            finally:
+                first.stop()
+            # Whatever became of that process (Kopf stops it), the next one starts and works.
+            second = OperatorProcess(cluster, tmp_path, *args, name="second")
+            second.start()
+            try:
+                apply(cluster, manifest(ns, "after", spec))
+                status = wait_for("a verdict", lambda: api.status(ns, "after").get("result"))
+                assert status == "success"
+                assert second.healthy()
+                peering = api.get(f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings/ha") or {}
+                assert "forever" not in (peering.get("status") or {})
+            finally:
+                second.stop()
+    finally:
+        cluster.delete_namespace(ns)
+
+
+def test_a_tenants_peering_object_pauses_its_own_namespace_in_the_operators_judgement(
+    peering_crds: ControlPlane, tmp_path: Path
+) -> None:
+    """Kopf pauses every namespace's watch when any namespace's peering object names a
+    higher priority (so the tenant's claim stops Kopf's news of every namespace); the
+    operator judges each namespace by its own object, and goes on validating the other
+    namespaces' connections it knows."""
+    cluster = peering_crds
+    tenant, victim = (
+        cluster.create_namespace("peer-tenant"),
+        cluster.create_namespace("peer-victim"),
+    )
+    provider = ControlledProvider(keys={"sk-victim"})
+    try:
+        apply(
+            cluster,
+            peering_object(tenant),
+            peering_object(victim),
+            secret(victim, "creds", {"apiKey": "sk-victim"}),
+        )
+        with serve(provider.app()) as url:
+            op = OperatorProcess(
+                cluster, tmp_path, "-n", f"{tenant},{victim}", "--peering", "ha", "--priority", "5"
+            )
+            op.start()
+            api = Api(cluster)
+            spec = {
+                "provider": "openai-compatible",
+                "endpoint": url + "/v1",
+                "apiKeySecretRef": {"name": "creds"},
+                "validation": {"interval": "1s"},
+            }
+            try:
+                wait_for("the operator active", lambda: "active" in op.log(), timeout=30)
+                apply(cluster, manifest(victim, "known", spec))
+                wait_for("a verdict", lambda: validated_at(api, victim, "known"))
+                # The tenant claims its namespace's peering with the highest priority there is.
+                apply(cluster, peering_object(tenant, {"evil": peer_entry(2**31)}))
+                wait_for(
+                    "Kopf to pause",
+                    lambda: "Pausing operations in favour of" in op.log(),
+                    timeout=30,
+                )
+                before = validated_at(api, victim, "known")
+                wait_for(
+                    "the victim's connection validated again",
+                    lambda: validated_at(api, victim, "known") != before,
+                )
+                assert op.healthy()
+            finally:
+                op.stop()
+    finally:
+        cluster.delete_namespace(tenant)
+        cluster.delete_namespace(victim)

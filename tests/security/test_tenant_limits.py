@@ -14,6 +14,7 @@ import base64
 import json
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pydantic
@@ -29,7 +30,7 @@ from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
 from llmconn.net.guard import DNSLookupError
 from llmconn.net.pool import ClientPool
-from llmconn.probes import parse_spec
+from llmconn.probes import oauth_client, parse_spec
 from llmconn.probes.base import ProbeFailure
 from llmconn.probes.google_oauth import sign
 from llmconn.validation.validate import validate
@@ -221,6 +222,102 @@ async def test_a_vertex_key_file_with_a_16384_bit_key_is_a_verdict_naming_the_li
     text = visible(verdict)
     assert all(body[i : i + 12] not in text for i in range(0, len(body) - 12, 7))
     assert loads == []
+
+
+# --- spec.oauth.privateKeyJWT keys: the same bounds as a service-account key's ---------------
+
+
+def private_key_jwt(algorithm: str = "RS256") -> Any:
+    return parse_spec(
+        {
+            "provider": "mcp",
+            "endpoint": CLOSED + "/mcp",
+            "oauth": {
+                "privateKeyJWT": {
+                    "clientId": "tenant",
+                    "secretName": "creds",
+                    "privateKeyKey": "key.pem",
+                    "algorithm": algorithm,
+                }
+            },
+            "validation": {"timeout": "2s"},
+        }
+    )
+
+
+async def test_a_16384_bit_private_key_jwt_key_is_refused_before_discovery_or_any_load(
+    pool: ClientPool, loads: list[dict[str, Any]]
+) -> None:
+    pem = pkcs1_pem(16384)
+    verdict = await validate(
+        private_key_jwt(), Secrets({"key.pem": pem.encode()}), pool, Defaults()
+    )
+    assert verdict.reason is Reason.INVALID_CONFIGURATION  # not a refused discovery
+    assert "spec.oauth.privateKeyJWT" in verdict.message
+    assert f"is {len(pem)} bytes" in verdict.message
+    assert f"the limit is {limits.MAX_PRIVATE_KEY_PEM_BYTES} bytes" in verdict.message
+    assert loads == []
+    body = "".join(pem.splitlines()[1:-1])
+    text = visible(verdict)
+    assert all(body[i : i + 12] not in text for i in range(0, len(body) - 12, 7))
+
+
+def sign_assertion(pem: str, algorithm: str = "RS256") -> str:
+    spec = private_key_jwt(algorithm)
+    form = spec.oauth.private_key_jwt
+    return oauth_client._sign(
+        SimpleNamespace(oauth=spec.oauth),  # type: ignore[arg-type]  # the key's names only
+        pem,
+        "tenant",
+        "https://issuer.example",
+        form.algorithm,
+        None,
+    )
+
+
+def jwt_refusal(pem: str, algorithm: str = "RS256") -> str:
+    with pytest.raises(ProbeFailure) as info:
+        sign_assertion(pem, algorithm)
+    assert info.value.outcome.reason is Reason.INVALID_CONFIGURATION
+    return info.value.outcome.message
+
+
+def test_a_private_key_jwt_key_over_4096_bits_is_refused_by_its_modulus_unchecked(
+    loads: list[dict[str, Any]],
+) -> None:
+    pem = pkcs1_pem(4600)
+    assert len(pem) <= limits.MAX_PRIVATE_KEY_PEM_BYTES
+    message = jwt_refusal(pem)
+    assert "is 4600 bits" in message and f"the limit is {limits.MAX_RSA_BITS} bits" in message
+    assert "spec.oauth.privateKeyJWT" in message
+    assert loads and all(call.get("unsafe_skip_rsa_key_validation") for call in loads)
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "PS256"])
+def test_a_private_key_jwt_key_whose_parts_make_no_key_is_refused_by_its_signature(
+    algorithm: str,
+) -> None:
+    one = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_numbers()
+    mixed = rsa.RSAPrivateNumbers(
+        p=one.p,
+        q=one.q,
+        d=other.d,
+        dmp1=other.dmp1,
+        dmq1=other.dmq1,
+        iqmp=one.iqmp,
+        public_numbers=one.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    assert "is not an RSA private key" in jwt_refusal(_pem(mixed), algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "PS256"])
+def test_a_sound_private_key_jwt_key_signs_unchecked_by_openssl(
+    algorithm: str, loads: list[dict[str, Any]]
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert sign_assertion(_pem(key), algorithm).count(".") == 2
+    assert loads and all(call.get("unsafe_skip_rsa_key_validation") for call in loads)
 
 
 async def test_a_key_file_nested_too_deep_for_the_json_parser_is_invalid_configuration(

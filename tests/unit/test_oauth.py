@@ -420,7 +420,8 @@ async def test_the_client_id_secret_and_key_are_read_as_every_key(world, pool) -
     oauth = {"privateKeyJWT": {"clientId": "pk-rsa", "secretName": "mcp-key"}}
     verdict = await run(pool, spec(world.mcp, oauth), big)
     assert verdict.reason is Reason.INVALID_CONFIGURATION
-    assert "the limit is 16384 bytes" in verdict.message
+    # A private key's own limit, as a service-account key's (tests/security: its modulus).
+    assert "the limit is 4096 bytes of PEM" in verdict.message
 
     verdict = await run(pool, spec(world.mcp, CC), Secrets({"mcp-client": {"clientId": "a"}}))
     assert verdict.reason is Reason.SECRET_KEY_NOT_FOUND

@@ -16,6 +16,7 @@ from llmconn.controller.peering import (
     follow,
     peering_paths,
     peering_scopes,
+    repair,
     should_pause,
 )
 
@@ -186,6 +187,57 @@ async def test_the_follower_outlives_an_absurd_peer_and_says_so_once(caplog) -> 
     await peers.changes.put({"me": alive(5), "evil": forever, "other": alive(9)})
     await spin()
     assert target.calls == ["pause"]
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class PeeringObjects:
+    """The API as `repair` asks it: the peering object of each path, and the patches sent."""
+
+    def __init__(self, statuses: dict[str, Any], fail: bool = False) -> None:
+        self.statuses = statuses
+        self.dropped: list[tuple[str, str, list[str]]] = []
+        self.fail = fail
+
+    async def get_peering(self, path: str, name: str) -> dict[str, Any] | None:
+        if self.fail:
+            raise ConnectionError("the API server is away")
+        return {"status": self.statuses[path]} if path in self.statuses else None
+
+    async def drop_peers(self, path: str, name: str, peers: list[str]) -> None:
+        self.dropped.append((path, name, peers))
+
+
+async def test_repair_removes_the_entries_kopf_cannot_read_and_keeps_the_replicas(caplog) -> None:
+    objects = PeeringObjects(
+        {
+            "/a": {"me": alive(5), "other": alive(9), "forever": alive(9) | {"lifetime": 10**18}},
+            "/b": {"me": alive(5)},
+        }
+    )
+    await repair(objects, ["/a", "/b", "/missing"], "llmconn")
+    assert objects.dropped == [("/a", "llmconn", ["forever"])]
+    assert any("'forever'" in r.getMessage() for r in caplog.records)
+
+
+async def test_repair_never_raises() -> None:
+    await repair(PeeringObjects({}, fail=True), ["/a"], "llmconn")
+
+
+async def test_the_follower_asks_for_a_repair_when_it_sees_an_absurd_entry() -> None:
+    peers, target = Peers(), Target()
+    asked: list[str] = []
+
+    async def repair_path(path: str) -> None:
+        asked.append(path)
+
+    task = asyncio.create_task(
+        follow(peers, ["/p"], "llmconn", "me", 5, target, repair_path=repair_path)
+    )
+    await peers.changes.put({"me": alive(5), "evil": alive(9) | {"lifetime": 10**18}})
+    await spin()
+    assert asked == ["/p"]
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -15,8 +15,10 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-DEFAULT_WRITE_RATE = 5.0  # status writes a second, per namespace, sustained
-DEFAULT_WRITE_BURST = 100  # status writes at once, per namespace: 50 new connections
+from llmconn.model.limits import NAMESPACE_WRITE_BURST, NAMESPACE_WRITE_RATE
+
+DEFAULT_WRITE_RATE = float(NAMESPACE_WRITE_RATE)  # status writes a second, per namespace
+DEFAULT_WRITE_BURST = NAMESPACE_WRITE_BURST  # status writes at once, per namespace
 MAX_IDLE_BUCKETS = 1024  # full, idle buckets kept before they are dropped
 
 

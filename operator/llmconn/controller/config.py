@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from llmconn.controller.budget import DEFAULT_WRITE_BURST, DEFAULT_WRITE_RATE
 from llmconn.controller.peering import MAX_LIFETIME, MAX_PRIORITY, Shard
 from llmconn.model.fields import parse_duration
+from llmconn.model.limits import MIN_INTERVAL_SECONDS
 from llmconn.model.verdict import CloudEndpoints, Defaults
 from llmconn.net.egress import EgressPolicy
 
@@ -199,10 +200,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-interval",
         type=_duration,
-        default=_env("min-interval", "5s"),
+        default=_env("min-interval", f"{MIN_INTERVAL_SECONDS}s"),
         help="floor on every connection's validation.interval (0 stays 0: no periodic "
         "re-validation); a tenant's interval of 1s cannot make the operator probe and write "
-        "every second (default 5s)",
+        f"every second (default {MIN_INTERVAL_SECONDS}s)",
     )
     p.add_argument(
         "--namespace-write-rate",

@@ -22,7 +22,7 @@ from llmconn.controller.budget import WriteBudget
 from llmconn.controller.config import Config
 from llmconn.controller.kube import Kube
 from llmconn.controller.metrics import Metrics
-from llmconn.controller.peering import follow, peering_scopes
+from llmconn.controller.peering import follow, peering_scopes, repair
 from llmconn.controller.reconciler import Reconciler
 from llmconn.controller.watches import FIRST_LIST_WAIT, SecretWatch
 from llmconn.net.pool import ClientPool
@@ -74,8 +74,23 @@ class Engine:
         name = self.config.peering_name
         if name is not None:
             paths = peering_scopes(self.config.namespaces, self.config.all_namespaces)
+            with contextlib.suppress(TimeoutError):  # Kopf reads the peering after this
+                async with asyncio.timeout(FIRST_LIST_WAIT):
+                    await repair(self.kube, paths.values(), name)
+
+            async def repair_one(path: str) -> None:
+                await repair(self.kube, [path], name)
+
             self._peering = asyncio.create_task(
-                follow(self.kube, paths, name, self.identity, self.config.priority or 0, self),
+                follow(
+                    self.kube,
+                    paths,
+                    name,
+                    self.identity,
+                    self.config.priority or 0,
+                    self,
+                    repair_path=repair_one,
+                ),
                 name="llmconn peering",
             )
         log.info(

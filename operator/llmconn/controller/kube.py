@@ -252,6 +252,24 @@ class Kube:
                 event = json.loads(line)
                 yield {} if event.get("type") == "DELETED" else event.get("object") or {}
 
+    async def get_peering(self, path: str, name: str) -> dict[str, Any] | None:
+        """The named peering object in the collection at `path` (peering.py builds it from
+        the operator's own namespaces), or None when there is none."""
+        try:
+            return await self._json("GET", f"{path}/{segment(name)}", what=name)
+        except NotFound:
+            return None
+
+    async def drop_peers(self, path: str, name: str, peers: list[str]) -> None:
+        """Remove `peers`' entries from the named peering object's status (a merge patch)."""
+        await self._json(
+            "PATCH",
+            f"{path}/{segment(name)}",
+            body={"status": dict.fromkeys(peers)},
+            content_type="application/merge-patch+json",
+            what=name,
+        )
+
     async def list_metadata(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         """One page of the collection at `path`, as metadata only (PartialObjectMetadataList:
         no Secret data crosses the wire). Raises Gone for an expired continue token."""

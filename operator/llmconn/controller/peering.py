@@ -17,15 +17,17 @@ import os
 import secrets
 import socket
 import zlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from llmconn.model.limits import MAX_PEER_LIFETIME_SECONDS, MAX_PEER_PRIORITY
 from llmconn.model.text import printable
 
 log = logging.getLogger("llmconn")
 
 CHECK_EVERY = 1.0  # seconds between judgements when nothing changes (peers expire)
+REPAIR_EVERY = 10.0  # seconds between repairs of one peering object (see `repair`)
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,8 @@ def own_identity() -> str:
 # operator (Kopf's peering objects in namespaced mode live in the tenants' namespaces): it is
 # ignored, with a log line, instead of pausing the operator for ever or breaking the follower
 # (a lifetime of 10**18 seconds is past what a datetime can add).
-MAX_PRIORITY = 2**31  # --priority, and the random one runner.py picks, are within +-this
-MAX_LIFETIME = 3600.0  # seconds: --peering-lifetime is at most this
+MAX_PRIORITY = MAX_PEER_PRIORITY  # --priority, and runner.py's random one, are within +-this
+MAX_LIFETIME = float(MAX_PEER_LIFETIME_SECONDS)  # --peering-lifetime is at most this
 
 
 def judge_peer(info: Any, now: dt.datetime) -> tuple[bool, int] | str:
@@ -109,6 +111,50 @@ class _Watcher(Protocol):
     def watch(self, path: str, name: str) -> AsyncIterator[dict[str, Any]]: ...
 
 
+class _Peerings(Protocol):
+    async def get_peering(self, path: str, name: str) -> dict[str, Any] | None: ...
+    async def drop_peers(self, path: str, name: str, peers: list[str]) -> None: ...
+
+
+def absurd_peers(status: Any, now: dt.datetime) -> dict[str, str]:
+    """The entries of a peering object's status no replica of this operator writes, and why."""
+    if not isinstance(status, Mapping):
+        return {}
+    found = {}
+    for peer, info in status.items():
+        judged = judge_peer(info, now)
+        if isinstance(judged, str):
+            found[str(peer)] = judged
+    return found
+
+
+async def repair(kube: _Peerings, paths: Iterable[str], name: str) -> None:
+    """Remove the absurd entries from this peering's objects, before Kopf reads them.
+
+    Kopf reads every entry itself, and one it cannot (a lifetime of 10**18 seconds, past what
+    a datetime can add) stops the whole operator ("Event processing has failed with an
+    unrecoverable error"), at every start again; one with a priority past any replica's
+    pauses every namespace's watch. The startup handlers run before Kopf watches anything,
+    so a restart after such a write finds the object repaired. Best-effort: a failure here
+    is logged and changes nothing else."""
+    for path in paths:
+        try:
+            obj = await kube.get_peering(path, name)
+            absurd = absurd_peers((obj or {}).get("status"), dt.datetime.now(dt.UTC))
+            if absurd:
+                log.warning(
+                    "removing %d entries no replica writes from the peering at %s: %s",
+                    len(absurd),
+                    path,
+                    "; ".join(
+                        f"{printable(p[:64])!r}: {why}" for p, why in list(absurd.items())[:5]
+                    ),
+                )
+                await kube.drop_peers(path, name, list(absurd))
+        except Exception as exc:  # the follower and Kopf go on either way
+            log.warning("could not repair the peering at %s: %s", path, type(exc).__name__)
+
+
 class _Pausable(Protocol):
     def pause(self, namespace: str | None = None) -> None: ...
     def resume(self, namespace: str | None = None) -> None: ...
@@ -135,6 +181,7 @@ async def follow(
     identity: str,
     priority: int,
     target: _Pausable,
+    repair_path: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Pause `target` while Kopf's peering says another replica is the active one: the whole
     of it for a cluster-wide peering (or a plain list of paths), each namespace by its own
@@ -143,8 +190,8 @@ async def follow(
 
     The peering objects are watched, so a replica stands by as soon as a higher priority
     appears; they are judged again every second too, since peers expire by time alone. Peers
-    with absurd entries are ignored, said once each; nothing a peering object holds ends
-    this task."""
+    with absurd entries are ignored, said once each, and `repair_path` (if given) is asked to
+    remove them; nothing a peering object holds ends this task."""
     # By scope, the collections whose objects decide for it.
     scopes: dict[str | None, list[str]] = (
         {scope: [path] for scope, path in paths.items()}
@@ -154,6 +201,9 @@ async def follow(
     statuses: dict[str, Mapping[str, Any]] = {}
     changed = asyncio.Event()
     told: set[tuple[str, str, str]] = set()  # (path, peer, why) said already
+    repairs: set[asyncio.Task[None]] = set()
+    absurd: set[str] = set()  # paths whose object holds an absurd entry now
+    repaired: dict[str, float] = {}  # path -> loop time before which it is not repaired again
 
     async def watch(path: str) -> None:
         while True:
@@ -168,6 +218,7 @@ async def follow(
 
     def judged(path: str, now: dt.datetime) -> bool:
         def ignored(peer: str, why: str) -> None:
+            absurd.add(path)
             if (path, peer, why) not in told and len(told) < 1000:
                 told.add((path, peer, why))
                 log.warning(
@@ -177,7 +228,15 @@ async def follow(
                     why,
                 )
 
-        return should_pause(statuses.get(path) or {}, identity, priority, now, ignored)
+        absurd.discard(path)
+        pause = should_pause(statuses.get(path) or {}, identity, priority, now, ignored)
+        clock = asyncio.get_running_loop().time()
+        if path in absurd and repair_path is not None and clock >= repaired.get(path, 0.0):
+            repaired[path] = clock + REPAIR_EVERY
+            task = asyncio.ensure_future(repair_path(path))
+            repairs.add(task)
+            task.add_done_callback(repairs.discard)
+        return pause
 
     watchers = [asyncio.create_task(watch(p)) for each in scopes.values() for p in each]
     paused: dict[str | None, bool] = {}  # not judged yet: `target` starts active
@@ -194,7 +253,7 @@ async def follow(
             except Exception:  # never: but the follower must outlive any object it reads
                 log.exception("judging the peering failed; judging again in a second")
     finally:
-        for task in watchers:
+        for task in [*watchers, *repairs]:
             task.cancel()
 
 

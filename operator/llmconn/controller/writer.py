@@ -24,6 +24,7 @@ from llmconn.controller.budget import WriteBudget
 from llmconn.controller.kube import Conflict, Kube, NotFound
 from llmconn.controller.memory import Conn, HeldEvents, Key
 from llmconn.controller.metrics import Metrics
+from llmconn.model import limits
 from llmconn.model import status as st
 from llmconn.model.lifecycle import retirement_timestamp
 from llmconn.model.verdict import Verdict
@@ -44,8 +45,8 @@ WARNING_EVERY = 300.0  # seconds between Warning Events of one connection that s
 # One connection's Events: EVENT_BURST at once, then one per EVENT_EVERY seconds; what happens
 # meanwhile is told in one Event then. (The operator only creates Events, one write each, and
 # never updates a count.) Two at once: a new connection's verdict and its model's deprecation.
-EVENT_EVERY = 60.0
-EVENT_BURST = 2
+EVENT_EVERY = float(limits.EVENT_EVERY_SECONDS)
+EVENT_BURST = limits.EVENT_BURST
 
 
 class StatusWriter:

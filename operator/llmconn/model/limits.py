@@ -36,6 +36,17 @@ MAX_CA_CERTIFICATES = 32
 # spec.headers: names and values together.
 MAX_HEADER_BYTES = 8 * KIB
 
+# What one namespace can make the operator write to the API server (controller/budget.py,
+# controller/writer.py), and the floor under its validations.
+MIN_INTERVAL_SECONDS = 5  # --min-interval's default: the floor on validation.interval
+NAMESPACE_WRITE_RATE = 5  # --namespace-write-rate's default: status writes a second
+NAMESPACE_WRITE_BURST = 100  # --namespace-write-burst's default: status writes at once
+EVENT_BURST = 2  # Events one connection posts at once
+EVENT_EVERY_SECONDS = 60  # then one per this many seconds; the rest are told in a summary
+# What a peer in a peering object may say (controller/peering.py); past it, it is no replica.
+MAX_PEER_PRIORITY = 2**31  # +- this; --priority too
+MAX_PEER_LIFETIME_SECONDS = 3600  # --peering-lifetime too
+
 
 @dataclass(frozen=True)
 class Limit:
@@ -92,6 +103,49 @@ LIMITS: tuple[Limit, ...] = (
         "bytes",
         "spec.headers, names and values together",
         "fixed",
+    ),
+    Limit(
+        "MIN_INTERVAL_SECONDS",
+        MIN_INTERVAL_SECONDS,
+        "seconds",
+        "the floor on every connection's validation.interval",
+        "the operator's administrator: `--min-interval` (`config.minInterval`)",
+    ),
+    Limit(
+        "NAMESPACE_WRITE_RATE",
+        NAMESPACE_WRITE_RATE,
+        "writes a second",
+        "status writes of one namespace, sustained (past it they wait, never dropped)",
+        "the operator's administrator: `--namespace-write-rate` (`config.namespaceWriteRate`)",
+    ),
+    Limit(
+        "NAMESPACE_WRITE_BURST",
+        NAMESPACE_WRITE_BURST,
+        "writes",
+        "status writes of one namespace at once, before the rate applies",
+        "the operator's administrator: `--namespace-write-burst` (`config.namespaceWriteBurst`)",
+    ),
+    Limit("EVENT_BURST", EVENT_BURST, "Events", "Events one connection posts at once", "fixed"),
+    Limit(
+        "EVENT_EVERY_SECONDS",
+        EVENT_EVERY_SECONDS,
+        "seconds",
+        "then one Event per connection this often; what happens meanwhile is told in one",
+        "fixed",
+    ),
+    Limit(
+        "MAX_PEER_PRIORITY",
+        MAX_PEER_PRIORITY,
+        "(plus or minus)",
+        "a peer's priority in a peering object; past it the entry is ignored and removed",
+        "fixed (`--priority` is held to it)",
+    ),
+    Limit(
+        "MAX_PEER_LIFETIME_SECONDS",
+        MAX_PEER_LIFETIME_SECONDS,
+        "seconds",
+        "a peer's lifetime in a peering object; past it the entry is ignored and removed",
+        "fixed (`--peering-lifetime` is held to it)",
     ),
 )
 

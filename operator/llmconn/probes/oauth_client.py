@@ -69,6 +69,7 @@ from pydantic import ValidationError
 
 from llmconn.model.blocks import ClientAuthMethod, OAuthSpec, SigningAlgorithm
 from llmconn.model.credentials import BearerToken
+from llmconn.model.limits import MAX_PRIVATE_KEY_PEM_BYTES, MAX_RSA_BITS, too_large
 from llmconn.model.reasons import Reason
 from llmconn.net.exchange import USER_AGENT, RedirectRefused, Reply
 from llmconn.net.oauth import TokenAnswer, post_form, token_answer
@@ -451,29 +452,49 @@ def _sign(
     key_id: str | None,
 ) -> str:
     """The client assertion of RFC 7523 section 3 (iss and sub the client, aud the
-    authorization server's issuer, a jti, five minutes). Loads the key in this thread."""
+    authorization server's issuer, a jti, five minutes). Loads the key in this thread.
+
+    The key is bounded as a service-account key is (google_oauth.sign): the PEM's length
+    before it is loaded, then an RSA modulus read by a load that skips OpenSSL's key check
+    (a minute of the interpreter's lock for a 16384-bit key); an RSA assertion is verified
+    with the key's public half instead, which proves its parts make one key."""
     import jwt  # signs only here, for privateKeyJWT
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+    assert ctx.oauth is not None and ctx.oauth.private_key_jwt is not None
+    form = ctx.oauth.private_key_jwt
+    field = f"Key {form.private_key_key} of Secret {form.secret_name} (spec.oauth.privateKeyJWT)"
+    kind = "an EC P-256" if algorithm is SigningAlgorithm.ES256 else "an RSA"
+    not_a_key = ProbeOutcome(
+        Reason.INVALID_CONFIGURATION,
+        f"{field} is not {kind} private key in unencrypted PEM, which {algorithm.value} signs "
+        "with.",
+    )
+    data = pem.encode()
+    if len(data) > MAX_PRIVATE_KEY_PEM_BYTES:
+        raise ProbeFailure(
+            ProbeOutcome(
+                Reason.INVALID_CONFIGURATION,
+                too_large(field, len(data), MAX_PRIVATE_KEY_PEM_BYTES, why=" of PEM"),
+            )
+        )
     try:
-        key = load_pem_private_key(pem.encode(), password=None)
+        key = load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     wanted = (
         ec.EllipticCurvePrivateKey if algorithm is SigningAlgorithm.ES256 else rsa.RSAPrivateKey
     )
     if not isinstance(key, wanted):
-        assert ctx.oauth is not None and ctx.oauth.private_key_jwt is not None
-        form = ctx.oauth.private_key_jwt
-        kind = "an EC P-256" if algorithm is SigningAlgorithm.ES256 else "an RSA"
+        raise ProbeFailure(not_a_key)
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size > MAX_RSA_BITS:
         raise ProbeFailure(
             ProbeOutcome(
                 Reason.INVALID_CONFIGURATION,
-                f"Key {form.private_key_key} of Secret {form.secret_name} "
-                f"(spec.oauth.privateKeyJWT) is not {kind} private key in unencrypted PEM, "
-                f"which {algorithm.value} signs with.",
+                too_large(field, key.key_size, MAX_RSA_BITS, "bits"),
             )
         )
     now = int(time.time())
@@ -486,7 +507,26 @@ def _sign(
         "jti": str(uuid.uuid4()),
     }
     headers = {"kid": key_id} if key_id else None
-    return jwt.encode(claims, key, algorithm=algorithm.value, headers=headers)
+    try:
+        assertion = jwt.encode(claims, key, algorithm=algorithm.value, headers=headers)
+        if isinstance(key, rsa.RSAPrivateKey):
+            signed, _, signature = assertion.rpartition(".")
+            pad = (
+                padding.PSS(
+                    mgf=padding.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size
+                )
+                if algorithm.value.startswith("PS")
+                else padding.PKCS1v15()
+            )
+            key.public_key().verify(
+                base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+                signed.encode(),
+                pad,
+                hashes.SHA256(),
+            )
+    except (ValueError, TypeError, InvalidSignature):  # its parts do not make one key
+        raise ProbeFailure(not_a_key) from None
+    return assertion
 
 
 # --- the answer ---------------------------------------------------------------------------

@@ -40,6 +40,8 @@ from llmconn.model.limits import (
     MAX_CA_CERTIFICATES,
     MAX_CONNECTION_SECRET_BYTES,
     MAX_CREDENTIAL_BYTES,
+    MAX_PRIVATE_KEY_PEM_BYTES,
+    MAX_RSA_BITS,
     too_large,
 )
 from llmconn.model.reasons import Reason
@@ -380,6 +382,14 @@ async def _read_secrets(
                 used.failure = _too_large(
                     field, certificates, MAX_CA_CERTIFICATES, "PEM blocks", " in a CA bundle"
                 )
+        elif use.oauth == "private_key" and len(value) > MAX_PRIVATE_KEY_PEM_BYTES:
+            # As a service-account key's: before any discovery, load or check of it.
+            used.failure = _too_large(
+                field,
+                len(value),
+                MAX_PRIVATE_KEY_PEM_BYTES,
+                why=f" of PEM (an RSA key of {MAX_RSA_BITS} bits or fewer, or an EC P-256 key)",
+            )
         elif len(value) > MAX_CREDENTIAL_BYTES:
             used.failure = _too_large(
                 field,
