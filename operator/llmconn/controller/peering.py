@@ -266,11 +266,11 @@ def _apply(
     if pause == before:
         return
     paused[scope] = pause
-    where = "" if scope is None else f" in namespace {scope}"
+    where = "" if scope is None else f" (namespace {scope})"
     if pause:
-        log.info("standing by%s: another replica with a higher priority is active", where)
+        log.info("standing by: another replica with a higher priority is active%s", where)
         target.pause() if scope is None else target.pause(scope)
     else:
-        log.info("active%s: no replica with a higher priority is alive", where)
+        log.info("active: no replica with a higher priority is alive%s", where)
         if before is not None:
             target.resume() if scope is None else target.resume(scope)
