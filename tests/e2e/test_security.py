@@ -731,7 +731,7 @@ def nothing_listens(host: str, port: int) -> bool:
 def test_the_metrics_and_health_ports_listen_on_the_listen_address_only(
     cluster: ControlPlane, tmp_path: Path
 ) -> None:
-    op = OperatorProcess(cluster, tmp_path, "-A", "--listen-address", "127.0.0.2")
+    op = OperatorProcess(cluster, tmp_path, "-A", env={"LLMCONN_LISTEN_ADDRESS": "127.0.0.2"})
     op.host = "127.0.0.2"
     op.start()
     try:
