@@ -81,6 +81,7 @@ class OperatorProcess:
     ) -> None:
         self.metrics_port = free_port()
         self.health_port = free_port()
+        self.host = "127.0.0.1"  # where its ports are reached (--listen-address)
         self.args: Sequence[str] = args or ("-A",)
         self.log_path = log_dir / f"{name}-{self.metrics_port}.log"
         # The tests' connections validate every second, the CRD's least interval: the
@@ -122,7 +123,9 @@ class OperatorProcess:
                 f"operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
             )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2):
+            with urllib.request.urlopen(
+                f"http://{self.host}:{self.health_port}/healthz", timeout=2
+            ):
                 return True
         except OSError:
             return False
@@ -142,7 +145,7 @@ class OperatorProcess:
 
     def metrics(self) -> str:
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            f"http://{self.host}:{self.metrics_port}/metrics", timeout=5
         ) as r:
             return r.read().decode()
 

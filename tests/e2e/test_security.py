@@ -714,3 +714,30 @@ def test_a_tenants_peering_object_pauses_its_own_namespace_in_the_operators_judg
     finally:
         cluster.delete_namespace(tenant)
         cluster.delete_namespace(victim)
+
+
+# --- listeners ----------------------------------------------------------------------------
+
+
+def nothing_listens(host: str, port: int) -> bool:
+    """Whether nothing listens at host:port (a connection is refused)."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def test_the_metrics_and_health_ports_listen_on_the_listen_address_only(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    op = OperatorProcess(cluster, tmp_path, "-A", env={"LLMCONN_LISTEN_ADDRESS": "127.0.0.2"})
+    op.host = "127.0.0.2"
+    op.start()
+    try:
+        assert "llmconn_connections" in op.metrics()
+        assert op.healthy()
+        assert nothing_listens("127.0.0.1", op.metrics_port)
+        assert nothing_listens("127.0.0.1", op.health_port)
+    finally:
+        op.stop()

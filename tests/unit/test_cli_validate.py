@@ -387,10 +387,10 @@ RUN_ARGV = [
     "--egress-allow=192.0.2.0/24",
     "--metrics-port=9090",
     "--health-port=9091",
-    "--listen-address=127.0.0.1",
-    "--min-interval=2s",
+    "--listen-address=127.0.0.3",
+    "--min-interval=10s",
     "--namespace-write-rate=3",
-    "--namespace-write-burst=10",
+    "--namespace-write-burst=30",
     "--peering=ha",
     "--peering-lifetime=20s",
     "--priority=42",
@@ -430,8 +430,9 @@ def test_run_hands_every_argument_to_the_operator(monkeypatch: pytest.MonkeyPatc
     assert given_config.concurrency == 7 and given_config.secret_label_selector.endswith("true")
     assert runs[0]["namespaces"] == ("team-a", "team-b") and not runs[0]["clusterwide"]
     assert runs[0]["peering_name"] == "ha-shard-1" and runs[0]["priority"] == 42
-    assert runs[0]["liveness_endpoint"] == "http://127.0.0.1:9091/healthz"
-    assert (given_config.write_rate, given_config.write_burst) == (3.0, 10)
+    assert runs[0]["liveness_endpoint"] == "http://127.0.0.3:9091/healthz"
+    assert given_config.defaults.min_interval == 10
+    assert (given_config.write_rate, given_config.write_burst) == (3, 30)
     assert runs[1]["clusterwide"] and runs[1]["memo"].config.defaults.inference_min_interval == 7200
 
 

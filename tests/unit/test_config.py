@@ -244,7 +244,11 @@ def test_one_namespace_gets_every_worker_unless_told(
 def test_budgets_default_to_a_floor_and_five_writes_a_second() -> None:
     c = from_args(["-A"])
     assert c.defaults.min_interval == 5
-    assert (c.write_rate, c.write_burst) == (5, 100)
+    assert (c.write_budget, c.write_burst) == (5, 100)
+    assert from_args(["-n", "a,b"]).write_budget == 5
+    # One namespace has no neighbour of this operator's to protect (as --namespace-concurrency).
+    assert from_args(["-n", "a"]).write_budget == 0
+    assert from_args(["-n", "a", "--namespace-write-rate=2"]).write_budget == 2
 
 
 @pytest.mark.parametrize(

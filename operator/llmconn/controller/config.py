@@ -42,7 +42,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "plain"
     secret_label_selector: str | None = None  # narrows the Secret watch
-    write_rate: float = DEFAULT_WRITE_RATE  # status writes a second per namespace; 0: no budget
+    write_rate: float | None = None  # status writes a second per namespace; see write_budget
     write_burst: int = DEFAULT_WRITE_BURST  # status writes at once per namespace
 
     @property
@@ -57,9 +57,22 @@ class Config:
         would cap its throughput for nothing); else None, the reconciler's default share."""
         if self.namespace_concurrency is not None:
             return self.namespace_concurrency
-        if not self.all_namespaces and len(self.namespaces) == 1 and not self.namespace_patterns:
+        if self.single_namespace:
             return self.concurrency
         return None
+
+    @property
+    def single_namespace(self) -> bool:
+        return not self.all_namespaces and len(self.namespaces) == 1 and not self.namespace_patterns
+
+    @property
+    def write_budget(self) -> float:
+        """Status writes a second one namespace may make (0: no budget): --namespace-write-rate;
+        else none when the operator watches a single namespace (no other tenant to protect,
+        as with --namespace-concurrency), else DEFAULT_WRITE_RATE."""
+        if self.write_rate is not None:
+            return self.write_rate
+        return 0.0 if self.single_namespace else DEFAULT_WRITE_RATE
 
     @property
     def health_endpoint(self) -> str | None:
@@ -208,10 +221,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--namespace-write-rate",
         type=float,
-        default=_env("namespace-write-rate") or f"{DEFAULT_WRITE_RATE:g}",
+        default=_env("namespace-write-rate") or None,
         help="status writes a second one namespace may make, sustained; writes past it wait "
         f"(never dropped), a new or changed connection's first; 0: no budget (default "
-        f"{DEFAULT_WRITE_RATE:g})",
+        f"{DEFAULT_WRITE_RATE:g}; none when -n names a single namespace)",
     )
     p.add_argument(
         "--namespace-write-burst",
@@ -374,7 +387,9 @@ def from_args(argv: Sequence[str]) -> Config:
     if args.priority is not None and not -MAX_PRIORITY <= args.priority <= MAX_PRIORITY:
         p.error(f"--priority must be within +-{MAX_PRIORITY} (2**31)")
     listen = _address(p, args.listen_address)
-    if not 0 <= args.namespace_write_rate < float("inf"):  # NaN too
+    if args.namespace_write_rate is not None and not (
+        0 <= args.namespace_write_rate < float("inf")  # NaN too
+    ):
         p.error("--namespace-write-rate must be a number, 0 or more")
     if args.namespace_write_burst < 1:
         p.error("--namespace-write-burst must be at least 1")

@@ -48,7 +48,7 @@ class Engine:
             concurrency=config.concurrency,
             namespace_concurrency=config.namespace_share,
             shard=config.shard,
-            write_budget=WriteBudget(config.write_rate, config.write_burst),
+            write_budget=WriteBudget(config.write_budget, config.write_burst),
         )
         self.secret_watch = SecretWatch(
             self.kube,

@@ -5,6 +5,13 @@ Kopf pauses its watch streams when a peer with a higher priority is alive, but t
 operator's own scheduler would go on validating from memory. So the same rule Kopf applies
 (pause while another live peer has a higher or equal priority) is applied here to the
 peering objects Kopf keeps, and the reconciler stands by while it holds.
+
+In namespaced mode Kopf keeps a peering object in every watched namespace, where a tenant
+may write one too. Kopf 1.45 pauses its watches of every namespace when any one of those
+objects says so, and stops the operator on an entry it cannot read; the operator judges each
+namespace by its own object (a tenant's claim stands its own namespace by, in the operator's
+judgement), ignores entries no replica writes and removes them (`repair`), before Kopf
+reads them at a start.
 """
 
 from __future__ import annotations
@@ -166,9 +173,9 @@ def peering_paths(name: str, namespaces: Sequence[str], clusterwide: bool) -> li
 
 
 def peering_scopes(namespaces: Sequence[str], clusterwide: bool) -> dict[str | None, str]:
-    """What each peering collection decides for: the whole operator (None) in cluster-wide
-    mode, else each namespace for itself, as Kopf pauses each namespace's watch by its own
-    namespace's peering object."""
+    """What each peering collection decides for in the operator's judgement: the whole
+    operator (None) in cluster-wide mode, else each namespace for itself (Kopf itself pauses
+    every namespace's watch for any namespace's object: see the module's docstring)."""
     if clusterwide:
         return {None: "/apis/kopf.dev/v1/clusterkopfpeerings"}
     return {ns: f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings" for ns in namespaces}
@@ -266,11 +273,11 @@ def _apply(
     if pause == before:
         return
     paused[scope] = pause
-    where = "" if scope is None else f" in namespace {scope}"
+    where = "" if scope is None else f" (namespace {scope})"
     if pause:
-        log.info("standing by%s: another replica with a higher priority is active", where)
+        log.info("standing by: another replica with a higher priority is active%s", where)
         target.pause() if scope is None else target.pause(scope)
     else:
-        log.info("active%s: no replica with a higher priority is alive", where)
+        log.info("active: no replica with a higher priority is alive%s", where)
         if before is not None:
             target.resume() if scope is None else target.resume(scope)
