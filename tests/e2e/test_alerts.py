@@ -170,6 +170,9 @@ def exported_names() -> set[str]:
     m.set_queue_depth(1)
     m.schedule_lag(0.1)
     m.set_connections(1)
+    m.write_delayed("ns", 0.5)
+    m.event_posted("Warning")
+    m.event_held("ns")
     text = generate_latest(m.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1].isalpha()}
 
