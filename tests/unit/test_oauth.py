@@ -11,14 +11,18 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from starlette.responses import JSONResponse
 
+from llmconn.model.limits import MAX_CREDENTIAL_BYTES
 from llmconn.model.reasons import Reason
 from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
+from llmconn.net.exchange import Reply, UnreadableAnswer
+from llmconn.net.oauth import token_answer
 from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
@@ -459,3 +463,23 @@ async def test_an_authorization_server_without_client_credentials_is_said(pool) 
         verdict.message
     )
     assert "spec.oauth.clientCredentials" not in verdict.message
+
+
+def test_an_access_token_longer_than_a_credential_is_refused_at_its_byte() -> None:
+    """A token service (a tenant's, with spec.oauth) cannot hand the operator a megabyte
+    "token" to send as a header and to hold for redaction: over MAX_CREDENTIAL_BYTES the
+    answer is unreadable, at the limit it is a token."""
+    url = "http://127.0.0.1:9/oauth/token"
+
+    def answer(token: str) -> Reply:
+        body = json.dumps({"access_token": token, "token_type": "Bearer"}).encode()
+        return Reply(200, httpx2.Headers({"content-type": "application/json"}), body, url)
+
+    at_limit = token_answer(answer("t" * MAX_CREDENTIAL_BYTES), now=0.0)
+    assert at_limit.token is not None and len(at_limit.token.token) == MAX_CREDENTIAL_BYTES
+
+    with pytest.raises(UnreadableAnswer) as refused:
+        token_answer(answer("t" * (MAX_CREDENTIAL_BYTES + 1)), now=0.0)
+    assert refused.value.path == "/oauth/token" and refused.value.status == 200
+    assert f"an access token of {MAX_CREDENTIAL_BYTES + 1:,} characters" in refused.value.what
+    assert "t" * 64 not in str(refused.value)  # the token itself is not in the error

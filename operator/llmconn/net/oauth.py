@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from llmconn.model.credentials import BearerToken
-from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply
+from llmconn.model.limits import MAX_CREDENTIAL_BYTES
+from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply, UnreadableAnswer
 
 # The scope Google's APIs take for everything a project's IAM allows (google-auth's
 # `_CLOUD_PLATFORM_SCOPE`; Vertex AI's client libraries ask for it).
@@ -63,11 +64,23 @@ class TokenAnswer:
 
 
 def token_answer(reply: Reply, now: float) -> TokenAnswer:
-    """Read an answer of a token endpoint; `now` (epoch seconds) dates `expires_in`."""
+    """Read an answer of a token endpoint; `now` (epoch seconds) dates `expires_in`.
+
+    A token longer than a credential may be (MAX_CREDENTIAL_BYTES, as for a Secret's value)
+    is refused as an unreadable answer: it would be sent as a header, and every token is held
+    for redaction, whose cost grows with its length (a token service can be a tenant's)."""
     body = reply.json()
     body = body if isinstance(body, dict) else {}
     access = body.get("access_token")
     token = None
+    if isinstance(access, str) and len(access) > MAX_CREDENTIAL_BYTES:
+        raise UnreadableAnswer(
+            "POST",
+            urlsplit(reply.url).path or "/",
+            reply.status,
+            f"an access token of {len(access):,} characters, over the "
+            f"{MAX_CREDENTIAL_BYTES // 1024} KiB a credential may have",
+        )
     if reply.status == 200 and isinstance(access, str) and access:
         token = BearerToken(access, expires_at=_expiry(body, now))
     error, description = body.get("error"), body.get("error_description")
