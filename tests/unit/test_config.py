@@ -292,3 +292,18 @@ def test_listen_address_priority_and_lifetime_are_checked(
     with pytest.raises(SystemExit):
         from_args(["-A", flag])
     assert flag.split("=", 1)[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pattern", ["team-*", "shop-?", "prod-[ab]"])
+def test_peering_takes_namespace_names_not_patterns(
+    pattern: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The peering follower watches each named namespace's KopfPeering objects: a pattern
+    would make a request path of its own (namespaces/team-*/kopfpeerings) and follow none."""
+    with pytest.raises(SystemExit) as stopped:
+        from_args(["-n", "default", "-n", pattern, "--peering", "llmconn"])
+    assert stopped.value.code == 2
+    assert "--peering takes namespace names, not patterns" in capsys.readouterr().err
+    config = from_args(["-n", "default", "-n", "team-a", "--peering", "llmconn"])
+    assert config.peering == "llmconn" and config.namespaces == ("default", "team-a")
+    assert from_args(["-n", pattern]).namespace_patterns  # patterns alone stay allowed

@@ -386,6 +386,10 @@ def from_args(argv: Sequence[str]) -> Config:
         p.error("--namespace-concurrency must be at least 1")
     if args.priority is not None and not -MAX_PRIORITY <= args.priority <= MAX_PRIORITY:
         p.error(f"--priority must be within +-{MAX_PRIORITY} (2**31)")
+    if args.peering and any(ch in ns for ns in namespaces for ch in "*?[!"):
+        # Kopf keeps a peering object in each namespace it finds; the engine's follower
+        # watches the namespaces named, and a pattern names none (its path would be invalid).
+        p.error("--peering takes namespace names, not patterns: name each namespace with -n")
     listen = _address(p, args.listen_address)
     if args.namespace_write_rate is not None and not (
         0 <= args.namespace_write_rate < float("inf")  # NaN too
