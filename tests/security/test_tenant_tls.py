@@ -111,3 +111,69 @@ async def test_many_validations_with_one_new_bundle_build_one_client(
     clients = await asyncio.gather(*(lease_as(pool, "t", tls) for _ in range(10)))
     assert len({id(c) for c in clients}) == 1
     assert built == [bundles[1]]
+
+
+async def test_a_client_built_for_validations_all_cancelled_is_kept_and_closed(
+    bundles: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build outlives the validations that asked for it (a timeout, a deleted
+    connection): the client it makes is the pool's, closed with it, not left open by no one."""
+    pool = ClientPool(EgressPolicy(), proxies={})
+    release = threading.Event()
+    real = pool_mod.TLSOptions.ssl_context
+
+    def slow(self: TLSOptions) -> object:
+        release.wait(10)
+        return real(self)
+
+    monkeypatch.setattr(pool_mod.TLSOptions, "ssl_context", slow)
+    tls = TLSOptions(ca_bundle=bundles[2])
+    waiters = [asyncio.create_task(lease_as(pool, "t", tls)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    release.set()
+    for _ in range(100):  # the build goes on without them
+        if len(pool) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len(pool) == 1
+    monkeypatch.setattr(pool_mod.TLSOptions, "ssl_context", real)
+    built = pool.client(tls)  # the one built for the cancelled validations, not another
+    await pool.aclose()
+    assert built.is_closed
+
+
+async def test_a_client_evicted_before_its_waiters_run_is_never_handed_out(
+    bundles: list[bytes],
+) -> None:
+    """Between the build's end and its waiters' turn another tenant's client evicts (and may
+    close) it: the waiters build again instead of putting a retired client back in the pool."""
+    pool = ClientPool(EgressPolicy(), max_clients=1, proxies={})
+    tls = TLSOptions(ca_bundle=bundles[3])
+    got: list[object] = []
+
+    async def lease() -> None:
+        async with pool.lease(tls) as client:
+            assert not client.is_closed
+            got.append(client)
+            await asyncio.sleep(0.01)
+
+    waiters = [asyncio.create_task(lease()) for _ in range(2)]
+    for _ in range(100):
+        if tls.key in pool._building:  # the build under way, to race it
+            break
+        await asyncio.sleep(0)
+    evicted: list[object] = []
+
+    def evict(built: asyncio.Future[object]) -> None:
+        evicted.append(built.result())
+        pool.client(TLSOptions(insecure_skip_verify=True))  # evicts it: max_clients=1
+
+    pool._building[tls.key].add_done_callback(evict)
+    await asyncio.gather(*waiters)
+    assert evicted and evicted[0] not in got
+    current = pool.client(tls)
+    assert not current.is_closed
+    await pool.aclose()

@@ -135,18 +135,22 @@ class ClientPool:
         if (existing := self._clients.get(key)) is not None:
             self._use(key)
             return existing
-        building = self._building.get(key)
-        if building is None:  # the first to ask builds; the others wait for it
-            building = self._building[key] = asyncio.ensure_future(self._build_off_loop(tls))
-            building.add_done_callback(lambda _: self._building.pop(key, None))
-        client = await asyncio.shield(building)
-        if (existing := self._clients.get(key)) is not None:
-            self._use(key)
-            return existing
-        return self._keep(key, client)
+        while True:
+            building = self._building.get(key)
+            if building is None:  # the first to ask builds; the others wait for it
+                building = self._building[key] = asyncio.ensure_future(self._build_off_loop(tls))
+                building.add_done_callback(lambda _: self._building.pop(key, None))
+            client = await asyncio.shield(building)
+            if self._clients.get(key) is client:
+                self._use(key)
+                return client
+            # Evicted (and maybe closed) between the build and this waiter's turn: once more.
 
     async def _build_off_loop(self, tls: TLSOptions) -> httpx2.AsyncClient:
-        return self._build(await asyncio.to_thread(tls.ssl_context))
+        """Build and keep, once, whoever waits: a client is kept even when every validation
+        that asked for it was cancelled meanwhile (it is then evicted and closed in turn, as
+        any other), and never kept again after it was evicted."""
+        return self._keep(tls.key, self._build(await asyncio.to_thread(tls.ssl_context)))
 
     def _default_client(self) -> httpx2.AsyncClient:
         if self._default is None:
