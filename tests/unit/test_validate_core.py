@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from llmconn.model import redact
 from llmconn.model.limits import MAX_CREDENTIAL_BYTES
 from llmconn.model.reasons import Reason, Result
 from llmconn.model.status import LATEST_PROBE_KEYS, rfc3339, status_fields
@@ -213,6 +214,41 @@ async def test_a_key_echoed_by_the_provider_is_redacted_everywhere(pool: ClientP
     assert KEY[:12] not in stored
     assert "Incorrect API key provided: [REDACTED]" in verdict.message
     assert verdict.details["rateLimitRemainingRequests"] == "[REDACTED]"
+
+
+async def test_the_verdict_redacts_with_the_forms_made_when_the_key_was_read(
+    pool: ClientPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With many large values in flight the cache of forms lets a key's go while its probe
+    runs: the verdict is redacted with the forms held since the key was read, none made again
+    on the event loop."""
+    monkeypatch.setattr(redact, "CACHED", 0)  # the cache keeps only its latest value
+    made: list[str] = []
+    real = redact.Part
+
+    class Counted(real):  # type: ignore[misc,valid-type]
+        def __init__(self, value: str) -> None:
+            made.append(value)
+            super().__init__(value)
+
+    monkeypatch.setattr(redact, "Part", Counted)
+    redact.part("a value that leaves only itself cached")  # earlier tests' KEY goes
+    made.clear()
+
+    async def evicting(ctx: ProbeContext) -> ProbeOutcome:
+        redact.part("another tenant's value, read meanwhile")  # KEY's forms leave the cache
+        assert not redact.cached(KEY)
+        return await _check(ctx)
+
+    body = json.dumps({"error": {"message": f"Incorrect API key provided: {KEY}"}})
+    with registry.temporary() as providers:
+        providers.provider("evicting", default_endpoint=None, auth=Auth.X_API_KEY, title="T")(
+            evicting
+        )
+        async with RawServer(answer(401, body)) as s:
+            verdict = await check(s.url, pool, provider="evicting")
+    assert "Incorrect API key provided: [REDACTED]" in verdict.message
+    assert made.count(KEY) == 1
 
 
 # --- Secrets -------------------------------------------------------------------------------

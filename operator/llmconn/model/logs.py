@@ -22,9 +22,8 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from typing import Any
 
-from llmconn.model.redact import MARKER, Redactor, part
+from llmconn.model.redact import MARKER, Part, Redactor, part
 from llmconn.model.text import printable
 
 # Loggers of the HTTP stacks (probes, the operator's API client, Kopf's) and of the MCP SDK.
@@ -55,18 +54,20 @@ class _Live:
 
     def __init__(self) -> None:
         self._values: Counter[str] = Counter()
-        self._parts: dict[str, Any] = {}  # value -> its redact.part
+        self._parts: dict[str, Part] = {}  # value -> its redact.part
         self._permanent: set[str] = set()
         self._redactor: Redactor | None = Redactor(())
         self._lock = threading.Lock()
 
-    def add(self, values: Iterable[str]) -> None:
+    def add(self, values: Iterable[str]) -> list[Part]:
+        """Counts these values in; returns their parts (held here while they are in use)."""
         values = [v for v in values if v]
         made = {v: part(v) for v in values if v not in self._parts}  # cached: a lookup
         with self._lock:
             self._values.update(values)
             self._parts.update((v, p) for v, p in made.items() if p is not None)
             self._redactor = None
+            return [self._parts[v] for v in dict.fromkeys(values) if v in self._parts]
 
     def remove(self, values: Iterable[str]) -> None:
         with self._lock:
@@ -99,12 +100,14 @@ _LIVE = _Live()
 
 
 @contextlib.contextmanager
-def in_use(values: Iterable[str]) -> Iterator[None]:
-    """Redact these values from every log record while the block runs."""
+def in_use(values: Iterable[str]) -> Iterator[list[Part]]:
+    """Redact these values from every log record while the block runs; gives their parts,
+    for a Redactor of the same values (`Redactor((), parts=...)`) that rebuilds none of them
+    should the parts' cache have let them go meanwhile."""
     values = list(values)
-    _LIVE.add(values)
+    parts = _LIVE.add(values)
     try:
-        yield
+        yield parts
     finally:
         _LIVE.remove(values)
 

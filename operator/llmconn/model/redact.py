@@ -69,7 +69,7 @@ class Redactor:
     lookup each, and the log filter's redactor over every validation in flight is only the
     list of their parts."""
 
-    def __init__(self, secrets: Iterable[str], parts: Iterable[_Part] = ()) -> None:
+    def __init__(self, secrets: Iterable[str], parts: Iterable[Part] = ()) -> None:
         self._parts = [
             found for value in dict.fromkeys(secrets) if (found := part(value)) is not None
         ]
@@ -112,7 +112,7 @@ class Redactor:
         return merged
 
 
-class _Part:
+class Part:
     """One secret value's forms, ready to be found in folded text."""
 
     def __init__(self, value: str) -> None:
@@ -160,12 +160,12 @@ class _Part:
 
 # Parts of recently used values, least recently used first out, up to CACHED raw characters.
 CACHED = 256 * 1024
-_CACHE: OrderedDict[str, _Part] = OrderedDict()
+_CACHE: OrderedDict[str, Part] = OrderedDict()
 _CACHE_SIZE = [0]
 _LOCK = threading.Lock()  # log records may be redacted on other threads
 
 
-def part(value: str) -> _Part | None:
+def part(value: str) -> Part | None:
     """The forms of one value, made once while it is in the cache (None: too short)."""
     if len(value) < MIN_LENGTH:
         return None
@@ -173,7 +173,7 @@ def part(value: str) -> _Part | None:
         if (found := _CACHE.get(value)) is not None:
             _CACHE.move_to_end(value)
             return found
-    made = _Part(value)
+    made = Part(value)
     with _LOCK:
         if value not in _CACHE:
             _CACHE[value] = made

@@ -104,8 +104,9 @@ async def validate(
         latency_ms: int | None = None,
         found: Findings | None = None,
     ) -> Verdict:
-        secrets = [*held.values, *(ctx.found.secrets if ctx is not None else ())]
-        redact = Redactor(secrets)
+        # The held values' forms as made when they were added (the cache of forms may have
+        # let them go since, with many large values in flight: none is made again here).
+        redactor = Redactor(ctx.found.secrets if ctx is not None else (), parts=held.parts)
         details = dict(outcome.details)
         found = ctx.found if ctx is not None else found
         if found is not None:
@@ -114,7 +115,7 @@ async def validate(
             details = {k: merged[k] for k in dict.fromkeys([*details, *merged])}
 
         def shown(text: str) -> str:  # redacted, then printable (text.py)
-            return printable(redact.text(text[:MAX_TEXT]))
+            return printable(redactor.text(text[:MAX_TEXT]))
 
         return Verdict(
             reason=outcome.reason,
@@ -259,13 +260,11 @@ class _Held:
     verdict is redacted of all of them: one registration for every source."""
 
     def __init__(self) -> None:
-        self.values: list[str] = []
+        self.parts: list[redact.Part] = []  # the values' forms, held while the validation runs
         self._stack = contextlib.ExitStack()
 
     def add(self, values: Iterable[str]) -> None:
-        new = [v for v in values if v]
-        self.values.extend(new)
-        self._stack.enter_context(logs.in_use(new))
+        self.parts += self._stack.enter_context(logs.in_use([v for v in values if v]))
 
     def __enter__(self) -> _Held:
         return self
