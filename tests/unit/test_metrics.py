@@ -124,6 +124,29 @@ def test_forget_drops_every_series_of_that_connection_only(metrics: Metrics) -> 
     assert values(metrics, "llmconn_validations_total") != {}
 
 
+def test_a_namespaces_series_go_with_its_last_connection(metrics: Metrics) -> None:
+    """The by-namespace counters grow with namespaces, not with the objects tenants make and
+    delete: a namespace's series go when its last connection does (and start again at 0)."""
+    for name in ("a", "b"):
+        metrics.set_ready("agents", name, "openai", "True")
+    metrics.set_ready("other", "a", "openai", "True")
+    for namespace in ("agents", "other"):
+        metrics.write_delayed(namespace, 0.5)
+        metrics.event_held(namespace)
+
+    def namespaces(family: str) -> set[str]:
+        return {dict(k)["namespace"] for k in values(metrics, family)}
+
+    metrics.forget("agents", "a")
+    assert namespaces("llmconn_status_writes_delayed_total") == {"agents", "other"}
+    metrics.forget("agents", "b")
+    assert namespaces("llmconn_status_writes_delayed_total") == {"other"}
+    assert namespaces("llmconn_events_held_total") == {"other"}
+    metrics.forget("agents", "b")  # again: harmless
+    metrics.write_delayed("agents", 0.5)
+    assert values(metrics, "llmconn_status_writes_delayed_total")[key(namespace="agents")] == 1.0
+
+
 def test_forget_unknown_connection_is_harmless(metrics: Metrics) -> None:
     metrics.set_ready("agents", "a", "openai", "True")
     metrics.forget("agents", "never-seen")

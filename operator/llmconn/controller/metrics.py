@@ -12,6 +12,8 @@ connections on every scrape, 0.22 s of CPU holding the interpreter from the even
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import gzip
 import re
 import socket
@@ -153,6 +155,7 @@ class Metrics:
         # Each connection's row: the provider its series carry, its Ready status and the
         # time of its latest validation (None: not yet known).
         self._rows: dict[tuple[str, str], _Row] = {}
+        self._rows_in: collections.Counter[str] = collections.Counter()  # rows per namespace
         self._lock = threading.Lock()  # guards _rows and the retirement series
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -189,11 +192,18 @@ class Metrics:
                 self._retirement.remove(namespace, name)
 
     def forget(self, namespace: str, name: str) -> None:
+        """A connection is gone: its series go, and its namespace's with its last one."""
         with self._lock:
-            self._rows.pop((namespace, name), None)
+            if self._rows.pop((namespace, name), None) is not None:
+                self._rows_in[namespace] -= 1
             if (namespace, name) in self._retiring:
                 self._retiring.discard((namespace, name))
                 self._retirement.remove(namespace, name)
+            if self._rows_in[namespace] <= 0:
+                del self._rows_in[namespace]
+                for by_namespace in (self._writes_delayed, self._events_held):
+                    with contextlib.suppress(KeyError):  # none was counted
+                        by_namespace.remove(namespace)
 
     def set_in_flight(self, n: int) -> None:
         self._in_flight.set(n)
@@ -283,6 +293,8 @@ class Metrics:
         the series under the old provider label go."""
         provider = _provider_label(provider)
         row = self._rows.get((namespace, name))
+        if row is None:
+            self._rows_in[namespace] += 1
         if row is None or row.provider != provider:
             row = self._rows[(namespace, name)] = _Row(provider)
         return row
