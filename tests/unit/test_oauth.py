@@ -5,8 +5,10 @@ tokens from a loopback issuer (the operator's e2e test mints real ones)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +26,9 @@ from llmconn.net.egress import EgressPolicy
 from llmconn.net.exchange import Reply, UnreadableAnswer
 from llmconn.net.oauth import token_answer
 from llmconn.net.pool import ClientPool
-from llmconn.probes import parse_spec
+from llmconn.probes import oauth_client, parse_spec
 from llmconn.validation.validate import validate
+from servers.misbehaving import Behaviour, RawServer, answer, by_path, hang
 from servers.oauth_world import AuthorizationServer, Client, ResourceServer
 from servers.oidc import Issuer, TrustedIssuer
 from servers.serve import serve
@@ -448,6 +451,75 @@ async def test_without_spec_oauth_the_challenge_says_which_form_would_work(world
     assert "spec.oauth.serviceAccount" in verdict.message
     assert "spec.oauth.scopes from mcp:tools" in verdict.message
     assert len(world.authz.requests) == before  # metadata only: no token asked for
+
+
+def challenging(server: RawServer, prm: Behaviour) -> Behaviour:
+    """An MCP endpoint at /mcp that answers 401 with an RFC 9728 challenge naming /prm, which
+    `prm` answers; the authorization server is the same origin."""
+    url = server.url
+    metadata = {
+        "issuer": url,
+        "token_endpoint": url + "/token",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+    }
+    challenge = f'Bearer error="invalid_token", resource_metadata="{url}/prm"'
+    return by_path(
+        {
+            "/mcp": answer(
+                401, '{"error": "invalid_token"}', headers={"WWW-Authenticate": challenge}
+            ),
+            "/prm": prm,
+            "/.well-known/oauth-authorization-server": answer(200, json.dumps(metadata)),
+        }
+    )
+
+
+def prm_of(server: RawServer) -> Behaviour:
+    return answer(
+        200, json.dumps({"resource": server.url + "/mcp", "authorization_servers": [server.url]})
+    )
+
+
+async def test_the_advice_is_kept_not_fetched_on_every_validation(pool) -> None:
+    """A connection refused on every validation (each 5 minutes, or each spec edit) tells the
+    same advice without asking the resource's and the authorization server's metadata again."""
+    async with RawServer(answer(404)) as server:
+        server.behaviour = challenging(server, prm_of(server))
+        raw = parse_spec({"provider": "mcp", "endpoint": server.url + "/mcp"})
+        first, second = await run(pool, raw), await run(pool, raw)
+        asked = [head.target for head in server.requests if head.target != "/mcp"]
+    for verdict in (first, second):
+        assert verdict.reason is Reason.INVALID_API_KEY
+        assert "set spec.oauth.clientCredentials" in verdict.message
+    assert asked == ["/prm", "/.well-known/oauth-authorization-server"]
+
+
+async def test_the_advice_waits_no_longer_than_the_validation_may(
+    pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resource whose metadata never answers holds the validation (and its worker) no
+    longer than its timeout: the advice gets what time the probe left, not a budget more.
+    Here the refusal itself takes most of the 3 s: the advice had 3 s more before."""
+    monkeypatch.setattr(oauth_client, "ADVICE_BUDGET", 120.0)
+    async with RawServer(answer(404)) as server:
+        routes = challenging(server, hang())
+
+        async def slowly(head: Any, writer: asyncio.StreamWriter) -> None:
+            if head.target == "/mcp":
+                await asyncio.sleep(2.5)
+            await routes(head, writer)
+
+        server.behaviour = slowly
+        raw = parse_spec(
+            {"provider": "mcp", "endpoint": server.url + "/mcp", "validation": {"timeout": "3s"}}
+        )
+        started = time.monotonic()
+        verdict = await asyncio.wait_for(run(pool, raw), 30)
+        took = time.monotonic() - started
+    assert verdict.reason is Reason.INVALID_API_KEY, verdict.message
+    assert "Its authorization server" not in verdict.message
+    assert took < 4.5  # the 3 s timeout, with room for a loaded machine; 5.5 s before
 
 
 async def test_an_authorization_server_without_client_credentials_is_said(pool) -> None:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import dataclasses
 import json
 import re
@@ -708,27 +709,46 @@ def _first_error(exc: ValidationError) -> str:
 # --- advice for a connection without spec.oauth -------------------------------------------
 
 ADVICE_BUDGET = 5.0  # seconds at most for the two metadata documents behind the advice
+ADVICE_KEPT = 600.0  # seconds an advice is told again without asking the servers again
+ADVICE_CACHED = 256  # advices kept (by metadata URL and endpoint), least recently used out
+_ADVICE: collections.OrderedDict[tuple[str, str], tuple[float, str | None]] = (
+    collections.OrderedDict()
+)
 
 
-async def advise(ctx: ProbeContext, outcome: ProbeOutcome) -> ProbeOutcome:
+async def advise(ctx: ProbeContext, outcome: ProbeOutcome, deadline: float) -> ProbeOutcome:
     """A connection without spec.oauth refused with an OAuth challenge (HTTP 401 with
     `resource_metadata`, in the outcome's details as `resourceMetadata`): the outcome, its
     message saying which spec.oauth form would work, from the server's Protected Resource
     Metadata and its authorization server's metadata (grant types, token endpoint client
-    authentication methods). Sends no credentials; on any trouble the outcome as it was."""
+    authentication methods). Sends no credentials; on any trouble the outcome as it was.
+
+    Within the validation's `deadline` (the loop's time): no advice when the probe used it
+    up. An advice (or the lack of one, from documents that answered) is kept ADVICE_KEPT
+    seconds: a connection refused on every validation does not fetch the documents on each."""
     where = outcome.details.get("resourceMetadata")
     if ctx.oauth is not None or not ctx.provider.oauth or outcome.http_status != 401:
         return outcome
     if where is None or not _http(where):
         return outcome
-    elsewhere = ctx.found.elsewhere
-    try:
-        async with asyncio.timeout(min(ADVICE_BUDGET, ctx.timeout)):
-            said = await _advice(ctx, where)
-    except Exception:  # advice only: the verdict stands without it
-        said = None
-    finally:
-        ctx.found.elsewhere = elsewhere
+    key, now = (where, ctx.endpoint), time.monotonic()
+    if (kept := _ADVICE.get(key)) is not None and kept[0] > now:
+        _ADVICE.move_to_end(key)
+        said = kept[1]
+    else:
+        elsewhere = ctx.found.elsewhere
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(min(deadline, loop.time() + ADVICE_BUDGET)):
+                said = await _advice(ctx, where)
+        except Exception:  # advice only: the verdict stands without it (and is not kept)
+            return outcome
+        finally:
+            ctx.found.elsewhere = elsewhere
+        _ADVICE[key] = (now + ADVICE_KEPT, said)
+        _ADVICE.move_to_end(key)
+        while len(_ADVICE) > ADVICE_CACHED:
+            _ADVICE.popitem(last=False)
     if said is None:
         return outcome
     return dataclasses.replace(outcome, message=f"{outcome.message} {said}")

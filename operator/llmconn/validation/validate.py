@@ -483,8 +483,8 @@ async def _run(ctx: ProbeContext, deadline: float | None) -> tuple[ProbeOutcome,
         outcome = classify_exception(exc, ctx)
     latency_ms = round((time.perf_counter() - started) * 1000)
     if ctx.oauth is None and outcome.reason is Reason.INVALID_API_KEY:
-        # An OAuth challenge: which spec.oauth form would work (bounded on its own).
-        outcome = await oauth_client.advise(ctx, outcome)
+        # An OAuth challenge: which spec.oauth form would work (in what is left of the time).
+        outcome = await oauth_client.advise(ctx, outcome, deadline)
     return outcome, latency_ms
 
 
