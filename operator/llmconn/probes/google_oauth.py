@@ -34,15 +34,15 @@ costs about 2 ms (measured on the 2-core development machine).
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from urllib.parse import urlsplit
 
 from llmconn.model.credentials import BearerToken, ServiceAccountKey
-from llmconn.model.limits import MAX_PRIVATE_KEY_PEM_BYTES, MAX_RSA_BITS, too_large
+from llmconn.model.limits import MAX_RSA_BITS
 from llmconn.model.reasons import Reason
 from llmconn.net.exchange import Reply
 from llmconn.net.oauth import CLOUD_PLATFORM, TokenAnswer, post_form, token_answer
+from llmconn.probes import assertions
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.probes.errors import classify_error, rate_limited
 
@@ -54,52 +54,8 @@ _REFUSED_KEY = frozenset({"invalid_grant", "invalid_client", "unauthorized_clien
 
 def sign(key: ServiceAccountKey, scope: str, now: float) -> str:
     """The signed assertion (a JWT) for `scope`. Raises ProbeFailure (InvalidConfiguration)
-    when the key's private_key is not an RSA private key in PEM, or is too large.
-
-    The key's size is bounded before any work on it: the PEM's length first, then the
-    modulus, read by a load that skips OpenSSL's key check (the check of a 16384-bit key runs
-    for a minute holding the interpreter's lock, so a thread would not spare the event loop;
-    of a 4096-bit key, half a second). The key's consistency is proved instead by verifying
-    the signature with its public half, which costs a fraction of a millisecond."""
-    import jwt  # only for service-account keys
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    pem = key.private_key.encode()
-    if len(pem) > MAX_PRIVATE_KEY_PEM_BYTES:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                too_large(
-                    'The service-account key\'s "private_key"',
-                    len(pem),
-                    MAX_PRIVATE_KEY_PEM_BYTES,
-                    why=f" of PEM (an RSA key of {MAX_RSA_BITS} bits or fewer)",
-                ),
-            )
-        )
-    try:
-        private = load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        private = None
-    if not isinstance(private, RSAPrivateKey):
-        raise ProbeFailure(_NOT_RSA)
-    if private.key_size > MAX_RSA_BITS:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                too_large(
-                    'The service-account key\'s "private_key"',
-                    private.key_size,
-                    MAX_RSA_BITS,
-                    "bits",
-                    why=" (Google issues 2048-bit keys)",
-                ),
-            )
-        )
+    when the key's private_key is not an RSA private key in PEM, or is too large (bounded
+    before any work on it: `assertions.sign`)."""
     claims = {
         "iss": key.client_email,
         "scope": scope,
@@ -107,20 +63,16 @@ def sign(key: ServiceAccountKey, scope: str, now: float) -> str:
         "iat": int(now),
         "exp": int(now) + LIFETIME,
     }
-    try:
-        assertion = jwt.encode(
-            claims, private, algorithm="RS256", headers={"kid": key.private_key_id}
-        )
-        signed, _, signature = assertion.rpartition(".")
-        private.public_key().verify(
-            base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
-            signed.encode(),
-            padding.PKCS1v15(),
-            hashes.SHA256(),
-        )
-    except (ValueError, TypeError, InvalidSignature):  # its parts do not make one key
-        raise ProbeFailure(_NOT_RSA) from None
-    return assertion
+    return assertions.sign(
+        key.private_key,
+        claims,
+        "RS256",
+        key_id=key.private_key_id,
+        field='The service-account key\'s "private_key"',
+        not_a_key=_NOT_RSA,
+        pem_why=f" of PEM (an RSA key of {MAX_RSA_BITS} bits or fewer)",
+        bits_why=" (Google issues 2048-bit keys)",
+    )
 
 
 _NOT_RSA = ProbeOutcome(

@@ -70,10 +70,10 @@ from pydantic import ValidationError
 
 from llmconn.model.blocks import ClientAuthMethod, OAuthSpec, SigningAlgorithm
 from llmconn.model.credentials import BearerToken
-from llmconn.model.limits import MAX_PRIVATE_KEY_PEM_BYTES, MAX_RSA_BITS, too_large
 from llmconn.model.reasons import Reason
 from llmconn.net.exchange import USER_AGENT, RedirectRefused, Reply
 from llmconn.net.oauth import TokenAnswer, post_form, token_answer
+from llmconn.probes import assertions
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.probes.errors import rate_limited
 
@@ -453,51 +453,12 @@ def _sign(
     key_id: str | None,
 ) -> str:
     """The client assertion of RFC 7523 section 3 (iss and sub the client, aud the
-    authorization server's issuer, a jti, five minutes). Loads the key in this thread.
-
-    The key is bounded as a service-account key is (google_oauth.sign): the PEM's length
-    before it is loaded, then an RSA modulus read by a load that skips OpenSSL's key check
-    (a minute of the interpreter's lock for a 16384-bit key); an RSA assertion is verified
-    with the key's public half instead, which proves its parts make one key."""
-    import jwt  # signs only here, for privateKeyJWT
-    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
+    authorization server's issuer, a jti, five minutes), signed as a service-account key's
+    is (`assertions.sign`: the key bounded before it is used). Loads the key in this thread."""
     assert ctx.oauth is not None and ctx.oauth.private_key_jwt is not None
     form = ctx.oauth.private_key_jwt
     field = f"Key {form.private_key_key} of Secret {form.secret_name} (spec.oauth.privateKeyJWT)"
     kind = "an EC P-256" if algorithm is SigningAlgorithm.ES256 else "an RSA"
-    not_a_key = ProbeOutcome(
-        Reason.INVALID_CONFIGURATION,
-        f"{field} is not {kind} private key in unencrypted PEM, which {algorithm.value} signs "
-        "with.",
-    )
-    data = pem.encode()
-    if len(data) > MAX_PRIVATE_KEY_PEM_BYTES:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                too_large(field, len(data), MAX_PRIVATE_KEY_PEM_BYTES, why=" of PEM"),
-            )
-        )
-    try:
-        key = load_pem_private_key(data, password=None, unsafe_skip_rsa_key_validation=True)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        key = None
-    wanted = (
-        ec.EllipticCurvePrivateKey if algorithm is SigningAlgorithm.ES256 else rsa.RSAPrivateKey
-    )
-    if not isinstance(key, wanted):
-        raise ProbeFailure(not_a_key)
-    if isinstance(key, rsa.RSAPrivateKey) and key.key_size > MAX_RSA_BITS:
-        raise ProbeFailure(
-            ProbeOutcome(
-                Reason.INVALID_CONFIGURATION,
-                too_large(field, key.key_size, MAX_RSA_BITS, "bits"),
-            )
-        )
     now = int(time.time())
     claims = {
         "iss": client_id,
@@ -507,27 +468,18 @@ def _sign(
         "exp": now + ASSERTION_LIFETIME,
         "jti": str(uuid.uuid4()),
     }
-    headers = {"kid": key_id} if key_id else None
-    try:
-        assertion = jwt.encode(claims, key, algorithm=algorithm.value, headers=headers)
-        if isinstance(key, rsa.RSAPrivateKey):
-            signed, _, signature = assertion.rpartition(".")
-            pad = (
-                padding.PSS(
-                    mgf=padding.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size
-                )
-                if algorithm.value.startswith("PS")
-                else padding.PKCS1v15()
-            )
-            key.public_key().verify(
-                base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
-                signed.encode(),
-                pad,
-                hashes.SHA256(),
-            )
-    except (ValueError, TypeError, InvalidSignature):  # its parts do not make one key
-        raise ProbeFailure(not_a_key) from None
-    return assertion
+    return assertions.sign(
+        pem,
+        claims,
+        algorithm.value,
+        key_id=key_id,
+        field=field,
+        not_a_key=ProbeOutcome(
+            Reason.INVALID_CONFIGURATION,
+            f"{field} is not {kind} private key in unencrypted PEM, which {algorithm.value} "
+            "signs with.",
+        ),
+    )
 
 
 # --- the answer ---------------------------------------------------------------------------
