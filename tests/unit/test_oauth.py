@@ -555,3 +555,29 @@ def test_an_access_token_longer_than_a_credential_is_refused_at_its_byte() -> No
     assert refused.value.path == "/oauth/token" and refused.value.status == 200
     assert f"an access token of {MAX_CREDENTIAL_BYTES + 1:,} characters" in refused.value.what
     assert "t" * 64 not in str(refused.value)  # the token itself is not in the error
+
+
+async def test_a_long_resource_metadata_url_is_read_whole(pool) -> None:
+    """One reading of a Bearer challenge (net/oauth.bearer_challenge) for the MCP probe's
+    details and for spec.oauth's discovery: a metadata URL of 600 characters is kept whole
+    (the probe cut it at 256, and the advice then asked for another URL)."""
+    async with RawServer(answer(404)) as server:
+        long_path = "/prm/" + "p" * 595
+        routes = challenging(server, prm_of(server))
+        challenge = f'Bearer resource_metadata="{server.url}{long_path}", scope="mcp:tools"'
+
+        async def behave(head: Any, writer: asyncio.StreamWriter) -> None:
+            if head.target == "/mcp":
+                headers = {"WWW-Authenticate": challenge}
+                return await answer(401, "{}", headers=headers)(head, writer)
+            if head.target == long_path:
+                return await prm_of(server)(head, writer)
+            return await routes(head, writer)
+
+        server.behaviour = behave
+        verdict = await run(pool, parse_spec({"provider": "mcp", "endpoint": server.url + "/mcp"}))
+        asked = [head.target for head in server.requests]
+    assert verdict.details["resourceMetadata"] == server.url + long_path
+    assert verdict.details["requiredScope"] == "mcp:tools"
+    assert long_path in asked
+    assert "set spec.oauth.clientCredentials" in verdict.message

@@ -11,6 +11,7 @@ Each decides what an answer means for its user; what the answer says is read her
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,19 @@ from llmconn.net.exchange import USER_AGENT, ProbeTransport, Reply, UnreadableAn
 # The scope Google's APIs take for everything a project's IAM allows (google-auth's
 # `_CLOUD_PLATFORM_SCOPE`; Vertex AI's client libraries ask for it).
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+
+# The parameters of a Bearer challenge read here (RFC 6750 section 3, RFC 9728 section 5.1),
+# quoted or token values, up to a long URL's length.
+_CHALLENGE = re.compile(r'\b(resource_metadata|scope)=(?:"([^"]{0,2048})"|([^\s",]{1,2048}))')
+
+
+def bearer_challenge(header: str) -> dict[str, str]:
+    """The `resource_metadata` and `scope` of a WWW-Authenticate Bearer challenge (the first
+    of each), printable: any other character becomes "?"."""
+    found: dict[str, str] = {}
+    for name, quoted, token in _CHALLENGE.findall(header):
+        found.setdefault(name, re.sub(r"[^\x20-\x7e]", "?", quoted or token))
+    return found
 
 
 async def post_form(

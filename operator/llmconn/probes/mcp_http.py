@@ -52,13 +52,12 @@ from llmconn.model.blocks import McpTransport
 from llmconn.model.reasons import Reason
 from llmconn.net.bodies import ResponseTooLarge
 from llmconn.net.exchange import MAX_REDIRECTS, USER_AGENT
+from llmconn.net.oauth import bearer_challenge
 from llmconn.probes.base import ProbeContext, ProbeOutcome
 from llmconn.probes.errors import rate_limited
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _AUTH_ERROR = re.compile(r'error="?([A-Za-z0-9_.-]{1,64})')
-# RFC 9728 / RFC 6750 challenge parameters (quoted or token values).
-_CHALLENGE = re.compile(r'\b(resource_metadata|scope)=(?:"([^"]{0,512})"|([^\s,]{1,512}))')
 _DISCOVER = "server/discover"
 
 
@@ -254,7 +253,7 @@ class Watch:
             return self._unauthorized(response, step)
         if status == 403:
             challenge = response.headers.get("www-authenticate", "")
-            scope = _challenge(challenge).get("scope")
+            scope = bearer_challenge(challenge).get("scope")
             insufficient = "insufficient_scope" in challenge or "insufficient_scope" in _text(
                 response
             )
@@ -311,7 +310,7 @@ class Watch:
         match = _AUTH_ERROR.search(challenge)
         code = match.group(1) if match else None
         said = f"HTTP 401{' ' + code if code else ''}"
-        found = _challenge(challenge)
+        found = bearer_challenge(challenge)
         details = {
             name: value
             for name, value in (
@@ -350,15 +349,6 @@ class Watch:
         return ProbeOutcome(
             Reason.INVALID_API_KEY, message, http_status=401, code=code, details=details
         )
-
-
-def _challenge(header: str) -> dict[str, str]:
-    """resource_metadata and scope of a Bearer challenge, printable and bounded."""
-    found: dict[str, str] = {}
-    for name, quoted, token in _CHALLENGE.findall(header):
-        value = re.sub(r"[^\x20-\x7e]", "?", quoted or token)[:256]
-        found.setdefault(name, value)
-    return found
 
 
 def _text(response: httpx2.Response) -> str:

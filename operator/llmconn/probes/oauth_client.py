@@ -52,7 +52,6 @@ import binascii
 import collections
 import dataclasses
 import json
-import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -72,7 +71,7 @@ from llmconn.model.blocks import ClientAuthMethod, OAuthSpec, SigningAlgorithm
 from llmconn.model.credentials import BearerToken
 from llmconn.model.reasons import Reason
 from llmconn.net.exchange import USER_AGENT, RedirectRefused, Reply
-from llmconn.net.oauth import TokenAnswer, post_form, token_answer
+from llmconn.net.oauth import TokenAnswer, bearer_challenge, post_form, token_answer
 from llmconn.probes import assertions
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.probes.errors import rate_limited
@@ -81,8 +80,6 @@ GRANT = "client_credentials"
 JWT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME = 300  # seconds: the assertion serves one token request
 _SHOWN = 200  # characters of server text (a description, a URL) in a message
-# resource_metadata of a Bearer challenge (RFC 9728 section 5.1), quoted or a token
-_RESOURCE_METADATA = re.compile(r'\bresource_metadata=(?:"([^"]{1,2048})"|([^\s",]{1,2048}))')
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -248,11 +245,8 @@ def resource_metadata_of(challenge: str) -> str | None:
     http(s) URL."""
     if "bearer" not in challenge.lower():
         return None
-    match = _RESOURCE_METADATA.search(challenge)
-    if match is None:
-        return None
-    url = match.group(1) or match.group(2)
-    return url if _http(url) else None
+    url = bearer_challenge(challenge).get("resource_metadata")
+    return url if url and _http(url) else None
 
 
 async def _read_resource_metadata(
