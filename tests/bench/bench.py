@@ -4,6 +4,10 @@ Starts its own control plane (in a temporary directory, on its own ports), a loo
 OpenAI-style provider and the operator as separate processes, creates N connections, then
 measures:
 
+- catch-up: once every connection has its first verdict, how long the operator takes to
+  work off the creation burst (until its queue of due validations, llmconn_queue_depth,
+  stays at most --concurrency for three readings 2 s apart; at most --settle-timeout);
+  reaction and steady state are measured after it, as they are meant to be: steady;
 - reaction: time from the API's answer to a create (what `kubectl apply` waits for) to the
   status written, as seen on a watch; p50 and p99 over --samples new connections, with the
   N others present;
@@ -392,10 +396,13 @@ def measure(
     provider: ProviderLog,
     snapshot: Callable[[], Any] = lambda: None,
     before_window: Callable[[list[str]], None] = lambda names: None,
+    backlog: Callable[[], float] | None = None,
 ) -> Measured:
-    """Create N connections in `ns` and wait until each has a verdict; measure reaction over
+    """Create N connections in `ns` and wait until each has a verdict, then until the
+    operator's `backlog` (due validations not started) is worked off; measure reaction over
     new connections one at a time; then the steady state over the window. `snapshot` is taken
-    at the window's two ends (llmconn's /metrics); `before_window` gets the sample names."""
+    at the window's two ends (llmconn's /metrics); `before_window` gets the sample names. A
+    peer without a `backlog` reading goes on at once."""
     base = collection(ns)
     with httpx2.Client(**client_args) as sync:
         progress(f"creating {args.connections} connections in {ns} (interval {args.interval})")
@@ -425,6 +432,9 @@ def measure(
         counter.stop_flag = True
         sampler.mark("all_validated")
         first_writes = writes_by_resource(c0, cp.apiserver_metrics())
+        caught_up_in = settle(backlog, args) if backlog is not None else None
+        if caught_up_in is not None:
+            sampler.mark("caught_up")
 
         # Reaction: new connections, one at a time, with the others present.
         rv = current_version(sync, base)
@@ -458,6 +468,7 @@ def measure(
             watcher.stop_flag = True
         measured = Measured(created_in, all_validated_in, reaction, first_any, first_writes)
         measured.extra["reaction_to_verdict"] = to_verdict
+        measured.extra["caught_up_seconds"] = caught_up_in
         before_window(names)
 
         # Steady state.
@@ -488,6 +499,32 @@ def measure(
     measured.provider_requests = p1 - p0
     watcher.join(timeout=5)
     return measured
+
+
+SETTLED_READINGS = 3  # readings in a row, SETTLE_EVERY apart, with the backlog worked off
+
+
+SETTLE_EVERY = 2.0
+
+
+def settle(backlog: Callable[[], float], args: argparse.Namespace) -> float | None:
+    """Wait until the creation burst is worked off: `backlog` (the operator's due validations
+    not yet started) at most --concurrency, one round of its workers, for SETTLED_READINGS
+    readings in a row. Returns the seconds it took, or None when --settle-timeout passed
+    first (the measures that follow are then of a catching-up operator, and say so)."""
+    t0 = time.monotonic()
+    calm = 0
+    while calm < SETTLED_READINGS:
+        waited = time.monotonic() - t0
+        if waited > args.settle_timeout:
+            progress(f"still catching up after {waited:.0f}s: measuring anyway")
+            return None
+        depth = backlog()
+        calm = calm + 1 if depth <= args.concurrency else 0
+        if calm == 0:
+            progress(f"catching up with the creation burst: {depth:.0f} validations due")
+        time.sleep(SETTLE_EVERY)
+    return round(time.monotonic() - t0 - SETTLE_EVERY * SETTLED_READINGS, 1)
 
 
 def first_verdict_writes(m: Measured, args: argparse.Namespace) -> float:
@@ -753,6 +790,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--samples", type=int, default=100, help="reaction samples (default 100)")
     ap.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=600.0,
+        help="longest wait, once every connection has a verdict, for the operator to work off"
+        " the creation burst before reaction and steady state are measured (default 600)",
+    )
+    ap.add_argument(
         "--concurrency",
         type=int,
         default=64,
@@ -930,6 +974,9 @@ def main(argv: list[str] | None = None) -> int:
             provider=provider,
             snapshot=lambda: httpx2.get(metrics_url).text,
             before_window=change_unrelated_secrets,
+            backlog=lambda: metric_sum(
+                httpx2.get(metrics_url).text, "llmconn_queue_depth", "llmconn_queue_depth"
+            ),
         )
         result = {"context": context(argv), **llmconn_result(m, args)}
         if args.restart:
@@ -1236,6 +1283,8 @@ def llmconn_result(m: Measured, args: argparse.Namespace) -> dict[str, Any]:
         },
         "create_seconds": round(m.created_in, 2),
         "all_validated_seconds": round(m.all_validated_in, 2),
+        # From then until the creation burst was worked off (None: not within --settle-timeout).
+        "caught_up_seconds": m.extra.get("caught_up_seconds"),
         "reaction_ms": reaction_summary(m.reaction),
         # Where the reaction went: create -> the probe's end (watch event, schedule, probe)
         # and the probe's end -> seen by a watch (the status write and the watch), per sample.
@@ -1338,7 +1387,8 @@ def summary(r: dict[str, Any]) -> str:
             if (u := r["unrelated_secrets"])["count"]
             else ""
         ),
-        f"  created in {r['create_seconds']}s; all validated {r['all_validated_seconds']}s after the first create",
+        f"  created in {r['create_seconds']}s; all validated {r['all_validated_seconds']}s after the first create;"
+        f" creation burst worked off {r.get('caught_up_seconds')}s later",
         f"  reaction (create -> verdict): p50 {re_['p50']} ms, p99 {re_['p99']} ms over {re_['samples']} samples",
         f"  create -> first status (Ready=Unknown or a verdict): p50 {r['first_status_ms']['p50']} ms,"
         f" p99 {r['first_status_ms']['p99']} ms",
