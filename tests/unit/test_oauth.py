@@ -17,6 +17,7 @@ import httpx2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from llmconn.model.limits import MAX_CREDENTIAL_BYTES
@@ -581,3 +582,13 @@ async def test_a_long_resource_metadata_url_is_read_whole(pool) -> None:
     assert verdict.details["requiredScope"] == "mcp:tools"
     assert long_path in asked
     assert "set spec.oauth.clientCredentials" in verdict.message
+
+
+@pytest.mark.parametrize("field", ["tokenURL", "issuer", "resource"])
+def test_an_oauth_url_with_a_port_out_of_range_is_refused_when_read(field: str) -> None:
+    """As spec.endpoint's: the same reading of an http(s) URL (model/fields.http_url), so a
+    port that is no port is a named refusal, not a failure of the token request later."""
+    with pytest.raises(ValidationError, match="invalid port"):
+        spec("https://mcp.example/mcp", {**CC, field: "https://auth.example:99999/token"})
+    with pytest.raises(ValidationError, match="must not have a fragment"):
+        spec("https://mcp.example/mcp", {**CC, field: "https://auth.example/token#x"})

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -27,6 +26,7 @@ from llmconn.model.fields import (
     SecretKeyRef,
     SecretName,
     _Strict,
+    http_url,
 )
 
 
@@ -246,9 +246,9 @@ CLIENT_ID_PATTERN = r"^[\x21-\x7e]+$"
 
 
 def _oauth_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname or "#" in value:
-        raise ValueError(f"{value[:200]!r} is not an absolute http or https URL without a fragment")
+    http_url(value, f"{value[:200]!r}")
+    if "#" in value:
+        raise ValueError(f"{value[:200]!r} must not have a fragment (#)")
     return value
 
 

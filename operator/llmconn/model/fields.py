@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -70,6 +71,20 @@ GCP_PROJECT_PATTERN = r"^([a-z][-a-z0-9]{4,28}[a-z0-9]|[0-9]{1,20})$"
 GCP_LOCATION_PATTERN = r"^[a-z]+(-[a-z]+[0-9]+)?$"
 
 Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=64)]
+
+
+def http_url(value: str, what: str) -> SplitResult:
+    """`value` split, when it is an absolute http or https URL with a host and a port that is
+    a number in range; else ValueError naming `what`. Each caller adds its own rules (a query,
+    a fragment)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an absolute http or https URL with a host")
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not a number in range)
+    except ValueError:
+        raise ValueError(f"{what} has an invalid port") from None
+    return parts
 
 
 def parse_duration(text: str) -> float:

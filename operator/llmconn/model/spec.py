@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Protocol
-from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -46,6 +45,7 @@ from llmconn.model.fields import (
     _header_name,
     _Strict,
     format_duration,
+    http_url,
     parse_duration,
 )
 from llmconn.model.limits import MAX_HEADER_BYTES, too_large
@@ -177,15 +177,9 @@ class LLMConnectionSpec(_Strict):
     def _absolute_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("endpoint must be an absolute http or https URL with a host")
+        http_url(value, "endpoint")
         if "?" in value or "#" in value:
             raise ValueError("endpoint must not have a query (?) or fragment (#)")
-        try:
-            parts.port  # noqa: B018  (raises for a port that is not a number in range)
-        except ValueError:
-            raise ValueError("endpoint has an invalid port") from None
         return value
 
     @field_validator("headers")
