@@ -18,6 +18,7 @@ from llmconn.net import pool as pool_mod
 from llmconn.net.egress import EgressPolicy, Rule, carried_ipv4
 from llmconn.net.guard import DNSLookupError, EgressDenied
 from llmconn.net.pool import ClientPool, TLSOptions
+from servers.h2_server import H2Server
 from servers.misbehaving import RawServer, answer, make_tls
 
 # --- the policy ------------------------------------------------------------------------
@@ -336,13 +337,13 @@ def mapping_resolver(table: dict[str, Sequence[str]], calls: list[str] | None = 
 def dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The hosts the real socket backend was asked to connect to."""
     targets: list[str] = []
+    real = guard_mod.dial
 
-    class RecordingBackend(httpcore2.AnyIOBackend):
-        async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
-            targets.append(host)
-            return await super().connect_tcp(host, port, *args, **kwargs)
+    async def recording(address: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        targets.append(address)
+        return await real(address, port, *args, **kwargs)
 
-    monkeypatch.setattr(httpcore2, "AnyIOBackend", RecordingBackend)
+    monkeypatch.setattr(guard_mod, "dial", recording)
     return targets
 
 
@@ -401,12 +402,11 @@ def never_dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     broken policy fails the test instead of reaching a non-loopback address)."""
     targets: list[str] = []
 
-    class RefusingBackend(httpcore2.AnyIOBackend):
-        async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
-            targets.append(host)
-            raise httpcore2.ConnectError("test: no connection to non-loopback addresses")
+    async def refusing(address: str, port: int, *args: Any, **kwargs: Any) -> Any:
+        targets.append(address)
+        raise httpcore2.ConnectError("test: no connection to non-loopback addresses")
 
-    monkeypatch.setattr(httpcore2, "AnyIOBackend", RefusingBackend)
+    monkeypatch.setattr(guard_mod, "dial", refusing)
     return targets
 
 
@@ -628,8 +628,8 @@ async def test_a_hanging_lookup_marks_the_dns_phase() -> None:
 async def test_a_keep_alive_connection_the_server_closed_is_not_reused(
     tls: bool, tmp_path: Path
 ) -> None:
-    """The pool's idle check (answered from the socket the stream keeps, not anyio's
-    attribute mapping) sees the server's close, so the next request dials anew instead of
+    """The pool's idle check (answered from what the connection's protocol saw, without a
+    system call) sees the server's close, so the next request dials anew instead of
     failing on a dead connection."""
     files = make_tls(tmp_path) if tls else None
 
@@ -650,3 +650,22 @@ async def test_a_keep_alive_connection_the_server_closed_is_not_reused(
             await asyncio.sleep(0.05)  # the server's FIN arrives
         await pool.aclose()
     assert server.connections == 3
+
+
+async def test_http2_is_spoken_where_the_server_offers_it(tmp_path: Path) -> None:
+    """Providers that offer HTTP/2 (ALPN) get it over the probes' own network stream: one
+    multiplexed connection for requests at once, and a body larger than the stream holds
+    unread (read on as the probe reads, under HTTP/2's flow control)."""
+    files = make_tls(tmp_path)
+    body = b'{"data": "' + b"x" * (600 * 1024) + b'"}'
+    async with H2Server(files.server_context(), body) as server:
+        pool = ClientPool(EgressPolicy(), proxies={})
+        client = pool.client(TLSOptions(ca_bundle=files.ca_pem))
+        first = await client.get(server.url + "/v1/models")
+        replies = await asyncio.gather(*(client.get(server.url + "/v1/models") for _ in range(8)))
+        await pool.aclose()
+    assert first.http_version == "HTTP/2"
+    assert first.content == body
+    assert all(r.status_code == 200 and r.content == body for r in replies)
+    assert server.requests == 9
+    assert server.connections == 1
