@@ -669,3 +669,19 @@ async def test_http2_is_spoken_where_the_server_offers_it(tmp_path: Path) -> Non
     assert all(r.status_code == 200 and r.content == body for r in replies)
     assert server.requests == 9
     assert server.connections == 1
+
+
+async def test_a_tls_handshake_cut_short_by_the_deadline_closes_the_connection() -> None:
+    """A probe's deadline that cancels the handshake ends the TCP connection at once (the
+    server sees it closed), instead of leaving the socket open until garbage collection."""
+    async with RawServer(answer(200)) as server:  # plain TCP: the ClientHello goes unanswered
+        pool = ClientPool(EgressPolicy(), proxies={})
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await pool.client().get(server.url.replace("http://", "https://"))
+        for _ in range(100):
+            if not server._tasks:  # the server's handler saw the end of the connection
+                break
+            await asyncio.sleep(0.01)
+        assert server.connections == 1 and not server._tasks
+        await pool.aclose()
