@@ -244,9 +244,9 @@ class _Stream(httpcore2.AsyncNetworkStream):
     the CPU goes"). Here the protocol knows whether the peer ended the connection, without a
     system call.
 
-    A TLS handshake that fails or is cancelled (a probe's timeout) closes the connection at
-    once: httpcore closes it after a failure, but not after a cancellation, and the socket
-    would stay open until garbage collection."""
+    A TLS handshake that fails or is cancelled (a probe's timeout) ends the connection at once
+    (asyncio's `start_tls` closes the transport; it is aborted here too, so that no close
+    handshake waits on a peer that may never answer)."""
 
     def __init__(self, connection: _Connection) -> None:
         self._conn = connection
