@@ -368,6 +368,19 @@ def test_values_of_4_to_11_characters_are_redacted_when_whole() -> None:
     assert redact.text(password.encode().hex()) == MARKER
 
 
+def test_a_text_too_short_for_any_form_is_left_as_it_is_and_a_short_value_still_found() -> None:
+    """The shortcut for short texts (most of a verdict's details): a text shorter than every
+    form is returned untouched, and a whole short value in a short text is still found,
+    together with a long key's redactor."""
+    redact = Redactor([KEY, "hunter2!"])
+    assert redact.text("200") == "200"
+    assert redact.text("hunter2!") == MARKER
+    assert redact.text("HUNTER2!") == MARKER
+    only_long = Redactor([KEY])
+    assert only_long.text(KEY[: WINDOW - 1]) == KEY[: WINDOW - 1]
+    assert only_long.text(KEY[:WINDOW]) == MARKER
+
+
 def test_short_values_are_not_treated_as_secrets() -> None:
     assert Redactor(["abc", ""]).text("abc abc") == "abc abc"
     assert not Redactor(["abc"])

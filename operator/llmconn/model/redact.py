@@ -74,12 +74,14 @@ class Redactor:
             found for value in dict.fromkeys(secrets) if (found := part(value)) is not None
         ]
         self._parts += parts
+        # No form can be found in a text shorter than this (most of a verdict's details).
+        self._shortest = min((p.shortest for p in self._parts), default=0)
 
     def __bool__(self) -> bool:
         return bool(self._parts)
 
     def text(self, text: str) -> str:
-        if not self:
+        if not self._parts or len(text) < self._shortest:
             return text
         for _ in range(_ROUNDS):
             spans = self._spans(text)
@@ -119,6 +121,8 @@ class Part:
         forms = {_fold(form) for form in _forms(value)}
         long = [form for form in forms if len(form) >= WINDOW]
         self._whole = [form for form in forms if MIN_LENGTH <= len(form) < WINDOW]  # matched whole
+        # The shortest text a form can be found in: a whole short form, else a window.
+        self.shortest = min((len(form) for form in self._whole), default=WINDOW)
         chars: set[str] = set().union(*long)
         # Every long form in one string, between characters that occur in none: a window of
         # the text (made of form characters only) is found in it only inside one form.

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -460,9 +461,12 @@ def _header_text(value: bytes) -> str | None:
         text = value.decode("ascii").strip()
     except UnicodeDecodeError:
         return None
-    if not text or any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
+    if not text or _NOT_IN_HEADER.search(text):
         return None
     return text
+
+
+_NOT_IN_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but tab (RFC 9110 5.5)
 
 
 # --- the probe -------------------------------------------------------------------------
