@@ -337,13 +337,13 @@ def mapping_resolver(table: dict[str, Sequence[str]], calls: list[str] | None = 
 def dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The hosts the real socket backend was asked to connect to."""
     targets: list[str] = []
-    real = guard_mod.dial
 
-    async def recording(address: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        targets.append(address)
-        return await real(address, port, *args, **kwargs)
+    class RecordingBackend(httpcore2.AnyIOBackend):
+        async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
+            targets.append(host)
+            return await super().connect_tcp(host, port, *args, **kwargs)
 
-    monkeypatch.setattr(guard_mod, "dial", recording)
+    monkeypatch.setattr(httpcore2, "AnyIOBackend", RecordingBackend)
     return targets
 
 
@@ -402,11 +402,12 @@ def never_dialled(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     broken policy fails the test instead of reaching a non-loopback address)."""
     targets: list[str] = []
 
-    async def refusing(address: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        targets.append(address)
-        raise httpcore2.ConnectError("test: no connection to non-loopback addresses")
+    class RefusingBackend(httpcore2.AnyIOBackend):
+        async def connect_tcp(self, host: str, port: int, *args, **kwargs):  # type: ignore[no-untyped-def]
+            targets.append(host)
+            raise httpcore2.ConnectError("test: no connection to non-loopback addresses")
 
-    monkeypatch.setattr(guard_mod, "dial", refusing)
+    monkeypatch.setattr(httpcore2, "AnyIOBackend", RefusingBackend)
     return targets
 
 
@@ -628,8 +629,8 @@ async def test_a_hanging_lookup_marks_the_dns_phase() -> None:
 async def test_a_keep_alive_connection_the_server_closed_is_not_reused(
     tls: bool, tmp_path: Path
 ) -> None:
-    """The pool's idle check (answered from what the connection's protocol saw, without a
-    system call) sees the server's close, so the next request dials anew instead of
+    """The pool's idle check (answered from the socket the stream keeps, not anyio's
+    attribute mapping) sees the server's close, so the next request dials anew instead of
     failing on a dead connection."""
     files = make_tls(tmp_path) if tls else None
 
@@ -653,7 +654,7 @@ async def test_a_keep_alive_connection_the_server_closed_is_not_reused(
 
 
 async def test_http2_is_spoken_where_the_server_offers_it(tmp_path: Path) -> None:
-    """Providers that offer HTTP/2 (ALPN) get it over the probes' own network stream: one
+    """Providers that offer HTTP/2 (ALPN) get it through the guarded backend: one
     multiplexed connection for requests at once, and a body larger than the stream holds
     unread (read on as the probe reads, under HTTP/2's flow control)."""
     files = make_tls(tmp_path)
@@ -673,7 +674,8 @@ async def test_http2_is_spoken_where_the_server_offers_it(tmp_path: Path) -> Non
 
 async def test_a_tls_handshake_cut_short_by_the_deadline_closes_the_connection() -> None:
     """A probe's deadline that cancels the handshake ends the TCP connection at once (the
-    server sees it closed), instead of leaving the socket open until garbage collection."""
+    server sees it closed), instead of leaving the socket open until garbage collection
+    (`_ClosingStream`)."""
     async with RawServer(answer(200)) as server:  # plain TCP: the ClientHello goes unanswered
         pool = ClientPool(EgressPolicy(), proxies={})
         with pytest.raises(TimeoutError):

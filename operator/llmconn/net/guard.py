@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import select
 import socket
 import ssl
 import time
@@ -32,8 +33,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
+import anyio
 import httpcore2
 import httpx2
 
@@ -41,7 +43,6 @@ from llmconn.net import seams
 from llmconn.net.egress import EgressPolicy
 
 Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
-_T = TypeVar("_T")
 
 # Behind a proxy the target may be resolvable only by the proxy: do not wait long for our
 # own lookup there (a direct connection has no such shortcut: without an address, no dial).
@@ -160,134 +161,31 @@ class Guard:
                 raise EgressDenied(host, None, why) from None
 
 
-# A connection's bytes held unread before it stops reading from the socket (a body larger
-# than this waits in the kernel until the probe reads on; the body's own cap is bodies.py's).
-_HIGH_WATER = 256 * 1024
+class _ClosingStream(httpcore2.AsyncNetworkStream):
+    """A TCP stream (or the TLS stream over it) that is closed when its TLS handshake is
+    cancelled, and that answers the pool's idle check from the socket it keeps.
 
+    httpcore closes the socket when a handshake fails with an exception, but not when it is
+    cancelled (a probe's timeout): the socket would stay open until garbage collection.
 
-class _Connection(asyncio.Protocol):
-    """One TCP connection's protocol (and the TLS transport's over it, after `start_tls`): the
-    bytes received and not yet read, whether the peer ended it, and a waiter to wake."""
+    Before each request, httpcore's pool asks every idle keep-alive connection whether its
+    socket is readable (the server closed it). anyio answers that by building the mapping of
+    all the stream's attributes first: with dozens of idle connections, the largest single
+    cost of a probe at 10,000 connections (docs/development.md, "Where the CPU goes"). The
+    raw socket is looked up once here, and polled (`_readable`)."""
 
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.ended = False  # the peer's EOF, or the connection lost
-        self.error: BaseException | None = None
-        self.writable = True
-        # A read waiting for bytes, a write waiting for room: apart, as HTTP/2 runs both.
-        self._reader: asyncio.Future[None] | None = None
-        self._writer: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > _HIGH_WATER and self.transport is not None:
-            self.transport.pause_reading()
-        _wake(self._reader)
-
-    def eof_received(self) -> bool:
-        self.ended = True
-        _wake(self._reader)
-        return False  # and close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.ended, self.error, self.writable = True, exc, True
-        _wake(self._reader)
-        _wake(self._writer)
-
-    def pause_writing(self) -> None:
-        self.writable = False
-
-    def resume_writing(self) -> None:
-        self.writable = True
-        _wake(self._writer)
-
-    async def readable(self) -> None:
-        """Until bytes come, or the end."""
-        self._reader = asyncio.get_running_loop().create_future()
-        try:
-            await self._reader
-        finally:
-            self._reader = None
-
-    async def drained(self) -> None:
-        """Until the transport takes writes again, or the end."""
-        self._writer = asyncio.get_running_loop().create_future()
-        try:
-            await self._writer
-        finally:
-            self._writer = None
-
-
-def _wake(waiter: asyncio.Future[None] | None) -> None:
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
-async def _within(timeout: float | None, step: Awaitable[_T]) -> _T:
-    if timeout is None:
-        return await step
-    async with asyncio.timeout(timeout):
-        return await step
-
-
-class _Stream(httpcore2.AsyncNetworkStream):
-    """httpcore's network stream on asyncio's own transports: the probes' only one.
-
-    In place of httpcore's anyio backend, which yields to the event loop on every read and
-    write, wraps each in a cancel scope, and builds a mapping of all the stream's attributes
-    to answer whether an idle keep-alive connection is readable (docs/development.md, "Where
-    the CPU goes"). Here the protocol knows whether the peer ended the connection, without a
-    system call.
-
-    A TLS handshake that fails or is cancelled (a probe's timeout) ends the connection at once
-    (asyncio's `start_tls` closes the transport; it is aborted here too, so that no close
-    handshake waits on a peer that may never answer)."""
-
-    def __init__(self, connection: _Connection) -> None:
-        self._conn = connection
+    def __init__(self, inner: httpcore2.AsyncNetworkStream, raw: socket.socket | None = None):
+        self._inner = inner
+        self._socket = raw if raw is not None else inner.get_extra_info("socket")
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        conn = self._conn
-        try:
-            while not conn.buffer:
-                if conn.ended:
-                    if conn.error is not None:
-                        raise httpcore2.ReadError(str(conn.error)) from conn.error
-                    return b""
-                await _within(timeout, conn.readable())
-        except TimeoutError as exc:
-            raise httpcore2.ReadTimeout(str(exc)) from exc
-        data = bytes(conn.buffer[:max_bytes])
-        del conn.buffer[:max_bytes]
-        if len(conn.buffer) <= _HIGH_WATER // 4 and conn.transport is not None:
-            conn.transport.resume_reading()  # (nothing when it reads already)
-        return data
+        return await self._inner.read(max_bytes, timeout)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        conn = self._conn
-        if conn.ended or conn.transport is None or conn.transport.is_closing():
-            raise httpcore2.WriteError("the connection is closed") from conn.error
-        try:
-            conn.transport.write(buffer)
-            while not conn.writable and not conn.ended:
-                await _within(timeout, conn.drained())
-        except TimeoutError as exc:
-            raise httpcore2.WriteTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore2.WriteError(str(exc)) from exc
-        if conn.ended and conn.error is not None:
-            raise httpcore2.WriteError(str(conn.error)) from conn.error
+        await self._inner.write(buffer, timeout)
 
     async def aclose(self) -> None:
-        if self._conn.transport is not None:
-            self._conn.transport.close()
+        await self._inner.aclose()
 
     async def start_tls(
         self,
@@ -295,77 +193,18 @@ class _Stream(httpcore2.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore2.AsyncNetworkStream:
-        conn, raw = self._conn, self._conn.transport
-        assert raw is not None
-        loop = asyncio.get_running_loop()
         try:
-            tls = await _within(
-                timeout, loop.start_tls(raw, conn, ssl_context, server_hostname=server_hostname)
-            )
-        except BaseException as exc:
-            raw.abort()
-            if isinstance(exc, TimeoutError):
-                raise httpcore2.ConnectTimeout(str(exc)) from exc
-            if isinstance(exc, OSError):  # ssl.SSLError too
-                raise httpcore2.ConnectError(str(exc)) from exc
+            tls = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._inner.aclose()
             raise
-        if tls is None:  # the peer ended the connection during the handshake
-            raw.abort()
-            raise httpcore2.ConnectError("the server closed the connection during the handshake")
-        conn.transport = tls
-        return self
+        return _ClosingStream(tls, self._socket)
 
     def get_extra_info(self, info: str) -> Any:
-        conn = self._conn
-        if info == "is_readable":  # an idle connection: the server ended it, or spoke unasked
-            return conn.ended or bool(conn.buffer)
-        if conn.transport is None:
-            return None
-        if info == "client_addr":
-            return conn.transport.get_extra_info("sockname")
-        if info == "server_addr":
-            return conn.transport.get_extra_info("peername")
-        if info in ("ssl_object", "socket"):
-            return conn.transport.get_extra_info(info)
-        return None
-
-
-async def dial(
-    address: str,
-    port: int,
-    timeout: float | None = None,
-    local_address: str | None = None,
-    socket_options: Iterable[httpcore2.SOCKET_OPTION] | None = None,
-) -> httpcore2.AsyncNetworkStream:
-    """A TCP connection to an address (never a name: the guard resolved and checked it)."""
-    loop = asyncio.get_running_loop()
-    options = list(socket_options or ())
-    sock: socket.socket | None = None
-    try:
-        if options:  # set before the connect, as asked (asyncio sets TCP_NODELAY itself)
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            for option in options:
-                sock.setsockopt(*option)
-            if local_address is not None:
-                sock.bind((local_address, 0))
-            await _within(timeout, loop.sock_connect(sock, (address, port)))
-            _, conn = await loop.create_connection(_Connection, sock=sock)
-        else:
-            local = (local_address, 0) if local_address is not None else None
-            _, conn = await _within(
-                timeout, loop.create_connection(_Connection, address, port, local_addr=local)
-            )
-    except BaseException as exc:
-        if sock is not None:
-            sock.close()
-        if isinstance(exc, TimeoutError):
-            raise httpcore2.ConnectTimeout(str(exc)) from exc
-        if isinstance(exc, OSError):
-            raise httpcore2.ConnectError(str(exc)) from exc
-        raise
-    return _Stream(conn)
+        if info == "is_readable" and self._socket is not None:
+            return _readable(self._socket)
+        return self._inner.get_extra_info(info)
 
 
 class GuardedBackend(httpcore2.AsyncNetworkBackend):
@@ -373,6 +212,7 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
 
     def __init__(self, guard: Guard) -> None:
         self._guard = guard
+        self._inner = httpcore2.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -388,7 +228,7 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
         for address in addresses:
             try:
                 # The checked address, never the name: no second lookup to rebind.
-                return await dial(
+                stream = await self._inner.connect_tcp(
                     address,
                     port,
                     timeout=timeout,
@@ -397,6 +237,8 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
                 )
             except httpcore2.ConnectError as exc:
                 failure = exc
+            else:
+                return _ClosingStream(stream)
         assert failure is not None  # addresses is never empty
         raise failure
 
@@ -409,7 +251,7 @@ class GuardedBackend(httpcore2.AsyncNetworkBackend):
         raise httpcore2.ConnectError("unix sockets are not used by probes")
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        await self._inner.sleep(seconds)
 
 
 class GuardedTransport(httpx2.AsyncHTTPTransport):
@@ -448,3 +290,13 @@ class ProxiedTransport(httpx2.AsyncHTTPTransport):
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
         await self._guard.check_via_proxy(host, port)
         return await super().handle_async_request(request)
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a socket has something to read (or is closed: a read would return at once)."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed, or no descriptor: a read would end at once
+        return True
