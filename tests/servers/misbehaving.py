@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -55,22 +56,21 @@ async def _read_head(reader: asyncio.StreamReader) -> RequestHead | None:
 
 
 @dataclass
-class RawServer:
-    """`async with RawServer(behaviour) as server:` serves on 127.0.0.1 until the block ends."""
+class LoopbackServer:
+    """A TCP (or TLS) server on 127.0.0.1 for `async with`, each connection in a task of its
+    own, all ended when the block ends; subclasses say what a connection hears (`_talk`)."""
 
-    behaviour: Behaviour
-    tls: ssl.SSLContext | None = None
-    requests: list[RequestHead] = field(default_factory=list)
-    connections: int = 0
-    port: int = 0  # 0: a free port, chosen when it starts
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    tls: ssl.SSLContext | None = field(default=None, kw_only=True)
+    connections: int = field(default=0, kw_only=True)
+    port: int = field(default=0, kw_only=True)  # 0: a free port, chosen when it starts
+    _server: asyncio.Server | None = field(default=None, kw_only=True)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, kw_only=True)
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    async def __aenter__(self) -> RawServer:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(
             self._handle, "127.0.0.1", self.port, ssl=self.tls
         )
@@ -90,6 +90,9 @@ class RawServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
 
+    async def _talk(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -97,11 +100,7 @@ class RawServer:
         self.connections += 1
         stopping = False
         try:
-            while (head := await _read_head(reader)) is not None:
-                self.requests.append(head)
-                await self.behaviour(head, writer)
-                if writer.is_closing():
-                    break
+            await self._talk(reader, writer)
         except asyncio.CancelledError:
             stopping = True  # the server is shutting down: end the connection, no goodbyes
         except (ConnectionError, ssl.SSLError):
@@ -114,6 +113,21 @@ class RawServer:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), 1)
+
+
+@dataclass
+class RawServer(LoopbackServer):
+    """`async with RawServer(behaviour) as server:` serves on 127.0.0.1 until the block ends."""
+
+    behaviour: Behaviour
+    requests: list[RequestHead] = field(default_factory=list)
+
+    async def _talk(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (head := await _read_head(reader)) is not None:
+            self.requests.append(head)
+            await self.behaviour(head, writer)
+            if writer.is_closing():
+                break
 
 
 def _head(status: int, headers: Mapping[str, str], length: int | None) -> bytes:

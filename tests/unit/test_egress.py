@@ -659,7 +659,7 @@ async def test_http2_is_spoken_where_the_server_offers_it(tmp_path: Path) -> Non
     unread (read on as the probe reads, under HTTP/2's flow control)."""
     files = make_tls(tmp_path)
     body = b'{"data": "' + b"x" * (600 * 1024) + b'"}'
-    async with H2Server(files.server_context(), body) as server:
+    async with H2Server(body, tls=files.server_context()) as server:
         pool = ClientPool(EgressPolicy(), proxies={})
         client = pool.client(TLSOptions(ca_bundle=files.ca_pem))
         first = await client.get(server.url + "/v1/models")
