@@ -26,7 +26,7 @@ from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
 from llmconn.net.exchange import Reply, UnreadableAnswer
 from llmconn.net.oauth import token_answer
-from llmconn.net.pool import ClientPool
+from llmconn.net.pool import TENANT, ClientPool
 from llmconn.probes import oauth_client, parse_spec
 from llmconn.validation.validate import validate
 from servers.misbehaving import Behaviour, RawServer, answer, by_path, hang
@@ -592,3 +592,21 @@ def test_an_oauth_url_with_a_port_out_of_range_is_refused_when_read(field: str) 
         spec("https://mcp.example/mcp", {**CC, field: "https://auth.example:99999/token"})
     with pytest.raises(ValidationError, match="must not have a fragment"):
         spec("https://mcp.example/mcp", {**CC, field: "https://auth.example/token#x"})
+
+
+async def test_a_kept_advice_is_one_tenants_not_anothers(pool) -> None:
+    """The advice is fetched with the tenant's own TLS settings and headers, so what one
+    tenant's fetch found is not told to another tenant with the same endpoint."""
+    async with RawServer(answer(404)) as server:
+        server.behaviour = challenging(server, prm_of(server))
+        raw = parse_spec({"provider": "mcp", "endpoint": server.url + "/mcp"})
+
+        async def as_tenant(tenant: str) -> Verdict:
+            TENANT.set(tenant)
+            return await run(pool, raw)
+
+        for tenant in ("team-a", "team-a", "team-b"):
+            verdict = await asyncio.create_task(as_tenant(tenant))
+            assert "set spec.oauth.clientCredentials" in verdict.message
+        asked = [head.target for head in server.requests if head.target == "/prm"]
+    assert asked == ["/prm", "/prm"]  # once for team-a, once for team-b

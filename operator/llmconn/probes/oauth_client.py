@@ -72,6 +72,7 @@ from llmconn.model.credentials import BearerToken
 from llmconn.model.reasons import Reason
 from llmconn.net.exchange import USER_AGENT, RedirectRefused, Reply
 from llmconn.net.oauth import TokenAnswer, bearer_challenge, post_form, token_answer
+from llmconn.net.pool import TENANT
 from llmconn.probes import assertions
 from llmconn.probes.base import ProbeContext, ProbeFailure, ProbeOutcome
 from llmconn.probes.errors import rate_limited
@@ -656,8 +657,10 @@ def _first_error(exc: ValidationError) -> str:
 
 ADVICE_BUDGET = 5.0  # seconds at most for the two metadata documents behind the advice
 ADVICE_KEPT = 600.0  # seconds an advice is told again without asking the servers again
-ADVICE_CACHED = 256  # advices kept (by metadata URL and endpoint), least recently used out
-_ADVICE: collections.OrderedDict[tuple[str, str], tuple[float, str | None]] = (
+ADVICE_CACHED = 256  # advices kept, least recently used out
+# By tenant (no tenant's fetch, through its own TLS settings and headers, answers for
+# another's), metadata URL and endpoint.
+_ADVICE: collections.OrderedDict[tuple[str | None, str, str], tuple[float, str | None]] = (
     collections.OrderedDict()
 )
 
@@ -677,7 +680,7 @@ async def advise(ctx: ProbeContext, outcome: ProbeOutcome, deadline: float) -> P
         return outcome
     if where is None or not _http(where):
         return outcome
-    key, now = (where, ctx.endpoint), time.monotonic()
+    key, now = (TENANT.get(), where, ctx.endpoint), time.monotonic()
     if (kept := _ADVICE.get(key)) is not None and kept[0] > now:
         _ADVICE.move_to_end(key)
         said = kept[1]
