@@ -240,6 +240,26 @@ OAUTH_INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         {**MCP, "oauth": {**CLIENT, "tokenURL": "ftp://auth.example/token"}},
         ["spec.oauth.tokenURL", "http or https"],
     ),
+    (
+        "oauth-token-url-without-host",
+        {**MCP, "oauth": {**CLIENT, "tokenURL": "https:///token"}},
+        ["spec.oauth.tokenURL", "with a host"],
+    ),
+    (
+        "oauth-issuer-fragment",
+        {**MCP, "oauth": {**CLIENT, "issuer": "https://auth.example/#x"}},
+        ["spec.oauth.issuer", "must not have a fragment"],
+    ),
+    (
+        "oauth-resource-port",
+        {**MCP, "oauth": {**CLIENT, "resource": "https://mcp.example:99999/mcp"}},
+        ["spec.oauth.resource", "invalid port"],
+    ),
+    (
+        "oauth-issuer-long-port",
+        {**MCP, "oauth": {**CLIENT, "issuer": "https://auth.example:" + "9" * 40}},
+        ["spec.oauth.issuer", "invalid port"],
+    ),
 ]
 
 INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
@@ -254,6 +274,11 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         ["spec.endpoint", "http or https"],
     ),
     ("url-without-host", {**OPENAI, "endpoint": "http:///v1"}, ["spec.endpoint", "with a host"]),
+    (
+        "url-port-out-of-range",
+        {**OPENAI, "endpoint": "https://api.example:65536/v1"},
+        ["spec.endpoint", "invalid port"],
+    ),
     (
         "duration-in-words",
         {**OPENAI, "validation": {"interval": "5 minutes"}},
@@ -481,6 +506,23 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("loopback", {"provider": "openai-compatible", "endpoint": "http://127.0.0.1:8080/v1"}),
     ("ipv6-loopback", {"provider": "openai-compatible", "endpoint": "http://[::1]:8080/v1"}),
     ("metadata-address", {**OPENAI, "endpoint": "http://169.254.169.254/v1"}),
+    ("port-65535", {**OPENAI, "endpoint": "https://api.example:65535/v1"}),
+    (
+        "oauth-urls-with-ports",
+        {
+            **MCP,
+            "oauth": {
+                "clientCredentials": {
+                    "secretName": "mcp-oauth-client",
+                    "clientIdKey": "clientId",
+                    "clientSecretKey": "clientSecret",
+                },
+                "tokenURL": "https://auth.example:8443/token",
+                "issuer": "http://127.0.0.1:9000",
+                "resource": "https://mcp.demo.example:443/mcp",
+            },
+        },
+    ),
     ("plain-headers", {**OPENAI, "headers": {"OpenAI-Organization": "org-1", "X-Api-Keys": "v1"}}),
     (
         "vertex-ai-claude-by-project-number",
