@@ -52,6 +52,7 @@ from bench import ROOT, Proc, context, percentile, progress
 sys.path.insert(0, str(ROOT / "tests"))
 
 from controlplane.cluster import ControlPlane, free_port
+from keykit import rsa_pem
 from servers.serve import serve
 
 NOISY, VICTIM = "noisy", "victim"
@@ -111,34 +112,6 @@ class Healthy:
         return Starlette(
             routes=[Route("/v1/models", handle), Route("/v1/models/{model:path}", handle)]
         )
-
-
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def _der_int(value: int) -> bytes:
-    raw = value.to_bytes(value.bit_length() // 8 + 1, "big")
-    return b"\x02" + _der_length(len(raw)) + raw
-
-
-def rsa_pem(bits: int) -> str:
-    """A PKCS #1 RSA private key of `bits` bits in PEM, of a real key's size (its numbers make
-    no key: generating a real 16384-bit key takes minutes)."""
-
-    def odd(k: int) -> int:
-        return secrets.randbits(k) | (1 << (k - 1)) | 1
-
-    numbers = [0, odd(bits), 65537, odd(bits) - 2, *(odd(bits // 2) for _ in range(5))]
-    body = b"".join(_der_int(n) for n in numbers)
-    text = base64.b64encode(b"\x30" + _der_length(len(body)) + body).decode()
-    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
-    return (
-        "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END RSA PRIVATE KEY-----\n"
-    )
 
 
 def secret(ns: str, name: str, data: dict[str, str]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ it guards (loading the key, building a TLS client, calling the endpoint) never h
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -22,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from keykit import ca_pem, rsa_pem
 from llmconn.controller.memory import first_error
 from llmconn.model import limits
 from llmconn.model.credentials import ServiceAccountKey
@@ -64,36 +64,6 @@ def visible(verdict: Verdict) -> str:
 
 
 # --- RSA keys -------------------------------------------------------------------------------
-
-
-def _der_length(n: int) -> bytes:
-    if n < 128:
-        return bytes([n])
-    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(raw)]) + raw
-
-
-def _der_int(value: int) -> bytes:
-    raw = value.to_bytes(value.bit_length() // 8 + 1, "big")
-    return b"\x02" + _der_length(len(raw)) + raw
-
-
-def pkcs1_pem(bits: int) -> str:
-    """An RSAPrivateKey (PKCS #1) with a `bits`-bit modulus, in PEM: well-formed DER whose
-    numbers make no key (generating a real 16384-bit key takes minutes). Its size is that
-    of a real key of that size."""
-
-    def odd(k: int) -> int:
-        return secrets.randbits(k) | (1 << (k - 1)) | 1
-
-    numbers = [0, odd(bits), 65537, odd(bits) - 2, *(odd(bits // 2) for _ in range(5))]
-    body = b"".join(_der_int(n) for n in numbers)
-    der = b"\x30" + _der_length(len(body)) + body
-    text = base64.b64encode(der).decode()
-    lines = [text[i : i + 64] for i in range(0, len(text), 64)]
-    return (
-        "-----BEGIN RSA PRIVATE KEY-----\n" + "\n".join(lines) + "\n-----END RSA PRIVATE KEY-----\n"
-    )
 
 
 def key_file(private_key: str, token_uri: str = f"{CLOSED}/token") -> str:
@@ -142,7 +112,7 @@ def refusal(key: ServiceAccountKey) -> str:
 def test_a_16384_bit_key_is_refused_by_its_length_before_it_is_loaded(
     loads: list[dict[str, Any]],
 ) -> None:
-    pem = pkcs1_pem(16384)
+    pem = rsa_pem(16384)
     assert limits.MAX_PRIVATE_KEY_PEM_BYTES < len(pem) < limits.MAX_CREDENTIAL_BYTES
     message = refusal(account(pem))
     assert f"is {len(pem)} bytes" in message
@@ -154,7 +124,7 @@ def test_a_16384_bit_key_is_refused_by_its_length_before_it_is_loaded(
 def test_a_key_over_4096_bits_is_refused_by_its_modulus_without_openssls_check(
     loads: list[dict[str, Any]],
 ) -> None:
-    pem = pkcs1_pem(4600)
+    pem = rsa_pem(4600)
     assert len(pem) <= limits.MAX_PRIVATE_KEY_PEM_BYTES
     message = refusal(account(pem))
     assert "is 4600 bits" in message and f"the limit is {limits.MAX_RSA_BITS} bits" in message
@@ -212,7 +182,7 @@ def vertex(**extra: Any) -> Any:
 async def test_a_vertex_key_file_with_a_16384_bit_key_is_a_verdict_naming_the_limit(
     pool: ClientPool, loads: list[dict[str, Any]]
 ) -> None:
-    pem = pkcs1_pem(16384)
+    pem = rsa_pem(16384)
     verdict = await validate(
         vertex(), Secrets({"key.json": key_file(pem).encode()}), pool, Defaults()
     )
@@ -248,7 +218,7 @@ def private_key_jwt(algorithm: str = "RS256") -> Any:
 async def test_a_16384_bit_private_key_jwt_key_is_refused_before_discovery_or_any_load(
     pool: ClientPool, loads: list[dict[str, Any]]
 ) -> None:
-    pem = pkcs1_pem(16384)
+    pem = rsa_pem(16384)
     verdict = await validate(
         private_key_jwt(), Secrets({"key.pem": pem.encode()}), pool, Defaults()
     )
@@ -285,7 +255,7 @@ def jwt_refusal(pem: str, algorithm: str = "RS256") -> str:
 def test_a_private_key_jwt_key_over_4096_bits_is_refused_by_its_modulus_unchecked(
     loads: list[dict[str, Any]],
 ) -> None:
-    pem = pkcs1_pem(4600)
+    pem = rsa_pem(4600)
     assert len(pem) <= limits.MAX_PRIVATE_KEY_PEM_BYTES
     message = jwt_refusal(pem)
     assert "is 4600 bits" in message and f"the limit is {limits.MAX_RSA_BITS} bits" in message
@@ -386,31 +356,6 @@ async def test_secret_values_that_add_up_past_the_limit_are_refused_before_redac
 # --- CA bundles -------------------------------------------------------------------------------
 
 
-def _certificate() -> bytes:
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tenant CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.mark.parametrize(
     "bundle, words",
     [
@@ -428,7 +373,7 @@ def _certificate() -> bytes:
 async def test_a_ca_bundle_past_its_limits_builds_no_tls_client(
     pool: ClientPool, bundle: Any, words: str
 ) -> None:
-    data = {"apiKey": b"sk-0123456789abcdef", "ca.crt": bundle(_certificate())}
+    data = {"apiKey": b"sk-0123456789abcdef", "ca.crt": bundle(ca_pem())}
     spec = checker_spec(tls={"caBundleSecretRef": {"name": "creds", "key": "ca.crt"}})
     verdict = await validate(spec, Secrets(data), pool, Defaults())
     assert verdict.reason is Reason.INVALID_CONFIGURATION

@@ -10,42 +10,20 @@ tenant's client stay, the tenant holds at most its share, and no bundle is loade
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import threading
 from collections.abc import AsyncIterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from keykit import ca_pem
 from llmconn.net import pool as pool_mod
 from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import TENANT, ClientPool, TLSOptions
 
 
-def ca_bundle(i: int) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"tenant CA {i}")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 @pytest.fixture(scope="module")
 def bundles() -> list[bytes]:
-    return [ca_bundle(i) for i in range(41)]
+    return [ca_pem(f"tenant CA {i}") for i in range(41)]
 
 
 @pytest.fixture
