@@ -40,6 +40,7 @@ from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.oidc import TrustedIssuer
 from servers.serve import serve
@@ -473,7 +474,7 @@ async def minting(cluster: ControlPlane, namespace: str) -> AsyncIterator[Servic
 
 
 async def cloud_verdict(clouds: Clouds, tokens: ServiceAccountTokens, spec: dict[str, Any]) -> Any:
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     endpoints = CloudEndpoints(
         aws_sts=clouds.sts_url, gcp_sts=clouds.google_url, gcp_iam_credentials=clouds.google_url
     )

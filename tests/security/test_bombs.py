@@ -30,6 +30,7 @@ from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers import mcp_server, openai_dialect
 from servers.bombs import (
     BOMB_BYTES,
@@ -99,7 +100,9 @@ class Secrets:
 
 
 async def check(target: str, base: str, pool: ClientPool | None = None, **extra: Any) -> Any:
-    clients = pool if pool is not None else ClientPool(EgressPolicy(), proxies={})
+    clients = (
+        pool if pool is not None else ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
+    )
     try:
         spec = parse_spec(raw_spec(target, base) | extra)
         return await validate(spec, Secrets(), clients, Defaults())
@@ -250,7 +253,7 @@ async def test_an_encoding_the_operator_cannot_decode_is_never_inflated(
     monkeypatch.setattr(llmconn_bodies, "_DECODERS", {"gzip": llmconn_bodies._gzip})
     monkeypatch.setattr(llmconn_bodies, "ACCEPT_ENCODING", "gzip")
     with serve(bomb_app(coding, "json")) as base:
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         try:
             response = await pool.client().get(base + "/v1/models")
         finally:
@@ -340,7 +343,7 @@ async def test_a_stream_read_in_pieces_is_decoded_whole() -> None:
         await send({"type": "http.response.body", "body": b""})
 
     with serve(app) as base:
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         try:
             async with pool.client().stream("GET", base + "/") as response:
                 pieces = [piece async for piece in response.aiter_raw()]

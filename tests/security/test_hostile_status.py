@@ -22,6 +22,7 @@ from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers.misbehaving import RawServer, answer
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "llmconnections.yaml"
@@ -96,7 +97,7 @@ async def test_a_hostile_answer_yields_a_small_status(case: str) -> None:
                 "apiKeySecretRef": {"name": "k"},
             }
         )
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         try:
             verdict = await validate(spec, OneSecret(), pool, Defaults())
         finally:
@@ -134,7 +135,7 @@ async def test_a_redirect_to_an_unparsable_url_is_a_named_verdict(location: str)
         spec = parse_spec(
             {"provider": "openai", "endpoint": server.url + "/v1", "apiKeySecretRef": {"name": "k"}}
         )
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         try:
             verdict = await validate(spec, OneSecret(), pool, Defaults())
         finally:

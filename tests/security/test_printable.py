@@ -31,6 +31,7 @@ from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers.misbehaving import RawServer, answer
 
 ESCAPES = (
@@ -69,7 +70,7 @@ async def test_a_providers_escape_sequences_reach_no_status() -> None:
                 "apiKeySecretRef": {"name": "k"},
             }
         )
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         try:
             verdict = await validate(spec, OneSecret(), pool, Defaults())
         finally:

@@ -14,7 +14,7 @@ import json
 import secrets
 import threading
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -24,10 +24,10 @@ from llmconn.model import redact as redact_mod
 from llmconn.model.redact import MARKER, WINDOW, Redactor
 from llmconn.model.verdict import Defaults, SecretData
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.guard import DNSLookupError
 from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 
 
 @pytest.fixture
@@ -117,10 +117,6 @@ def test_the_sparse_index_finds_the_runs_every_window_would(
     sparse = redacted()
     monkeypatch.setattr(redact_mod, "SEARCHED", 10**9)  # every window, searched
     assert sparse == redacted()
-
-
-async def loopback_only(host: str, port: int) -> Sequence[str]:
-    raise DNSLookupError(host, "Name or service not known")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,20 +28,14 @@ from llmconn.model.credentials import ServiceAccountKey
 from llmconn.model.reasons import Reason
 from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.guard import DNSLookupError
 from llmconn.net.pool import ClientPool
 from llmconn.probes import oauth_client, parse_spec
 from llmconn.probes.base import ProbeFailure
 from llmconn.probes.google_oauth import sign
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 
 CLOSED = "http://127.0.0.1:9"  # nothing listens: a probe that ran would say so
-
-
-async def loopback_only(host: str, port: int) -> Sequence[str]:
-    if host == "localhost":
-        return ["127.0.0.1"]
-    raise DNSLookupError(host, "Name or service not known")
 
 
 @pytest.fixture

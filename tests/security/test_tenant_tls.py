@@ -19,6 +19,7 @@ from keykit import ca_pem
 from llmconn.net import pool as pool_mod
 from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import TENANT, ClientPool, TLSOptions
+from netkit import loopback_only
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def bundles() -> list[bytes]:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ClientPool]:
-    clients = ClientPool(EgressPolicy(), proxies={})
+    clients = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     yield clients
     await clients.aclose()
 
@@ -96,7 +97,7 @@ async def test_a_client_built_for_validations_all_cancelled_is_kept_and_closed(
 ) -> None:
     """The build outlives the validations that asked for it (a timeout, a deleted
     connection): the client it makes is the pool's, closed with it, not left open by no one."""
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     release = threading.Event()
     real = pool_mod.TLSOptions.ssl_context
 
@@ -128,7 +129,7 @@ async def test_a_client_evicted_before_its_waiters_run_is_never_handed_out(
 ) -> None:
     """Between the build's end and its waiters' turn another tenant's client evicts (and may
     close) it: the waiters build again instead of putting a retired client back in the pool."""
-    pool = ClientPool(EgressPolicy(), max_clients=1, proxies={})
+    pool = ClientPool(EgressPolicy(), max_clients=1, resolver=loopback_only, proxies={})
     tls = TLSOptions(ca_bundle=bundles[3])
     got: list[object] = []
 

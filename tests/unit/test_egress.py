@@ -16,8 +16,9 @@ import pytest
 from llmconn.net import guard as guard_mod
 from llmconn.net import pool as pool_mod
 from llmconn.net.egress import EgressPolicy, Rule, carried_ipv4
-from llmconn.net.guard import DNSLookupError, EgressDenied
+from llmconn.net.guard import DNSLookupError, EgressDenied, system_resolver
 from llmconn.net.pool import ClientPool, TLSOptions
+from netkit import loopback_only
 from servers.h2_server import H2Server
 from servers.misbehaving import RawServer, answer, make_tls
 
@@ -467,7 +468,7 @@ async def test_a_failed_lookup_raises_the_dns_error(monkeypatch: pytest.MonkeyPa
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=system_resolver, proxies={})
     with pytest.raises(DNSLookupError) as failed:
         await pool.client().get("http://no-such-host.invalid/")
     await pool.aclose()
@@ -537,7 +538,9 @@ async def test_no_proxy_hosts_go_direct_through_the_guard() -> None:
 
 def test_socks_proxies_are_refused_at_startup() -> None:
     with pytest.raises(ValueError, match="only http and https proxies"):
-        ClientPool(EgressPolicy(), proxies={"all://": "socks5://proxy:1080"})
+        ClientPool(
+            EgressPolicy(), resolver=loopback_only, proxies={"all://": "socks5://proxy:1080"}
+        )
 
 
 def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -552,7 +555,7 @@ def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 async def test_clients_are_shared_by_tls_settings() -> None:
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     default = pool.client()
     assert pool.client(TLSOptions()) is default
     insecure = pool.client(TLSOptions(insecure_skip_verify=True))
@@ -568,7 +571,7 @@ async def test_the_least_recently_used_client_is_closed_when_the_pool_is_full(
     tmp_path: Path,
 ) -> None:
     ca_pem = make_tls(tmp_path).ca_pem
-    pool = ClientPool(EgressPolicy(), max_clients=1, proxies={})
+    pool = ClientPool(EgressPolicy(), max_clients=1, resolver=loopback_only, proxies={})
     first = pool.client()  # the default client: never evicted
     second = pool.client(TLSOptions(insecure_skip_verify=True))
     async with pool.lease(TLSOptions(insecure_skip_verify=True)) as leased:
@@ -584,7 +587,7 @@ async def test_the_least_recently_used_client_is_closed_when_the_pool_is_full(
 
 
 def test_a_bad_ca_bundle_is_refused() -> None:
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     with pytest.raises(pool_mod.InvalidCABundle):
         pool.client(TLSOptions(ca_bundle=b"-----BEGIN CERTIFICATE-----\nnot base64\n"))
     with pytest.raises(pool_mod.InvalidCABundle):
@@ -600,7 +603,7 @@ async def test_unix_sockets_are_not_offered() -> None:
 
 async def test_the_client_does_not_follow_redirects_by_itself() -> None:
     async with RawServer(answer(302, "", headers={"Location": "http://elsewhere.test/"})) as s:
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         reply = await pool.client().get(s.url)
         await pool.aclose()
     assert reply.status_code == 302
@@ -644,7 +647,7 @@ async def test_a_keep_alive_connection_the_server_closed_is_not_reused(
 
     tls_options = TLSOptions(ca_bundle=files.ca_pem) if files else TLSOptions()
     async with RawServer(once, tls=files.server_context() if files else None) as server:
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         client = pool.client(tls_options)
         for _ in range(3):
             assert (await client.get(server.url + "/v1/models")).status_code == 200
@@ -660,7 +663,7 @@ async def test_http2_is_spoken_where_the_server_offers_it(tmp_path: Path) -> Non
     files = make_tls(tmp_path)
     body = b'{"data": "' + b"x" * (600 * 1024) + b'"}'
     async with H2Server(body, tls=files.server_context()) as server:
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         client = pool.client(TLSOptions(ca_bundle=files.ca_pem))
         first = await client.get(server.url + "/v1/models")
         replies = await asyncio.gather(*(client.get(server.url + "/v1/models") for _ in range(8)))
@@ -677,7 +680,7 @@ async def test_a_tls_handshake_cut_short_by_the_deadline_closes_the_connection()
     server sees it closed), instead of leaving the socket open until garbage collection
     (`_ClosingStream`)."""
     async with RawServer(answer(200)) as server:  # plain TCP: the ClientHello goes unanswered
-        pool = ClientPool(EgressPolicy(), proxies={})
+        pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
                 await pool.client().get(server.url.replace("http://", "https://"))

@@ -34,6 +34,7 @@ from llmconn.probes import parse_spec, registry
 from llmconn.probes.aws import signer
 from llmconn.probes.base import ProbeContext, ProbeOutcome, ok
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers import aws_sts, azure_dialect, bedrock_dialect, entra, google_sts, vertex_dialect
 from servers.misbehaving import RawServer, hang
 from servers.oidc import Issuer, TrustedIssuer
@@ -147,7 +148,7 @@ async def world() -> AsyncIterator[World]:
                     gcp_sts=google_url,
                     gcp_iam_credentials=google_url,
                 ),
-                pool=ClientPool(EgressPolicy(), proxies={}),
+                pool=ClientPool(EgressPolicy(), resolver=loopback_only, proxies={}),
             )
             yield made
             await made.pool.aclose()
@@ -318,7 +319,9 @@ async def test_entra_trouble_is_not_the_connections_fault(
 
 
 async def test_the_exchange_is_held_to_the_egress_policy(world: World) -> None:
-    world.pool = ClientPool(EgressPolicy.from_strings(deny=["127.0.0.0/8"]), proxies={})
+    world.pool = ClientPool(
+        EgressPolicy.from_strings(deny=["127.0.0.0/8"]), resolver=loopback_only, proxies={}
+    )
     verdict = await run(world, azure_spec(world.azure_url))
     assert verdict.reason is Reason.EGRESS_DENIED
     assert "Exchanging the ServiceAccount's token at" in verdict.message

@@ -29,6 +29,7 @@ from llmconn.net.oauth import token_answer
 from llmconn.net.pool import TENANT, ClientPool
 from llmconn.probes import oauth_client, parse_spec
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers.misbehaving import Behaviour, RawServer, answer, by_path, hang
 from servers.oauth_world import AuthorizationServer, Client, ResourceServer
 from servers.oidc import Issuer, TrustedIssuer
@@ -104,7 +105,7 @@ def world() -> Iterator[World]:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[ClientPool]:
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     try:
         yield pool
     finally:
@@ -389,7 +390,9 @@ async def test_no_authorization_server_metadata_names_the_urls_tried(world, pool
 
 
 async def test_a_token_url_the_egress_policy_refuses_sends_nothing(world) -> None:
-    pool = ClientPool(EgressPolicy.from_strings(deny=["127.0.0.9/32"]), proxies={})
+    pool = ClientPool(
+        EgressPolicy.from_strings(deny=["127.0.0.9/32"]), resolver=loopback_only, proxies={}
+    )
     try:
         oauth = {**CC, "tokenURL": "http://127.0.0.9:9/token"}
         verdict = await run(pool, spec(world.mcp, oauth), cc_secrets())

@@ -19,6 +19,7 @@ from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import ProbeContext, ProbeOutcome
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers.mcp_server import TestMCPApp, make_app
 from servers.serve import free_port, serve
 
@@ -60,7 +61,7 @@ def servers() -> Iterator[dict[str, tuple[str, TestMCPApp]]]:
 @pytest.fixture
 async def http() -> AsyncIterator[httpx2.AsyncClient]:
     # The operator's own client: its transport holds the body size cap.
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     try:
         yield pool.client()
     finally:
@@ -489,7 +490,7 @@ async def test_validate_names_every_outcome(servers, transport) -> None:
     good = Secrets(mcp_credentials={"token": TOKEN.encode()})
     bad = Secrets(mcp_credentials={"token": WRONG.encode()})
     url = url_of(servers, "token", transport)
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     try:
         validated = await validate(mcp_spec(url, transport), good, pool, Defaults())
         rejected = await validate(mcp_spec(url, transport), bad, pool, Defaults())
@@ -513,7 +514,9 @@ async def test_validate_holds_mcp_to_the_egress_policy(servers) -> None:
     base, app = servers["open"]
     before = len(app.seen)
     good = Secrets(mcp_credentials={"token": TOKEN.encode()})
-    pool = ClientPool(EgressPolicy.from_strings(deny=["127.0.0.0/8"]), proxies={})
+    pool = ClientPool(
+        EgressPolicy.from_strings(deny=["127.0.0.0/8"]), resolver=loopback_only, proxies={}
+    )
     try:
         verdict = await validate(mcp_spec(base + "/mcp", STREAMABLE), good, pool, Defaults())
     finally:

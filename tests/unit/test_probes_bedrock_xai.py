@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import pydantic
@@ -22,10 +22,10 @@ from starlette.routing import Route
 from llmconn.model.reasons import STALLING, TRANSIENT, Reason
 from llmconn.model.verdict import Defaults, SecretData, Verdict
 from llmconn.net.egress import EgressPolicy
-from llmconn.net.guard import DNSLookupError
 from llmconn.net.pool import ClientPool
 from llmconn.probes import bedrock, parse_spec, registry
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers.bedrock_dialect import HAIKU, NOVA, SONNET_37, BedrockState, make_app, model
 from servers.openai_dialect import Dialect
 from servers.openai_dialect import make_app as openai_app
@@ -57,12 +57,6 @@ class Secrets:
 
 
 SECRETS = Secrets({"aws": AWS_SECRET, "temp": TEMP_SECRET_DATA, "key": {"apiKey": API_KEY}})
-
-
-async def loopback_only(host: str, port: int) -> Sequence[str]:
-    if host == "localhost":
-        return ["127.0.0.1"]
-    raise DNSLookupError(host, "Name or service not known")
 
 
 @pytest.fixture

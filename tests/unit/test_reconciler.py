@@ -39,6 +39,7 @@ from llmconn.model.verdict import (
 from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import ClientPool
 from llmconn.probes import parse_spec
+from netkit import loopback_only
 
 NS = "team"
 
@@ -179,7 +180,7 @@ def spec(endpoint: str = "http://127.0.0.1:9/v1", **extra: Any) -> dict[str, Any
 @pytest.fixture
 async def world():
     kube, provider = FakeKube(), Provider()
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     rec = Reconciler(kube, pool, Defaults(), Metrics(), validator=provider)  # type: ignore[arg-type]
     write = rec.writer.write
 
@@ -551,7 +552,7 @@ def metrics_text(rec: Reconciler) -> str:
 
 async def test_a_namespace_over_its_write_budget_waits_and_loses_no_verdict() -> None:
     kube, provider = FakeKube(), Provider()
-    pool = ClientPool(EgressPolicy(), proxies={})
+    pool = ClientPool(EgressPolicy(), resolver=loopback_only, proxies={})
     budget = WriteBudget(rate=50, burst=3)
     rec = Reconciler(
         kube,

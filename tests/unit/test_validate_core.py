@@ -29,6 +29,7 @@ from llmconn.probes import parse_spec, registry
 from llmconn.probes.base import Auth, ProbeContext, ProbeFailure, ProbeOutcome, ok
 from llmconn.probes.errors import classify_error
 from llmconn.validation.validate import validate
+from netkit import loopback_only
 from servers.misbehaving import (
     Huge,
     RawServer,
@@ -88,14 +89,6 @@ def checker() -> Iterator[str]:
         )(_check)
         RAISE.clear()
         yield "checker"
-
-
-async def loopback_only(host: str, port: int) -> Sequence[str]:
-    """These tests' resolver: `localhost` is loopback and no other name exists, so the
-    machine's resolver is never asked."""
-    if host == "localhost":
-        return ["127.0.0.1"]
-    raise DNSLookupError(host, "Name or service not known")
 
 
 @pytest.fixture
@@ -629,7 +622,7 @@ async def test_custom_deny_and_allow_rules_apply() -> None:
             (EgressPolicy.from_strings(allow=["10.0.0.0/8"]), Reason.EGRESS_DENIED),
             (EgressPolicy.from_strings(allow=["127.0.0.1"]), Reason.VALIDATED),
         ):
-            pool = ClientPool(policy, proxies={})
+            pool = ClientPool(policy, resolver=loopback_only, proxies={})
             verdict = await check(server.url, pool)
             await pool.aclose()
             assert verdict.reason is expected, policy

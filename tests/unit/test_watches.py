@@ -34,6 +34,7 @@ from llmconn.controller.watches import (
 from llmconn.model.verdict import Defaults, SecretData
 from llmconn.net.egress import EgressPolicy
 from llmconn.net.pool import ClientPool
+from netkit import loopback_only
 
 # How long a test waits for something that must happen before calling it a hang: only a
 # broken test ever waits this long, and nothing asserts on durations.
@@ -930,7 +931,12 @@ def connection(name: str, secret: str = "creds", rv_seen: str | None = None) -> 
 @pytest.fixture
 def rec() -> Any:
     kube = FakeKube()
-    r = Reconciler(kube, ClientPool(EgressPolicy.from_strings(), proxies={}), Defaults(), Metrics())  # type: ignore[arg-type]
+    r = Reconciler(
+        kube,
+        ClientPool(EgressPolicy.from_strings(), resolver=loopback_only, proxies={}),
+        Defaults(),
+        Metrics(),
+    )  # type: ignore[arg-type]
     r.triggered = []  # type: ignore[attr-defined]
     r._trigger = lambda conn: r.triggered.append(conn.name)  # type: ignore[method-assign, attr-defined]
     r.scheduler.at = lambda key, due: None  # type: ignore[method-assign]
