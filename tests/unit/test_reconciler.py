@@ -466,6 +466,134 @@ def test_a_namespace_holds_a_quarter_of_the_workers_by_default() -> None:
     assert rec.scheduler._group_limit == 8
 
 
+# --- races of the watch with a validation in flight ------------------------------------------
+
+
+async def _rate_limited_first_probe(world, **extra: Any) -> asyncio.Event:
+    """The first probe of `c` runs, held at the gate, and will say RateLimited for an hour;
+    returns that gate (the next probes wait at a new one)."""
+    kube, provider, rec = world
+    provider.reason, provider.retry_after = Reason.RATE_LIMITED, 3600.0
+    provider.gate = asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec(**extra)))
+    await until("the first probe", lambda: provider.calls)
+    return provider.gate
+
+
+async def _then_validated(world, first: asyncio.Event) -> None:
+    """The first probe ends (RateLimited); the next one is asked for at once, not an hour on."""
+    kube, provider, _ = world
+    provider.gate = asyncio.Event()
+    first.set()
+    await until("the verdict of the first", lambda: kube.status("c").get("reason"))
+    await until("the next probe, without the hour", lambda: len(provider.calls) == 2)
+    provider.reason, provider.retry_after = Reason.VALIDATED, None
+    provider.gate.set()
+    await until("the new verdict", lambda: kube.status("c").get("reason") == "Validated")
+
+
+async def test_a_spec_fixed_during_a_rate_limited_probe_does_not_wait_for_its_retry_after(
+    world,
+) -> None:
+    kube, _, rec = world
+    first = await _rate_limited_first_probe(world)
+    rec.connection_event("MODIFIED", kube.apply("c", spec("http://fixed.example/v1")))
+    await _then_validated(world, first)
+    assert kube.status("c")["observedGeneration"] == 2
+    assert rec.conns[(NS, "c")].not_before == 0.0
+
+
+async def test_a_key_rotated_during_a_rate_limited_probe_does_not_wait_for_its_retry_after(
+    world,
+) -> None:
+    kube, _, rec = world
+    kube.secrets[(NS, "k")] = SecretData({"apiKey": b"old"}, "1")
+    rec.secret_cache.secret_event("ADDED", {"namespace": NS, "name": "k", "resourceVersion": "1"})
+    first = await _rate_limited_first_probe(world, apiKeySecretRef={"name": "k"})
+    kube.secrets[(NS, "k")] = SecretData({"apiKey": b"new"}, "2")
+    rec.secret_cache.secret_event(
+        "MODIFIED", {"namespace": NS, "name": "k", "resourceVersion": "2"}
+    )
+    await _then_validated(world, first)
+
+
+async def test_a_verdict_about_a_rotated_key_is_not_kept_when_its_write_fails(
+    world, monkeypatch
+) -> None:
+    # The verdict's write fails: a kept verdict would be written again, not probed again, but
+    # this one is about the old key, so the new key is probed (with the write's backoff an
+    # hour, only that brings the right verdict).
+    monkeypatch.setattr("llmconn.controller.reconciler.RETRY_API", 3600.0)
+    kube, provider, rec = world
+    kube.secrets[(NS, "k")] = SecretData({"apiKey": b"old"}, "1")
+    rec.secret_cache.secret_event("ADDED", {"namespace": NS, "name": "k", "resourceVersion": "1"})
+    provider.reason, provider.gate = Reason.INVALID_API_KEY, asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec(apiKeySecretRef={"name": "k"})))
+    await until("the probe with the old key", lambda: provider.calls)
+    kube.secrets[(NS, "k")] = SecretData({"apiKey": b"new"}, "2")
+    rec.secret_cache.secret_event(
+        "MODIFIED", {"namespace": NS, "name": "k", "resourceVersion": "2"}
+    )
+    await asyncio.sleep(0.02)
+    kube.fail_writes = 1
+    first, provider.gate = provider.gate, None
+    provider.reason = Reason.VALIDATED  # what the new key gets; the held probe said it first
+    first.set()
+    await until("the new key's verdict", lambda: kube.status("c").get("reason") == "Validated")
+    assert len(provider.calls) == 2
+
+
+async def test_the_event_of_the_last_verdict_asks_for_no_second_run_of_the_spec_in_flight(
+    world,
+) -> None:
+    kube, provider, rec = world
+    provider.gate = asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("the first probe", lambda: provider.calls)
+    rec.connection_event("MODIFIED", kube.apply("c", spec("http://two.example/v1")))
+    first, provider.gate = provider.gate, asyncio.Event()
+    first.set()
+    await until("the probe of generation 2", lambda: len(provider.calls) == 2)
+    await until("generation 1's verdict", lambda: kube.status("c").get("observedGeneration"))
+    # That verdict's own event comes while generation 2 is probed: it says nothing new.
+    rec.connection_event("MODIFIED", copy.deepcopy(kube.objects[(NS, "c")]))
+    provider.gate.set()
+    await until("generation 2's verdict", lambda: kube.status("c")["observedGeneration"] == 2)
+    await settle(rec)
+    assert len(provider.calls) == 2
+
+
+async def test_a_replica_gone_to_standby_writes_nothing_over_the_active_ones_verdict(
+    world,
+) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("the verdict", lambda: kube.status("c").get("result") == "success")
+    await settle(rec)
+    gate, patch = asyncio.Event(), kube.patch_status
+
+    async def held_patch(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await patch(*args, **kwargs)
+
+    kube.patch_status = held_patch
+    provider.reason = Reason.INVALID_API_KEY
+    rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: "t1"}))
+    await until("the probe", lambda: len(provider.calls) == 2)
+    await asyncio.sleep(0.02)  # its status write waits at the API server
+    rec.pause()
+    # The active replica validates and writes first: this one's write meets a conflict.
+    obj = kube.objects[(NS, "c")]
+    obj["status"] = {**obj["status"], "reason": "Validated", "lastHandledRequestedAt": "t1"}
+    obj["metadata"]["resourceVersion"] = "5000"
+    events = len(kube.events)
+    gate.set()
+    await settle(rec)
+    assert kube.status("c")["reason"] == "Validated"
+    assert len(kube.events) == events
+    assert set(ready_gauge(rec, "c").values()) == {None}  # no series of it on the standby
+
+
 # --- 8. the missing-Secret grace ---------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ class Unwritten:
     generation: int
     requested_at: str | None
     took: float  # seconds the validation took, for the histogram
+    facts: int  # the connection's `facts` when the validation began
 
 
 @dataclass
@@ -98,6 +99,13 @@ class Conn:
     secret_digests: dict[str, str] = field(default_factory=dict)  # Secret name -> used values
     generation_since: float = field(default_factory=time.time)  # wall time, for the grace
     not_before: float = 0.0  # monotonic: Retry-After floor
+    # Counts new facts (a spec, Secret data; not a request, which asks again about the same
+    # facts): a verdict that began under an older count is about the old facts, so its
+    # Retry-After binds nothing and, when its write fails, it is not kept but validated again.
+    facts: int = 0
+    # The generation and request the validation in flight covers: their own events (the
+    # pending status's, the previous verdict's) ask for no second run of them.
+    covering: tuple[int, str | None] | None = None
     seen_at: float = 0.0  # monotonic: first sight
     unwritten: Unwritten | None = None
     write_failures: int = 0

@@ -160,11 +160,19 @@ class Reconciler:
         conn.handled_generation, conn.handled_requested_at = tr.handled(known, seen)
         if sighting is tr.Sighting.NEW:
             self._export_ready(conn)
+        handled_generation, handled_requested_at = (
+            conn.handled_generation,
+            conn.handled_requested_at,
+        )
+        if conn.covering is not None:  # what the validation in flight will have handled
+            handled_generation = max(handled_generation, conn.covering[0])
+            if conn.covering[1] is not None and conn.covering[1] == seen.requested_at:
+                handled_requested_at = conn.covering[1]
         action = tr.action(
             seen,
             first_sight=sighting is tr.Sighting.NEW,
-            handled_generation=conn.handled_generation,
-            handled_requested_at=conn.handled_requested_at,
+            handled_generation=handled_generation,
+            handled_requested_at=handled_requested_at,
             suspended=conn.spec is not None and conn.spec.suspend,
         )
         if action is tr.Action.VALIDATE:
@@ -190,6 +198,7 @@ class Reconciler:
             if tr.secret_changed(old, new, rv_used):
                 log.info("Secret %s/%s changed: re-validating %s", skey[0], skey[1], key[1])
                 conn.not_before = 0.0  # new data: a provider's Retry-After was about the old
+                conn.facts += 1
                 self._trigger(conn)
             elif old is None:
                 conn.secret_digests[skey[1]] = new  # what the last probe (before a restart) used
@@ -216,9 +225,11 @@ class Reconciler:
         if wait is not None:
             self.scheduler.at(conn.key, time.monotonic() + wait)
 
-    def _plan_next(self, conn: Conn, verdict: Verdict) -> None:
+    def _plan_next(self, conn: Conn, verdict: Verdict, facts: int) -> None:
         interval = verdict.validation.interval
-        floor = tr.retry_floor(verdict.retry_after, interval)
+        # A provider's Retry-After was about the facts the verdict began with: newer ones
+        # (a fixed spec, a rotated key) are validated without waiting for it.
+        floor = tr.retry_floor(verdict.retry_after, interval) if facts == conn.facts else 0.0
         conn.not_before = time.monotonic() + floor if floor else 0.0
         grace_left = poll = None
         if verdict.reason in MISSING_REFERENCE:
@@ -246,6 +257,7 @@ class Reconciler:
         conn.generation = seen.generation
         conn.generation_since = time.time()  # the missing-Secret grace counts from here
         conn.not_before, conn.unwritten = 0.0, None
+        conn.facts += 1
         try:
             conn.spec, conn.spec_error, conn.spec_invalid = parse_spec(seen.spec), None, None
         except (pydantic.ValidationError, ValueError) as exc:
@@ -292,7 +304,7 @@ class Reconciler:
         try:
             if conn.spec is not None and conn.spec.suspend:
                 await self._write_suspended(conn, urgent)
-            elif conn.unwritten is not None:
+            elif conn.unwritten is not None and conn.unwritten.facts == conn.facts:
                 await self._write_verdict(conn, conn.unwritten, urgent)  # its write failed before
             else:
                 await self._validate(conn, urgent)
@@ -320,7 +332,16 @@ class Reconciler:
             self.scheduler.at(key, time.monotonic() + (self._effective(conn).interval or 60.0))
 
     async def _validate(self, conn: Conn, urgent: bool) -> None:
-        generation, requested_at = conn.generation, conn.requested_at
+        generation, requested_at, facts = conn.generation, conn.requested_at, conn.facts
+        conn.covering = (generation, requested_at)
+        try:
+            await self._validate_covered(conn, urgent, generation, requested_at, facts)
+        finally:
+            conn.covering = None
+
+    async def _validate_covered(
+        self, conn: Conn, urgent: bool, generation: int, requested_at: str | None, facts: int
+    ) -> None:
         source = RecordingSecrets(self.secret_cache, conn)
         started = time.perf_counter()
         probe = asyncio.ensure_future(self._verdict(conn, source))
@@ -344,13 +365,16 @@ class Reconciler:
             probe.cancel()  # a no-op once done; stops the probe if the early write failed
         if self.conns.get(conn.key) is not conn:
             return  # deleted or replaced while probing
-        conn.unwritten = Unwritten(verdict, generation, requested_at, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        conn.unwritten = Unwritten(verdict, generation, requested_at, took, facts)
         await self._write_verdict(conn, conn.unwritten, urgent)
 
     async def _write_verdict(self, conn: Conn, done: Unwritten, urgent: bool) -> None:
         grace_over = time.time() - conn.generation_since >= self.defaults.missing_secret_grace
 
         def compute(prev: dict[str, Any]) -> dict[str, Any] | None:
+            if self.conns.get(conn.key) is not conn:
+                return None  # forgotten (this replica stands by, or the object went) meanwhile
             if _observed(prev) > done.generation:
                 return None  # another replica has judged a newer spec: never go back
             return st.next_status(
@@ -364,13 +388,15 @@ class Reconciler:
         written = await self.writer.write(conn, compute, urgent=urgent)
         conn.unwritten, conn.write_failures = None, 0
         self._write_kept()
+        if self.conns.get(conn.key) is not conn:
+            return  # forgotten while writing: no metrics, Events or schedule of it here
         if written is not None:
             prev, new = written
             conn.handled_generation = max(conn.handled_generation, done.generation)
             if done.requested_at:
                 conn.handled_requested_at = done.requested_at
             self.writer.observe(conn, prev, new, done.verdict, done.took)
-        self._plan_next(conn, done.verdict)
+        self._plan_next(conn, done.verdict, done.facts)
 
     def _write_kept(self) -> None:
         """A write went through: the API server answers again, so the verdicts kept while it
