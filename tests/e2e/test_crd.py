@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 import identity_cases
 from controlplane.cluster import ControlPlane
+from llmconn.model import limits
 from llmconn.model.spec import ValidationSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,7 +243,7 @@ OAUTH_INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
     ),
     (
         "oauth-token-url-without-host",
-        {**MCP, "oauth": {**CLIENT, "tokenURL": "https:///token"}},
+        {**MCP, "oauth": {**CLIENT, "tokenURL": "https://:8443/token"}},
         ["spec.oauth.tokenURL", "with a host"],
     ),
     (
@@ -274,6 +275,17 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
         ["spec.endpoint", "http or https"],
     ),
     ("url-without-host", {**OPENAI, "endpoint": "http:///v1"}, ["spec.endpoint", "with a host"]),
+    ("url-with-a-port-only", {**OPENAI, "endpoint": "http://:8080/v1"}, ["spec.endpoint", "host"]),
+    (
+        "headers-over-8-kib",
+        {**OPENAI, "headers": {f"X-Pad-{i}": "v" * 4000 for i in range(3)}},
+        ["spec.headers", "at most 8192 bytes"],
+    ),
+    (
+        "headers-over-8-kib-in-utf8",
+        {**OPENAI, "headers": {"X-Note": "é" * 4096}},
+        ["spec.headers", "at most 8192 bytes"],
+    ),
     (
         "url-port-out-of-range",
         {**OPENAI, "endpoint": "https://api.example:65536/v1"},
@@ -480,6 +492,12 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
 ]
 
 
+def test_the_crd_bounds_headers_as_the_model_does() -> None:
+    text = (CRDS / "llmconnections.yaml").read_text()
+    assert f"<= {limits.MAX_HEADER_BYTES}" in text
+    assert f"at most {limits.MAX_HEADER_BYTES} bytes, names and values together" in text
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
 )
@@ -507,6 +525,7 @@ VALID: list[tuple[str, dict[str, Any]]] = [
     ("ipv6-loopback", {"provider": "openai-compatible", "endpoint": "http://[::1]:8080/v1"}),
     ("metadata-address", {**OPENAI, "endpoint": "http://169.254.169.254/v1"}),
     ("port-65535", {**OPENAI, "endpoint": "https://api.example:65535/v1"}),
+    ("headers-8-kib", {**OPENAI, "headers": {"X-A": "a" * 4093, "X-B": "b" * 4093}}),
     (
         "oauth-urls-with-ports",
         {
