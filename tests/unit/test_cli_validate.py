@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from llmconn.cli.main import main
+from llmconn.cli.oneshot import load
 from servers.openai_dialect import Dialect, make_app
 from servers.serve import free_port, serve
 
@@ -502,3 +503,29 @@ def test_static_cloud_credentials_validate_offline(
     assert not [s for s in (key_id, secret_key, api_key, xai_key) if s in printed]
     schemes = {seen.headers["authorization"].split()[0] for seen in state.seen}
     assert schemes == {"AWS4-HMAC-SHA256", "Bearer"}
+
+
+def test_yaml_is_read_as_kubectl_reads_it(tmp_path: Path) -> None:
+    """An unquoted date stays text (kubectl's YAML becomes JSON, which has no dates), and a
+    field left empty or null is dropped as the API server prunes it: what `kubectl apply`
+    takes, `llmconn validate` takes too."""
+    path = tmp_path / "azure.yaml"
+    path.write_text(
+        "apiVersion: llmconn.dev/v1alpha1\n"
+        "kind: LLMConnection\n"
+        "metadata: {name: az}\n"
+        "spec:\n"
+        "  provider: azure-openai\n"
+        "  endpoint: https://demo.openai.azure.com\n"
+        "  azure:\n"
+        "    deployment: gpt-4o\n"
+        "    apiVersion: 2024-10-21\n"
+        "  tls:\n"
+        "  headers: null\n"
+        "  suspend: null\n"
+        "  apiKeySecretRef: {name: creds}\n"
+    )
+    [conn] = load([str(path)]).connections
+    assert conn.spec.azure is not None and conn.spec.azure.api_version == "2024-10-21"
+    assert conn.spec.headers == {} and conn.spec.suspend is False
+    assert conn.spec.tls.insecure_skip_verify is False

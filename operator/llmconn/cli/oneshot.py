@@ -113,9 +113,30 @@ def _os_text(exc: Exception) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
 
 
+class _AsKubectlReads(yaml.SafeLoader):
+    """YAML as kubectl reads it: an unquoted date or time stays text (kubectl turns YAML into
+    JSON, which has no timestamps), so `apiVersion: 2024-10-21` is the string it is there."""
+
+
+_AsKubectlReads.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _without_nulls(value: Any) -> Any:
+    """A spec as the API server stores it: a field set to null (`tls:` left empty) is
+    dropped, as the API server prunes it, instead of failing as a value of the wrong type."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def _documents(text: str, label: str) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_AsKubectlReads))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
@@ -192,7 +213,7 @@ def _spec(doc: dict[str, Any], where: str, ref: str) -> LLMConnectionSpec:
     if not isinstance(raw, dict):
         raise InputError(f"{where}: LLMConnection {ref} has no spec")
     try:
-        return parse_spec(raw)
+        return parse_spec(_without_nulls(raw))
     except pydantic.ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(['spec', *map(str, error['loc'])])}: {error['msg']}"
