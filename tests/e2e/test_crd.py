@@ -17,6 +17,7 @@ import identity_cases
 from controlplane.cluster import ControlPlane
 from llmconn.model import limits
 from llmconn.model.spec import ValidationSpec
+from llmconn.probes import parse_spec
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -263,7 +264,34 @@ OAUTH_INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
     ),
 ]
 
+# What `llmconn validate` (the model) once took and the API server refuses: both refuse them.
+ALSO_BY_THE_MODEL: list[tuple[str, dict[str, Any] | None, list[str]]] = [
+    (
+        "url-with-a-line-break",
+        {**OPENAI, "endpoint": "https://api.example/v1\n"},
+        ["spec.endpoint", "absolute http"],
+    ),
+    (
+        "url-with-a-space-in-its-path",
+        {**OPENAI, "endpoint": "https://api.example/v 1"},
+        ["spec.endpoint", "must not contain spaces"],
+    ),
+    (
+        "url-with-a-leading-space",
+        {**OPENAI, "endpoint": " https://api.example/v1"},
+        ["spec.endpoint", "absolute http"],
+    ),
+    (
+        "oauth-token-url-with-a-space",
+        {**MCP, "oauth": {**CLIENT, "tokenURL": "https://auth.example/a token"}},
+        ["spec.oauth.tokenURL", "must not contain spaces"],
+    ),
+    ("header-name-257", {**OPENAI, "headers": {"X" * 257: "v"}}, ["spec.headers", "HTTP tokens"]),
+    ("header-value-4097", {**OPENAI, "headers": {"X-A": "v" * 4097}}, ["spec.headers", "4096"]),
+]
+
 INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
+    *ALSO_BY_THE_MODEL,
     ("no-spec", None, ["spec: Required value"]),
     ("no-provider", {"model": "m"}, ["spec.provider: Required value"]),
     ("unknown-provider", {"provider": "openia"}, ["spec.provider", 'Unsupported value: "openia"']),
@@ -490,6 +518,14 @@ INVALID: list[tuple[str, dict[str, Any] | None, list[str]]] = [
     *[(name, spec, expected) for name, spec, expected in IDENTITY_INVALID],
     *OAUTH_INVALID,
 ]
+
+
+@pytest.mark.parametrize(
+    "spec", [c[1] for c in ALSO_BY_THE_MODEL], ids=[c[0] for c in ALSO_BY_THE_MODEL]
+)
+def test_the_model_refuses_what_admission_refuses(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        parse_spec(spec)
 
 
 def test_the_crd_bounds_headers_as_the_model_does() -> None:

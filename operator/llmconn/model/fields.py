@@ -77,6 +77,9 @@ def http_url(value: str, what: str) -> SplitResult:
     """`value` split, when it is an absolute http or https URL with a host and a port that is
     a number in range; else ValueError naming `what`. Each caller adds its own rules (a query,
     a fragment)."""
+    if any(c <= " " or c == "\x7f" for c in value):
+        # urlsplit would drop a tab or a line break and keep a space: the API server refuses them
+        raise ValueError(f"{what} must not contain spaces or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an absolute http or https URL with a host")
@@ -158,7 +161,12 @@ def _header_name(value: str) -> str:
 
 SecretName = Annotated[str, StringConstraints(max_length=253), AfterValidator(_secret_name)]
 SecretKey = Annotated[str, StringConstraints(max_length=253), AfterValidator(_secret_key)]
-HeaderName = Annotated[str, StringConstraints(max_length=256), AfterValidator(_header_name)]
+# The CRD bounds each header name and plain value the same (maxLength, and the name pattern).
+MAX_HEADER_NAME = 256
+MAX_HEADER_VALUE = 4096
+HeaderName = Annotated[
+    str, StringConstraints(max_length=MAX_HEADER_NAME), AfterValidator(_header_name)
+]
 PathName = Annotated[
     str, StringConstraints(min_length=1, max_length=256), AfterValidator(_path_segments)
 ]

@@ -36,6 +36,8 @@ from llmconn.model.blocks import (
 )
 from llmconn.model.fields import (
     CREDENTIAL_HEADERS,
+    MAX_HEADER_NAME,
+    MAX_HEADER_VALUE,
     MAX_TIMEOUT,
     Duration,
     ModelName,
@@ -190,7 +192,13 @@ class LLMConnectionSpec(_Strict):
             raise ValueError(
                 too_large("spec.headers", size, MAX_HEADER_BYTES, why=", names and values together")
             )
-        for name in value:
+        for name, text in value.items():
+            if len(name) > MAX_HEADER_NAME:  # as the CRD bounds each name and value
+                raise ValueError(
+                    f"header {name[:40]!r}... is longer than {MAX_HEADER_NAME} characters"
+                )
+            if len(text) > MAX_HEADER_VALUE:
+                raise ValueError(f"header {name!r} is longer than {MAX_HEADER_VALUE} characters")
             if name.lower() in CREDENTIAL_HEADERS:
                 raise ValueError(
                     f"header {name!r} carries credentials: put it in headersFromSecret instead"
