@@ -594,6 +594,25 @@ async def test_a_replica_gone_to_standby_writes_nothing_over_the_active_ones_ver
     assert set(ready_gauge(rec, "c").values()) == {None}  # no series of it on the standby
 
 
+async def test_a_late_event_of_a_replaced_object_does_not_strand_its_replacement(world) -> None:
+    # Kopf orders events per UID only: the old object's last MODIFIED and its DELETED may come
+    # after its replacement's ADDED. The replacement is still validated and kept.
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec(), uid="uid-old"))
+    await settle(rec)
+    late_modified = copy.deepcopy(kube.objects[(NS, "c")])
+    late_deleted = kube.delete("c")
+    provider.gate = asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec(), uid="uid-new"))
+    await until("the replacement's probe", lambda: len(provider.calls) == 2)
+    rec.connection_event("MODIFIED", late_modified)
+    rec.connection_event("DELETED", late_deleted)
+    provider.gate.set()
+    await until("the replacement's verdict", lambda: kube.status("c").get("reason") == "Validated")
+    assert rec.conns[(NS, "c")].uid == "uid-new"
+    assert len(rec.scheduler) == 1  # its next validation is planned
+
+
 # --- 8. the missing-Secret grace ---------------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -75,6 +76,9 @@ MAX_WRITE_BACKOFF = 300.0  # a kept verdict's write is retried at most this far 
 # A missing ServiceAccount is asked for this often during the grace: the operator may mint
 # tokens but not watch ServiceAccounts, so nothing tells it when one appears.
 SERVICE_ACCOUNT_POLL = 10.0
+# UIDs of objects replaced by a new one of the same name, kept so that their late events
+# (Kopf orders events per UID only) are not taken for a replacement of the replacement.
+GONE_KEPT = 4096
 
 
 class Validator(Protocol):
@@ -112,6 +116,7 @@ class Reconciler:
         self.metrics = metrics
         self.shard = shard or Shard()
         self.conns: dict[Key, Conn] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()
         self.secret_cache = SecretCache(kube, self._secret_changed)
         self.writer = StatusWriter(kube, metrics, write_budget)
         self.scheduler: Scheduler[Key] = Scheduler(
@@ -134,6 +139,8 @@ class Reconciler:
         this replica stands by, Kopf's stream is paused and brings none; one that comes as the
         replica turns goes to memory and the schedule, which waits for `resume`."""
         seen = tr.observe(event_type, body)
+        if seen.uid and seen.uid in self._gone:
+            return  # a late event of an object that was replaced
         conn = self.conns.get(seen.key)
         known = conn.known if conn is not None else None
         sighting = tr.sighting(known, seen, self.shard.owns(seen.uid))
@@ -145,6 +152,9 @@ class Reconciler:
         if sighting is tr.Sighting.NEW:
             if conn is not None:
                 self._forget(seen.key)  # replaced: the old object's state goes with it
+                self._gone[conn.uid] = None
+                if len(self._gone) > GONE_KEPT:
+                    self._gone.popitem(last=False)
             conn = Conn(namespace=seen.namespace, name=seen.name, uid=seen.uid)
             conn.seen_at = time.monotonic()
             self.conns[seen.key] = conn
