@@ -67,6 +67,7 @@ class FakeKube:
         self.events: list[dict[str, Any]] = []
         self.fail_writes = 0
         self.instance = "replica-a"
+        self.created = itertools.count(1)  # seconds: each new object a second after the last
 
     # objects as a test changes them
     def apply(self, name: str, spec: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
@@ -76,7 +77,16 @@ class FakeKube:
             meta = {**old["metadata"], "generation": generation}
             obj = {**old, "metadata": meta, "spec": spec}
         else:
-            meta = {"namespace": NS, "name": name, "uid": uid or f"uid-{name}", "generation": 1}
+            meta = {
+                "namespace": NS,
+                "name": name,
+                "uid": uid or f"uid-{name}",
+                "generation": 1,
+                "creationTimestamp": rfc3339(
+                    dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+                    + dt.timedelta(seconds=next(self.created))
+                ),
+            }
             obj = {"metadata": meta, "spec": spec, "status": {}}
         obj["metadata"]["resourceVersion"] = str(next(self.rv))
         self.objects[(NS, name)] = obj
@@ -611,6 +621,82 @@ async def test_a_late_event_of_a_replaced_object_does_not_strand_its_replacement
     await until("the replacement's verdict", lambda: kube.status("c").get("reason") == "Validated")
     assert rec.conns[(NS, "c")].uid == "uid-new"
     assert len(rec.scheduler) == 1  # its next validation is planned
+
+
+async def test_an_object_gone_at_its_write_cannot_take_the_place_of_its_replacement(world) -> None:
+    # A is deleted and B created while A is probed: A's write finds B and A is forgotten.
+    # B's ADDED comes, then A's late MODIFIED and DELETED: B stays, and answers its events.
+    kube, provider, rec = world
+    provider.gate = asyncio.Event()
+    rec.connection_event("ADDED", kube.apply("c", spec(), uid="uid-old"))
+    await until("A's probe", lambda: provider.calls)
+    await until("A's pending status", lambda: kube.status("c").get("conditions"))
+    late_modified = copy.deepcopy(kube.objects[(NS, "c")])
+    late_deleted = kube.delete("c")
+    kube.apply("c", spec(), uid="uid-new")
+    first, provider.gate = provider.gate, None
+    first.set()
+    await until("A forgotten at its write", lambda: (NS, "c") not in rec.conns)
+    await settle(rec)
+    rec.connection_event("ADDED", copy.deepcopy(kube.objects[(NS, "c")]))
+    rec.connection_event("MODIFIED", late_modified)
+    rec.connection_event("DELETED", late_deleted)
+    await settle(rec)
+    rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: "t1"}))
+    await until("B's request", lambda: kube.status("c").get("lastHandledRequestedAt") == "t1")
+    assert rec.conns[(NS, "c")].uid == "uid-new"
+
+
+async def test_a_status_that_lands_as_the_replica_pauses_still_tells_its_transition(
+    world,
+) -> None:
+    kube, provider, rec = world
+    rec.connection_event("ADDED", kube.apply("c", spec()))
+    await until("the verdict", lambda: kube.status("c").get("result") == "success")
+    await settle(rec)
+    gate, patch = asyncio.Event(), kube.patch_status
+
+    async def held_patch(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await patch(*args, **kwargs)
+
+    kube.patch_status = held_patch
+    provider.reason = Reason.INVALID_API_KEY
+    rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: "t1"}))
+    await until("the probe", lambda: len(provider.calls) == 2)
+    await asyncio.sleep(0.02)  # its status is at the API server, and no conflict follows
+    rec.pause()
+    events = len(kube.events)
+    gate.set()
+    await settle(rec)
+    assert kube.status("c")["reason"] == "InvalidAPIKey"
+    assert len(kube.events) == events + 1  # the transition is told once, by who wrote it
+    assert set(ready_gauge(rec, "c").values()) == {None}  # the series is the owner's
+
+
+async def test_a_secret_read_racing_a_first_probe_keeps_its_retry_after(world) -> None:
+    # A new connection's probe still reads its Secret when the Secret watch first reports it:
+    # the probe reads what the event says, so its 429 still holds the next run back.
+    kube, provider, rec = world
+    kube.secrets[(NS, "k")] = SecretData({"apiKey": b"v"}, "1")
+    provider.reason, provider.retry_after = Reason.RATE_LIMITED, 3600.0
+    gate, get_secret, reads = asyncio.Event(), kube.get_secret, []
+
+    async def slow_get_secret(namespace: str, name: str) -> SecretData | None:
+        if not reads:
+            reads.append(name)
+            await gate.wait()
+        return await get_secret(namespace, name)
+
+    kube.get_secret = slow_get_secret
+    rec.connection_event("ADDED", kube.apply("c", spec(apiKeySecretRef={"name": "k"})))
+    await until("the probe's read", lambda: reads)
+    rec.secret_cache.secret_event("ADDED", {"namespace": NS, "name": "k", "resourceVersion": "1"})
+    await asyncio.sleep(0.05)
+    gate.set()
+    await until("the 429", lambda: kube.status("c").get("reason") == "RateLimited")
+    await settle(rec)
+    assert len(provider.calls) == 1
 
 
 # --- 8. the missing-Secret grace ---------------------------------------------------------------

@@ -87,6 +87,7 @@ class Conn:
     namespace: str
     name: str
     uid: str
+    created: str = ""  # metadata.creationTimestamp: which of two UIDs of one name is newer
     generation: int = 0
     resource_version: str | None = None  # of the object as last seen or written
     spec: LLMConnectionSpec | None = None

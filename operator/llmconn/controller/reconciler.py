@@ -76,8 +76,9 @@ MAX_WRITE_BACKOFF = 300.0  # a kept verdict's write is retried at most this far 
 # A missing ServiceAccount is asked for this often during the grace: the operator may mint
 # tokens but not watch ServiceAccounts, so nothing tells it when one appears.
 SERVICE_ACCOUNT_POLL = 10.0
-# UIDs of objects replaced by a new one of the same name, kept so that their late events
-# (Kopf orders events per UID only) are not taken for a replacement of the replacement.
+# UIDs of objects known to be gone (deleted, or replaced by a newer object of the same name),
+# kept so that their late events (Kopf orders events per UID only) are not taken for a
+# replacement of the replacement.
 GONE_KEPT = 4096
 
 
@@ -139,9 +140,14 @@ class Reconciler:
         this replica stands by, Kopf's stream is paused and brings none; one that comes as the
         replica turns goes to memory and the schedule, which waits for `resume`."""
         seen = tr.observe(event_type, body)
-        if seen.uid and seen.uid in self._gone:
-            return  # a late event of an object that was replaced
+        if seen.uid in self._gone:
+            return  # a late event of an object that is gone
+        if seen.deleted:
+            self._bury(seen.uid)
         conn = self.conns.get(seen.key)
+        if conn is not None and tr.created_before(seen, conn.created):
+            self._bury(seen.uid)  # the tracked object replaced this one: it is gone
+            return
         known = conn.known if conn is not None else None
         sighting = tr.sighting(known, seen, self.shard.owns(seen.uid))
         if sighting is tr.Sighting.IGNORE:
@@ -152,10 +158,10 @@ class Reconciler:
         if sighting is tr.Sighting.NEW:
             if conn is not None:
                 self._forget(seen.key)  # replaced: the old object's state goes with it
-                self._gone[conn.uid] = None
-                if len(self._gone) > GONE_KEPT:
-                    self._gone.popitem(last=False)
+                if conn.created and conn.created < seen.created:
+                    self._bury(conn.uid)  # by a newer object (in the same second: unknown)
             conn = Conn(namespace=seen.namespace, name=seen.name, uid=seen.uid)
+            conn.created = seen.created
             conn.seen_at = time.monotonic()
             self.conns[seen.key] = conn
             self.metrics.set_connections(len(self.conns))
@@ -195,6 +201,12 @@ class Reconciler:
             if not tr.suspended_written(conn.status, conn.generation):
                 self.scheduler.now(seen.key)  # writes the Suspended status once
 
+    def _bury(self, uid: str) -> None:
+        if uid:
+            self._gone[uid] = None
+            if len(self._gone) > GONE_KEPT:
+                self._gone.popitem(last=False)
+
     def _secret_changed(self, skey: Key, data: SecretData | None) -> None:
         """A referenced Secret has new data (None: it is gone): re-validate the connections
         whose values changed."""
@@ -208,7 +220,8 @@ class Reconciler:
             if tr.secret_changed(old, new, rv_used):
                 log.info("Secret %s/%s changed: re-validating %s", skey[0], skey[1], key[1])
                 conn.not_before = 0.0  # new data: a provider's Retry-After was about the old
-                conn.facts += 1
+                if old is not None:  # else the probe in flight may have read this data already
+                    conn.facts += 1
                 self._trigger(conn)
             elif old is None:
                 conn.secret_digests[skey[1]] = new  # what the last probe (before a restart) used
@@ -320,6 +333,7 @@ class Reconciler:
                 await self._validate(conn, urgent)
         except NotFound:
             self._forget(key, conn.uid)  # deleted or replaced mid-probe: nothing to write
+            self._bury(conn.uid)
         except (httpx2.HTTPError, Conflict) as exc:
             # The API server is unreachable or refused the write (a restart, say). A verdict
             # is kept and only its write is tried again, with a capped backoff: probing again
@@ -399,7 +413,13 @@ class Reconciler:
         conn.unwritten, conn.write_failures = None, 0
         self._write_kept()
         if self.conns.get(conn.key) is not conn:
-            return  # forgotten while writing: no metrics, Events or schedule of it here
+            # Forgotten while writing (this replica stands by, or the object went). A status
+            # that landed still tells its transition; its series and plan are the owner's.
+            if written is not None:
+                self.writer.observe(conn, *written, done.verdict, done.took)
+                if conn.key not in self.conns:
+                    self.metrics.forget(*conn.key)
+            return
         if written is not None:
             prev, new = written
             conn.handled_generation = max(conn.handled_generation, done.generation)

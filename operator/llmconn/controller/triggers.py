@@ -39,6 +39,7 @@ class Observed:
     requested_at: str | None  # the annotation, as far as status keeps it
     status: Mapping[str, Any]
     spec: Mapping[str, Any]
+    created: str = ""  # metadata.creationTimestamp
 
     @property
     def key(self) -> tuple[str, str]:
@@ -62,7 +63,14 @@ def observe(event_type: str | None, body: Mapping[str, Any]) -> Observed:
         requested_at=str(requested_at)[:MAX_REQUESTED_AT] if requested_at else None,
         status=dict(body.get("status") or {}),
         spec=dict(body.get("spec") or {}),
+        created=str(meta.get("creationTimestamp") or ""),
     )
+
+
+def created_before(seen: Observed, created: str) -> bool:
+    """Whether `seen` was created before an object created at `created` (RFC 3339 in UTC,
+    whole seconds, as the API server writes it; unknown or the same second: no)."""
+    return bool(seen.created and created) and seen.created < created
 
 
 @dataclass(frozen=True)
