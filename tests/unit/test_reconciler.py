@@ -573,9 +573,9 @@ async def test_the_event_of_the_last_verdict_asks_for_no_second_run_of_the_spec_
     assert len(provider.calls) == 2
 
 
-async def test_a_replica_gone_to_standby_writes_nothing_over_the_active_ones_verdict(
-    world,
-) -> None:
+async def _failing_write_held_as_the_replica_pauses(world) -> asyncio.Event:
+    """`c` was validated; a request's probe says InvalidAPIKey and its status write waits at the
+    API server while the replica goes to standby. Returns the gate that lets the write go."""
     kube, provider, rec = world
     rec.connection_event("ADDED", kube.apply("c", spec()))
     await until("the verdict", lambda: kube.status("c").get("result") == "success")
@@ -590,8 +590,16 @@ async def test_a_replica_gone_to_standby_writes_nothing_over_the_active_ones_ver
     provider.reason = Reason.INVALID_API_KEY
     rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: "t1"}))
     await until("the probe", lambda: len(provider.calls) == 2)
-    await asyncio.sleep(0.02)  # its status write waits at the API server
+    await asyncio.sleep(0.02)  # the status write waits at the API server
     rec.pause()
+    return gate
+
+
+async def test_a_replica_gone_to_standby_writes_nothing_over_the_active_ones_verdict(
+    world,
+) -> None:
+    kube, _, rec = world
+    gate = await _failing_write_held_as_the_replica_pauses(world)
     # The active replica validates and writes first: this one's write meets a conflict.
     obj = kube.objects[(NS, "c")]
     obj["status"] = {**obj["status"], "reason": "Validated", "lastHandledRequestedAt": "t1"}
@@ -650,22 +658,8 @@ async def test_an_object_gone_at_its_write_cannot_take_the_place_of_its_replacem
 async def test_a_status_that_lands_as_the_replica_pauses_still_tells_its_transition(
     world,
 ) -> None:
-    kube, provider, rec = world
-    rec.connection_event("ADDED", kube.apply("c", spec()))
-    await until("the verdict", lambda: kube.status("c").get("result") == "success")
-    await settle(rec)
-    gate, patch = asyncio.Event(), kube.patch_status
-
-    async def held_patch(*args: Any, **kwargs: Any) -> Any:
-        await gate.wait()
-        return await patch(*args, **kwargs)
-
-    kube.patch_status = held_patch
-    provider.reason = Reason.INVALID_API_KEY
-    rec.connection_event("MODIFIED", kube.annotate("c", **{tr.REQUESTED_AT: "t1"}))
-    await until("the probe", lambda: len(provider.calls) == 2)
-    await asyncio.sleep(0.02)  # its status is at the API server, and no conflict follows
-    rec.pause()
+    kube, _, rec = world
+    gate = await _failing_write_held_as_the_replica_pauses(world)  # and no conflict follows
     events = len(kube.events)
     gate.set()
     await settle(rec)
