@@ -824,6 +824,24 @@ def observed(**meta: Any) -> tr.Observed:
 
 
 @pytest.mark.parametrize(
+    "covering, requested, expected",
+    [
+        (None, "t1", (1, None)),  # nothing in flight: memory says
+        ((2, None), None, (2, None)),  # the generation in flight counts as handled
+        ((2, "t1"), "t1", (2, "t1")),  # and the request it began with
+        ((2, "t1"), "t2", (2, None)),  # a newer request is not covered
+        ((0, None), None, (1, None)),  # never less than memory
+    ],
+)
+def test_what_the_validation_in_flight_covers_counts_as_handled(
+    covering: tuple[int, str | None] | None, requested: str | None, expected: tuple[int, Any]
+) -> None:
+    annotations = {tr.REQUESTED_AT: requested} if requested else {}
+    seen = observed(generation=2, annotations=annotations)
+    assert tr.covered(covering, 1, None, seen) == expected
+
+
+@pytest.mark.parametrize(
     "known, event, owned, expected",
     [
         (None, {}, True, tr.Sighting.NEW),

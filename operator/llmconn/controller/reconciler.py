@@ -176,14 +176,9 @@ class Reconciler:
         conn.handled_generation, conn.handled_requested_at = tr.handled(known, seen)
         if sighting is tr.Sighting.NEW:
             self._export_ready(conn)
-        handled_generation, handled_requested_at = (
-            conn.handled_generation,
-            conn.handled_requested_at,
+        handled_generation, handled_requested_at = tr.covered(
+            conn.covering, conn.handled_generation, conn.handled_requested_at, seen
         )
-        if conn.covering is not None:  # what the validation in flight will have handled
-            handled_generation = max(handled_generation, conn.covering[0])
-            if conn.covering[1] is not None and conn.covering[1] == seen.requested_at:
-                handled_requested_at = conn.covering[1]
         action = tr.action(
             seen,
             first_sight=sighting is tr.Sighting.NEW,

@@ -118,6 +118,21 @@ def handled(known: Known | None, seen: Observed) -> tuple[int, str | None]:
     return generation, request
 
 
+def covered(
+    covering: tuple[int, str | None] | None,
+    generation: int,
+    requested_at: str | None,
+    seen: Observed,
+) -> tuple[int, str | None]:
+    """The generation and request handled, counting the validation in flight (`covering`:
+    the generation and request it began with): its own events ask for no second run."""
+    if covering is None:
+        return generation, requested_at
+    if covering[1] is not None and covering[1] == seen.requested_at:
+        requested_at = covering[1]
+    return max(generation, covering[0]), requested_at
+
+
 def action(
     seen: Observed,
     *,
